@@ -1,0 +1,210 @@
+//! `serve` configuration: flags > `OUTPOST_*` environment > TOML file > defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default device certificate lifetime (SPEC §2).
+pub const DEFAULT_DEVICE_CERT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default install ID lifetime (SPEC §2).
+pub const DEFAULT_INSTALL_ID_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_DATA_DIR: &str = "outpost-data";
+pub const DEFAULT_REST_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_GRPC_LISTEN: &str = "0.0.0.0:8443";
+
+/// Options of `serve`, each settable by flag, environment variable or file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the options below (kebab-case keys).
+    #[arg(long, env = "OUTPOST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the database and the CA live [default: ./outpost-data].
+    #[arg(long, env = "OUTPOST_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Operator REST API address [default: 127.0.0.1:8080].
+    #[arg(long, env = "OUTPOST_REST_LISTEN")]
+    pub rest_listen: Option<SocketAddr>,
+    /// Device gRPC (mTLS) address [default: 0.0.0.0:8443].
+    #[arg(long, env = "OUTPOST_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// DNS names / IPs for the gRPC server certificate (repeatable)
+    /// [default: localhost, 127.0.0.1, ::1 and this host's name].
+    #[arg(long = "server-name", env = "OUTPOST_SERVER_NAMES", value_delimiter = ',')]
+    pub server_names: Vec<String>,
+    /// URL agents use to reach the gRPC service, shown in install commands
+    /// [default: https://<first server name>:<grpc port>].
+    #[arg(long, env = "OUTPOST_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Lifetime of device certificates, e.g. `7d`, `12h`, `15s` [default: 7d].
+    #[arg(long, env = "OUTPOST_DEVICE_CERT_LIFETIME", value_parser = humantime::parse_duration)]
+    pub device_cert_lifetime: Option<Duration>,
+    /// Lifetime of a new install ID [default: 7d].
+    #[arg(long, env = "OUTPOST_INSTALL_ID_TTL", value_parser = humantime::parse_duration)]
+    pub install_id_ttl: Option<Duration>,
+}
+
+/// The same options as they appear in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    rest_listen: Option<SocketAddr>,
+    grpc_listen: Option<SocketAddr>,
+    server_names: Option<Vec<String>>,
+    public_url: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    device_cert_lifetime: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    install_id_ttl: Option<Duration>,
+}
+
+mod opt_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Fully resolved `serve` settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub rest_listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    pub server_names: Vec<String>,
+    pub public_url: Option<String>,
+    pub device_cert_lifetime: Duration,
+    pub install_id_ttl: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ServeConfig {
+    pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let parse = |s: &str| -> SocketAddr {
+            // The defaults are literals above; parsing them cannot fail.
+            s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        };
+        let server_names = if !args.server_names.is_empty() {
+            args.server_names
+        } else {
+            file.server_names.unwrap_or_else(default_server_names)
+        };
+        if server_names.is_empty() {
+            return Err(ConfigError::Invalid("at least one server name is required".into()));
+        }
+        let device_cert_lifetime = args
+            .device_cert_lifetime
+            .or(file.device_cert_lifetime)
+            .unwrap_or(DEFAULT_DEVICE_CERT_LIFETIME);
+        if device_cert_lifetime < Duration::from_secs(5) {
+            return Err(ConfigError::Invalid(
+                "device-cert-lifetime must be at least 5s".into(),
+            ));
+        }
+        Ok(Self {
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            rest_listen: args
+                .rest_listen
+                .or(file.rest_listen)
+                .unwrap_or_else(|| parse(DEFAULT_REST_LISTEN)),
+            grpc_listen: args
+                .grpc_listen
+                .or(file.grpc_listen)
+                .unwrap_or_else(|| parse(DEFAULT_GRPC_LISTEN)),
+            server_names,
+            public_url: args.public_url.or(file.public_url),
+            device_cert_lifetime,
+            install_id_ttl: args
+                .install_id_ttl
+                .or(file.install_id_ttl)
+                .unwrap_or(DEFAULT_INSTALL_ID_TTL),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.message().to_string(),
+    })
+}
+
+fn default_server_names() -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim();
+        if !h.is_empty() && !names.iter().any(|n| n == h) {
+            names.push(h.to_string());
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.toml");
+        std::fs::write(
+            &path,
+            "data-dir = \"/srv/outpost\"\nrest-listen = \"0.0.0.0:9000\"\ndevice-cert-lifetime = \"1h\"\n",
+        )
+        .unwrap();
+        let cfg = ServeConfig::resolve(ServeArgs {
+            config: Some(path),
+            rest_listen: Some("127.0.0.1:7000".parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/srv/outpost"));
+        assert_eq!(cfg.rest_listen.port(), 7000);
+        assert_eq!(cfg.grpc_listen.port(), 8443);
+        assert_eq!(cfg.device_cert_lifetime, Duration::from_secs(3600));
+        assert_eq!(cfg.install_id_ttl, DEFAULT_INSTALL_ID_TTL);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.toml");
+        std::fs::write(&path, "data-dri = \"/x\"\n").unwrap();
+        let err = ServeConfig::resolve(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("data-dri"), "{err}");
+    }
+}

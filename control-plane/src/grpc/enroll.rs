@@ -1,0 +1,104 @@
+//! `Enroll`: install ID + CSR → device certificate. The install ID is bound
+//! to the first CSR's key; a retry with that key (lost response) gets a fresh
+//! certificate for the same device until the device has connected once.
+
+use outpost_proto::v1::{EnrollRequest, EnrollResponse, Settings};
+use tonic::Status;
+
+use crate::AppState;
+use crate::admin::{SCOPE_DEVICE_READ, SCOPE_DEVICE_UPDATE};
+use crate::ids;
+use crate::pki::VerifiedCsr;
+use crate::store::{EnrollmentCommit, NewApiKey, NewCert, StoreError, now_ms};
+
+use super::{HEARTBEAT_INTERVAL_SECS, TELEMETRY_INTERVAL_SECS, store_status};
+
+const SPENT: &str = "this install ID has already been used; ask an operator for a new one \
+     (POST /{workspace}/devices/v2/{deviceId}/install-id)";
+
+pub async fn enroll(state: &AppState, req: EnrollRequest) -> Result<EnrollResponse, Status> {
+    let install_id = req.install_id.trim();
+    if !install_id.starts_with("inst_") || install_id.len() > 128 {
+        return Err(Status::invalid_argument("install_id must be the inst_… value from create-device"));
+    }
+    let csr = VerifiedCsr::from_der(&req.csr_der).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let enrollment = state
+        .store
+        .find_enrollment(&ids::hash_secret(install_id))
+        .await
+        .map_err(store_status)?
+        .ok_or_else(|| Status::permission_denied("unknown install ID"))?;
+    let now = now_ms();
+    if enrollment.spent {
+        return Err(Status::permission_denied(SPENT));
+    }
+    if now >= enrollment.expires_at {
+        return Err(Status::permission_denied(
+            "this install ID has expired; ask an operator for a new one",
+        ));
+    }
+    if !enrollment.enabled {
+        return Err(Status::permission_denied("this device is disabled by an operator"));
+    }
+    if let Some(bound) = &enrollment.bound_key_sha256 {
+        if *bound != csr.public_key_sha256 {
+            return Err(Status::permission_denied(
+                "this install ID is already bound to another device key; ask an operator for a new one",
+            ));
+        }
+    }
+    let issued = state
+        .ca
+        .sign_device_csr(
+            &csr,
+            &enrollment.workspace,
+            &enrollment.device_id,
+            state.device_cert_lifetime,
+            time::OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| {
+            tracing::error!("signing failed: {e}");
+            Status::internal("could not sign the certificate")
+        })?;
+    let api_key = ids::new_api_key();
+    let commit = EnrollmentCommit {
+        device_id: enrollment.device_id.clone(),
+        key_sha256: csr.public_key_sha256.clone(),
+        cert: NewCert {
+            serial: issued.serial.clone(),
+            not_before: issued.not_before.unix_timestamp() * 1000,
+            not_after: issued.not_after.unix_timestamp() * 1000,
+        },
+        device_api_key: NewApiKey {
+            id: ids::new_internal_id(),
+            workspace: enrollment.workspace.clone(),
+            key_hash: ids::hash_secret(&api_key),
+            scopes: Some(vec![SCOPE_DEVICE_READ.into(), SCOPE_DEVICE_UPDATE.into()]),
+            device_id: Some(enrollment.device_id.clone()),
+            created_at: now,
+        },
+        now,
+    };
+    match state.store.complete_enrollment(&commit).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict(_)) => return Err(Status::permission_denied(SPENT)),
+        Err(e) => return Err(store_status(e)),
+    }
+    tracing::info!(
+        device = %enrollment.device_id,
+        workspace = %enrollment.workspace,
+        serial = %issued.serial,
+        "device enrolled"
+    );
+    Ok(EnrollResponse {
+        device_id: enrollment.device_id,
+        workspace: enrollment.workspace,
+        certificate_chain_der: vec![issued.der, state.ca.cert_der().to_vec()],
+        ca_bundle_der: vec![state.ca.cert_der().to_vec()],
+        device_api_key: api_key,
+        settings: Some(Settings {
+            telemetry_interval_secs: TELEMETRY_INTERVAL_SECS,
+            heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
+        }),
+    })
+}

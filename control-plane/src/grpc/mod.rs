@@ -1,0 +1,97 @@
+//! The device side: `outpost.device.v1.DeviceService` over TLS, client
+//! certificates required for everything but enrollment.
+
+mod auth;
+mod convert;
+mod enroll;
+mod session;
+mod telemetry;
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_proto::v1::device_service_server::{DeviceService, DeviceServiceServer};
+use outpost_proto::v1::{
+    AgentMessage, EnrollRequest, EnrollResponse, ServerMessage, TelemetryAck, TelemetryBatch,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::AppState;
+use crate::store::StoreError;
+
+pub use auth::DeviceIdentity;
+
+/// Settings pushed to agents at session start. A telemetry interval of 0
+/// means "no server-side opinion": the agent keeps its own configured
+/// interval (per-device configuration arrives with the config API).
+pub const TELEMETRY_INTERVAL_SECS: u32 = 0;
+pub const HEARTBEAT_INTERVAL_SECS: u32 = 10;
+
+pub struct DeviceServiceImpl {
+    state: Arc<AppState>,
+}
+
+#[tonic::async_trait]
+impl DeviceService for DeviceServiceImpl {
+    async fn enroll(
+        &self,
+        request: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        enroll::enroll(&self.state, request.into_inner()).await.map(Response::new)
+    }
+
+    type SessionStream = ReceiverStream<Result<ServerMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let identity = auth::authenticate(&self.state, &request).await?;
+        Ok(Response::new(session::start(self.state.clone(), identity, request.into_inner())))
+    }
+
+    type PushTelemetryStream = ReceiverStream<Result<TelemetryAck, Status>>;
+
+    async fn push_telemetry(
+        &self,
+        request: Request<Streaming<TelemetryBatch>>,
+    ) -> Result<Response<Self::PushTelemetryStream>, Status> {
+        let identity = auth::authenticate(&self.state, &request).await?;
+        Ok(Response::new(telemetry::start(self.state.clone(), identity, request.into_inner())))
+    }
+}
+
+/// Serves the device service on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let incoming = tls::incoming(listener, Arc::new(tls), shutdown_rx);
+    let service = DeviceServiceServer::new(DeviceServiceImpl { state })
+        .max_decoding_message_size(outpost_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(outpost_proto::MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        // Dead links (power cut, cable pulled) are noticed within ~20 s, so
+        // the device turns offline even when no FIN ever arrives.
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            let _ = shutdown_tx.send(());
+        })
+        .await
+}
+
+/// Maps a storage failure to a retryable gRPC status, logging the detail.
+pub(crate) fn store_status(e: StoreError) -> Status {
+    tracing::error!("store error: {e}");
+    Status::unavailable("the control plane's store is unavailable; retry later")
+}

@@ -1,0 +1,112 @@
+//! `Session`: the control stream. Hello first, then heartbeats; the device is
+//! online while it lasts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_proto::v1::agent_message::Kind as AgentKind;
+use outpost_proto::v1::server_message::Kind as ServerKind;
+use outpost_proto::v1::{AgentMessage, ServerMessage, SessionStart, Settings};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use crate::AppState;
+use crate::ids;
+use crate::store::now_ms;
+
+use super::{DeviceIdentity, HEARTBEAT_INTERVAL_SECS, TELEMETRY_INTERVAL_SECS, convert, store_status};
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub fn start(
+    state: Arc<AppState>,
+    id: DeviceIdentity,
+    inbound: Streaming<AgentMessage>,
+) -> ReceiverStream<Result<ServerMessage, Status>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(run(state, id, inbound, tx));
+    ReceiverStream::new(rx)
+}
+
+async fn run(
+    state: Arc<AppState>,
+    id: DeviceIdentity,
+    mut inbound: Streaming<AgentMessage>,
+    tx: mpsc::Sender<Result<ServerMessage, Status>>,
+) {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(AgentMessage {
+            kind: Some(AgentKind::Hello(h)),
+        }))) => h,
+        Ok(Ok(Some(_))) => {
+            let _ = tx
+                .send(Err(Status::invalid_argument("the first session message must be a hello")))
+                .await;
+            return;
+        }
+        Ok(Ok(None)) | Ok(Err(_)) => return,
+        Err(_) => {
+            let _ = tx
+                .send(Err(Status::deadline_exceeded("no hello within 15 s")))
+                .await;
+            return;
+        }
+    };
+    let facts = convert::facts(hello.facts);
+    let session_id = ids::new_internal_id();
+    if let Err(e) = state
+        .store
+        .session_opened(&id.device_id, &session_id, &facts, now_ms())
+        .await
+    {
+        let _ = tx.send(Err(store_status(e))).await;
+        return;
+    }
+    tracing::info!(device = %id.device_id, hostname = %facts.hostname, "device connected");
+    let last_seq = match state.store.last_telemetry_seq(&id.device_id).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Err(store_status(e))).await;
+            close(&state, &id, &session_id).await;
+            return;
+        }
+    };
+    let start = ServerMessage {
+        kind: Some(ServerKind::Start(SessionStart {
+            settings: Some(Settings {
+                telemetry_interval_secs: TELEMETRY_INTERVAL_SECS,
+                heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
+            }),
+            server_time_unix_ms: now_ms(),
+            last_telemetry_seq: last_seq,
+        })),
+    };
+    if tx.send(Ok(start)).await.is_ok() {
+        let mut shutdown = state.shutdown.clone();
+        loop {
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(AgentMessage { kind: Some(AgentKind::Heartbeat(_)) })) => {
+                        if let Err(e) = state.store.session_heartbeat(&id.device_id, &session_id, now_ms()).await {
+                            tracing::warn!(device = %id.device_id, "heartbeat not recorded: {e}");
+                        }
+                    }
+                    // Newer agents may send kinds we do not know yet.
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                },
+                _ = crate::stopping(&mut shutdown) => break,
+                _ = tx.closed() => break,
+            }
+        }
+    }
+    close(&state, &id, &session_id).await;
+}
+
+async fn close(state: &AppState, id: &DeviceIdentity, session_id: &str) {
+    match state.store.session_closed(&id.device_id, session_id, now_ms()).await {
+        Ok(()) => tracing::info!(device = %id.device_id, "device disconnected"),
+        Err(e) => tracing::warn!(device = %id.device_id, "session end not recorded: {e}"),
+    }
+}

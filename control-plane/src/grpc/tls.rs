@@ -1,0 +1,87 @@
+//! TLS for the device service: our CA is the only trust anchor for client
+//! certificates, which are optional at the handshake (enrollment has none)
+//! and required per RPC by [`super::auth`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::pki::{Ca, PkiError};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; more wait in the accept queue.
+const MAX_CONCURRENT_HANDSHAKES: usize = 256;
+
+pub fn server_config(ca: &Ca, names: &[String]) -> Result<ServerConfig, PkiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(ca.cert_der().clone())
+        .map_err(|e| PkiError::Invalid(format!("CA certificate unusable as trust anchor: {e}")))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Invalid(format!("client verifier: {e}")))?;
+    let (chain, key) = ca.issue_server_cert(names, time::OffsetDateTime::now_utc())?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::Invalid(format!("TLS versions: {e}")))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| PkiError::Invalid(format!("server certificate: {e}")))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// Accepts TCP connections and yields completed TLS sessions. Handshakes run
+/// concurrently with a timeout so a slow or silent peer cannot stall accept.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    mut shutdown: oneshot::Receiver<()>,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(tls);
+    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = &mut shutdown => break,
+                res = listener.accept() => res,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%peer, "TLS handshake refused: {e}"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}

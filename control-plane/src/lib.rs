@@ -1,0 +1,39 @@
+//! outpost-control-plane: the device CA, the mTLS device gRPC service, the
+//! operator REST API and the store behind them.
+//!
+//! - [`grpc`]: the device side (enrollment, sessions, telemetry ingest)
+//! - [`rest`]: the operator side (Deployment Manager compatible REST API)
+//! - [`store`]: persistence behind one trait (SQLite embedded)
+//! - [`pki`]: the certificate authority
+//! - [`server`]: wires them together and owns start-up and shutdown
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod grpc;
+pub mod ids;
+pub mod pki;
+pub mod rest;
+pub mod server;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Shared state of one running control plane.
+pub struct AppState {
+    pub store: Arc<dyn store::Store>,
+    pub ca: Arc<pki::Ca>,
+    pub device_cert_lifetime: Duration,
+    pub install_id_ttl: Duration,
+    /// `https://host:port` agents use; shown in install commands.
+    pub public_url: String,
+    /// Flips to `true` when the server is stopping; long-lived streams end.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Resolves once the server starts stopping.
+pub async fn stopping(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    // An error means the sender is gone: the server is stopping too.
+    let _ = rx.wait_for(|s| *s).await;
+}

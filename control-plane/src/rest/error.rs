@@ -1,0 +1,66 @@
+//! The one place where REST errors become HTTP responses, with the two body
+//! shapes of reference/000.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 401 with the structured OAuthException body.
+    Unauthorized { message: String, hint: String },
+    BadRequest(String),
+    Forbidden(String),
+    NotFound(String),
+    /// A failure on our side; the detail goes to the log, not the client.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self::BadRequest(m.into())
+    }
+    pub fn forbidden(m: impl Into<String>) -> Self {
+        Self::Forbidden(m.into())
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::NotFound(m.into())
+    }
+    pub fn unauthorized(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::Unauthorized {
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            ApiError::Unauthorized { message, hint } => (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": {"message": message, "status": 401, "type": "OAuthException", "hint": hint}}),
+            ),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({"error": m})),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({"error": m})),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": m})),
+            ApiError::Internal(detail) => {
+                tracing::error!("internal error: {detail}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": "internal error; see the control plane's log"}),
+                )
+            }
+        };
+        (status, Json(body)).into_response()
+    }
+}

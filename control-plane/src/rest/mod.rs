@@ -1,0 +1,75 @@
+//! The operator side: the Deployment Manager compatible REST API under
+//! `/{workspace}/devices/v2`, plus health probes.
+
+mod auth;
+mod devices;
+pub mod error;
+mod pagination;
+mod params;
+mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::AppState;
+use error::ApiError;
+
+/// Request bodies are small JSON documents.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/{workspace}/devices/v2", get(devices::list).post(devices::create))
+        .route("/{workspace}/devices/v2/{device_id}", get(devices::get_one))
+        .route(
+            "/{workspace}/devices/v2/{device_id}/telemetry/raw",
+            get(telemetry::raw),
+        )
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(30),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the store answers.
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> Result<&'static str, (StatusCode, &'static str)> {
+    match state.store.get_workspace("").await {
+        Ok(_) => Ok("ready"),
+        Err(e) => {
+            tracing::warn!("readiness check failed: {e}");
+            Err((StatusCode::SERVICE_UNAVAILABLE, "store unavailable"))
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Request parsing with REST-shaped errors: query strings, JSON bodies and
+//! time parameters all fail as 400 `{"error": "..."}`.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+
+use super::error::ApiError;
+use crate::store::UnixMillis;
+
+/// The query string as a map; malformed → 400.
+pub struct Params(pub HashMap<String, String>);
+
+impl Params {
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+            .map(|q| Params(q.0))
+            .map_err(|_| ApiError::bad_request("malformed query string"))
+    }
+}
+
+/// A JSON body; malformed or wrongly typed → 400 naming the problem.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::bad_request(
+                "request body must be JSON with Content-Type: application/json",
+            )),
+            Err(e) => Err(ApiError::bad_request(format!("invalid request body: {}", e.body_text()))),
+        }
+    }
+}
+
+/// Parses a time parameter: RFC 3339 (`2026-11-23T10:00:00Z`) or unix seconds.
+pub fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    if let Ok(secs) = raw.parse::<i64>() {
+        return secs
+            .checked_mul(1000)
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(format!("{name} is out of range")));
+    }
+    time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .map(|t| Some((t.unix_timestamp_nanos() / 1_000_000) as i64))
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "{name} must be an RFC 3339 date-time (e.g. 2026-01-31T12:00:00Z) or unix seconds"
+            ))
+        })
+}
+
+/// Formats unix milliseconds as RFC 3339 UTC with millisecond precision.
+pub fn format_time(ms: UnixMillis) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&fmt).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_and_format() {
+        assert_eq!(parse_time("t", None).unwrap(), None);
+        assert_eq!(parse_time("t", Some("1700000000")).unwrap(), Some(1_700_000_000_000));
+        assert_eq!(
+            parse_time("t", Some("2023-11-14T22:13:20Z")).unwrap(),
+            Some(1_700_000_000_000)
+        );
+        assert!(parse_time("start_time", Some("yesterday")).is_err());
+        assert_eq!(format_time(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}

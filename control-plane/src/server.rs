@@ -1,0 +1,107 @@
+//! Start-up and shutdown: opens the store and CA, binds both listeners, runs
+//! the gRPC and REST servers until `shutdown` resolves, then drains them.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::ServeConfig;
+use crate::store::{SqliteStore, Store};
+use crate::{AppState, grpc, pki, rest};
+
+pub type ServerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long in-flight requests get to finish after a stop signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `serve` until `shutdown` resolves. Prints the bound addresses to
+/// stdout (one `listening` line per server) so scripts and tests can use
+/// port 0.
+pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+    pki::create_private_dir(&cfg.data_dir)?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir).await?);
+    let ca = Arc::new(pki::Ca::load_or_create(&cfg.data_dir.join("pki"))?);
+    let tls = grpc::tls::server_config(&ca, &cfg.server_names)?;
+
+    let grpc_listener = TcpListener::bind(cfg.grpc_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (gRPC): {e}", cfg.grpc_listen))?;
+    let rest_listener = TcpListener::bind(cfg.rest_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (REST): {e}", cfg.rest_listen))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let rest_addr = rest_listener.local_addr()?;
+    let public_url = cfg.public_url.clone().unwrap_or_else(|| {
+        let host = cfg.server_names.first().map(String::as_str).unwrap_or("localhost");
+        let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+        format!("https://{host}:{}", grpc_addr.port())
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let state = Arc::new(AppState {
+        store,
+        ca: ca.clone(),
+        device_cert_lifetime: cfg.device_cert_lifetime,
+        install_id_ttl: cfg.install_id_ttl,
+        public_url,
+        shutdown: stop_rx.clone(),
+    });
+
+    println!("outpost-control-plane: grpc listening on https://{grpc_addr}");
+    println!("outpost-control-plane: rest listening on http://{rest_addr}");
+    println!("outpost-control-plane: CA fingerprint {}", ca.fingerprint());
+    tracing::info!(%grpc_addr, %rest_addr, data_dir = %cfg.data_dir.display(), "control plane started");
+
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        crate::stopping(&mut rx).await;
+    };
+    let grpc_task = tokio::spawn(grpc::serve(
+        grpc_listener,
+        tls,
+        state.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let rest_task = tokio::spawn(rest::serve(rest_listener, state.clone(), stopped(stop_rx.clone())));
+
+    shutdown.await;
+    tracing::info!("stopping: draining connections");
+    let _ = stop_tx.send(true);
+    let drain = async {
+        let (g, r) = tokio::join!(grpc_task, rest_task);
+        let outcomes = [
+            g.map(|r| r.map_err(|e| e.to_string())),
+            r.map(|r| r.map_err(|e| e.to_string())),
+        ];
+        for res in outcomes {
+            match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("server ended with an error: {e}"),
+                Err(e) => tracing::warn!("server task failed: {e}"),
+            }
+        }
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        tracing::warn!("connections did not drain within {DRAIN_TIMEOUT:?}; stopping anyway");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install SIGTERM handler: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,298 @@
+//! Persistence. [`Store`] is the one seam every backend implements (SQLite
+//! embedded by default; PostgreSQL for several replicas). Handlers and the
+//! gRPC service only ever see this trait and the plain model types below.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use serde::{Deserialize, Serialize};
+
+/// Unix time in milliseconds, UTC.
+pub type UnixMillis = i64;
+
+pub fn now_ms() -> UnixMillis {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Backend(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Workspace feature flags (reference/001).
+pub const FEATURE_DEVICE_AIO: &str = "deviceAio";
+pub const FEATURE_LITE_MODE: &str = "roboflowLiteMode";
+pub const KNOWN_FEATURES: &[&str] = &[FEATURE_DEVICE_AIO, FEATURE_LITE_MODE];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    pub name: String,
+    pub features: Vec<String>,
+    pub created_at: UnixMillis,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub id: String,
+    pub workspace: String,
+    pub key_hash: String,
+    /// `None`: legacy key with every scope.
+    pub scopes: Option<Vec<String>>,
+    /// `Some`: a device-scoped key, usable only on that device's routes.
+    pub device_id: Option<String>,
+    pub created_at: UnixMillis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub workspace: String,
+    pub scopes: Option<Vec<String>>,
+    pub device_id: Option<String>,
+}
+
+/// What the agent reports about its box (hello and enrollment).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceFacts {
+    pub hostname: String,
+    pub os_name: String,
+    pub os_version: String,
+    pub kernel_version: String,
+    pub architecture: String,
+    pub cpu_model: String,
+    pub cpu_cores: u32,
+    pub memory_total_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub gpus: Vec<GpuInfo>,
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    pub name: String,
+    pub uuid: String,
+    pub memory_total_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub id: String,
+    pub workspace: String,
+    pub name: String,
+    pub description: String,
+    pub device_type: String,
+    pub install_id_hash: String,
+    pub install_id_expires_at: UnixMillis,
+    pub created_at: UnixMillis,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    pub id: String,
+    pub workspace: String,
+    pub name: String,
+    pub description: String,
+    pub device_type: String,
+    pub enabled: bool,
+    pub created_at: UnixMillis,
+    pub facts: Option<DeviceFacts>,
+    pub session_id: Option<String>,
+    pub last_heartbeat: Option<UnixMillis>,
+    pub cert_expires_at: Option<UnixMillis>,
+}
+
+/// A device counts as online while it has a session whose last sign of life
+/// is younger than this. Agents heartbeat every 10 s by default.
+pub const ONLINE_WINDOW_MS: i64 = 30_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    Online,
+    Offline,
+    Unknown,
+}
+
+impl Device {
+    /// `unknown` until the first connection; then `online` while a session is
+    /// live and heartbeating, else `offline`.
+    pub fn status(&self, now: UnixMillis) -> DeviceStatus {
+        match self.last_heartbeat {
+            None => DeviceStatus::Unknown,
+            Some(hb) if self.session_id.is_some() && now - hb < ONLINE_WINDOW_MS => {
+                DeviceStatus::Online
+            }
+            Some(_) => DeviceStatus::Offline,
+        }
+    }
+}
+
+/// The enrollment view of a device, looked up by install-ID hash.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    pub device_id: String,
+    pub workspace: String,
+    pub enabled: bool,
+    pub expires_at: UnixMillis,
+    pub bound_key_sha256: Option<String>,
+    pub spent: bool,
+}
+
+/// Everything that must change atomically when an enrollment succeeds.
+#[derive(Debug, Clone)]
+pub struct EnrollmentCommit {
+    pub device_id: String,
+    pub key_sha256: String,
+    pub cert: NewCert,
+    pub device_api_key: NewApiKey,
+    pub now: UnixMillis,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewCert {
+    pub serial: String,
+    pub not_before: UnixMillis,
+    pub not_after: UnixMillis,
+}
+
+/// A certificate as the store knows it, joined with its device's state.
+#[derive(Debug, Clone)]
+pub struct CertRecord {
+    pub serial: String,
+    pub device_id: String,
+    pub workspace: String,
+    pub revoked: bool,
+    pub device_enabled: bool,
+    pub install_spent: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Temperature {
+    pub sensor: String,
+    pub celsius: f32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuSample {
+    pub index: u32,
+    pub name: String,
+    pub utilization_percent: f32,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub temperature_celsius: f32,
+    pub power_watts: f32,
+}
+
+/// One telemetry sample as stored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TelemetrySample {
+    pub seq: u64,
+    pub timestamp: UnixMillis,
+    pub cpu_percent: f32,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub swap_used_bytes: u64,
+    pub swap_total_bytes: u64,
+    pub disk_used_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub network_rx_bytes: u64,
+    pub network_tx_bytes: u64,
+    pub load_1m: f64,
+    pub load_5m: f64,
+    pub load_15m: f64,
+    pub uptime_secs: u64,
+    pub temperatures: Vec<Temperature>,
+    pub gpus: Vec<GpuSample>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Forward,
+    #[default]
+    Backward,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetryQuery {
+    pub device_id: String,
+    /// Inclusive.
+    pub start: Option<UnixMillis>,
+    /// Exclusive.
+    pub end: Option<UnixMillis>,
+    /// Continue after (forward) or before (backward) this seq.
+    pub after_seq: Option<u64>,
+    pub direction: Direction,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceListQuery {
+    pub workspace: String,
+    /// Continue after this (created_at, id) key.
+    pub after: Option<(UnixMillis, String)>,
+    pub limit: u32,
+}
+
+/// The persistence seam. All methods are safe to call concurrently from
+/// several tasks and (for shared backends) several replicas.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn create_workspace(&self, ws: &Workspace) -> StoreResult<()>;
+    async fn get_workspace(&self, name: &str) -> StoreResult<Option<Workspace>>;
+
+    async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()>;
+    /// A live (not revoked) key by the SHA-256 of its plaintext.
+    async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>>;
+
+    async fn create_device(&self, device: &NewDevice) -> StoreResult<()>;
+    async fn get_device(&self, workspace: &str, id: &str) -> StoreResult<Option<Device>>;
+    /// Oldest first by (created_at, id); returns up to `limit` devices.
+    async fn list_devices(&self, q: &DeviceListQuery) -> StoreResult<Vec<Device>>;
+
+    async fn find_enrollment(&self, install_id_hash: &str) -> StoreResult<Option<Enrollment>>;
+    /// Binds the install ID to the key (if unbound), records the certificate
+    /// and replaces the device API key, atomically. `Conflict` if the install
+    /// ID was spent or bound to another key meanwhile.
+    async fn complete_enrollment(&self, commit: &EnrollmentCommit) -> StoreResult<()>;
+
+    async fn get_cert(&self, serial: &str) -> StoreResult<Option<CertRecord>>;
+    /// Marks the install ID as used up: the device has connected with its cert.
+    async fn spend_install_id(&self, device_id: &str) -> StoreResult<()>;
+
+    async fn session_opened(
+        &self,
+        device_id: &str,
+        session_id: &str,
+        facts: &DeviceFacts,
+        now: UnixMillis,
+    ) -> StoreResult<()>;
+    async fn session_heartbeat(&self, device_id: &str, session_id: &str, now: UnixMillis)
+    -> StoreResult<()>;
+    /// Ends the session if it is still the device's current one.
+    async fn session_closed(&self, device_id: &str, session_id: &str, now: UnixMillis)
+    -> StoreResult<()>;
+
+    /// Stores samples, ignoring any (device, seq) already stored. Returns the
+    /// number newly stored. Durable when it returns.
+    async fn insert_telemetry(
+        &self,
+        device_id: &str,
+        samples: &[TelemetrySample],
+        received_at: UnixMillis,
+    ) -> StoreResult<u64>;
+    async fn last_telemetry_seq(&self, device_id: &str) -> StoreResult<u64>;
+    async fn query_telemetry(&self, q: &TelemetryQuery) -> StoreResult<Vec<TelemetrySample>>;
+}

@@ -1,0 +1,16 @@
+//! The Outpost device wire contract (`outpost.device.v1`), generated at build
+//! time from `proto/outpost/device/v1/device.proto`.
+#![forbid(unsafe_code)]
+
+/// `outpost.device.v1`: messages and the `DeviceService` client and server.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("outpost.device.v1");
+}
+
+/// Upper bound for any decoded device message. Telemetry batches are small
+/// (a sample is well under 1 KiB); anything bigger is a broken or hostile peer.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Largest number of samples accepted in one telemetry batch.
+pub const MAX_SAMPLES_PER_BATCH: usize = 512;

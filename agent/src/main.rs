@@ -1,1 +1,224 @@
-fn main(){}
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use outpost_agent::config::{AgentArgs, AgentConfig};
+use outpost_agent::daemon::{self, AgentError};
+use outpost_agent::enroll::{self, EnrollError};
+use outpost_agent::state::StateDir;
+use outpost_agent::{EXIT_CONFIG, EXIT_ENROLL_REFUSED};
+
+/// Outpost agent: enrolls this box and streams its telemetry to the control plane.
+#[derive(Parser)]
+#[command(name = "outpost-agent", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll this box with a one-time install ID.
+    Enroll(AgentArgs),
+    /// Run the daemon (enrolls first when not enrolled and an install ID is configured).
+    Run(AgentArgs),
+    /// Show enrollment, certificate expiry, link state and backlog.
+    Status(AgentArgs),
+}
+
+fn main() -> ExitCode {
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        eprintln!("error: a rustls crypto provider was already installed");
+        return ExitCode::FAILURE;
+    }
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let (command, args) = match cli.command {
+        Command::Enroll(a) => ("enroll", a),
+        Command::Run(a) => ("run", a),
+        Command::Status(a) => ("status", a),
+    };
+    let cfg = match AgentConfig::resolve(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if command == "status" {
+        return status(&cfg);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match command {
+            "enroll" => enroll_once(&cfg).await,
+            _ => run(cfg).await,
+        }
+    })
+}
+
+async fn enroll_once(cfg: &AgentConfig) -> ExitCode {
+    let (Some(server), Some(install_id), Some(trust)) = (&cfg.server, &cfg.install_id, &cfg.trust)
+    else {
+        eprintln!(
+            "error: enroll needs --server, --install-id and one of --ca-file / --ca-fingerprint"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let state = match StateDir::open(&cfg.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let facts = match outpost_agent::collect::Collector::new() {
+        Ok(c) => c.facts(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match enroll::enroll(&state, server, install_id, trust, facts).await {
+        Ok(id) => {
+            println!(
+                "enrolled as device {} in workspace {}; state in {}",
+                id.device_id,
+                id.workspace,
+                state.root().display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ EnrollError::Refused(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_ENROLL_REFUSED)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: AgentConfig) -> ExitCode {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stop requested");
+        let _ = stop_tx.send(true);
+    });
+    match daemon::run(cfg, stop_rx).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(AgentError::Enroll(e @ EnrollError::Refused(_))) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_ENROLL_REFUSED)
+        }
+        Err(e @ AgentError::Config(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(cfg: &AgentConfig) -> ExitCode {
+    let state = match StateDir::open(&cfg.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let identity = match state.identity() {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            println!("enrolled:     no (state dir {})", state.root().display());
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("enrolled:     yes");
+    println!("device:       {}", identity.device_id);
+    println!("workspace:    {}", identity.workspace);
+    println!("server:       {}", identity.server);
+    match cert_expiry(&state) {
+        Ok(t) => println!("cert expires: {t}"),
+        Err(e) => println!("cert expires: unknown ({e})"),
+    }
+    match state.status() {
+        Some(s) => {
+            let alive = std::path::Path::new(&format!("/proc/{}", s.pid)).exists();
+            println!(
+                "daemon:       {}",
+                if alive {
+                    format!("running (pid {})", s.pid)
+                } else {
+                    "not running".into()
+                }
+            );
+            println!(
+                "link:         {}",
+                if alive { s.link.as_str() } else { "down" }
+            );
+            if let Some(e) = &s.last_error {
+                println!("last error:   {e}");
+            }
+            println!(
+                "backlog:      {} samples unacked, {} dropped",
+                s.pending_samples, s.dropped_samples
+            );
+            println!("next seq:     {}", s.next_seq);
+        }
+        None => println!("daemon:       has not run yet"),
+    }
+    ExitCode::SUCCESS
+}
+
+fn cert_expiry(state: &StateDir) -> Result<String, String> {
+    let (chain, _) = enroll::load_client_identity(state).map_err(|e| e.to_string())?;
+    let leaf = chain.first().ok_or("empty certificate file")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| e.to_string())?;
+    Ok(cert.validity().not_after.to_string())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -22,7 +22,11 @@ pub async fn create_workspace(data_dir: &Path, name: &str, features: &[String]) 
     }
     for f in features {
         if !KNOWN_FEATURES.contains(&f.as_str()) {
-            return Err(format!("unknown feature {f:?}; known features: {}", KNOWN_FEATURES.join(", ")).into());
+            return Err(format!(
+                "unknown feature {f:?}; known features: {}",
+                KNOWN_FEATURES.join(", ")
+            )
+            .into());
         }
     }
     let mut features = features.to_vec();
@@ -40,10 +44,18 @@ pub async fn create_workspace(data_dir: &Path, name: &str, features: &[String]) 
 }
 
 /// Creates an API key and returns its plaintext (shown once, stored hashed).
-pub async fn create_api_key(data_dir: &Path, workspace: &str, scopes: &[String]) -> AdminResult<String> {
+pub async fn create_api_key(
+    data_dir: &Path,
+    workspace: &str,
+    scopes: &[String],
+) -> AdminResult<String> {
     for s in scopes {
         if !KNOWN_SCOPES.contains(&s.as_str()) {
-            return Err(format!("unknown scope {s:?}; known scopes: {}", KNOWN_SCOPES.join(", ")).into());
+            return Err(format!(
+                "unknown scope {s:?}; known scopes: {}",
+                KNOWN_SCOPES.join(", ")
+            )
+            .into());
         }
     }
     let store = open(data_dir).await?;

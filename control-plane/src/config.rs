@@ -31,7 +31,11 @@ pub struct ServeArgs {
     pub grpc_listen: Option<SocketAddr>,
     /// DNS names / IPs for the gRPC server certificate (repeatable)
     /// [default: localhost, 127.0.0.1, ::1 and this host's name].
-    #[arg(long = "server-name", env = "OUTPOST_SERVER_NAMES", value_delimiter = ',')]
+    #[arg(
+        long = "server-name",
+        env = "OUTPOST_SERVER_NAMES",
+        value_delimiter = ','
+    )]
     pub server_names: Vec<String>,
     /// URL agents use to reach the gRPC service, shown in install commands
     /// [default: https://<first server name>:<grpc port>].
@@ -104,7 +108,8 @@ impl ServeConfig {
         };
         let parse = |s: &str| -> SocketAddr {
             // The defaults are literals above; parsing them cannot fail.
-            s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+            s.parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
         };
         let server_names = if !args.server_names.is_empty() {
             args.server_names
@@ -112,7 +117,9 @@ impl ServeConfig {
             file.server_names.unwrap_or_else(default_server_names)
         };
         if server_names.is_empty() {
-            return Err(ConfigError::Invalid("at least one server name is required".into()));
+            return Err(ConfigError::Invalid(
+                "at least one server name is required".into(),
+            ));
         }
         let device_cert_lifetime = args
             .device_cert_lifetime
@@ -159,7 +166,11 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 }
 
 fn default_server_names() -> Vec<String> {
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         let h = h.trim();
         if !h.is_empty() && !names.iter().any(|n| n == h) {

@@ -65,7 +65,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Checks that a path segment looks like a device id before it reaches the
 /// store (keeps garbage out of queries and logs).
 pub fn is_valid_device_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// Workspace names: 1-64 chars of `[a-z0-9-_]`, starting with a letter or digit.
@@ -73,8 +76,7 @@ pub fn is_valid_workspace_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 

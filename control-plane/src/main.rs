@@ -59,7 +59,10 @@ enum ApiKeyCommand {
 
 fn main() -> ExitCode {
     // One crypto provider for the whole process, before any TLS config exists.
-    if rustls::crypto::ring::default_provider().install_default().is_err() {
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
         eprintln!("error: a rustls crypto provider was already installed");
         return ExitCode::FAILURE;
     }

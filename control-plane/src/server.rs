@@ -19,7 +19,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs `serve` until `shutdown` resolves. Prints the bound addresses to
 /// stdout (one `listening` line per server) so scripts and tests can use
 /// port 0.
-pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+pub async fn run(
+    cfg: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     pki::create_private_dir(&cfg.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir).await?);
     let ca = Arc::new(pki::Ca::load_or_create(&cfg.data_dir.join("pki"))?);
@@ -34,8 +37,16 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()> + Send) ->
     let grpc_addr = grpc_listener.local_addr()?;
     let rest_addr = rest_listener.local_addr()?;
     let public_url = cfg.public_url.clone().unwrap_or_else(|| {
-        let host = cfg.server_names.first().map(String::as_str).unwrap_or("localhost");
-        let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+        let host = cfg
+            .server_names
+            .first()
+            .map(String::as_str)
+            .unwrap_or("localhost");
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
         format!("https://{host}:{}", grpc_addr.port())
     });
 
@@ -63,7 +74,11 @@ pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()> + Send) ->
         state.clone(),
         stopped(stop_rx.clone()),
     ));
-    let rest_task = tokio::spawn(rest::serve(rest_listener, state.clone(), stopped(stop_rx.clone())));
+    let rest_task = tokio::spawn(rest::serve(
+        rest_listener,
+        state.clone(),
+        stopped(stop_rx.clone()),
+    ));
 
     shutdown.await;
     tracing::info!("stopping: draining connections");

@@ -18,9 +18,14 @@ pub struct DeviceIdentity {
 /// Requires a client certificate whose serial the store knows, not revoked,
 /// of an enabled device. The TLS layer has already verified the chain to our
 /// CA and the validity period.
-pub async fn authenticate<T>(state: &AppState, request: &Request<T>) -> Result<DeviceIdentity, Status> {
+pub async fn authenticate<T>(
+    state: &AppState,
+    request: &Request<T>,
+) -> Result<DeviceIdentity, Status> {
     let certs = request.peer_certs().ok_or_else(|| {
-        Status::unauthenticated("a client certificate is required for this RPC: enroll the device first")
+        Status::unauthenticated(
+            "a client certificate is required for this RPC: enroll the device first",
+        )
     })?;
     let leaf = certs
         .first()
@@ -31,20 +36,30 @@ pub async fn authenticate<T>(state: &AppState, request: &Request<T>) -> Result<D
         .get_cert(&info.serial)
         .await
         .map_err(store_status)?
-        .ok_or_else(|| Status::unauthenticated("this certificate is unknown to the control plane"))?;
+        .ok_or_else(|| {
+            Status::unauthenticated("this certificate is unknown to the control plane")
+        })?;
     if record.revoked {
         return Err(Status::unauthenticated("this certificate has been revoked"));
     }
     if record.device_id != info.device_id || record.workspace != info.workspace {
         tracing::warn!(serial = %info.serial, "certificate identity does not match its record");
-        return Err(Status::unauthenticated("certificate identity does not match its record"));
+        return Err(Status::unauthenticated(
+            "certificate identity does not match its record",
+        ));
     }
     if !record.device_enabled {
-        return Err(Status::permission_denied("this device is disabled by an operator"));
+        return Err(Status::permission_denied(
+            "this device is disabled by an operator",
+        ));
     }
     if !record.install_spent {
         // First authenticated call: the install ID can never be used again.
-        state.store.spend_install_id(&record.device_id).await.map_err(store_status)?;
+        state
+            .store
+            .spend_install_id(&record.device_id)
+            .await
+            .map_err(store_status)?;
     }
     Ok(DeviceIdentity {
         workspace: info.workspace,

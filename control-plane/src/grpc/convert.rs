@@ -4,7 +4,7 @@
 use outpost_proto::MAX_SAMPLES_PER_BATCH;
 use outpost_proto::v1 as pb;
 
-use crate::store::{DeviceFacts, GpuInfo, GpuSample, Temperature, TelemetrySample};
+use crate::store::{DeviceFacts, GpuInfo, GpuSample, TelemetrySample, Temperature};
 
 const MAX_TEXT: usize = 256;
 const MAX_TEMPERATURES: usize = 64;
@@ -76,12 +76,20 @@ pub fn batch(b: pb::TelemetryBatch) -> Result<Vec<TelemetrySample>, String> {
         if s.timestamp_unix_ms < 0 {
             return Err(format!("sample {} has a negative timestamp", s.seq));
         }
-        let floats = [s.cpu_percent as f64, s.load_average_1m, s.load_average_5m, s.load_average_15m];
+        let floats = [
+            s.cpu_percent as f64,
+            s.load_average_1m,
+            s.load_average_5m,
+            s.load_average_15m,
+        ];
         if floats.iter().any(|v| !v.is_finite()) {
             return Err(format!("sample {} carries a non-finite number", s.seq));
         }
         if s.temperatures.len() > MAX_TEMPERATURES || s.gpus.len() > MAX_GPUS {
-            return Err(format!("sample {} has too many temperatures or GPUs", s.seq));
+            return Err(format!(
+                "sample {} has too many temperatures or GPUs",
+                s.seq
+            ));
         }
         let temperatures = s
             .temperatures
@@ -168,7 +176,12 @@ mod tests {
                 }],
                 "non-finite",
             ),
-            ((1..=(MAX_SAMPLES_PER_BATCH as u64 + 1)).map(sample).collect(), "at most"),
+            (
+                (1..=(MAX_SAMPLES_PER_BATCH as u64 + 1))
+                    .map(sample)
+                    .collect(),
+                "at most",
+            ),
         ];
         for (samples, want) in cases {
             let err = batch(pb::TelemetryBatch { samples }).unwrap_err();

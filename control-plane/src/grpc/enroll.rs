@@ -19,9 +19,12 @@ const SPENT: &str = "this install ID has already been used; ask an operator for 
 pub async fn enroll(state: &AppState, req: EnrollRequest) -> Result<EnrollResponse, Status> {
     let install_id = req.install_id.trim();
     if !install_id.starts_with("inst_") || install_id.len() > 128 {
-        return Err(Status::invalid_argument("install_id must be the inst_… value from create-device"));
+        return Err(Status::invalid_argument(
+            "install_id must be the inst_… value from create-device",
+        ));
     }
-    let csr = VerifiedCsr::from_der(&req.csr_der).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let csr =
+        VerifiedCsr::from_der(&req.csr_der).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let enrollment = state
         .store
         .find_enrollment(&ids::hash_secret(install_id))
@@ -38,7 +41,9 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> Result<EnrollRespon
         ));
     }
     if !enrollment.enabled {
-        return Err(Status::permission_denied("this device is disabled by an operator"));
+        return Err(Status::permission_denied(
+            "this device is disabled by an operator",
+        ));
     }
     if let Some(bound) = &enrollment.bound_key_sha256 {
         if *bound != csr.public_key_sha256 {

@@ -41,7 +41,9 @@ impl DeviceService for DeviceServiceImpl {
         &self,
         request: Request<EnrollRequest>,
     ) -> Result<Response<EnrollResponse>, Status> {
-        enroll::enroll(&self.state, request.into_inner()).await.map(Response::new)
+        enroll::enroll(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type SessionStream = ReceiverStream<Result<ServerMessage, Status>>;
@@ -51,7 +53,11 @@ impl DeviceService for DeviceServiceImpl {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let identity = auth::authenticate(&self.state, &request).await?;
-        Ok(Response::new(session::start(self.state.clone(), identity, request.into_inner())))
+        Ok(Response::new(session::start(
+            self.state.clone(),
+            identity,
+            request.into_inner(),
+        )))
     }
 
     type PushTelemetryStream = ReceiverStream<Result<TelemetryAck, Status>>;
@@ -61,7 +67,11 @@ impl DeviceService for DeviceServiceImpl {
         request: Request<Streaming<TelemetryBatch>>,
     ) -> Result<Response<Self::PushTelemetryStream>, Status> {
         let identity = auth::authenticate(&self.state, &request).await?;
-        Ok(Response::new(telemetry::start(self.state.clone(), identity, request.into_inner())))
+        Ok(Response::new(telemetry::start(
+            self.state.clone(),
+            identity,
+            request.into_inner(),
+        )))
     }
 }
 

@@ -15,7 +15,9 @@ use crate::AppState;
 use crate::ids;
 use crate::store::now_ms;
 
-use super::{DeviceIdentity, HEARTBEAT_INTERVAL_SECS, TELEMETRY_INTERVAL_SECS, convert, store_status};
+use super::{
+    DeviceIdentity, HEARTBEAT_INTERVAL_SECS, TELEMETRY_INTERVAL_SECS, convert, store_status,
+};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -41,7 +43,9 @@ async fn run(
         }))) => h,
         Ok(Ok(Some(_))) => {
             let _ = tx
-                .send(Err(Status::invalid_argument("the first session message must be a hello")))
+                .send(Err(Status::invalid_argument(
+                    "the first session message must be a hello",
+                )))
                 .await;
             return;
         }
@@ -105,7 +109,11 @@ async fn run(
 }
 
 async fn close(state: &AppState, id: &DeviceIdentity, session_id: &str) {
-    match state.store.session_closed(&id.device_id, session_id, now_ms()).await {
+    match state
+        .store
+        .session_closed(&id.device_id, session_id, now_ms())
+        .await
+    {
         Ok(()) => tracing::info!(device = %id.device_id, "device disconnected"),
         Err(e) => tracing::warn!(device = %id.device_id, "session end not recorded: {e}"),
     }

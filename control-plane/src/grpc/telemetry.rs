@@ -55,7 +55,11 @@ async fn run(
             }
         };
         let last = samples.last().map(|s| s.seq).unwrap_or(0);
-        match state.store.insert_telemetry(&id.device_id, &samples, now_ms()).await {
+        match state
+            .store
+            .insert_telemetry(&id.device_id, &samples, now_ms())
+            .await
+        {
             Ok(stored) => {
                 tracing::debug!(device = %id.device_id, stored, last, "telemetry committed");
                 if tx.send(Ok(TelemetryAck { acked_seq: last })).await.is_err() {

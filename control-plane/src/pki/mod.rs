@@ -16,10 +16,11 @@ use std::time::Duration;
 use rand::RngCore;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{
+    CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer,
+};
 use time::OffsetDateTime;
 
 use crate::ids::sha256_hex;
@@ -199,10 +200,10 @@ impl Ca {
         dn.push(DnType::OrganizationName, workspace);
         params.distinguished_name = dn;
         let uri = identity::device_uri(workspace, device_id);
-        params.subject_alt_names = vec![SanType::URI(
-            uri.try_into()
-                .map_err(|e| PkiError::Invalid(format!("bad device URI: {e}")))?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(uri.try_into().map_err(|e| {
+                PkiError::Invalid(format!("bad device URI: {e}"))
+            })?)];
         let (serial, serial_hex) = random_serial();
         params.serial_number = Some(serial);
         params.not_before = now - BACKDATE;
@@ -286,7 +287,11 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Pki
 
 fn check_key_mode(path: &Path) -> Result<(), PkiError> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).map_err(io_err(path))?.permissions().mode() & 0o777;
+    let mode = std::fs::metadata(path)
+        .map_err(io_err(path))?
+        .permissions()
+        .mode()
+        & 0o777;
     if mode & 0o077 != 0 {
         return Err(PkiError::Invalid(format!(
             "{} has mode {mode:o}; a private key must not be readable by group or others (chmod 600)",
@@ -311,10 +316,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
         let ca = Ca::load_or_create(&pki).unwrap();
-        let mode = std::fs::metadata(pki.join("ca.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(pki.join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let again = Ca::load_or_create(&pki).unwrap();
-        assert_eq!(ca.fingerprint(), again.fingerprint(), "second start reuses the CA");
+        assert_eq!(
+            ca.fingerprint(),
+            again.fingerprint(),
+            "second start reuses the CA"
+        );
         assert!(ca.fingerprint().starts_with("sha256:"));
     }
 
@@ -324,7 +336,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
         Ca::load_or_create(&pki).unwrap();
-        std::fs::set_permissions(pki.join("ca.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(pki.join("ca.key"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
         let err = Ca::load_or_create(&pki).err().unwrap();
         assert!(err.to_string().contains("chmod 600"), "{err}");
     }
@@ -344,7 +357,10 @@ mod tests {
         assert_eq!(info.device_id, "dev123");
         assert_eq!(info.serial, issued.serial);
         assert!(issued.not_before <= now - BACKDATE + Duration::from_secs(1));
-        assert_eq!(issued.not_after.unix_timestamp(), (now + Duration::from_secs(3600)).unix_timestamp());
+        assert_eq!(
+            issued.not_after.unix_timestamp(),
+            (now + Duration::from_secs(3600)).unix_timestamp()
+        );
     }
 
     #[test]

@@ -75,7 +75,8 @@ impl Caller {
     }
 }
 
-const HINT: &str = "Pass a workspace API key as ?api_key=KEY or an Authorization: Bearer KEY header.";
+const HINT: &str =
+    "Pass a workspace API key as ?api_key=KEY or an Authorization: Bearer KEY header.";
 
 /// Reads the key from `?api_key=` or `Authorization: Bearer`.
 fn presented_key(parts: &Parts) -> Result<Option<String>, ApiError> {
@@ -86,7 +87,9 @@ fn presented_key(parts: &Parts) -> Result<Option<String>, ApiError> {
         let key = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| ApiError::unauthorized("Authorization header must use the Bearer scheme", HINT))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("Authorization header must use the Bearer scheme", HINT)
+            })?;
         return Ok(Some(key.trim().to_string()));
     }
     let query: Query<HashMap<String, String>> = Query::try_from_uri(&parts.uri)
@@ -97,7 +100,10 @@ fn presented_key(parts: &Parts) -> Result<Option<String>, ApiError> {
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
         let Path(params): Path<HashMap<String, String>> = Path::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::bad_request(format!("invalid path: {e}")))?;

@@ -170,11 +170,15 @@ pub async fn create(
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad_request("device_name is required"))?;
     if name.chars().count() > 128 {
-        return Err(ApiError::bad_request("device_name must be at most 128 characters"));
+        return Err(ApiError::bad_request(
+            "device_name must be at most 128 characters",
+        ));
     }
     let description = body.description.unwrap_or_default();
     if description.chars().count() > 1024 {
-        return Err(ApiError::bad_request("description must be at most 1024 characters"));
+        return Err(ApiError::bad_request(
+            "description must be at most 1024 characters",
+        ));
     }
     let device_type = body.device_type.unwrap_or_else(|| "edge".into());
     match device_type.as_str() {
@@ -199,7 +203,10 @@ pub async fn create(
     }
     // Not built yet (offline provisioning, workflows, duplication): refuse
     // plainly rather than ignore what the caller asked for.
-    if body.offline_mode == Some(true) || body.workflow_id.is_some() || body.source_device_id.is_some() {
+    if body.offline_mode == Some(true)
+        || body.workflow_id.is_some()
+        || body.source_device_id.is_some()
+    {
         return Err(ApiError::bad_request(
             "offline_mode, workflow_id and sourceDeviceId are not supported by this control plane version",
         ));

@@ -11,7 +11,10 @@ use crate::store::StoreError;
 #[derive(Debug)]
 pub enum ApiError {
     /// 401 with the structured OAuthException body.
-    Unauthorized { message: String, hint: String },
+    Unauthorized {
+        message: String,
+        hint: String,
+    },
     BadRequest(String),
     Forbidden(String),
     NotFound(String),

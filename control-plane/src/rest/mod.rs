@@ -30,7 +30,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/{workspace}/devices/v2", get(devices::list).post(devices::create))
+        .route(
+            "/{workspace}/devices/v2",
+            get(devices::list).post(devices::create),
+        )
         .route("/{workspace}/devices/v2/{device_id}", get(devices::get_one))
         .route(
             "/{workspace}/devices/v2/{device_id}/telemetry/raw",

@@ -39,7 +39,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::bad_request(
                 "request body must be JSON with Content-Type: application/json",
             )),
-            Err(e) => Err(ApiError::bad_request(format!("invalid request body: {}", e.body_text()))),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "invalid request body: {}",
+                e.body_text()
+            ))),
         }
     }
 }
@@ -79,7 +82,10 @@ mod tests {
     #[test]
     fn times_parse_and_format() {
         assert_eq!(parse_time("t", None).unwrap(), None);
-        assert_eq!(parse_time("t", Some("1700000000")).unwrap(), Some(1_700_000_000_000));
+        assert_eq!(
+            parse_time("t", Some("1700000000")).unwrap(),
+            Some(1_700_000_000_000)
+        );
         assert_eq!(
             parse_time("t", Some("2023-11-14T22:13:20Z")).unwrap(),
             Some(1_700_000_000_000)

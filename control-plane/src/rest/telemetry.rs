@@ -76,7 +76,9 @@ pub fn parse_direction(raw: Option<&str>) -> Result<Direction, ApiError> {
         None => Ok(Direction::default()),
         Some("forward") => Ok(Direction::Forward),
         Some("backward") => Ok(Direction::Backward),
-        Some(_) => Err(ApiError::bad_request("direction must be forward or backward")),
+        Some(_) => Err(ApiError::bad_request(
+            "direction must be forward or backward",
+        )),
     }
 }
 
@@ -91,7 +93,9 @@ pub async fn raw(
     let end = parse_time("end_time", params.get("end_time"))?;
     if let (Some(s), Some(e)) = (start, end) {
         if s > e {
-            return Err(ApiError::bad_request("start_time must not be after end_time"));
+            return Err(ApiError::bad_request(
+                "start_time must not be after end_time",
+            ));
         }
     }
     let limit = parse_limit(params.get("limit"), 100, 1000)?;

@@ -279,11 +279,19 @@ pub trait Store: Send + Sync + 'static {
         facts: &DeviceFacts,
         now: UnixMillis,
     ) -> StoreResult<()>;
-    async fn session_heartbeat(&self, device_id: &str, session_id: &str, now: UnixMillis)
-    -> StoreResult<()>;
+    async fn session_heartbeat(
+        &self,
+        device_id: &str,
+        session_id: &str,
+        now: UnixMillis,
+    ) -> StoreResult<()>;
     /// Ends the session if it is still the device's current one.
-    async fn session_closed(&self, device_id: &str, session_id: &str, now: UnixMillis)
-    -> StoreResult<()>;
+    async fn session_closed(
+        &self,
+        device_id: &str,
+        session_id: &str,
+        now: UnixMillis,
+    ) -> StoreResult<()>;
 
     /// Stores samples, ignoring any (device, seq) already stored. Returns the
     /// number newly stored. Durable when it returns.

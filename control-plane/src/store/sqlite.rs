@@ -57,7 +57,10 @@ fn device_from_row(row: &SqliteRow) -> StoreResult<Device> {
         device_type: row.try_get("device_type")?,
         enabled: row.try_get("enabled")?,
         created_at: row.try_get("created_at")?,
-        facts: facts.as_deref().map(|f| json_vec(f, "device facts")).transpose()?,
+        facts: facts
+            .as_deref()
+            .map(|f| json_vec(f, "device facts"))
+            .transpose()?,
         session_id: row.try_get("session_id")?,
         last_heartbeat: row.try_get("last_heartbeat")?,
         cert_expires_at: row.try_get("cert_expires_at")?,
@@ -108,12 +111,13 @@ macro_rules! device_select {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn create_workspace(&self, ws: &Workspace) -> StoreResult<()> {
-        let res = sqlx::query("INSERT INTO workspaces (name, features, created_at) VALUES (?, ?, ?)")
-            .bind(&ws.name)
-            .bind(to_json(&ws.features))
-            .bind(ws.created_at)
-            .execute(&self.pool)
-            .await;
+        let res =
+            sqlx::query("INSERT INTO workspaces (name, features, created_at) VALUES (?, ?, ?)")
+                .bind(&ws.name)
+                .bind(to_json(&ws.features))
+                .bind(ws.created_at)
+                .execute(&self.pool)
+                .await;
         match res {
             Ok(_) => Ok(()),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
@@ -168,7 +172,10 @@ impl Store for SqliteStore {
             Ok(ApiKeyRecord {
                 id: r.try_get("id")?,
                 workspace: r.try_get("workspace")?,
-                scopes: scopes.as_deref().map(|s| json_vec(s, "api key scopes")).transpose()?,
+                scopes: scopes
+                    .as_deref()
+                    .map(|s| json_vec(s, "api key scopes"))
+                    .transpose()?,
                 device_id: r.try_get("device_id")?,
             })
         })
@@ -238,7 +245,9 @@ impl Store for SqliteStore {
                 device_id: r.try_get("id")?,
                 workspace: r.try_get("workspace")?,
                 enabled: r.try_get("enabled")?,
-                expires_at: r.try_get::<Option<i64>, _>("install_id_expires_at")?.unwrap_or(0),
+                expires_at: r
+                    .try_get::<Option<i64>, _>("install_id_expires_at")?
+                    .unwrap_or(0),
                 bound_key_sha256: r.try_get("install_key_sha256")?,
                 spent: r.try_get("install_spent")?,
             })
@@ -266,11 +275,13 @@ impl Store for SqliteStore {
         }
         // A retried enrollment (lost response) supersedes the earlier,
         // never-used certificate.
-        sqlx::query("UPDATE device_certs SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL")
-            .bind(c.now)
-            .bind(&c.device_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE device_certs SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+        )
+        .bind(c.now)
+        .bind(&c.device_id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO device_certs (serial, device_id, not_before, not_after, issued_at) \
              VALUES (?, ?, ?, ?, ?)",
@@ -282,11 +293,13 @@ impl Store for SqliteStore {
         .bind(c.now)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL")
-            .bind(c.now)
-            .bind(&c.device_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+        )
+        .bind(c.now)
+        .bind(&c.device_id)
+        .execute(&mut *tx)
+        .await?;
         let k = &c.device_api_key;
         sqlx::query(
             "INSERT INTO api_keys (id, workspace, key_hash, scopes, device_id, created_at) \
@@ -439,10 +452,11 @@ impl Store for SqliteStore {
     }
 
     async fn last_telemetry_seq(&self, device_id: &str) -> StoreResult<u64> {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM telemetry WHERE device_id = ?")
-            .bind(device_id)
-            .fetch_one(&self.pool)
-            .await?;
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(seq) FROM telemetry WHERE device_id = ?")
+                .bind(device_id)
+                .fetch_one(&self.pool)
+                .await?;
         Ok(seq.unwrap_or(0).max(0) as u64)
     }
 

@@ -1,0 +1,221 @@
+//! `outpost-agent run`: enroll if needed, then keep a connection up with
+//! jittered exponential backoff, sampling on schedule whether connected or
+//! not.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use tokio::sync::watch;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use crate::backoff::{HEALTHY_AFTER, Reconnect};
+use crate::collect::Collector;
+use crate::config::AgentConfig;
+use crate::enroll::{self, EnrollError, now_ms};
+use crate::link::{self, LinkError, ServerUrl, Trust};
+use crate::session;
+use crate::state::{RuntimeStatus, StateDir};
+use crate::uplink::{Outbox, OutboxLimits};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Enroll(#[from] EnrollError),
+    #[error("{0}")]
+    Link(#[from] LinkError),
+    #[error("{0}")]
+    State(#[from] crate::state::StateError),
+    #[error("{0}")]
+    Collect(#[from] crate::collect::CollectError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Everything a connection needs, owned by the daemon across reconnects.
+pub struct Agent {
+    pub state: StateDir,
+    pub server: ServerUrl,
+    pub device_id: String,
+    pub tls: Arc<ClientConfig>,
+    pub collector: Collector,
+    pub outbox: Outbox,
+    pub limits: OutboxLimits,
+    pub sample_tick: Interval,
+    interval: Duration,
+    status: RuntimeStatus,
+}
+
+impl Agent {
+    pub fn take_sample(&mut self) {
+        let sample = self.collector.sample(now_ms());
+        self.outbox.push(sample);
+        self.persist_seq();
+        self.write_status();
+    }
+
+    /// Saves the sequence counter so numbering survives restarts.
+    pub fn persist_seq(&mut self) {
+        if let Err(e) = self.state.save_next_seq(self.outbox.next_seq()) {
+            tracing::error!("cannot persist the telemetry sequence: {e}");
+        }
+    }
+
+    pub fn set_interval(&mut self, interval: Duration) {
+        if interval != self.interval {
+            tracing::info!(?interval, "telemetry interval changed");
+            self.interval = interval;
+            self.sample_tick = sample_interval(interval);
+        }
+    }
+
+    pub fn set_link(&mut self, link: &str, error: Option<String>) {
+        self.status.link = link.to_string();
+        if error.is_some() {
+            self.status.last_error = error;
+        }
+        self.write_status();
+    }
+
+    pub fn set_connected(&mut self) {
+        self.status.last_connected_unix_ms = Some(now_ms());
+        self.status.last_error = None;
+        self.set_link("connected", None);
+    }
+
+    pub fn write_status(&mut self) {
+        self.status.pending_samples = self.outbox.pending();
+        self.status.dropped_samples = self.outbox.dropped();
+        self.status.next_seq = self.outbox.next_seq();
+        self.status.updated_unix_ms = now_ms();
+        if let Err(e) = self.state.save_status(&self.status) {
+            tracing::warn!("cannot write status file: {e}");
+        }
+    }
+}
+
+fn sample_interval(every: Duration) -> Interval {
+    // The first sample comes one period in, when CPU usage has a baseline.
+    let mut i = tokio::time::interval_at(Instant::now() + every, every);
+    i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    i
+}
+
+/// Resolves once `stop` flips to true (or its sender is gone).
+pub async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Runs the daemon until `stop` flips.
+pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<(), AgentError> {
+    let state = StateDir::open(&cfg.state_dir)?;
+    let collector = Collector::new()?;
+    let identity = match state.identity()? {
+        Some(id) => id,
+        None => {
+            let (Some(server), Some(install_id), Some(trust)) =
+                (&cfg.server, &cfg.install_id, &cfg.trust)
+            else {
+                return Err(AgentError::Config(format!(
+                    "this box is not enrolled ({} has no identity): run `outpost-agent enroll` or configure server, install-id and ca-file/ca-fingerprint",
+                    state.root().display()
+                )));
+            };
+            let Some(id) =
+                enroll_with_retry(&state, server, install_id, trust, &collector, &mut stop).await?
+            else {
+                return Ok(());
+            };
+            id
+        }
+    };
+    let server = match &cfg.server {
+        Some(s) => s.clone(),
+        None => ServerUrl::parse(&identity.server)?,
+    };
+    let trust = Trust::from_ca_file(&state.ca_path())?;
+    let tls = link::client_config(&trust, Some(enroll::load_client_identity(&state)?))?;
+    let limits = OutboxLimits::default();
+    let outbox = Outbox::new(state.next_seq()?, limits.clone());
+    let mut agent = Agent {
+        state,
+        server,
+        device_id: identity.device_id.clone(),
+        tls,
+        collector,
+        outbox,
+        limits,
+        sample_tick: sample_interval(cfg.interval),
+        interval: cfg.interval,
+        status: RuntimeStatus {
+            pid: std::process::id(),
+            link: "starting".into(),
+            ..Default::default()
+        },
+    };
+    tracing::info!(device = %identity.device_id, workspace = %identity.workspace, server = %agent.server, "agent starting");
+
+    let mut backoff = Reconnect::new();
+    loop {
+        let started = Instant::now();
+        match session::run_connection(&mut agent, &mut stop).await {
+            Ok(session::End::Stopping) => break,
+            Err(e) => {
+                tracing::warn!("link down: {e}");
+                agent.set_link("disconnected", Some(e.to_string()));
+            }
+        }
+        if started.elapsed() >= HEALTHY_AFTER {
+            backoff = Reconnect::new();
+        }
+        let delay = backoff.next_delay();
+        tracing::info!("reconnecting in {:.1}s", delay.as_secs_f64());
+        let wake = tokio::time::sleep(delay);
+        tokio::pin!(wake);
+        loop {
+            tokio::select! {
+                _ = &mut wake => break,
+                _ = agent.sample_tick.tick() => agent.take_sample(),
+                _ = stopping(&mut stop) => {
+                    agent.set_link("stopped", None);
+                    return Ok(());
+                }
+            }
+        }
+    }
+    agent.set_link("stopped", None);
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// Enrolls, retrying transient failures with backoff. `None`: stopped.
+async fn enroll_with_retry(
+    state: &StateDir,
+    server: &ServerUrl,
+    install_id: &str,
+    trust: &Trust,
+    collector: &Collector,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<crate::state::Identity>, AgentError> {
+    let mut backoff = Reconnect::new();
+    loop {
+        match enroll::enroll(state, server, install_id, trust, collector.facts()).await {
+            Ok(id) => {
+                tracing::info!(device = %id.device_id, "enrolled");
+                return Ok(Some(id));
+            }
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    "enrollment failed ({e}); retrying in {:.1}s",
+                    delay.as_secs_f64()
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopping(stop) => return Ok(None),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

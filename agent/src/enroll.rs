@@ -1,0 +1,181 @@
+//! Enrollment: the box's key is generated (or reused, after an interrupted
+//! attempt) on the box; only a CSR leaves it. The install ID is spent once the
+//! agent has connected with the certificate it gets back.
+
+use outpost_proto::v1::{DeviceFacts, EnrollRequest};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+use crate::link::{self, LinkError, ServerUrl, Trust};
+use crate::state::{Identity, StateDir, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error(
+        "this box is already enrolled as device {device_id}; remove {state_dir} to enroll again"
+    )]
+    AlreadyEnrolled {
+        device_id: String,
+        state_dir: String,
+    },
+    /// The control plane said no: retrying with the same install ID is futile.
+    #[error("enrollment refused: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Link(#[from] LinkError),
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error("unexpected enrollment response: {0}")]
+    BadResponse(String),
+}
+
+impl EnrollError {
+    /// Whether another attempt could succeed (network trouble, server busy).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EnrollError::Link(LinkError::Rpc(s)) => matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            ),
+            EnrollError::Link(LinkError::Connect { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
+pub async fn enroll(
+    state: &StateDir,
+    server: &ServerUrl,
+    install_id: &str,
+    trust: &Trust,
+    facts: DeviceFacts,
+) -> Result<Identity, EnrollError> {
+    if let Some(id) = state.identity()? {
+        return Err(EnrollError::AlreadyEnrolled {
+            device_id: id.device_id,
+            state_dir: state.root().display().to_string(),
+        });
+    }
+    let key = state.load_or_create_key()?;
+    let mut params = rcgen::CertificateParams::default();
+    // The control plane ignores the CSR's subject; this only helps humans
+    // reading a captured CSR.
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, facts.hostname.clone());
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| EnrollError::BadResponse(format!("cannot build CSR: {e}")))?;
+
+    let tls = link::client_config(trust, None)?;
+    let channel = link::connect(server, tls).await?;
+    let response = link::client(channel)
+        .enroll(EnrollRequest {
+            install_id: install_id.trim().to_string(),
+            csr_der: csr.der().to_vec(),
+            facts: Some(facts),
+        })
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::PermissionDenied
+            | tonic::Code::InvalidArgument
+            | tonic::Code::NotFound => EnrollError::Refused(status.message().to_string()),
+            _ => EnrollError::Link(LinkError::Rpc(status)),
+        })?
+        .into_inner();
+
+    if response.certificate_chain_der.is_empty() || response.ca_bundle_der.is_empty() {
+        return Err(EnrollError::BadResponse(
+            "no certificate or CA bundle".into(),
+        ));
+    }
+    if !response.ca_bundle_der.iter().any(|ca| trust.accepts_ca(ca)) {
+        return Err(EnrollError::BadResponse(
+            "the CA bundle does not contain the CA this agent was told to trust".into(),
+        ));
+    }
+    // Check that the certificate is really for our key before storing it.
+    let leaf = CertificateDer::from(response.certificate_chain_der[0].clone());
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf)
+        .map_err(|e| EnrollError::BadResponse(format!("unparseable certificate: {e}")))?;
+    if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(EnrollError::BadResponse(
+            "the certificate is not for this device's key".into(),
+        ));
+    }
+    let identity = Identity {
+        device_id: response.device_id,
+        workspace: response.workspace,
+        server: server.to_string(),
+        enrolled_at_unix_ms: now_ms(),
+    };
+    state.save_enrollment(
+        &identity,
+        &pem_chain(&response.certificate_chain_der),
+        &pem_chain(&response.ca_bundle_der),
+        &response.device_api_key,
+    )?;
+    Ok(identity)
+}
+
+fn pem_chain(ders: &[Vec<u8>]) -> String {
+    ders.iter()
+        .map(|d| pem::encode(&pem::Pem::new("CERTIFICATE", d.clone())))
+        .collect()
+}
+
+/// Loads the device's chain and key for mTLS.
+pub fn load_client_identity(
+    state: &StateDir,
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+    EnrollError,
+> {
+    let cert_path = state.cert_path();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            EnrollError::State(StateError::Invalid {
+                path: cert_path.clone(),
+                message: format!("unreadable certificate: {e}"),
+            })
+        })?;
+    let key_path = state.key_path();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+        EnrollError::State(StateError::Invalid {
+            path: key_path.clone(),
+            message: format!("unreadable key: {e}"),
+        })
+    })?;
+    Ok((chain, key))
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+
+    #[test]
+    fn pem_chain_round_trips_through_the_rustls_parser() {
+        let ders = vec![
+            vec![1u8, 2, 3, 4, 5],
+            (0..300).map(|i| (i % 256) as u8).collect(),
+        ];
+        let pem = pem_chain(&ders);
+        let back: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(|c| c.unwrap().to_vec())
+            .collect();
+        assert_eq!(back, ders);
+    }
+}

@@ -1,0 +1,26 @@
+//! outpost-agent: enrolls an edge box with its install ID, keeps its key on
+//! the box and streams telemetry to the control plane over mTLS.
+//!
+//! - [`enroll`]: key generation, CSR, enrollment
+//! - [`daemon`] / [`session`]: the run loop and one connection's life
+//! - [`uplink`]: delivery state (seq, backlog, acks), free of I/O
+//! - [`collect`]: sysinfo readings
+//! - [`link`]: server URL, TLS trust, gRPC channel
+//! - [`state`]: the state directory
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod collect;
+pub mod config;
+pub mod daemon;
+pub mod enroll;
+pub mod link;
+pub mod session;
+pub mod state;
+pub mod uplink;
+
+/// Exit status when the control plane refused enrollment: the install ID is
+/// wrong, spent or expired, and retrying cannot help.
+pub const EXIT_ENROLL_REFUSED: u8 = 3;
+/// Exit status for configuration errors.
+pub const EXIT_CONFIG: u8 = 2;

@@ -1,0 +1,409 @@
+//! The agent's link to the control plane: server URL, TLS trust (CA file or
+//! pinned CA fingerprint), client identity, and the gRPC channel over it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_proto::v1::device_service_client::DeviceServiceClient;
+use ring::digest;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("invalid server URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("{0}")]
+    Trust(String),
+    #[error("cannot connect to {server}: {detail}")]
+    Connect { server: String, detail: String },
+    #[error("{0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// `https://host[:port]` of the control plane's device service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl ServerUrl {
+    pub fn parse(raw: &str) -> Result<Self, LinkError> {
+        let bad = |reason: &str| LinkError::BadUrl {
+            url: raw.to_string(),
+            reason: reason.to_string(),
+        };
+        let rest = raw
+            .strip_prefix("https://")
+            .ok_or_else(|| bad("must start with https:// (the device link is always TLS)"))?;
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') {
+            return Err(bad("expected https://HOST:PORT with no path"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed [ in IPv6 address"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| bad("port must be a number"))?,
+                None if after.is_empty() => 443,
+                None => return Err(bad("unexpected text after ]")),
+            };
+            (h.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse().map_err(|_| bad("port must be a number"))?,
+                ),
+                None => (authority.to_string(), 443),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("missing host"));
+        }
+        Ok(Self { host, port })
+    }
+
+    fn server_name(&self) -> Result<ServerName<'static>, LinkError> {
+        ServerName::try_from(self.host.clone()).map_err(|_| {
+            LinkError::Trust(format!("{:?} is not a valid TLS server name", self.host))
+        })
+    }
+}
+
+impl std::fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "https://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "https://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How the agent decides that it talks to the right control plane.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Trust anchors from a PEM file (the control plane's `pki/ca.crt`).
+    CaCerts(Vec<CertificateDer<'static>>),
+    /// `sha256:<hex>` of the CA certificate, as `kubeadm join` pins it. The
+    /// server sends its CA in the chain; it must hash to this value.
+    Fingerprint([u8; 32]),
+}
+
+impl Trust {
+    pub fn from_ca_file(path: &Path) -> Result<Self, LinkError> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| LinkError::Trust(format!("cannot read CA file {}: {e}", path.display())))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                LinkError::Trust(format!("CA file {} is not valid PEM: {e}", path.display()))
+            })?;
+        if certs.is_empty() {
+            return Err(LinkError::Trust(format!(
+                "CA file {} holds no certificate",
+                path.display()
+            )));
+        }
+        Ok(Trust::CaCerts(certs))
+    }
+
+    pub fn from_fingerprint(raw: &str) -> Result<Self, LinkError> {
+        let bad = || {
+            LinkError::Trust(format!(
+                "CA fingerprint {raw:?} must be sha256:<64 hex digits>"
+            ))
+        };
+        let hexpart = raw.trim().strip_prefix("sha256:").ok_or_else(bad)?;
+        let bytes = hex::decode(hexpart).map_err(|_| bad())?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
+        Ok(Trust::Fingerprint(arr))
+    }
+
+    /// Whether `cert` is the pinned CA (always true for CA-file trust, whose
+    /// check is the chain verification itself).
+    pub fn accepts_ca(&self, cert: &[u8]) -> bool {
+        match self {
+            Trust::CaCerts(certs) => certs.iter().any(|c| c.as_ref() == cert),
+            Trust::Fingerprint(fp) => digest::digest(&digest::SHA256, cert).as_ref() == fp,
+        }
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Client TLS config: server verified per `trust`; `identity` (chain, key)
+/// presented when given.
+pub fn client_config(
+    trust: &Trust,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<ClientConfig>, LinkError> {
+    let provider = provider();
+    let verifier: Arc<dyn ServerCertVerifier> = match trust {
+        Trust::CaCerts(certs) => {
+            let mut roots = RootCertStore::empty();
+            for c in certs {
+                roots
+                    .add(c.clone())
+                    .map_err(|e| LinkError::Trust(format!("unusable CA certificate: {e}")))?;
+            }
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| LinkError::Trust(format!("server verifier: {e}")))?
+        }
+        Trust::Fingerprint(fp) => Arc::new(PinnedCaVerifier {
+            fingerprint: *fp,
+            provider: provider.clone(),
+        }),
+    };
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| LinkError::Trust(format!("TLS versions: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut cfg = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| LinkError::Trust(format!("device certificate/key unusable: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Verifies the server against the CA certificate in its own chain whose
+/// SHA-256 equals the pin; full WebPKI path validation otherwise.
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| digest::digest(&digest::SHA256, c.as_ref()).as_ref() == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the server's CA does not match the pinned --ca-fingerprint".into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(format!("verifier: {e}")))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Opens a gRPC channel to `server` over TLS with `tls`.
+pub async fn connect(server: &ServerUrl, tls: Arc<ClientConfig>) -> Result<Channel, LinkError> {
+    let server_name = server.server_name()?;
+    let host = server.host.clone();
+    let port = server.port;
+    // The scheme here only labels HTTP/2 requests; TLS is done by our
+    // connector below, with our verifier.
+    let endpoint = Endpoint::from_shared(format!("http://{}", authority(&host, port)))
+        .map_err(|e| LinkError::BadUrl {
+            url: server.to_string(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    let connector = tower::service_fn(move |_uri: http::Uri| {
+        let tls = tls.clone();
+        let host = host.clone();
+        let server_name = server_name.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(server_name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| LinkError::Connect {
+            server: server.to_string(),
+            detail: describe_transport_error(&e),
+        })
+}
+
+fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A gRPC client with our message-size bounds.
+pub fn client(channel: Channel) -> DeviceServiceClient<Channel> {
+    DeviceServiceClient::new(channel)
+        .max_decoding_message_size(outpost_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(outpost_proto::MAX_MESSAGE_BYTES)
+}
+
+/// Walks an error's sources and names clock-caused TLS failures plainly:
+/// on boxes without an RTC these are the usual cause, and they need a
+/// different fix (time sync) than a wrong CA.
+pub fn describe_transport_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut innermost = e.to_string();
+    while let Some(err) = cur {
+        if let Some(tls) = find_rustls_error(err) {
+            return match tls {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)
+                | rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext {
+                    ..
+                }) => {
+                    format!(
+                        "TLS failed because of the clock: a certificate has expired (is this box's time right?): {tls}"
+                    )
+                }
+                rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYet)
+                | rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidYetContext { .. },
+                ) => {
+                    format!(
+                        "TLS failed because of the clock: a certificate is not valid yet (is this box's time right?): {tls}"
+                    )
+                }
+                other => format!("TLS error: {other}"),
+            };
+        }
+        innermost = err.to_string();
+        cur = err.source();
+    }
+    innermost
+}
+
+fn find_rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(t) = err.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    err.downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_server_urls() {
+        assert_eq!(
+            ServerUrl::parse("https://cp.example:8443").unwrap(),
+            ServerUrl {
+                host: "cp.example".into(),
+                port: 8443
+            }
+        );
+        assert_eq!(ServerUrl::parse("https://cp.example/").unwrap().port, 443);
+        assert_eq!(ServerUrl::parse("https://[::1]:9000").unwrap().host, "::1");
+        assert_eq!(
+            ServerUrl::parse("https://[::1]:9000").unwrap().to_string(),
+            "https://[::1]:9000"
+        );
+        for bad in [
+            "http://x:1",
+            "x:1",
+            "https://",
+            "https://x:port",
+            "https://x:1/path",
+        ] {
+            assert!(ServerUrl::parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn parses_fingerprints() {
+        let fp = format!("sha256:{}", "ab".repeat(32));
+        assert!(matches!(
+            Trust::from_fingerprint(&fp),
+            Ok(Trust::Fingerprint(_))
+        ));
+        assert!(Trust::from_fingerprint("sha256:abcd").is_err());
+        assert!(Trust::from_fingerprint(&"ab".repeat(32)).is_err());
+        assert!(Trust::from_fingerprint(&format!("sha256:{}", "zz".repeat(32))).is_err());
+    }
+
+    #[test]
+    fn names_clock_errors() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYet),
+        );
+        let text = describe_transport_error(&io);
+        assert!(text.contains("because of the clock"), "{text}");
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let text = describe_transport_error(&io);
+        assert!(text.starts_with("TLS error"), "{text}");
+    }
+}

@@ -1,0 +1,135 @@
+//! One connection's life: session hello, telemetry stream, heartbeats, acks.
+//! Returns when the link fails (the caller backs off and retries) or when
+//! the agent is stopping.
+
+use std::time::Duration;
+
+use outpost_proto::v1::agent_message::Kind as AgentKind;
+use outpost_proto::v1::server_message::Kind as ServerKind;
+use outpost_proto::v1::{AgentMessage, Heartbeat, Hello, ServerMessage, Settings, TelemetryBatch};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::daemon::Agent;
+use crate::link::{self, LinkError};
+
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// On stop, how long to wait for acks of batches already sent.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Why a connection ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    Stopping,
+}
+
+pub async fn run_connection(
+    agent: &mut Agent,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<End, LinkError> {
+    agent.set_link("connecting", None);
+    let channel = link::connect(&agent.server, agent.tls.clone()).await?;
+    let mut client = link::client(channel);
+
+    let (session_tx, session_rx) = mpsc::channel::<AgentMessage>(8);
+    let hello = AgentMessage {
+        kind: Some(AgentKind::Hello(Hello {
+            facts: Some(agent.collector.facts()),
+        })),
+    };
+    session_tx
+        .send(hello)
+        .await
+        .map_err(|_| LinkError::Protocol("session stream closed before hello".into()))?;
+    let mut session_in = client
+        .session(ReceiverStream::new(session_rx))
+        .await?
+        .into_inner();
+    let start = match tokio::time::timeout(START_TIMEOUT, session_in.message()).await {
+        Ok(Ok(Some(ServerMessage {
+            kind: Some(ServerKind::Start(s)),
+        }))) => s,
+        Ok(Ok(Some(_))) => return Err(LinkError::Protocol("expected a session start".into())),
+        Ok(Ok(None)) => return Err(LinkError::Protocol("the server closed the session".into())),
+        Ok(Err(status)) => return Err(status.into()),
+        Err(_) => return Err(LinkError::Protocol("no session start within 15 s".into())),
+    };
+    let mut heartbeat_every = DEFAULT_HEARTBEAT;
+    if let Some(s) = &start.settings {
+        apply_settings(agent, s, &mut heartbeat_every);
+    }
+    agent.outbox.on_connected(start.last_telemetry_seq);
+    agent.persist_seq();
+
+    let (telemetry_tx, telemetry_rx) =
+        mpsc::channel::<TelemetryBatch>(agent.limits.max_in_flight + 1);
+    let mut acks = client
+        .push_telemetry(ReceiverStream::new(telemetry_rx))
+        .await?
+        .into_inner();
+    agent.set_connected();
+    tracing::info!(server = %agent.server, device = %agent.device_id, "connected");
+
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        while let Some(batch) = agent.outbox.next_batch() {
+            telemetry_tx
+                .send(batch)
+                .await
+                .map_err(|_| LinkError::Protocol("telemetry stream closed".into()))?;
+        }
+        tokio::select! {
+            _ = agent.sample_tick.tick() => agent.take_sample(),
+            _ = heartbeat.tick() => {
+                let hb = AgentMessage { kind: Some(AgentKind::Heartbeat(Heartbeat { sent_at_unix_ms: crate::enroll::now_ms() })) };
+                session_tx.send(hb).await.map_err(|_| LinkError::Protocol("session stream closed".into()))?;
+            }
+            ack = acks.message() => match ack {
+                Ok(Some(a)) => {
+                    agent.outbox.on_ack(a.acked_seq);
+                    agent.write_status();
+                }
+                Ok(None) => return Err(LinkError::Protocol("the server closed the telemetry stream".into())),
+                Err(status) => return Err(status.into()),
+            },
+            msg = session_in.message() => match msg {
+                Ok(Some(ServerMessage { kind: Some(ServerKind::Settings(s)) })) => {
+                    apply_settings(agent, &s, &mut heartbeat_every);
+                    heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(LinkError::Protocol("the server closed the session".into())),
+                Err(status) => return Err(status.into()),
+            },
+            _ = crate::daemon::stopping(stop) => {
+                drain(agent, &mut acks).await;
+                return Ok(End::Stopping);
+            }
+        }
+    }
+}
+
+/// Waits briefly for acks of batches already on the wire, so a clean stop
+/// does not make the next start resend them.
+async fn drain(agent: &mut Agent, acks: &mut tonic::Streaming<outpost_proto::v1::TelemetryAck>) {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while !agent.outbox.idle() {
+        match tokio::time::timeout_at(deadline, acks.message()).await {
+            Ok(Ok(Some(a))) => agent.outbox.on_ack(a.acked_seq),
+            _ => break,
+        }
+    }
+    agent.write_status();
+}
+
+fn apply_settings(agent: &mut Agent, s: &Settings, heartbeat_every: &mut Duration) {
+    if s.telemetry_interval_secs > 0 {
+        agent.set_interval(Duration::from_secs(s.telemetry_interval_secs.into()));
+    }
+    if s.heartbeat_interval_secs > 0 {
+        *heartbeat_every = Duration::from_secs(s.heartbeat_interval_secs.into());
+    }
+}

@@ -1,0 +1,261 @@
+//! The agent's state directory: its key (never leaves the box), certificate,
+//! CA bundle, identity and counters. Every write is atomic (temporary file,
+//! fsync, rename), so a crash leaves either the old or the new file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Who this box is, as recorded at enrollment. Written last: its presence
+/// means the enrollment is complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub device_id: String,
+    pub workspace: String,
+    pub server: String,
+    pub enrolled_at_unix_ms: i64,
+}
+
+/// What `outpost-agent status` shows about a running daemon.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeStatus {
+    pub pid: u32,
+    pub link: String,
+    pub last_connected_unix_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub pending_samples: usize,
+    pub dropped_samples: u64,
+    pub next_seq: u64,
+    pub updated_unix_ms: i64,
+}
+
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating with mode 0700) the state directory.
+    pub fn open(root: &Path) -> Result<Self, StateError> {
+        use std::os::unix::fs::DirBuilderExt;
+        if !root.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)
+                .map_err(io_err(root))?;
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn key_path(&self) -> PathBuf {
+        self.root.join("device.key")
+    }
+    pub fn cert_path(&self) -> PathBuf {
+        self.root.join("device.crt")
+    }
+    pub fn ca_path(&self) -> PathBuf {
+        self.root.join("ca.crt")
+    }
+    pub fn api_key_path(&self) -> PathBuf {
+        self.root.join("api-key")
+    }
+    fn identity_path(&self) -> PathBuf {
+        self.root.join("identity.json")
+    }
+    fn seq_path(&self) -> PathBuf {
+        self.root.join("telemetry.seq")
+    }
+    fn status_path(&self) -> PathBuf {
+        self.root.join("status.json")
+    }
+
+    pub fn identity(&self) -> Result<Option<Identity>, StateError> {
+        let path = self.identity_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StateError::Invalid {
+                        path,
+                        message: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Loads the device key, or creates and persists a new ECDSA P-256 key
+    /// (mode 0600) when there is none. Reusing a key left by an interrupted
+    /// enrollment lets the retry be recognised by the control plane.
+    pub fn load_or_create_key(&self) -> Result<rcgen::KeyPair, StateError> {
+        let path = self.key_path();
+        match std::fs::read_to_string(&path) {
+            Ok(pem) => rcgen::KeyPair::from_pem(&pem).map_err(|e| StateError::Invalid {
+                path,
+                message: format!("unreadable device key: {e}"),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = rcgen::KeyPair::generate().map_err(|e| StateError::Invalid {
+                    path: path.clone(),
+                    message: format!("key generation failed: {e}"),
+                })?;
+                write_atomic(&path, key.serialize_pem().as_bytes(), 0o600)?;
+                Ok(key)
+            }
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Records a completed enrollment: CA bundle, certificate chain, device
+    /// API key, then the identity (last, as the commit point).
+    pub fn save_enrollment(
+        &self,
+        identity: &Identity,
+        chain_pem: &str,
+        ca_pem: &str,
+        api_key: &str,
+    ) -> Result<(), StateError> {
+        write_atomic(&self.ca_path(), ca_pem.as_bytes(), 0o644)?;
+        write_atomic(&self.cert_path(), chain_pem.as_bytes(), 0o644)?;
+        write_atomic(&self.api_key_path(), api_key.as_bytes(), 0o600)?;
+        let json = serde_json::to_vec_pretty(identity).map_err(|e| StateError::Invalid {
+            path: self.identity_path(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&self.identity_path(), &json, 0o644)
+    }
+
+    /// The next telemetry sequence number (1 for a new device).
+    pub fn next_seq(&self) -> Result<u64, StateError> {
+        let path = self.seq_path();
+        match std::fs::read_to_string(&path) {
+            Ok(s) => s.trim().parse::<u64>().map_err(|_| StateError::Invalid {
+                path,
+                message: "not a sequence number".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(1),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    pub fn save_next_seq(&self, next: u64) -> Result<(), StateError> {
+        write_atomic(&self.seq_path(), next.to_string().as_bytes(), 0o644)
+    }
+
+    pub fn save_status(&self, status: &RuntimeStatus) -> Result<(), StateError> {
+        let json = serde_json::to_vec_pretty(status).map_err(|e| StateError::Invalid {
+            path: self.status_path(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&self.status_path(), &json, 0o644)
+    }
+
+    pub fn status(&self) -> Option<RuntimeStatus> {
+        let bytes = std::fs::read(self.status_path()).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// Writes via `path.tmp`, fsync, rename and directory fsync.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn key_is_created_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("s")).unwrap();
+        let k1 = state.load_or_create_key().unwrap();
+        let k2 = state.load_or_create_key().unwrap();
+        assert_eq!(k1.public_key_raw(), k2.public_key_raw());
+        let mode = std::fs::metadata(state.key_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = std::fs::metadata(state.root())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn identity_is_absent_until_enrollment_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert_eq!(state.identity().unwrap(), None);
+        let id = Identity {
+            device_id: "d".into(),
+            workspace: "w".into(),
+            server: "https://x:1".into(),
+            enrolled_at_unix_ms: 1,
+        };
+        state.save_enrollment(&id, "chain", "ca", "opk_x").unwrap();
+        assert_eq!(state.identity().unwrap(), Some(id));
+        let mode = std::fs::metadata(state.api_key_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn seq_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert_eq!(state.next_seq().unwrap(), 1);
+        state.save_next_seq(42).unwrap();
+        let again = StateDir::open(dir.path()).unwrap();
+        assert_eq!(again.next_seq().unwrap(), 42);
+    }
+}

@@ -24,6 +24,9 @@ impl Reconnect {
                 .with_max_delay(MAX_DELAY)
                 .with_factor(2.0)
                 .with_jitter()
+                // Without an explicit seed (no `std` feature) backon uses a
+                // fixed one, and a whole fleet would retry in lockstep.
+                .with_jitter_seed(rand::random())
                 .without_max_times()
                 .build(),
         }

@@ -232,6 +232,16 @@ impl Store for SqliteStore {
         rows.iter().map(device_from_row).collect()
     }
 
+    async fn set_device_enabled(&self, workspace: &str, id: &str, enabled: bool) -> StoreResult<bool> {
+        let res = sqlx::query("UPDATE devices SET enabled = ? WHERE workspace = ? AND id = ?")
+            .bind(enabled)
+            .bind(workspace)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
     async fn find_enrollment(&self, install_id_hash: &str) -> StoreResult<Option<Enrollment>> {
         let row = sqlx::query(
             "SELECT id, workspace, enabled, install_id_expires_at, install_key_sha256, install_spent \
@@ -498,4 +508,217 @@ async fn insert_event(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        store
+            .create_workspace(&Workspace {
+                name: "acme".into(),
+                features: vec![],
+                created_at: 1,
+            })
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    fn new_device(id: &str, created_at: i64) -> NewDevice {
+        NewDevice {
+            id: id.into(),
+            workspace: "acme".into(),
+            name: format!("dev {id}"),
+            description: String::new(),
+            device_type: "edge".into(),
+            install_id_hash: format!("hash-{id}"),
+            install_id_expires_at: i64::MAX,
+            created_at,
+        }
+    }
+
+    fn commit(device: &str, key: &str, serial: &str) -> EnrollmentCommit {
+        EnrollmentCommit {
+            device_id: device.into(),
+            key_sha256: key.into(),
+            cert: NewCert {
+                serial: serial.into(),
+                not_before: 0,
+                not_after: 10,
+            },
+            device_api_key: NewApiKey {
+                id: format!("k-{serial}"),
+                workspace: "acme".into(),
+                key_hash: format!("kh-{serial}"),
+                scopes: None,
+                device_id: Some(device.into()),
+                created_at: 1,
+            },
+            now: 5,
+        }
+    }
+
+    fn sample(seq: u64) -> TelemetrySample {
+        TelemetrySample {
+            seq,
+            timestamp: 1000 * seq as i64,
+            cpu_percent: seq as f32,
+            temperatures: vec![Temperature {
+                sensor: "cpu".into(),
+                celsius: 40.0,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn telemetry_is_stored_once_per_seq() {
+        let (_d, s) = store().await;
+        s.create_device(&new_device("d1", 1)).await.unwrap();
+        assert_eq!(s.insert_telemetry("d1", &[sample(1), sample(2)], 0).await.unwrap(), 2);
+        // A retry of the same batch plus one new sample stores only the new one.
+        assert_eq!(
+            s.insert_telemetry("d1", &[sample(1), sample(2), sample(3)], 0)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(s.last_telemetry_seq("d1").await.unwrap(), 3);
+        let q = TelemetryQuery {
+            device_id: "d1".into(),
+            start: None,
+            end: None,
+            after_seq: None,
+            direction: Direction::Forward,
+            limit: 10,
+        };
+        let rows = s.query_telemetry(&q).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(rows[0], sample(1), "round-trips every field");
+        let back = s
+            .query_telemetry(&TelemetryQuery {
+                direction: Direction::Backward,
+                after_seq: Some(3),
+                ..q.clone()
+            })
+            .await
+            .unwrap();
+        assert_eq!(back.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 1]);
+        let window = s
+            .query_telemetry(&TelemetryQuery {
+                start: Some(2000),
+                end: Some(3000),
+                ..q
+            })
+            .await
+            .unwrap();
+        assert_eq!(window.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn install_id_binds_to_the_first_key_and_retries_revoke_the_unused_cert() {
+        let (_d, s) = store().await;
+        s.create_device(&new_device("d1", 1)).await.unwrap();
+        s.complete_enrollment(&commit("d1", "keyA", "s1")).await.unwrap();
+        let e = s.find_enrollment("hash-d1").await.unwrap().unwrap();
+        assert_eq!(e.bound_key_sha256.as_deref(), Some("keyA"));
+        // Same key again (response lost): allowed, and the first cert dies.
+        s.complete_enrollment(&commit("d1", "keyA", "s2")).await.unwrap();
+        assert!(s.get_cert("s1").await.unwrap().unwrap().revoked);
+        assert!(!s.get_cert("s2").await.unwrap().unwrap().revoked);
+        // The first device key was replaced too.
+        assert!(s.find_api_key("kh-s1").await.unwrap().is_none());
+        assert!(s.find_api_key("kh-s2").await.unwrap().is_some());
+        // Another key: conflict.
+        assert!(matches!(
+            s.complete_enrollment(&commit("d1", "keyB", "s3")).await,
+            Err(StoreError::Conflict(_))
+        ));
+        // Once spent, even the bound key is refused.
+        s.spend_install_id("d1").await.unwrap();
+        assert!(matches!(
+            s.complete_enrollment(&commit("d1", "keyA", "s4")).await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn sessions_drive_status_and_a_stale_close_does_not_end_a_new_session() {
+        let (_d, s) = store().await;
+        s.create_device(&new_device("d1", 1)).await.unwrap();
+        let now = 1_000_000;
+        let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
+        assert_eq!(dev.status(now), DeviceStatus::Unknown);
+        s.session_opened("d1", "sA", &DeviceFacts::default(), now).await.unwrap();
+        s.session_opened("d1", "sB", &DeviceFacts::default(), now).await.unwrap();
+        s.session_closed("d1", "sA", now).await.unwrap();
+        let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
+        assert_eq!(dev.status(now + 1), DeviceStatus::Online);
+        assert_eq!(
+            dev.status(now + ONLINE_WINDOW_MS),
+            DeviceStatus::Offline,
+            "silent sessions go offline"
+        );
+        s.session_closed("d1", "sB", now).await.unwrap();
+        let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
+        assert_eq!(dev.status(now + 1), DeviceStatus::Offline);
+    }
+
+    #[tokio::test]
+    async fn devices_list_in_pages_within_their_workspace() {
+        let (_d, s) = store().await;
+        s.create_workspace(&Workspace {
+            name: "other".into(),
+            features: vec![],
+            created_at: 1,
+        })
+        .await
+        .unwrap();
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            s.create_device(&new_device(id, 10 + i as i64)).await.unwrap();
+        }
+        let mut foreign = new_device("z", 5);
+        foreign.workspace = "other".into();
+        s.create_device(&foreign).await.unwrap();
+        let first = s
+            .list_devices(&DeviceListQuery {
+                workspace: "acme".into(),
+                after: None,
+                limit: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(first.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        let rest = s
+            .list_devices(&DeviceListQuery {
+                workspace: "acme".into(),
+                after: Some((first[1].created_at, first[1].id.clone())),
+                limit: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(rest.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), vec!["c"]);
+        assert!(s.get_device("acme", "z").await.unwrap().is_none());
+        assert!(s.set_device_enabled("acme", "a", false).await.unwrap());
+        assert!(!s.get_device("acme", "a").await.unwrap().unwrap().enabled);
+        assert!(!s.set_device_enabled("acme", "z", false).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn duplicate_workspace_is_a_conflict() {
+        let (_d, s) = store().await;
+        let err = s
+            .create_workspace(&Workspace {
+                name: "acme".into(),
+                features: vec![],
+                created_at: 2,
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)));
+    }
 }

@@ -121,7 +121,12 @@ pub async fn enroll(
 
 fn pem_chain(ders: &[Vec<u8>]) -> String {
     ders.iter()
-        .map(|d| pem::encode(&pem::Pem::new("CERTIFICATE", d.clone())))
+        .map(|d| {
+            pem::encode_config(
+                &pem::Pem::new("CERTIFICATE", d.clone()),
+                pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+            )
+        })
         .collect()
 }
 

@@ -263,7 +263,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_devices(&self, q: &DeviceListQuery) -> StoreResult<Vec<Device>>;
 
     /// Enables or disables a device. Returns false when it does not exist.
-    async fn set_device_enabled(&self, workspace: &str, id: &str, enabled: bool) -> StoreResult<bool>;
+    async fn set_device_enabled(
+        &self,
+        workspace: &str,
+        id: &str,
+        enabled: bool,
+    ) -> StoreResult<bool>;
 
     async fn find_enrollment(&self, install_id_hash: &str) -> StoreResult<Option<Enrollment>>;
     /// Binds the install ID to the key (if unbound), records the certificate

@@ -232,7 +232,12 @@ impl Store for SqliteStore {
         rows.iter().map(device_from_row).collect()
     }
 
-    async fn set_device_enabled(&self, workspace: &str, id: &str, enabled: bool) -> StoreResult<bool> {
+    async fn set_device_enabled(
+        &self,
+        workspace: &str,
+        id: &str,
+        enabled: bool,
+    ) -> StoreResult<bool> {
         let res = sqlx::query("UPDATE devices SET enabled = ? WHERE workspace = ? AND id = ?")
             .bind(enabled)
             .bind(workspace)
@@ -579,7 +584,12 @@ mod tests {
     async fn telemetry_is_stored_once_per_seq() {
         let (_d, s) = store().await;
         s.create_device(&new_device("d1", 1)).await.unwrap();
-        assert_eq!(s.insert_telemetry("d1", &[sample(1), sample(2)], 0).await.unwrap(), 2);
+        assert_eq!(
+            s.insert_telemetry("d1", &[sample(1), sample(2)], 0)
+                .await
+                .unwrap(),
+            2
+        );
         // A retry of the same batch plus one new sample stores only the new one.
         assert_eq!(
             s.insert_telemetry("d1", &[sample(1), sample(2), sample(3)], 0)
@@ -597,7 +607,10 @@ mod tests {
             limit: 10,
         };
         let rows = s.query_telemetry(&q).await.unwrap();
-        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         assert_eq!(rows[0], sample(1), "round-trips every field");
         let back = s
             .query_telemetry(&TelemetryQuery {
@@ -623,11 +636,15 @@ mod tests {
     async fn install_id_binds_to_the_first_key_and_retries_revoke_the_unused_cert() {
         let (_d, s) = store().await;
         s.create_device(&new_device("d1", 1)).await.unwrap();
-        s.complete_enrollment(&commit("d1", "keyA", "s1")).await.unwrap();
+        s.complete_enrollment(&commit("d1", "keyA", "s1"))
+            .await
+            .unwrap();
         let e = s.find_enrollment("hash-d1").await.unwrap().unwrap();
         assert_eq!(e.bound_key_sha256.as_deref(), Some("keyA"));
         // Same key again (response lost): allowed, and the first cert dies.
-        s.complete_enrollment(&commit("d1", "keyA", "s2")).await.unwrap();
+        s.complete_enrollment(&commit("d1", "keyA", "s2"))
+            .await
+            .unwrap();
         assert!(s.get_cert("s1").await.unwrap().unwrap().revoked);
         assert!(!s.get_cert("s2").await.unwrap().unwrap().revoked);
         // The first device key was replaced too.
@@ -653,8 +670,12 @@ mod tests {
         let now = 1_000_000;
         let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
         assert_eq!(dev.status(now), DeviceStatus::Unknown);
-        s.session_opened("d1", "sA", &DeviceFacts::default(), now).await.unwrap();
-        s.session_opened("d1", "sB", &DeviceFacts::default(), now).await.unwrap();
+        s.session_opened("d1", "sA", &DeviceFacts::default(), now)
+            .await
+            .unwrap();
+        s.session_opened("d1", "sB", &DeviceFacts::default(), now)
+            .await
+            .unwrap();
         s.session_closed("d1", "sA", now).await.unwrap();
         let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
         assert_eq!(dev.status(now + 1), DeviceStatus::Online);
@@ -679,7 +700,9 @@ mod tests {
         .await
         .unwrap();
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
-            s.create_device(&new_device(id, 10 + i as i64)).await.unwrap();
+            s.create_device(&new_device(id, 10 + i as i64))
+                .await
+                .unwrap();
         }
         let mut foreign = new_device("z", 5);
         foreign.workspace = "other".into();
@@ -692,7 +715,10 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(first.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(
+            first.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
         let rest = s
             .list_devices(&DeviceListQuery {
                 workspace: "acme".into(),
@@ -701,7 +727,10 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(rest.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), vec!["c"]);
+        assert_eq!(
+            rest.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            vec!["c"]
+        );
         assert!(s.get_device("acme", "z").await.unwrap().is_none());
         assert!(s.set_device_enabled("acme", "a", false).await.unwrap());
         assert!(!s.get_device("acme", "a").await.unwrap().unwrap().enabled);

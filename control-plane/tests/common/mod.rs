@@ -1,0 +1,317 @@
+//! Harness for end-to-end tests: the real `outpost-control-plane` and
+//! `outpost-agent` binaries on 127.0.0.1 with OS-chosen ports.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn cp_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_outpost-control-plane"))
+}
+
+/// The agent binary sits next to ours in the target directory; `cargo test
+/// --workspace` builds it (the agent crate has integration tests too).
+pub fn agent_bin() -> PathBuf {
+    let p = cp_bin().with_file_name("outpost-agent");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build -p outpost-agent, or run cargo test --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// Polls `f` until it yields a value; panics naming `what` after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{sig} failed");
+}
+
+fn wait_exit(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running control plane with its own data directory.
+pub struct ControlPlane {
+    child: Child,
+    pub rest: String,
+    pub grpc_port: u16,
+    pub fingerprint: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl ControlPlane {
+    pub fn start() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut cp = Self::start_in(&dir, &[]);
+        cp._tmp = Some(tmp);
+        cp
+    }
+
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(cp_bin())
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args([
+                "--rest-listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("OUTPOST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn control plane");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut rest, mut grpc, mut fp) = (None, None, None);
+        while rest.is_none() || grpc.is_none() || fp.is_none() {
+            let line = rx
+                .recv_timeout(TIMEOUT)
+                .expect("control plane printed its addresses");
+            if let Some(a) = line.strip_prefix("outpost-control-plane: rest listening on ") {
+                rest = Some(a.to_string());
+            } else if let Some(a) =
+                line.strip_prefix("outpost-control-plane: grpc listening on https://")
+            {
+                grpc = Some(a.rsplit(':').next().unwrap().parse::<u16>().unwrap());
+            } else if let Some(f) = line.strip_prefix("outpost-control-plane: CA fingerprint ") {
+                fp = Some(f.to_string());
+            }
+        }
+        ControlPlane {
+            child,
+            rest: rest.unwrap(),
+            grpc_port: grpc.unwrap(),
+            fingerprint: fp.unwrap(),
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("https://localhost:{}", self.grpc_port)
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.data_dir.join("pki/ca.crt")
+    }
+
+    pub fn admin(&self, args: &[&str]) -> Output {
+        Command::new(cp_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .expect("run admin command")
+    }
+
+    pub fn create_workspace(&self, name: &str, features: &[&str]) {
+        let mut args = vec!["workspace", "create", name];
+        for f in features {
+            args.extend(["--feature", f]);
+        }
+        let out = self.admin(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn api_key(&self, workspace: &str, scopes: &[&str]) -> String {
+        let mut args = vec!["api-key", "create", "--workspace", workspace];
+        for s in scopes {
+            args.extend(["--scope", s]);
+        }
+        let out = self.admin(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Creates a device over REST; returns (deviceId, installId).
+    pub async fn create_device(&self, workspace: &str, key: &str, name: &str) -> (String, String) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/{workspace}/devices/v2", self.rest))
+            .bearer_auth(key)
+            .json(&json!({"device_name": name, "device_type": "edge"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let body: Value = resp.json().await.unwrap();
+        (
+            body["deviceId"].as_str().unwrap().to_string(),
+            body["installId"].as_str().unwrap().to_string(),
+        )
+    }
+
+    pub async fn get_json(&self, path: &str, key: &str) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .get(format!("{}{path}", self.rest))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        signal(&self.child, "TERM");
+        wait_exit(&mut self.child)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn agent_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(agent_bin());
+    c.args(args).env("OUTPOST_LOG", "info");
+    c
+}
+
+/// Runs `outpost-agent enroll`.
+pub fn enroll(cp: &ControlPlane, install_id: &str, state_dir: &Path) -> Output {
+    agent_cmd(&[
+        "enroll",
+        "--server",
+        &cp.grpc_url(),
+        "--install-id",
+        install_id,
+        "--ca-file",
+    ])
+    .arg(cp.ca_path())
+    .arg("--state-dir")
+    .arg(state_dir)
+    .output()
+    .expect("run agent enroll")
+}
+
+/// A running `outpost-agent run`.
+pub struct AgentProc {
+    child: Child,
+}
+
+impl AgentProc {
+    pub fn run(state_dir: &Path, interval: &str) -> Self {
+        let child = agent_cmd(&["run", "--interval", interval, "--state-dir"])
+            .arg(state_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn agent");
+        AgentProc { child }
+    }
+
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal(&self.child, "TERM");
+        wait_exit(&mut self.child)
+    }
+
+    pub fn kill9(&mut self) {
+        signal(&self.child, "KILL");
+        wait_exit(&mut self.child);
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// All raw samples of a device, oldest first, walking every page.
+pub async fn all_samples(cp: &ControlPlane, ws: &str, key: &str, device: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path =
+            format!("/{ws}/devices/v2/{device}/telemetry/raw?direction=forward&limit=50");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, body) = cp.get_json(&path, key).await;
+        assert_eq!(status, 200, "{body}");
+        out.extend(body["data"].as_array().unwrap().iter().cloned());
+        match body["pagination"]["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return out,
+        }
+    }
+}
+
+pub fn meminfo_total_bytes() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = text.lines().find(|l| l.starts_with("MemTotal:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}

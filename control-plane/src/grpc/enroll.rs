@@ -45,12 +45,12 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> Result<EnrollRespon
             "this device is disabled by an operator",
         ));
     }
-    if let Some(bound) = &enrollment.bound_key_sha256 {
-        if *bound != csr.public_key_sha256 {
-            return Err(Status::permission_denied(
-                "this install ID is already bound to another device key; ask an operator for a new one",
-            ));
-        }
+    if let Some(bound) = &enrollment.bound_key_sha256
+        && *bound != csr.public_key_sha256
+    {
+        return Err(Status::permission_denied(
+            "this install ID is already bound to another device key; ask an operator for a new one",
+        ));
     }
     let issued = state
         .ca

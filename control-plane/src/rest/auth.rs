@@ -48,13 +48,13 @@ impl Caller {
     /// Checks scope, then device binding. A key with no scopes list has every
     /// scope (legacy); a device-scoped key reaches only its own device.
     pub fn require(&self, scope: Scope, target: Target<'_>) -> Result<(), ApiError> {
-        if let Some(scopes) = &self.scopes {
-            if !scopes.iter().any(|s| s == scope.as_str()) {
-                return Err(ApiError::forbidden(format!(
-                    "this API key lacks the required scope {}",
-                    scope.as_str()
-                )));
-            }
+        if let Some(scopes) = &self.scopes
+            && !scopes.iter().any(|s| s == scope.as_str())
+        {
+            return Err(ApiError::forbidden(format!(
+                "this API key lacks the required scope {}",
+                scope.as_str()
+            )));
         }
         if let Some(bound) = &self.device_id {
             match target {

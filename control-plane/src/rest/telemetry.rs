@@ -91,12 +91,10 @@ pub async fn raw(
     caller.require(Scope::DeviceRead, Target::Device(&device_id))?;
     let start = parse_time("start_time", params.get("start_time"))?;
     let end = parse_time("end_time", params.get("end_time"))?;
-    if let (Some(s), Some(e)) = (start, end) {
-        if s > e {
-            return Err(ApiError::bad_request(
-                "start_time must not be after end_time",
-            ));
-        }
+    if let (Some(s), Some(e)) = (start, end)
+        && s > e
+    {
+        return Err(ApiError::bad_request("start_time must not be after end_time"));
     }
     let limit = parse_limit(params.get("limit"), 100, 1000)?;
     let direction = parse_direction(params.get("direction"))?;

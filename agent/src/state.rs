@@ -168,12 +168,14 @@ impl StateDir {
         write_atomic(&self.seq_path(), next.to_string().as_bytes(), 0o644)
     }
 
+    /// Status is informational and rewritten often: replaced atomically but
+    /// without fsync, to spare flash storage.
     pub fn save_status(&self, status: &RuntimeStatus) -> Result<(), StateError> {
         let json = serde_json::to_vec_pretty(status).map_err(|e| StateError::Invalid {
             path: self.status_path(),
             message: e.to_string(),
         })?;
-        write_atomic(&self.status_path(), &json, 0o644)
+        replace_file(&self.status_path(), &json, 0o644, false)
     }
 
     pub fn status(&self) -> Option<RuntimeStatus> {
@@ -184,6 +186,10 @@ impl StateDir {
 
 /// Writes via `path.tmp`, fsync, rename and directory fsync.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+    replace_file(path, bytes, mode, true)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<(), StateError> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
@@ -194,11 +200,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateErr
         .open(&tmp)
         .map_err(io_err(&tmp))?;
     f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
+    if durable {
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
     drop(f);
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
     // Make the rename itself durable.
-    if let Some(Ok(d)) = path.parent().map(std::fs::File::open) {
+    if durable && let Some(Ok(d)) = path.parent().map(std::fs::File::open) {
         let _ = d.sync_all();
     }
     Ok(())

@@ -94,7 +94,9 @@ pub async fn raw(
     if let (Some(s), Some(e)) = (start, end)
         && s > e
     {
-        return Err(ApiError::bad_request("start_time must not be after end_time"));
+        return Err(ApiError::bad_request(
+            "start_time must not be after end_time",
+        ));
     }
     let limit = parse_limit(params.get("limit"), 100, 1000)?;
     let direction = parse_direction(params.get("direction"))?;

@@ -84,15 +84,16 @@ impl ControlPlane {
     }
 
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_at(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra)
+    }
+
+    /// Starts on given addresses (to come back on the same ports after a
+    /// restart; first starts use port 0).
+    pub fn start_at(data_dir: &Path, rest: &str, grpc: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(cp_bin())
             .args(["serve", "--data-dir"])
             .arg(data_dir)
-            .args([
-                "--rest-listen",
-                "127.0.0.1:0",
-                "--grpc-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["--rest-listen", rest, "--grpc-listen", grpc])
             .args(extra)
             .env("OUTPOST_LOG", "info")
             .stdout(Stdio::piped())

@@ -51,13 +51,8 @@ struct FileConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    File(#[from] outpost_common::ConfigFileError),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -77,9 +72,9 @@ pub struct AgentConfig {
 impl AgentConfig {
     pub fn resolve(args: AgentArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
-            Some(p) => read_file(p)?,
+            Some(p) => outpost_common::read_toml::<FileConfig>(p)?,
             None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
-                read_file(Path::new(DEFAULT_CONFIG_FILE))?
+                outpost_common::read_toml::<FileConfig>(Path::new(DEFAULT_CONFIG_FILE))?
             }
             None => FileConfig::default(),
         };
@@ -132,17 +127,6 @@ impl AgentConfig {
             interval,
         })
     }
-}
-
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.message().to_string(),
-    })
 }
 
 #[cfg(test)]

@@ -28,22 +28,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    if rustls::crypto::ring::default_provider()
-        .install_default()
-        .is_err()
-    {
-        eprintln!("error: a rustls crypto provider was already installed");
+    let cli = Cli::parse();
+    if let Err(e) = outpost_common::init_process() {
+        eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let (command, args) = match cli.command {
         Command::Enroll(a) => ("enroll", a),
         Command::Run(a) => ("run", a),
@@ -124,7 +113,7 @@ async fn enroll_once(cfg: &AgentConfig) -> ExitCode {
 async fn run(cfg: AgentConfig) -> ExitCode {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        outpost_common::shutdown_signal().await;
         tracing::info!("stop requested");
         let _ = stop_tx.send(true);
     });
@@ -206,19 +195,4 @@ fn cert_expiry(state: &StateDir) -> Result<String, String> {
     let leaf = chain.first().ok_or("empty certificate file")?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| e.to_string())?;
     Ok(cert.validity().not_after.to_string())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -2,7 +2,6 @@
 //! CA bundle, identity and counters. Every write is atomic (temporary file,
 //! fsync, rename), so a crash leaves either the old or the new file.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -56,14 +55,7 @@ pub struct StateDir {
 impl StateDir {
     /// Opens (creating with mode 0700) the state directory.
     pub fn open(root: &Path) -> Result<Self, StateError> {
-        use std::os::unix::fs::DirBuilderExt;
-        if !root.is_dir() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(root)
-                .map_err(io_err(root))?;
-        }
+        outpost_common::fs::create_private_dir(root).map_err(io_err(root))?;
         Ok(Self {
             root: root.to_path_buf(),
         })
@@ -184,32 +176,13 @@ impl StateDir {
     }
 }
 
-/// Writes via `path.tmp`, fsync, rename and directory fsync.
+/// Writes via a temporary file, fsync and rename (see `outpost_common::fs`).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    replace_file(path, bytes, mode, true)
+    outpost_common::fs::write_atomic(path, bytes, mode).map_err(io_err(path))
 }
 
 fn replace_file(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<(), StateError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    if durable {
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    // Make the rename itself durable.
-    if durable && let Some(Ok(d)) = path.parent().map(std::fs::File::open) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    outpost_common::fs::replace_file(path, bytes, mode, durable).map_err(io_err(path))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `serve` configuration: flags > `OUTPOST_*` environment > TOML file > defaults.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -89,13 +89,8 @@ pub struct ServeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    File(#[from] outpost_common::ConfigFileError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -103,7 +98,7 @@ pub enum ConfigError {
 impl ServeConfig {
     pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
-            Some(path) => read_file(path)?,
+            Some(path) => outpost_common::read_toml::<FileConfig>(path)?,
             None => FileConfig::default(),
         };
         let parse = |s: &str| -> SocketAddr {
@@ -152,17 +147,6 @@ impl ServeConfig {
                 .unwrap_or(DEFAULT_INSTALL_ID_TTL),
         })
     }
-}
-
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.message().to_string(),
-    })
 }
 
 fn default_server_names() -> Vec<String> {

@@ -58,23 +58,11 @@ enum ApiKeyCommand {
 }
 
 fn main() -> ExitCode {
-    // One crypto provider for the whole process, before any TLS config exists.
-    if rustls::crypto::ring::default_provider()
-        .install_default()
-        .is_err()
-    {
-        eprintln!("error: a rustls crypto provider was already installed");
+    let cli = Cli::parse();
+    if let Err(e) = outpost_common::init_process() {
+        eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -86,7 +74,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => {
                 let cfg = config::ServeConfig::resolve(args)?;
-                server::run(cfg, server::shutdown_signal()).await
+                server::run(cfg, outpost_common::shutdown_signal()).await
             }
             Command::Workspace {
                 command: WorkspaceCommand::Create { name, features, data_dir },

@@ -341,3 +341,44 @@ async fn agent_rides_out_a_control_plane_restart_without_losing_or_repeating_sam
         .await;
     assert_eq!(body["status"], "online");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_takes_settings_from_env_and_config_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("from-env");
+    let cfg = tmp.path().join("cp.toml");
+    std::fs::write(
+        &cfg,
+        "grpc-listen = \"127.0.0.1:0\"\ndevice-cert-lifetime = \"1h\"\nrest-listen = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(cp_bin());
+    cmd.arg("serve")
+        .env("OUTPOST_CONFIG", &cfg)
+        .env("OUTPOST_DATA_DIR", &dir)
+        // The environment beats the file's unusable port 1.
+        .env("OUTPOST_REST_LISTEN", "127.0.0.1:0");
+    let cp = ControlPlane::spawn(cmd, &dir);
+    assert!(
+        dir.join("pki/ca.crt").exists(),
+        "data dir taken from OUTPOST_DATA_DIR"
+    );
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let (device, install_id) = cp.create_device("acme", &key, "short-lived").await;
+    let state = tempfile::tempdir().unwrap();
+    assert!(enroll(&cp, &install_id, state.path()).status.success());
+    let (_, body) = cp
+        .get_json(&format!("/acme/devices/v2/{device}"), &key)
+        .await;
+    let expires = time::OffsetDateTime::parse(
+        body["certificate_expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let left = expires - time::OffsetDateTime::now_utc();
+    assert!(
+        left > time::Duration::minutes(55) && left <= time::Duration::hours(1),
+        "device-cert-lifetime from the file: {left}"
+    );
+}

@@ -100,6 +100,19 @@ pub async fn serve(
         .await
 }
 
+/// Runs `task` with the sending half of a response stream and returns the
+/// receiving half to tonic: how every server-streaming RPC here is built.
+pub(crate) fn spawn_stream<T, F, Fut>(task: F) -> ReceiverStream<Result<T, Status>>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(task(tx));
+    ReceiverStream::new(rx)
+}
+
 /// Maps a storage failure to a retryable gRPC status, logging the detail.
 pub(crate) fn store_status(e: StoreError) -> Status {
     tracing::error!("store error: {e}");

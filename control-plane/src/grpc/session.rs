@@ -26,9 +26,7 @@ pub fn start(
     id: DeviceIdentity,
     inbound: Streaming<AgentMessage>,
 ) -> ReceiverStream<Result<ServerMessage, Status>> {
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(run(state, id, inbound, tx));
-    ReceiverStream::new(rx)
+    super::spawn_stream(|tx| run(state, id, inbound, tx))
 }
 
 async fn run(

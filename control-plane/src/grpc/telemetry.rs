@@ -18,9 +18,7 @@ pub fn start(
     id: DeviceIdentity,
     inbound: Streaming<TelemetryBatch>,
 ) -> ReceiverStream<Result<TelemetryAck, Status>> {
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(run(state, id, inbound, tx));
-    ReceiverStream::new(rx)
+    super::spawn_stream(|tx| run(state, id, inbound, tx))
 }
 
 async fn run(
@@ -40,8 +38,13 @@ async fn run(
             Ok(None) => break,
             Err(status) => {
                 // Decode errors (malformed, oversized) end up here: tell the
-                // peer why before closing.
-                tracing::info!(device = %id.device_id, "telemetry stream error: {status}");
+                // peer why before closing. A vanished peer (Unknown: the
+                // connection broke) is routine and logged quietly.
+                if status.code() == tonic::Code::Unknown {
+                    tracing::debug!(device = %id.device_id, "telemetry stream broke: {status}");
+                } else {
+                    tracing::info!(device = %id.device_id, "rejected telemetry input: {}", status.message());
+                }
                 let _ = tx.send(Err(status)).await;
                 break;
             }

@@ -9,7 +9,6 @@ mod identity;
 
 pub use identity::{DeviceCertInfo, parse_device_cert};
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -256,49 +255,17 @@ fn generate_ca() -> Result<(String, String), PkiError> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Creates `dir` (and parents) with mode 0700 for the last component.
+/// Creates `dir` (and parents), mode 0700.
 pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_err(dir))
+    outpost_common::fs::create_private_dir(dir).map_err(io_err(dir))
 }
 
-/// Writes `bytes` to `path` via a temporary file, fsync and rename, with `mode`.
-pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    outpost_common::fs::write_atomic(path, bytes, mode).map_err(io_err(path))
 }
 
 fn check_key_mode(path: &Path) -> Result<(), PkiError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .map_err(io_err(path))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(PkiError::Invalid(format!(
-            "{} has mode {mode:o}; a private key must not be readable by group or others (chmod 600)",
-            path.display()
-        )));
-    }
-    Ok(())
+    outpost_common::fs::ensure_private(path).map_err(|e| PkiError::Invalid(e.to_string()))
 }
 
 #[cfg(test)]

@@ -90,11 +90,17 @@ impl ControlPlane {
     /// Starts on given addresses (to come back on the same ports after a
     /// restart; first starts use port 0).
     pub fn start_at(data_dir: &Path, rest: &str, grpc: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(cp_bin())
-            .args(["serve", "--data-dir"])
+        let mut cmd = Command::new(cp_bin());
+        cmd.args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--rest-listen", rest, "--grpc-listen", grpc])
-            .args(extra)
+            .args(extra);
+        Self::spawn(cmd, data_dir)
+    }
+
+    /// Spawns a prepared `serve` command and waits for its address lines.
+    pub fn spawn(mut cmd: Command, data_dir: &Path) -> Self {
+        let mut child = cmd
             .env("OUTPOST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -43,6 +43,8 @@ pub struct Agent {
     pub limits: OutboxLimits,
     pub sample_tick: Interval,
     interval: Duration,
+    /// The interval from flags/config, used when the server sets none.
+    local_interval: Duration,
     status: RuntimeStatus,
 }
 
@@ -59,6 +61,10 @@ impl Agent {
         if let Err(e) = self.state.save_next_seq(self.outbox.next_seq()) {
             tracing::error!("cannot persist the telemetry sequence: {e}");
         }
+    }
+
+    pub fn local_interval(&self) -> Duration {
+        self.local_interval
     }
 
     pub fn set_interval(&mut self, interval: Duration) {
@@ -147,6 +153,7 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()
         limits,
         sample_tick: sample_interval(cfg.interval),
         interval: cfg.interval,
+        local_interval: cfg.interval,
         status: RuntimeStatus {
             pid: std::process::id(),
             link: "starting".into(),

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use outpost_proto::v1::agent_message::Kind as AgentKind;
 use outpost_proto::v1::server_message::Kind as ServerKind;
-use outpost_proto::v1::{AgentMessage, Heartbeat, Hello, ServerMessage, Settings, TelemetryBatch};
+use outpost_proto::v1::{
+    AgentMessage, ConfigApplied, ConfigUpdate, Heartbeat, Hello, ServerMessage, Settings,
+    TelemetryBatch,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
@@ -60,6 +63,9 @@ pub async fn run_connection(
     if let Some(s) = &start.settings {
         apply_settings(agent, s, &mut heartbeat_every);
     }
+    if let Some(c) = &start.config {
+        apply_config(agent, c, &mut heartbeat_every, &session_tx).await?;
+    }
     agent.outbox.on_connected(start.last_telemetry_seq);
     agent.persist_seq();
 
@@ -100,6 +106,10 @@ pub async fn run_connection(
                     apply_settings(agent, &s, &mut heartbeat_every);
                     heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
                 }
+                Ok(Some(ServerMessage { kind: Some(ServerKind::Config(c)) })) => {
+                    apply_config(agent, &c, &mut heartbeat_every, &session_tx).await?;
+                    heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => return Err(LinkError::Protocol("the server closed the session".into())),
                 Err(status) => return Err(status.into()),
@@ -125,9 +135,34 @@ async fn drain(agent: &mut Agent, acks: &mut tonic::Streaming<outpost_proto::v1:
     agent.write_status();
 }
 
+/// Applies a config version and tells the control plane it runs it.
+async fn apply_config(
+    agent: &mut Agent,
+    c: &ConfigUpdate,
+    heartbeat_every: &mut Duration,
+    session_tx: &mpsc::Sender<AgentMessage>,
+) -> Result<(), LinkError> {
+    if let Some(s) = &c.settings {
+        apply_settings(agent, s, heartbeat_every);
+    }
+    tracing::info!(version = c.version, "config applied");
+    let ack = AgentMessage {
+        kind: Some(AgentKind::ConfigApplied(ConfigApplied {
+            version: c.version,
+        })),
+    };
+    session_tx
+        .send(ack)
+        .await
+        .map_err(|_| LinkError::Protocol("session stream closed".into()))
+}
+
+/// Server settings win over local ones; 0 ("not set") restores the local value.
 fn apply_settings(agent: &mut Agent, s: &Settings, heartbeat_every: &mut Duration) {
     if s.telemetry_interval_secs > 0 {
         agent.set_interval(Duration::from_secs(s.telemetry_interval_secs.into()));
+    } else {
+        agent.set_interval(agent.local_interval());
     }
     if s.heartbeat_interval_secs > 0 {
         *heartbeat_every = Duration::from_secs(s.heartbeat_interval_secs.into());

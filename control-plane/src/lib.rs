@@ -10,8 +10,10 @@
 
 pub mod admin;
 pub mod config;
+pub mod device_config;
 pub mod grpc;
 pub mod ids;
+pub mod live;
 pub mod pki;
 pub mod rest;
 pub mod server;
@@ -30,6 +32,10 @@ pub struct AppState {
     pub public_url: String,
     /// Flips to `true` when the server is stopping; long-lived streams end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Sessions connected to this process.
+    pub live: live::LiveDevices,
+    /// REST rate limits.
+    pub limits: rest::limits::Limits,
 }
 
 /// Resolves once the server starts stopping.

@@ -58,6 +58,8 @@ pub async fn run(
         install_id_ttl: cfg.install_id_ttl,
         public_url,
         shutdown: stop_rx.clone(),
+        live: Default::default(),
+        limits: Default::default(),
     });
 
     println!("outpost-control-plane: grpc listening on https://{grpc_addr}");

@@ -66,24 +66,15 @@ async fn run(
         return;
     }
     tracing::info!(device = %id.device_id, hostname = %facts.hostname, "device connected");
-    let last_seq = match state.store.last_telemetry_seq(&id.device_id).await {
+    let start = match session_start(&state, &id).await {
         Ok(s) => s,
-        Err(e) => {
-            let _ = tx.send(Err(store_status(e))).await;
+        Err(status) => {
+            let _ = tx.send(Err(status)).await;
             close(&state, &id, &session_id).await;
             return;
         }
     };
-    let start = ServerMessage {
-        kind: Some(ServerKind::Start(SessionStart {
-            settings: Some(Settings {
-                telemetry_interval_secs: TELEMETRY_INTERVAL_SECS,
-                heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
-            }),
-            server_time_unix_ms: now_ms(),
-            last_telemetry_seq: last_seq,
-        })),
-    };
+    let mut registration = state.live.register(&id.device_id);
     if tx.send(Ok(start)).await.is_ok() {
         let mut shutdown = state.shutdown.clone();
         loop {
@@ -94,16 +85,58 @@ async fn run(
                             tracing::warn!(device = %id.device_id, "heartbeat not recorded: {e}");
                         }
                     }
+                    Ok(Some(AgentMessage { kind: Some(AgentKind::ConfigApplied(c)) })) => {
+                        if let Err(e) = state.store.config_applied(&id.device_id, c.version, now_ms()).await {
+                            tracing::warn!(device = %id.device_id, "config ack not recorded: {e}");
+                        }
+                    }
                     // Newer agents may send kinds we do not know yet.
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,
                 },
+                Some(push) = registration.inbox.recv() => {
+                    if tx.send(Ok(push)).await.is_err() {
+                        break;
+                    }
+                }
                 _ = crate::stopping(&mut shutdown) => break,
                 _ = tx.closed() => break,
             }
         }
     }
+    drop(registration);
     close(&state, &id, &session_id).await;
+}
+
+/// The first server message: settings, where the store stands, and the
+/// current config.
+async fn session_start(state: &AppState, id: &DeviceIdentity) -> Result<ServerMessage, Status> {
+    let last_seq = state
+        .store
+        .last_telemetry_seq(&id.device_id)
+        .await
+        .map_err(store_status)?;
+    let config = state
+        .store
+        .get_config(&id.device_id, None)
+        .await
+        .map_err(store_status)?
+        .map(|c| crate::live::config_update(&c));
+    Ok(ServerMessage {
+        kind: Some(ServerKind::Start(SessionStart {
+            settings: Some(Settings {
+                telemetry_interval_secs: config
+                    .as_ref()
+                    .and_then(|c| c.settings.as_ref())
+                    .map(|s| s.telemetry_interval_secs)
+                    .unwrap_or(TELEMETRY_INTERVAL_SECS),
+                heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
+            }),
+            server_time_unix_ms: now_ms(),
+            last_telemetry_seq: last_seq,
+            config,
+        })),
+    })
 }
 
 async fn close(state: &AppState, id: &DeviceIdentity, session_id: &str) {

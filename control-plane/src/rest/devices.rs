@@ -1,4 +1,5 @@
-//! `/{workspace}/devices/v2` and `/{workspace}/devices/v2/{deviceId}`.
+//! `/{workspace}/devices/v2` and `/{workspace}/devices/v2/{deviceId}`:
+//! list, create, get, update, delete, connection reset, new install ID.
 
 use std::sync::Arc;
 
@@ -6,12 +7,13 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use crate::AppState;
-use crate::ids;
 use crate::store::{
-    Device, DeviceListQuery, DeviceStatus, FEATURE_DEVICE_AIO, NewDevice, UnixMillis, now_ms,
+    Device, DeviceListQuery, DevicePatch, DeviceStatus, FEATURE_DEVICE_AIO, FEATURE_LITE_MODE,
+    NewApiKey, NewDevice, UnixMillis, now_ms,
 };
+use crate::{AppState, admin, device_config, ids};
 
 use super::auth::{Caller, Scope, Target};
 use super::error::ApiError;
@@ -39,6 +41,10 @@ pub struct DeviceView {
     pub created_at: String,
     pub enabled: bool,
     pub certificate_expires_at: Option<String>,
+    pub workflow_id: Option<String>,
+    pub offline_mode: bool,
+    pub config_version: u64,
+    pub config_applied_version: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,13 +89,24 @@ impl DeviceView {
             created_at: format_time(d.created_at),
             enabled: d.enabled,
             certificate_expires_at: d.cert_expires_at.map(format_time),
+            workflow_id: d.workflow_id,
+            offline_mode: d.offline_mode,
+            config_version: d.config_version,
+            config_applied_version: d.config_applied_version,
         }
     }
 }
 
-/// Looks a device up in the caller's workspace; another workspace's device
-/// is indistinguishable from a missing one (404).
-pub async fn load_device(state: &AppState, caller: &Caller, id: &str) -> Result<Device, ApiError> {
+/// Checks scope and device binding, then looks the device up in the
+/// caller's workspace. Another workspace's device is indistinguishable from a
+/// missing one (404). Every per-device route starts here.
+pub async fn authorized_device(
+    state: &AppState,
+    caller: &Caller,
+    scope: Scope,
+    id: &str,
+) -> Result<Device, ApiError> {
+    caller.require(scope, Target::Device(id))?;
     if !ids::is_valid_device_id(id) {
         return Err(ApiError::not_found("device not found"));
     }
@@ -105,8 +122,7 @@ pub async fn get_one(
     caller: Caller,
     Path((_, device_id)): Path<(String, String)>,
 ) -> Result<Json<DeviceView>, ApiError> {
-    caller.require(Scope::DeviceRead, Target::Device(&device_id))?;
-    let device = load_device(&state, &caller, &device_id).await?;
+    let device = authorized_device(&state, &caller, Scope::DeviceRead, &device_id).await?;
     Ok(Json(DeviceView::new(device, now_ms())))
 }
 
@@ -118,15 +134,34 @@ pub async fn list(
     caller.require(Scope::DeviceRead, Target::Workspace)?;
     let limit = parse_limit(params.get("limit"), 50, 500)?;
     let after: Option<(UnixMillis, String)> = decode_cursor(params.get("cursor"))?;
+    let status = match params.get("status") {
+        None => None,
+        Some("online") => Some(DeviceStatus::Online),
+        Some("offline") => Some(DeviceStatus::Offline),
+        Some("unknown") => Some(DeviceStatus::Unknown),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "status must be online, offline or unknown",
+            ));
+        }
+    };
+    let device_type = match params.get("type") {
+        None => None,
+        Some(t @ ("edge" | "ai1")) => Some(t.to_string()),
+        Some(_) => return Err(ApiError::bad_request("type must be edge or ai1")),
+    };
+    let now = now_ms();
     let rows = state
         .store
         .list_devices(&DeviceListQuery {
             workspace: caller.workspace.clone(),
             after,
             limit: limit + 1,
+            status,
+            device_type,
+            now,
         })
         .await?;
-    let now = now_ms();
     Ok(Json(page(
         rows,
         limit,
@@ -156,6 +191,21 @@ pub struct CreatedDevice {
     install_command: String,
     ca_fingerprint: String,
     server_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offline_provisioning_qr_payload: Option<String>,
+}
+
+/// Lowercase, runs of non-alphanumerics collapsed to `-`, trimmed.
+pub fn slugify(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_string()
 }
 
 pub async fn create(
@@ -180,37 +230,59 @@ pub async fn create(
             "description must be at most 1024 characters",
         ));
     }
-    let device_type = body.device_type.unwrap_or_else(|| "edge".into());
-    match device_type.as_str() {
-        "edge" => {}
-        "ai1" => {
-            let ws = state
-                .store
-                .get_workspace(&caller.workspace)
-                .await?
-                .ok_or_else(|| ApiError::not_found("workspace not found"))?;
-            if !ws.features.iter().any(|f| f == FEATURE_DEVICE_AIO) {
-                return Err(ApiError::forbidden(
-                    "creating ai1 devices requires the deviceAio feature on this workspace",
-                ));
-            }
-        }
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "device_type must be \"edge\" or \"ai1\", not {other:?}"
-            )));
-        }
-    }
-    // Not built yet (offline provisioning, workflows, duplication): refuse
-    // plainly rather than ignore what the caller asked for.
-    if body.offline_mode == Some(true)
-        || body.workflow_id.is_some()
-        || body.source_device_id.is_some()
-    {
+    let workflow_id = body
+        .workflow_id
+        .map(|w| w.trim().to_string())
+        .filter(|w| !w.is_empty());
+    if workflow_id.as_ref().is_some_and(|w| w.len() > 256) {
         return Err(ApiError::bad_request(
-            "offline_mode, workflow_id and sourceDeviceId are not supported by this control plane version",
+            "workflow_id must be at most 256 characters",
         ));
     }
+    let device_type = body.device_type.unwrap_or_else(|| "edge".into());
+    if device_type != "edge" && device_type != "ai1" {
+        return Err(ApiError::bad_request(format!(
+            "device_type must be \"edge\" or \"ai1\", not {device_type:?}"
+        )));
+    }
+    let offline_mode = body.offline_mode.unwrap_or(false);
+    let ws = state
+        .store
+        .get_workspace(&caller.workspace)
+        .await?
+        .ok_or_else(|| ApiError::not_found("workspace not found"))?;
+    let has = |f: &str| ws.features.iter().any(|x| x == f);
+    if device_type == "ai1" && !has(FEATURE_DEVICE_AIO) {
+        return Err(ApiError::forbidden(
+            "creating ai1 devices requires the deviceAio feature on this workspace",
+        ));
+    }
+    if offline_mode {
+        if device_type != "ai1" {
+            return Err(ApiError::bad_request(
+                "offline_mode is only valid for ai1 devices",
+            ));
+        }
+        if !has(FEATURE_LITE_MODE) {
+            return Err(ApiError::forbidden(
+                "offline_mode requires the roboflowLiteMode feature on this workspace",
+            ));
+        }
+    }
+    let config = match &body.source_device_id {
+        Some(source) => source_config(&state, &caller.workspace, source).await?,
+        None => device_config::default_config(),
+    };
+    if device_type == "ai1"
+        && workflow_id.is_none()
+        && body.source_device_id.is_none()
+        && !slugify(&name).chars().any(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(ApiError::bad_request(
+            "device_name must contain at least one letter or digit (its slug names the ai1 device)",
+        ));
+    }
+
     let now = now_ms();
     let id = ids::new_device_id();
     let install_id = ids::new_install_id();
@@ -222,26 +294,239 @@ pub async fn create(
             workspace: caller.workspace.clone(),
             name,
             description,
-            device_type,
+            device_type: device_type.clone(),
+            workflow_id,
+            offline_mode,
+            config,
             install_id_hash: ids::hash_secret(&install_id),
             install_id_expires_at: expires,
             created_at: now,
         })
         .await?;
-    let fingerprint = state.ca.fingerprint().to_string();
-    let install_command = format!(
-        "outpost-agent enroll --server {} --install-id {install_id} --ca-fingerprint {fingerprint}",
-        state.public_url
-    );
+    let offline_provisioning_qr_payload = (device_type == "ai1" && offline_mode)
+        .then(|| qr_payload(&state, &caller.workspace, &id, &install_id));
     Ok((
         StatusCode::CREATED,
         Json(CreatedDevice {
+            install_command: install_command(&state, &install_id),
             device_id: id,
             install_id,
             install_id_expires_at: format_time(expires),
-            install_command,
-            ca_fingerprint: fingerprint,
+            ca_fingerprint: state.ca.fingerprint().to_string(),
             server_url: state.public_url.clone(),
+            offline_provisioning_qr_payload,
         }),
     ))
+}
+
+/// The config a duplicate starts from: the source's current config. The
+/// source must be in the caller's workspace (403 otherwise) and exist (404).
+async fn source_config(
+    state: &AppState,
+    workspace: &str,
+    source: &str,
+) -> Result<serde_json::Value, ApiError> {
+    if !ids::is_valid_device_id(source) {
+        return Err(ApiError::not_found("source device not found"));
+    }
+    match state.store.device_workspace(source).await? {
+        None => Err(ApiError::not_found("source device not found")),
+        Some(ws) if ws != workspace => Err(ApiError::forbidden(
+            "sourceDeviceId belongs to another workspace",
+        )),
+        Some(_) => Ok(state
+            .store
+            .get_config(source, None)
+            .await?
+            .map(|c| c.config)
+            .unwrap_or_else(device_config::default_config)),
+    }
+}
+
+/// The command that enrolls a box, CA fingerprint pinned.
+fn install_command(state: &AppState, install_id: &str) -> String {
+    format!(
+        "outpost-agent enroll --server {} --install-id {install_id} --ca-fingerprint {}",
+        state.public_url,
+        state.ca.fingerprint()
+    )
+}
+
+/// What an offline AI1 box scans to enroll: compact JSON (see
+/// docs/provisioning.md).
+fn qr_payload(state: &AppState, workspace: &str, device_id: &str, install_id: &str) -> String {
+    json!({
+        "v": 1,
+        "server": state.public_url,
+        "workspace": workspace,
+        "deviceId": device_id,
+        "installId": install_id,
+        "caFingerprint": state.ca.fingerprint(),
+    })
+    .to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateDevice {
+    name: Option<String>,
+    description: Option<String>,
+    enabled: Option<bool>,
+}
+
+pub async fn update(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, device_id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<UpdateDevice>,
+) -> Result<Json<DeviceView>, ApiError> {
+    authorized_device(&state, &caller, Scope::DeviceUpdate, &device_id).await?;
+    if body.name.is_none() && body.description.is_none() && body.enabled.is_none() {
+        return Err(ApiError::bad_request(
+            "nothing to update: give name, description or enabled",
+        ));
+    }
+    let name = body.name.map(|n| n.trim().to_string());
+    if name
+        .as_ref()
+        .is_some_and(|n| n.is_empty() || n.chars().count() > 128)
+    {
+        return Err(ApiError::bad_request("name must be 1 to 128 characters"));
+    }
+    if body
+        .description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 1024)
+    {
+        return Err(ApiError::bad_request(
+            "description must be at most 1024 characters",
+        ));
+    }
+    let now = now_ms();
+    let device = state
+        .store
+        .update_device(
+            &caller.workspace,
+            &device_id,
+            &DevicePatch {
+                name,
+                description: body.description,
+                enabled: body.enabled,
+            },
+            now,
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("device not found"))?;
+    Ok(Json(DeviceView::new(device, now)))
+}
+
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, device_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    authorized_device(&state, &caller, Scope::DeviceUpdate, &device_id).await?;
+    if !state
+        .store
+        .delete_device(&caller.workspace, &device_id, now_ms())
+        .await?
+    {
+        return Err(ApiError::not_found("device not found"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// reference/004's connection token.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionToken {
+    device_id: String,
+    tenant_id: String,
+    api_key: String,
+    environment: String,
+}
+
+pub async fn reset_connection(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, device_id)): Path<(String, String)>,
+) -> Result<Json<ConnectionToken>, ApiError> {
+    authorized_device(&state, &caller, Scope::DeviceUpdate, &device_id).await?;
+    let api_key = ids::new_api_key();
+    let now = now_ms();
+    state
+        .store
+        .replace_device_key(
+            &NewApiKey {
+                id: ids::new_internal_id(),
+                workspace: caller.workspace.clone(),
+                key_hash: ids::hash_secret(&api_key),
+                scopes: Some(vec![
+                    admin::SCOPE_DEVICE_READ.into(),
+                    admin::SCOPE_DEVICE_UPDATE.into(),
+                ]),
+                device_id: Some(device_id.clone()),
+                created_at: now,
+            },
+            now,
+        )
+        .await?;
+    Ok(Json(ConnectionToken {
+        device_id,
+        tenant_id: caller.workspace,
+        api_key,
+        environment: state.public_url.clone(),
+    }))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewInstallId {
+    device_id: String,
+    install_id: String,
+    install_id_expires_at: String,
+    install_command: String,
+}
+
+pub async fn new_install_id(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, device_id)): Path<(String, String)>,
+) -> Result<Json<NewInstallId>, ApiError> {
+    authorized_device(&state, &caller, Scope::DeviceUpdate, &device_id).await?;
+    let install_id = ids::new_install_id();
+    let now = now_ms();
+    let expires = now + state.install_id_ttl.as_millis() as i64;
+    if !state
+        .store
+        .reissue_install_id(
+            &caller.workspace,
+            &device_id,
+            &ids::hash_secret(&install_id),
+            expires,
+            now,
+        )
+        .await?
+    {
+        return Err(ApiError::not_found("device not found"));
+    }
+    Ok(Json(NewInstallId {
+        install_command: install_command(&state, &install_id),
+        device_id,
+        install_id,
+        install_id_expires_at: format_time(expires),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs() {
+        assert_eq!(slugify("Factory Floor #2"), "factory-floor-2");
+        assert_eq!(slugify("  --Cam__1--  "), "cam-1");
+        assert_eq!(slugify("!!!"), "");
+        assert_eq!(slugify("日本"), "");
+    }
 }

@@ -18,6 +18,12 @@ pub enum ApiError {
     BadRequest(String),
     Forbidden(String),
     NotFound(String),
+    /// 429. `plain`: the logs limiter answers with a plain-string body.
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+        plain: bool,
+    },
     /// A failure on our side; the detail goes to the log, not the client.
     Internal(String),
 }
@@ -46,8 +52,37 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Handled above; kept so the match stays exhaustive without a panic.
+fn unreachable_429() -> (StatusCode, serde_json::Value) {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({"error": "rate limit exceeded"}),
+    )
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::TooManyRequests {
+            message,
+            retry_after_secs,
+            plain,
+        } = self
+        {
+            let retry = [(
+                axum::http::header::RETRY_AFTER,
+                retry_after_secs.max(1).to_string(),
+            )];
+            return if plain {
+                (StatusCode::TOO_MANY_REQUESTS, retry, message).into_response()
+            } else {
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    retry,
+                    Json(json!({"error": message})),
+                )
+                    .into_response()
+            };
+        }
         let (status, body) = match self {
             ApiError::Unauthorized { message, hint } => (
                 StatusCode::UNAUTHORIZED,
@@ -56,6 +91,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({"error": m})),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({"error": m})),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": m})),
+            ApiError::TooManyRequests { .. } => unreachable_429(),
             ApiError::Internal(detail) => {
                 tracing::error!("internal error: {detail}");
                 (

@@ -8,7 +8,7 @@ use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 
 use super::error::ApiError;
-use crate::store::UnixMillis;
+use crate::store::{Direction, UnixMillis};
 
 /// The query string as a map; malformed → 400.
 pub struct Params(pub HashMap<String, String>);
@@ -63,6 +63,32 @@ pub fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, A
                 "{name} must be an RFC 3339 date-time (e.g. 2026-01-31T12:00:00Z) or unix seconds"
             ))
         })
+}
+
+/// Parses `direction`: `forward` or `backward` (default).
+pub fn parse_direction(raw: Option<&str>) -> Result<Direction, ApiError> {
+    match raw {
+        None => Ok(Direction::default()),
+        Some("forward") => Ok(Direction::Forward),
+        Some("backward") => Ok(Direction::Backward),
+        Some(_) => Err(ApiError::bad_request(
+            "direction must be forward or backward",
+        )),
+    }
+}
+
+/// Parses an optional time window; `start_time` must not be after `end_time`.
+pub fn parse_window(params: &Params) -> Result<(Option<UnixMillis>, Option<UnixMillis>), ApiError> {
+    let start = parse_time("start_time", params.get("start_time"))?;
+    let end = parse_time("end_time", params.get("end_time"))?;
+    if let (Some(s), Some(e)) = (start, end)
+        && s > e
+    {
+        return Err(ApiError::bad_request(
+            "start_time must not be after end_time",
+        ));
+    }
+    Ok((start, end))
 }
 
 /// Formats unix milliseconds as RFC 3339 UTC with millisecond precision.

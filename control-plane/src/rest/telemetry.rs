@@ -1,5 +1,6 @@
-//! `/{workspace}/devices/v2/{deviceId}/telemetry/raw`: stored samples, paged
-//! by seq.
+//! Telemetry reads: `telemetry` (bucketed series over a time period) and
+//! `telemetry/raw` (stored samples, paged by seq). Both are rate limited per
+//! device (see `limits`).
 
 use std::sync::Arc;
 
@@ -8,13 +9,27 @@ use axum::extract::{Path, State};
 use serde::Serialize;
 
 use crate::AppState;
-use crate::store::{Direction, GpuSample, TelemetryQuery, TelemetrySample, Temperature};
+use crate::store::{
+    GpuSample, TelemetryBucket, TelemetryQuery, TelemetrySample, Temperature, now_ms,
+};
 
 use super::auth::{Caller, Scope, Target};
-use super::devices::load_device;
+use super::devices::authorized_device;
 use super::error::ApiError;
 use super::pagination::{Page, decode_cursor, page, parse_limit};
-use super::params::{Params, format_time, parse_time};
+use super::params::{Params, format_time, parse_direction, parse_window};
+
+/// The periods of `telemetry?time_period=` and their bucket sizes.
+pub const TIME_PERIODS: &[(&str, i64, &str, i64)] = &[
+    // (period, period ms, bucket label, bucket ms)
+    ("1h", 3_600_000, "1 MINUTE", 60_000),
+    ("6h", 21_600_000, "5 MINUTE", 300_000),
+    ("12h", 43_200_000, "10 MINUTE", 600_000),
+    ("24h", 86_400_000, "15 MINUTE", 900_000),
+    ("7d", 604_800_000, "1 HOUR", 3_600_000),
+    ("30d", 2_592_000_000, "1 DAY", 86_400_000),
+];
+pub const DEFAULT_TIME_PERIOD: &str = "24h";
 
 #[derive(Debug, Serialize)]
 pub struct SampleView {
@@ -71,17 +86,6 @@ impl From<TelemetrySample> for SampleView {
     }
 }
 
-pub fn parse_direction(raw: Option<&str>) -> Result<Direction, ApiError> {
-    match raw {
-        None => Ok(Direction::default()),
-        Some("forward") => Ok(Direction::Forward),
-        Some("backward") => Ok(Direction::Backward),
-        Some(_) => Err(ApiError::bad_request(
-            "direction must be forward or backward",
-        )),
-    }
-}
-
 pub async fn raw(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -89,19 +93,14 @@ pub async fn raw(
     params: Params,
 ) -> Result<Json<Page<SampleView>>, ApiError> {
     caller.require(Scope::DeviceRead, Target::Device(&device_id))?;
-    let start = parse_time("start_time", params.get("start_time"))?;
-    let end = parse_time("end_time", params.get("end_time"))?;
-    if let (Some(s), Some(e)) = (start, end)
-        && s > e
-    {
-        return Err(ApiError::bad_request(
-            "start_time must not be after end_time",
-        ));
-    }
+    let (start, end) = parse_window(&params)?;
     let limit = parse_limit(params.get("limit"), 100, 1000)?;
     let direction = parse_direction(params.get("direction"))?;
     let after_seq: Option<u64> = decode_cursor(params.get("cursor"))?;
-    let device = load_device(&state, &caller, &device_id).await?;
+    let device = authorized_device(&state, &caller, Scope::DeviceRead, &device_id).await?;
+    state
+        .limits
+        .check_telemetry(&caller.workspace, &device.id)?;
     let rows = state
         .store
         .query_telemetry(&TelemetryQuery {
@@ -114,4 +113,112 @@ pub async fn raw(
         })
         .await?;
     Ok(Json(page(rows, limit, |s| s.seq, SampleView::from)))
+}
+
+#[derive(Debug, Serialize)]
+pub struct SeriesView {
+    time_period: String,
+    bucket: String,
+    start_time: String,
+    end_time: String,
+    data: Vec<BucketView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BucketView {
+    timestamp: String,
+    samples: u64,
+    cpu_percent: f64,
+    cpu_percent_max: f64,
+    memory_used_bytes: f64,
+    memory_total_bytes: u64,
+    disk_used_bytes: f64,
+    disk_total_bytes: u64,
+    network_rx_bytes: u64,
+    network_tx_bytes: u64,
+    load_average_1m: f64,
+    temperature_max_celsius: Option<f64>,
+    gpu_utilization_percent: Option<f64>,
+    gpu_memory_used_bytes: Option<f64>,
+}
+
+impl From<TelemetryBucket> for BucketView {
+    fn from(b: TelemetryBucket) -> Self {
+        BucketView {
+            timestamp: format_time(b.start),
+            samples: b.samples,
+            cpu_percent: b.cpu_percent_avg,
+            cpu_percent_max: b.cpu_percent_max,
+            memory_used_bytes: b.memory_used_bytes_avg,
+            memory_total_bytes: b.memory_total_bytes,
+            disk_used_bytes: b.disk_used_bytes_avg,
+            disk_total_bytes: b.disk_total_bytes,
+            network_rx_bytes: b.network_rx_bytes,
+            network_tx_bytes: b.network_tx_bytes,
+            load_average_1m: b.load_1m_avg,
+            temperature_max_celsius: b.temperature_max_celsius,
+            gpu_utilization_percent: b.gpu_utilization_percent_avg,
+            gpu_memory_used_bytes: b.gpu_memory_used_bytes_avg,
+        }
+    }
+}
+
+/// Looks a period up; unknown periods are a 400 that lists the valid ones.
+pub fn parse_period(raw: Option<&str>) -> Result<(&'static str, i64, &'static str, i64), ApiError> {
+    let want = raw.unwrap_or(DEFAULT_TIME_PERIOD);
+    TIME_PERIODS
+        .iter()
+        .find(|(p, ..)| *p == want)
+        .copied()
+        .ok_or_else(|| {
+            let valid: Vec<&str> = TIME_PERIODS.iter().map(|(p, ..)| *p).collect();
+            ApiError::bad_request(format!("time_period must be one of {}", valid.join(", ")))
+        })
+}
+
+pub async fn series(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, device_id)): Path<(String, String)>,
+    params: Params,
+) -> Result<Json<SeriesView>, ApiError> {
+    caller.require(Scope::DeviceRead, Target::Device(&device_id))?;
+    let (period, period_ms, bucket, bucket_ms) = parse_period(params.get("time_period"))?;
+    let device = authorized_device(&state, &caller, Scope::DeviceRead, &device_id).await?;
+    state
+        .limits
+        .check_telemetry(&caller.workspace, &device.id)?;
+    // Whole buckets: the window ends at the end of the current bucket.
+    let end = (now_ms() / bucket_ms + 1) * bucket_ms;
+    let start = end - period_ms;
+    let buckets = state
+        .store
+        .telemetry_buckets(&device.id, start, end, bucket_ms)
+        .await?;
+    Ok(Json(SeriesView {
+        time_period: period.to_string(),
+        bucket: bucket.to_string(),
+        start_time: format_time(start),
+        end_time: format_time(end),
+        data: buckets.into_iter().map(BucketView::from).collect(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_map_to_buckets() {
+        assert_eq!(parse_period(None).unwrap().0, "24h");
+        assert_eq!(parse_period(Some("1h")).unwrap().2, "1 MINUTE");
+        assert_eq!(parse_period(Some("30d")).unwrap().2, "1 DAY");
+        match parse_period(Some("2h")) {
+            Err(ApiError::BadRequest(m)) => assert!(m.contains("1h, 6h"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        for (_, period, _, bucket) in TIME_PERIODS {
+            assert_eq!(period % bucket, 0, "a period is whole buckets");
+        }
+    }
 }

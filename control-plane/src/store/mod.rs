@@ -31,6 +31,24 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Log severities, syslog order (journald priorities 7..0). Filters select a
+/// level and everything more severe.
+pub const SEVERITIES: &[&str] = &[
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
+
+/// Rank of a severity in [`SEVERITIES`]; unknown text ranks as `info`.
+pub fn severity_rank(severity: &str) -> i64 {
+    SEVERITIES.iter().position(|s| *s == severity).unwrap_or(1) as i64
+}
+
 /// Workspace feature flags (reference/001).
 pub const FEATURE_DEVICE_AIO: &str = "deviceAio";
 pub const FEATURE_LITE_MODE: &str = "roboflowLiteMode";
@@ -93,6 +111,10 @@ pub struct NewDevice {
     pub name: String,
     pub description: String,
     pub device_type: String,
+    pub workflow_id: Option<String>,
+    pub offline_mode: bool,
+    /// Becomes config version 1.
+    pub config: serde_json::Value,
     pub install_id_hash: String,
     pub install_id_expires_at: UnixMillis,
     pub created_at: UnixMillis,
@@ -111,13 +133,96 @@ pub struct Device {
     pub session_id: Option<String>,
     pub last_heartbeat: Option<UnixMillis>,
     pub cert_expires_at: Option<UnixMillis>,
+    pub workflow_id: Option<String>,
+    pub offline_mode: bool,
+    /// Current config version (0: none yet).
+    pub config_version: u64,
+    /// Last version the agent reported as applied.
+    pub config_applied_version: u64,
+}
+
+/// What PATCH may change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct DevicePatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+/// One version of a device's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigVersion {
+    pub version: u64,
+    pub config: serde_json::Value,
+    pub created_at: UnixMillis,
+}
+
+/// Something that happened to a device, for the events route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: i64,
+    pub timestamp: UnixMillis,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventQuery {
+    pub device_id: String,
+    /// Continue after (forward) or before (backward) this event id.
+    pub after_id: Option<i64>,
+    pub direction: Direction,
+    pub limit: u32,
+}
+
+/// One log line as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRecord {
+    pub seq: u64,
+    pub timestamp: UnixMillis,
+    pub service: String,
+    pub severity: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogQuery {
+    pub device_id: String,
+    pub start: Option<UnixMillis>,
+    pub end: Option<UnixMillis>,
+    pub service: Option<String>,
+    pub severity: Option<String>,
+    /// Continue with entries older than this (timestamp, seq).
+    pub before: Option<(UnixMillis, u64)>,
+    pub limit: u32,
+}
+
+/// Aggregates of the samples whose timestamp falls in one bucket.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TelemetryBucket {
+    pub start: UnixMillis,
+    pub samples: u64,
+    pub cpu_percent_avg: f64,
+    pub cpu_percent_max: f64,
+    pub memory_used_bytes_avg: f64,
+    pub memory_total_bytes: u64,
+    pub disk_used_bytes_avg: f64,
+    pub disk_total_bytes: u64,
+    /// Bytes counted within the bucket: max − min of the cumulative counters
+    /// (overstated in a bucket that contains a reboot).
+    pub network_rx_bytes: u64,
+    pub network_tx_bytes: u64,
+    pub load_1m_avg: f64,
+    pub temperature_max_celsius: Option<f64>,
+    pub gpu_utilization_percent_avg: Option<f64>,
+    pub gpu_memory_used_bytes_avg: Option<f64>,
 }
 
 /// A device counts as online while it has a session whose last sign of life
 /// is younger than this. Agents heartbeat every 10 s by default.
 pub const ONLINE_WINDOW_MS: i64 = 30_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceStatus {
     Online,
@@ -175,6 +280,7 @@ pub struct CertRecord {
     pub workspace: String,
     pub revoked: bool,
     pub device_enabled: bool,
+    pub device_deleted: bool,
     pub install_spent: bool,
 }
 
@@ -244,6 +350,10 @@ pub struct DeviceListQuery {
     /// Continue after this (created_at, id) key.
     pub after: Option<(UnixMillis, String)>,
     pub limit: u32,
+    pub status: Option<DeviceStatus>,
+    pub device_type: Option<String>,
+    /// The time `status` is judged at.
+    pub now: UnixMillis,
 }
 
 /// The persistence seam. All methods are safe to call concurrently from
@@ -259,6 +369,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_device(&self, device: &NewDevice) -> StoreResult<()>;
     async fn get_device(&self, workspace: &str, id: &str) -> StoreResult<Option<Device>>;
+    /// The workspace of a (not deleted) device, whatever workspace asks.
+    async fn device_workspace(&self, id: &str) -> StoreResult<Option<String>>;
     /// Oldest first by (created_at, id); returns up to `limit` devices.
     async fn list_devices(&self, q: &DeviceListQuery) -> StoreResult<Vec<Device>>;
 
@@ -268,7 +380,99 @@ pub trait Store: Send + Sync + 'static {
         workspace: &str,
         id: &str,
         enabled: bool,
+    ) -> StoreResult<bool> {
+        let patch = DevicePatch {
+            enabled: Some(enabled),
+            ..Default::default()
+        };
+        Ok(self
+            .update_device(workspace, id, &patch, now_ms())
+            .await?
+            .is_some())
+    }
+    /// Applies a PATCH; `None` when the device does not exist.
+    async fn update_device(
+        &self,
+        workspace: &str,
+        id: &str,
+        patch: &DevicePatch,
+        now: UnixMillis,
+    ) -> StoreResult<Option<Device>>;
+    /// Deletes a device: it disappears from the API, its certificates and
+    /// keys are revoked, its install ID voided. The row stays (marked) so a
+    /// returning agent can be told it was decommissioned.
+    async fn delete_device(&self, workspace: &str, id: &str, now: UnixMillis) -> StoreResult<bool>;
+    /// Replaces the device-scoped API key(s) with `key`.
+    async fn replace_device_key(&self, key: &NewApiKey, now: UnixMillis) -> StoreResult<()>;
+    /// Issues a new install ID (hash), voiding the old one and its binding.
+    async fn reissue_install_id(
+        &self,
+        workspace: &str,
+        id: &str,
+        install_id_hash: &str,
+        expires_at: UnixMillis,
+        now: UnixMillis,
     ) -> StoreResult<bool>;
+
+    /// Stores a new config version; `None` when the device does not exist.
+    async fn put_config(
+        &self,
+        workspace: &str,
+        id: &str,
+        config: &serde_json::Value,
+        now: UnixMillis,
+    ) -> StoreResult<Option<ConfigVersion>>;
+    /// A given version, or the current one.
+    async fn get_config(
+        &self,
+        device_id: &str,
+        version: Option<u64>,
+    ) -> StoreResult<Option<ConfigVersion>>;
+    /// Versions older than `before` (all when `None`), newest first.
+    async fn list_configs(
+        &self,
+        device_id: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<ConfigVersion>>;
+    /// The agent reports it runs `version`.
+    async fn config_applied(
+        &self,
+        device_id: &str,
+        version: u64,
+        now: UnixMillis,
+    ) -> StoreResult<()>;
+
+    async fn record_event(
+        &self,
+        device_id: &str,
+        workspace: &str,
+        kind: &str,
+        detail: &serde_json::Value,
+        now: UnixMillis,
+    ) -> StoreResult<()>;
+    async fn list_events(&self, q: &EventQuery) -> StoreResult<Vec<Event>>;
+
+    /// Stores log lines, ignoring any (device, seq) already stored. Durable
+    /// when it returns.
+    async fn insert_logs(
+        &self,
+        device_id: &str,
+        logs: &[LogRecord],
+        received_at: UnixMillis,
+    ) -> StoreResult<u64>;
+    /// Newest first.
+    async fn query_logs(&self, q: &LogQuery) -> StoreResult<Vec<LogRecord>>;
+
+    /// Samples in [start, end) aggregated into buckets of `bucket_ms`, oldest
+    /// first; empty buckets are omitted.
+    async fn telemetry_buckets(
+        &self,
+        device_id: &str,
+        start: UnixMillis,
+        end: UnixMillis,
+        bucket_ms: i64,
+    ) -> StoreResult<Vec<TelemetryBucket>>;
 
     async fn find_enrollment(&self, install_id_hash: &str) -> StoreResult<Option<Enrollment>>;
     /// Binds the install ID to the key (if unbound), records the certificate

@@ -64,6 +64,10 @@ fn device_from_row(row: &SqliteRow) -> StoreResult<Device> {
         session_id: row.try_get("session_id")?,
         last_heartbeat: row.try_get("last_heartbeat")?,
         cert_expires_at: row.try_get("cert_expires_at")?,
+        workflow_id: row.try_get("workflow_id")?,
+        offline_mode: row.try_get("offline_mode")?,
+        config_version: row.try_get::<i64, _>("config_version")?.max(0) as u64,
+        config_applied_version: row.try_get::<i64, _>("config_applied_version")?.max(0) as u64,
     })
 }
 
@@ -102,7 +106,8 @@ macro_rules! device_select {
     ($tail:literal) => {
         concat!(
             "SELECT id, workspace, name, description, device_type, enabled, created_at, ",
-            "facts, session_id, last_heartbeat, cert_expires_at FROM devices ",
+            "facts, session_id, last_heartbeat, cert_expires_at, workflow_id, offline_mode, ",
+            "config_version, config_applied_version FROM devices ",
             $tail
         )
     };
@@ -186,7 +191,8 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO devices (id, workspace, name, description, device_type, created_at, \
-             install_id_hash, install_id_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             install_id_hash, install_id_expires_at, workflow_id, offline_mode, config_version) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
         )
         .bind(&d.id)
         .bind(&d.workspace)
@@ -196,15 +202,31 @@ impl Store for SqliteStore {
         .bind(d.created_at)
         .bind(&d.install_id_hash)
         .bind(d.install_id_expires_at)
+        .bind(&d.workflow_id)
+        .bind(d.offline_mode)
         .execute(&mut *tx)
         .await?;
-        insert_event(&mut tx, &d.id, &d.workspace, d.created_at, "created").await?;
+        sqlx::query("INSERT INTO device_configs (device_id, version, config, created_at) VALUES (?, 1, ?, ?)")
+            .bind(&d.id)
+            .bind(to_json(&d.config))
+            .bind(d.created_at)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(
+            &mut tx,
+            &d.id,
+            &d.workspace,
+            d.created_at,
+            "created",
+            &serde_json::json!({}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn get_device(&self, workspace: &str, id: &str) -> StoreResult<Option<Device>> {
-        const Q: &str = device_select!("WHERE workspace = ? AND id = ?");
+        const Q: &str = device_select!("WHERE workspace = ? AND id = ? AND deleted_at IS NULL");
         let row = sqlx::query(Q)
             .bind(workspace)
             .bind(id)
@@ -213,44 +235,53 @@ impl Store for SqliteStore {
         row.as_ref().map(device_from_row).transpose()
     }
 
+    async fn device_workspace(&self, id: &str) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT workspace FROM devices WHERE id = ? AND deleted_at IS NULL")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     async fn list_devices(&self, q: &DeviceListQuery) -> StoreResult<Vec<Device>> {
         const Q: &str = device_select!(
-            "WHERE workspace = ?1 AND (?2 IS NULL OR created_at > ?2 OR (created_at = ?2 AND id > ?3)) \
+            "WHERE workspace = ?1 AND deleted_at IS NULL \
+             AND (?2 IS NULL OR created_at > ?2 OR (created_at = ?2 AND id > ?3)) \
+             AND (?5 IS NULL \
+                  OR (?5 = 'online' AND session_id IS NOT NULL AND last_heartbeat > ?6) \
+                  OR (?5 = 'offline' AND last_heartbeat IS NOT NULL \
+                      AND NOT (session_id IS NOT NULL AND last_heartbeat > ?6)) \
+                  OR (?5 = 'unknown' AND last_heartbeat IS NULL)) \
+             AND (?7 IS NULL OR device_type = ?7) \
              ORDER BY created_at, id LIMIT ?4"
         );
         let (after_ts, after_id) = match &q.after {
             Some((ts, id)) => (Some(*ts), Some(id.as_str())),
             None => (None, None),
         };
+        let status = q.status.map(|s| match s {
+            DeviceStatus::Online => "online",
+            DeviceStatus::Offline => "offline",
+            DeviceStatus::Unknown => "unknown",
+        });
         let rows = sqlx::query(Q)
             .bind(&q.workspace)
             .bind(after_ts)
             .bind(after_id)
             .bind(q.limit as i64)
+            .bind(status)
+            .bind(q.now - ONLINE_WINDOW_MS)
+            .bind(&q.device_type)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(device_from_row).collect()
     }
 
-    async fn set_device_enabled(
-        &self,
-        workspace: &str,
-        id: &str,
-        enabled: bool,
-    ) -> StoreResult<bool> {
-        let res = sqlx::query("UPDATE devices SET enabled = ? WHERE workspace = ? AND id = ?")
-            .bind(enabled)
-            .bind(workspace)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(res.rows_affected() == 1)
-    }
-
     async fn find_enrollment(&self, install_id_hash: &str) -> StoreResult<Option<Enrollment>> {
         let row = sqlx::query(
             "SELECT id, workspace, enabled, install_id_expires_at, install_key_sha256, install_spent \
-             FROM devices WHERE install_id_hash = ?",
+             FROM devices WHERE install_id_hash = ? AND deleted_at IS NULL",
         )
         .bind(install_id_hash)
         .fetch_optional(&self.pool)
@@ -328,14 +359,22 @@ impl Store for SqliteStore {
         .bind(k.created_at)
         .execute(&mut *tx)
         .await?;
-        insert_event(&mut tx, &c.device_id, &k.workspace, c.now, "enrolled").await?;
+        insert_event(
+            &mut tx,
+            &c.device_id,
+            &k.workspace,
+            c.now,
+            "enrolled",
+            &serde_json::json!({}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn get_cert(&self, serial: &str) -> StoreResult<Option<CertRecord>> {
         let row = sqlx::query(
-            "SELECT c.serial, c.device_id, c.revoked_at, d.workspace, d.enabled, d.install_spent \
+            "SELECT c.serial, c.device_id, c.revoked_at, d.workspace, d.enabled, d.install_spent, d.deleted_at \
              FROM device_certs c JOIN devices d ON d.id = c.device_id WHERE c.serial = ?",
         )
         .bind(serial)
@@ -348,6 +387,7 @@ impl Store for SqliteStore {
                 workspace: r.try_get("workspace")?,
                 revoked: r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
                 device_enabled: r.try_get("enabled")?,
+                device_deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
                 install_spent: r.try_get("install_spent")?,
             })
         })
@@ -381,7 +421,15 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let ws = ws.ok_or(StoreError::NotFound)?;
-        insert_event(&mut tx, device_id, &ws, now, "connected").await?;
+        insert_event(
+            &mut tx,
+            device_id,
+            &ws,
+            now,
+            "connected",
+            &serde_json::json!({}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -416,7 +464,15 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(ws) = ws {
-            insert_event(&mut tx, device_id, &ws, now, "disconnected").await?;
+            insert_event(
+                &mut tx,
+                device_id,
+                &ws,
+                now,
+                "disconnected",
+                &serde_json::json!({}),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -496,6 +552,462 @@ impl Store for SqliteStore {
             .await?;
         rows.iter().map(sample_from_row).collect()
     }
+    async fn update_device(
+        &self,
+        workspace: &str,
+        id: &str,
+        patch: &DevicePatch,
+        now: UnixMillis,
+    ) -> StoreResult<Option<Device>> {
+        let mut tx = self.pool.begin().await?;
+        const Q: &str = device_select!("WHERE workspace = ? AND id = ? AND deleted_at IS NULL");
+        let Some(before) = sqlx::query(Q)
+            .bind(workspace)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
+            .map(device_from_row)
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "UPDATE devices SET name = COALESCE(?, name), description = COALESCE(?, description), \
+             enabled = COALESCE(?, enabled) WHERE id = ?",
+        )
+        .bind(&patch.name)
+        .bind(&patch.description)
+        .bind(patch.enabled)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let mut changed = serde_json::Map::new();
+        if let Some(n) = patch.name.as_ref().filter(|n| **n != before.name) {
+            changed.insert(
+                "name".into(),
+                serde_json::json!({"from": before.name, "to": n}),
+            );
+        }
+        if let Some(d) = patch
+            .description
+            .as_ref()
+            .filter(|d| **d != before.description)
+        {
+            changed.insert("description".into(), serde_json::json!({"to": d}));
+        }
+        if !changed.is_empty() {
+            insert_event(
+                &mut tx,
+                id,
+                workspace,
+                now,
+                "updated",
+                &serde_json::Value::Object(changed),
+            )
+            .await?;
+        }
+        if let Some(enabled) = patch.enabled.filter(|e| *e != before.enabled) {
+            let kind = if enabled { "enabled" } else { "disabled" };
+            insert_event(&mut tx, id, workspace, now, kind, &serde_json::json!({})).await?;
+        }
+        let after = sqlx::query(Q)
+            .bind(workspace)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
+            .map(device_from_row)
+            .transpose()?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    async fn delete_device(&self, workspace: &str, id: &str, now: UnixMillis) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "UPDATE devices SET deleted_at = ?, install_id_hash = NULL, session_id = NULL \
+             WHERE workspace = ? AND id = ? AND deleted_at IS NULL",
+        )
+        .bind(now)
+        .bind(workspace)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE device_certs SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(
+            &mut tx,
+            id,
+            workspace,
+            now,
+            "deleted",
+            &serde_json::json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn replace_device_key(&self, key: &NewApiKey, now: UnixMillis) -> StoreResult<()> {
+        let device_id = key
+            .device_id
+            .as_deref()
+            .ok_or_else(|| StoreError::Conflict("a device key needs a device".into()))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(device_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, workspace, key_hash, scopes, device_id, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.workspace)
+        .bind(&key.key_hash)
+        .bind(key.scopes.as_ref().map(to_json))
+        .bind(device_id)
+        .bind(key.created_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(
+            &mut tx,
+            device_id,
+            &key.workspace,
+            now,
+            "reset",
+            &serde_json::json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reissue_install_id(
+        &self,
+        workspace: &str,
+        id: &str,
+        install_id_hash: &str,
+        expires_at: UnixMillis,
+        now: UnixMillis,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "UPDATE devices SET install_id_hash = ?, install_id_expires_at = ?, \
+             install_key_sha256 = NULL, install_spent = 0 \
+             WHERE workspace = ? AND id = ? AND deleted_at IS NULL",
+        )
+        .bind(install_id_hash)
+        .bind(expires_at)
+        .bind(workspace)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_event(
+            &mut tx,
+            id,
+            workspace,
+            now,
+            "install_id_issued",
+            &serde_json::json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn put_config(
+        &self,
+        workspace: &str,
+        id: &str,
+        config: &serde_json::Value,
+        now: UnixMillis,
+    ) -> StoreResult<Option<ConfigVersion>> {
+        let mut tx = self.pool.begin().await?;
+        let version: Option<i64> = sqlx::query_scalar(
+            "UPDATE devices SET config_version = config_version + 1 \
+             WHERE workspace = ? AND id = ? AND deleted_at IS NULL RETURNING config_version",
+        )
+        .bind(workspace)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(version) = version else {
+            return Ok(None);
+        };
+        sqlx::query("INSERT INTO device_configs (device_id, version, config, created_at) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(version)
+            .bind(to_json(config))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(
+            &mut tx,
+            id,
+            workspace,
+            now,
+            "config_changed",
+            &serde_json::json!({"version": version}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(ConfigVersion {
+            version: version.max(0) as u64,
+            config: config.clone(),
+            created_at: now,
+        }))
+    }
+
+    async fn get_config(
+        &self,
+        device_id: &str,
+        version: Option<u64>,
+    ) -> StoreResult<Option<ConfigVersion>> {
+        let row = sqlx::query(
+            "SELECT c.version, c.config, c.created_at FROM device_configs c JOIN devices d ON d.id = c.device_id \
+             WHERE c.device_id = ?1 AND c.version = COALESCE(?2, d.config_version)",
+        )
+        .bind(device_id)
+        .bind(version.map(i))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(config_from_row).transpose()
+    }
+
+    async fn list_configs(
+        &self,
+        device_id: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<ConfigVersion>> {
+        let rows = sqlx::query(
+            "SELECT version, config, created_at FROM device_configs \
+             WHERE device_id = ?1 AND (?2 IS NULL OR version < ?2) ORDER BY version DESC LIMIT ?3",
+        )
+        .bind(device_id)
+        .bind(before.map(i))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(config_from_row).collect()
+    }
+
+    async fn config_applied(
+        &self,
+        device_id: &str,
+        version: u64,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let ws: Option<String> = sqlx::query_scalar(
+            "UPDATE devices SET config_applied_version = ?1 \
+             WHERE id = ?2 AND config_applied_version <> ?1 RETURNING workspace",
+        )
+        .bind(i(version))
+        .bind(device_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(ws) = ws {
+            insert_event(
+                &mut tx,
+                device_id,
+                &ws,
+                now,
+                "config_applied",
+                &serde_json::json!({"version": version}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_event(
+        &self,
+        device_id: &str,
+        workspace: &str,
+        kind: &str,
+        detail: &serde_json::Value,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_event(&mut tx, device_id, workspace, now, kind, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_events(&self, q: &EventQuery) -> StoreResult<Vec<Event>> {
+        const FORWARD: &str = "SELECT id, ts, kind, detail FROM events WHERE device_id = ?1 \
+             AND (?2 IS NULL OR id > ?2) ORDER BY id ASC LIMIT ?3";
+        const BACKWARD: &str = "SELECT id, ts, kind, detail FROM events WHERE device_id = ?1 \
+             AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3";
+        let sql = match q.direction {
+            Direction::Forward => FORWARD,
+            Direction::Backward => BACKWARD,
+        };
+        let rows = sqlx::query(sql)
+            .bind(&q.device_id)
+            .bind(q.after_id)
+            .bind(q.limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                Ok(Event {
+                    id: r.try_get("id")?,
+                    timestamp: r.try_get("ts")?,
+                    kind: r.try_get("kind")?,
+                    detail: json_vec(&detail, "event detail")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_logs(
+        &self,
+        device_id: &str,
+        logs: &[LogRecord],
+        received_at: UnixMillis,
+    ) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await?;
+        let mut stored = 0;
+        for l in logs {
+            let res = sqlx::query(
+                "INSERT INTO logs (device_id, seq, ts, received_at, service, severity, severity_rank, message) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING",
+            )
+            .bind(device_id)
+            .bind(i(l.seq))
+            .bind(l.timestamp)
+            .bind(received_at)
+            .bind(&l.service)
+            .bind(&l.severity)
+            .bind(severity_rank(&l.severity))
+            .bind(&l.message)
+            .execute(&mut *tx)
+            .await?;
+            stored += res.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn query_logs(&self, q: &LogQuery) -> StoreResult<Vec<LogRecord>> {
+        let (before_ts, before_seq) = match q.before {
+            Some((ts, seq)) => (Some(ts), Some(i(seq))),
+            None => (None, None),
+        };
+        let rows = sqlx::query(
+            "SELECT seq, ts, service, severity, message FROM logs WHERE device_id = ?1 \
+             AND (?2 IS NULL OR ts >= ?2) AND (?3 IS NULL OR ts < ?3) \
+             AND (?4 IS NULL OR service = ?4) AND (?5 IS NULL OR severity_rank >= ?5) \
+             AND (?6 IS NULL OR ts < ?6 OR (ts = ?6 AND seq < ?7)) \
+             ORDER BY ts DESC, seq DESC LIMIT ?8",
+        )
+        .bind(&q.device_id)
+        .bind(q.start)
+        .bind(q.end)
+        .bind(&q.service)
+        .bind(q.severity.as_deref().map(severity_rank))
+        .bind(before_ts)
+        .bind(before_seq)
+        .bind(q.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LogRecord {
+                    seq: r.try_get::<i64, _>("seq")?.max(0) as u64,
+                    timestamp: r.try_get("ts")?,
+                    service: r.try_get("service")?,
+                    severity: r.try_get("severity")?,
+                    message: r.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn telemetry_buckets(
+        &self,
+        device_id: &str,
+        start: UnixMillis,
+        end: UnixMillis,
+        bucket_ms: i64,
+    ) -> StoreResult<Vec<TelemetryBucket>> {
+        let rows = sqlx::query(
+            "SELECT (ts / ?4) * ?4 AS bucket, COUNT(*) AS n, \
+             AVG(cpu_percent) AS cpu_avg, MAX(cpu_percent) AS cpu_max, \
+             AVG(memory_used_bytes) AS mem_avg, MAX(memory_total_bytes) AS mem_total, \
+             AVG(disk_used_bytes) AS disk_avg, MAX(disk_total_bytes) AS disk_total, \
+             MAX(network_rx_bytes) - MIN(network_rx_bytes) AS rx, \
+             MAX(network_tx_bytes) - MIN(network_tx_bytes) AS tx, \
+             AVG(load_1m) AS load_avg, \
+             MAX((SELECT MAX(json_extract(value, '$.celsius')) FROM json_each(temperatures))) AS temp_max, \
+             AVG((SELECT AVG(json_extract(value, '$.utilization_percent')) FROM json_each(gpus))) AS gpu_util, \
+             AVG((SELECT SUM(json_extract(value, '$.memory_used_bytes')) FROM json_each(gpus))) AS gpu_mem \
+             FROM telemetry WHERE device_id = ?1 AND ts >= ?2 AND ts < ?3 \
+             GROUP BY bucket ORDER BY bucket",
+        )
+        .bind(device_id)
+        .bind(start)
+        .bind(end)
+        .bind(bucket_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TelemetryBucket {
+                    start: r.try_get("bucket")?,
+                    samples: r.try_get::<i64, _>("n")?.max(0) as u64,
+                    cpu_percent_avg: r.try_get("cpu_avg")?,
+                    cpu_percent_max: r.try_get("cpu_max")?,
+                    memory_used_bytes_avg: r.try_get("mem_avg")?,
+                    memory_total_bytes: r.try_get::<i64, _>("mem_total")?.max(0) as u64,
+                    disk_used_bytes_avg: r.try_get("disk_avg")?,
+                    disk_total_bytes: r.try_get::<i64, _>("disk_total")?.max(0) as u64,
+                    network_rx_bytes: r.try_get::<i64, _>("rx")?.max(0) as u64,
+                    network_tx_bytes: r.try_get::<i64, _>("tx")?.max(0) as u64,
+                    load_1m_avg: r.try_get("load_avg")?,
+                    temperature_max_celsius: r.try_get("temp_max")?,
+                    gpu_utilization_percent_avg: r.try_get("gpu_util")?,
+                    gpu_memory_used_bytes_avg: r.try_get("gpu_mem")?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn config_from_row(row: &SqliteRow) -> StoreResult<ConfigVersion> {
+    let config: String = row.try_get("config")?;
+    Ok(ConfigVersion {
+        version: row.try_get::<i64, _>("version")?.max(0) as u64,
+        config: json_vec(&config, "device config")?,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 async fn insert_event(
@@ -504,14 +1016,18 @@ async fn insert_event(
     workspace: &str,
     ts: UnixMillis,
     kind: &str,
+    detail: &serde_json::Value,
 ) -> StoreResult<()> {
-    sqlx::query("INSERT INTO events (device_id, workspace, ts, kind) VALUES (?, ?, ?, ?)")
-        .bind(device_id)
-        .bind(workspace)
-        .bind(ts)
-        .bind(kind)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO events (device_id, workspace, ts, kind, detail) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(device_id)
+    .bind(workspace)
+    .bind(ts)
+    .bind(kind)
+    .bind(to_json(detail))
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -542,6 +1058,9 @@ mod tests {
             device_type: "edge".into(),
             install_id_hash: format!("hash-{id}"),
             install_id_expires_at: i64::MAX,
+            workflow_id: None,
+            offline_mode: false,
+            config: serde_json::json!({"k": id}),
             created_at,
         }
     }
@@ -712,6 +1231,9 @@ mod tests {
                 workspace: "acme".into(),
                 after: None,
                 limit: 2,
+                status: None,
+                device_type: None,
+                now: 0,
             })
             .await
             .unwrap();
@@ -724,6 +1246,9 @@ mod tests {
                 workspace: "acme".into(),
                 after: Some((first[1].created_at, first[1].id.clone())),
                 limit: 2,
+                status: None,
+                device_type: None,
+                now: 0,
             })
             .await
             .unwrap();
@@ -749,5 +1274,328 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)));
+    }
+
+    fn list_query(
+        status: Option<DeviceStatus>,
+        device_type: Option<&str>,
+        now: i64,
+    ) -> DeviceListQuery {
+        DeviceListQuery {
+            workspace: "acme".into(),
+            after: None,
+            limit: 100,
+            status,
+            device_type: device_type.map(String::from),
+            now,
+        }
+    }
+
+    #[tokio::test]
+    async fn list_filters_by_status_and_type() {
+        let (_d, s) = store().await;
+        let mut ai = new_device("ai", 1);
+        ai.device_type = "ai1".into();
+        s.create_device(&ai).await.unwrap();
+        s.create_device(&new_device("on", 2)).await.unwrap();
+        s.create_device(&new_device("off", 3)).await.unwrap();
+        let now = 1_000_000;
+        s.session_opened("on", "s1", &DeviceFacts::default(), now)
+            .await
+            .unwrap();
+        s.session_opened("off", "s2", &DeviceFacts::default(), now)
+            .await
+            .unwrap();
+        s.session_closed("off", "s2", now).await.unwrap();
+        let ids = |v: Vec<Device>| v.into_iter().map(|d| d.id).collect::<Vec<_>>();
+        let q = |st, t| list_query(st, t, now + 1);
+        assert_eq!(
+            ids(s
+                .list_devices(&q(Some(DeviceStatus::Online), None))
+                .await
+                .unwrap()),
+            vec!["on"]
+        );
+        assert_eq!(
+            ids(s
+                .list_devices(&q(Some(DeviceStatus::Offline), None))
+                .await
+                .unwrap()),
+            vec!["off"]
+        );
+        assert_eq!(
+            ids(s
+                .list_devices(&q(Some(DeviceStatus::Unknown), None))
+                .await
+                .unwrap()),
+            vec!["ai"]
+        );
+        assert_eq!(
+            ids(s.list_devices(&q(None, Some("ai1"))).await.unwrap()),
+            vec!["ai"]
+        );
+        assert_eq!(
+            ids(s.list_devices(&q(None, Some("edge"))).await.unwrap()),
+            vec!["on", "off"]
+        );
+        // The same filter agrees with Device::status when heartbeats go stale.
+        let later = list_query(
+            Some(DeviceStatus::Offline),
+            None,
+            now + ONLINE_WINDOW_MS + 1,
+        );
+        assert_eq!(
+            ids(s.list_devices(&later).await.unwrap()),
+            vec!["on", "off"]
+        );
+    }
+
+    #[tokio::test]
+    async fn configs_are_versioned_and_applied_versions_recorded() {
+        let (_d, s) = store().await;
+        s.create_device(&new_device("d1", 1)).await.unwrap();
+        let v1 = s.get_config("d1", None).await.unwrap().unwrap();
+        assert_eq!(v1.version, 1);
+        assert_eq!(v1.config, serde_json::json!({"k": "d1"}));
+        let v2 = s
+            .put_config(
+                "acme",
+                "d1",
+                &serde_json::json!({"telemetry_interval_secs": 5}),
+                10,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(v2.version, 2);
+        assert_eq!(s.get_config("d1", None).await.unwrap().unwrap(), v2);
+        assert_eq!(s.get_config("d1", Some(1)).await.unwrap().unwrap(), v1);
+        assert!(s.get_config("d1", Some(9)).await.unwrap().is_none());
+        let all = s.list_configs("d1", None, 10).await.unwrap();
+        assert_eq!(
+            all.iter().map(|c| c.version).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
+        let older = s.list_configs("d1", Some(2), 10).await.unwrap();
+        assert_eq!(older.iter().map(|c| c.version).collect::<Vec<_>>(), vec![1]);
+        assert!(
+            s.put_config("other", "d1", &serde_json::json!({}), 10)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        s.config_applied("d1", 2, 11).await.unwrap();
+        s.config_applied("d1", 2, 12).await.unwrap(); // repeated ack: one event
+        assert_eq!(
+            s.get_device("acme", "d1")
+                .await
+                .unwrap()
+                .unwrap()
+                .config_applied_version,
+            2
+        );
+        let kinds: Vec<String> = s
+            .list_events(&EventQuery {
+                device_id: "d1".into(),
+                after_id: None,
+                direction: Direction::Forward,
+                limit: 100,
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, vec!["created", "config_changed", "config_applied"]);
+    }
+
+    #[tokio::test]
+    async fn delete_hides_the_device_and_revokes_everything() {
+        let (_d, s) = store().await;
+        s.create_device(&new_device("d1", 1)).await.unwrap();
+        s.complete_enrollment(&commit("d1", "keyA", "s1"))
+            .await
+            .unwrap();
+        assert!(s.delete_device("acme", "d1", 50).await.unwrap());
+        assert!(
+            !s.delete_device("acme", "d1", 51).await.unwrap(),
+            "already gone"
+        );
+        assert!(s.get_device("acme", "d1").await.unwrap().is_none());
+        assert!(s.device_workspace("d1").await.unwrap().is_none());
+        let cert = s.get_cert("s1").await.unwrap().unwrap();
+        assert!(cert.revoked && cert.device_deleted);
+        assert!(s.find_api_key("kh-s1").await.unwrap().is_none());
+        assert!(s.find_enrollment("hash-d1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn patch_records_what_changed() {
+        let (_d, s) = store().await;
+        s.create_device(&new_device("d1", 1)).await.unwrap();
+        let patch = DevicePatch {
+            name: Some("renamed".into()),
+            enabled: Some(false),
+            ..Default::default()
+        };
+        let d = s
+            .update_device("acme", "d1", &patch, 5)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.name, "renamed");
+        assert!(!d.enabled);
+        assert!(
+            s.update_device("acme", "nope", &patch, 5)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let events = s
+            .list_events(&EventQuery {
+                device_id: "d1".into(),
+                after_id: None,
+                direction: Direction::Backward,
+                limit: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(events[0].kind, "disabled");
+        assert_eq!(events[1].kind, "updated");
+        assert_eq!(events[1].detail["name"]["to"], "renamed");
+    }
+
+    #[tokio::test]
+    async fn reissued_install_id_voids_the_old_one_and_its_binding() {
+        let (_d, s) = store().await;
+        s.create_device(&new_device("d1", 1)).await.unwrap();
+        s.complete_enrollment(&commit("d1", "keyA", "s1"))
+            .await
+            .unwrap();
+        s.spend_install_id("d1").await.unwrap();
+        assert!(
+            s.reissue_install_id("acme", "d1", "new-hash", i64::MAX, 9)
+                .await
+                .unwrap()
+        );
+        assert!(s.find_enrollment("hash-d1").await.unwrap().is_none());
+        let e = s.find_enrollment("new-hash").await.unwrap().unwrap();
+        assert!(!e.spent && e.bound_key_sha256.is_none());
+        s.complete_enrollment(&commit("d1", "keyB", "s2"))
+            .await
+            .unwrap();
+        assert!(
+            s.get_cert("s1").await.unwrap().unwrap().revoked,
+            "re-enrollment revokes the old cert"
+        );
+    }
+
+    #[tokio::test]
+    async fn logs_page_newest_first_with_filters() {
+        let (_d, s) = store().await;
+        s.create_device(&new_device("d1", 1)).await.unwrap();
+        let line = |seq: u64, ts: i64, service: &str, severity: &str| LogRecord {
+            seq,
+            timestamp: ts,
+            service: service.into(),
+            severity: severity.into(),
+            message: format!("line {seq}"),
+        };
+        let logs = vec![
+            line(1, 100, "nginx", "info"),
+            line(2, 200, "app", "error"),
+            line(3, 200, "app", "warning"),
+            line(4, 300, "nginx", "debug"),
+        ];
+        assert_eq!(s.insert_logs("d1", &logs, 0).await.unwrap(), 4);
+        assert_eq!(
+            s.insert_logs("d1", &logs[..2], 0).await.unwrap(),
+            0,
+            "deduped"
+        );
+        let q = LogQuery {
+            device_id: "d1".into(),
+            start: None,
+            end: None,
+            service: None,
+            severity: None,
+            before: None,
+            limit: 10,
+        };
+        let seqs = |v: Vec<LogRecord>| v.into_iter().map(|l| l.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(s.query_logs(&q).await.unwrap()), vec![4, 3, 2, 1]);
+        let page2 = LogQuery {
+            before: Some((200, 3)),
+            ..q.clone()
+        };
+        assert_eq!(seqs(s.query_logs(&page2).await.unwrap()), vec![2, 1]);
+        let warn_up = LogQuery {
+            severity: Some("warning".into()),
+            ..q.clone()
+        };
+        assert_eq!(seqs(s.query_logs(&warn_up).await.unwrap()), vec![3, 2]);
+        let nginx = LogQuery {
+            service: Some("nginx".into()),
+            start: Some(150),
+            ..q
+        };
+        assert_eq!(seqs(s.query_logs(&nginx).await.unwrap()), vec![4]);
+    }
+
+    #[tokio::test]
+    async fn telemetry_buckets_aggregate_per_bucket() {
+        let (_d, s) = store().await;
+        s.create_device(&new_device("d1", 1)).await.unwrap();
+        let mk =
+            |seq: u64, ts: i64, cpu: f32, rx: u64, temp: f32, gpu: Option<f32>| TelemetrySample {
+                seq,
+                timestamp: ts,
+                cpu_percent: cpu,
+                memory_used_bytes: 100 * seq,
+                memory_total_bytes: 1000,
+                network_rx_bytes: rx,
+                temperatures: vec![
+                    Temperature {
+                        sensor: "a".into(),
+                        celsius: temp,
+                    },
+                    Temperature {
+                        sensor: "b".into(),
+                        celsius: temp - 10.0,
+                    },
+                ],
+                gpus: gpu
+                    .map(|u| {
+                        vec![GpuSample {
+                            utilization_percent: u,
+                            memory_used_bytes: 7,
+                            ..Default::default()
+                        }]
+                    })
+                    .unwrap_or_default(),
+                ..Default::default()
+            };
+        let samples = vec![
+            mk(1, 0, 10.0, 1000, 40.0, Some(50.0)),
+            mk(2, 30_000, 30.0, 1500, 45.0, None),
+            mk(3, 60_000, 50.0, 2000, 50.0, Some(10.0)),
+            mk(4, 200_000, 70.0, 9000, 60.0, None), // outside the window
+        ];
+        s.insert_telemetry("d1", &samples, 0).await.unwrap();
+        let b = s.telemetry_buckets("d1", 0, 120_000, 60_000).await.unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!((b[0].start, b[0].samples), (0, 2));
+        assert_eq!(b[0].cpu_percent_avg, 20.0);
+        assert_eq!(b[0].cpu_percent_max, 30.0);
+        assert_eq!(b[0].memory_used_bytes_avg, 150.0);
+        assert_eq!(b[0].network_rx_bytes, 500);
+        assert_eq!(b[0].temperature_max_celsius, Some(45.0));
+        assert_eq!(
+            b[0].gpu_utilization_percent_avg,
+            Some(50.0),
+            "samples without GPUs do not count"
+        );
+        assert_eq!((b[1].start, b[1].samples), (60_000, 1));
+        assert_eq!(b[1].gpu_memory_used_bytes_avg, Some(7.0));
     }
 }

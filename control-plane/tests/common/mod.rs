@@ -206,19 +206,33 @@ impl ControlPlane {
         )
     }
 
+    /// GET with the key; a 429 is waited out (Retry-After) like a polite
+    /// client would, so polling tests stay within the rate limits.
     pub async fn get_json(&self, path: &str, key: &str) -> (u16, Value) {
-        let resp = reqwest::Client::new()
-            .get(format!("{}{path}", self.rest))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        for _ in 0..30 {
+            let resp = reqwest::Client::new()
+                .get(format!("{}{path}", self.rest))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            if status == 429 {
+                let wait = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .unwrap_or(1);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                continue;
+            }
+            let text = resp.text().await.unwrap();
+            return (
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            );
+        }
+        panic!("still rate limited after 30 tries: {path}");
     }
 
     /// SIGTERM and wait; returns the exit status.

@@ -1,0 +1,123 @@
+//! Device configuration: `GET|PUT …/{id}/config`, its version history, and
+//! the workspace's default config.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Serialize;
+
+use crate::store::{ConfigVersion, now_ms};
+use crate::{AppState, device_config};
+
+use super::auth::{Caller, Scope, Target};
+use super::devices::authorized_device;
+use super::error::ApiError;
+use super::pagination::{Page, decode_cursor, page, parse_limit};
+use super::params::{ApiJson, Params, format_time};
+
+#[derive(Debug, Serialize)]
+pub struct ConfigView {
+    version: u64,
+    config: serde_json::Value,
+    created_at: String,
+}
+
+impl From<ConfigVersion> for ConfigView {
+    fn from(c: ConfigVersion) -> Self {
+        ConfigView {
+            version: c.version,
+            config: c.config,
+            created_at: format_time(c.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct CurrentConfig {
+    #[serde(flatten)]
+    current: ConfigView,
+    /// The last version the agent reported as applied (0: none yet).
+    applied_version: u64,
+}
+
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, device_id)): Path<(String, String)>,
+    params: Params,
+) -> Result<Json<CurrentConfig>, ApiError> {
+    caller.require(Scope::DeviceRead, Target::Device(&device_id))?;
+    let version = match params.get("version") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<u64>()
+                .ok()
+                .filter(|v| *v >= 1)
+                .ok_or_else(|| ApiError::bad_request("version must be a positive integer"))?,
+        ),
+    };
+    let device = authorized_device(&state, &caller, Scope::DeviceRead, &device_id).await?;
+    let config = state
+        .store
+        .get_config(&device.id, version)
+        .await?
+        .ok_or_else(|| ApiError::not_found("config version not found"))?;
+    Ok(Json(CurrentConfig {
+        current: config.into(),
+        applied_version: device.config_applied_version,
+    }))
+}
+
+pub async fn put(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, device_id)): Path<(String, String)>,
+    ApiJson(config): ApiJson<serde_json::Value>,
+) -> Result<Json<ConfigView>, ApiError> {
+    caller.require(Scope::DeviceUpdate, Target::Device(&device_id))?;
+    device_config::validate(&config).map_err(ApiError::bad_request)?;
+    authorized_device(&state, &caller, Scope::DeviceUpdate, &device_id).await?;
+    let stored = state
+        .store
+        .put_config(&caller.workspace, &device_id, &config, now_ms())
+        .await?
+        .ok_or_else(|| ApiError::not_found("device not found"))?;
+    state.live.push_config(&device_id, &stored);
+    Ok(Json(stored.into()))
+}
+
+pub async fn versions(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, device_id)): Path<(String, String)>,
+    params: Params,
+) -> Result<Json<Page<ConfigView>>, ApiError> {
+    caller.require(Scope::DeviceRead, Target::Device(&device_id))?;
+    let limit = parse_limit(params.get("limit"), 20, 100)?;
+    let before: Option<u64> = decode_cursor(params.get("cursor"))?;
+    let device = authorized_device(&state, &caller, Scope::DeviceRead, &device_id).await?;
+    let rows = state
+        .store
+        .list_configs(&device.id, before, limit + 1)
+        .await?;
+    Ok(Json(page(rows, limit, |c| c.version, ConfigView::from)))
+}
+
+#[derive(Debug, Serialize)]
+pub struct DefaultConfig {
+    config: serde_json::Value,
+    /// Keys the agent acts on, with their rule.
+    known_keys: serde_json::Map<String, serde_json::Value>,
+}
+
+pub async fn default_config(caller: Caller) -> Result<Json<DefaultConfig>, ApiError> {
+    caller.require(Scope::DeviceRead, Target::Workspace)?;
+    Ok(Json(DefaultConfig {
+        config: device_config::default_config(),
+        known_keys: device_config::KNOWN_KEYS
+            .iter()
+            .map(|(k, rule)| (k.to_string(), serde_json::Value::String(rule.to_string())))
+            .collect(),
+    }))
+}

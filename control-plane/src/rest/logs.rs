@@ -1,0 +1,87 @@
+//! `/{workspace}/devices/v2/{deviceId}/logs`: the device's log lines, newest
+//! first. Rate limited per client IP and globally (see `limits`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use serde::Serialize;
+
+use crate::AppState;
+use crate::store::{LogQuery, LogRecord, SEVERITIES, UnixMillis};
+
+use super::auth::{Caller, Scope, Target};
+use super::devices::authorized_device;
+use super::error::ApiError;
+use super::pagination::{Page, decode_cursor, page, parse_limit};
+use super::params::{Params, format_time, parse_window};
+
+#[derive(Debug, Serialize)]
+pub struct LogView {
+    timestamp: String,
+    service: String,
+    severity: String,
+    message: String,
+}
+
+impl From<LogRecord> for LogView {
+    fn from(l: LogRecord) -> Self {
+        LogView {
+            timestamp: format_time(l.timestamp),
+            service: l.service,
+            severity: l.severity,
+            message: l.message,
+        }
+    }
+}
+
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
+    Path((_, device_id)): Path<(String, String)>,
+    params: Params,
+) -> Result<Json<Page<LogView>>, ApiError> {
+    caller.require(Scope::DeviceRead, Target::Device(&device_id))?;
+    state.limits.check_logs(peer.ip())?;
+    let limit = parse_limit(params.get("limit"), 100, 1000)?;
+    let (start, end) = parse_window(&params)?;
+    let before: Option<(UnixMillis, u64)> = decode_cursor(params.get("cursor"))?;
+    let service = params.get("service").map(str::to_string);
+    if service
+        .as_ref()
+        .is_some_and(|s| s.is_empty() || s.len() > 256)
+    {
+        return Err(ApiError::bad_request("service must be 1 to 256 characters"));
+    }
+    let severity = match params.get("severity") {
+        None => None,
+        Some(s) if SEVERITIES.contains(&s) => Some(s.to_string()),
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "severity must be one of {}",
+                SEVERITIES.join(", ")
+            )));
+        }
+    };
+    let device = authorized_device(&state, &caller, Scope::DeviceRead, &device_id).await?;
+    let rows = state
+        .store
+        .query_logs(&LogQuery {
+            device_id: device.id,
+            start,
+            end,
+            service,
+            severity,
+            before,
+            limit: limit + 1,
+        })
+        .await?;
+    Ok(Json(page(
+        rows,
+        limit,
+        |l| (l.timestamp, l.seq),
+        LogView::from,
+    )))
+}

@@ -1,10 +1,11 @@
-//! Host-side administration (workspaces, API keys). Deliberately not exposed
-//! over the REST API: a leaked API key must not be able to mint keys.
+//! Host-side administration (workspaces, feature flags, API keys).
+//! Deliberately not exposed over the REST API: a leaked API key must not be
+//! able to mint keys.
 
 use std::path::Path;
 
 use crate::ids;
-use crate::store::{KNOWN_FEATURES, NewApiKey, SqliteStore, Store, Workspace, now_ms};
+use crate::store::{ApiKeyInfo, KNOWN_FEATURES, NewApiKey, SqliteStore, Store, Workspace, now_ms};
 
 /// Scopes an API key may carry (reference/000).
 pub const SCOPE_DEVICE_READ: &str = "device:read";
@@ -13,13 +14,12 @@ pub const KNOWN_SCOPES: &[&str] = &[SCOPE_DEVICE_READ, SCOPE_DEVICE_UPDATE];
 
 pub type AdminResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-pub async fn create_workspace(data_dir: &Path, name: &str, features: &[String]) -> AdminResult<()> {
-    if !ids::is_valid_workspace_name(name) {
-        return Err(format!(
-            "invalid workspace name {name:?}: use 1-64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
-        )
-        .into());
-    }
+/// Administration against one data directory.
+pub struct Admin {
+    store: SqliteStore,
+}
+
+fn check_features(features: &[String]) -> AdminResult<()> {
     for f in features {
         if !KNOWN_FEATURES.contains(&f.as_str()) {
             return Err(format!(
@@ -29,64 +29,120 @@ pub async fn create_workspace(data_dir: &Path, name: &str, features: &[String]) 
             .into());
         }
     }
-    let mut features = features.to_vec();
-    features.sort();
-    features.dedup();
-    let store = open(data_dir).await?;
-    store
-        .create_workspace(&Workspace {
-            name: name.to_string(),
-            features,
-            created_at: now_ms(),
-        })
-        .await?;
     Ok(())
 }
 
-/// Creates an API key and returns its plaintext (shown once, stored hashed).
-pub async fn create_api_key(
-    data_dir: &Path,
-    workspace: &str,
-    scopes: &[String],
-) -> AdminResult<String> {
-    for s in scopes {
-        if !KNOWN_SCOPES.contains(&s.as_str()) {
+impl Admin {
+    pub async fn open(data_dir: &Path) -> AdminResult<Self> {
+        crate::pki::create_private_dir(data_dir)?;
+        Ok(Self {
+            store: SqliteStore::open(data_dir).await?,
+        })
+    }
+
+    pub async fn create_workspace(&self, name: &str, features: &[String]) -> AdminResult<()> {
+        if !ids::is_valid_workspace_name(name) {
             return Err(format!(
-                "unknown scope {s:?}; known scopes: {}",
-                KNOWN_SCOPES.join(", ")
+                "invalid workspace name {name:?}: use 1-64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
             )
             .into());
         }
+        check_features(features)?;
+        let mut features = features.to_vec();
+        features.sort();
+        features.dedup();
+        self.store
+            .create_workspace(&Workspace {
+                name: name.to_string(),
+                features,
+                created_at: now_ms(),
+            })
+            .await?;
+        Ok(())
     }
-    let store = open(data_dir).await?;
-    if store.get_workspace(workspace).await?.is_none() {
-        return Err(format!(
-            "workspace {workspace:?} does not exist; create it with `outpost-control-plane workspace create {workspace}`"
-        )
-        .into());
-    }
-    let key = ids::new_api_key();
-    store
-        .create_api_key(&NewApiKey {
-            id: ids::new_internal_id(),
-            workspace: workspace.to_string(),
-            key_hash: ids::hash_secret(&key),
-            scopes: if scopes.is_empty() {
-                None
-            } else {
-                let mut s = scopes.to_vec();
-                s.sort();
-                s.dedup();
-                Some(s)
-            },
-            device_id: None,
-            created_at: now_ms(),
-        })
-        .await?;
-    Ok(key)
-}
 
-async fn open(data_dir: &Path) -> AdminResult<SqliteStore> {
-    crate::pki::create_private_dir(data_dir)?;
-    Ok(SqliteStore::open(data_dir).await?)
+    pub async fn list_workspaces(&self) -> AdminResult<Vec<Workspace>> {
+        Ok(self.store.list_workspaces().await?)
+    }
+
+    /// Turns features on and off; returns the resulting list.
+    pub async fn set_features(
+        &self,
+        name: &str,
+        enable: &[String],
+        disable: &[String],
+    ) -> AdminResult<Vec<String>> {
+        check_features(enable)?;
+        check_features(disable)?;
+        let ws = self.workspace(name).await?;
+        let mut features: Vec<String> = ws
+            .features
+            .into_iter()
+            .filter(|f| !disable.contains(f))
+            .collect();
+        features.extend(enable.iter().cloned());
+        features.sort();
+        features.dedup();
+        self.store.set_workspace_features(name, &features).await?;
+        Ok(features)
+    }
+
+    async fn workspace(&self, name: &str) -> AdminResult<Workspace> {
+        self.store.get_workspace(name).await?.ok_or_else(|| {
+            format!("workspace {name:?} does not exist; create it with `outpost-control-plane workspace create {name}`")
+                .into()
+        })
+    }
+
+    /// Creates an API key; returns (id, plaintext). The plaintext is shown
+    /// once; only its hash is stored.
+    pub async fn create_api_key(
+        &self,
+        workspace: &str,
+        scopes: &[String],
+    ) -> AdminResult<(String, String)> {
+        for s in scopes {
+            if !KNOWN_SCOPES.contains(&s.as_str()) {
+                return Err(format!(
+                    "unknown scope {s:?}; known scopes: {}",
+                    KNOWN_SCOPES.join(", ")
+                )
+                .into());
+            }
+        }
+        self.workspace(workspace).await?;
+        let key = ids::new_api_key();
+        let id = format!("key_{}", ids::new_internal_id());
+        self.store
+            .create_api_key(&NewApiKey {
+                id: id.clone(),
+                workspace: workspace.to_string(),
+                key_hash: ids::hash_secret(&key),
+                scopes: if scopes.is_empty() {
+                    None
+                } else {
+                    let mut s = scopes.to_vec();
+                    s.sort();
+                    s.dedup();
+                    Some(s)
+                },
+                device_id: None,
+                created_at: now_ms(),
+            })
+            .await?;
+        Ok((id, key))
+    }
+
+    pub async fn list_api_keys(&self, workspace: &str) -> AdminResult<Vec<ApiKeyInfo>> {
+        self.workspace(workspace).await?;
+        Ok(self.store.list_api_keys(workspace).await?)
+    }
+
+    pub async fn revoke_api_key(&self, id: &str) -> AdminResult<()> {
+        if self.store.revoke_api_key(id, now_ms()).await? {
+            Ok(())
+        } else {
+            Err(format!("no live API key with id {id:?} (see `api-key list`)").into())
+        }
+    }
 }

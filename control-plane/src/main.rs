@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use outpost_control_plane::{admin, config, server};
+use outpost_control_plane::admin::Admin;
+use outpost_control_plane::{config, server};
 
 /// Outpost control plane: device CA, device gRPC service (mTLS) and operator REST API.
 #[derive(Parser)]
@@ -30,6 +31,13 @@ enum Command {
     },
 }
 
+/// The data directory the admin commands work on (also while `serve` runs).
+#[derive(clap::Args)]
+struct DataDir {
+    #[arg(long, env = "OUTPOST_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum WorkspaceCommand {
     /// Create a workspace.
@@ -38,8 +46,25 @@ enum WorkspaceCommand {
         /// Feature flag to enable: deviceAio, roboflowLiteMode (repeatable).
         #[arg(long = "feature")]
         features: Vec<String>,
-        #[arg(long, env = "OUTPOST_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// List workspaces and their features.
+    List {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Turn feature flags on or off.
+    Features {
+        name: String,
+        /// Feature to turn on (repeatable).
+        #[arg(long)]
+        enable: Vec<String>,
+        /// Feature to turn off (repeatable).
+        #[arg(long)]
+        disable: Vec<String>,
+        #[command(flatten)]
+        dir: DataDir,
     },
 }
 
@@ -52,8 +77,21 @@ enum ApiKeyCommand {
         /// device:read or device:update (repeatable). None: a legacy key with every scope.
         #[arg(long = "scope")]
         scopes: Vec<String>,
-        #[arg(long, env = "OUTPOST_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// List a workspace's keys (ids and scopes; keys themselves are not stored).
+    List {
+        #[arg(long)]
+        workspace: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Revoke a key by id: it stops working at once.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        dir: DataDir,
     },
 }
 
@@ -76,22 +114,8 @@ fn main() -> ExitCode {
                 let cfg = config::ServeConfig::resolve(args)?;
                 server::run(cfg, outpost_common::shutdown_signal()).await
             }
-            Command::Workspace {
-                command: WorkspaceCommand::Create { name, features, data_dir },
-            } => {
-                admin::create_workspace(&data_dir, &name, &features).await?;
-                println!("created workspace {name}");
-                Ok(())
-            }
-            Command::ApiKey {
-                command: ApiKeyCommand::Create { workspace, scopes, data_dir },
-            } => {
-                let key = admin::create_api_key(&data_dir, &workspace, &scopes).await?;
-                let scope_text = if scopes.is_empty() { "all scopes (legacy)".to_string() } else { scopes.join(", ") };
-                println!("created API key for workspace {workspace} with {scope_text}; it is shown only once:");
-                println!("{key}");
-                Ok(())
-            }
+            Command::Workspace { command } => workspace(command).await,
+            Command::ApiKey { command } => api_key(command).await,
         }
     });
     match result {
@@ -101,4 +125,130 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+fn time_text(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+async fn workspace(command: WorkspaceCommand) -> CliResult {
+    match command {
+        WorkspaceCommand::Create {
+            name,
+            features,
+            dir,
+        } => {
+            Admin::open(&dir.data_dir)
+                .await?
+                .create_workspace(&name, &features)
+                .await?;
+            println!("created workspace {name}");
+        }
+        WorkspaceCommand::List { dir } => {
+            for ws in Admin::open(&dir.data_dir).await?.list_workspaces().await? {
+                let features = if ws.features.is_empty() {
+                    "-".to_string()
+                } else {
+                    ws.features.join(",")
+                };
+                println!(
+                    "{}\t{}\tcreated {}",
+                    ws.name,
+                    features,
+                    time_text(ws.created_at)
+                );
+            }
+        }
+        WorkspaceCommand::Features {
+            name,
+            enable,
+            disable,
+            dir,
+        } => {
+            if enable.is_empty() && disable.is_empty() {
+                return Err("give --enable FEATURE and/or --disable FEATURE".into());
+            }
+            let now = Admin::open(&dir.data_dir)
+                .await?
+                .set_features(&name, &enable, &disable)
+                .await?;
+            println!(
+                "workspace {name} features: {}",
+                if now.is_empty() {
+                    "-".to_string()
+                } else {
+                    now.join(",")
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn api_key(command: ApiKeyCommand) -> CliResult {
+    match command {
+        ApiKeyCommand::Create {
+            workspace,
+            scopes,
+            dir,
+        } => {
+            let (id, key) = Admin::open(&dir.data_dir)
+                .await?
+                .create_api_key(&workspace, &scopes)
+                .await?;
+            let scope_text = if scopes.is_empty() {
+                "all scopes (legacy)".to_string()
+            } else {
+                scopes.join(", ")
+            };
+            println!(
+                "created API key {id} for workspace {workspace} with {scope_text}; it is shown only once:"
+            );
+            println!("{key}");
+        }
+        ApiKeyCommand::List { workspace, dir } => {
+            for k in Admin::open(&dir.data_dir)
+                .await?
+                .list_api_keys(&workspace)
+                .await?
+            {
+                let scopes = k
+                    .scopes
+                    .map(|s| s.join(","))
+                    .unwrap_or_else(|| "all(legacy)".into());
+                let bound = k
+                    .device_id
+                    .map(|d| format!("device={d}"))
+                    .unwrap_or_else(|| "workspace".into());
+                let state = match k.revoked_at {
+                    Some(t) => format!("revoked {}", time_text(t)),
+                    None => "active".into(),
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\tcreated {}",
+                    k.id,
+                    scopes,
+                    bound,
+                    state,
+                    time_text(k.created_at)
+                );
+            }
+        }
+        ApiKeyCommand::Revoke { id, dir } => {
+            Admin::open(&dir.data_dir)
+                .await?
+                .revoke_api_key(&id)
+                .await?;
+            println!("revoked API key {id}");
+        }
+    }
+    Ok(())
 }

@@ -73,6 +73,17 @@ pub struct NewApiKey {
     pub created_at: UnixMillis,
 }
 
+/// An API key as administrators see it (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyInfo {
+    pub id: String,
+    pub workspace: String,
+    pub scopes: Option<Vec<String>>,
+    pub device_id: Option<String>,
+    pub created_at: UnixMillis,
+    pub revoked_at: Option<UnixMillis>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {
     pub id: String,
@@ -362,6 +373,13 @@ pub struct DeviceListQuery {
 pub trait Store: Send + Sync + 'static {
     async fn create_workspace(&self, ws: &Workspace) -> StoreResult<()>;
     async fn get_workspace(&self, name: &str) -> StoreResult<Option<Workspace>>;
+    async fn list_workspaces(&self) -> StoreResult<Vec<Workspace>>;
+    /// Replaces the feature list; false when the workspace does not exist.
+    async fn set_workspace_features(&self, name: &str, features: &[String]) -> StoreResult<bool>;
+    /// Every key of a workspace, newest first, revoked ones included.
+    async fn list_api_keys(&self, workspace: &str) -> StoreResult<Vec<ApiKeyInfo>>;
+    /// Revokes a key by id; false when no live key has that id.
+    async fn revoke_api_key(&self, id: &str, now: UnixMillis) -> StoreResult<bool>;
 
     async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()>;
     /// A live (not revoked) key by the SHA-256 of its plaintext.

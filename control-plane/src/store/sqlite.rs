@@ -148,6 +148,67 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn list_workspaces(&self) -> StoreResult<Vec<Workspace>> {
+        let rows = sqlx::query("SELECT name, features, created_at FROM workspaces ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let features: String = r.try_get("features")?;
+                Ok(Workspace {
+                    name: r.try_get("name")?,
+                    features: json_vec(&features, "workspace features")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_workspace_features(&self, name: &str, features: &[String]) -> StoreResult<bool> {
+        let res = sqlx::query("UPDATE workspaces SET features = ? WHERE name = ?")
+            .bind(to_json(&features))
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    async fn list_api_keys(&self, workspace: &str) -> StoreResult<Vec<ApiKeyInfo>> {
+        let rows = sqlx::query(
+            "SELECT id, workspace, scopes, device_id, created_at, revoked_at FROM api_keys \
+             WHERE workspace = ? ORDER BY created_at DESC, id",
+        )
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let scopes: Option<String> = r.try_get("scopes")?;
+                Ok(ApiKeyInfo {
+                    id: r.try_get("id")?,
+                    workspace: r.try_get("workspace")?,
+                    scopes: scopes
+                        .as_deref()
+                        .map(|s| json_vec(s, "api key scopes"))
+                        .transpose()?,
+                    device_id: r.try_get("device_id")?,
+                    created_at: r.try_get("created_at")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn revoke_api_key(&self, id: &str, now: UnixMillis) -> StoreResult<bool> {
+        let res =
+            sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
     async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO api_keys (id, workspace, key_hash, scopes, device_id, created_at) \

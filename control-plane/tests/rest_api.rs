@@ -33,6 +33,11 @@ async fn health_probes_answer() {
     assert_eq!(s, 200);
     let (s, _) = send(http.get(format!("{}/readyz", cp.rest))).await;
     assert_eq!(s, 200);
+    let (s, doc) = send(http.get(format!("{}/openapi.json", cp.rest))).await;
+    assert_eq!(s, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let committed: Value = serde_json::from_str(include_str!("../../docs/openapi.json")).unwrap();
+    assert_eq!(doc, committed, "served document equals docs/openapi.json");
 }
 
 #[tokio::test(flavor = "multi_thread")]

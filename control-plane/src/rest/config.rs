@@ -13,12 +13,15 @@ use crate::{AppState, device_config};
 use super::auth::{Caller, Scope, Target};
 use super::devices::authorized_device;
 use super::error::ApiError;
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::pagination::{Page, decode_cursor, page, parse_limit};
 use super::params::{ApiJson, Params, format_time};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConfigView {
     version: u64,
+    #[schema(value_type = Object)]
     config: serde_json::Value,
     created_at: String,
 }
@@ -33,7 +36,7 @@ impl From<ConfigVersion> for ConfigView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CurrentConfig {
     #[serde(flatten)]
     current: ConfigView,
@@ -41,6 +44,23 @@ pub struct CurrentConfig {
     applied_version: u64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/{workspace}/devices/v2/{device_id}/config",
+    operation_id = "listConfigVersions",
+    operation_id = "putConfig",
+    operation_id = "getConfig",
+    operation_id = "getDefaultConfig",
+    tag = "config",
+    params(DevicePath, VersionQuery),
+    responses(
+        (status = 200, description = "Success", body = CurrentConfig),
+        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
+        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -69,6 +89,20 @@ pub async fn get(
     }))
 }
 
+#[utoipa::path(
+    put,
+    path = "/{workspace}/devices/v2/{device_id}/config",
+    tag = "config",
+    params(DevicePath),
+    request_body = Object,
+    responses(
+        (status = 200, description = "Success", body = ConfigView),
+        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
+        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+    )
+)]
 pub async fn put(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -87,6 +121,19 @@ pub async fn put(
     Ok(Json(stored.into()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/{workspace}/devices/v2/{device_id}/config/versions",
+    tag = "config",
+    params(DevicePath, PageQuery),
+    responses(
+        (status = 200, description = "Success", body = Page<ConfigView>),
+        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
+        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+    )
+)]
 pub async fn versions(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -104,13 +151,26 @@ pub async fn versions(
     Ok(Json(page(rows, limit, |c| c.version, ConfigView::from)))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DefaultConfig {
+    #[schema(value_type = Object)]
     config: serde_json::Value,
     /// Keys the agent acts on, with their rule.
+    #[schema(value_type = Object)]
     known_keys: serde_json::Map<String, serde_json::Value>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/{workspace}/devices/v2/default-config",
+    tag = "config",
+    params(WorkspacePath),
+    responses(
+        (status = 200, description = "Success", body = DefaultConfig),
+        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
+        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+    )
+)]
 pub async fn default_config(caller: Caller) -> Result<Json<DefaultConfig>, ApiError> {
     caller.require(Scope::DeviceRead, Target::Workspace)?;
     Ok(Json(DefaultConfig {

@@ -17,11 +17,13 @@ use crate::{AppState, admin, device_config, ids};
 
 use super::auth::{Caller, Scope, Target};
 use super::error::ApiError;
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::pagination::{Page, decode_cursor, page, parse_limit};
 use super::params::{ApiJson, Params, format_time};
 
 /// A device as the REST API shows it (RFDM field names).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeviceView {
     pub id: String,
     pub name: String,
@@ -47,7 +49,7 @@ pub struct DeviceView {
     pub config_applied_version: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Hardware {
     pub processor: Option<String>,
     pub gpu: Option<String>,
@@ -117,6 +119,25 @@ pub async fn authorized_device(
         .ok_or_else(|| ApiError::not_found("device not found"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/{workspace}/devices/v2/{device_id}",
+    operation_id = "newInstallId",
+    operation_id = "resetConnection",
+    operation_id = "deleteDevice",
+    operation_id = "updateDevice",
+    operation_id = "getDevice",
+    operation_id = "createDevice",
+    operation_id = "listDevices",
+    tag = "devices",
+    params(DevicePath),
+    responses(
+        (status = 200, description = "Success", body = DeviceView),
+        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
+        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+    )
+)]
 pub async fn get_one(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -126,6 +147,18 @@ pub async fn get_one(
     Ok(Json(DeviceView::new(device, now_ms())))
 }
 
+#[utoipa::path(
+    get,
+    path = "/{workspace}/devices/v2",
+    tag = "devices",
+    params(WorkspacePath, PageQuery, ListQuery),
+    responses(
+        (status = 200, description = "Success", body = Page<DeviceView>),
+        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
+        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -170,7 +203,7 @@ pub async fn list(
     )))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateDevice {
     device_name: Option<String>,
     device_type: Option<String>,
@@ -181,7 +214,7 @@ pub struct CreateDevice {
     source_device_id: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedDevice {
     device_id: String,
@@ -208,6 +241,20 @@ pub fn slugify(name: &str) -> String {
     out.trim_matches('-').to_string()
 }
 
+#[utoipa::path(
+    post,
+    path = "/{workspace}/devices/v2",
+    tag = "devices",
+    params(WorkspacePath),
+    request_body = CreateDevice,
+    responses(
+        (status = 201, description = "Created", body = CreatedDevice),
+        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
+        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -366,7 +413,7 @@ fn qr_payload(state: &AppState, workspace: &str, device_id: &str, install_id: &s
     .to_string()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateDevice {
     name: Option<String>,
@@ -374,6 +421,20 @@ pub struct UpdateDevice {
     enabled: Option<bool>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/{workspace}/devices/v2/{device_id}",
+    tag = "devices",
+    params(DevicePath),
+    request_body = UpdateDevice,
+    responses(
+        (status = 200, description = "Success", body = DeviceView),
+        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
+        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+    )
+)]
 pub async fn update(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -420,6 +481,18 @@ pub async fn update(
     Ok(Json(DeviceView::new(device, now)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/{workspace}/devices/v2/{device_id}",
+    tag = "devices",
+    params(DevicePath),
+    responses(
+        (status = 204, description = "Deleted: certificates and keys revoked"),
+        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
+        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+    )
+)]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -437,7 +510,7 @@ pub async fn delete(
 }
 
 /// reference/004's connection token.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionToken {
     device_id: String,
@@ -446,6 +519,18 @@ pub struct ConnectionToken {
     environment: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/{workspace}/devices/v2/{device_id}/connections/reset",
+    tag = "devices",
+    params(DevicePath),
+    responses(
+        (status = 200, description = "Success", body = ConnectionToken),
+        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
+        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+    )
+)]
 pub async fn reset_connection(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -479,7 +564,7 @@ pub async fn reset_connection(
     }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewInstallId {
     device_id: String,
@@ -488,6 +573,18 @@ pub struct NewInstallId {
     install_command: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/{workspace}/devices/v2/{device_id}/install-id",
+    tag = "devices",
+    params(DevicePath),
+    responses(
+        (status = 200, description = "Success", body = NewInstallId),
+        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
+        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+    )
+)]
 pub async fn new_install_id(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -12,15 +12,18 @@ use crate::store::{Direction, Event, EventQuery};
 use super::auth::{Caller, Scope, Target};
 use super::devices::authorized_device;
 use super::error::ApiError;
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::pagination::{Page, decode_cursor, page, parse_limit};
 use super::params::{Params, format_time, parse_direction};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     id: i64,
     timestamp: String,
     #[serde(rename = "type")]
     kind: String,
+    #[schema(value_type = Object)]
     detail: serde_json::Value,
 }
 
@@ -35,6 +38,20 @@ impl From<Event> for EventView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/{workspace}/devices/v2/{device_id}/events",
+    operation_id = "listEvents",
+    tag = "devices",
+    params(DevicePath, DirectedPageQuery),
+    responses(
+        (status = 200, description = "Success", body = Page<EventView>),
+        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
+        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -14,10 +14,12 @@ use crate::store::{LogQuery, LogRecord, SEVERITIES, UnixMillis};
 use super::auth::{Caller, Scope, Target};
 use super::devices::authorized_device;
 use super::error::ApiError;
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::pagination::{Page, decode_cursor, page, parse_limit};
 use super::params::{Params, format_time, parse_window};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LogView {
     timestamp: String,
     service: String,
@@ -36,6 +38,21 @@ impl From<LogRecord> for LogView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/{workspace}/devices/v2/{device_id}/logs",
+    operation_id = "listLogs",
+    tag = "logs",
+    params(DevicePath, WindowQuery, LogFilterQuery, PageQuery),
+    responses(
+        (status = 200, description = "Success", body = Page<LogView>),
+        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
+        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+        (status = 429, description = "Logs rate limit; plain-string body; see Retry-After", body = String, content_type = "text/plain"),
+    )
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

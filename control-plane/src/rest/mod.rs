@@ -8,6 +8,7 @@ pub mod error;
 mod events;
 pub mod limits;
 mod logs;
+pub mod openapi;
 mod pagination;
 mod params;
 mod telemetry;
@@ -18,11 +19,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::get;
 use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use error::ApiError;
@@ -30,22 +34,35 @@ use error::ApiError;
 /// Request bodies are small JSON documents.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Every documented route; the OpenAPI document is collected from here.
+pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(devices::list, devices::create))
+        .routes(routes!(config::default_config))
+        .routes(routes!(devices::get_one, devices::update, devices::delete))
+        .routes(routes!(telemetry::series))
+        .routes(routes!(telemetry::raw))
+        .routes(routes!(logs::list))
+        .routes(routes!(events::list))
+        .routes(routes!(config::get, config::put))
+        .routes(routes!(config::versions))
+        .routes(routes!(devices::reset_connection))
+        .routes(routes!(devices::new_install_id))
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
-    const DEV: &str = "/{workspace}/devices/v2/{device_id}";
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/{workspace}/devices/v2", get(devices::list).post(devices::create))
-        .route("/{workspace}/devices/v2/default-config", get(config::default_config))
-        .route(DEV, get(devices::get_one).patch(devices::update).delete(devices::delete))
-        .route(&format!("{DEV}/telemetry"), get(telemetry::series))
-        .route(&format!("{DEV}/telemetry/raw"), get(telemetry::raw))
-        .route(&format!("{DEV}/logs"), get(logs::list))
-        .route(&format!("{DEV}/events"), get(events::list))
-        .route(&format!("{DEV}/config"), get(config::get).put(config::put))
-        .route(&format!("{DEV}/config/versions"), get(config::versions))
-        .route(&format!("{DEV}/connections/reset"), post(devices::reset_connection))
-        .route(&format!("{DEV}/install-id"), post(devices::new_install_id))
+    let (router, doc) = routes().split_for_parts();
+    let doc = Arc::new(doc);
+    router
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
@@ -84,11 +101,19 @@ pub async fn serve(
 }
 
 /// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses((status = 200, description = "Success", body = String)))]
 async fn healthz() -> &'static str {
     "ok"
 }
 
 /// Readiness: the store answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    security(()),
+    responses((status = 200, description = "Success", body = String), (status = 503, description = "Store unavailable", body = String))
+)]
 async fn readyz(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
 ) -> Result<&'static str, (StatusCode, &'static str)> {

@@ -8,13 +8,13 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub data: Vec<T>,
     pub pagination: PageInfo,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PageInfo {
     pub next_cursor: Option<String>,
     pub has_more: bool,

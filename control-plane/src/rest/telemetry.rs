@@ -16,6 +16,8 @@ use crate::store::{
 use super::auth::{Caller, Scope, Target};
 use super::devices::authorized_device;
 use super::error::ApiError;
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::pagination::{Page, decode_cursor, page, parse_limit};
 use super::params::{Params, format_time, parse_direction, parse_window};
 
@@ -31,7 +33,7 @@ pub const TIME_PERIODS: &[(&str, i64, &str, i64)] = &[
 ];
 pub const DEFAULT_TIME_PERIOD: &str = "24h";
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SampleView {
     seq: u64,
     timestamp: String,
@@ -50,7 +52,7 @@ pub struct SampleView {
     gpus: Vec<GpuSample>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct LoadAverage {
     #[serde(rename = "1m")]
     one: f64,
@@ -86,6 +88,22 @@ impl From<TelemetrySample> for SampleView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/{workspace}/devices/v2/{device_id}/telemetry/raw",
+    operation_id = "getRawTelemetry",
+    operation_id = "getTelemetry",
+    tag = "telemetry",
+    params(DevicePath, WindowQuery, DirectedPageQuery),
+    responses(
+        (status = 200, description = "Success", body = Page<SampleView>),
+        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
+        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+        (status = 429, description = "Telemetry rate limit; see Retry-After", body = ErrorBody),
+    )
+)]
 pub async fn raw(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -115,7 +133,7 @@ pub async fn raw(
     Ok(Json(page(rows, limit, |s| s.seq, SampleView::from)))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SeriesView {
     time_period: String,
     bucket: String,
@@ -124,7 +142,7 @@ pub struct SeriesView {
     data: Vec<BucketView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BucketView {
     timestamp: String,
     samples: u64,
@@ -176,6 +194,20 @@ pub fn parse_period(raw: Option<&str>) -> Result<(&'static str, i64, &'static st
         })
 }
 
+#[utoipa::path(
+    get,
+    path = "/{workspace}/devices/v2/{device_id}/telemetry",
+    tag = "telemetry",
+    params(DevicePath, PeriodQuery),
+    responses(
+        (status = 200, description = "Success", body = SeriesView),
+        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
+        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+        (status = 429, description = "Telemetry rate limit; see Retry-After", body = ErrorBody),
+    )
+)]
 pub async fn series(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -233,7 +233,7 @@ pub struct TelemetryBucket {
 /// is younger than this. Agents heartbeat every 10 s by default.
 pub const ONLINE_WINDOW_MS: i64 = 30_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceStatus {
     Online,
@@ -295,13 +295,13 @@ pub struct CertRecord {
     pub install_spent: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Temperature {
     pub sensor: String,
     pub celsius: f32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GpuSample {
     pub index: u32,
     pub name: String,

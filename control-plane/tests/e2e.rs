@@ -382,3 +382,89 @@ async fn serve_takes_settings_from_env_and_config_file() {
         "device-cert-lifetime from the file: {left}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_changes_reach_a_connected_agent_at_once() {
+    let cp = ControlPlane::start();
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let (device, install_id) = cp.create_device("acme", &key, "tunable").await;
+    let state = tempfile::tempdir().unwrap();
+    assert!(enroll(&cp, &install_id, state.path()).status.success());
+    let _agent = AgentProc::run(state.path(), "200ms");
+    let applied = |want: u64| {
+        let cp = &cp;
+        let key = &key;
+        let device = &device;
+        async move {
+            wait_until(
+                &format!("config version {want} applied"),
+                TIMEOUT,
+                || async {
+                    let (_, b) = cp
+                        .get_json(&format!("/acme/devices/v2/{device}"), key)
+                        .await;
+                    (b["config_applied_version"] == want).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    applied(1).await; // the initial config, at session start
+
+    let put = |cfg: serde_json::Value| {
+        let url = format!("{}/acme/devices/v2/{device}/config", cp.rest);
+        let key = key.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .put(url)
+                .bearer_auth(key)
+                .json(&cfg)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    put(serde_json::json!({"telemetry_interval_secs": 1})).await;
+    applied(2).await;
+    let since = all_samples(&cp, "acme", &key, &device).await.len();
+    let slow = wait_until("3 samples at the new interval", TIMEOUT, || async {
+        let s = all_samples(&cp, "acme", &key, &device).await;
+        (s.len() >= since + 4).then(|| s[since + 1..].to_vec())
+    })
+    .await;
+    let ts: Vec<time::OffsetDateTime> = slow
+        .iter()
+        .map(|s| {
+            time::OffsetDateTime::parse(
+                s["timestamp"].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+        })
+        .collect();
+    for w in ts.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= time::Duration::milliseconds(900),
+            "samples {gap} apart under a 1 s interval"
+        );
+    }
+    // Removing the key gives the agent its own interval back.
+    put(serde_json::json!({})).await;
+    applied(3).await;
+    let (_, events) = cp
+        .get_json(&format!("/acme/devices/v2/{device}/events"), &key)
+        .await;
+    let kinds: Vec<&str> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"config_changed") && kinds.contains(&"config_applied"),
+        "{kinds:?}"
+    );
+}

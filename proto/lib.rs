@@ -14,3 +14,18 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// Largest number of samples accepted in one telemetry batch.
 pub const MAX_SAMPLES_PER_BATCH: usize = 512;
+
+/// Why the control plane refused or cut a device's call, carried in the
+/// `outpost-reason` response metadata so the agent can act on it (a gRPC
+/// code alone cannot tell "disabled, keep trying" from "deleted, stop").
+pub mod reason {
+    pub const METADATA_KEY: &str = "outpost-reason";
+    /// The device was deleted: wipe credentials and stop for good.
+    pub const DECOMMISSIONED: &str = "decommissioned";
+    /// Disabled by an operator: may be enabled again, keep retrying.
+    pub const DISABLED: &str = "disabled";
+    /// This certificate was revoked (rotation, forced reset).
+    pub const REVOKED: &str = "revoked";
+    /// The certificate expired: rotate (within the grace window) or re-enroll.
+    pub const EXPIRED: &str = "expired";
+}

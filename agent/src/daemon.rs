@@ -10,10 +10,12 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::backoff::{HEALTHY_AFTER, Reconnect};
+use crate::clock::Clock;
 use crate::collect::Collector;
 use crate::config::AgentConfig;
 use crate::enroll::{self, EnrollError, now_ms};
 use crate::link::{self, LinkError, ServerUrl, Trust};
+use crate::rotate::RotateError;
 use crate::session;
 use crate::state::{RuntimeStatus, StateDir};
 use crate::uplink::{Outbox, OutboxLimits};
@@ -29,7 +31,17 @@ pub enum AgentError {
     #[error("{0}")]
     Collect(#[from] crate::collect::CollectError),
     #[error("{0}")]
+    Rotate(#[from] RotateError),
+    #[error("{0}")]
     Config(String),
+    #[error(
+        "this box's certificate expired longer ago than the control plane's grace window: it needs a new install ID (POST /{{workspace}}/devices/v2/{{id}}/install-id, then outpost-agent enroll)"
+    )]
+    CredentialsExpired,
+    #[error(
+        "this device was deleted by an operator (decommissioned); its credentials have been wiped. Re-enroll with a new install ID to bring the box back."
+    )]
+    Decommissioned,
 }
 
 /// Everything a connection needs, owned by the daemon across reconnects.
@@ -38,6 +50,8 @@ pub struct Agent {
     pub server: ServerUrl,
     pub device_id: String,
     pub tls: Arc<ClientConfig>,
+    pub trust: Trust,
+    pub clock: Arc<Clock>,
     pub collector: Collector,
     pub outbox: Outbox,
     pub limits: OutboxLimits,
@@ -45,12 +59,41 @@ pub struct Agent {
     interval: Duration,
     /// The interval from flags/config, used when the server sets none.
     local_interval: Duration,
+    /// This agent's place in the fleet's rotation spread, -1..=1.
+    rotation_jitter: f64,
     status: RuntimeStatus,
 }
 
 impl Agent {
+    /// Rebuilds the TLS config from the identity on disk (after a rotation).
+    pub fn reload_tls(&mut self) -> Result<(), AgentError> {
+        let identity = enroll::load_client_identity(&self.state)?;
+        self.tls = link::client_config_at(&self.trust, Some(identity), self.clock.clone())?;
+        Ok(())
+    }
+
+    /// When the current certificate should be rotated, unix ms (by our clock).
+    pub fn rotation_due_ms(&self) -> Option<i64> {
+        let (chain, _) = enroll::load_client_identity(&self.state).ok()?;
+        let v = crate::rotate::validity(chain.first()?).ok()?;
+        let start = v.not_before_ms.max(self.state.cert_saved_ms().unwrap_or(0));
+        Some(crate::rotate::rotation_due_ms(
+            start,
+            v.not_after_ms,
+            self.rotation_jitter,
+        ))
+    }
+
+    /// The control plane's authenticated time: raise and persist the floor.
+    pub fn observe_server_time(&mut self, server_ms: i64) {
+        let floor = self.clock.observe_good_time(server_ms);
+        if let Err(e) = self.state.save_clock_floor(floor) {
+            tracing::warn!("cannot persist the clock floor: {e}");
+        }
+    }
+
     pub fn take_sample(&mut self) {
-        let sample = self.collector.sample(now_ms());
+        let sample = self.collector.sample(self.clock.now_ms());
         self.outbox.push(sample);
         self.persist_seq();
         self.write_status();
@@ -139,8 +182,14 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()
         Some(s) => s.clone(),
         None => ServerUrl::parse(&identity.server)?,
     };
+    state.recover_rotation()?;
+    let clock = Clock::new(state.clock_floor());
     let trust = Trust::from_ca_file(&state.ca_path())?;
-    let tls = link::client_config(&trust, Some(enroll::load_client_identity(&state)?))?;
+    let tls = link::client_config_at(
+        &trust,
+        Some(enroll::load_client_identity(&state)?),
+        clock.clone(),
+    )?;
     let limits = OutboxLimits::default();
     let outbox = Outbox::new(state.next_seq()?, limits.clone());
     let mut agent = Agent {
@@ -148,12 +197,15 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()
         server,
         device_id: identity.device_id.clone(),
         tls,
+        trust,
+        clock,
         collector,
         outbox,
         limits,
         sample_tick: sample_interval(cfg.interval),
         interval: cfg.interval,
         local_interval: cfg.interval,
+        rotation_jitter: rand::random_range(-1.0..=1.0),
         status: RuntimeStatus {
             pid: std::process::id(),
             link: "starting".into(),
@@ -167,6 +219,38 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()
         let started = Instant::now();
         match session::run_connection(&mut agent, &mut stop).await {
             Ok(session::End::Stopping) => break,
+            Ok(session::End::Rotated) => {
+                agent.reload_tls()?;
+                tracing::info!("certificate rotated; reconnecting with the new identity");
+                backoff = Reconnect::new();
+                continue;
+            }
+            Err(e) if e.reason() == Some(outpost_proto::reason::EXPIRED) => {
+                tracing::warn!("the certificate has expired; rotating it within the grace window");
+                match rotate_over_new_link(&mut agent).await {
+                    Ok(()) => {
+                        agent.reload_tls()?;
+                        backoff = Reconnect::new();
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!("rotation of the expired certificate failed: {e}");
+                        agent.set_link("disconnected", Some(e.to_string()));
+                    }
+                }
+            }
+            Err(e) if link::is_expired_beyond_grace(&e) => {
+                agent.set_link("expired", Some(e.to_string()));
+                return Err(AgentError::CredentialsExpired);
+            }
+            Err(e) if e.reason() == Some(outpost_proto::reason::DECOMMISSIONED) => {
+                tracing::warn!(
+                    "the control plane says this device was deleted: wiping credentials"
+                );
+                agent.state.wipe_credentials()?;
+                agent.set_link("decommissioned", Some(e.to_string()));
+                return Err(AgentError::Decommissioned);
+            }
             Err(e) => {
                 tracing::warn!("link down: {e}");
                 agent.set_link("disconnected", Some(e.to_string()));
@@ -193,6 +277,13 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()
     agent.set_link("stopped", None);
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Rotates over a connection of its own (when the session is refused because
+/// the certificate expired).
+async fn rotate_over_new_link(agent: &mut Agent) -> Result<(), crate::rotate::RotateError> {
+    let channel = link::connect(&agent.server, agent.tls.clone()).await?;
+    crate::rotate::rotate(&agent.state, &mut link::client(channel)).await
 }
 
 /// Enrolls, retrying transient failures with backoff. `None`: stopped.

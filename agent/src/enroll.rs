@@ -119,7 +119,7 @@ pub async fn enroll(
     Ok(identity)
 }
 
-fn pem_chain(ders: &[Vec<u8>]) -> String {
+pub fn pem_chain(ders: &[Vec<u8>]) -> String {
     ders.iter()
         .map(|d| {
             pem::encode_config(

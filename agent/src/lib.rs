@@ -10,11 +10,13 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod clock;
 pub mod collect;
 pub mod config;
 pub mod daemon;
 pub mod enroll;
 pub mod link;
+pub mod rotate;
 pub mod session;
 pub mod state;
 pub mod uplink;
@@ -22,5 +24,11 @@ pub mod uplink;
 /// Exit status when the control plane refused enrollment: the install ID is
 /// wrong, spent or expired, and retrying cannot help.
 pub const EXIT_ENROLL_REFUSED: u8 = 3;
+/// Exit status after the device was deleted: credentials are wiped and
+/// restarting cannot help (systemd's `RestartPreventExitStatus=`).
+pub const EXIT_DECOMMISSIONED: u8 = 4;
+/// Exit status when the certificate expired beyond the control plane's grace
+/// window: the box needs a new install ID.
+pub const EXIT_CREDENTIALS_EXPIRED: u8 = 5;
 /// Exit status for configuration errors.
 pub const EXIT_CONFIG: u8 = 2;

@@ -29,6 +29,20 @@ pub enum LinkError {
     Protocol(String),
 }
 
+impl LinkError {
+    /// The control plane's machine-readable reason for refusing or cutting
+    /// us (`outpost_proto::reason`), if it gave one.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            LinkError::Rpc(status) => status
+                .metadata()
+                .get(outpost_proto::reason::METADATA_KEY)
+                .and_then(|v| v.to_str().ok()),
+            _ => None,
+        }
+    }
+}
+
 /// `https://host[:port]` of the control plane's device service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUrl {
@@ -150,6 +164,16 @@ pub fn client_config(
     trust: &Trust,
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<Arc<ClientConfig>, LinkError> {
+    client_config_at(trust, identity, crate::clock::Clock::new(None))
+}
+
+/// [`client_config`] checking certificates against `time` (the agent's
+/// floored clock) instead of the raw system clock.
+pub fn client_config_at(
+    trust: &Trust,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    time: Arc<dyn rustls::time_provider::TimeProvider>,
+) -> Result<Arc<ClientConfig>, LinkError> {
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> = match trust {
         Trust::CaCerts(certs) => {
@@ -168,7 +192,7 @@ pub fn client_config(
             provider: provider.clone(),
         }),
     };
-    let builder = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_details(provider, time)
         .with_safe_default_protocol_versions()
         .map_err(|e| LinkError::Trust(format!("TLS versions: {e}")))?
         .dangerous()
@@ -306,6 +330,35 @@ pub fn client(channel: Channel) -> DeviceServiceClient<Channel> {
         .max_encoding_message_size(outpost_proto::MAX_MESSAGE_BYTES)
 }
 
+/// How a certificate refused as expired past the grace window is described;
+/// the daemon looks for it to stop and say the box needs a new install ID.
+pub const EXPIRED_BEYOND_GRACE: &str = "certificate expired beyond the grace window";
+
+/// Whether the error is the control plane refusing our certificate as expired
+/// (beyond the grace window, or the handshake would have passed).
+pub fn is_expired_beyond_grace(e: &LinkError) -> bool {
+    match e {
+        LinkError::Connect { detail, .. } => detail.contains(EXPIRED_BEYOND_GRACE),
+        LinkError::Rpc(status) => {
+            let mut cur: Option<&(dyn std::error::Error + 'static)> =
+                std::error::Error::source(status);
+            while let Some(err) = cur {
+                if matches!(
+                    find_rustls_error(err),
+                    Some(rustls::Error::AlertReceived(
+                        rustls::AlertDescription::CertificateExpired
+                    ))
+                ) {
+                    return true;
+                }
+                cur = err.source();
+            }
+            status.message().contains("CertificateExpired")
+        }
+        _ => false,
+    }
+}
+
 /// Walks an error's sources and names clock-caused TLS failures plainly:
 /// on boxes without an RTC these are the usual cause, and they need a
 /// different fix (time sync) than a wrong CA.
@@ -329,6 +382,11 @@ pub fn describe_transport_error(e: &(dyn std::error::Error + 'static)) -> String
                 ) => {
                     format!(
                         "TLS failed because of the clock: a certificate is not valid yet (is this box's time right?): {tls}"
+                    )
+                }
+                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired) => {
+                    format!(
+                        "{EXPIRED_BEYOND_GRACE}: the control plane refused this box's certificate as expired"
                     )
                 }
                 other => format!("TLS error: {other}"),

@@ -7,7 +7,9 @@ use outpost_agent::config::{AgentArgs, AgentConfig};
 use outpost_agent::daemon::{self, AgentError};
 use outpost_agent::enroll::{self, EnrollError};
 use outpost_agent::state::StateDir;
-use outpost_agent::{EXIT_CONFIG, EXIT_ENROLL_REFUSED};
+use outpost_agent::{
+    EXIT_CONFIG, EXIT_CREDENTIALS_EXPIRED, EXIT_DECOMMISSIONED, EXIT_ENROLL_REFUSED,
+};
 
 /// Outpost agent: enrolls this box and streams its telemetry to the control plane.
 #[derive(Parser)]
@@ -122,6 +124,14 @@ async fn run(cfg: AgentConfig) -> ExitCode {
         Err(AgentError::Enroll(e @ EnrollError::Refused(_))) => {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_ENROLL_REFUSED)
+        }
+        Err(e @ AgentError::CredentialsExpired) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CREDENTIALS_EXPIRED)
+        }
+        Err(e @ AgentError::Decommissioned) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_DECOMMISSIONED)
         }
         Err(e @ AgentError::Config(_)) => {
             eprintln!("error: {e}");

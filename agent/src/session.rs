@@ -26,7 +26,12 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 #[derive(Debug, PartialEq, Eq)]
 pub enum End {
     Stopping,
+    /// The identity was rotated: reconnect with the new certificate.
+    Rotated,
 }
+
+/// After a failed rotation attempt, try again this much later.
+const ROTATION_RETRY: Duration = Duration::from_secs(30);
 
 pub async fn run_connection(
     agent: &mut Agent,
@@ -59,6 +64,7 @@ pub async fn run_connection(
         Ok(Err(status)) => return Err(status.into()),
         Err(_) => return Err(LinkError::Protocol("no session start within 15 s".into())),
     };
+    agent.observe_server_time(start.server_time_unix_ms);
     let mut heartbeat_every = DEFAULT_HEARTBEAT;
     if let Some(s) = &start.settings {
         apply_settings(agent, s, &mut heartbeat_every);
@@ -80,6 +86,15 @@ pub async fn run_connection(
 
     let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut rotate_at = match agent.rotation_due_ms() {
+        Some(due) => {
+            let wait =
+                Duration::from_millis(u64::try_from(due - agent.clock.now_ms()).unwrap_or(0));
+            tracing::debug!(in_secs = wait.as_secs(), "next certificate rotation");
+            Instant::now() + wait
+        }
+        None => Instant::now() + ROTATION_RETRY,
+    };
     loop {
         while let Some(batch) = agent.outbox.next_batch() {
             telemetry_tx
@@ -89,6 +104,18 @@ pub async fn run_connection(
         }
         tokio::select! {
             _ = agent.sample_tick.tick() => agent.take_sample(),
+            _ = tokio::time::sleep_until(rotate_at) => {
+                match crate::rotate::rotate(&agent.state, &mut client).await {
+                    Ok(()) => {
+                        drain(agent, &mut acks).await;
+                        return Ok(End::Rotated);
+                    }
+                    Err(e) => {
+                        tracing::warn!("certificate rotation failed (retrying in {}s): {e}", ROTATION_RETRY.as_secs());
+                        rotate_at = Instant::now() + ROTATION_RETRY;
+                    }
+                }
+            }
             _ = heartbeat.tick() => {
                 let hb = AgentMessage { kind: Some(AgentKind::Heartbeat(Heartbeat { sent_at_unix_ms: crate::enroll::now_ms() })) };
                 session_tx.send(hb).await.map_err(|_| LinkError::Protocol("session stream closed".into()))?;
@@ -105,6 +132,10 @@ pub async fn run_connection(
                 Ok(Some(ServerMessage { kind: Some(ServerKind::Settings(s)) })) => {
                     apply_settings(agent, &s, &mut heartbeat_every);
                     heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+                }
+                Ok(Some(ServerMessage { kind: Some(ServerKind::Rotate(_)) })) => {
+                    tracing::info!("the control plane asks for a key rotation now");
+                    rotate_at = Instant::now();
                 }
                 Ok(Some(ServerMessage { kind: Some(ServerKind::Config(c)) })) => {
                     apply_config(agent, &c, &mut heartbeat_every, &session_tx).await?;

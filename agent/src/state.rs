@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +145,117 @@ impl StateDir {
         write_atomic(&self.identity_path(), &json, 0o644)
     }
 
+    fn next_key_path(&self) -> PathBuf {
+        self.root.join("device.key.next")
+    }
+    fn next_cert_path(&self) -> PathBuf {
+        self.root.join("device.crt.next")
+    }
+    fn floor_path(&self) -> PathBuf {
+        self.root.join("clock.floor")
+    }
+
+    /// A new key for a rotation, saved (0600) next to the current one.
+    pub fn create_next_key(&self) -> Result<rcgen::KeyPair, StateError> {
+        let path = self.next_key_path();
+        let key = rcgen::KeyPair::generate().map_err(|e| StateError::Invalid {
+            path: path.clone(),
+            message: format!("key generation failed: {e}"),
+        })?;
+        write_atomic(&path, key.serialize_pem().as_bytes(), 0o600)?;
+        Ok(key)
+    }
+
+    /// Makes the rotated identity current: the new certificate is saved next
+    /// to the old one, then key and certificate are renamed into place.
+    /// [`StateDir::recover_rotation`] completes this after a crash.
+    pub fn commit_rotation(&self, chain_pem: &str, api_key: &str) -> Result<(), StateError> {
+        write_atomic(&self.next_cert_path(), chain_pem.as_bytes(), 0o644)?;
+        rename(&self.next_key_path(), &self.key_path())?;
+        rename(&self.next_cert_path(), &self.cert_path())?;
+        write_atomic(&self.api_key_path(), api_key.as_bytes(), 0o600)
+    }
+
+    /// Finishes or discards a rotation a crash interrupted, so that
+    /// `device.key` and `device.crt` always belong together.
+    pub fn recover_rotation(&self) -> Result<(), StateError> {
+        let (key_next, cert_next) = (self.next_key_path(), self.next_cert_path());
+        let load_key = |p: &Path| -> Option<rcgen::KeyPair> {
+            rcgen::KeyPair::from_pem(&std::fs::read_to_string(p).ok()?).ok()
+        };
+        let load_cert =
+            |p: &Path| -> Option<CertificateDer<'static>> { CertificateDer::from_pem_file(p).ok() };
+        if let Some(next_cert) = load_cert(&cert_next) {
+            if load_key(&key_next).is_some_and(|k| cert_matches_key(&next_cert, &k)) {
+                tracing::info!("completing an interrupted key rotation");
+                rename(&key_next, &self.key_path())?;
+                rename(&cert_next, &self.cert_path())?;
+                return Ok(());
+            }
+            if load_key(&self.key_path()).is_some_and(|k| cert_matches_key(&next_cert, &k)) {
+                tracing::info!("completing an interrupted key rotation");
+                rename(&cert_next, &self.cert_path())?;
+                return Ok(());
+            }
+        }
+        // Anything else left over is a rotation that never got its certificate.
+        for p in [&cert_next, &key_next] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {
+                    tracing::info!(path = %p.display(), "discarded an unfinished key rotation")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(p)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// When the current certificate was saved (its file's mtime), unix ms.
+    pub fn cert_saved_ms(&self) -> Option<i64> {
+        let modified = std::fs::metadata(self.cert_path()).ok()?.modified().ok()?;
+        Some(
+            modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_millis() as i64,
+        )
+    }
+
+    /// The persisted clock floor (last known-good time), unix ms.
+    pub fn clock_floor(&self) -> Option<i64> {
+        std::fs::read_to_string(self.floor_path())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub fn save_clock_floor(&self, ms: i64) -> Result<(), StateError> {
+        write_atomic(&self.floor_path(), ms.to_string().as_bytes(), 0o644)
+    }
+
+    /// Removes every credential (key, certificates, API key, identity): the
+    /// device was deleted. Counters and status stay for the record.
+    pub fn wipe_credentials(&self) -> Result<(), StateError> {
+        for path in [
+            self.identity_path(),
+            self.key_path(),
+            self.cert_path(),
+            self.api_key_path(),
+            self.ca_path(),
+            self.next_key_path(),
+            self.next_cert_path(),
+        ] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// The next telemetry sequence number (1 for a new device).
     pub fn next_seq(&self) -> Result<u64, StateError> {
         let path = self.seq_path();
@@ -174,6 +287,21 @@ impl StateDir {
         let bytes = std::fs::read(self.status_path()).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), StateError> {
+    std::fs::rename(from, to).map_err(io_err(to))?;
+    if let Some(Ok(d)) = to.parent().map(std::fs::File::open) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Whether `cert` certifies `key`'s public key.
+pub fn cert_matches_key(cert: &CertificateDer<'_>, key: &rcgen::KeyPair) -> bool {
+    x509_parser::parse_x509_certificate(cert)
+        .map(|(_, c)| c.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+        .unwrap_or(false)
 }
 
 /// Writes via a temporary file, fsync and rename (see `outpost_common::fs`).
@@ -237,5 +365,61 @@ mod tests {
         state.save_next_seq(42).unwrap();
         let again = StateDir::open(dir.path()).unwrap();
         assert_eq!(again.next_seq().unwrap(), 42);
+    }
+
+    /// A device key and a certificate for it (self-signed stands in for the CA's).
+    fn pair() -> (rcgen::KeyPair, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::default()
+            .self_signed(&key)
+            .unwrap();
+        (key, cert.pem())
+    }
+
+    fn current_pair_matches(state: &StateDir) -> bool {
+        let key =
+            rcgen::KeyPair::from_pem(&std::fs::read_to_string(state.key_path()).unwrap()).unwrap();
+        let cert = CertificateDer::from_pem_file(state.cert_path()).unwrap();
+        cert_matches_key(&cert, &key)
+    }
+
+    /// A crash at every step of a rotation leaves a matching key and
+    /// certificate after recovery: the old pair or the new one.
+    #[test]
+    fn a_crash_at_any_step_of_a_rotation_leaves_a_usable_identity() {
+        for crash_after in 0..=3 {
+            let dir = tempfile::tempdir().unwrap();
+            let state = StateDir::open(dir.path()).unwrap();
+            let (old_key, old_cert) = pair();
+            write_atomic(&state.key_path(), old_key.serialize_pem().as_bytes(), 0o600).unwrap();
+            write_atomic(&state.cert_path(), old_cert.as_bytes(), 0o644).unwrap();
+            // The rotation, step by step, stopping after `crash_after` steps.
+            let new_key = state.create_next_key().unwrap();
+            let new_cert = rcgen::CertificateParams::default()
+                .self_signed(&new_key)
+                .unwrap()
+                .pem();
+            let steps: [&dyn Fn(); 3] = [
+                &|| write_atomic(&state.next_cert_path(), new_cert.as_bytes(), 0o644).unwrap(),
+                &|| rename(&state.next_key_path(), &state.key_path()).unwrap(),
+                &|| rename(&state.next_cert_path(), &state.cert_path()).unwrap(),
+            ];
+            for step in steps.iter().take(crash_after) {
+                step();
+            }
+            state.recover_rotation().unwrap();
+            assert!(
+                current_pair_matches(&state),
+                "crash after step {crash_after}"
+            );
+            assert!(!state.next_key_path().exists() && !state.next_cert_path().exists());
+            let key_now = std::fs::read_to_string(state.key_path()).unwrap();
+            let rotated = key_now == new_key.serialize_pem();
+            assert_eq!(
+                rotated,
+                crash_after >= 1,
+                "step {crash_after}: new pair once its cert was saved"
+            );
+        }
     }
 }

@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 /// Default device certificate lifetime (SPEC §2).
 pub const DEFAULT_DEVICE_CERT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long after expiry a certificate may still rotate (SPEC §2).
+pub const DEFAULT_EXPIRED_CERT_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Default install ID lifetime (SPEC §2).
 pub const DEFAULT_INSTALL_ID_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_DATA_DIR: &str = "outpost-data";
@@ -47,6 +49,10 @@ pub struct ServeArgs {
     /// Lifetime of a new install ID [default: 7d].
     #[arg(long, env = "OUTPOST_INSTALL_ID_TTL", value_parser = humantime::parse_duration)]
     pub install_id_ttl: Option<Duration>,
+    /// How long after expiry a device certificate may still be used to
+    /// rotate (and nothing else) [default: 30d].
+    #[arg(long, env = "OUTPOST_EXPIRED_CERT_GRACE", value_parser = humantime::parse_duration)]
+    pub expired_cert_grace: Option<Duration>,
 }
 
 /// The same options as they appear in the TOML file.
@@ -62,6 +68,8 @@ struct FileConfig {
     device_cert_lifetime: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     install_id_ttl: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    expired_cert_grace: Option<Duration>,
 }
 
 mod opt_duration {
@@ -85,6 +93,7 @@ pub struct ServeConfig {
     pub public_url: Option<String>,
     pub device_cert_lifetime: Duration,
     pub install_id_ttl: Duration,
+    pub expired_cert_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +154,10 @@ impl ServeConfig {
                 .install_id_ttl
                 .or(file.install_id_ttl)
                 .unwrap_or(DEFAULT_INSTALL_ID_TTL),
+            expired_cert_grace: args
+                .expired_cert_grace
+                .or(file.expired_cert_grace)
+                .unwrap_or(DEFAULT_EXPIRED_CERT_GRACE),
         })
     }
 }

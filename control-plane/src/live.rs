@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use outpost_proto::v1::server_message::Kind as ServerKind;
 use outpost_proto::v1::{ConfigUpdate, ServerMessage, Settings};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::device_config;
 use crate::grpc::HEARTBEAT_INTERVAL_SECS;
@@ -18,18 +18,53 @@ use crate::store::ConfigVersion;
 /// get the current config again on its next start).
 const QUEUE: usize = 8;
 
+/// Why a device's streams are cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    Deleted,
+    Disabled,
+    Revoked,
+    /// Not a cut of live streams: an expired certificate's refusal.
+    Expired,
+}
+
+struct Stream {
+    /// Pushes to a session (None for telemetry streams).
+    push: Option<mpsc::Sender<ServerMessage>>,
+    cut: watch::Sender<Option<Cut>>,
+}
+
+type Map = HashMap<String, HashMap<u64, Stream>>;
+
 #[derive(Default)]
 pub struct LiveDevices {
-    sessions: Mutex<HashMap<String, HashMap<u64, mpsc::Sender<ServerMessage>>>>,
+    sessions: Mutex<Map>,
     next_handle: AtomicU64,
 }
 
-/// A session's registration; unregisters on drop.
+/// A stream's registration; unregisters on drop.
 pub struct Registration<'a> {
     live: &'a LiveDevices,
     device_id: String,
     handle: u64,
+    /// Messages for a session stream (never yields for telemetry streams).
     pub inbox: mpsc::Receiver<ServerMessage>,
+    /// Becomes `Some` when the device's streams are cut; see [`cut`].
+    pub cut: watch::Receiver<Option<Cut>>,
+}
+
+/// Resolves when a registration is cut, with the reason.
+pub async fn cut(rx: &mut watch::Receiver<Option<Cut>>) -> Cut {
+    loop {
+        if let Some(c) = *rx.borrow_and_update() {
+            return c;
+        }
+        if rx.changed().await.is_err() {
+            // The sender lives as long as the registration; park instead of
+            // spinning if it is ever gone.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl Drop for Registration<'_> {
@@ -45,26 +80,51 @@ impl Drop for Registration<'_> {
 }
 
 impl LiveDevices {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u64, mpsc::Sender<ServerMessage>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Map> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (single inserts/removes), so a poisoned lock is still usable.
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Registers a session stream: it receives pushes and cuts.
     pub fn register(&self, device_id: &str) -> Registration<'_> {
+        self.add(device_id, true)
+    }
+
+    /// Registers a data stream (telemetry, logs): it receives cuts only.
+    pub fn register_stream(&self, device_id: &str) -> Registration<'_> {
+        self.add(device_id, false)
+    }
+
+    fn add(&self, device_id: &str, session: bool) -> Registration<'_> {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let (cut_tx, cut_rx) = watch::channel(None);
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.lock()
             .entry(device_id.to_string())
             .or_default()
-            .insert(handle, tx);
+            .insert(
+                handle,
+                Stream {
+                    push: session.then_some(tx),
+                    cut: cut_tx,
+                },
+            );
         Registration {
             live: self,
             device_id: device_id.to_string(),
             handle,
             inbox: rx,
+            cut: cut_rx,
+        }
+    }
+
+    /// Cuts every open stream of the device (revocation).
+    pub fn disconnect(&self, device_id: &str, why: Cut) {
+        if let Some(streams) = self.lock().get(device_id) {
+            for s in streams.values() {
+                let _ = s.cut.send(Some(why));
+            }
         }
     }
 
@@ -72,13 +132,28 @@ impl LiveDevices {
         self.lock().contains_key(device_id)
     }
 
+    /// Asks every live session of the device to rotate its key now.
+    /// Returns whether any session was reached.
+    pub fn push_rotate(&self, device_id: &str) -> bool {
+        let msg = ServerMessage {
+            kind: Some(ServerKind::Rotate(outpost_proto::v1::RotateNow {})),
+        };
+        let mut reached = false;
+        if let Some(streams) = self.lock().get(device_id) {
+            for tx in streams.values().filter_map(|s| s.push.as_ref()) {
+                reached |= tx.try_send(msg.clone()).is_ok();
+            }
+        }
+        reached
+    }
+
     /// Queues `config` to every live session of the device.
     pub fn push_config(&self, device_id: &str, config: &ConfigVersion) {
         let msg = ServerMessage {
             kind: Some(ServerKind::Config(config_update(config))),
         };
-        if let Some(sessions) = self.lock().get(device_id) {
-            for tx in sessions.values() {
+        if let Some(streams) = self.lock().get(device_id) {
+            for tx in streams.values().filter_map(|s| s.push.as_ref()) {
                 if tx.try_send(msg.clone()).is_err() {
                     tracing::warn!(device = %device_id, "session queue full; config reaches it on reconnect");
                 }
@@ -104,8 +179,8 @@ pub fn config_update(config: &ConfigVersion) -> ConfigUpdate {
 mod tests {
     use super::*;
 
-    #[test]
-    fn pushes_reach_registered_sessions_until_they_drop() {
+    #[tokio::test]
+    async fn pushes_and_cuts_reach_registered_streams_until_they_drop() {
         let live = LiveDevices::default();
         let mut a = live.register("d1");
         let mut b = live.register("d1");
@@ -125,9 +200,18 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        let mut t = live.register_stream("d1");
+        live.disconnect("d1", Cut::Disabled);
+        assert_eq!(cut(&mut a.cut).await, Cut::Disabled);
+        assert_eq!(cut(&mut t.cut).await, Cut::Disabled);
+        assert!(t.inbox.try_recv().is_err(), "data streams get no pushes");
         drop(a);
         drop(b);
+        drop(t);
         assert!(!live.is_connected("d1"));
+        // A new registration after a cut starts uncut.
+        let fresh = live.register("d1");
+        assert_eq!(*fresh.cut.borrow(), None);
         live.push_config("d1", &cfg); // nobody listening: no panic
     }
 }

@@ -26,7 +26,7 @@ pub async fn run(
     pki::create_private_dir(&cfg.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir).await?);
     let ca = Arc::new(pki::Ca::load_or_create(&cfg.data_dir.join("pki"))?);
-    let tls = grpc::tls::server_config(&ca, &cfg.server_names)?;
+    let tls = grpc::tls::server_config(&ca, &cfg.server_names, cfg.expired_cert_grace)?;
 
     let grpc_listener = TcpListener::bind(cfg.grpc_listen)
         .await

@@ -1,9 +1,10 @@
 //! The device side: `outpost.device.v1.DeviceService` over TLS, client
 //! certificates required for everything but enrollment.
 
-mod auth;
+pub(crate) mod auth;
 mod convert;
 mod enroll;
+mod rotate;
 mod session;
 mod telemetry;
 pub mod tls;
@@ -14,7 +15,8 @@ use std::time::Duration;
 
 use outpost_proto::v1::device_service_server::{DeviceService, DeviceServiceServer};
 use outpost_proto::v1::{
-    AgentMessage, EnrollRequest, EnrollResponse, ServerMessage, TelemetryAck, TelemetryBatch,
+    AgentMessage, EnrollRequest, EnrollResponse, ResetConnectionRequest, ResetConnectionResponse,
+    ServerMessage, TelemetryAck, TelemetryBatch,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
@@ -52,12 +54,22 @@ impl DeviceService for DeviceServiceImpl {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let identity = auth::authenticate(&self.state, &request).await?;
+        let identity = auth::authenticate(&self.state, &request, auth::Expired::Refuse).await?;
         Ok(Response::new(session::start(
             self.state.clone(),
             identity,
             request.into_inner(),
         )))
+    }
+
+    async fn reset_connection(
+        &self,
+        request: Request<ResetConnectionRequest>,
+    ) -> Result<Response<ResetConnectionResponse>, Status> {
+        let identity = auth::authenticate(&self.state, &request, auth::Expired::Allow).await?;
+        rotate::reset_connection(&self.state, &identity, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type PushTelemetryStream = ReceiverStream<Result<TelemetryAck, Status>>;
@@ -66,7 +78,7 @@ impl DeviceService for DeviceServiceImpl {
         &self,
         request: Request<Streaming<TelemetryBatch>>,
     ) -> Result<Response<Self::PushTelemetryStream>, Status> {
-        let identity = auth::authenticate(&self.state, &request).await?;
+        let identity = auth::authenticate(&self.state, &request, auth::Expired::Refuse).await?;
         Ok(Response::new(telemetry::start(
             self.state.clone(),
             identity,

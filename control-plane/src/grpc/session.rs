@@ -66,6 +66,10 @@ async fn run(
         return;
     }
     tracing::info!(device = %id.device_id, hostname = %facts.hostname, "device connected");
+    // The current certificate is in use: certificates it replaced retire now.
+    if let Err(e) = state.store.retire_superseded(&id.device_id, now_ms()).await {
+        tracing::warn!(device = %id.device_id, "superseded certificates not retired: {e}");
+    }
     let start = match session_start(&state, &id).await {
         Ok(s) => s,
         Err(status) => {
@@ -98,6 +102,11 @@ async fn run(
                     if tx.send(Ok(push)).await.is_err() {
                         break;
                     }
+                }
+                why = crate::live::cut(&mut registration.cut) => {
+                    tracing::info!(device = %id.device_id, ?why, "session cut");
+                    let _ = tx.send(Err(super::auth::cut_status(why))).await;
+                    break;
                 }
                 _ = crate::stopping(&mut shutdown) => break,
                 _ = tx.closed() => break,

@@ -28,9 +28,14 @@ async fn run(
     tx: mpsc::Sender<Result<TelemetryAck, Status>>,
 ) {
     let mut shutdown = state.shutdown.clone();
+    let mut registration = state.live.register_stream(&id.device_id);
     loop {
         let msg = tokio::select! {
             msg = inbound.message() => msg,
+            why = crate::live::cut(&mut registration.cut) => {
+                let _ = tx.send(Err(super::auth::cut_status(why))).await;
+                break;
+            }
             _ = crate::stopping(&mut shutdown) => break,
         };
         let batch = match msg {

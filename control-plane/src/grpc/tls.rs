@@ -5,8 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
@@ -19,7 +24,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; more wait in the accept queue.
 const MAX_CONCURRENT_HANDSHAKES: usize = 256;
 
-pub fn server_config(ca: &Ca, names: &[String]) -> Result<ServerConfig, PkiError> {
+pub fn server_config(
+    ca: &Ca,
+    names: &[String],
+    expired_grace: Duration,
+) -> Result<ServerConfig, PkiError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     roots
@@ -33,11 +42,89 @@ pub fn server_config(ca: &Ca, names: &[String]) -> Result<ServerConfig, PkiError
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| PkiError::Invalid(format!("TLS versions: {e}")))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(GraceVerifier {
+            inner: verifier,
+            grace: expired_grace,
+        }))
         .with_single_cert(chain, key)
         .map_err(|e| PkiError::Invalid(format!("server certificate: {e}")))?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
+}
+
+/// Our CA's verifier, except that a certificate which expired less than
+/// `grace` ago is accepted (verified as of just before its expiry): such a
+/// device may still rotate (`ResetConnection`), and `auth` refuses every
+/// other RPC for it. Past the grace window the handshake fails as expired.
+#[derive(Debug)]
+struct GraceVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    grace: Duration,
+}
+
+impl ClientCertVerifier for GraceVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. },
+            )) => {
+                let not_after = crate::pki::parse_device_cert(end_entity)
+                    .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::Expired))?
+                    .not_after_unix;
+                let not_after = u64::try_from(not_after).unwrap_or(0);
+                if now.as_secs() > not_after.saturating_add(self.grace.as_secs()) {
+                    return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+                }
+                let just_before =
+                    UnixTime::since_unix_epoch(Duration::from_secs(not_after.saturating_sub(1)));
+                self.inner
+                    .verify_client_cert(end_entity, intermediates, just_before)
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// Accepts TCP connections and yields completed TLS sessions. Handshakes run

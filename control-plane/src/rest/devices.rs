@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::live::Cut;
 use crate::store::{
     Device, DeviceListQuery, DevicePatch, DeviceStatus, FEATURE_DEVICE_AIO, FEATURE_LITE_MODE,
     NewApiKey, NewDevice, UnixMillis, now_ms,
@@ -464,6 +465,7 @@ pub async fn update(
         ));
     }
     let now = now_ms();
+    let disabling = body.enabled == Some(false);
     let device = state
         .store
         .update_device(
@@ -478,6 +480,9 @@ pub async fn update(
         )
         .await?
         .ok_or_else(|| ApiError::not_found("device not found"))?;
+    if disabling {
+        state.live.disconnect(&device_id, Cut::Disabled);
+    }
     Ok(Json(DeviceView::new(device, now)))
 }
 
@@ -506,10 +511,11 @@ pub async fn delete(
     {
         return Err(ApiError::not_found("device not found"));
     }
+    state.live.disconnect(&device_id, Cut::Deleted);
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// reference/004's connection token.
+/// reference/004's connection token, plus what Outpost did about it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionToken {
@@ -517,15 +523,36 @@ pub struct ConnectionToken {
     tenant_id: String,
     api_key: String,
     environment: String,
+    /// A connected agent was asked to rotate its key now.
+    rotation_requested: bool,
+    /// Forced reset only: every credential was revoked; enroll again with this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    install_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    install_id_expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    install_command: Option<String>,
+}
+
+/// `connections/reset` options (documentation; parsed from the query string).
+#[derive(utoipa::IntoParams)]
+#[allow(dead_code)]
+#[into_params(parameter_in = Query)]
+pub struct ResetQuery {
+    /// `true`: the box is compromised — revoke every certificate and key at
+    /// once, cut its streams, and issue a new install ID.
+    force: Option<bool>,
 }
 
 #[utoipa::path(
     post,
     path = "/{workspace}/devices/v2/{device_id}/connections/reset",
+    operation_id = "resetConnection",
     tag = "devices",
-    params(DevicePath),
+    params(DevicePath, ResetQuery),
     responses(
         (status = 200, description = "Success", body = ConnectionToken),
+        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
         (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
         (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
@@ -535,10 +562,48 @@ pub async fn reset_connection(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((_, device_id)): Path<(String, String)>,
+    params: Params,
 ) -> Result<Json<ConnectionToken>, ApiError> {
+    caller.require(Scope::DeviceUpdate, Target::Device(&device_id))?;
+    let force = match params.get("force") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::bad_request("force must be true or false")),
+    };
     authorized_device(&state, &caller, Scope::DeviceUpdate, &device_id).await?;
     let api_key = ids::new_api_key();
     let now = now_ms();
+    let mut token = ConnectionToken {
+        device_id: device_id.clone(),
+        tenant_id: caller.workspace.clone(),
+        api_key: api_key.clone(),
+        environment: state.public_url.clone(),
+        rotation_requested: false,
+        install_id: None,
+        install_id_expires_at: None,
+        install_command: None,
+    };
+    if force {
+        let install_id = ids::new_install_id();
+        let expires = now + state.install_id_ttl.as_millis() as i64;
+        if !state
+            .store
+            .force_reset(
+                &caller.workspace,
+                &device_id,
+                &ids::hash_secret(&install_id),
+                expires,
+                now,
+            )
+            .await?
+        {
+            return Err(ApiError::not_found("device not found"));
+        }
+        state.live.disconnect(&device_id, Cut::Revoked);
+        token.install_command = Some(install_command(&state, &install_id));
+        token.install_id_expires_at = Some(format_time(expires));
+        token.install_id = Some(install_id);
+    }
     state
         .store
         .replace_device_key(
@@ -556,12 +621,10 @@ pub async fn reset_connection(
             now,
         )
         .await?;
-    Ok(Json(ConnectionToken {
-        device_id,
-        tenant_id: caller.workspace,
-        api_key,
-        environment: state.public_url.clone(),
-    }))
+    if !force {
+        token.rotation_requested = state.live.push_rotate(&device_id);
+    }
+    Ok(Json(token))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

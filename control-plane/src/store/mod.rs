@@ -283,6 +283,21 @@ pub struct NewCert {
     pub not_after: UnixMillis,
 }
 
+/// Everything that changes atomically when a device rotates its key.
+#[derive(Debug, Clone)]
+pub struct RotationCommit {
+    pub device_id: String,
+    pub workspace: String,
+    /// The certificate the device authenticated with.
+    pub old_serial: String,
+    pub cert: NewCert,
+    pub device_api_key: NewApiKey,
+    /// Device keys created before this are revoked; younger ones (an
+    /// operator's `connections/reset` moments ago) stay valid.
+    pub revoke_keys_before: UnixMillis,
+    pub now: UnixMillis,
+}
+
 /// A certificate as the store knows it, joined with its device's state.
 #[derive(Debug, Clone)]
 pub struct CertRecord {
@@ -293,6 +308,8 @@ pub struct CertRecord {
     pub device_enabled: bool,
     pub device_deleted: bool,
     pub install_spent: bool,
+    /// Set when a rotation replaced this certificate.
+    pub superseded_at: Option<UnixMillis>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -499,6 +516,21 @@ pub trait Store: Send + Sync + 'static {
     async fn complete_enrollment(&self, commit: &EnrollmentCommit) -> StoreResult<()>;
 
     async fn get_cert(&self, serial: &str) -> StoreResult<Option<CertRecord>>;
+    /// Records a rotation: the new certificate becomes current, the old one
+    /// is marked superseded, the device API key is replaced.
+    async fn rotate_cert(&self, c: &RotationCommit) -> StoreResult<()>;
+    /// Revokes superseded certificates once the current one has been used.
+    async fn retire_superseded(&self, device_id: &str, now: UnixMillis) -> StoreResult<()>;
+    /// Revokes every certificate and API key of the device and issues a new
+    /// install ID (forced reset of a compromised box).
+    async fn force_reset(
+        &self,
+        workspace: &str,
+        id: &str,
+        install_id_hash: &str,
+        expires_at: UnixMillis,
+        now: UnixMillis,
+    ) -> StoreResult<bool>;
     /// Marks the install ID as used up: the device has connected with its cert.
     async fn spend_install_id(&self, device_id: &str) -> StoreResult<()>;
 

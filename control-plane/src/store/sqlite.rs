@@ -435,7 +435,7 @@ impl Store for SqliteStore {
 
     async fn get_cert(&self, serial: &str) -> StoreResult<Option<CertRecord>> {
         let row = sqlx::query(
-            "SELECT c.serial, c.device_id, c.revoked_at, d.workspace, d.enabled, d.install_spent, d.deleted_at \
+            "SELECT c.serial, c.device_id, c.revoked_at, c.superseded_at, d.workspace, d.enabled, d.install_spent, d.deleted_at \
              FROM device_certs c JOIN devices d ON d.id = c.device_id WHERE c.serial = ?",
         )
         .bind(serial)
@@ -449,10 +449,132 @@ impl Store for SqliteStore {
                 revoked: r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
                 device_enabled: r.try_get("enabled")?,
                 device_deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
+                superseded_at: r.try_get("superseded_at")?,
                 install_spent: r.try_get("install_spent")?,
             })
         })
         .transpose()
+    }
+
+    async fn rotate_cert(&self, c: &RotationCommit) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO device_certs (serial, device_id, not_before, not_after, issued_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&c.cert.serial)
+        .bind(&c.device_id)
+        .bind(c.cert.not_before)
+        .bind(c.cert.not_after)
+        .bind(c.now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE device_certs SET superseded_at = COALESCE(superseded_at, ?) \
+             WHERE device_id = ? AND serial <> ? AND revoked_at IS NULL",
+        )
+        .bind(c.now)
+        .bind(&c.device_id)
+        .bind(&c.cert.serial)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE devices SET current_cert_serial = ?, cert_expires_at = ? WHERE id = ?")
+            .bind(&c.cert.serial)
+            .bind(c.cert.not_after)
+            .bind(&c.device_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL AND created_at < ?",
+        )
+        .bind(c.now)
+        .bind(&c.device_id)
+        .bind(c.revoke_keys_before)
+        .execute(&mut *tx)
+        .await?;
+        let k = &c.device_api_key;
+        sqlx::query(
+            "INSERT INTO api_keys (id, workspace, key_hash, scopes, device_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&k.id)
+        .bind(&k.workspace)
+        .bind(&k.key_hash)
+        .bind(k.scopes.as_ref().map(to_json))
+        .bind(&k.device_id)
+        .bind(k.created_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(
+            &mut tx,
+            &c.device_id,
+            &c.workspace,
+            c.now,
+            "rotated",
+            &serde_json::json!({"serial": c.cert.serial, "previous_serial": c.old_serial}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn retire_superseded(&self, device_id: &str, now: UnixMillis) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE device_certs SET revoked_at = ? \
+             WHERE device_id = ? AND superseded_at IS NOT NULL AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(device_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn force_reset(
+        &self,
+        workspace: &str,
+        id: &str,
+        install_id_hash: &str,
+        expires_at: UnixMillis,
+        now: UnixMillis,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "UPDATE devices SET install_id_hash = ?, install_id_expires_at = ?, install_key_sha256 = NULL, \
+             install_spent = 0, session_id = NULL WHERE workspace = ? AND id = ? AND deleted_at IS NULL",
+        )
+        .bind(install_id_hash)
+        .bind(expires_at)
+        .bind(workspace)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE device_certs SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(
+            &mut tx,
+            id,
+            workspace,
+            now,
+            "revoked",
+            &serde_json::json!({"forced_reset": true}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn spend_install_id(&self, device_id: &str) -> StoreResult<()> {

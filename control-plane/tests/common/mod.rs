@@ -293,6 +293,11 @@ impl AgentProc {
         wait_exit(&mut self.child)
     }
 
+    /// The exit status, if the agent has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
     pub fn kill9(&mut self) {
         signal(&self.child, "KILL");
         wait_exit(&mut self.child);

@@ -353,7 +353,9 @@ pub fn is_expired_beyond_grace(e: &LinkError) -> bool {
                 }
                 cur = err.source();
             }
-            status.message().contains("CertificateExpired")
+            // hyper does not always expose the TLS error as a source;
+            // its debug form always names the alert.
+            format!("{status:?}").contains("CertificateExpired")
         }
         _ => false,
     }

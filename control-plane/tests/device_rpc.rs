@@ -401,3 +401,56 @@ async fn malformed_and_oversized_input_gets_a_status_not_a_crash() {
     assert_eq!(acks, vec![TelemetryAck { acked_seq: 1 }]);
     assert_eq!(all_samples(&f.cp, "acme", &f.key, &f.device).await.len(), 1);
 }
+
+fn nineteen_seventy() -> i64 {
+    86_400_000
+}
+
+/// A rustls time source stuck in 1970, with no floor.
+#[derive(Debug)]
+struct Stuck1970;
+impl rustls::time_provider::TimeProvider for Stuck1970 {
+    fn current_time(&self) -> Option<rustls::pki_types::UnixTime> {
+        Some(rustls::pki_types::UnixTime::since_unix_epoch(
+            std::time::Duration::from_secs(86_400),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_box_whose_clock_says_1970_still_connects_thanks_to_the_floor() {
+    let f = fixture().await;
+    let key = KeyPair::generate().unwrap();
+    let resp = enroll_raw(&f.cp, &f.install_id, &key).await.unwrap();
+    let trust = Trust::from_ca_file(&f.cp.ca_path()).unwrap();
+    let server = ServerUrl::parse(&f.cp.grpc_url()).unwrap();
+
+    // Without a floor, a 1970 clock cannot verify the server: said plainly.
+    let raw = link::client_config_at(
+        &trust,
+        Some(identity_of(&resp, &key)),
+        std::sync::Arc::new(Stuck1970),
+    )
+    .unwrap();
+    let err = match link::connect(&server, raw).await {
+        Err(e) => e.to_string(),
+        Ok(ch) => open_session(&mut DeviceServiceClient::new(ch))
+            .await
+            .unwrap_err()
+            .to_string(),
+    };
+    assert!(
+        err.contains("because of the clock") || err.contains("NotValidYet"),
+        "{err}"
+    );
+
+    // The agent's clock: the same broken source, floored at the build time.
+    let clock = outpost_agent::clock::Clock::with_source(None, nineteen_seventy);
+    let tls =
+        link::client_config_at(&trust, Some(identity_of(&resp, &key)), clock.clone()).unwrap();
+    let mut c = DeviceServiceClient::new(link::connect(&server, tls).await.unwrap());
+    let start = open_session(&mut c).await.unwrap();
+    // The server's authenticated time then raises the floor.
+    assert!(clock.observe_good_time(start.server_time_unix_ms) >= start.server_time_unix_ms);
+    assert!(clock.now_ms() >= start.server_time_unix_ms);
+}

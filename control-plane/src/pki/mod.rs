@@ -86,6 +86,7 @@ pub struct Ca {
     cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
     fingerprint: String,
+    not_before: OffsetDateTime,
 }
 
 impl Ca {
@@ -134,7 +135,13 @@ impl Ca {
             .map_err(|e| PkiError::Invalid(format!("CA certificate is not valid PEM: {e}")))?;
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
         let fingerprint = format!("sha256:{}", sha256_hex(&cert_der));
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert_der)
+            .map_err(|e| PkiError::Invalid(format!("CA certificate unparseable: {e}")))?;
+        let not_before =
+            OffsetDateTime::from_unix_timestamp(parsed.validity().not_before.timestamp())
+                .map_err(|e| PkiError::Invalid(format!("CA validity: {e}")))?;
         Ok(Self {
+            not_before,
             cert_der,
             cert_pem: cert_pem.to_string(),
             issuer,
@@ -170,7 +177,9 @@ impl Ca {
         );
         dn.push(DnType::OrganizationName, "Outpost");
         params.distinguished_name = dn;
-        params.not_before = now - BACKDATE;
+        // Valid since the CA is: an agent whose clock is only floored at its
+        // build time (no RTC, booted in 1970) still accepts it.
+        params.not_before = self.not_before.min(now - BACKDATE);
         params.not_after = now + Duration::from_secs(365 * 24 * 3600);
         params.serial_number = Some(random_serial().0);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

@@ -1,0 +1,263 @@
+//! Rotation with the real binaries and short-lived certificates.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rustls::pki_types::pem::PemObject;
+use serde_json::Value;
+
+fn start_with(extra: &[&str]) -> (ControlPlane, String, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_in(&tmp.path().join("data"), extra);
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    (cp, key, tmp)
+}
+
+async fn events(cp: &ControlPlane, key: &str, device: &str) -> Vec<String> {
+    let (_, ev) = cp
+        .get_json(
+            &format!("/acme/devices/v2/{device}/events?limit=500&direction=forward"),
+            key,
+        )
+        .await;
+    ev["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn count(cp: &ControlPlane, key: &str, device: &str, kind: &str) -> usize {
+    events(cp, key, device)
+        .await
+        .iter()
+        .filter(|k| *k == kind)
+        .count()
+}
+
+fn seqs(samples: &[Value]) -> Vec<u64> {
+    samples.iter().map(|s| s["seq"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_rotations_in_a_row_without_a_gap_in_telemetry() {
+    let (cp, key, _tmp) = start_with(&["--device-cert-lifetime", "9s"]);
+    let (device, install_id) = cp.create_device("acme", &key, "rotating").await;
+    let state = tempfile::tempdir().unwrap();
+    assert!(enroll(&cp, &install_id, state.path()).status.success());
+    let first_cert = std::fs::read(state.path().join("device.crt")).unwrap();
+    let _agent = AgentProc::run(state.path(), "200ms");
+    wait_until("three rotations", Duration::from_secs(60), || async {
+        (count(&cp, &key, &device, "rotated").await >= 3).then_some(())
+    })
+    .await;
+    let before = all_samples(&cp, "acme", &key, &device).await.len();
+    let samples = wait_until("telemetry after the rotations", TIMEOUT, || async {
+        let s = all_samples(&cp, "acme", &key, &device).await;
+        (s.len() >= before + 3).then_some(s)
+    })
+    .await;
+    let seqs = seqs(&samples);
+    assert_eq!(seqs[0], 1);
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gap across rotations: {seqs:?}"
+    );
+    assert_ne!(
+        std::fs::read(state.path().join("device.crt")).unwrap(),
+        first_cert
+    );
+    let (_, dev) = cp
+        .get_json(&format!("/acme/devices/v2/{device}"), &key)
+        .await;
+    assert_eq!(dev["status"], "online");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(state.path().join("device.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the rotated key is private too");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_reset_makes_the_connected_agent_rotate() {
+    let (cp, key, _tmp) = start_with(&[]);
+    let (device, install_id) = cp.create_device("acme", &key, "reset-me").await;
+    let state = tempfile::tempdir().unwrap();
+    assert!(enroll(&cp, &install_id, state.path()).status.success());
+    let _agent = AgentProc::run(state.path(), "500ms");
+    wait_until("online", TIMEOUT, || async {
+        let (_, b) = cp
+            .get_json(&format!("/acme/devices/v2/{device}"), &key)
+            .await;
+        (b["status"] == "online").then_some(())
+    })
+    .await;
+    let resp: Value = reqwest::Client::new()
+        .post(format!(
+            "{}/acme/devices/v2/{device}/connections/reset",
+            cp.rest
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["rotationRequested"], true, "{resp}");
+    wait_until("the agent rotates", Duration::from_secs(10), || async {
+        (count(&cp, &key, &device, "rotated").await >= 1).then_some(())
+    })
+    .await;
+    // The operator's fresh key survives the rotation the agent did right after.
+    let (s, _) = cp
+        .get_json(
+            &format!("/acme/devices/v2/{device}"),
+            resp["apiKey"].as_str().unwrap(),
+        )
+        .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forced_reset_revokes_everything_and_issues_a_new_install_id() {
+    let (cp, key, _tmp) = start_with(&[]);
+    let (device, install_id) = cp.create_device("acme", &key, "compromised").await;
+    let state = tempfile::tempdir().unwrap();
+    assert!(enroll(&cp, &install_id, state.path()).status.success());
+    let mut agent = AgentProc::run(state.path(), "500ms");
+    wait_until("online", TIMEOUT, || async {
+        let (_, b) = cp
+            .get_json(&format!("/acme/devices/v2/{device}"), &key)
+            .await;
+        (b["status"] == "online").then_some(())
+    })
+    .await;
+    let resp: Value = reqwest::Client::new()
+        .post(format!(
+            "{}/acme/devices/v2/{device}/connections/reset?force=true",
+            cp.rest
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new_install = resp["installId"]
+        .as_str()
+        .expect("a new install ID")
+        .to_string();
+    assert!(
+        resp["installCommand"]
+            .as_str()
+            .unwrap()
+            .contains(&new_install)
+    );
+    wait_until(
+        "offline within a second",
+        Duration::from_secs(1),
+        || async {
+            let (_, b) = cp
+                .get_json(&format!("/acme/devices/v2/{device}"), &key)
+                .await;
+            (b["status"] == "offline").then_some(())
+        },
+    )
+    .await;
+    agent.terminate();
+    // The old identity is refused; a fresh enrollment with the new install ID works.
+    let out = agent_cmd(&["status", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let fresh = tempfile::tempdir().unwrap();
+    let out = enroll(&cp, &new_install, fresh.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        events(&cp, &key, &device)
+            .await
+            .contains(&"revoked".to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_certificate_rotates_within_the_grace_window() {
+    let (cp, key, _tmp) = start_with(&["--device-cert-lifetime", "5s"]);
+    let (device, install_id) = cp.create_device("acme", &key, "offline-a-while").await;
+    let state = tempfile::tempdir().unwrap();
+    assert!(enroll(&cp, &install_id, state.path()).status.success());
+    // The box is "offline" until its certificate has expired.
+    let cert = std::fs::read(state.path().join("device.crt")).unwrap();
+    let not_after = outpost_agent::rotate::validity(
+        &rustls::pki_types::CertificateDer::pem_slice_iter(&cert)
+            .next()
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap()
+    .not_after_ms;
+    wait_until("the certificate expires", TIMEOUT, || async {
+        (outpost_agent::clock::system_ms() > not_after + 1000).then_some(())
+    })
+    .await;
+    let _agent = AgentProc::run(state.path(), "500ms");
+    wait_until("rotated and online again", TIMEOUT, || async {
+        let (_, b) = cp
+            .get_json(&format!("/acme/devices/v2/{device}"), &key)
+            .await;
+        (b["status"] == "online" && count(&cp, &key, &device, "rotated").await >= 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_grace_window_the_agent_says_it_needs_a_new_install_id() {
+    let (cp, key, _tmp) =
+        start_with(&["--device-cert-lifetime", "5s", "--expired-cert-grace", "1s"]);
+    let (_, install_id) = cp.create_device("acme", &key, "gone-too-long").await;
+    let state = tempfile::tempdir().unwrap();
+    assert!(enroll(&cp, &install_id, state.path()).status.success());
+    let cert = std::fs::read(state.path().join("device.crt")).unwrap();
+    let not_after = outpost_agent::rotate::validity(
+        &rustls::pki_types::CertificateDer::pem_slice_iter(&cert)
+            .next()
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap()
+    .not_after_ms;
+    wait_until("past expiry and grace", TIMEOUT, || async {
+        (outpost_agent::clock::system_ms() > not_after + 2500).then_some(())
+    })
+    .await;
+    let log = state.path().join("agent.log");
+    let mut child = agent_cmd(&["run", "--state-dir"])
+        .arg(state.path())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_until("the agent gives up", TIMEOUT, || {
+        let st = child.try_wait().unwrap();
+        async move { st }
+    })
+    .await;
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(outpost_agent::EXIT_CREDENTIALS_EXPIRED as i32),
+        "{stderr}"
+    );
+    assert!(stderr.contains("new install ID"), "{stderr}");
+}

@@ -12,6 +12,25 @@ pub const SCOPE_DEVICE_READ: &str = "device:read";
 pub const SCOPE_DEVICE_UPDATE: &str = "device:update";
 pub const KNOWN_SCOPES: &[&str] = &[SCOPE_DEVICE_READ, SCOPE_DEVICE_UPDATE];
 
+/// Mints a device-scoped API key (enrollment, rotation, connection reset):
+/// returns the plaintext, shown once, and the record to store.
+pub fn mint_device_key(
+    workspace: &str,
+    device_id: &str,
+    now: crate::store::UnixMillis,
+) -> (String, NewApiKey) {
+    let key = ids::new_api_key();
+    let record = NewApiKey {
+        id: ids::new_internal_id(),
+        workspace: workspace.to_string(),
+        key_hash: ids::hash_secret(&key),
+        scopes: Some(vec![SCOPE_DEVICE_READ.into(), SCOPE_DEVICE_UPDATE.into()]),
+        device_id: Some(device_id.to_string()),
+        created_at: now,
+    };
+    (key, record)
+}
+
 pub type AdminResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Administration against one data directory.

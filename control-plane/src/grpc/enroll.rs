@@ -6,10 +6,9 @@ use outpost_proto::v1::{EnrollRequest, EnrollResponse, Settings};
 use tonic::Status;
 
 use crate::AppState;
-use crate::admin::{SCOPE_DEVICE_READ, SCOPE_DEVICE_UPDATE};
 use crate::ids;
 use crate::pki::VerifiedCsr;
-use crate::store::{EnrollmentCommit, NewApiKey, NewCert, StoreError, now_ms};
+use crate::store::{EnrollmentCommit, NewCert, StoreError, now_ms};
 
 use super::{HEARTBEAT_INTERVAL_SECS, TELEMETRY_INTERVAL_SECS, store_status};
 
@@ -65,7 +64,8 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> Result<EnrollRespon
             tracing::error!("signing failed: {e}");
             Status::internal("could not sign the certificate")
         })?;
-    let api_key = ids::new_api_key();
+    let (api_key, device_api_key) =
+        crate::admin::mint_device_key(&enrollment.workspace, &enrollment.device_id, now);
     let commit = EnrollmentCommit {
         device_id: enrollment.device_id.clone(),
         key_sha256: csr.public_key_sha256.clone(),
@@ -74,14 +74,7 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> Result<EnrollRespon
             not_before: issued.not_before.unix_timestamp() * 1000,
             not_after: issued.not_after.unix_timestamp() * 1000,
         },
-        device_api_key: NewApiKey {
-            id: ids::new_internal_id(),
-            workspace: enrollment.workspace.clone(),
-            key_hash: ids::hash_secret(&api_key),
-            scopes: Some(vec![SCOPE_DEVICE_READ.into(), SCOPE_DEVICE_UPDATE.into()]),
-            device_id: Some(enrollment.device_id.clone()),
-            created_at: now,
-        },
+        device_api_key,
         now,
     };
     match state.store.complete_enrollment(&commit).await {

@@ -7,10 +7,8 @@ use outpost_proto::v1::{ResetConnectionRequest, ResetConnectionResponse};
 use tonic::Status;
 
 use crate::AppState;
-use crate::admin::{SCOPE_DEVICE_READ, SCOPE_DEVICE_UPDATE};
-use crate::ids;
 use crate::pki::VerifiedCsr;
-use crate::store::{NewApiKey, NewCert, RotationCommit, now_ms};
+use crate::store::{NewCert, RotationCommit, now_ms};
 
 use super::{DeviceIdentity, store_status};
 
@@ -35,7 +33,8 @@ pub async fn reset_connection(
             Status::internal("could not sign the certificate")
         })?;
     let now = now_ms();
-    let api_key = ids::new_api_key();
+    let (api_key, device_api_key) =
+        crate::admin::mint_device_key(&id.workspace, &id.device_id, now);
     state
         .store
         .rotate_cert(&RotationCommit {
@@ -47,14 +46,7 @@ pub async fn reset_connection(
                 not_before: issued.not_before.unix_timestamp() * 1000,
                 not_after: issued.not_after.unix_timestamp() * 1000,
             },
-            device_api_key: NewApiKey {
-                id: ids::new_internal_id(),
-                workspace: id.workspace.clone(),
-                key_hash: ids::hash_secret(&api_key),
-                scopes: Some(vec![SCOPE_DEVICE_READ.into(), SCOPE_DEVICE_UPDATE.into()]),
-                device_id: Some(id.device_id.clone()),
-                created_at: now,
-            },
+            device_api_key,
             revoke_keys_before: now - super::auth::ROTATION_GRACE_MS,
             now,
         })

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::live::Cut;
 use crate::store::{
     Device, DeviceListQuery, DevicePatch, DeviceStatus, FEATURE_DEVICE_AIO, FEATURE_LITE_MODE,
-    NewApiKey, NewDevice, UnixMillis, now_ms,
+    NewDevice, UnixMillis, now_ms,
 };
 use crate::{AppState, admin, device_config, ids};
 
@@ -571,8 +571,8 @@ pub async fn reset_connection(
         Some(_) => return Err(ApiError::bad_request("force must be true or false")),
     };
     authorized_device(&state, &caller, Scope::DeviceUpdate, &device_id).await?;
-    let api_key = ids::new_api_key();
     let now = now_ms();
+    let (api_key, device_key) = admin::mint_device_key(&caller.workspace, &device_id, now);
     let mut token = ConnectionToken {
         device_id: device_id.clone(),
         tenant_id: caller.workspace.clone(),
@@ -604,23 +604,7 @@ pub async fn reset_connection(
         token.install_id_expires_at = Some(format_time(expires));
         token.install_id = Some(install_id);
     }
-    state
-        .store
-        .replace_device_key(
-            &NewApiKey {
-                id: ids::new_internal_id(),
-                workspace: caller.workspace.clone(),
-                key_hash: ids::hash_secret(&api_key),
-                scopes: Some(vec![
-                    admin::SCOPE_DEVICE_READ.into(),
-                    admin::SCOPE_DEVICE_UPDATE.into(),
-                ]),
-                device_id: Some(device_id.clone()),
-                created_at: now,
-            },
-            now,
-        )
-        .await?;
+    state.store.replace_device_key(&device_key, now).await?;
     if !force {
         token.rotation_requested = state.live.push_rotate(&device_id);
     }

@@ -382,13 +382,7 @@ impl Store for SqliteStore {
         }
         // A retried enrollment (lost response) supersedes the earlier,
         // never-used certificate.
-        sqlx::query(
-            "UPDATE device_certs SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
-        )
-        .bind(c.now)
-        .bind(&c.device_id)
-        .execute(&mut *tx)
-        .await?;
+        revoke_device_certs(&mut tx, &c.device_id, c.now).await?;
         sqlx::query(
             "INSERT INTO device_certs (serial, device_id, not_before, not_after, issued_at) \
              VALUES (?, ?, ?, ?, ?)",
@@ -400,26 +394,9 @@ impl Store for SqliteStore {
         .bind(c.now)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "UPDATE api_keys SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
-        )
-        .bind(c.now)
-        .bind(&c.device_id)
-        .execute(&mut *tx)
-        .await?;
+        revoke_device_keys(&mut tx, &c.device_id, c.now, i64::MAX).await?;
         let k = &c.device_api_key;
-        sqlx::query(
-            "INSERT INTO api_keys (id, workspace, key_hash, scopes, device_id, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&k.id)
-        .bind(&k.workspace)
-        .bind(&k.key_hash)
-        .bind(k.scopes.as_ref().map(to_json))
-        .bind(&k.device_id)
-        .bind(k.created_at)
-        .execute(&mut *tx)
-        .await?;
+        insert_api_key(&mut tx, k).await?;
         insert_event(
             &mut tx,
             &c.device_id,
@@ -483,26 +460,9 @@ impl Store for SqliteStore {
             .bind(&c.device_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE api_keys SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL AND created_at < ?",
-        )
-        .bind(c.now)
-        .bind(&c.device_id)
-        .bind(c.revoke_keys_before)
-        .execute(&mut *tx)
-        .await?;
+        revoke_device_keys(&mut tx, &c.device_id, c.now, c.revoke_keys_before).await?;
         let k = &c.device_api_key;
-        sqlx::query(
-            "INSERT INTO api_keys (id, workspace, key_hash, scopes, device_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&k.id)
-        .bind(&k.workspace)
-        .bind(&k.key_hash)
-        .bind(k.scopes.as_ref().map(to_json))
-        .bind(&k.device_id)
-        .bind(k.created_at)
-        .execute(&mut *tx)
-        .await?;
+        insert_api_key(&mut tx, k).await?;
         insert_event(
             &mut tx,
             &c.device_id,
@@ -550,20 +510,8 @@ impl Store for SqliteStore {
         if res.rows_affected() != 1 {
             return Ok(false);
         }
-        sqlx::query(
-            "UPDATE device_certs SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE api_keys SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        revoke_device_certs(&mut tx, id, now).await?;
+        revoke_device_keys(&mut tx, id, now, i64::MAX).await?;
         insert_event(
             &mut tx,
             id,
@@ -820,20 +768,8 @@ impl Store for SqliteStore {
         if res.rows_affected() != 1 {
             return Ok(false);
         }
-        sqlx::query(
-            "UPDATE device_certs SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE api_keys SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        revoke_device_certs(&mut tx, id, now).await?;
+        revoke_device_keys(&mut tx, id, now, i64::MAX).await?;
         insert_event(
             &mut tx,
             id,
@@ -853,13 +789,7 @@ impl Store for SqliteStore {
             .as_deref()
             .ok_or_else(|| StoreError::Conflict("a device key needs a device".into()))?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE api_keys SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(device_id)
-        .execute(&mut *tx)
-        .await?;
+        revoke_device_keys(&mut tx, device_id, now, i64::MAX).await?;
         sqlx::query(
             "INSERT INTO api_keys (id, workspace, key_hash, scopes, device_id, created_at) \
              VALUES (?, ?, ?, ?, ?, ?)",
@@ -1182,6 +1112,55 @@ impl Store for SqliteStore {
             })
             .collect()
     }
+}
+
+async fn revoke_device_certs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    device_id: &str,
+    now: UnixMillis,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE device_certs SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(device_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Revokes the device's live API keys created before `before`.
+async fn revoke_device_keys(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    device_id: &str,
+    now: UnixMillis,
+    before: UnixMillis,
+) -> StoreResult<()> {
+    sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL AND created_at < ?")
+        .bind(now)
+        .bind(device_id)
+        .bind(before)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_api_key(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    k: &NewApiKey,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO api_keys (id, workspace, key_hash, scopes, device_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&k.id)
+    .bind(&k.workspace)
+    .bind(&k.key_hash)
+    .bind(k.scopes.as_ref().map(to_json))
+    .bind(&k.device_id)
+    .bind(k.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn config_from_row(row: &SqliteRow) -> StoreResult<ConfigVersion> {

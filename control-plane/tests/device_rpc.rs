@@ -444,8 +444,17 @@ async fn a_box_whose_clock_says_1970_still_connects_thanks_to_the_floor() {
         "{err}"
     );
 
-    // The agent's clock: the same broken source, floored at the build time.
-    let clock = outpost_agent::clock::Clock::with_source(None, nineteen_seventy);
+    // A box that once connected knows a good time (the control plane's, at
+    // its last session start; the agent persists it in clock.floor).
+    let sane = link::client_config(&trust, Some(identity_of(&resp, &key))).unwrap();
+    let mut c = DeviceServiceClient::new(link::connect(&server, sane).await.unwrap());
+    let last_good = open_session(&mut c).await.unwrap().server_time_unix_ms;
+
+    // After a reboot into 1970, the agent's clock is floored there and connects.
+    // (The build-time floor alone only helps with certificates issued before
+    // the build: `clock::tests` covers it.)
+    let clock = outpost_agent::clock::Clock::with_source(Some(last_good), nineteen_seventy);
+    assert!(clock.now_ms() >= last_good);
     let tls =
         link::client_config_at(&trust, Some(identity_of(&resp, &key)), clock.clone()).unwrap();
     let mut c = DeviceServiceClient::new(link::connect(&server, tls).await.unwrap());

@@ -39,6 +39,26 @@ async fn count(cp: &ControlPlane, key: &str, device: &str, kind: &str) -> usize 
         .count()
 }
 
+async fn online(cp: &ControlPlane, key: &str, device: &str) {
+    wait_until("online", TIMEOUT, || async {
+        let (_, b) = cp
+            .get_json(&format!("/acme/devices/v2/{device}"), key)
+            .await;
+        (b["status"] == "online").then_some(())
+    })
+    .await;
+}
+
+/// When the agent's current certificate expires, unix ms.
+fn cert_not_after_ms(state_dir: &std::path::Path) -> i64 {
+    let cert = std::fs::read(state_dir.join("device.crt")).unwrap();
+    let leaf = rustls::pki_types::CertificateDer::pem_slice_iter(&cert)
+        .next()
+        .unwrap()
+        .unwrap();
+    outpost_agent::rotate::validity(&leaf).unwrap().not_after_ms
+}
+
 fn seqs(samples: &[Value]) -> Vec<u64> {
     samples.iter().map(|s| s["seq"].as_u64().unwrap()).collect()
 }
@@ -90,13 +110,7 @@ async fn an_operator_reset_makes_the_connected_agent_rotate() {
     let state = tempfile::tempdir().unwrap();
     assert!(enroll(&cp, &install_id, state.path()).status.success());
     let _agent = AgentProc::run(state.path(), "500ms");
-    wait_until("online", TIMEOUT, || async {
-        let (_, b) = cp
-            .get_json(&format!("/acme/devices/v2/{device}"), &key)
-            .await;
-        (b["status"] == "online").then_some(())
-    })
-    .await;
+    online(&cp, &key, &device).await;
     let resp: Value = reqwest::Client::new()
         .post(format!(
             "{}/acme/devices/v2/{device}/connections/reset",
@@ -131,13 +145,7 @@ async fn a_forced_reset_revokes_everything_and_issues_a_new_install_id() {
     let state = tempfile::tempdir().unwrap();
     assert!(enroll(&cp, &install_id, state.path()).status.success());
     let mut agent = AgentProc::run(state.path(), "500ms");
-    wait_until("online", TIMEOUT, || async {
-        let (_, b) = cp
-            .get_json(&format!("/acme/devices/v2/{device}"), &key)
-            .await;
-        (b["status"] == "online").then_some(())
-    })
-    .await;
+    online(&cp, &key, &device).await;
     let resp: Value = reqwest::Client::new()
         .post(format!(
             "{}/acme/devices/v2/{device}/connections/reset?force=true",
@@ -199,15 +207,7 @@ async fn an_expired_certificate_rotates_within_the_grace_window() {
     let state = tempfile::tempdir().unwrap();
     assert!(enroll(&cp, &install_id, state.path()).status.success());
     // The box is "offline" until its certificate has expired.
-    let cert = std::fs::read(state.path().join("device.crt")).unwrap();
-    let not_after = outpost_agent::rotate::validity(
-        &rustls::pki_types::CertificateDer::pem_slice_iter(&cert)
-            .next()
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap()
-    .not_after_ms;
+    let not_after = cert_not_after_ms(state.path());
     wait_until("the certificate expires", TIMEOUT, || async {
         (outpost_agent::clock::system_ms() > not_after + 1000).then_some(())
     })
@@ -229,15 +229,7 @@ async fn past_the_grace_window_the_agent_says_it_needs_a_new_install_id() {
     let (_, install_id) = cp.create_device("acme", &key, "gone-too-long").await;
     let state = tempfile::tempdir().unwrap();
     assert!(enroll(&cp, &install_id, state.path()).status.success());
-    let cert = std::fs::read(state.path().join("device.crt")).unwrap();
-    let not_after = outpost_agent::rotate::validity(
-        &rustls::pki_types::CertificateDer::pem_slice_iter(&cert)
-            .next()
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap()
-    .not_after_ms;
+    let not_after = cert_not_after_ms(state.path());
     wait_until("past expiry and grace", TIMEOUT, || async {
         (outpost_agent::clock::system_ms() > not_after + 2500).then_some(())
     })

@@ -333,8 +333,8 @@ pub async fn create(
 
     let now = now_ms();
     let id = ids::new_device_id();
-    let install_id = ids::new_install_id();
-    let expires = now + state.install_id_ttl.as_millis() as i64;
+    let install = fresh_install_id(&state, now);
+    let (install_id, expires) = (install.plain.clone(), install.expires_at);
     state
         .store
         .create_device(&NewDevice {
@@ -346,7 +346,7 @@ pub async fn create(
             workflow_id,
             offline_mode,
             config,
-            install_id_hash: ids::hash_secret(&install_id),
+            install_id_hash: install.hash,
             install_id_expires_at: expires,
             created_at: now,
         })
@@ -388,6 +388,22 @@ async fn source_config(
             .await?
             .map(|c| c.config)
             .unwrap_or_else(device_config::default_config)),
+    }
+}
+
+/// A fresh install ID: the plaintext (shown once), its stored hash and expiry.
+struct InstallId {
+    plain: String,
+    hash: String,
+    expires_at: UnixMillis,
+}
+
+fn fresh_install_id(state: &AppState, now: UnixMillis) -> InstallId {
+    let plain = ids::new_install_id();
+    InstallId {
+        hash: ids::hash_secret(&plain),
+        expires_at: now + state.install_id_ttl.as_millis() as i64,
+        plain,
     }
 }
 
@@ -584,17 +600,14 @@ pub async fn reset_connection(
         install_command: None,
     };
     if force {
-        let install_id = ids::new_install_id();
-        let expires = now + state.install_id_ttl.as_millis() as i64;
+        let InstallId {
+            plain: install_id,
+            hash,
+            expires_at: expires,
+        } = fresh_install_id(&state, now);
         if !state
             .store
-            .force_reset(
-                &caller.workspace,
-                &device_id,
-                &ids::hash_secret(&install_id),
-                expires,
-                now,
-            )
+            .force_reset(&caller.workspace, &device_id, &hash, expires, now)
             .await?
         {
             return Err(ApiError::not_found("device not found"));
@@ -638,18 +651,15 @@ pub async fn new_install_id(
     Path((_, device_id)): Path<(String, String)>,
 ) -> Result<Json<NewInstallId>, ApiError> {
     authorized_device(&state, &caller, Scope::DeviceUpdate, &device_id).await?;
-    let install_id = ids::new_install_id();
     let now = now_ms();
-    let expires = now + state.install_id_ttl.as_millis() as i64;
+    let InstallId {
+        plain: install_id,
+        hash,
+        expires_at: expires,
+    } = fresh_install_id(&state, now);
     if !state
         .store
-        .reissue_install_id(
-            &caller.workspace,
-            &device_id,
-            &ids::hash_secret(&install_id),
-            expires,
-            now,
-        )
+        .reissue_install_id(&caller.workspace, &device_id, &hash, expires, now)
         .await?
     {
         return Err(ApiError::not_found("device not found"));

@@ -132,6 +132,18 @@ impl Agent {
         self.set_link("connected", None);
     }
 
+    pub fn on_ack(&mut self, acked_seq: u64) {
+        self.outbox.on_ack(acked_seq);
+        self.status.acked_seq = self.status.acked_seq.max(acked_seq);
+        self.status.last_ack_unix_ms = Some(now_ms());
+        self.write_status();
+    }
+
+    pub fn set_next_rotation(&mut self, due_ms: Option<i64>) {
+        self.status.next_rotation_unix_ms = due_ms;
+        self.write_status();
+    }
+
     pub fn write_status(&mut self) {
         self.status.pending_samples = self.outbox.pending();
         self.status.dropped_samples = self.outbox.dropped();

@@ -15,10 +15,12 @@ pub mod collect;
 pub mod config;
 pub mod daemon;
 pub mod enroll;
+pub mod failpoint;
 pub mod link;
 pub mod rotate;
 pub mod session;
 pub mod state;
+pub mod status;
 pub mod uplink;
 
 /// Exit status when the control plane refused enrollment: the install ID is

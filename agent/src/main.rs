@@ -19,14 +19,24 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Enroll this box with a one-time install ID.
     Enroll(AgentArgs),
     /// Run the daemon (enrolls first when not enrolled and an install ID is configured).
     Run(AgentArgs),
-    /// Show enrollment, certificate expiry, link state and backlog.
-    Status(AgentArgs),
+    /// Show enrollment, certificate, next rotation, link state and backlog
+    /// (exit 1 when not enrolled).
+    Status(StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,10 +45,14 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
+    let mut json = false;
     let (command, args) = match cli.command {
         Command::Enroll(a) => ("enroll", a),
         Command::Run(a) => ("run", a),
-        Command::Status(a) => ("status", a),
+        Command::Status(a) => {
+            json = a.json;
+            ("status", a.agent)
+        }
     };
     let cfg = match AgentConfig::resolve(args) {
         Ok(c) => c,
@@ -48,7 +62,7 @@ fn main() -> ExitCode {
         }
     };
     if command == "status" {
-        return status(&cfg);
+        return status(&cfg, json);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -144,7 +158,7 @@ async fn run(cfg: AgentConfig) -> ExitCode {
     }
 }
 
-fn status(cfg: &AgentConfig) -> ExitCode {
+fn status(cfg: &AgentConfig, json: bool) -> ExitCode {
     let state = match StateDir::open(&cfg.state_dir) {
         Ok(s) => s,
         Err(e) => {
@@ -152,57 +166,28 @@ fn status(cfg: &AgentConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let identity = match state.identity() {
-        Ok(Some(id)) => id,
-        Ok(None) => {
-            println!("enrolled:     no (state dir {})", state.root().display());
-            return ExitCode::from(1);
-        }
+    let report = match outpost_agent::status::report(&state) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    println!("enrolled:     yes");
-    println!("device:       {}", identity.device_id);
-    println!("workspace:    {}", identity.workspace);
-    println!("server:       {}", identity.server);
-    match cert_expiry(&state) {
-        Ok(t) => println!("cert expires: {t}"),
-        Err(e) => println!("cert expires: unknown ({e})"),
-    }
-    match state.status() {
-        Some(s) => {
-            let alive = std::path::Path::new(&format!("/proc/{}", s.pid)).exists();
-            println!(
-                "daemon:       {}",
-                if alive {
-                    format!("running (pid {})", s.pid)
-                } else {
-                    "not running".into()
-                }
-            );
-            println!(
-                "link:         {}",
-                if alive { s.link.as_str() } else { "down" }
-            );
-            if let Some(e) = &s.last_error {
-                println!("last error:   {e}");
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
             }
-            println!(
-                "backlog:      {} samples unacked, {} dropped",
-                s.pending_samples, s.dropped_samples
-            );
-            println!("next seq:     {}", s.next_seq);
         }
-        None => println!("daemon:       has not run yet"),
+    } else {
+        print!("{}", report.render());
     }
-    ExitCode::SUCCESS
-}
-
-fn cert_expiry(state: &StateDir) -> Result<String, String> {
-    let (chain, _) = enroll::load_client_identity(state).map_err(|e| e.to_string())?;
-    let leaf = chain.first().ok_or("empty certificate file")?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| e.to_string())?;
-    Ok(cert.validity().not_after.to_string())
+    // 1: not enrolled, so scripts can tell without parsing.
+    if report.enrolled {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

@@ -59,6 +59,7 @@ pub async fn rotate(
     client: &mut DeviceServiceClient<Channel>,
 ) -> Result<(), RotateError> {
     let key = state.create_next_key()?;
+    crate::failpoint::hit(crate::failpoint::ROTATE_KEY_WRITTEN);
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
         .map_err(|e| RotateError::Invalid(format!("cannot build CSR: {e}")))?;
@@ -73,6 +74,7 @@ pub async fn rotate(
         .certificate_chain_der
         .first()
         .ok_or_else(|| RotateError::Invalid("no certificate in the answer".into()))?;
+    crate::failpoint::hit(crate::failpoint::ROTATE_CERT_ISSUED);
     if !crate::state::cert_matches_key(&CertificateDer::from(leaf.clone()), &key) {
         return Err(RotateError::Invalid(
             "the new certificate is not for the new key".into(),

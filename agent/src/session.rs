@@ -86,7 +86,9 @@ pub async fn run_connection(
 
     let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut rotate_at = match agent.rotation_due_ms() {
+    let due = agent.rotation_due_ms();
+    agent.set_next_rotation(due);
+    let mut rotate_at = match due {
         Some(due) => {
             let wait =
                 Duration::from_millis(u64::try_from(due - agent.clock.now_ms()).unwrap_or(0));
@@ -122,8 +124,7 @@ pub async fn run_connection(
             }
             ack = acks.message() => match ack {
                 Ok(Some(a)) => {
-                    agent.outbox.on_ack(a.acked_seq);
-                    agent.write_status();
+                    agent.on_ack(a.acked_seq);
                 }
                 Ok(None) => return Err(LinkError::Protocol("the server closed the telemetry stream".into())),
                 Err(status) => return Err(status.into()),
@@ -159,7 +160,7 @@ async fn drain(agent: &mut Agent, acks: &mut tonic::Streaming<outpost_proto::v1:
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     while !agent.outbox.idle() {
         match tokio::time::timeout_at(deadline, acks.message()).await {
-            Ok(Ok(Some(a))) => agent.outbox.on_ack(a.acked_seq),
+            Ok(Ok(Some(a))) => agent.on_ack(a.acked_seq),
             _ => break,
         }
     }

@@ -8,6 +8,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
+use crate::failpoint;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("{path}: {source}")]
@@ -43,6 +45,14 @@ pub struct RuntimeStatus {
     pub pid: u32,
     pub link: String,
     pub last_connected_unix_ms: Option<i64>,
+    /// When the control plane last acknowledged telemetry, and up to which seq.
+    #[serde(default)]
+    pub last_ack_unix_ms: Option<i64>,
+    #[serde(default)]
+    pub acked_seq: u64,
+    /// When the daemon plans to rotate the current certificate.
+    #[serde(default)]
+    pub next_rotation_unix_ms: Option<i64>,
     pub last_error: Option<String>,
     pub pending_samples: usize,
     pub dropped_samples: u64,
@@ -171,8 +181,11 @@ impl StateDir {
     /// [`StateDir::recover_rotation`] completes this after a crash.
     pub fn commit_rotation(&self, chain_pem: &str, api_key: &str) -> Result<(), StateError> {
         write_atomic(&self.next_cert_path(), chain_pem.as_bytes(), 0o644)?;
+        failpoint::hit(failpoint::ROTATE_CERT_WRITTEN);
         rename(&self.next_key_path(), &self.key_path())?;
+        failpoint::hit(failpoint::ROTATE_KEY_SWAPPED);
         rename(&self.next_cert_path(), &self.cert_path())?;
+        failpoint::hit(failpoint::ROTATE_CERT_SWAPPED);
         write_atomic(&self.api_key_path(), api_key.as_bytes(), 0o600)
     }
 

@@ -87,3 +87,30 @@ fn an_unreachable_server_is_reported_not_hung() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
 }
+
+/// Every exit status that restarting cannot fix is in the unit's
+/// `RestartPreventExitStatus=`, so systemd does not loop on a deleted box.
+#[test]
+fn the_systemd_unit_does_not_restart_on_final_exit_statuses() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../systemd/outpost-agent.service"
+    ))
+    .unwrap();
+    let listed: Vec<u8> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("RestartPreventExitStatus="))
+        .expect("RestartPreventExitStatus= in the unit")
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    for code in [
+        outpost_agent::EXIT_CONFIG,
+        outpost_agent::EXIT_ENROLL_REFUSED,
+        outpost_agent::EXIT_DECOMMISSIONED,
+        outpost_agent::EXIT_CREDENTIALS_EXPIRED,
+    ] {
+        assert!(listed.contains(&code), "{code} missing from {listed:?}");
+    }
+    assert!(unit.contains("Restart=on-failure"));
+}

@@ -135,9 +135,7 @@ impl LiveDevices {
     /// Asks every live session of the device to rotate its key now.
     /// Returns whether any session was reached.
     pub fn push_rotate(&self, device_id: &str) -> bool {
-        let msg = ServerMessage {
-            kind: Some(ServerKind::Rotate(outpost_proto::v1::RotateNow {})),
-        };
+        let msg = rotate_now();
         let mut reached = false;
         if let Some(streams) = self.lock().get(device_id) {
             for tx in streams.values().filter_map(|s| s.push.as_ref()) {
@@ -213,5 +211,12 @@ mod tests {
         let fresh = live.register("d1");
         assert_eq!(*fresh.cut.borrow(), None);
         live.push_config("d1", &cfg); // nobody listening: no panic
+    }
+}
+
+/// The session message that makes an agent rotate its key now.
+pub fn rotate_now() -> ServerMessage {
+    ServerMessage {
+        kind: Some(ServerKind::Rotate(outpost_proto::v1::RotateNow {})),
     }
 }

@@ -253,3 +253,141 @@ async fn past_the_grace_window_the_agent_says_it_needs_a_new_install_id() {
     );
     assert!(stderr.contains("new install ID"), "{stderr}");
 }
+
+/// `outpost-agent status --json` for a state dir.
+fn status_json(state_dir: &std::path::Path) -> Value {
+    let out = agent_cmd(&["status", "--json", "--state-dir"])
+        .arg(state_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn reset(cp: &ControlPlane, key: &str, device: &str) {
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}/acme/devices/v2/{device}/connections/reset",
+            cp.rest
+        ))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_json_shows_certificate_rotation_link_and_acks() {
+    let (cp, key, _tmp) = start_with(&["--device-cert-lifetime", "1h"]);
+    let (device, install_id) = cp.create_device("acme", &key, "statusful").await;
+    let state = tempfile::tempdir().unwrap();
+    assert!(enroll(&cp, &install_id, state.path()).status.success());
+    let before = status_json(state.path());
+    assert_eq!(before["enrolled"], true);
+    assert_eq!(before["device_id"], device.as_str());
+    assert_eq!(before["link"], "never started");
+    assert_eq!(before["daemon"]["running"], false);
+    let serial = before["certificate"]["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!serial.is_empty());
+    let expires_in = before["certificate"]["expires_in_secs"].as_i64().unwrap();
+    assert!((3000..=3600 + 600).contains(&expires_in), "{before}");
+
+    let _agent = AgentProc::run(state.path(), "200ms");
+    let live = wait_until("connected and acked", TIMEOUT, || async {
+        let s = status_json(state.path());
+        (s["link"] == "connected" && s["acked_seq"].as_u64() >= Some(2)).then_some(s)
+    })
+    .await;
+    assert_eq!(live["daemon"]["running"], true);
+    assert!(live["last_ack"].is_string(), "{live}");
+    assert!(live["last_connected"].is_string(), "{live}");
+    // Rotation planned at about 2/3 of the hour (±5 %, clamped), before expiry.
+    let next = live["next_rotation_in_secs"].as_i64().unwrap();
+    assert!((2000..=2700).contains(&next), "{live}");
+    assert_eq!(live["spool"]["dropped"], 0);
+
+    reset(&cp, &key, &device).await;
+    let rotated = wait_until("a new serial", TIMEOUT, || async {
+        let s = status_json(state.path());
+        (s["certificate"]["serial"] != serial.as_str() && s["link"] == "connected").then_some(s)
+    })
+    .await;
+    assert!(rotated["problems"].as_array().unwrap().is_empty());
+}
+
+/// The agent killed (abort, like a power cut) at every step of a rotation
+/// comes back with a working identity and sends telemetry on with no gap.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_at_each_step_of_a_rotation_comes_back() {
+    let (cp, key, _tmp) = start_with(&[]);
+    let runs = outpost_agent::failpoint::POINTS.iter().map(|point| {
+        let (cp, key) = (&cp, &key);
+        async move {
+            let (device, install_id) = cp.create_device("acme", key, point).await;
+            let state = tempfile::tempdir().unwrap();
+            assert!(enroll(cp, &install_id, state.path()).status.success());
+            let enrolled_serial = status_json(state.path())["certificate"]["serial"].clone();
+            let mut agent = AgentProc::run_env(
+                state.path(),
+                "200ms",
+                &[(outpost_agent::failpoint::ENV, point)],
+            );
+            online(cp, key, &device).await;
+            reset(cp, key, &device).await;
+            let exit = wait_until(&format!("crash at {point}"), TIMEOUT, || {
+                let st = agent.try_exit();
+                async move { st }
+            })
+            .await;
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&exit),
+                Some(6),
+                "{point}: aborted at the crash point"
+            );
+            let stored = all_samples(cp, "acme", key, &device).await.len();
+            let _agent = AgentProc::run(state.path(), "200ms");
+            let samples = wait_until(&format!("telemetry after {point}"), TIMEOUT, || async {
+                let s = all_samples(cp, "acme", key, &device).await;
+                (s.len() >= stored + 3).then_some(s)
+            })
+            .await;
+            let seqs = seqs(&samples);
+            assert!(
+                seqs.windows(2).all(|w| w[1] > w[0]),
+                "{point}: in order, no duplicate: {seqs:?}"
+            );
+            // The agent ends up on the certificate the control plane issued
+            // last (after a crash that lost it, the server has it rotate again).
+            wait_until(
+                &format!("{point}: on the current certificate"),
+                TIMEOUT,
+                || async {
+                    let (_, ev) = cp
+                        .get_json(&format!("/acme/devices/v2/{device}/events?limit=500"), key)
+                        .await;
+                    let current = ev["data"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|e| e["type"] == "rotated")
+                        .map(|e| e["detail"]["serial"].clone())
+                        .unwrap_or(enrolled_serial.clone());
+                    let st = status_json(state.path());
+                    assert!(
+                        st["problems"].as_array().unwrap().is_empty(),
+                        "{point}: {st}"
+                    );
+                    (current == st["certificate"]["serial"]).then_some(())
+                },
+            )
+            .await;
+            assert!(!state.path().join("device.key.next").exists(), "{point}");
+            assert!(!state.path().join("device.crt.next").exists(), "{point}");
+        }
+    });
+    futures_util::future::join_all(runs).await;
+}

@@ -14,6 +14,8 @@ pub struct DeviceIdentity {
     pub workspace: String,
     pub device_id: String,
     pub serial: String,
+    /// A rotation replaced this certificate (it works for a grace period).
+    pub superseded: bool,
 }
 
 /// Requires a client certificate whose serial the store knows, not revoked,
@@ -91,6 +93,7 @@ pub async fn authenticate<T>(
         workspace: info.workspace,
         device_id: info.device_id,
         serial: info.serial,
+        superseded: record.superseded_at.is_some(),
     })
 }
 

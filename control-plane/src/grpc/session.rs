@@ -67,7 +67,11 @@ async fn run(
     }
     tracing::info!(device = %id.device_id, hostname = %facts.hostname, "device connected");
     // The current certificate is in use: certificates it replaced retire now.
-    if let Err(e) = state.store.retire_superseded(&id.device_id, now_ms()).await {
+    // A superseded one in use means the agent lost the certificate a rotation
+    // issued (it crashed before saving it): it is asked to rotate again below.
+    if !id.superseded
+        && let Err(e) = state.store.retire_superseded(&id.device_id, now_ms()).await
+    {
         tracing::warn!(device = %id.device_id, "superseded certificates not retired: {e}");
     }
     let start = match session_start(&state, &id).await {
@@ -79,7 +83,12 @@ async fn run(
         }
     };
     let mut registration = state.live.register(&id.device_id);
-    if tx.send(Ok(start)).await.is_ok() {
+    let mut sent = tx.send(Ok(start)).await.is_ok();
+    if sent && id.superseded {
+        tracing::info!(device = %id.device_id, serial = %id.serial, "session on a superseded certificate: asking the agent to rotate");
+        sent = tx.send(Ok(crate::live::rotate_now())).await.is_ok();
+    }
+    if sent {
         let mut shutdown = state.shutdown.clone();
         loop {
             tokio::select! {

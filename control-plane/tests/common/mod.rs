@@ -279,8 +279,14 @@ pub struct AgentProc {
 
 impl AgentProc {
     pub fn run(state_dir: &Path, interval: &str) -> Self {
+        Self::run_env(state_dir, interval, &[])
+    }
+
+    /// `run` with extra environment variables.
+    pub fn run_env(state_dir: &Path, interval: &str, env: &[(&str, &str)]) -> Self {
         let child = agent_cmd(&["run", "--interval", interval, "--state-dir"])
             .arg(state_dir)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -775,7 +775,7 @@ impl Store for SqliteStore {
             id,
             workspace,
             now,
-            "deleted",
+            "decommissioned",
             &serde_json::json!({}),
         )
         .await?;
@@ -1759,5 +1759,29 @@ mod tests {
         );
         assert_eq!((b[1].start, b[1].samples), (60_000, 1));
         assert_eq!(b[1].gpu_memory_used_bytes_avg, Some(7.0));
+    }
+
+    #[tokio::test]
+    async fn deleting_a_device_records_its_decommission_and_revokes_its_certs() {
+        let (_d, s) = store().await;
+        s.create_device(&new_device("d1", 1)).await.unwrap();
+        s.complete_enrollment(&commit("d1", "key", "serial-1"))
+            .await
+            .unwrap();
+        assert!(s.delete_device("acme", "d1", 50).await.unwrap());
+        let events = s
+            .list_events(&EventQuery {
+                device_id: "d1".into(),
+                after_id: None,
+                direction: Direction::Forward,
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds.last(), Some(&"decommissioned"), "{kinds:?}");
+        let cert = s.get_cert("serial-1").await.unwrap().unwrap();
+        assert!(cert.revoked && cert.device_deleted);
+        assert!(!s.delete_device("acme", "d1", 60).await.unwrap(), "once");
     }
 }

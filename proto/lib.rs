@@ -15,6 +15,13 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Largest number of samples accepted in one telemetry batch.
 pub const MAX_SAMPLES_PER_BATCH: usize = 512;
 
+/// Log lines per batch at most.
+pub const MAX_LOGS_PER_BATCH: usize = 1024;
+
+/// Longest log message the control plane stores, in bytes (the agent cuts
+/// longer lines to this with a marker).
+pub const MAX_LOG_MESSAGE_BYTES: usize = 16 * 1024;
+
 /// Why the control plane refused or cut a device's call, carried in the
 /// `outpost-reason` response metadata so the agent can act on it (a gRPC
 /// code alone cannot tell "disabled, keep trying" from "deleted, stop").

@@ -53,6 +53,15 @@ pub struct ServeArgs {
     /// rotate (and nothing else) [default: 30d].
     #[arg(long, env = "OUTPOST_EXPIRED_CERT_GRACE", value_parser = humantime::parse_duration)]
     pub expired_cert_grace: Option<Duration>,
+    /// How long telemetry samples are kept [default: 30d].
+    #[arg(long, env = "OUTPOST_TELEMETRY_RETENTION", value_parser = humantime::parse_duration)]
+    pub telemetry_retention: Option<Duration>,
+    /// How long log lines are kept [default: 7d].
+    #[arg(long, env = "OUTPOST_LOG_RETENTION", value_parser = humantime::parse_duration)]
+    pub log_retention: Option<Duration>,
+    /// How long device events are kept [default: 90d].
+    #[arg(long, env = "OUTPOST_EVENT_RETENTION", value_parser = humantime::parse_duration)]
+    pub event_retention: Option<Duration>,
 }
 
 /// The same options as they appear in the TOML file.
@@ -70,6 +79,12 @@ struct FileConfig {
     install_id_ttl: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     expired_cert_grace: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    telemetry_retention: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    log_retention: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    event_retention: Option<Duration>,
 }
 
 mod opt_duration {
@@ -94,6 +109,26 @@ pub struct ServeConfig {
     pub device_cert_lifetime: Duration,
     pub install_id_ttl: Duration,
     pub expired_cert_grace: Duration,
+    pub retention: RetentionConfig,
+}
+
+/// How long stored data is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    pub telemetry: Duration,
+    pub logs: Duration,
+    pub events: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        Self {
+            telemetry: Duration::from_secs(30 * DAY),
+            logs: Duration::from_secs(7 * DAY),
+            events: Duration::from_secs(90 * DAY),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +193,20 @@ impl ServeConfig {
                 .expired_cert_grace
                 .or(file.expired_cert_grace)
                 .unwrap_or(DEFAULT_EXPIRED_CERT_GRACE),
+            retention: {
+                let d = RetentionConfig::default();
+                RetentionConfig {
+                    telemetry: args
+                        .telemetry_retention
+                        .or(file.telemetry_retention)
+                        .unwrap_or(d.telemetry),
+                    logs: args.log_retention.or(file.log_retention).unwrap_or(d.logs),
+                    events: args
+                        .event_retention
+                        .or(file.event_retention)
+                        .unwrap_or(d.events),
+                }
+            },
         })
     }
 }

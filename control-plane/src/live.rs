@@ -173,6 +173,13 @@ pub fn config_update(config: &ConfigVersion) -> ConfigUpdate {
     }
 }
 
+/// The session message that makes an agent rotate its key now.
+pub fn rotate_now() -> ServerMessage {
+    ServerMessage {
+        kind: Some(ServerKind::Rotate(outpost_proto::v1::RotateNow {})),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,12 +218,5 @@ mod tests {
         let fresh = live.register("d1");
         assert_eq!(*fresh.cut.borrow(), None);
         live.push_config("d1", &cfg); // nobody listening: no panic
-    }
-}
-
-/// The session message that makes an agent rotate its key now.
-pub fn rotate_now() -> ServerMessage {
-    ServerMessage {
-        kind: Some(ServerKind::Rotate(outpost_proto::v1::RotateNow {})),
     }
 }

@@ -82,6 +82,12 @@ pub async fn run(
         stopped(stop_rx.clone()),
     ));
 
+    let retention_task = tokio::spawn(retention(
+        state.clone(),
+        cfg.retention,
+        stopped(stop_rx.clone()),
+    ));
+
     shutdown.await;
     tracing::info!("stopping: draining connections");
     let _ = stop_tx.send(true);
@@ -99,9 +105,51 @@ pub async fn run(
             }
         }
     };
+    retention_task.abort();
     if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
         tracing::warn!("connections did not drain within {DRAIN_TIMEOUT:?}; stopping anyway");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often old telemetry, logs and events are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Deletes what is past its retention: at start, then every [`PRUNE_EVERY`].
+async fn retention(
+    state: Arc<AppState>,
+    keep: crate::config::RetentionConfig,
+    stop: impl Future<Output = ()>,
+) {
+    let run = async {
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            tick.tick().await;
+            let now = crate::store::now_ms();
+            let ago =
+                |d: Duration| now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let cutoff = crate::store::Retention {
+                telemetry_before: ago(keep.telemetry),
+                logs_before: ago(keep.logs),
+                events_before: ago(keep.events),
+            };
+            match state.store.prune(&cutoff).await {
+                Ok(c) if c != Default::default() => {
+                    tracing::info!(
+                        telemetry = c.telemetry,
+                        logs = c.logs,
+                        events = c.events,
+                        "deleted data past its retention"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("retention job failed: {e}"),
+            }
+        }
+    };
+    tokio::select! {
+        _ = run => {}
+        _ = stop => {}
+    }
 }

@@ -1,10 +1,12 @@
 //! Wire messages to store models, validating as we go: untrusted input
 //! becomes typed values here, or a clear INVALID_ARGUMENT.
 
-use outpost_proto::MAX_SAMPLES_PER_BATCH;
 use outpost_proto::v1 as pb;
+use outpost_proto::{MAX_LOG_MESSAGE_BYTES, MAX_LOGS_PER_BATCH, MAX_SAMPLES_PER_BATCH};
 
-use crate::store::{DeviceFacts, GpuInfo, GpuSample, TelemetrySample, Temperature};
+use crate::store::{
+    DeviceFacts, GpuInfo, GpuSample, LogRecord, SEVERITIES, TelemetrySample, Temperature,
+};
 
 const MAX_TEXT: usize = 256;
 const MAX_TEMPERATURES: usize = 64;
@@ -12,10 +14,14 @@ const MAX_GPUS: usize = 16;
 
 /// Clips free text from the device to a sane length (on a char boundary).
 fn clip(s: String) -> String {
-    if s.len() <= MAX_TEXT {
+    clip_to(s, MAX_TEXT)
+}
+
+fn clip_to(s: String, max: usize) -> String {
+    if s.len() <= max {
         return s;
     }
-    let mut end = MAX_TEXT;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -46,6 +52,50 @@ pub fn facts(f: Option<pb::DeviceFacts>) -> DeviceFacts {
             .collect(),
         agent_version: clip(f.agent_version),
     }
+}
+
+/// Validates a log batch: 1..=MAX lines, seq > 0 and strictly ascending,
+/// a known severity; service and message are clipped.
+pub fn log_batch(b: pb::LogBatch) -> Result<Vec<LogRecord>, String> {
+    if b.records.is_empty() {
+        return Err("log batch is empty".into());
+    }
+    if b.records.len() > MAX_LOGS_PER_BATCH {
+        return Err(format!(
+            "log batch has {} lines; at most {MAX_LOGS_PER_BATCH} are allowed",
+            b.records.len()
+        ));
+    }
+    let mut prev = 0u64;
+    let mut out = Vec::with_capacity(b.records.len());
+    for r in b.records {
+        if r.seq == 0 || r.seq > i64::MAX as u64 {
+            return Err(format!("log seq {} is out of range", r.seq));
+        }
+        if r.seq <= prev {
+            return Err(format!("log seqs must ascend: {} after {prev}", r.seq));
+        }
+        prev = r.seq;
+        if r.timestamp_unix_ms < 0 {
+            return Err(format!("log line {} has a negative timestamp", r.seq));
+        }
+        if !SEVERITIES.contains(&r.severity.as_str()) {
+            return Err(format!(
+                "log line {} has severity {:?}; expected one of {}",
+                r.seq,
+                clip(r.severity),
+                SEVERITIES.join(", ")
+            ));
+        }
+        out.push(LogRecord {
+            seq: r.seq,
+            timestamp: r.timestamp_unix_ms,
+            service: clip(r.service),
+            severity: r.severity,
+            message: clip_to(r.message, MAX_LOG_MESSAGE_BYTES),
+        });
+    }
+    Ok(out)
 }
 
 /// Validates a batch: 1..=MAX samples, seq > 0 and strictly ascending,

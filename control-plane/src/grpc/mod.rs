@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use outpost_proto::v1::device_service_server::{DeviceService, DeviceServiceServer};
 use outpost_proto::v1::{
-    AgentMessage, EnrollRequest, EnrollResponse, ResetConnectionRequest, ResetConnectionResponse,
-    ServerMessage, TelemetryAck, TelemetryBatch,
+    AgentMessage, EnrollRequest, EnrollResponse, LogAck, LogBatch, ResetConnectionRequest,
+    ResetConnectionResponse, ServerMessage, TelemetryAck, TelemetryBatch,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
@@ -70,6 +70,20 @@ impl DeviceService for DeviceServiceImpl {
         rotate::reset_connection(&self.state, &identity, request.into_inner())
             .await
             .map(Response::new)
+    }
+
+    type PushLogsStream = ReceiverStream<Result<LogAck, Status>>;
+
+    async fn push_logs(
+        &self,
+        request: Request<Streaming<LogBatch>>,
+    ) -> Result<Response<Self::PushLogsStream>, Status> {
+        let identity = auth::authenticate(&self.state, &request, auth::Expired::Refuse).await?;
+        Ok(Response::new(telemetry::start_logs(
+            self.state.clone(),
+            identity,
+            request.into_inner(),
+        )))
     }
 
     type PushTelemetryStream = ReceiverStream<Result<TelemetryAck, Status>>;

@@ -103,6 +103,19 @@ async fn run(
                             tracing::warn!(device = %id.device_id, "config ack not recorded: {e}");
                         }
                     }
+                    Ok(Some(AgentMessage { kind: Some(AgentKind::Spool(r)) })) => {
+                        let totals = crate::store::LossTotals {
+                            telemetry_dropped: r.telemetry_dropped,
+                            logs_dropped: r.logs_dropped,
+                            corrupt: r.corrupt,
+                            logs_rate_limited: r.logs_rate_limited,
+                        };
+                        match state.store.record_loss(&id.device_id, &id.workspace, &totals, now_ms()).await {
+                            Ok(true) => tracing::warn!(device = %id.device_id, ?totals, "the agent reports lost data"),
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(device = %id.device_id, "loss report not recorded: {e}"),
+                        }
+                    }
                     // Newer agents may send kinds we do not know yet.
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,
@@ -134,6 +147,11 @@ async fn session_start(state: &AppState, id: &DeviceIdentity) -> Result<ServerMe
         .last_telemetry_seq(&id.device_id)
         .await
         .map_err(store_status)?;
+    let last_log_seq = state
+        .store
+        .last_log_seq(&id.device_id)
+        .await
+        .map_err(store_status)?;
     let config = state
         .store
         .get_config(&id.device_id, None)
@@ -152,6 +170,7 @@ async fn session_start(state: &AppState, id: &DeviceIdentity) -> Result<ServerMe
             }),
             server_time_unix_ms: now_ms(),
             last_telemetry_seq: last_seq,
+            last_log_seq,
             config,
         })),
     })

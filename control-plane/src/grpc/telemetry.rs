@@ -1,9 +1,11 @@
-//! `PushTelemetry`: batches in, acks out. A batch is acked only after the
-//! store has committed it; duplicates (retries) are absorbed by the store.
+//! `PushTelemetry` and `PushLogs`: batches in, acks out. A batch is acked
+//! only after the store has committed it; duplicates (retries) are absorbed
+//! by the store's (device, seq) keys.
 
+use std::future::Future;
 use std::sync::Arc;
 
-use outpost_proto::v1::{TelemetryAck, TelemetryBatch};
+use outpost_proto::v1::{LogAck, LogBatch, TelemetryAck, TelemetryBatch};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
@@ -18,15 +20,69 @@ pub fn start(
     id: DeviceIdentity,
     inbound: Streaming<TelemetryBatch>,
 ) -> ReceiverStream<Result<TelemetryAck, Status>> {
-    super::spawn_stream(|tx| run(state, id, inbound, tx))
+    super::spawn_stream(|tx| {
+        ingest(
+            state,
+            id,
+            inbound,
+            tx,
+            "telemetry",
+            |state, device, b| async move {
+                let samples = convert::batch(b).map_err(Status::invalid_argument)?;
+                let last = samples.last().map_or(0, |s| s.seq);
+                let stored = state
+                    .store
+                    .insert_telemetry(&device, &samples, now_ms())
+                    .await
+                    .map_err(store_status)?;
+                tracing::debug!(%device, stored, last, "telemetry committed");
+                Ok(TelemetryAck { acked_seq: last })
+            },
+        )
+    })
 }
 
-async fn run(
+pub fn start_logs(
     state: Arc<AppState>,
     id: DeviceIdentity,
-    mut inbound: Streaming<TelemetryBatch>,
-    tx: mpsc::Sender<Result<TelemetryAck, Status>>,
-) {
+    inbound: Streaming<LogBatch>,
+) -> ReceiverStream<Result<LogAck, Status>> {
+    super::spawn_stream(|tx| {
+        ingest(
+            state,
+            id,
+            inbound,
+            tx,
+            "logs",
+            |state, device, b| async move {
+                let lines = convert::log_batch(b).map_err(Status::invalid_argument)?;
+                let last = lines.last().map_or(0, |l| l.seq);
+                let stored = state
+                    .store
+                    .insert_logs(&device, &lines, now_ms())
+                    .await
+                    .map_err(store_status)?;
+                tracing::debug!(%device, stored, last, "logs committed");
+                Ok(LogAck { acked_seq: last })
+            },
+        )
+    })
+}
+
+/// One inbound stream: each batch is committed by `commit`, whose answer is
+/// the ack; the first error ends the stream with that status.
+async fn ingest<B, A, F, Fut>(
+    state: Arc<AppState>,
+    id: DeviceIdentity,
+    mut inbound: Streaming<B>,
+    tx: mpsc::Sender<Result<A, Status>>,
+    what: &'static str,
+    commit: F,
+) where
+    B: prost::Message + Default + 'static,
+    F: Fn(Arc<AppState>, String, B) -> Fut,
+    Fut: Future<Output = Result<A, Status>>,
+{
     let mut shutdown = state.shutdown.clone();
     let mut registration = state.live.register_stream(&id.device_id);
     loop {
@@ -46,36 +102,25 @@ async fn run(
                 // peer why before closing. A vanished peer (Unknown: the
                 // connection broke) is routine and logged quietly.
                 if status.code() == tonic::Code::Unknown {
-                    tracing::debug!(device = %id.device_id, "telemetry stream broke: {status}");
+                    tracing::debug!(device = %id.device_id, "{what} stream broke: {status}");
                 } else {
-                    tracing::info!(device = %id.device_id, "rejected telemetry input: {}", status.message());
+                    tracing::info!(device = %id.device_id, "rejected {what} input: {}", status.message());
                 }
                 let _ = tx.send(Err(status)).await;
                 break;
             }
         };
-        let samples = match convert::batch(batch) {
-            Ok(s) => s,
-            Err(msg) => {
-                tracing::info!(device = %id.device_id, "rejected telemetry batch: {msg}");
-                let _ = tx.send(Err(Status::invalid_argument(msg))).await;
-                break;
-            }
-        };
-        let last = samples.last().map(|s| s.seq).unwrap_or(0);
-        match state
-            .store
-            .insert_telemetry(&id.device_id, &samples, now_ms())
-            .await
-        {
-            Ok(stored) => {
-                tracing::debug!(device = %id.device_id, stored, last, "telemetry committed");
-                if tx.send(Ok(TelemetryAck { acked_seq: last })).await.is_err() {
+        match commit(state.clone(), id.device_id.clone(), batch).await {
+            Ok(ack) => {
+                if tx.send(Ok(ack)).await.is_err() {
                     break;
                 }
             }
-            Err(e) => {
-                let _ = tx.send(Err(store_status(e))).await;
+            Err(status) => {
+                if status.code() == tonic::Code::InvalidArgument {
+                    tracing::info!(device = %id.device_id, "rejected {what} batch: {}", status.message());
+                }
+                let _ = tx.send(Err(status)).await;
                 break;
             }
         }

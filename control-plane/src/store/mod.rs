@@ -186,6 +186,30 @@ pub struct EventQuery {
     pub limit: u32,
 }
 
+/// What an agent reports it lost, as running totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LossTotals {
+    pub telemetry_dropped: u64,
+    pub logs_dropped: u64,
+    pub corrupt: u64,
+    pub logs_rate_limited: u64,
+}
+
+/// Retention cut-offs: rows older than these times go.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub telemetry_before: UnixMillis,
+    pub logs_before: UnixMillis,
+    pub events_before: UnixMillis,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneCounts {
+    pub telemetry: u64,
+    pub logs: u64,
+    pub events: u64,
+}
+
 /// One log line as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogRecord {
@@ -564,5 +588,18 @@ pub trait Store: Send + Sync + 'static {
         received_at: UnixMillis,
     ) -> StoreResult<u64>;
     async fn last_telemetry_seq(&self, device_id: &str) -> StoreResult<u64>;
+    /// The highest log seq stored for the device (0: none).
+    async fn last_log_seq(&self, device_id: &str) -> StoreResult<u64>;
+    /// Saves an agent's loss totals; when any grew, records a `data_lost`
+    /// event with the increase. Returns whether it did.
+    async fn record_loss(
+        &self,
+        device_id: &str,
+        workspace: &str,
+        totals: &LossTotals,
+        now: UnixMillis,
+    ) -> StoreResult<bool>;
+    /// Deletes telemetry, logs and events older than the given times.
+    async fn prune(&self, cutoff: &Retention) -> StoreResult<PruneCounts>;
     async fn query_telemetry(&self, q: &TelemetryQuery) -> StoreResult<Vec<TelemetrySample>>;
 }

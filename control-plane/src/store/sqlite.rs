@@ -662,6 +662,116 @@ impl Store for SqliteStore {
         Ok(seq.unwrap_or(0).max(0) as u64)
     }
 
+    async fn last_log_seq(&self, device_id: &str) -> StoreResult<u64> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM logs WHERE device_id = ?")
+            .bind(device_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(seq.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn record_loss(
+        &self,
+        device_id: &str,
+        workspace: &str,
+        t: &LossTotals,
+        now: UnixMillis,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(
+            "SELECT telemetry_dropped, logs_dropped, spool_corrupt, logs_rate_limited \
+             FROM devices WHERE id = ?",
+        )
+        .bind(device_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(false);
+        };
+        let before = LossTotals {
+            telemetry_dropped: row.try_get::<i64, _>(0)?.max(0) as u64,
+            logs_dropped: row.try_get::<i64, _>(1)?.max(0) as u64,
+            corrupt: row.try_get::<i64, _>(2)?.max(0) as u64,
+            logs_rate_limited: row.try_get::<i64, _>(3)?.max(0) as u64,
+        };
+        if before == *t {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE devices SET telemetry_dropped = ?, logs_dropped = ?, spool_corrupt = ?, \
+             logs_rate_limited = ? WHERE id = ?",
+        )
+        .bind(t.telemetry_dropped as i64)
+        .bind(t.logs_dropped as i64)
+        .bind(t.corrupt as i64)
+        .bind(t.logs_rate_limited as i64)
+        .bind(device_id)
+        .execute(&mut *tx)
+        .await?;
+        // Totals restart when a box re-enrolls with a fresh state dir: only
+        // growth is news.
+        let grew = |now: u64, then: u64| now.saturating_sub(then);
+        let delta = LossTotals {
+            telemetry_dropped: grew(t.telemetry_dropped, before.telemetry_dropped),
+            logs_dropped: grew(t.logs_dropped, before.logs_dropped),
+            corrupt: grew(t.corrupt, before.corrupt),
+            logs_rate_limited: grew(t.logs_rate_limited, before.logs_rate_limited),
+        };
+        let any = delta != LossTotals::default();
+        if any {
+            insert_event(
+                &mut tx,
+                device_id,
+                workspace,
+                now,
+                "data_lost",
+                &serde_json::json!({
+                    "telemetry_dropped": delta.telemetry_dropped,
+                    "logs_dropped": delta.logs_dropped,
+                    "corrupt": delta.corrupt,
+                    "logs_rate_limited": delta.logs_rate_limited,
+                    "totals": {
+                        "telemetry_dropped": t.telemetry_dropped,
+                        "logs_dropped": t.logs_dropped,
+                        "corrupt": t.corrupt,
+                        "logs_rate_limited": t.logs_rate_limited,
+                    },
+                }),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(any)
+    }
+
+    async fn prune(&self, cutoff: &Retention) -> StoreResult<PruneCounts> {
+        // Per device, so each delete walks the (device_id, ts) index.
+        let devices: Vec<String> = sqlx::query_scalar("SELECT id FROM devices")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts = PruneCounts::default();
+        for d in &devices {
+            counts.telemetry += sqlx::query("DELETE FROM telemetry WHERE device_id = ? AND ts < ?")
+                .bind(d)
+                .bind(cutoff.telemetry_before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            counts.logs += sqlx::query("DELETE FROM logs WHERE device_id = ? AND ts < ?")
+                .bind(d)
+                .bind(cutoff.logs_before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        counts.events = sqlx::query("DELETE FROM events WHERE ts < ?")
+            .bind(cutoff.events_before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(counts)
+    }
+
     async fn query_telemetry(&self, q: &TelemetryQuery) -> StoreResult<Vec<TelemetrySample>> {
         const FORWARD: &str = "SELECT * FROM telemetry WHERE device_id = ?1 \
              AND (?2 IS NULL OR ts >= ?2) AND (?3 IS NULL OR ts < ?3) AND (?4 IS NULL OR seq > ?4) \
@@ -1783,5 +1893,78 @@ mod tests {
         let cert = s.get_cert("serial-1").await.unwrap().unwrap();
         assert!(cert.revoked && cert.device_deleted);
         assert!(!s.delete_device("acme", "d1", 60).await.unwrap(), "once");
+    }
+
+    #[tokio::test]
+    async fn loss_reports_record_growth_once_and_retention_prunes() {
+        let (_d, s) = store().await;
+        s.create_device(&new_device("d1", 1)).await.unwrap();
+        let t = |dropped, corrupt| LossTotals {
+            telemetry_dropped: dropped,
+            logs_dropped: 0,
+            corrupt,
+            logs_rate_limited: 0,
+        };
+        assert!(!s.record_loss("d1", "acme", &t(0, 0), 10).await.unwrap());
+        assert!(s.record_loss("d1", "acme", &t(7, 1), 11).await.unwrap());
+        assert!(
+            !s.record_loss("d1", "acme", &t(7, 1), 12).await.unwrap(),
+            "same totals"
+        );
+        assert!(s.record_loss("d1", "acme", &t(9, 1), 13).await.unwrap());
+        let q = EventQuery {
+            device_id: "d1".into(),
+            after_id: None,
+            direction: Direction::Forward,
+            limit: 100,
+        };
+        let lost: Vec<_> = s
+            .list_events(&q)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "data_lost")
+            .collect();
+        assert_eq!(lost.len(), 2);
+        assert_eq!(lost[0].detail["telemetry_dropped"], 7);
+        assert_eq!(lost[0].detail["corrupt"], 1);
+        assert_eq!(lost[1].detail["telemetry_dropped"], 2, "the increase");
+        assert_eq!(lost[1].detail["totals"]["telemetry_dropped"], 9);
+
+        s.insert_telemetry("d1", &[sample(1), sample(2), sample(3)], 0)
+            .await
+            .unwrap();
+        let line = |seq: u64, ts: i64| LogRecord {
+            seq,
+            timestamp: ts,
+            service: "app".into(),
+            severity: "info".into(),
+            message: format!("line {seq}"),
+        };
+        s.insert_logs("d1", &[line(1, 100), line(2, 5000)], 0)
+            .await
+            .unwrap();
+        assert_eq!(s.last_log_seq("d1").await.unwrap(), 2);
+        let c = s
+            .prune(&Retention {
+                telemetry_before: 2500, // samples are at 1000 * seq
+                logs_before: 1000,
+                events_before: 12,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            c,
+            PruneCounts {
+                telemetry: 2,
+                logs: 1,
+                events: c.events
+            }
+        );
+        assert!(c.events >= 2, "created and the first loss report: {c:?}");
+        assert_eq!(s.last_telemetry_seq("d1").await.unwrap(), 3);
+        assert_eq!(s.last_log_seq("d1").await.unwrap(), 2);
+        let left = s.list_events(&q).await.unwrap();
+        assert!(left.iter().all(|e| e.timestamp >= 12), "{left:?}");
     }
 }

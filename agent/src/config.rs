@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::link::{LinkError, ServerUrl, Trust};
+use crate::spool::Fsync;
 
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/outpost/agent.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/outpost-agent";
@@ -36,6 +37,25 @@ pub struct AgentArgs {
     /// Telemetry interval, e.g. 10s, 1m [default: 10s].
     #[arg(long, env = "OUTPOST_INTERVAL", value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
+    /// Follow this log file (repeatable; `OUTPOST_LOG_FILES` takes a comma-separated list).
+    #[arg(long = "log-file", env = "OUTPOST_LOG_FILES", value_delimiter = ',')]
+    pub log_files: Vec<PathBuf>,
+    /// Ship this systemd unit's journal (repeatable; `OUTPOST_JOURNAL_UNITS` comma-separated).
+    #[arg(
+        long = "journal-unit",
+        env = "OUTPOST_JOURNAL_UNITS",
+        value_delimiter = ','
+    )]
+    pub journal_units: Vec<String>,
+    /// Bound on the disk spool, e.g. 64MiB [default: 64MiB]; a quarter is for telemetry.
+    #[arg(long, env = "OUTPOST_SPOOL_MAX_BYTES")]
+    pub spool_max_bytes: Option<String>,
+    /// When spooled records are forced to disk: always, never, or an interval like 1s [default: always].
+    #[arg(long, env = "OUTPOST_SPOOL_FSYNC")]
+    pub spool_fsync: Option<String>,
+    /// Log lines per second kept per source (bursts up to 10x) [default: 100].
+    #[arg(long, env = "OUTPOST_LOG_RATE_LIMIT")]
+    pub log_rate_limit: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +67,11 @@ struct FileConfig {
     ca_file: Option<PathBuf>,
     ca_fingerprint: Option<String>,
     interval: Option<String>,
+    log_files: Option<Vec<PathBuf>>,
+    journal_units: Option<Vec<String>>,
+    spool_max_bytes: Option<String>,
+    spool_fsync: Option<String>,
+    log_rate_limit: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +92,40 @@ pub struct AgentConfig {
     pub install_id: Option<String>,
     pub trust: Option<Trust>,
     pub interval: Duration,
+    pub log_files: Vec<PathBuf>,
+    pub journal_units: Vec<String>,
+    pub spool_max_bytes: u64,
+    pub spool_fsync: Fsync,
+    pub log_rate_limit: u32,
+}
+
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
+pub const DEFAULT_LOG_RATE_LIMIT: u32 = 100;
+
+/// `65536`, `64KiB`, `64MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 64MiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?} in {s:?} (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 impl AgentConfig {
@@ -113,7 +172,56 @@ impl AgentConfig {
             (None, Some(fp)) => Some(Trust::from_fingerprint(&fp)?),
             (None, None) => None,
         };
+        let spool_max_bytes = match args.spool_max_bytes.or(file.spool_max_bytes) {
+            Some(s) => parse_bytes(&s)
+                .map_err(|e| ConfigError::Invalid(format!("spool-max-bytes: {e}")))?,
+            None => DEFAULT_SPOOL_MAX_BYTES,
+        };
+        if spool_max_bytes < 64 << 10 {
+            return Err(ConfigError::Invalid(
+                "spool-max-bytes must be at least 64KiB".into(),
+            ));
+        }
+        let spool_fsync = match args.spool_fsync.or(file.spool_fsync) {
+            Some(s) => s
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("spool-fsync: {e}")))?,
+            None => Fsync::Always,
+        };
+        let log_rate_limit = args
+            .log_rate_limit
+            .or(file.log_rate_limit)
+            .unwrap_or(DEFAULT_LOG_RATE_LIMIT);
+        if log_rate_limit == 0 {
+            return Err(ConfigError::Invalid(
+                "log-rate-limit must be at least 1 line per second".into(),
+            ));
+        }
+        // Lists: the flags (or env) replace the file's list.
+        let log_files = if args.log_files.is_empty() {
+            file.log_files.unwrap_or_default()
+        } else {
+            args.log_files
+        };
+        let journal_units = if args.journal_units.is_empty() {
+            file.journal_units.unwrap_or_default()
+        } else {
+            args.journal_units
+        };
+        if let Some(u) = journal_units
+            .iter()
+            .find(|u| u.is_empty() || u.starts_with('-'))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "journal unit {u:?} is not a unit name"
+            )));
+        }
         Ok(Self {
+            log_files,
+            journal_units,
+            spool_max_bytes,
+            spool_fsync,
+            log_rate_limit,
             state_dir: args
                 .state_dir
                 .or(file.state_dir)
@@ -168,6 +276,46 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("servr"), "{err}");
+    }
+
+    #[test]
+    fn log_sources_and_spool_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "log-files = [\"/var/log/a.log\"]\njournal-units = [\"nginx.service\"]\nspool-max-bytes = \"8MiB\"\nspool-fsync = \"1s\"\n",
+        )
+        .unwrap();
+        let cfg = AgentConfig::resolve(AgentArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.log_files, vec![PathBuf::from("/var/log/a.log")]);
+        assert_eq!(cfg.journal_units, vec!["nginx.service".to_string()]);
+        assert_eq!(cfg.spool_max_bytes, 8 << 20);
+        assert_eq!(cfg.spool_fsync, Fsync::Interval(Duration::from_secs(1)));
+        assert_eq!(cfg.log_rate_limit, DEFAULT_LOG_RATE_LIMIT);
+        // Flags replace the file's lists.
+        let cfg = AgentConfig::resolve(AgentArgs {
+            config: Some(path),
+            log_files: vec!["/tmp/b.log".into(), "/tmp/c.log".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.log_files.len(), 2);
+        assert_eq!(cfg.journal_units.len(), 1);
+        for bad in ["12XB", "lots", "1KiB"] {
+            let err = AgentConfig::resolve(AgentArgs {
+                spool_max_bytes: Some(bad.into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains("spool-max-bytes"), "{err}");
+        }
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("65536"), Ok(65536));
     }
 
     #[test]

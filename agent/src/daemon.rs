@@ -15,10 +15,13 @@ use crate::collect::Collector;
 use crate::config::AgentConfig;
 use crate::enroll::{self, EnrollError, now_ms};
 use crate::link::{self, LinkError, ServerUrl, Trust};
+use crate::logship::{LogSources, SourcedLine};
 use crate::rotate::RotateError;
 use crate::session;
+use crate::spool::{SpoolError, SpoolOptions};
 use crate::state::{RuntimeStatus, StateDir};
 use crate::uplink::{Outbox, OutboxLimits};
+use outpost_proto::v1::{LogBatch, SpoolReport, TelemetryBatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -32,6 +35,10 @@ pub enum AgentError {
     Collect(#[from] crate::collect::CollectError),
     #[error("{0}")]
     Rotate(#[from] RotateError),
+    #[error("{0}")]
+    Spool(#[from] SpoolError),
+    #[error("{0}")]
+    Logs(#[from] crate::logship::LogShipError),
     #[error("{0}")]
     Config(String),
     #[error(
@@ -53,8 +60,11 @@ pub struct Agent {
     pub trust: Trust,
     pub clock: Arc<Clock>,
     pub collector: Collector,
+    /// Telemetry, spooled until acked.
     pub outbox: Outbox,
-    pub limits: OutboxLimits,
+    /// Log lines, spooled until acked.
+    pub logs: Outbox,
+    pub log_sources: LogSources,
     pub sample_tick: Interval,
     interval: Duration,
     /// The interval from flags/config, used when the server sets none.
@@ -93,16 +103,108 @@ impl Agent {
     }
 
     pub fn take_sample(&mut self) {
-        let sample = self.collector.sample(self.clock.now_ms());
-        self.outbox.push(sample);
-        self.persist_seq();
+        let mut sample = self.collector.sample(self.clock.now_ms());
+        let pushed = self.outbox.push_with(|seq| {
+            sample.seq = seq;
+            prost::Message::encode_to_vec(&sample)
+        });
+        if let Err(e) = pushed {
+            tracing::error!("a telemetry sample could not be spooled (lost): {e}");
+        }
         self.write_status();
     }
 
-    /// Saves the sequence counter so numbering survives restarts.
-    pub fn persist_seq(&mut self) {
-        if let Err(e) = self.state.save_next_seq(self.outbox.next_seq()) {
-            tracing::error!("cannot persist the telemetry sequence: {e}");
+    /// Spools lines from the log sources and records where each source stands.
+    pub fn take_log_lines(&mut self, lines: Vec<SourcedLine>) {
+        let first = self.logs.next_seq();
+        let payloads = self.log_sources.encode(lines, first);
+        let mut it = payloads.into_iter();
+        let spooled = self.logs.push_all(|_| it.next());
+        let result = spooled
+            .map_err(AgentError::from)
+            .and_then(|n| Ok(self.log_sources.save(first + n - 1)?));
+        if let Err(e) = result {
+            tracing::error!("log lines could not be spooled: {e}");
+        }
+        self.write_status();
+    }
+
+    /// The next telemetry batch to send, if any (spool errors are logged).
+    pub fn next_telemetry_batch(&mut self) -> Option<TelemetryBatch> {
+        let records = self
+            .outbox
+            .next_batch()
+            .inspect_err(|e| tracing::error!("cannot read the telemetry spool: {e}"))
+            .ok()??;
+        let samples = records
+            .into_iter()
+            .filter_map(|(seq, p)| {
+                <outpost_proto::v1::Sample as prost::Message>::decode(p.as_slice())
+                    .inspect_err(|e| tracing::warn!(seq, "undecodable spooled sample skipped: {e}"))
+                    .ok()
+            })
+            .collect();
+        Some(TelemetryBatch { samples })
+    }
+
+    /// The next log batch to send, if any.
+    pub fn next_log_batch(&mut self) -> Option<LogBatch> {
+        let records = self
+            .logs
+            .next_batch()
+            .inspect_err(|e| tracing::error!("cannot read the log spool: {e}"))
+            .ok()??;
+        Some(LogBatch {
+            records: crate::logship::records(records),
+        })
+    }
+
+    /// A connection started: the store holds telemetry up to `telemetry`
+    /// and logs up to `logs`.
+    pub fn on_connected(&mut self, telemetry: u64, logs: u64) {
+        for (what, outbox, last) in [
+            ("telemetry", &mut self.outbox, telemetry),
+            ("log", &mut self.logs, logs),
+        ] {
+            if let Err(e) = outbox.on_connected(last) {
+                tracing::error!("{what} spool: {e}");
+            }
+        }
+    }
+
+    pub fn on_log_ack(&mut self, acked_seq: u64) {
+        if let Err(e) = self.logs.on_ack(acked_seq) {
+            tracing::error!("log spool: {e}");
+        }
+        self.write_status();
+    }
+
+    /// What this agent lost, as running totals (sent to the control plane).
+    pub fn loss_report(&self) -> SpoolReport {
+        SpoolReport {
+            telemetry_dropped: self.outbox.dropped(),
+            logs_dropped: self.logs.dropped(),
+            corrupt: self.outbox.corrupt() + self.logs.corrupt(),
+            logs_rate_limited: self.log_sources.rate_limited(),
+        }
+    }
+
+    /// Clean stop: both spools flushed.
+    pub fn stopped(&mut self) {
+        for o in [&mut self.outbox, &mut self.logs] {
+            if let Err(e) = o.flush() {
+                tracing::error!("spool flush failed: {e}");
+            }
+        }
+        self.set_link("stopped", None);
+    }
+
+    /// Flushes both spools (interval fsync policy).
+    pub fn sync_spools(&mut self) {
+        for o in [&mut self.outbox, &mut self.logs] {
+            if let Err(e) = o.sync_if_due() {
+                tracing::error!("spool sync failed: {e}");
+            }
         }
     }
 
@@ -133,7 +235,9 @@ impl Agent {
     }
 
     pub fn on_ack(&mut self, acked_seq: u64) {
-        self.outbox.on_ack(acked_seq);
+        if let Err(e) = self.outbox.on_ack(acked_seq) {
+            tracing::error!("telemetry spool: {e}");
+        }
         self.status.acked_seq = self.status.acked_seq.max(acked_seq);
         self.status.last_ack_unix_ms = Some(now_ms());
         self.write_status();
@@ -148,6 +252,10 @@ impl Agent {
         self.status.pending_samples = self.outbox.pending();
         self.status.dropped_samples = self.outbox.dropped();
         self.status.next_seq = self.outbox.next_seq();
+        self.status.pending_logs = self.logs.pending();
+        self.status.dropped_logs = self.logs.dropped();
+        self.status.corrupt_records = self.outbox.corrupt() + self.logs.corrupt();
+        self.status.rate_limited_logs = self.log_sources.rate_limited();
         self.status.updated_unix_ms = now_ms();
         if let Err(e) = self.state.save_status(&self.status) {
             tracing::warn!("cannot write status file: {e}");
@@ -202,8 +310,36 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()
         Some(enroll::load_client_identity(&state)?),
         clock.clone(),
     )?;
-    let limits = OutboxLimits::default();
-    let outbox = Outbox::new(state.next_seq()?, limits.clone());
+    let spool_dir = state.root().join("spool");
+    // A quarter of the bound for telemetry (a day at 10 s is ~5 MiB), the
+    // rest for logs.
+    let spool = |share: u64| SpoolOptions::bounded(cfg.spool_max_bytes / share, cfg.spool_fsync);
+    let outbox = Outbox::open(
+        &spool_dir.join("telemetry"),
+        spool(4),
+        state.next_seq()?,
+        OutboxLimits::telemetry(),
+    )?;
+    let mut logs = Outbox::open(
+        &spool_dir.join("logs"),
+        SpoolOptions::bounded(
+            cfg.spool_max_bytes - cfg.spool_max_bytes / 4,
+            cfg.spool_fsync,
+        ),
+        1,
+        OutboxLimits::logs(),
+    )?;
+    let journalctl = std::env::var_os("OUTPOST_JOURNALCTL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "journalctl".into());
+    let log_sources = LogSources::start(
+        &spool_dir.join("logs"),
+        &cfg.log_files,
+        &cfg.journal_units,
+        journalctl,
+        cfg.log_rate_limit,
+        |after| logs.peek_after(after),
+    )?;
     let mut agent = Agent {
         state,
         server,
@@ -213,7 +349,8 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()
         clock,
         collector,
         outbox,
-        limits,
+        logs,
+        log_sources,
         sample_tick: sample_interval(cfg.interval),
         interval: cfg.interval,
         local_interval: cfg.interval,
@@ -276,17 +413,19 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()
         let wake = tokio::time::sleep(delay);
         tokio::pin!(wake);
         loop {
+            let mut lines = Vec::new();
             tokio::select! {
                 _ = &mut wake => break,
                 _ = agent.sample_tick.tick() => agent.take_sample(),
+                _ = agent.log_sources.recv(&mut lines) => agent.take_log_lines(lines),
                 _ = stopping(&mut stop) => {
-                    agent.set_link("stopped", None);
+                    agent.stopped();
                     return Ok(());
                 }
             }
         }
     }
-    agent.set_link("stopped", None);
+    agent.stopped();
     tracing::info!("agent stopped");
     Ok(())
 }

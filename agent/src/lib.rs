@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod enroll;
 pub mod failpoint;
 pub mod link;
+pub mod logship;
 pub mod logsrc;
 pub mod rotate;
 pub mod session;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use outpost_proto::v1::agent_message::Kind as AgentKind;
 use outpost_proto::v1::server_message::Kind as ServerKind;
 use outpost_proto::v1::{
-    AgentMessage, ConfigApplied, ConfigUpdate, Heartbeat, Hello, ServerMessage, Settings,
+    AgentMessage, ConfigApplied, ConfigUpdate, Heartbeat, Hello, LogBatch, ServerMessage, Settings,
     TelemetryBatch,
 };
 use tokio::sync::{mpsc, watch};
@@ -72,15 +72,21 @@ pub async fn run_connection(
     if let Some(c) = &start.config {
         apply_config(agent, c, &mut heartbeat_every, &session_tx).await?;
     }
-    agent.outbox.on_connected(start.last_telemetry_seq);
-    agent.persist_seq();
+    agent.on_connected(start.last_telemetry_seq, start.last_log_seq);
 
-    let (telemetry_tx, telemetry_rx) =
-        mpsc::channel::<TelemetryBatch>(agent.limits.max_in_flight + 1);
+    // The outboxes bound what is in flight; the channels only hand over.
+    let (telemetry_tx, telemetry_rx) = mpsc::channel::<TelemetryBatch>(8);
     let mut acks = client
         .push_telemetry(ReceiverStream::new(telemetry_rx))
         .await?
         .into_inner();
+    let (logs_tx, logs_rx) = mpsc::channel::<LogBatch>(8);
+    let mut log_acks = client
+        .push_logs(ReceiverStream::new(logs_rx))
+        .await?
+        .into_inner();
+    let mut reported = agent.loss_report();
+    send_session(&session_tx, AgentKind::Spool(reported)).await?;
     agent.set_connected();
     tracing::info!(server = %agent.server, device = %agent.device_id, "connected");
 
@@ -98,18 +104,37 @@ pub async fn run_connection(
         None => Instant::now() + ROTATION_RETRY,
     };
     loop {
-        while let Some(batch) = agent.outbox.next_batch() {
+        while let Some(batch) = agent.next_telemetry_batch() {
             telemetry_tx
                 .send(batch)
                 .await
                 .map_err(|_| LinkError::Protocol("telemetry stream closed".into()))?;
         }
+        while let Some(batch) = agent.next_log_batch() {
+            logs_tx
+                .send(batch)
+                .await
+                .map_err(|_| LinkError::Protocol("log stream closed".into()))?;
+        }
+        let report = agent.loss_report();
+        if report != reported {
+            send_session(&session_tx, AgentKind::Spool(report)).await?;
+            reported = report;
+        }
+        agent.sync_spools();
+        let mut lines = Vec::new();
         tokio::select! {
             _ = agent.sample_tick.tick() => agent.take_sample(),
+            _ = agent.log_sources.recv(&mut lines) => agent.take_log_lines(lines),
+            ack = log_acks.message() => match ack {
+                Ok(Some(a)) => agent.on_log_ack(a.acked_seq),
+                Ok(None) => return Err(LinkError::Protocol("the server closed the log stream".into())),
+                Err(status) => return Err(status.into()),
+            },
             _ = tokio::time::sleep_until(rotate_at) => {
                 match crate::rotate::rotate(&agent.state, &mut client).await {
                     Ok(()) => {
-                        drain(agent, &mut acks).await;
+                        drain(agent, &mut acks, &mut log_acks).await;
                         return Ok(End::Rotated);
                     }
                     Err(e) => {
@@ -119,8 +144,7 @@ pub async fn run_connection(
                 }
             }
             _ = heartbeat.tick() => {
-                let hb = AgentMessage { kind: Some(AgentKind::Heartbeat(Heartbeat { sent_at_unix_ms: crate::enroll::now_ms() })) };
-                session_tx.send(hb).await.map_err(|_| LinkError::Protocol("session stream closed".into()))?;
+                send_session(&session_tx, AgentKind::Heartbeat(Heartbeat { sent_at_unix_ms: crate::enroll::now_ms() })).await?;
             }
             ack = acks.message() => match ack {
                 Ok(Some(a)) => {
@@ -147,7 +171,7 @@ pub async fn run_connection(
                 Err(status) => return Err(status.into()),
             },
             _ = crate::daemon::stopping(stop) => {
-                drain(agent, &mut acks).await;
+                drain(agent, &mut acks, &mut log_acks).await;
                 return Ok(End::Stopping);
             }
         }
@@ -156,15 +180,32 @@ pub async fn run_connection(
 
 /// Waits briefly for acks of batches already on the wire, so a clean stop
 /// does not make the next start resend them.
-async fn drain(agent: &mut Agent, acks: &mut tonic::Streaming<outpost_proto::v1::TelemetryAck>) {
+async fn drain(
+    agent: &mut Agent,
+    acks: &mut tonic::Streaming<outpost_proto::v1::TelemetryAck>,
+    log_acks: &mut tonic::Streaming<outpost_proto::v1::LogAck>,
+) {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while !agent.outbox.idle() {
-        match tokio::time::timeout_at(deadline, acks.message()).await {
-            Ok(Ok(Some(a))) => agent.on_ack(a.acked_seq),
+    while !agent.outbox.idle() || !agent.logs.idle() {
+        let next = async {
+            tokio::select! {
+                a = acks.message(), if !agent.outbox.idle() => a.ok().flatten().map(|a| (true, a.acked_seq)),
+                a = log_acks.message(), if !agent.logs.idle() => a.ok().flatten().map(|a| (false, a.acked_seq)),
+            }
+        };
+        match tokio::time::timeout_at(deadline, next).await {
+            Ok(Some((true, seq))) => agent.on_ack(seq),
+            Ok(Some((false, seq))) => agent.on_log_ack(seq),
             _ => break,
         }
     }
     agent.write_status();
+}
+
+async fn send_session(tx: &mpsc::Sender<AgentMessage>, kind: AgentKind) -> Result<(), LinkError> {
+    tx.send(AgentMessage { kind: Some(kind) })
+        .await
+        .map_err(|_| LinkError::Protocol("session stream closed".into()))
 }
 
 /// Applies a config version and tells the control plane it runs it.

@@ -296,7 +296,7 @@ impl Spool {
             read_cache: None,
         };
         spool.repair()?;
-        spool.next_seq = spool.next_seq.max(seq_floor).max(1);
+        spool.raise_next_seq(seq_floor);
         Ok(spool)
     }
 
@@ -376,6 +376,13 @@ impl Spool {
             max_seq = max_seq.max(seg.last_seq);
         }
         self.next_seq = self.next_seq.max(max_seq + 1);
+        // Seqs below the oldest record kept were never written here (a raised
+        // counter) or are already accounted for: none is pending.
+        if let Some(first) = scans.iter().find_map(|(_, s)| s.records.first()) {
+            self.ledger.released = self.ledger.released.max(first.seq - 1);
+        } else {
+            self.ledger.released = self.ledger.released.max(self.next_seq - 1);
+        }
         // Segments wholly released (a crash came between the ledger and the
         // delete) or empty, except the newest, go.
         while self.segments.len() > 1
@@ -433,7 +440,14 @@ impl Spool {
     /// Moves the counter past `seq - 1` (the control plane already holds
     /// seqs below it).
     pub fn raise_next_seq(&mut self, seq: u64) {
-        self.next_seq = self.next_seq.max(seq);
+        if seq <= self.next_seq {
+            return;
+        }
+        // Nothing pending: the skipped seqs are not pending either.
+        if self.ledger.released + 1 >= self.next_seq {
+            self.ledger.released = seq - 1;
+        }
+        self.next_seq = seq;
     }
 
     pub fn ledger(&self) -> Ledger {
@@ -654,7 +668,7 @@ impl Spool {
     }
 
     /// Flushes appended records and the ledger (clean stop).
-    pub fn close(mut self) -> Result<(), SpoolError> {
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
         if self.opts.fsync != Fsync::Never && self.unsynced {
             if let Some(w) = &self.writer {
                 w.sync_data().map_err(io(&self.dir))?;

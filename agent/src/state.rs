@@ -54,8 +54,16 @@ pub struct RuntimeStatus {
     #[serde(default)]
     pub next_rotation_unix_ms: Option<i64>,
     pub last_error: Option<String>,
-    pub pending_samples: usize,
+    pub pending_samples: u64,
     pub dropped_samples: u64,
+    #[serde(default)]
+    pub pending_logs: u64,
+    #[serde(default)]
+    pub dropped_logs: u64,
+    #[serde(default)]
+    pub rate_limited_logs: u64,
+    #[serde(default)]
+    pub corrupt_records: u64,
     pub next_seq: u64,
     pub updated_unix_ms: i64,
 }

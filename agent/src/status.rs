@@ -61,9 +61,17 @@ pub struct Daemon {
 #[derive(Debug, Serialize)]
 pub struct Spool {
     /// Samples measured and not yet acknowledged.
-    pub pending: usize,
-    /// Samples dropped because the backlog was full.
+    pub pending: u64,
+    /// Samples dropped because the spool was full.
     pub dropped: u64,
+    /// Log lines read and not yet acknowledged.
+    pub logs_pending: u64,
+    /// Log lines dropped because the spool was full.
+    pub logs_dropped: u64,
+    /// Log lines over their source's rate limit.
+    pub logs_rate_limited: u64,
+    /// Records lost to corrupt bytes on disk.
+    pub corrupt: u64,
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -126,10 +134,14 @@ pub fn report(state: &StateDir) -> Result<Report, StateError> {
         last_connected: rt.last_connected_unix_ms.map(rfc3339),
         last_ack: rt.last_ack_unix_ms.map(rfc3339),
         acked_seq: rt.acked_seq,
-        next_seq: state.next_seq()?,
+        next_seq: rt.next_seq.max(state.next_seq()?),
         spool: Spool {
             pending: rt.pending_samples,
             dropped: rt.dropped_samples,
+            logs_pending: rt.pending_logs,
+            logs_dropped: rt.dropped_logs,
+            logs_rate_limited: rt.rate_limited_logs,
+            corrupt: rt.corrupt_records,
         },
         problems,
     })
@@ -187,11 +199,17 @@ impl Report {
             line("last error", e);
         }
         line("last ack", self.last_ack.as_deref().unwrap_or("never"));
+        let sp = &self.spool;
         line(
             "backlog",
             &format!(
-                "{} samples unacked, {} dropped",
-                self.spool.pending, self.spool.dropped
+                "{} samples unacked, {} dropped; {} log lines unacked, {} dropped, {} over rate; {} corrupt",
+                sp.pending,
+                sp.dropped,
+                sp.logs_pending,
+                sp.logs_dropped,
+                sp.logs_rate_limited,
+                sp.corrupt
             ),
         );
         line("next seq", &self.next_seq.to_string());

@@ -1,122 +1,146 @@
-//! Telemetry delivery without I/O: sequence numbering, the unacked backlog,
-//! batching and the in-flight window. The connection code feeds it events
-//! (sample taken, connected, ack received) and sends what it hands out;
-//! tests drive it directly with simulated faults.
+//! Delivery over one stream (telemetry or logs) without network I/O:
+//! sequence numbering, the in-flight window and acks, over the disk
+//! [`Spool`] that holds every record until it is acknowledged. The
+//! connection code feeds it events (record taken, connected, ack received)
+//! and sends what it hands out; tests drive it directly with simulated faults.
 //!
 //! Invariants:
 //! - seqs are assigned once, strictly increasing, never reused;
-//! - a sample leaves the backlog only when an ack covers it;
-//! - after a reconnect everything unacked is sent again, oldest first;
-//! - the backlog is bounded: when full, the oldest sample is dropped and
-//!   counted (the disk spool replaces this in-memory bound).
+//! - a record leaves the spool only when an ack covers it (or the spool's
+//!   bound drops it, counted);
+//! - after a reconnect everything unacked is sent again, oldest first.
 
 use std::collections::VecDeque;
+use std::path::Path;
 
-use outpost_proto::v1::{Sample, TelemetryBatch};
+use crate::spool::{Spool, SpoolError, SpoolOptions};
 
 #[derive(Debug, Clone)]
 pub struct OutboxLimits {
-    /// Samples kept while unacknowledged.
-    pub capacity: usize,
-    /// Samples per batch at most.
+    /// Records per batch at most.
     pub max_batch: usize,
+    /// Payload bytes per batch at most (below the wire's message limit).
+    pub max_batch_bytes: usize,
     /// Batches sent and not yet acked at most.
     pub max_in_flight: usize,
 }
 
-impl Default for OutboxLimits {
-    fn default() -> Self {
+impl OutboxLimits {
+    pub fn telemetry() -> Self {
         Self {
-            capacity: 8640, // a day at the default 10 s interval
             max_batch: 256,
+            max_batch_bytes: outpost_proto::MAX_MESSAGE_BYTES / 2,
+            max_in_flight: 4,
+        }
+    }
+    pub fn logs() -> Self {
+        Self {
+            max_batch: 512,
+            max_batch_bytes: outpost_proto::MAX_MESSAGE_BYTES / 2,
             max_in_flight: 4,
         }
     }
 }
 
+/// A batch handed out: (seq, payload) in seq order.
+pub type Records = Vec<(u64, Vec<u8>)>;
+
 #[derive(Debug)]
 pub struct Outbox {
     limits: OutboxLimits,
-    next_seq: u64,
-    /// Unacked samples in seq order (sent or not).
-    backlog: VecDeque<Sample>,
+    spool: Spool,
     /// Highest seq handed out on the current connection.
     sent_upto: u64,
     /// Last seq of each batch in flight, oldest first.
     in_flight: VecDeque<u64>,
-    dropped: u64,
 }
 
 impl Outbox {
-    pub fn new(next_seq: u64, limits: OutboxLimits) -> Self {
-        Self {
+    pub fn open(
+        dir: &Path,
+        opts: SpoolOptions,
+        seq_floor: u64,
+        limits: OutboxLimits,
+    ) -> Result<Self, SpoolError> {
+        Ok(Self {
             limits,
-            next_seq: next_seq.max(1),
-            backlog: VecDeque::new(),
+            spool: Spool::open(dir, opts, seq_floor)?,
             sent_upto: 0,
             in_flight: VecDeque::new(),
-            dropped: 0,
-        }
+        })
     }
 
     pub fn next_seq(&self) -> u64 {
-        self.next_seq
+        self.spool.next_seq()
     }
-    pub fn pending(&self) -> usize {
-        self.backlog.len()
+    /// Records kept and not yet acknowledged.
+    pub fn pending(&self) -> u64 {
+        self.spool.pending()
     }
     pub fn dropped(&self) -> u64 {
-        self.dropped
+        self.spool.ledger().dropped
+    }
+    pub fn corrupt(&self) -> u64 {
+        self.spool.ledger().corrupt
+    }
+    pub fn acked(&self) -> u64 {
+        self.spool.ledger().released
     }
 
-    /// Numbers `sample` and queues it. Returns its seq.
-    pub fn push(&mut self, mut sample: Sample) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        sample.seq = seq;
-        if self.backlog.len() >= self.limits.capacity {
-            self.backlog.pop_front();
-            self.dropped += 1;
+    /// Spools one record; `encode` gets its seq. Returns the seq.
+    pub fn push_with(&mut self, encode: impl FnOnce(u64) -> Vec<u8>) -> Result<u64, SpoolError> {
+        let seq = self.spool.next_seq();
+        self.spool.append(&[encode(seq)])?;
+        Ok(seq)
+    }
+
+    /// Spools several records at once (one write, one fsync).
+    pub fn push_all(
+        &mut self,
+        encode: impl FnMut(u64) -> Option<Vec<u8>>,
+    ) -> Result<u64, SpoolError> {
+        let mut encode = encode;
+        let mut next = self.spool.next_seq();
+        let mut payloads = Vec::new();
+        while let Some(p) = encode(next) {
+            payloads.push(p);
+            next += 1;
         }
-        self.backlog.push_back(sample);
-        seq
+        self.spool.append(&payloads)?;
+        Ok(payloads.len() as u64)
     }
 
-    /// A new connection: nothing is in flight on it; unacked samples go again.
-    /// `server_last_seq` is the highest seq the store already holds: the
-    /// counter continues after it so a restored or stale counter never
-    /// produces seqs the store would discard as duplicates.
-    pub fn on_connected(&mut self, server_last_seq: u64) {
+    /// A new connection: nothing is in flight on it; unacked records go
+    /// again. `server_last_seq` is the highest seq the store already holds:
+    /// those need not go again, and the counter continues after it so a
+    /// restored or stale counter never produces seqs the store would discard.
+    pub fn on_connected(&mut self, server_last_seq: u64) -> Result<(), SpoolError> {
         self.sent_upto = 0;
         self.in_flight.clear();
-        if self.next_seq <= server_last_seq {
-            self.next_seq = server_last_seq + 1;
-        }
+        self.spool.raise_next_seq(server_last_seq + 1);
+        self.spool.release(server_last_seq)
     }
 
     /// The next batch to send, if the window allows and there is anything.
-    pub fn next_batch(&mut self) -> Option<TelemetryBatch> {
+    pub fn next_batch(&mut self) -> Result<Option<Records>, SpoolError> {
         if self.in_flight.len() >= self.limits.max_in_flight {
-            return None;
+            return Ok(None);
         }
-        let samples: Vec<Sample> = self
-            .backlog
-            .iter()
-            .filter(|s| s.seq > self.sent_upto)
-            .take(self.limits.max_batch)
-            .cloned()
-            .collect();
-        let last = samples.last()?.seq;
+        let records = self.spool.read_after(
+            self.sent_upto,
+            self.limits.max_batch,
+            self.limits.max_batch_bytes,
+        )?;
+        let Some(&(last, _)) = records.last() else {
+            return Ok(None);
+        };
         self.sent_upto = last;
         self.in_flight.push_back(last);
-        Some(TelemetryBatch { samples })
+        Ok(Some(records))
     }
 
-    /// The store holds every sample up to `acked_seq`.
-    pub fn on_ack(&mut self, acked_seq: u64) {
-        while self.backlog.front().is_some_and(|s| s.seq <= acked_seq) {
-            self.backlog.pop_front();
-        }
+    /// The store holds every record up to `acked_seq`.
+    pub fn on_ack(&mut self, acked_seq: u64) -> Result<(), SpoolError> {
         while self
             .in_flight
             .front()
@@ -124,131 +148,196 @@ impl Outbox {
         {
             self.in_flight.pop_front();
         }
+        self.spool.release(acked_seq)
+    }
+
+    /// Every record kept with a seq above `seq` (start-up recovery).
+    pub fn peek_after(&mut self, seq: u64) -> Records {
+        self.spool
+            .read_after(seq, usize::MAX, usize::MAX)
+            .inspect_err(|e| tracing::error!("cannot read the spool: {e}"))
+            .unwrap_or_default()
     }
 
     /// Whether everything handed out has been acked.
     pub fn idle(&self) -> bool {
         self.in_flight.is_empty()
     }
+
+    /// Forces spooled records to disk if the fsync policy's interval is due.
+    pub fn sync_if_due(&mut self) -> Result<(), SpoolError> {
+        self.spool.sync_if_due(false)
+    }
+
+    /// Clean stop: flush the spool.
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
+        self.spool.flush()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::Fsync;
 
-    fn sample() -> Sample {
-        Sample::default()
+    /// An outbox in a temp dir; payloads are the seq's bytes.
+    fn outbox(dir: &tempfile::TempDir, floor: u64, capacity: u64, lim: OutboxLimits) -> Outbox {
+        let opts = SpoolOptions {
+            max_bytes: capacity,
+            segment_bytes: 4096,
+            fsync: Fsync::Never,
+        };
+        Outbox::open(dir.path(), opts, floor, lim).unwrap()
     }
 
-    fn seqs(b: &TelemetryBatch) -> Vec<u64> {
-        b.samples.iter().map(|s| s.seq).collect()
+    fn push(o: &mut Outbox) -> u64 {
+        o.push_with(|seq| seq.to_le_bytes().to_vec()).unwrap()
     }
 
-    fn limits(capacity: usize, max_batch: usize, max_in_flight: usize) -> OutboxLimits {
+    fn seqs(b: &Records) -> Vec<u64> {
+        b.iter().map(|r| r.0).collect()
+    }
+
+    fn next(o: &mut Outbox) -> Option<Records> {
+        o.next_batch().unwrap()
+    }
+
+    fn limits(max_batch: usize, max_in_flight: usize) -> OutboxLimits {
         OutboxLimits {
-            capacity,
             max_batch,
+            max_batch_bytes: 1 << 20,
             max_in_flight,
         }
     }
 
+    const BIG: u64 = 1 << 30;
+
     #[test]
-    fn numbers_samples_from_the_persisted_counter() {
-        let mut o = Outbox::new(41, OutboxLimits::default());
-        assert_eq!(o.push(sample()), 41);
-        assert_eq!(o.push(sample()), 42);
+    fn numbers_records_from_the_persisted_counter() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = outbox(&d, 41, BIG, OutboxLimits::telemetry());
+        assert_eq!(push(&mut o), 41);
+        assert_eq!(push(&mut o), 42);
         assert_eq!(o.next_seq(), 43);
+        drop(o);
+        let o = outbox(&d, 1, BIG, OutboxLimits::telemetry());
+        assert_eq!(o.next_seq(), 43, "the spool remembers");
+        assert_eq!(o.pending(), 2);
     }
 
     #[test]
-    fn acked_samples_leave_and_unacked_are_resent_after_reconnect() {
-        let mut o = Outbox::new(1, limits(100, 2, 8));
+    fn acked_records_leave_and_unacked_are_resent_after_reconnect() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = outbox(&d, 1, BIG, limits(2, 8));
         for _ in 0..5 {
-            o.push(sample());
+            push(&mut o);
         }
-        o.on_connected(0);
-        let b1 = o.next_batch().unwrap();
-        let b2 = o.next_batch().unwrap();
-        let b3 = o.next_batch().unwrap();
+        o.on_connected(0).unwrap();
+        let b1 = next(&mut o).unwrap();
+        let b2 = next(&mut o).unwrap();
+        let b3 = next(&mut o).unwrap();
         assert_eq!(
             (seqs(&b1), seqs(&b2), seqs(&b3)),
             (vec![1, 2], vec![3, 4], vec![5])
         );
-        assert!(o.next_batch().is_none(), "nothing left to send");
-        o.on_ack(2);
+        assert_eq!(b2[0].1, 3u64.to_le_bytes().to_vec());
+        assert!(next(&mut o).is_none(), "nothing left to send");
+        o.on_ack(2).unwrap();
         assert_eq!(o.pending(), 3);
         // The link drops before 3..5 are acked: they go again, in order.
-        o.on_connected(2);
-        assert_eq!(seqs(&o.next_batch().unwrap()), vec![3, 4]);
-        assert_eq!(seqs(&o.next_batch().unwrap()), vec![5]);
-        o.on_ack(5);
+        o.on_connected(2).unwrap();
+        assert_eq!(seqs(&next(&mut o).unwrap()), vec![3, 4]);
+        assert_eq!(seqs(&next(&mut o).unwrap()), vec![5]);
+        o.on_ack(5).unwrap();
         assert_eq!(o.pending(), 0);
         assert!(o.idle());
     }
 
     #[test]
     fn window_limits_batches_in_flight_and_backlog_batches_bigger() {
-        let mut o = Outbox::new(1, limits(1000, 50, 1));
-        o.on_connected(0);
-        o.push(sample());
-        let first = o.next_batch().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let mut o = outbox(&d, 1, BIG, limits(50, 1));
+        o.on_connected(0).unwrap();
+        push(&mut o);
+        let first = next(&mut o).unwrap();
         assert_eq!(seqs(&first), vec![1]);
-        // A slow store: samples pile up while the first batch is unacked.
+        // A slow store: records pile up while the first batch is unacked.
         for _ in 0..30 {
-            o.push(sample());
+            push(&mut o);
         }
-        assert!(o.next_batch().is_none(), "window full");
-        o.on_ack(1);
-        let big = o.next_batch().unwrap();
-        assert_eq!(big.samples.len(), 30, "the backlog goes out as one batch");
+        assert!(next(&mut o).is_none(), "window full");
+        o.on_ack(1).unwrap();
+        let big = next(&mut o).unwrap();
+        assert_eq!(big.len(), 30, "the backlog goes out as one batch");
     }
 
     #[test]
-    fn full_backlog_drops_oldest_and_counts() {
-        let mut o = Outbox::new(1, limits(3, 10, 4));
-        for _ in 0..5 {
-            o.push(sample());
+    fn full_spool_drops_oldest_and_counts() {
+        let d = tempfile::tempdir().unwrap();
+        // 32-byte records; segments of 4 KiB hold 128; 2 segments fit.
+        let mut o = Outbox::open(
+            d.path(),
+            SpoolOptions {
+                max_bytes: 8192,
+                segment_bytes: 4096,
+                fsync: Fsync::Never,
+            },
+            1,
+            limits(10_000, 4),
+        )
+        .unwrap();
+        for _ in 0..1000 {
+            push(&mut o);
         }
-        assert_eq!(o.dropped(), 2);
-        o.on_connected(0);
-        assert_eq!(seqs(&o.next_batch().unwrap()), vec![3, 4, 5]);
+        o.on_connected(0).unwrap();
+        let mut kept = Vec::new();
+        while let Some(b) = next(&mut o) {
+            kept.extend(seqs(&b));
+        }
+        assert_eq!(kept.len() as u64 + o.dropped(), 1000);
+        assert_eq!(*kept.last().unwrap(), 1000, "the newest are kept");
+        assert!(kept.windows(2).all(|w| w[1] == w[0] + 1));
     }
 
     #[test]
     fn stale_counter_continues_after_the_store() {
-        let mut o = Outbox::new(5, OutboxLimits::default());
-        o.on_connected(100);
-        assert_eq!(o.push(sample()), 101);
+        let d = tempfile::tempdir().unwrap();
+        let mut o = outbox(&d, 5, BIG, OutboxLimits::telemetry());
+        o.on_connected(100).unwrap();
+        assert_eq!(push(&mut o), 101);
         // A counter ahead of the store is kept.
-        let mut o = Outbox::new(500, OutboxLimits::default());
-        o.on_connected(100);
-        assert_eq!(o.push(sample()), 500);
+        let d = tempfile::tempdir().unwrap();
+        let mut o = outbox(&d, 500, BIG, OutboxLimits::telemetry());
+        o.on_connected(100).unwrap();
+        assert_eq!(push(&mut o), 500);
     }
 
     #[test]
     fn duplicate_and_stale_acks_are_harmless() {
-        let mut o = Outbox::new(1, limits(100, 1, 8));
+        let d = tempfile::tempdir().unwrap();
+        let mut o = outbox(&d, 1, BIG, limits(1, 8));
         for _ in 0..3 {
-            o.push(sample());
+            push(&mut o);
         }
-        o.on_connected(0);
-        while o.next_batch().is_some() {}
-        o.on_ack(2);
-        o.on_ack(2);
-        o.on_ack(1);
+        o.on_connected(0).unwrap();
+        while next(&mut o).is_some() {}
+        o.on_ack(2).unwrap();
+        o.on_ack(2).unwrap();
+        o.on_ack(1).unwrap();
         assert_eq!(o.pending(), 1);
         assert!(!o.idle());
-        o.on_ack(3);
+        o.on_ack(3).unwrap();
         assert!(o.idle());
     }
 
     /// Model test: a simulated link that drops at random (losing batches in
-    /// flight and acks on their way back) while samples keep coming. Within a
+    /// flight and acks on their way back) and an agent that crashes at
+    /// random (reopening its spool), while records keep coming. Within a
     /// connection the server sees seqs ascending; after the link comes back
-    /// and drains, every sample has reached the server (duplicates on the
+    /// and drains, every record has reached the server (duplicates on the
     /// wire are expected: the store absorbs them).
     #[test]
-    fn simulated_flaky_link_loses_nothing_and_keeps_order() {
+    fn simulated_flaky_link_and_crashes_lose_nothing_and_keep_order() {
         use rand::rngs::StdRng;
         use rand::{Rng, SeedableRng};
         use std::collections::{BTreeSet, VecDeque};
@@ -258,14 +347,15 @@ mod tests {
             last_on_connection: u64,
         }
         impl Server {
-            fn receive(&mut self, b: TelemetryBatch, acks: &mut VecDeque<u64>) {
-                for s in &b.samples {
+            fn receive(&mut self, b: Records, acks: &mut VecDeque<u64>) {
+                for (seq, payload) in &b {
+                    assert_eq!(payload, &seq.to_le_bytes().to_vec());
                     assert!(
-                        s.seq > self.last_on_connection,
+                        *seq > self.last_on_connection,
                         "out of order on one connection"
                     );
-                    self.last_on_connection = s.seq;
-                    self.stored.insert(s.seq);
+                    self.last_on_connection = *seq;
+                    self.stored.insert(*seq);
                 }
                 acks.push_back(self.last_on_connection);
             }
@@ -274,31 +364,32 @@ mod tests {
             }
         }
 
-        for seed in 0..300u64 {
+        for seed in 0..150u64 {
             let mut rng = StdRng::seed_from_u64(seed);
-            let lim = limits(100_000, rng.random_range(1..8), rng.random_range(1..4));
-            let mut o = Outbox::new(1, lim);
+            let lim = limits(rng.random_range(1..8), rng.random_range(1..4));
+            let d = tempfile::tempdir().unwrap();
+            let mut o = outbox(&d, 1, BIG, lim.clone());
             let mut server = Server {
                 stored: BTreeSet::new(),
                 last_on_connection: 0,
             };
-            let mut to_server: VecDeque<TelemetryBatch> = VecDeque::new();
+            let mut to_server: VecDeque<Records> = VecDeque::new();
             let mut to_agent: VecDeque<u64> = VecDeque::new();
             let mut connected = false;
             let mut pushed = 0u64;
-            for _ in 0..400 {
-                match rng.random_range(0..10) {
+            for _ in 0..300 {
+                match rng.random_range(0..11) {
                     0..=2 => {
-                        o.push(sample());
+                        push(&mut o);
                         pushed += 1;
                     }
                     3 if !connected => {
-                        o.on_connected(server.last_stored());
+                        o.on_connected(server.last_stored()).unwrap();
                         server.last_on_connection = 0;
                         connected = true;
                     }
                     4 | 5 if connected => {
-                        while let Some(b) = o.next_batch() {
+                        while let Some(b) = next(&mut o) {
                             to_server.push_back(b);
                         }
                     }
@@ -309,7 +400,7 @@ mod tests {
                     }
                     8 if connected => {
                         if let Some(a) = to_agent.pop_front() {
-                            o.on_ack(a);
+                            o.on_ack(a).unwrap();
                         }
                     }
                     9 => {
@@ -318,26 +409,34 @@ mod tests {
                         to_server.clear();
                         to_agent.clear();
                     }
+                    10 => {
+                        // The agent crashes and restarts.
+                        connected = false;
+                        to_server.clear();
+                        to_agent.clear();
+                        drop(o);
+                        o = outbox(&d, 1, BIG, lim.clone());
+                    }
                     _ => {}
                 }
             }
             // The link comes back and stays up until everything is acked.
             to_server.clear();
             to_agent.clear();
-            o.on_connected(server.last_stored());
+            o.on_connected(server.last_stored()).unwrap();
             server.last_on_connection = 0;
             while o.pending() > 0 {
-                while let Some(b) = o.next_batch() {
+                while let Some(b) = next(&mut o) {
                     to_server.push_back(b);
                 }
                 let b = to_server
                     .pop_front()
-                    .expect("progress while samples are pending");
+                    .expect("progress while records are pending");
                 server.receive(b, &mut to_agent);
-                o.on_ack(to_agent.pop_front().unwrap());
+                o.on_ack(to_agent.pop_front().unwrap()).unwrap();
             }
             let want: BTreeSet<u64> = (1..=pushed).collect();
-            assert_eq!(server.stored, want, "seed {seed}: every sample arrived");
+            assert_eq!(server.stored, want, "seed {seed}: every record arrived");
             assert_eq!(o.dropped(), 0);
             assert!(o.idle());
         }

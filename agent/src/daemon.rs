@@ -253,6 +253,7 @@ impl Agent {
         self.status.dropped_samples = self.outbox.dropped();
         self.status.next_seq = self.outbox.next_seq();
         self.status.pending_logs = self.logs.pending();
+        self.status.logs_acked_seq = self.logs.acked();
         self.status.dropped_logs = self.logs.dropped();
         self.status.corrupt_records = self.outbox.corrupt() + self.logs.corrupt();
         self.status.rate_limited_logs = self.log_sources.rate_limited();

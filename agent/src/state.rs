@@ -59,6 +59,8 @@ pub struct RuntimeStatus {
     #[serde(default)]
     pub pending_logs: u64,
     #[serde(default)]
+    pub logs_acked_seq: u64,
+    #[serde(default)]
     pub dropped_logs: u64,
     #[serde(default)]
     pub rate_limited_logs: u64,

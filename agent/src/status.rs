@@ -66,6 +66,8 @@ pub struct Spool {
     pub dropped: u64,
     /// Log lines read and not yet acknowledged.
     pub logs_pending: u64,
+    /// Every log line up to this seq is acknowledged (or dropped).
+    pub logs_acked_seq: u64,
     /// Log lines dropped because the spool was full.
     pub logs_dropped: u64,
     /// Log lines over their source's rate limit.
@@ -139,6 +141,7 @@ pub fn report(state: &StateDir) -> Result<Report, StateError> {
             pending: rt.pending_samples,
             dropped: rt.dropped_samples,
             logs_pending: rt.pending_logs,
+            logs_acked_seq: rt.logs_acked_seq,
             logs_dropped: rt.dropped_logs,
             logs_rate_limited: rt.rate_limited_logs,
             corrupt: rt.corrupt_records,

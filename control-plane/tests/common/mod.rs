@@ -235,6 +235,20 @@ impl ControlPlane {
         panic!("still rate limited after 30 tries: {path}");
     }
 
+    /// SIGKILL and wait (a crash or power cut).
+    pub fn kill9(&mut self) {
+        signal(&self.child, "KILL");
+        wait_exit(&mut self.child);
+    }
+
+    /// `host:port` of both listeners, to come back on the same ports.
+    pub fn addrs(&self) -> (String, String) {
+        (
+            self.rest.trim_start_matches("http://").to_string(),
+            format!("127.0.0.1:{}", self.grpc_port),
+        )
+    }
+
     /// SIGTERM and wait; returns the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         signal(&self.child, "TERM");
@@ -284,8 +298,14 @@ impl AgentProc {
 
     /// `run` with extra environment variables.
     pub fn run_env(state_dir: &Path, interval: &str, env: &[(&str, &str)]) -> Self {
+        Self::run_with(state_dir, interval, &[], env)
+    }
+
+    /// `run` with extra arguments and environment variables.
+    pub fn run_with(state_dir: &Path, interval: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let child = agent_cmd(&["run", "--interval", interval, "--state-dir"])
             .arg(state_dir)
+            .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -335,6 +355,27 @@ pub async fn all_samples(cp: &ControlPlane, ws: &str, key: &str, device: &str) -
             None => return out,
         }
     }
+}
+
+/// All stored log lines of a device, oldest first (by seq), walking every page.
+pub async fn all_logs(cp: &ControlPlane, ws: &str, key: &str, device: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/{ws}/devices/v2/{device}/logs?limit=1000");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, body) = cp.get_json(&path, key).await;
+        assert_eq!(status, 200, "{body}");
+        out.extend(body["data"].as_array().unwrap().iter().cloned());
+        match body["pagination"]["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    out.reverse();
+    out
 }
 
 pub fn meminfo_total_bytes() -> u64 {

@@ -56,6 +56,10 @@ pub struct AgentArgs {
     /// Log lines per second kept per source (bursts up to 10x) [default: 100].
     #[arg(long, env = "OUTPOST_LOG_RATE_LIMIT")]
     pub log_rate_limit: Option<u32>,
+    /// The agent's own log level: error, warn, info, debug, or a filter like
+    /// `outpost_agent=debug,info` [default: info, or OUTPOST_LOG].
+    #[arg(long, env = "OUTPOST_LOG_LEVEL")]
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +76,7 @@ struct FileConfig {
     spool_max_bytes: Option<String>,
     spool_fsync: Option<String>,
     log_rate_limit: Option<u32>,
+    log_level: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +102,7 @@ pub struct AgentConfig {
     pub spool_max_bytes: u64,
     pub spool_fsync: Fsync,
     pub log_rate_limit: u32,
+    pub log_level: Option<String>,
 }
 
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
@@ -216,7 +222,14 @@ impl AgentConfig {
                 "journal unit {u:?} is not a unit name"
             )));
         }
+        let log_level = args.log_level.or(file.log_level);
+        if let Some(l) = &log_level
+            && let Err(e) = tracing_subscriber::EnvFilter::try_new(l)
+        {
+            return Err(ConfigError::Invalid(format!("log-level {l:?}: {e}")));
+        }
         Ok(Self {
+            log_level,
             log_files,
             journal_units,
             spool_max_bytes,

@@ -66,6 +66,12 @@ pub struct Agent {
     pub logs: Outbox,
     pub log_sources: LogSources,
     pub sample_tick: Interval,
+    /// Stamped by the main loop (the watchdog's evidence of progress).
+    pub health: crate::notify::Health,
+    /// Makes the main loop turn at least once a second.
+    pub pulse: Interval,
+    /// The configuration in force (replaced on SIGHUP).
+    cfg: AgentConfig,
     interval: Duration,
     /// The interval from flags/config, used when the server sets none.
     local_interval: Duration,
@@ -189,6 +195,54 @@ impl Agent {
         }
     }
 
+    /// Applies a reloaded configuration: log level, telemetry interval (when
+    /// the server has not set one) and log sources change live; the rest
+    /// (server, state dir, spool bound) needs a restart.
+    pub fn reload(&mut self, cfg: AgentConfig) {
+        crate::notify::reloading();
+        if let Some(level) = &cfg.log_level
+            && let Err(e) = outpost_common::set_log_filter(level)
+        {
+            tracing::warn!("{e}");
+        }
+        if self.interval == self.local_interval {
+            self.set_interval(cfg.interval);
+        }
+        self.local_interval = cfg.interval;
+        let sources_changed = cfg.log_files != self.cfg.log_files
+            || cfg.journal_units != self.cfg.journal_units
+            || cfg.log_rate_limit != self.cfg.log_rate_limit;
+        if sources_changed {
+            let logs = &mut self.logs;
+            match LogSources::start(
+                &self.state.root().join("spool").join("logs"),
+                &cfg.log_files,
+                &cfg.journal_units,
+                journalctl(),
+                cfg.log_rate_limit,
+                |after| logs.peek_after(after),
+            ) {
+                Ok(sources) => {
+                    // The old tasks stop; lines they read but did not hand
+                    // over are read again (their positions were not saved).
+                    self.log_sources = sources;
+                    tracing::info!(files = cfg.log_files.len(), units = cfg.journal_units.len(), "log sources reloaded");
+                }
+                Err(e) => tracing::error!("log sources not reloaded: {e}"),
+            }
+        }
+        let restart_needed = cfg.server != self.cfg.server
+            || cfg.state_dir != self.cfg.state_dir
+            || cfg.spool_max_bytes != self.cfg.spool_max_bytes
+            || cfg.spool_fsync != self.cfg.spool_fsync;
+        if restart_needed {
+            tracing::warn!("server, state dir and spool settings change only with a restart");
+        }
+        self.cfg = cfg;
+        tracing::info!("configuration reloaded");
+        crate::notify::reloaded();
+    }
+
     /// Clean stop: both spools flushed.
     pub fn stopped(&mut self) {
         for o in [&mut self.outbox, &mut self.logs] {
@@ -264,6 +318,13 @@ impl Agent {
     }
 }
 
+/// The journalctl binary (`OUTPOST_JOURNALCTL` overrides it).
+fn journalctl() -> std::path::PathBuf {
+    std::env::var_os("OUTPOST_JOURNALCTL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "journalctl".into())
+}
+
 fn sample_interval(every: Duration) -> Interval {
     // The first sample comes one period in, when CPU usage has a baseline.
     let mut i = tokio::time::interval_at(Instant::now() + every, every);
@@ -277,7 +338,25 @@ pub async fn stopping(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Runs the daemon until `stop` flips.
-pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<(), AgentError> {
+/// What the process tells the daemon: stop, or a reloaded configuration
+/// (SIGHUP).
+pub struct Signals {
+    pub stop: watch::Receiver<bool>,
+    pub reload: tokio::sync::mpsc::Receiver<AgentConfig>,
+}
+
+/// The next reloaded configuration (pending forever once the sender is gone).
+pub async fn reloaded(rx: &mut tokio::sync::mpsc::Receiver<AgentConfig>) -> AgentConfig {
+    match rx.recv().await {
+        Some(c) => c,
+        None => std::future::pending().await,
+    }
+}
+
+pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentError> {
+    let health = crate::notify::Health::new();
+    let _watchdog = crate::notify::spawn_watchdog(health.clone());
+    let stop = &mut signals.stop;
     let state = StateDir::open(&cfg.state_dir)?;
     let collector = Collector::new()?;
     let identity = match state.identity()? {
@@ -291,8 +370,11 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()
                     state.root().display()
                 )));
             };
+            crate::notify::ready();
+            crate::notify::status("enrolling");
             let Some(id) =
-                enroll_with_retry(&state, server, install_id, trust, &collector, &mut stop).await?
+                enroll_with_retry(&state, server, install_id, trust, &collector, stop, &health)
+                    .await?
             else {
                 return Ok(());
             };
@@ -330,14 +412,11 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()
         1,
         OutboxLimits::logs(),
     )?;
-    let journalctl = std::env::var_os("OUTPOST_JOURNALCTL")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "journalctl".into());
     let log_sources = LogSources::start(
         &spool_dir.join("logs"),
         &cfg.log_files,
         &cfg.journal_units,
-        journalctl,
+        journalctl(),
         cfg.log_rate_limit,
         |after| logs.peek_after(after),
     )?;
@@ -356,6 +435,9 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()
         interval: cfg.interval,
         local_interval: cfg.interval,
         rotation_jitter: rand::random_range(-1.0..=1.0),
+        health,
+        pulse: tokio::time::interval(Duration::from_secs(1)),
+        cfg: cfg.clone(),
         status: RuntimeStatus {
             pid: std::process::id(),
             link: "starting".into(),
@@ -364,10 +446,12 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()
     };
     tracing::info!(device = %identity.device_id, workspace = %identity.workspace, server = %agent.server, "agent starting");
 
+    crate::notify::ready();
     let mut backoff = Reconnect::new();
     loop {
+        agent.health.beat();
         let started = Instant::now();
-        match session::run_connection(&mut agent, &mut stop).await {
+        match session::run_connection(&mut agent, &mut signals).await {
             Ok(session::End::Stopping) => break,
             Ok(session::End::Rotated) => {
                 agent.reload_tls()?;
@@ -419,7 +503,9 @@ pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()
                 _ = &mut wake => break,
                 _ = agent.sample_tick.tick() => agent.take_sample(),
                 _ = agent.log_sources.recv(&mut lines) => agent.take_log_lines(lines),
-                _ = stopping(&mut stop) => {
+                _ = agent.pulse.tick() => agent.health.beat(),
+                cfg = reloaded(&mut signals.reload) => agent.reload(cfg),
+                _ = stopping(&mut signals.stop) => {
                     agent.stopped();
                     return Ok(());
                 }
@@ -446,9 +532,12 @@ async fn enroll_with_retry(
     trust: &Trust,
     collector: &Collector,
     stop: &mut watch::Receiver<bool>,
+    health: &crate::notify::Health,
 ) -> Result<Option<crate::state::Identity>, AgentError> {
     let mut backoff = Reconnect::new();
+    let mut pulse = tokio::time::interval(Duration::from_secs(1));
     loop {
+        health.beat();
         match enroll::enroll(state, server, install_id, trust, collector.facts()).await {
             Ok(id) => {
                 tracing::info!(device = %id.device_id, "enrolled");
@@ -460,9 +549,14 @@ async fn enroll_with_retry(
                     "enrollment failed ({e}); retrying in {:.1}s",
                     delay.as_secs_f64()
                 );
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stopping(stop) => return Ok(None),
+                let wake = tokio::time::sleep(delay);
+                tokio::pin!(wake);
+                loop {
+                    tokio::select! {
+                        _ = &mut wake => break,
+                        _ = pulse.tick() => health.beat(),
+                        _ = stopping(stop) => return Ok(None),
+                    }
                 }
             }
             Err(e) => return Err(e.into()),

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod check;
 pub mod clock;
 pub mod collect;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod failpoint;
 pub mod link;
 pub mod logship;
 pub mod logsrc;
+pub mod notify;
 pub mod rotate;
 pub mod session;
 pub mod spool;

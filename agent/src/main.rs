@@ -34,6 +34,9 @@ enum Command {
     Enroll(AgentArgs),
     /// Run the daemon (enrolls first when not enrolled and an install ID is configured).
     Run(AgentArgs),
+    /// Check configuration, state, clock and reachability; one line per
+    /// finding, exit 1 when something is wrong.
+    Check(AgentArgs),
     /// Show enrollment, certificate, next rotation, link state and backlog
     /// (exit 1 when not enrolled).
     Status(StatusArgs),
@@ -49,12 +52,13 @@ fn main() -> ExitCode {
     let (command, args) = match cli.command {
         Command::Enroll(a) => ("enroll", a),
         Command::Run(a) => ("run", a),
+        Command::Check(a) => ("check", a),
         Command::Status(a) => {
             json = a.json;
             ("status", a.agent)
         }
     };
-    let cfg = match AgentConfig::resolve(args) {
+    let cfg = match AgentConfig::resolve(args.clone()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -63,6 +67,12 @@ fn main() -> ExitCode {
     };
     if command == "status" {
         return status(&cfg, json);
+    }
+    if let Some(level) = &cfg.log_level
+        && let Err(e) = outpost_common::set_log_filter(level)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -78,7 +88,8 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match command {
             "enroll" => enroll_once(&cfg).await,
-            _ => run(cfg).await,
+            "check" => outpost_agent::check::run(&cfg).await,
+            _ => run(cfg, args).await,
         }
     })
 }
@@ -126,14 +137,37 @@ async fn enroll_once(cfg: &AgentConfig) -> ExitCode {
     }
 }
 
-async fn run(cfg: AgentConfig) -> ExitCode {
+async fn run(cfg: AgentConfig, args: AgentArgs) -> ExitCode {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         outpost_common::shutdown_signal().await;
         tracing::info!("stop requested");
+        outpost_agent::notify::stopping();
         let _ = stop_tx.send(true);
     });
-    match daemon::run(cfg, stop_rx).await {
+    // SIGHUP: read the configuration again (flags and environment are as
+    // they were at start; the file may have changed).
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    match AgentConfig::resolve(args.clone()) {
+                        Ok(c) => {
+                            let _ = reload_tx.send(c).await;
+                        }
+                        Err(e) => tracing::error!("SIGHUP: configuration not reloaded: {e}"),
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!("cannot install a SIGHUP handler ({e}); reloading is off"),
+    }
+    let signals = daemon::Signals {
+        stop: stop_rx,
+        reload: reload_rx,
+    };
+    match daemon::run(cfg, signals).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(AgentError::Enroll(e @ EnrollError::Refused(_))) => {
             eprintln!("error: {e}");

@@ -10,7 +10,7 @@ use outpost_proto::v1::{
     AgentMessage, ConfigApplied, ConfigUpdate, Heartbeat, Hello, LogBatch, ServerMessage, Settings,
     TelemetryBatch,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -35,7 +35,7 @@ const ROTATION_RETRY: Duration = Duration::from_secs(30);
 
 pub async fn run_connection(
     agent: &mut Agent,
-    stop: &mut watch::Receiver<bool>,
+    signals: &mut crate::daemon::Signals,
 ) -> Result<End, LinkError> {
     agent.set_link("connecting", None);
     let channel = link::connect(&agent.server, agent.tls.clone()).await?;
@@ -122,8 +122,11 @@ pub async fn run_connection(
             reported = report;
         }
         agent.sync_spools();
+        agent.health.beat();
         let mut lines = Vec::new();
         tokio::select! {
+            _ = agent.pulse.tick() => agent.health.beat(),
+            cfg = crate::daemon::reloaded(&mut signals.reload) => agent.reload(cfg),
             _ = agent.sample_tick.tick() => agent.take_sample(),
             _ = agent.log_sources.recv(&mut lines) => agent.take_log_lines(lines),
             ack = log_acks.message() => match ack {
@@ -170,7 +173,7 @@ pub async fn run_connection(
                 Ok(None) => return Err(LinkError::Protocol("the server closed the session".into())),
                 Err(status) => return Err(status.into()),
             },
-            _ = crate::daemon::stopping(stop) => {
+            _ = crate::daemon::stopping(&mut signals.stop) => {
                 drain(agent, &mut acks, &mut log_acks).await;
                 return Ok(End::Stopping);
             }

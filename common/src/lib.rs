@@ -38,18 +38,43 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Confi
 /// at the level in `OUTPOST_LOG` (default `info`), with colours only on a
 /// terminal.
 pub fn init_process() -> Result<(), String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| "a rustls crypto provider was already installed".to_string())?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LOG_FILTER.set(handle);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .try_init()
+        .map_err(|e| format!("cannot set up logging: {e}"))?;
     Ok(())
+}
+
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
+/// Replaces the log filter (`info`, `debug`, `outpost_agent=debug,info`, …)
+/// at run time, e.g. on SIGHUP.
+pub fn set_log_filter(spec: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(spec)
+        .map_err(|e| format!("log level {spec:?} is not valid: {e}"))?;
+    let handle = LOG_FILTER
+        .get()
+        .ok_or("logging is not initialised")?;
+    handle
+        .reload(filter)
+        .map_err(|e| format!("cannot change the log level: {e}"))
 }
 
 /// Resolves on SIGTERM or SIGINT.

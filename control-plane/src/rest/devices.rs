@@ -407,10 +407,11 @@ fn fresh_install_id(state: &AppState, now: UnixMillis) -> InstallId {
     }
 }
 
-/// The command that enrolls a box, CA fingerprint pinned.
+/// The command that installs and enrolls a box, CA fingerprint pinned: run
+/// in an unpacked agent release (`systemd/install.sh`, docs/install.md).
 fn install_command(state: &AppState, install_id: &str) -> String {
     format!(
-        "outpost-agent enroll --server {} --install-id {install_id} --ca-fingerprint {}",
+        "sudo sh install.sh --server {} --install-id {install_id} --ca-fingerprint {}",
         state.public_url,
         state.ca.fingerprint()
     )

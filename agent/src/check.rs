@@ -1,0 +1,206 @@
+//! `outpost-agent check`: what an installer or support person runs on a box.
+//! One line per finding (`ok`, `warn` or `FAIL`); exit 1 when any check
+//! failed. Read-only except for the TLS handshake with the control plane.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::config::AgentConfig;
+use crate::state::StateDir;
+
+#[derive(Debug, Default)]
+pub struct Findings {
+    lines: Vec<(Level, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Findings {
+    fn ok(&mut self, s: impl Into<String>) {
+        self.lines.push((Level::Ok, s.into()));
+    }
+    fn warn(&mut self, s: impl Into<String>) {
+        self.lines.push((Level::Warn, s.into()));
+    }
+    fn fail(&mut self, s: impl Into<String>) {
+        self.lines.push((Level::Fail, s.into()));
+    }
+    pub fn failed(&self) -> bool {
+        self.lines.iter().any(|(l, _)| *l == Level::Fail)
+    }
+    pub fn render(&self) -> String {
+        self.lines
+            .iter()
+            .map(|(l, s)| {
+                let tag = match l {
+                    Level::Ok => "ok  ",
+                    Level::Warn => "warn",
+                    Level::Fail => "FAIL",
+                };
+                format!("{tag} {s}\n")
+            })
+            .collect()
+    }
+}
+
+fn fmt_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Runs every check and prints the findings.
+pub async fn run(cfg: &AgentConfig) -> ExitCode {
+    let f = check(cfg).await;
+    print!("{}", f.render());
+    if f.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+pub async fn check(cfg: &AgentConfig) -> Findings {
+    let mut f = Findings::default();
+    f.ok(format!(
+        "config: interval {}, {} log file(s), {} journal unit(s), spool {} bytes",
+        humantime::format_duration(cfg.interval),
+        cfg.log_files.len(),
+        cfg.journal_units.len(),
+        cfg.spool_max_bytes
+    ));
+    for p in &cfg.log_files {
+        match std::fs::File::open(p) {
+            Ok(_) => f.ok(format!("log file {} is readable", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => f.warn(format!(
+                "log file {} does not exist yet (it is followed once it appears)",
+                p.display()
+            )),
+            Err(e) => f.fail(format!("log file {}: {e}", p.display())),
+        }
+    }
+    let state = match StateDir::open(&cfg.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            f.fail(format!("state dir: {e}"));
+            return f;
+        }
+    };
+    let now = crate::clock::system_ms();
+    let floor = crate::clock::BUILD_TIME_MS.max(state.clock_floor().unwrap_or(0));
+    if now < floor {
+        f.warn(format!(
+            "clock: the system time {} is before the last known-good time {}; the agent uses the latter until the clock is set (is NTP running?)",
+            fmt_ms(now),
+            fmt_ms(floor)
+        ));
+    } else {
+        f.ok(format!("clock: {}", fmt_ms(now)));
+    }
+    let identity = match state.identity() {
+        Ok(Some(id)) => {
+            f.ok(format!(
+                "enrolled as {} in workspace {} ({})",
+                id.device_id,
+                id.workspace,
+                state.root().display()
+            ));
+            Some(id)
+        }
+        Ok(None) if cfg.install_id.is_some() && cfg.server.is_some() && cfg.trust.is_some() => {
+            f.ok("not enrolled yet; `run` enrolls with the configured install ID");
+            None
+        }
+        Ok(None) => {
+            f.fail(format!(
+                "not enrolled ({} has no identity) and no install ID, server and CA are configured",
+                state.root().display()
+            ));
+            return f;
+        }
+        Err(e) => {
+            f.fail(format!("identity: {e}"));
+            return f;
+        }
+    };
+    let mut tls_identity = None;
+    if identity.is_some() {
+        if let Err(e) = outpost_common::fs::ensure_private(&state.key_path()) {
+            f.fail(format!("device key: {e}"));
+        }
+        match crate::enroll::load_client_identity(&state) {
+            Ok(pair) => {
+                if let Some(leaf) = pair.0.first()
+                    && let Ok(v) = crate::rotate::validity(leaf)
+                {
+                    let now = now.max(floor);
+                    if v.not_after_ms < now {
+                        f.warn(format!(
+                            "certificate expired at {}: the agent rotates it on connect if the control plane's grace window allows, otherwise the box needs a new install ID",
+                            fmt_ms(v.not_after_ms)
+                        ));
+                    } else if v.not_before_ms > now {
+                        f.fail(format!(
+                            "certificate not valid before {}: the clock is behind",
+                            fmt_ms(v.not_before_ms)
+                        ));
+                    } else {
+                        f.ok(format!(
+                            "certificate valid until {}",
+                            fmt_ms(v.not_after_ms)
+                        ));
+                    }
+                }
+                tls_identity = Some(pair);
+            }
+            Err(e) => f.fail(format!("device key and certificate: {e}")),
+        }
+    }
+    // Reachability: TCP and a verified TLS handshake.
+    let server = match (&cfg.server, &identity) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(id)) => crate::link::ServerUrl::parse(&id.server).ok(),
+        (None, None) => None,
+    };
+    let trust = match (&identity, &cfg.trust) {
+        (Some(_), _) => crate::link::Trust::from_ca_file(&state.ca_path()).ok(),
+        (None, t) => t.clone(),
+    };
+    match (server, trust) {
+        (Some(server), Some(trust)) => {
+            let clock = crate::clock::Clock::new(state.clock_floor());
+            match crate::link::client_config_at(&trust, tls_identity, clock) {
+                Ok(tls) => match tokio::time::timeout(
+                    Duration::from_secs(15),
+                    crate::link::connect(&server, tls),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => f.ok(format!("control plane {server} reachable, TLS verified")),
+                    Ok(Err(e)) => f.fail(format!("control plane {server}: {e}")),
+                    Err(_) => f.fail(format!("control plane {server}: no answer within 15 s")),
+                },
+                Err(e) => f.fail(format!("TLS setup: {e}")),
+            }
+        }
+        _ => f.fail("no server or CA to check reachability with"),
+    }
+    let st = crate::status::report(&state).ok();
+    if let Some(r) = st {
+        let sp = &r.spool;
+        let line = format!(
+            "spool: {} samples and {} log lines waiting; dropped {} samples and {} lines; {} corrupt",
+            sp.pending, sp.logs_pending, sp.dropped, sp.logs_dropped, sp.corrupt
+        );
+        if sp.dropped + sp.logs_dropped + sp.corrupt > 0 {
+            f.warn(line);
+        } else {
+            f.ok(line);
+        }
+    }
+    f
+}

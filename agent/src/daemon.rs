@@ -226,7 +226,11 @@ impl Agent {
                     // The old tasks stop; lines they read but did not hand
                     // over are read again (their positions were not saved).
                     self.log_sources = sources;
-                    tracing::info!(files = cfg.log_files.len(), units = cfg.journal_units.len(), "log sources reloaded");
+                    tracing::info!(
+                        files = cfg.log_files.len(),
+                        units = cfg.journal_units.len(),
+                        "log sources reloaded"
+                    );
                 }
                 Err(e) => tracing::error!("log sources not reloaded: {e}"),
             }

@@ -93,7 +93,10 @@ impl Health {
 pub fn spawn_watchdog(health: Health) -> Option<tokio::task::JoinHandle<()>> {
     std::env::var_os("NOTIFY_SOCKET")?;
     let timeout = sd_notify::watchdog_enabled()?;
-    tracing::info!(timeout_ms = timeout.as_millis() as u64, "systemd watchdog enabled");
+    tracing::info!(
+        timeout_ms = timeout.as_millis() as u64,
+        "systemd watchdog enabled"
+    );
     Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(timeout / 2);
         let mut healthy = true;

@@ -467,13 +467,18 @@ impl Spool {
     /// callers that embed the seq in the payload read it first). Makes room
     /// by dropping the oldest segments when the bound is hit.
     pub fn append<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> Result<(), SpoolError> {
+        // All or nothing: refuse before any seq is taken.
+        if let Some(p) = payloads
+            .iter()
+            .map(AsRef::as_ref)
+            .find(|p| p.len() > MAX_RECORD || record_size(p.len()) > self.opts.max_bytes)
+        {
+            return Err(SpoolError::TooLarge(p.len()));
+        }
         let mut buf = Vec::new();
         for p in payloads {
             let p = p.as_ref();
             let size = record_size(p.len());
-            if p.len() > MAX_RECORD || size > self.opts.max_bytes {
-                return Err(SpoolError::TooLarge(p.len()));
-            }
             if self.segments.is_empty() {
                 self.roll()?;
             }
@@ -789,6 +794,17 @@ mod tests {
         let s = Spool::open(dir.path(), opts(1 << 20, 1 << 20), 1).unwrap();
         assert_eq!(s.ledger().corrupt, 3);
         assert_eq!(s.next_seq(), 51);
+    }
+
+    #[test]
+    fn spool_refuses_an_oversized_record_without_taking_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), opts(4096, 1024), 1).unwrap();
+        let err = s.append(&[payload(1, 10), vec![0u8; 5000]]).unwrap_err();
+        assert!(matches!(err, SpoolError::TooLarge(5000)), "{err}");
+        assert_eq!(s.next_seq(), 1);
+        s.append(&[payload(1, 10)]).unwrap();
+        assert_eq!(all(&mut s).iter().map(|r| r.0).collect::<Vec<_>>(), vec![1]);
     }
 
     #[test]

@@ -66,12 +66,23 @@ fn install_writes_config_unit_and_binary_and_is_idempotent() {
     );
     let env = std::fs::read_to_string(etc.join("agent.env")).unwrap();
     assert!(env.contains("OUTPOST_INSTALL_ID=inst_abc"), "{env}");
-    assert_eq!(mode(&etc.join("agent.env")), 0o600, "the install ID is a secret");
+    assert_eq!(
+        mode(&etc.join("agent.env")),
+        0o600,
+        "the install ID is a secret"
+    );
     assert_eq!(mode(&root.path().join("usr/bin/outpost-agent")), 0o755);
-    assert!(root.path().join("etc/systemd/system/outpost-agent.service").exists());
+    assert!(
+        root.path()
+            .join("etc/systemd/system/outpost-agent.service")
+            .exists()
+    );
     // No system command ran in a root-prefix install; they are listed.
     let t = text(&out);
-    assert!(t.contains("would run: systemctl enable outpost-agent.service"), "{t}");
+    assert!(
+        t.contains("would run: systemctl enable outpost-agent.service"),
+        "{t}"
+    );
     assert!(t.contains("would run: useradd --system"), "{t}");
 
     // The agent accepts the file it wrote (unknown keys would be refused).
@@ -110,16 +121,45 @@ fn install_refuses_bad_input_with_a_clear_line() {
     for (args, says) in [
         (vec!["--root", r], "--server is required"),
         (
-            vec!["--root", r, "--server", "http://cp:8443", "--install-id", "inst_x", "--ca-fingerprint", FP],
+            vec![
+                "--root",
+                r,
+                "--server",
+                "http://cp:8443",
+                "--install-id",
+                "inst_x",
+                "--ca-fingerprint",
+                FP,
+            ],
             "https://",
         ),
         (
-            vec!["--root", r, "--server", "https://cp:8443", "--install-id", "x", "--ca-fingerprint", FP],
+            vec![
+                "--root",
+                r,
+                "--server",
+                "https://cp:8443",
+                "--install-id",
+                "x",
+                "--ca-fingerprint",
+                FP,
+            ],
             "inst_",
         ),
         (vec!["--root", r, "--bogus"], "unknown option --bogus"),
         (
-            vec!["--root", r, "--server", "https://cp:8443", "--install-id", "inst_x", "--ca-fingerprint", FP, "--binary", "/nonexistent/agent"],
+            vec![
+                "--root",
+                r,
+                "--server",
+                "https://cp:8443",
+                "--install-id",
+                "inst_x",
+                "--ca-fingerprint",
+                FP,
+                "--binary",
+                "/nonexistent/agent",
+            ],
             "does not exist",
         ),
     ] {

@@ -69,9 +69,7 @@ static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new(
 pub fn set_log_filter(spec: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(spec)
         .map_err(|e| format!("log level {spec:?} is not valid: {e}"))?;
-    let handle = LOG_FILTER
-        .get()
-        .ok_or("logging is not initialised")?;
+    let handle = LOG_FILTER.get().ok_or("logging is not initialised")?;
     handle
         .reload(filter)
         .map_err(|e| format!("cannot change the log level: {e}"))

@@ -35,7 +35,10 @@ impl NotifySocket {
         self.sock.set_read_timeout(Some(timeout)).unwrap();
         let mut buf = [0u8; 4096];
         match self.sock.recv(&mut buf) {
-            Ok(n) => Some((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned())),
+            Ok(n) => Some((
+                Instant::now(),
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+            )),
             Err(_) => None,
         }
     }
@@ -56,7 +59,12 @@ impl NotifySocket {
     }
 }
 
-fn run_agent(state: &Path, notify: &NotifySocket, extra_env: &[(&str, &str)], args: &[&str]) -> Child {
+fn run_agent(
+    state: &Path,
+    notify: &NotifySocket,
+    extra_env: &[(&str, &str)],
+    args: &[&str],
+) -> Child {
     agent_cmd(&["run", "--interval", "1s", "--state-dir"])
         .arg(state)
         .args(args)
@@ -79,11 +87,13 @@ async fn enrolled() -> (ControlPlane, tempfile::TempDir) {
 }
 
 fn signal(child: &Child, sig: &str) {
-    assert!(Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(
+        Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
@@ -106,15 +116,23 @@ async fn notify_ready_watchdog_pace_and_stopping() {
     // WATCHDOG=1 at about half of WATCHDOG_USEC: never a gap near the timeout.
     let mut pings = Vec::new();
     while pings.len() < 6 {
-        let (at, msg) = notify.next(Duration::from_secs(2)).expect("watchdog pings keep coming");
+        let (at, msg) = notify
+            .next(Duration::from_secs(2))
+            .expect("watchdog pings keep coming");
         if msg.lines().any(|l| l == "WATCHDOG=1") {
             pings.push(at);
         }
     }
     for w in pings.windows(2) {
         let gap = w[1] - w[0];
-        assert!(gap < Duration::from_millis(900), "gap {gap:?} too close to the 1 s timeout");
-        assert!(gap > Duration::from_millis(200), "gap {gap:?}: pinging far too often");
+        assert!(
+            gap < Duration::from_millis(900),
+            "gap {gap:?} too close to the 1 s timeout"
+        );
+        assert!(
+            gap > Duration::from_millis(200),
+            "gap {gap:?}: pinging far too often"
+        );
     }
     signal(&agent, "TERM");
     notify.wait_for("STOPPING=1");
@@ -174,7 +192,10 @@ async fn sighup_reloads_the_interval_and_log_sources() {
     notify.wait_for("READY=1");
     std::fs::write(
         &cfg,
-        format!("interval = \"200ms\"\nlog-files = [\"{}\"]\nlog-level = \"debug\"\n", log.display()),
+        format!(
+            "interval = \"200ms\"\nlog-files = [\"{}\"]\nlog-level = \"debug\"\n",
+            log.display()
+        ),
     )
     .unwrap();
     signal(&agent, "HUP");
@@ -182,7 +203,10 @@ async fn sighup_reloads_the_interval_and_log_sources() {
     notify.wait_for("READY=1");
     // The new interval: samples arrive (there were none at 1 h).
     let device = {
-        let out = agent_cmd(&["status", "--json", "--state-dir"]).arg(state.path()).output().unwrap();
+        let out = agent_cmd(&["status", "--json", "--state-dir"])
+            .arg(state.path())
+            .output()
+            .unwrap();
         let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         s["device_id"].as_str().unwrap().to_string()
     };
@@ -197,7 +221,10 @@ async fn sighup_reloads_the_interval_and_log_sources() {
             .open(&log)
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"hello after reload\n"))
             .unwrap();
-        let out = agent_cmd(&["status", "--json", "--state-dir"]).arg(state.path()).output().unwrap();
+        let out = agent_cmd(&["status", "--json", "--state-dir"])
+            .arg(state.path())
+            .output()
+            .unwrap();
         let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         (s["spool"]["logs_acked_seq"].as_u64() >= Some(1)).then_some(())
     })
@@ -209,7 +236,10 @@ async fn sighup_reloads_the_interval_and_log_sources() {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_reports_each_problem_on_its_own_line() {
     let (mut cp, state) = enrolled().await;
-    let out = agent_cmd(&["check", "--state-dir"]).arg(state.path()).output().unwrap();
+    let out = agent_cmd(&["check", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}");
     assert!(text.contains("ok   enrolled as"), "{text}");
@@ -220,7 +250,10 @@ async fn check_reports_each_problem_on_its_own_line() {
     let key = state.path().join("device.key");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     cp.stop();
-    let out = agent_cmd(&["check", "--state-dir"]).arg(state.path()).output().unwrap();
+    let out = agent_cmd(&["check", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{text}");
     let fails: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
@@ -230,7 +263,10 @@ async fn check_reports_each_problem_on_its_own_line() {
 
     // Not enrolled and nothing configured.
     let empty = tempfile::tempdir().unwrap();
-    let out = agent_cmd(&["check", "--state-dir"]).arg(empty.path()).output().unwrap();
+    let out = agent_cmd(&["check", "--state-dir"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL not enrolled"));
 }

@@ -15,6 +15,9 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Largest number of samples accepted in one telemetry batch.
 pub const MAX_SAMPLES_PER_BATCH: usize = 512;
 
+/// Temperatures per sample at most.
+pub const MAX_TEMPERATURES_PER_SAMPLE: usize = 64;
+
 /// Log lines per batch at most.
 pub const MAX_LOGS_PER_BATCH: usize = 1024;
 

@@ -121,7 +121,15 @@ impl Agent {
     }
 
     /// Spools lines from the log sources and records where each source stands.
-    pub fn take_log_lines(&mut self, lines: Vec<SourcedLine>) {
+    pub fn take_log_lines(&mut self, mut lines: Vec<SourcedLine>) {
+        // File lines are stamped when read: by our floored clock, not the
+        // raw one (a box without an RTC boots in 1970).
+        let now = self.clock.now_ms();
+        for l in &mut lines {
+            if l.source.starts_with("file:") {
+                l.line.timestamp_ms = now;
+            }
+        }
         let first = self.logs.next_seq();
         let payloads = self.log_sources.encode(lines, first);
         let mut it = payloads.into_iter();
@@ -130,9 +138,28 @@ impl Agent {
             .map_err(AgentError::from)
             .and_then(|n| Ok(self.log_sources.save(first + n - 1)?));
         if let Err(e) = result {
-            tracing::error!("log lines could not be spooled: {e}");
+            // Not lost: the sources start again from the saved positions
+            // (plus what the spool holds beyond them) and read these again.
+            tracing::error!("log lines could not be spooled (read again shortly): {e}");
+            self.restart_log_sources();
         }
         self.write_status();
+    }
+
+    /// Starts the log sources again from their saved positions.
+    fn restart_log_sources(&mut self) {
+        let logs = &mut self.logs;
+        match LogSources::start(
+            &self.state.root().join("spool").join("logs"),
+            &self.cfg.log_files,
+            &self.cfg.journal_units,
+            journalctl(),
+            self.cfg.log_rate_limit,
+            |after| logs.peek_after(after),
+        ) {
+            Ok(sources) => self.log_sources = sources,
+            Err(e) => tracing::error!("log sources not restarted: {e}"),
+        }
     }
 
     /// The next telemetry batch to send, if any (spool errors are logged).
@@ -213,27 +240,17 @@ impl Agent {
             || cfg.journal_units != self.cfg.journal_units
             || cfg.log_rate_limit != self.cfg.log_rate_limit;
         if sources_changed {
-            let logs = &mut self.logs;
-            match LogSources::start(
-                &self.state.root().join("spool").join("logs"),
-                &cfg.log_files,
-                &cfg.journal_units,
-                journalctl(),
-                cfg.log_rate_limit,
-                |after| logs.peek_after(after),
-            ) {
-                Ok(sources) => {
-                    // The old tasks stop; lines they read but did not hand
-                    // over are read again (their positions were not saved).
-                    self.log_sources = sources;
-                    tracing::info!(
-                        files = cfg.log_files.len(),
-                        units = cfg.journal_units.len(),
-                        "log sources reloaded"
-                    );
-                }
-                Err(e) => tracing::error!("log sources not reloaded: {e}"),
-            }
+            self.cfg.log_files = cfg.log_files.clone();
+            self.cfg.journal_units = cfg.journal_units.clone();
+            self.cfg.log_rate_limit = cfg.log_rate_limit;
+            // The old tasks stop; lines they read but did not hand over are
+            // read again (their positions were not saved).
+            self.restart_log_sources();
+            tracing::info!(
+                files = cfg.log_files.len(),
+                units = cfg.journal_units.len(),
+                "log sources reloaded"
+            );
         }
         let restart_needed = cfg.server != self.cfg.server
             || cfg.state_dir != self.cfg.state_dir
@@ -507,7 +524,10 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
                 _ = &mut wake => break,
                 _ = agent.sample_tick.tick() => agent.take_sample(),
                 _ = agent.log_sources.recv(&mut lines) => agent.take_log_lines(lines),
-                _ = agent.pulse.tick() => agent.health.beat(),
+                _ = agent.pulse.tick() => {
+                    agent.health.beat();
+                    agent.sync_spools();
+                }
                 cfg = reloaded(&mut signals.reload) => agent.reload(cfg),
                 _ = stopping(&mut signals.stop) => {
                     agent.stopped();

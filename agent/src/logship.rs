@@ -281,8 +281,10 @@ async fn follow_journal(
     let mut quick_failures = 0;
     loop {
         let mut got_any = false;
+        let mut spawned = false;
         match JournalReader::spawn(&journalctl, &unit, resume.clone()) {
             Ok(mut reader) => {
+                spawned = true;
                 while let Some(item) = reader.next().await {
                     match item {
                         Ok(line) => {
@@ -310,10 +312,11 @@ async fn follow_journal(
         if got_any {
             delay = Duration::from_secs(1);
             quick_failures = 0;
-        } else {
+        } else if spawned {
             quick_failures += 1;
-            // A cursor the journal no longer has makes journalctl fail at
-            // once: after a few tries, start from the end instead.
+            // A cursor the journal no longer has makes journalctl exit at
+            // once with nothing: after a few such runs, start from the end
+            // instead (a failure to start journalctl does not count).
             if quick_failures >= 3 && resume.is_some() {
                 tracing::warn!(%unit, "the saved journal cursor is not accepted; continuing from the end of the journal");
                 resume = None;

@@ -113,6 +113,10 @@ pub struct Ledger {
     pub dropped: u64,
     /// Records lost to corrupt bytes.
     pub corrupt: u64,
+    /// The highest seq ever handed out for sending (made durable before it
+    /// is): never reused, even if its record is later lost from disk.
+    #[serde(default)]
+    pub issued: u64,
 }
 
 #[derive(Debug)]
@@ -256,10 +260,18 @@ impl Spool {
         outpost_common::fs::create_private_dir(dir).map_err(io(dir))?;
         let ledger_path = dir.join("ledger.json");
         let ledger = match std::fs::read(&ledger_path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| SpoolError::Ledger {
-                path: ledger_path.clone(),
-                message: e.to_string(),
-            })?,
+            Ok(b) => match serde_json::from_slice(&b) {
+                Ok(l) => l,
+                Err(e) => {
+                    // A power cut can leave it torn: rebuild from the
+                    // segments (acknowledged records may go again; the
+                    // control plane ignores them) rather than never start.
+                    let bad = ledger_path.with_extension("json.bad");
+                    tracing::warn!(path = %ledger_path.display(), "unreadable spool ledger ({e}); rebuilt from the segments, the old one kept as {}", bad.display());
+                    let _ = std::fs::rename(&ledger_path, &bad);
+                    Ledger::default()
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
             Err(e) => return Err(io(&ledger_path)(e)),
         };
@@ -305,11 +317,13 @@ impl Spool {
     fn repair(&mut self) -> Result<(), SpoolError> {
         self.writer = None;
         self.read_cache = None;
+        // One segment in memory at a time: keep only what each scan found.
         let mut scans = Vec::with_capacity(self.segments.len());
         for seg in &self.segments {
             let bytes = std::fs::read(&seg.path).map_err(io(&seg.path))?;
-            let s = scan(&bytes);
-            scans.push((bytes, s));
+            let mut s = scan(&bytes);
+            s.records.shrink_to_fit();
+            scans.push((bytes.len(), s));
         }
         // Count lost records: for each bad range, the seqs strictly between
         // the good records around it (and above `released`).
@@ -355,11 +369,12 @@ impl Spool {
             self.save_ledger(true)?;
         }
         // Rewrite segments that hold bad bytes; cut a torn tail.
-        let mut max_seq = self.ledger.released;
-        for (i, (bytes, s)) in scans.iter().enumerate() {
+        let mut max_seq = self.ledger.released.max(self.ledger.issued);
+        for (i, (len, s)) in scans.iter().enumerate() {
             let seg = &mut self.segments[i];
             let dirty = !s.bad.is_empty() || s.bad_tail.is_some();
             if dirty {
+                let bytes = std::fs::read(&seg.path).map_err(io(&seg.path))?;
                 let mut good = Vec::with_capacity(bytes.len());
                 for r in &s.records {
                     good.extend_from_slice(&bytes[r.offset..r.offset + HEADER + r.len + TRAILER]);
@@ -370,7 +385,7 @@ impl Spool {
                 outpost_common::fs::write_atomic(&seg.path, &good, 0o600).map_err(io(&seg.path))?;
                 seg.bytes = good.len() as u64;
             } else {
-                seg.bytes = bytes.len() as u64;
+                seg.bytes = *len as u64;
             }
             seg.last_seq = s.records.last().map_or(0, |r| r.seq);
             max_seq = max_seq.max(seg.last_seq);
@@ -631,6 +646,33 @@ impl Spool {
         max: usize,
         max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
+        let out = match self.read_after_once(after, max, max_bytes)? {
+            Some(out) => out,
+            // Bytes went bad since the spool was opened: it was repaired
+            // (counting what is lost); one more try.
+            None => self
+                .read_after_once(after, max, max_bytes)?
+                .ok_or_else(|| SpoolError::Io {
+                    path: self.dir.clone(),
+                    source: std::io::Error::other("segments keep failing their checksums"),
+                })?,
+        };
+        if let Some(&(last, _)) = out.last()
+            && last > self.ledger.issued
+        {
+            self.ledger.issued = last;
+            self.save_ledger(true)?;
+        }
+        Ok(out)
+    }
+
+    /// `None`: corruption was found and repaired; read again.
+    fn read_after_once(
+        &mut self,
+        after: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<(u64, Vec<u8>)>>, SpoolError> {
         let after = after.max(self.ledger.released);
         let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut size = 0;
@@ -649,10 +691,8 @@ impl Spool {
                     .map_err(io(path))?;
                 let s = scan(&bytes);
                 if !s.bad.is_empty() || s.bad_tail.is_some() {
-                    // Bytes went bad since the spool was opened: repair
-                    // (counting what is lost) and start over.
                     self.repair()?;
-                    return self.read_after(after, max, max_bytes);
+                    return Ok(None);
                 }
                 self.read_cache = Some((name, bytes, s));
             }
@@ -660,7 +700,7 @@ impl Spool {
                 let start = s.records.partition_point(|r| r.seq <= after);
                 for r in &s.records[start..] {
                     if out.len() >= max || (!out.is_empty() && size + r.len > max_bytes) {
-                        return Ok(out);
+                        return Ok(Some(out));
                     }
                     size += r.len;
                     let p = r.offset + HEADER;
@@ -669,7 +709,7 @@ impl Spool {
             }
             i += 1;
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Flushes appended records and the ledger (clean stop).
@@ -805,6 +845,42 @@ mod tests {
         assert_eq!(s.next_seq(), 1);
         s.append(&[payload(1, 10)]).unwrap();
         assert_eq!(all(&mut s).iter().map(|r| r.0).collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn spool_never_reuses_a_seq_that_was_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), opts(1 << 20, 1 << 20), 1).unwrap();
+        for i in 1..=5 {
+            s.append(&[payload(i, 20)]).unwrap();
+        }
+        assert_eq!(s.read_after(0, 10, usize::MAX).unwrap().len(), 5);
+        drop(s);
+        // The newest record's bytes are lost after it was sent.
+        let seg = dir.path().join(format!("{:020}.seg", 1));
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(len - 3).unwrap();
+        let s = Spool::open(dir.path(), opts(1 << 20, 1 << 20), 1).unwrap();
+        assert_eq!(s.next_seq(), 6, "seq 5 went out once: never again");
+    }
+
+    #[test]
+    fn spool_opens_with_a_torn_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), opts(1 << 20, 1 << 20), 1).unwrap();
+        for i in 1..=4 {
+            s.append(&[payload(i, 20)]).unwrap();
+        }
+        s.release(2).unwrap();
+        drop(s);
+        std::fs::write(dir.path().join("ledger.json"), b"{\"relea").unwrap();
+        let mut s = Spool::open(dir.path(), opts(1 << 20, 1 << 20), 1).unwrap();
+        // Acknowledged records may go again (the store ignores them); none is lost.
+        let seqs: Vec<u64> = all(&mut s).iter().map(|r| r.0).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4]);
+        assert_eq!(s.next_seq(), 5);
+        assert!(dir.path().join("ledger.json.bad").exists());
     }
 
     #[test]

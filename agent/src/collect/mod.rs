@@ -91,11 +91,14 @@ impl Collector {
                         celsius,
                     })
             })
+            // The control plane refuses a sample with more (a poisoned
+            // record would block the stream).
+            .take(outpost_proto::MAX_TEMPERATURES_PER_SAMPLE)
             .collect();
         pb::Sample {
             seq: 0,
             timestamp_unix_ms,
-            cpu_percent: self.sys.global_cpu_usage(),
+            cpu_percent: finite(self.sys.global_cpu_usage()),
             memory_used_bytes: self.sys.used_memory(),
             memory_total_bytes: self.sys.total_memory(),
             swap_used_bytes: self.sys.used_swap(),
@@ -162,4 +165,9 @@ mod tests {
         assert!(f.cpu_cores >= 1);
         assert!(!f.architecture.is_empty());
     }
+}
+
+/// NaN and infinities become 0: the control plane refuses them.
+fn finite(v: f32) -> f32 {
+    if v.is_finite() { v } else { 0.0 }
 }

@@ -9,7 +9,7 @@ use crate::store::{
 };
 
 const MAX_TEXT: usize = 256;
-const MAX_TEMPERATURES: usize = 64;
+const MAX_TEMPERATURES: usize = outpost_proto::MAX_TEMPERATURES_PER_SAMPLE;
 const MAX_GPUS: usize = 16;
 
 /// Clips free text from the device to a sane length (on a char boundary).

@@ -224,6 +224,9 @@ fn encode(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
 }
 
+/// Records read: (seq, payload), in seq order.
+pub type Records = Vec<(u64, Vec<u8>)>;
+
 fn record_size(payload: usize) -> u64 {
     (HEADER + payload + TRAILER) as u64
 }
@@ -645,7 +648,7 @@ impl Spool {
         after: u64,
         max: usize,
         max_bytes: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
+    ) -> Result<Records, SpoolError> {
         let out = match self.read_after_once(after, max, max_bytes)? {
             Some(out) => out,
             // Bytes went bad since the spool was opened: it was repaired
@@ -672,7 +675,7 @@ impl Spool {
         after: u64,
         max: usize,
         max_bytes: usize,
-    ) -> Result<Option<Vec<(u64, Vec<u8>)>>, SpoolError> {
+    ) -> Result<Option<Records>, SpoolError> {
         let after = after.max(self.ledger.released);
         let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut size = 0;

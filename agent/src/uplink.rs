@@ -43,7 +43,7 @@ impl OutboxLimits {
 }
 
 /// A batch handed out: (seq, payload) in seq order.
-pub type Records = Vec<(u64, Vec<u8>)>;
+pub use crate::spool::Records;
 
 #[derive(Debug)]
 pub struct Outbox {

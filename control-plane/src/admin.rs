@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::ids;
-use crate::store::{ApiKeyInfo, KNOWN_FEATURES, NewApiKey, SqliteStore, Store, Workspace, now_ms};
+use crate::store::{ApiKeyInfo, KNOWN_FEATURES, NewApiKey, Store, Workspace, now_ms};
 
 /// Scopes an API key may carry (reference/000).
 pub const SCOPE_DEVICE_READ: &str = "device:read";
@@ -35,7 +35,7 @@ pub type AdminResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Administration against one data directory.
 pub struct Admin {
-    store: SqliteStore,
+    store: std::sync::Arc<dyn Store>,
 }
 
 fn check_features(features: &[String]) -> AdminResult<()> {
@@ -52,10 +52,11 @@ fn check_features(features: &[String]) -> AdminResult<()> {
 }
 
 impl Admin {
-    pub async fn open(data_dir: &Path) -> AdminResult<Self> {
-        crate::pki::create_private_dir(data_dir)?;
+    /// The store of `data_dir` (SQLite), or the PostgreSQL database at
+    /// `database_url`.
+    pub async fn open(data_dir: &Path, database_url: Option<&str>) -> AdminResult<Self> {
         Ok(Self {
-            store: SqliteStore::open(data_dir).await?,
+            store: crate::config::open_store(data_dir, database_url).await?,
         })
     }
 

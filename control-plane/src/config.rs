@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// rotate (and nothing else) [default: 30d].
     #[arg(long, env = "OUTPOST_EXPIRED_CERT_GRACE", value_parser = humantime::parse_duration)]
     pub expired_cert_grace: Option<Duration>,
+    /// PostgreSQL URL (`postgres://user@host/db`) to run on PostgreSQL, e.g.
+    /// with several replicas [default: SQLite in the data dir].
+    #[arg(long, env = "OUTPOST_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// How long telemetry samples are kept [default: 30d].
     #[arg(long, env = "OUTPOST_TELEMETRY_RETENTION", value_parser = humantime::parse_duration)]
     pub telemetry_retention: Option<Duration>,
@@ -79,6 +83,7 @@ struct FileConfig {
     install_id_ttl: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     expired_cert_grace: Option<Duration>,
+    database_url: Option<String>,
     #[serde(default, with = "opt_duration")]
     telemetry_retention: Option<Duration>,
     #[serde(default, with = "opt_duration")]
@@ -110,6 +115,7 @@ pub struct ServeConfig {
     pub install_id_ttl: Duration,
     pub expired_cert_grace: Duration,
     pub retention: RetentionConfig,
+    pub database_url: Option<String>,
 }
 
 /// How long stored data is kept.
@@ -193,6 +199,7 @@ impl ServeConfig {
                 .expired_cert_grace
                 .or(file.expired_cert_grace)
                 .unwrap_or(DEFAULT_EXPIRED_CERT_GRACE),
+            database_url: args.database_url.or(file.database_url),
             retention: {
                 let d = RetentionConfig::default();
                 RetentionConfig {
@@ -224,6 +231,30 @@ fn default_server_names() -> Vec<String> {
         }
     }
     names
+}
+
+/// Opens the store: PostgreSQL when `database_url` is given, else SQLite in
+/// `data_dir` (created 0700).
+pub async fn open_store(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+) -> Result<std::sync::Arc<dyn crate::store::Store>, Box<dyn std::error::Error + Send + Sync>> {
+    match database_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(std::sync::Arc::new(crate::store::PgStore::connect(url).await?))
+        }
+        Some(url) => Err(format!(
+            "database-url must be a postgres:// URL (got {:?}); leave it out for SQLite in the data dir",
+            url.split('@').next_back().unwrap_or("")
+        )
+        .into()),
+        None => {
+            crate::pki::create_private_dir(data_dir)?;
+            Ok(std::sync::Arc::new(
+                crate::store::SqliteStore::open(data_dir).await?,
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

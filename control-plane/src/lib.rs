@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod bus;
 pub mod config;
 pub mod device_config;
 pub mod grpc;

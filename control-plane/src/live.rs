@@ -1,6 +1,10 @@
 //! Devices connected to this replica right now, and a way to reach their
-//! session streams (config pushes today; rotate and decommission commands
-//! with the credential lifecycle).
+//! streams: cut them (revocation), push a config, ask for a rotation.
+//!
+//! With several replicas (PostgreSQL), what an operator does on one replica
+//! must reach a device connected to another: every such action is also
+//! published as a [`LiveEvent`] (see `bus.rs`, LISTEN/NOTIFY), and the other
+//! replicas apply it to their own streams with [`LiveDevices::apply`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,7 +23,8 @@ use crate::store::ConfigVersion;
 const QUEUE: usize = 8;
 
 /// Why a device's streams are cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Cut {
     Deleted,
     Disabled,
@@ -36,10 +41,30 @@ struct Stream {
 
 type Map = HashMap<String, HashMap<u64, Stream>>;
 
+/// An operator action another replica must apply to its own streams.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LiveEvent {
+    Cut {
+        device: String,
+        why: Cut,
+    },
+    Rotate {
+        device: String,
+    },
+    /// The device's config changed to `version` (read it from the store).
+    Config {
+        device: String,
+        version: u64,
+    },
+}
+
 #[derive(Default)]
 pub struct LiveDevices {
     sessions: Mutex<Map>,
     next_handle: AtomicU64,
+    /// Where actions go for the other replicas (set when there are any).
+    publish: std::sync::OnceLock<mpsc::UnboundedSender<LiveEvent>>,
 }
 
 /// A stream's registration; unregisters on drop.
@@ -119,8 +144,40 @@ impl LiveDevices {
         }
     }
 
-    /// Cuts every open stream of the device (revocation).
+    /// Sends this replica's actions to the others from now on.
+    pub fn set_publisher(&self, tx: mpsc::UnboundedSender<LiveEvent>) {
+        let _ = self.publish.set(tx);
+    }
+
+    fn publish(&self, event: LiveEvent) {
+        if let Some(tx) = self.publish.get() {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Applies another replica's action to this replica's streams (config
+    /// events are resolved by the bus, which has the store, into
+    /// [`LiveDevices::push_config_local`]).
+    pub fn apply(&self, event: &LiveEvent) {
+        match event {
+            LiveEvent::Cut { device, why } => self.disconnect_local(device, *why),
+            LiveEvent::Rotate { device } => {
+                self.push_rotate_local(device);
+            }
+            LiveEvent::Config { .. } => {}
+        }
+    }
+
+    /// Cuts every open stream of the device (revocation), on every replica.
     pub fn disconnect(&self, device_id: &str, why: Cut) {
+        self.disconnect_local(device_id, why);
+        self.publish(LiveEvent::Cut {
+            device: device_id.to_string(),
+            why,
+        });
+    }
+
+    fn disconnect_local(&self, device_id: &str, why: Cut) {
         if let Some(streams) = self.lock().get(device_id) {
             for s in streams.values() {
                 let _ = s.cut.send(Some(why));
@@ -132,9 +189,16 @@ impl LiveDevices {
         self.lock().contains_key(device_id)
     }
 
-    /// Asks every live session of the device to rotate its key now.
-    /// Returns whether any session was reached.
+    /// Asks every live session of the device, on every replica, to rotate
+    /// its key now. Returns whether a session on this replica was reached.
     pub fn push_rotate(&self, device_id: &str) -> bool {
+        self.publish(LiveEvent::Rotate {
+            device: device_id.to_string(),
+        });
+        self.push_rotate_local(device_id)
+    }
+
+    fn push_rotate_local(&self, device_id: &str) -> bool {
         let msg = rotate_now();
         let mut reached = false;
         if let Some(streams) = self.lock().get(device_id) {
@@ -145,8 +209,16 @@ impl LiveDevices {
         reached
     }
 
-    /// Queues `config` to every live session of the device.
+    /// Queues `config` to every live session of the device, on every replica.
     pub fn push_config(&self, device_id: &str, config: &ConfigVersion) {
+        self.publish(LiveEvent::Config {
+            device: device_id.to_string(),
+            version: config.version,
+        });
+        self.push_config_local(device_id, config);
+    }
+
+    pub fn push_config_local(&self, device_id: &str, config: &ConfigVersion) {
         let msg = ServerMessage {
             kind: Some(ServerKind::Config(config_update(config))),
         };

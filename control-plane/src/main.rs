@@ -36,6 +36,9 @@ enum Command {
 struct DataDir {
     #[arg(long, env = "OUTPOST_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// PostgreSQL URL (postgres://…) when the control plane runs on PostgreSQL.
+    #[arg(long, env = "OUTPOST_DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -146,14 +149,18 @@ async fn workspace(command: WorkspaceCommand) -> CliResult {
             features,
             dir,
         } => {
-            Admin::open(&dir.data_dir)
+            Admin::open(&dir.data_dir, dir.database_url.as_deref())
                 .await?
                 .create_workspace(&name, &features)
                 .await?;
             println!("created workspace {name}");
         }
         WorkspaceCommand::List { dir } => {
-            for ws in Admin::open(&dir.data_dir).await?.list_workspaces().await? {
+            for ws in Admin::open(&dir.data_dir, dir.database_url.as_deref())
+                .await?
+                .list_workspaces()
+                .await?
+            {
                 let features = if ws.features.is_empty() {
                     "-".to_string()
                 } else {
@@ -176,7 +183,7 @@ async fn workspace(command: WorkspaceCommand) -> CliResult {
             if enable.is_empty() && disable.is_empty() {
                 return Err("give --enable FEATURE and/or --disable FEATURE".into());
             }
-            let now = Admin::open(&dir.data_dir)
+            let now = Admin::open(&dir.data_dir, dir.database_url.as_deref())
                 .await?
                 .set_features(&name, &enable, &disable)
                 .await?;
@@ -200,7 +207,7 @@ async fn api_key(command: ApiKeyCommand) -> CliResult {
             scopes,
             dir,
         } => {
-            let (id, key) = Admin::open(&dir.data_dir)
+            let (id, key) = Admin::open(&dir.data_dir, dir.database_url.as_deref())
                 .await?
                 .create_api_key(&workspace, &scopes)
                 .await?;
@@ -215,7 +222,7 @@ async fn api_key(command: ApiKeyCommand) -> CliResult {
             println!("{key}");
         }
         ApiKeyCommand::List { workspace, dir } => {
-            for k in Admin::open(&dir.data_dir)
+            for k in Admin::open(&dir.data_dir, dir.database_url.as_deref())
                 .await?
                 .list_api_keys(&workspace)
                 .await?
@@ -243,7 +250,7 @@ async fn api_key(command: ApiKeyCommand) -> CliResult {
             }
         }
         ApiKeyCommand::Revoke { id, dir } => {
-            Admin::open(&dir.data_dir)
+            Admin::open(&dir.data_dir, dir.database_url.as_deref())
                 .await?
                 .revoke_api_key(&id)
                 .await?;

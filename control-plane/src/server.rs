@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::config::ServeConfig;
-use crate::store::{SqliteStore, Store};
+use crate::store::Store;
 use crate::{AppState, grpc, pki, rest};
 
 pub type ServerError = Box<dyn std::error::Error + Send + Sync>;
@@ -24,7 +24,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     pki::create_private_dir(&cfg.data_dir)?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir).await?);
+    let store: Arc<dyn Store> =
+        crate::config::open_store(&cfg.data_dir, cfg.database_url.as_deref()).await?;
     let ca = Arc::new(pki::Ca::load_or_create(&cfg.data_dir.join("pki"))?);
     let tls = grpc::tls::server_config(&ca, &cfg.server_names, cfg.expired_cert_grace)?;
 
@@ -61,6 +62,12 @@ pub async fn run(
         live: Default::default(),
         limits: Default::default(),
     });
+
+    if let Some(url) = cfg.database_url.as_deref() {
+        crate::bus::start(state.clone(), url)
+            .await
+            .map_err(|e| format!("replica bus (LISTEN/NOTIFY): {e}"))?;
+    }
 
     println!("outpost-control-plane: grpc listening on https://{grpc_addr}");
     println!("outpost-control-plane: rest listening on http://{rest_addr}");

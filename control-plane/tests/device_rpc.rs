@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use outpost_agent::link::{self, ServerUrl, Trust};
 use outpost_control_plane::pki::{Ca, VerifiedCsr};
-use outpost_control_plane::store::{SqliteStore, Store};
 use outpost_proto::v1::agent_message::Kind as AgentKind;
 use outpost_proto::v1::device_service_client::DeviceServiceClient;
 use outpost_proto::v1::server_message::Kind as ServerKind;
@@ -280,7 +279,12 @@ async fn a_disabled_device_is_refused() {
     let f = fixture().await;
     let key = KeyPair::generate().unwrap();
     let resp = enroll_raw(&f.cp, &f.install_id, &key).await.unwrap();
-    let store = SqliteStore::open(&f.cp.data_dir).await.unwrap();
+    let store = outpost_control_plane::config::open_store(
+        &f.cp.data_dir,
+        test_database(&f.cp.data_dir).as_deref(),
+    )
+    .await
+    .unwrap();
     assert!(
         store
             .set_device_enabled("acme", &f.device, false)

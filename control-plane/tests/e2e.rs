@@ -358,6 +358,9 @@ async fn serve_takes_settings_from_env_and_config_file() {
         .env("OUTPOST_DATA_DIR", &dir)
         // The environment beats the file's unusable port 1.
         .env("OUTPOST_REST_LISTEN", "127.0.0.1:0");
+    if let Some(url) = test_database(&dir) {
+        cmd.env("OUTPOST_DATABASE_URL", url);
+    }
     let cp = ControlPlane::spawn(cmd, &dir);
     assert!(
         dir.join("pki/ca.crt").exists(),

@@ -140,6 +140,11 @@ impl Collector {
     }
 }
 
+/// NaN and infinities become 0: the control plane refuses them.
+fn finite(v: f32) -> f32 {
+    if v.is_finite() { v } else { 0.0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,9 +170,4 @@ mod tests {
         assert!(f.cpu_cores >= 1);
         assert!(!f.architecture.is_empty());
     }
-}
-
-/// NaN and infinities become 0: the control plane refuses them.
-fn finite(v: f32) -> f32 {
-    if v.is_finite() { v } else { 0.0 }
 }

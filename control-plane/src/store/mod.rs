@@ -2,8 +2,13 @@
 //! embedded by default; PostgreSQL for several replicas). Handlers and the
 //! gRPC service only ever see this trait and the plain model types below.
 
+mod common;
+pub mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod tests;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use serde::{Deserialize, Serialize};

@@ -64,6 +64,40 @@ fn wait_exit(child: &mut Child) -> ExitStatus {
     }
 }
 
+/// With `OUTPOST_TEST_DATABASE_URL` (a PostgreSQL server URL), every data
+/// directory gets its own fresh database (remembered in the directory, so a
+/// restart finds it again); without it the control plane uses SQLite.
+pub fn test_database(data_dir: &Path) -> Option<String> {
+    let base = std::env::var("OUTPOST_TEST_DATABASE_URL").ok()?;
+    let marker = data_dir.join(".test-database-url");
+    if let Ok(url) = std::fs::read_to_string(&marker) {
+        return Some(url);
+    }
+    let name = format!("outpost_e2e_{:016x}", rand::random::<u64>());
+    let out = Command::new("psql")
+        .arg(&base)
+        .args([
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .expect("a database URL ends in /dbname");
+    let url = format!("{prefix}/{name}");
+    std::fs::create_dir_all(data_dir).unwrap();
+    std::fs::write(&marker, &url).unwrap();
+    Some(url)
+}
+
 /// A running control plane with its own data directory.
 pub struct ControlPlane {
     child: Child,
@@ -95,6 +129,9 @@ impl ControlPlane {
             .arg(data_dir)
             .args(["--rest-listen", rest, "--grpc-listen", grpc])
             .args(extra);
+        if let Some(url) = test_database(data_dir) {
+            cmd.args(["--database-url", &url]);
+        }
         Self::spawn(cmd, data_dir)
     }
 
@@ -149,12 +186,12 @@ impl ControlPlane {
     }
 
     pub fn admin(&self, args: &[&str]) -> Output {
-        Command::new(cp_bin())
-            .args(args)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .output()
-            .expect("run admin command")
+        let mut cmd = Command::new(cp_bin());
+        cmd.args(args).arg("--data-dir").arg(&self.data_dir);
+        if let Some(url) = test_database(&self.data_dir) {
+            cmd.args(["--database-url", &url]);
+        }
+        cmd.output().expect("run admin command")
     }
 
     pub fn create_workspace(&self, name: &str, features: &[&str]) {

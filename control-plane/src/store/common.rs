@@ -1,0 +1,315 @@
+//! Backend-independent helpers shared by the SQL backends: JSON encoding of
+//! the TEXT columns, integer clamping, and row → model conversion written
+//! against [`Cols`], which any sqlx row type whose database decodes the few
+//! plain types we store provides.
+//!
+//! The conversions rely on the backends naming their columns identically and
+//! storing integers as 64-bit (SQLite `INTEGER`, PostgreSQL `BIGINT`).
+
+use super::*;
+
+pub(super) fn json_vec<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> StoreResult<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    // Serializing our own plain structs and vectors cannot fail.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+/// The databases store signed 64-bit integers; counters beyond i64::MAX
+/// saturate.
+pub(super) fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A stored (non-negative) count back as `u64`.
+fn u(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// Typed access to a result row by column name.
+pub(super) trait Cols {
+    fn int(&self, col: &str) -> StoreResult<i64>;
+    fn opt_int(&self, col: &str) -> StoreResult<Option<i64>>;
+    fn text(&self, col: &str) -> StoreResult<String>;
+    fn opt_text(&self, col: &str) -> StoreResult<Option<String>>;
+    fn flag(&self, col: &str) -> StoreResult<bool>;
+    fn float(&self, col: &str) -> StoreResult<f64>;
+    fn opt_float(&self, col: &str) -> StoreResult<Option<f64>>;
+}
+
+impl<R> Cols for R
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
+    String: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
+    bool: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
+    f64: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
+{
+    fn int(&self, col: &str) -> StoreResult<i64> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_int(&self, col: &str) -> StoreResult<Option<i64>> {
+        Ok(self.try_get(col)?)
+    }
+    fn text(&self, col: &str) -> StoreResult<String> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&self, col: &str) -> StoreResult<Option<String>> {
+        Ok(self.try_get(col)?)
+    }
+    fn flag(&self, col: &str) -> StoreResult<bool> {
+        Ok(self.try_get(col)?)
+    }
+    fn float(&self, col: &str) -> StoreResult<f64> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_float(&self, col: &str) -> StoreResult<Option<f64>> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+/// `SELECT <device columns> FROM devices <tail>`, built at compile time.
+macro_rules! device_select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, workspace, name, description, device_type, enabled, created_at, ",
+            "facts, session_id, last_heartbeat, cert_expires_at, workflow_id, offline_mode, ",
+            "config_version, config_applied_version FROM devices ",
+            $tail
+        )
+    };
+}
+pub(super) use device_select;
+
+pub(super) fn workspace_from_row(r: &impl Cols) -> StoreResult<Workspace> {
+    Ok(Workspace {
+        name: r.text("name")?,
+        features: json_vec(&r.text("features")?, "workspace features")?,
+        created_at: r.int("created_at")?,
+    })
+}
+
+fn scopes(r: &impl Cols) -> StoreResult<Option<Vec<String>>> {
+    r.opt_text("scopes")?
+        .as_deref()
+        .map(|s| json_vec(s, "api key scopes"))
+        .transpose()
+}
+
+pub(super) fn api_key_info_from_row(r: &impl Cols) -> StoreResult<ApiKeyInfo> {
+    Ok(ApiKeyInfo {
+        id: r.text("id")?,
+        workspace: r.text("workspace")?,
+        scopes: scopes(r)?,
+        device_id: r.opt_text("device_id")?,
+        created_at: r.int("created_at")?,
+        revoked_at: r.opt_int("revoked_at")?,
+    })
+}
+
+pub(super) fn api_key_record_from_row(r: &impl Cols) -> StoreResult<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: r.text("id")?,
+        workspace: r.text("workspace")?,
+        scopes: scopes(r)?,
+        device_id: r.opt_text("device_id")?,
+    })
+}
+
+/// A row of [`device_select!`].
+pub(super) fn device_from_row(r: &impl Cols) -> StoreResult<Device> {
+    Ok(Device {
+        id: r.text("id")?,
+        workspace: r.text("workspace")?,
+        name: r.text("name")?,
+        description: r.text("description")?,
+        device_type: r.text("device_type")?,
+        enabled: r.flag("enabled")?,
+        created_at: r.int("created_at")?,
+        facts: r
+            .opt_text("facts")?
+            .as_deref()
+            .map(|f| json_vec(f, "device facts"))
+            .transpose()?,
+        session_id: r.opt_text("session_id")?,
+        last_heartbeat: r.opt_int("last_heartbeat")?,
+        cert_expires_at: r.opt_int("cert_expires_at")?,
+        workflow_id: r.opt_text("workflow_id")?,
+        offline_mode: r.flag("offline_mode")?,
+        config_version: u(r.int("config_version")?),
+        config_applied_version: u(r.int("config_applied_version")?),
+    })
+}
+
+/// Columns `id, workspace, enabled, install_id_expires_at,
+/// install_key_sha256, install_spent` of `devices`.
+pub(super) fn enrollment_from_row(r: &impl Cols) -> StoreResult<Enrollment> {
+    Ok(Enrollment {
+        device_id: r.text("id")?,
+        workspace: r.text("workspace")?,
+        enabled: r.flag("enabled")?,
+        expires_at: r.opt_int("install_id_expires_at")?.unwrap_or(0),
+        bound_key_sha256: r.opt_text("install_key_sha256")?,
+        spent: r.flag("install_spent")?,
+    })
+}
+
+/// Columns `serial, device_id, revoked_at, superseded_at` of a certificate
+/// joined with `workspace, enabled, install_spent, deleted_at` of its device.
+pub(super) fn cert_from_row(r: &impl Cols) -> StoreResult<CertRecord> {
+    Ok(CertRecord {
+        serial: r.text("serial")?,
+        device_id: r.text("device_id")?,
+        workspace: r.text("workspace")?,
+        revoked: r.opt_int("revoked_at")?.is_some(),
+        device_enabled: r.flag("enabled")?,
+        device_deleted: r.opt_int("deleted_at")?.is_some(),
+        superseded_at: r.opt_int("superseded_at")?,
+        install_spent: r.flag("install_spent")?,
+    })
+}
+
+/// The loss-total columns of `devices`.
+pub(super) fn loss_totals_from_row(r: &impl Cols) -> StoreResult<LossTotals> {
+    Ok(LossTotals {
+        telemetry_dropped: u(r.int("telemetry_dropped")?),
+        logs_dropped: u(r.int("logs_dropped")?),
+        corrupt: u(r.int("spool_corrupt")?),
+        logs_rate_limited: u(r.int("logs_rate_limited")?),
+    })
+}
+
+/// The `data_lost` event for totals that went from `before` to `t`, if any
+/// of them grew. Totals restart when a box re-enrolls with a fresh state dir:
+/// only growth is news.
+pub(super) fn loss_event(before: &LossTotals, t: &LossTotals) -> Option<serde_json::Value> {
+    let grew = |now: u64, then: u64| now.saturating_sub(then);
+    let delta = LossTotals {
+        telemetry_dropped: grew(t.telemetry_dropped, before.telemetry_dropped),
+        logs_dropped: grew(t.logs_dropped, before.logs_dropped),
+        corrupt: grew(t.corrupt, before.corrupt),
+        logs_rate_limited: grew(t.logs_rate_limited, before.logs_rate_limited),
+    };
+    (delta != LossTotals::default()).then(|| {
+        serde_json::json!({
+            "telemetry_dropped": delta.telemetry_dropped,
+            "logs_dropped": delta.logs_dropped,
+            "corrupt": delta.corrupt,
+            "logs_rate_limited": delta.logs_rate_limited,
+            "totals": {
+                "telemetry_dropped": t.telemetry_dropped,
+                "logs_dropped": t.logs_dropped,
+                "corrupt": t.corrupt,
+                "logs_rate_limited": t.logs_rate_limited,
+            },
+        })
+    })
+}
+
+/// What changed between `before` and the patch, as `(kind, detail)` events
+/// in the order they are recorded.
+pub(super) fn patch_events(
+    before: &Device,
+    patch: &DevicePatch,
+) -> Vec<(&'static str, serde_json::Value)> {
+    let mut events = Vec::new();
+    let mut changed = serde_json::Map::new();
+    if let Some(n) = patch.name.as_ref().filter(|n| **n != before.name) {
+        changed.insert(
+            "name".into(),
+            serde_json::json!({"from": before.name, "to": n}),
+        );
+    }
+    if let Some(d) = patch
+        .description
+        .as_ref()
+        .filter(|d| **d != before.description)
+    {
+        changed.insert("description".into(), serde_json::json!({"to": d}));
+    }
+    if !changed.is_empty() {
+        events.push(("updated", serde_json::Value::Object(changed)));
+    }
+    if let Some(enabled) = patch.enabled.filter(|e| *e != before.enabled) {
+        let kind = if enabled { "enabled" } else { "disabled" };
+        events.push((kind, serde_json::json!({})));
+    }
+    events
+}
+
+/// A row of `SELECT * FROM telemetry`.
+pub(super) fn sample_from_row(r: &impl Cols) -> StoreResult<TelemetrySample> {
+    let n = |name: &str| -> StoreResult<u64> { Ok(u(r.int(name)?)) };
+    Ok(TelemetrySample {
+        seq: n("seq")?,
+        timestamp: r.int("ts")?,
+        cpu_percent: r.float("cpu_percent")? as f32,
+        memory_used_bytes: n("memory_used_bytes")?,
+        memory_total_bytes: n("memory_total_bytes")?,
+        swap_used_bytes: n("swap_used_bytes")?,
+        swap_total_bytes: n("swap_total_bytes")?,
+        disk_used_bytes: n("disk_used_bytes")?,
+        disk_total_bytes: n("disk_total_bytes")?,
+        network_rx_bytes: n("network_rx_bytes")?,
+        network_tx_bytes: n("network_tx_bytes")?,
+        load_1m: r.float("load_1m")?,
+        load_5m: r.float("load_5m")?,
+        load_15m: r.float("load_15m")?,
+        uptime_secs: n("uptime_secs")?,
+        temperatures: json_vec(&r.text("temperatures")?, "temperatures")?,
+        gpus: json_vec(&r.text("gpus")?, "gpus")?,
+    })
+}
+
+/// Columns `version, config, created_at` of `device_configs`.
+pub(super) fn config_from_row(r: &impl Cols) -> StoreResult<ConfigVersion> {
+    Ok(ConfigVersion {
+        version: u(r.int("version")?),
+        config: json_vec(&r.text("config")?, "device config")?,
+        created_at: r.int("created_at")?,
+    })
+}
+
+/// Columns `id, ts, kind, detail` of `events`.
+pub(super) fn event_from_row(r: &impl Cols) -> StoreResult<Event> {
+    Ok(Event {
+        id: r.int("id")?,
+        timestamp: r.int("ts")?,
+        kind: r.text("kind")?,
+        detail: json_vec(&r.text("detail")?, "event detail")?,
+    })
+}
+
+/// Columns `seq, ts, service, severity, message` of `logs`.
+pub(super) fn log_from_row(r: &impl Cols) -> StoreResult<LogRecord> {
+    Ok(LogRecord {
+        seq: u(r.int("seq")?),
+        timestamp: r.int("ts")?,
+        service: r.text("service")?,
+        severity: r.text("severity")?,
+        message: r.text("message")?,
+    })
+}
+
+/// A row of the backends' bucket aggregation (same column aliases).
+pub(super) fn bucket_from_row(r: &impl Cols) -> StoreResult<TelemetryBucket> {
+    Ok(TelemetryBucket {
+        start: r.int("bucket")?,
+        samples: u(r.int("n")?),
+        cpu_percent_avg: r.float("cpu_avg")?,
+        cpu_percent_max: r.float("cpu_max")?,
+        memory_used_bytes_avg: r.float("mem_avg")?,
+        memory_total_bytes: u(r.int("mem_total")?),
+        disk_used_bytes_avg: r.float("disk_avg")?,
+        disk_total_bytes: u(r.int("disk_total")?),
+        network_rx_bytes: u(r.int("rx")?),
+        network_tx_bytes: u(r.int("tx")?),
+        load_1m_avg: r.float("load_avg")?,
+        temperature_max_celsius: r.opt_float("temp_max")?,
+        gpu_utilization_percent_avg: r.opt_float("gpu_util")?,
+        gpu_memory_used_bytes_avg: r.opt_float("gpu_mem")?,
+    })
+}

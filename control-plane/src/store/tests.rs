@@ -1,0 +1,1266 @@
+//! Store tests, written against the [`Store`] trait and run on every
+//! backend: SQLite (in a temporary directory) always, PostgreSQL when
+//! `OUTPOST_TEST_DATABASE_URL` names a server, e.g.
+//! `postgres://postgres@127.0.0.1:54329/postgres` (each test then creates a
+//! database of its own there, and drops it when it passes). Without the
+//! variable the PostgreSQL variants pass without running.
+//!
+//! Each test `name` below becomes `name::sqlite` and `name::postgres`.
+//! The `replicas_*` tests get two stores over the same database, as two
+//! control-plane replicas would have, and race them.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use super::*;
+
+const PG_ENV: &str = "OUTPOST_TEST_DATABASE_URL";
+
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs `body` with `replicas` stores over one fresh database of `backend`,
+/// which holds the workspace `acme`.
+async fn run<F, Fut>(backend: Backend, replicas: usize, body: F)
+where
+    F: FnOnce(Vec<Arc<dyn Store>>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let acme = Workspace {
+        name: "acme".into(),
+        features: vec![],
+        created_at: 1,
+    };
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+            for _ in 0..replicas {
+                stores.push(Arc::new(SqliteStore::open(dir.path()).await.unwrap()));
+            }
+            stores[0].create_workspace(&acme).await.unwrap();
+            body(stores).await;
+        }
+        Backend::Postgres => {
+            let Some(base) = std::env::var(PG_ENV).ok().filter(|u| !u.is_empty()) else {
+                eprintln!("{PG_ENV} is not set: skipping the PostgreSQL run");
+                return;
+            };
+            let url = postgres::fresh_test_database(&base).await;
+            let mut pgs = Vec::new();
+            for _ in 0..replicas {
+                pgs.push(Arc::new(PgStore::connect(&url).await.unwrap()));
+            }
+            pgs[0].create_workspace(&acme).await.unwrap();
+            body(
+                pgs.iter()
+                    .map(|p| Arc::clone(p) as Arc<dyn Store>)
+                    .collect(),
+            )
+            .await;
+            for p in &pgs {
+                p.close().await;
+            }
+            postgres::drop_test_database(&base, &url).await.unwrap();
+        }
+    }
+}
+
+/// `name::sqlite` and `name::postgres` for each `async fn name(Arc<dyn Store>)`.
+macro_rules! store_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::run(super::Backend::Sqlite, 1, |mut s| super::$name(s.remove(0))).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::run(super::Backend::Postgres, 1, |mut s| super::$name(s.remove(0))).await
+            }
+        }
+    )*};
+}
+
+/// As [`store_tests`], for `async fn name(Vec<Arc<dyn Store>>)` given two
+/// replicas, on a multi-threaded runtime. Attributes before a name apply to
+/// its SQLite variant.
+macro_rules! replica_tests {
+    ($($(#[$sqlite_attr:meta])* $name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            $(#[$sqlite_attr])*
+            async fn sqlite() {
+                super::run(super::Backend::Sqlite, 2, super::$name).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::run(super::Backend::Postgres, 2, super::$name).await
+            }
+        }
+    )*};
+}
+
+store_tests!(
+    telemetry_is_stored_once_per_seq,
+    install_id_binds_to_the_first_key_and_retries_revoke_the_unused_cert,
+    sessions_drive_status_and_a_stale_close_does_not_end_a_new_session,
+    devices_list_in_pages_within_their_workspace,
+    duplicate_workspace_is_a_conflict,
+    list_filters_by_status_and_type,
+    configs_are_versioned_and_applied_versions_recorded,
+    delete_hides_the_device_and_revokes_everything,
+    patch_records_what_changed,
+    reissued_install_id_voids_the_old_one_and_its_binding,
+    logs_page_newest_first_with_filters,
+    telemetry_buckets_aggregate_per_bucket,
+    deleting_a_device_records_its_decommission_and_revokes_its_certs,
+    loss_reports_record_growth_once_and_retention_prunes,
+    workspaces_and_api_keys_round_trip,
+    a_batch_repeating_a_seq_stores_it_once,
+    rotation_supersedes_the_old_cert_until_retired,
+    force_reset_revokes_everything_and_issues_a_new_install_id,
+    replacing_the_device_key_leaves_one_live_key,
+    events_page_both_ways,
+);
+
+replica_tests!(
+    replicas_bind_an_install_id_to_one_key,
+    replicas_number_config_versions_uniquely,
+    replicas_serialize_rotations,
+    replicas_store_overlapping_batches_once,
+    replicas_page_events_without_gaps,
+);
+
+// Read-then-write transactions racing on one store (SQLite: BEGIN IMMEDIATE).
+replica_tests!(
+    replicas_record_a_loss_increase_once,
+    replicas_record_a_patch_once,
+);
+
+fn new_device(id: &str, created_at: i64) -> NewDevice {
+    NewDevice {
+        id: id.into(),
+        workspace: "acme".into(),
+        name: format!("dev {id}"),
+        description: String::new(),
+        device_type: "edge".into(),
+        install_id_hash: format!("hash-{id}"),
+        install_id_expires_at: i64::MAX,
+        workflow_id: None,
+        offline_mode: false,
+        config: serde_json::json!({"k": id}),
+        created_at,
+    }
+}
+
+fn commit(device: &str, key: &str, serial: &str) -> EnrollmentCommit {
+    EnrollmentCommit {
+        device_id: device.into(),
+        key_sha256: key.into(),
+        cert: NewCert {
+            serial: serial.into(),
+            not_before: 0,
+            not_after: 10,
+        },
+        device_api_key: NewApiKey {
+            id: format!("k-{serial}"),
+            workspace: "acme".into(),
+            key_hash: format!("kh-{serial}"),
+            scopes: None,
+            device_id: Some(device.into()),
+            created_at: 1,
+        },
+        now: 5,
+    }
+}
+
+fn sample(seq: u64) -> TelemetrySample {
+    TelemetrySample {
+        seq,
+        timestamp: 1000 * seq as i64,
+        cpu_percent: seq as f32,
+        temperatures: vec![Temperature {
+            sensor: "cpu".into(),
+            celsius: 40.0,
+        }],
+        ..Default::default()
+    }
+}
+
+async fn telemetry_is_stored_once_per_seq(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    assert_eq!(
+        s.insert_telemetry("d1", &[sample(1), sample(2)], 0)
+            .await
+            .unwrap(),
+        2
+    );
+    // A retry of the same batch plus one new sample stores only the new one.
+    assert_eq!(
+        s.insert_telemetry("d1", &[sample(1), sample(2), sample(3)], 0)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.last_telemetry_seq("d1").await.unwrap(), 3);
+    let q = TelemetryQuery {
+        device_id: "d1".into(),
+        start: None,
+        end: None,
+        after_seq: None,
+        direction: Direction::Forward,
+        limit: 10,
+    };
+    let rows = s.query_telemetry(&q).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(rows[0], sample(1), "round-trips every field");
+    let back = s
+        .query_telemetry(&TelemetryQuery {
+            direction: Direction::Backward,
+            after_seq: Some(3),
+            ..q.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(back.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 1]);
+    let window = s
+        .query_telemetry(&TelemetryQuery {
+            start: Some(2000),
+            end: Some(3000),
+            ..q
+        })
+        .await
+        .unwrap();
+    assert_eq!(window.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2]);
+}
+
+async fn install_id_binds_to_the_first_key_and_retries_revoke_the_unused_cert(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    s.complete_enrollment(&commit("d1", "keyA", "s1"))
+        .await
+        .unwrap();
+    let e = s.find_enrollment("hash-d1").await.unwrap().unwrap();
+    assert_eq!(e.bound_key_sha256.as_deref(), Some("keyA"));
+    // Same key again (response lost): allowed, and the first cert dies.
+    s.complete_enrollment(&commit("d1", "keyA", "s2"))
+        .await
+        .unwrap();
+    assert!(s.get_cert("s1").await.unwrap().unwrap().revoked);
+    assert!(!s.get_cert("s2").await.unwrap().unwrap().revoked);
+    // The first device key was replaced too.
+    assert!(s.find_api_key("kh-s1").await.unwrap().is_none());
+    assert!(s.find_api_key("kh-s2").await.unwrap().is_some());
+    // Another key: conflict.
+    assert!(matches!(
+        s.complete_enrollment(&commit("d1", "keyB", "s3")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Once spent, even the bound key is refused.
+    s.spend_install_id("d1").await.unwrap();
+    assert!(matches!(
+        s.complete_enrollment(&commit("d1", "keyA", "s4")).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn sessions_drive_status_and_a_stale_close_does_not_end_a_new_session(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    let now = 1_000_000;
+    let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
+    assert_eq!(dev.status(now), DeviceStatus::Unknown);
+    s.session_opened("d1", "sA", &DeviceFacts::default(), now)
+        .await
+        .unwrap();
+    s.session_opened("d1", "sB", &DeviceFacts::default(), now)
+        .await
+        .unwrap();
+    s.session_closed("d1", "sA", now).await.unwrap();
+    let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
+    assert_eq!(dev.status(now + 1), DeviceStatus::Online);
+    assert_eq!(
+        dev.status(now + ONLINE_WINDOW_MS),
+        DeviceStatus::Offline,
+        "silent sessions go offline"
+    );
+    s.session_closed("d1", "sB", now).await.unwrap();
+    let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
+    assert_eq!(dev.status(now + 1), DeviceStatus::Offline);
+}
+
+async fn devices_list_in_pages_within_their_workspace(s: Arc<dyn Store>) {
+    s.create_workspace(&Workspace {
+        name: "other".into(),
+        features: vec![],
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+        s.create_device(&new_device(id, 10 + i as i64))
+            .await
+            .unwrap();
+    }
+    let mut foreign = new_device("z", 5);
+    foreign.workspace = "other".into();
+    s.create_device(&foreign).await.unwrap();
+    let first = s
+        .list_devices(&DeviceListQuery {
+            workspace: "acme".into(),
+            after: None,
+            limit: 2,
+            status: None,
+            device_type: None,
+            now: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        first.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+    let rest = s
+        .list_devices(&DeviceListQuery {
+            workspace: "acme".into(),
+            after: Some((first[1].created_at, first[1].id.clone())),
+            limit: 2,
+            status: None,
+            device_type: None,
+            now: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        vec!["c"]
+    );
+    assert!(s.get_device("acme", "z").await.unwrap().is_none());
+    assert!(s.set_device_enabled("acme", "a", false).await.unwrap());
+    assert!(!s.get_device("acme", "a").await.unwrap().unwrap().enabled);
+    assert!(!s.set_device_enabled("acme", "z", false).await.unwrap());
+}
+
+async fn duplicate_workspace_is_a_conflict(s: Arc<dyn Store>) {
+    let err = s
+        .create_workspace(&Workspace {
+            name: "acme".into(),
+            features: vec![],
+            created_at: 2,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)));
+}
+
+fn list_query(
+    status: Option<DeviceStatus>,
+    device_type: Option<&str>,
+    now: i64,
+) -> DeviceListQuery {
+    DeviceListQuery {
+        workspace: "acme".into(),
+        after: None,
+        limit: 100,
+        status,
+        device_type: device_type.map(String::from),
+        now,
+    }
+}
+
+async fn list_filters_by_status_and_type(s: Arc<dyn Store>) {
+    let mut ai = new_device("ai", 1);
+    ai.device_type = "ai1".into();
+    s.create_device(&ai).await.unwrap();
+    s.create_device(&new_device("on", 2)).await.unwrap();
+    s.create_device(&new_device("off", 3)).await.unwrap();
+    let now = 1_000_000;
+    s.session_opened("on", "s1", &DeviceFacts::default(), now)
+        .await
+        .unwrap();
+    s.session_opened("off", "s2", &DeviceFacts::default(), now)
+        .await
+        .unwrap();
+    s.session_closed("off", "s2", now).await.unwrap();
+    let ids = |v: Vec<Device>| v.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    let q = |st, t| list_query(st, t, now + 1);
+    assert_eq!(
+        ids(s
+            .list_devices(&q(Some(DeviceStatus::Online), None))
+            .await
+            .unwrap()),
+        vec!["on"]
+    );
+    assert_eq!(
+        ids(s
+            .list_devices(&q(Some(DeviceStatus::Offline), None))
+            .await
+            .unwrap()),
+        vec!["off"]
+    );
+    assert_eq!(
+        ids(s
+            .list_devices(&q(Some(DeviceStatus::Unknown), None))
+            .await
+            .unwrap()),
+        vec!["ai"]
+    );
+    assert_eq!(
+        ids(s.list_devices(&q(None, Some("ai1"))).await.unwrap()),
+        vec!["ai"]
+    );
+    assert_eq!(
+        ids(s.list_devices(&q(None, Some("edge"))).await.unwrap()),
+        vec!["on", "off"]
+    );
+    // The same filter agrees with Device::status when heartbeats go stale.
+    let later = list_query(
+        Some(DeviceStatus::Offline),
+        None,
+        now + ONLINE_WINDOW_MS + 1,
+    );
+    assert_eq!(
+        ids(s.list_devices(&later).await.unwrap()),
+        vec!["on", "off"]
+    );
+}
+
+async fn configs_are_versioned_and_applied_versions_recorded(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    let v1 = s.get_config("d1", None).await.unwrap().unwrap();
+    assert_eq!(v1.version, 1);
+    assert_eq!(v1.config, serde_json::json!({"k": "d1"}));
+    let v2 = s
+        .put_config(
+            "acme",
+            "d1",
+            &serde_json::json!({"telemetry_interval_secs": 5}),
+            10,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    assert_eq!(s.get_config("d1", None).await.unwrap().unwrap(), v2);
+    assert_eq!(s.get_config("d1", Some(1)).await.unwrap().unwrap(), v1);
+    assert!(s.get_config("d1", Some(9)).await.unwrap().is_none());
+    let all = s.list_configs("d1", None, 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|c| c.version).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    let older = s.list_configs("d1", Some(2), 10).await.unwrap();
+    assert_eq!(older.iter().map(|c| c.version).collect::<Vec<_>>(), vec![1]);
+    assert!(
+        s.put_config("other", "d1", &serde_json::json!({}), 10)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    s.config_applied("d1", 2, 11).await.unwrap();
+    s.config_applied("d1", 2, 12).await.unwrap(); // repeated ack: one event
+    assert_eq!(
+        s.get_device("acme", "d1")
+            .await
+            .unwrap()
+            .unwrap()
+            .config_applied_version,
+        2
+    );
+    let kinds: Vec<String> = s
+        .list_events(&EventQuery {
+            device_id: "d1".into(),
+            after_id: None,
+            direction: Direction::Forward,
+            limit: 100,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, vec!["created", "config_changed", "config_applied"]);
+}
+
+async fn delete_hides_the_device_and_revokes_everything(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    s.complete_enrollment(&commit("d1", "keyA", "s1"))
+        .await
+        .unwrap();
+    assert!(s.delete_device("acme", "d1", 50).await.unwrap());
+    assert!(
+        !s.delete_device("acme", "d1", 51).await.unwrap(),
+        "already gone"
+    );
+    assert!(s.get_device("acme", "d1").await.unwrap().is_none());
+    assert!(s.device_workspace("d1").await.unwrap().is_none());
+    let cert = s.get_cert("s1").await.unwrap().unwrap();
+    assert!(cert.revoked && cert.device_deleted);
+    assert!(s.find_api_key("kh-s1").await.unwrap().is_none());
+    assert!(s.find_enrollment("hash-d1").await.unwrap().is_none());
+}
+
+async fn patch_records_what_changed(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    let patch = DevicePatch {
+        name: Some("renamed".into()),
+        enabled: Some(false),
+        ..Default::default()
+    };
+    let d = s
+        .update_device("acme", "d1", &patch, 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.name, "renamed");
+    assert!(!d.enabled);
+    assert!(
+        s.update_device("acme", "nope", &patch, 5)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let events = s
+        .list_events(&EventQuery {
+            device_id: "d1".into(),
+            after_id: None,
+            direction: Direction::Backward,
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(events[0].kind, "disabled");
+    assert_eq!(events[1].kind, "updated");
+    assert_eq!(events[1].detail["name"]["to"], "renamed");
+}
+
+async fn reissued_install_id_voids_the_old_one_and_its_binding(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    s.complete_enrollment(&commit("d1", "keyA", "s1"))
+        .await
+        .unwrap();
+    s.spend_install_id("d1").await.unwrap();
+    assert!(
+        s.reissue_install_id("acme", "d1", "new-hash", i64::MAX, 9)
+            .await
+            .unwrap()
+    );
+    assert!(s.find_enrollment("hash-d1").await.unwrap().is_none());
+    let e = s.find_enrollment("new-hash").await.unwrap().unwrap();
+    assert!(!e.spent && e.bound_key_sha256.is_none());
+    s.complete_enrollment(&commit("d1", "keyB", "s2"))
+        .await
+        .unwrap();
+    assert!(
+        s.get_cert("s1").await.unwrap().unwrap().revoked,
+        "re-enrollment revokes the old cert"
+    );
+}
+
+async fn logs_page_newest_first_with_filters(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    let line = |seq: u64, ts: i64, service: &str, severity: &str| LogRecord {
+        seq,
+        timestamp: ts,
+        service: service.into(),
+        severity: severity.into(),
+        message: format!("line {seq}"),
+    };
+    let logs = vec![
+        line(1, 100, "nginx", "info"),
+        line(2, 200, "app", "error"),
+        line(3, 200, "app", "warning"),
+        line(4, 300, "nginx", "debug"),
+    ];
+    assert_eq!(s.insert_logs("d1", &logs, 0).await.unwrap(), 4);
+    assert_eq!(
+        s.insert_logs("d1", &logs[..2], 0).await.unwrap(),
+        0,
+        "deduped"
+    );
+    let q = LogQuery {
+        device_id: "d1".into(),
+        start: None,
+        end: None,
+        service: None,
+        severity: None,
+        before: None,
+        limit: 10,
+    };
+    let seqs = |v: Vec<LogRecord>| v.into_iter().map(|l| l.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(s.query_logs(&q).await.unwrap()), vec![4, 3, 2, 1]);
+    let page2 = LogQuery {
+        before: Some((200, 3)),
+        ..q.clone()
+    };
+    assert_eq!(seqs(s.query_logs(&page2).await.unwrap()), vec![2, 1]);
+    let warn_up = LogQuery {
+        severity: Some("warning".into()),
+        ..q.clone()
+    };
+    assert_eq!(seqs(s.query_logs(&warn_up).await.unwrap()), vec![3, 2]);
+    let nginx = LogQuery {
+        service: Some("nginx".into()),
+        start: Some(150),
+        ..q
+    };
+    assert_eq!(seqs(s.query_logs(&nginx).await.unwrap()), vec![4]);
+}
+
+async fn telemetry_buckets_aggregate_per_bucket(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    let mk = |seq: u64, ts: i64, cpu: f32, rx: u64, temp: f32, gpu: Option<f32>| TelemetrySample {
+        seq,
+        timestamp: ts,
+        cpu_percent: cpu,
+        memory_used_bytes: 100 * seq,
+        memory_total_bytes: 1000,
+        network_rx_bytes: rx,
+        temperatures: vec![
+            Temperature {
+                sensor: "a".into(),
+                celsius: temp,
+            },
+            Temperature {
+                sensor: "b".into(),
+                celsius: temp - 10.0,
+            },
+        ],
+        gpus: gpu
+            .map(|u| {
+                vec![GpuSample {
+                    utilization_percent: u,
+                    memory_used_bytes: 7,
+                    ..Default::default()
+                }]
+            })
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let samples = vec![
+        mk(1, 0, 10.0, 1000, 40.0, Some(50.0)),
+        mk(2, 30_000, 30.0, 1500, 45.0, None),
+        mk(3, 60_000, 50.0, 2000, 50.0, Some(10.0)),
+        mk(4, 200_000, 70.0, 9000, 60.0, None), // outside the window
+    ];
+    s.insert_telemetry("d1", &samples, 0).await.unwrap();
+    let b = s.telemetry_buckets("d1", 0, 120_000, 60_000).await.unwrap();
+    assert_eq!(b.len(), 2);
+    assert_eq!((b[0].start, b[0].samples), (0, 2));
+    assert_eq!(b[0].cpu_percent_avg, 20.0);
+    assert_eq!(b[0].cpu_percent_max, 30.0);
+    assert_eq!(b[0].memory_used_bytes_avg, 150.0);
+    assert_eq!(b[0].network_rx_bytes, 500);
+    assert_eq!(b[0].temperature_max_celsius, Some(45.0));
+    assert_eq!(
+        b[0].gpu_utilization_percent_avg,
+        Some(50.0),
+        "samples without GPUs do not count"
+    );
+    assert_eq!((b[1].start, b[1].samples), (60_000, 1));
+    assert_eq!(b[1].gpu_memory_used_bytes_avg, Some(7.0));
+}
+
+async fn deleting_a_device_records_its_decommission_and_revokes_its_certs(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    s.complete_enrollment(&commit("d1", "key", "serial-1"))
+        .await
+        .unwrap();
+    assert!(s.delete_device("acme", "d1", 50).await.unwrap());
+    let events = s
+        .list_events(&EventQuery {
+            device_id: "d1".into(),
+            after_id: None,
+            direction: Direction::Forward,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds.last(), Some(&"decommissioned"), "{kinds:?}");
+    let cert = s.get_cert("serial-1").await.unwrap().unwrap();
+    assert!(cert.revoked && cert.device_deleted);
+    assert!(!s.delete_device("acme", "d1", 60).await.unwrap(), "once");
+}
+
+async fn loss_reports_record_growth_once_and_retention_prunes(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    let t = |dropped, corrupt| LossTotals {
+        telemetry_dropped: dropped,
+        logs_dropped: 0,
+        corrupt,
+        logs_rate_limited: 0,
+    };
+    assert!(!s.record_loss("d1", "acme", &t(0, 0), 10).await.unwrap());
+    assert!(s.record_loss("d1", "acme", &t(7, 1), 11).await.unwrap());
+    assert!(
+        !s.record_loss("d1", "acme", &t(7, 1), 12).await.unwrap(),
+        "same totals"
+    );
+    assert!(s.record_loss("d1", "acme", &t(9, 1), 13).await.unwrap());
+    let q = EventQuery {
+        device_id: "d1".into(),
+        after_id: None,
+        direction: Direction::Forward,
+        limit: 100,
+    };
+    let lost: Vec<_> = s
+        .list_events(&q)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "data_lost")
+        .collect();
+    assert_eq!(lost.len(), 2);
+    assert_eq!(lost[0].detail["telemetry_dropped"], 7);
+    assert_eq!(lost[0].detail["corrupt"], 1);
+    assert_eq!(lost[1].detail["telemetry_dropped"], 2, "the increase");
+    assert_eq!(lost[1].detail["totals"]["telemetry_dropped"], 9);
+
+    s.insert_telemetry("d1", &[sample(1), sample(2), sample(3)], 0)
+        .await
+        .unwrap();
+    let line = |seq: u64, ts: i64| LogRecord {
+        seq,
+        timestamp: ts,
+        service: "app".into(),
+        severity: "info".into(),
+        message: format!("line {seq}"),
+    };
+    s.insert_logs("d1", &[line(1, 100), line(2, 5000)], 0)
+        .await
+        .unwrap();
+    assert_eq!(s.last_log_seq("d1").await.unwrap(), 2);
+    let c = s
+        .prune(&Retention {
+            telemetry_before: 2500, // samples are at 1000 * seq
+            logs_before: 1000,
+            events_before: 12,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        c,
+        PruneCounts {
+            telemetry: 2,
+            logs: 1,
+            events: c.events
+        }
+    );
+    assert!(c.events >= 2, "created and the first loss report: {c:?}");
+    assert_eq!(s.last_telemetry_seq("d1").await.unwrap(), 3);
+    assert_eq!(s.last_log_seq("d1").await.unwrap(), 2);
+    let left = s.list_events(&q).await.unwrap();
+    assert!(left.iter().all(|e| e.timestamp >= 12), "{left:?}");
+}
+
+fn events_of(kinds: Vec<Event>) -> Vec<String> {
+    kinds.into_iter().map(|e| e.kind).collect()
+}
+
+fn all_events(device: &str) -> EventQuery {
+    EventQuery {
+        device_id: device.into(),
+        after_id: None,
+        direction: Direction::Forward,
+        limit: 10_000,
+    }
+}
+
+async fn workspaces_and_api_keys_round_trip(s: Arc<dyn Store>) {
+    // Byte order, as SQLite sorts TEXT: upper case first.
+    for name in ["beta", "Zeta"] {
+        s.create_workspace(&Workspace {
+            name: name.into(),
+            features: vec![],
+            created_at: 2,
+        })
+        .await
+        .unwrap();
+    }
+    let names: Vec<String> = s
+        .list_workspaces()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(names, vec!["Zeta", "acme", "beta"]);
+    let features = vec![FEATURE_DEVICE_AIO.to_string()];
+    assert!(s.set_workspace_features("acme", &features).await.unwrap());
+    assert!(!s.set_workspace_features("nope", &features).await.unwrap());
+    let acme = s.get_workspace("acme").await.unwrap().unwrap();
+    assert_eq!(
+        acme,
+        Workspace {
+            name: "acme".into(),
+            features,
+            created_at: 1
+        }
+    );
+    assert!(s.get_workspace("nope").await.unwrap().is_none());
+
+    let key = |id: &str, created_at: i64, scopes: Option<Vec<String>>| NewApiKey {
+        id: id.into(),
+        workspace: "acme".into(),
+        key_hash: format!("hash-{id}"),
+        scopes,
+        device_id: None,
+        created_at,
+    };
+    s.create_api_key(&key("k1", 10, None)).await.unwrap();
+    s.create_api_key(&key("k2", 20, Some(vec!["devices:read".into()])))
+        .await
+        .unwrap();
+    s.create_api_key(&key("K3", 20, Some(vec![])))
+        .await
+        .unwrap();
+    let found = s.find_api_key("hash-k2").await.unwrap().unwrap();
+    assert_eq!(
+        found,
+        ApiKeyRecord {
+            id: "k2".into(),
+            workspace: "acme".into(),
+            scopes: Some(vec!["devices:read".into()]),
+            device_id: None,
+        }
+    );
+    assert!(s.revoke_api_key("k1", 30).await.unwrap());
+    assert!(
+        !s.revoke_api_key("k1", 31).await.unwrap(),
+        "already revoked"
+    );
+    assert!(!s.revoke_api_key("nope", 31).await.unwrap());
+    assert!(s.find_api_key("hash-k1").await.unwrap().is_none());
+    let listed = s.list_api_keys("acme").await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|k| (k.id.as_str(), k.revoked_at))
+            .collect::<Vec<_>>(),
+        vec![("K3", None), ("k2", None), ("k1", Some(30))],
+        "newest first, then by id"
+    );
+    assert_eq!(listed[0].scopes, Some(vec![]));
+    assert_eq!(listed[2].scopes, None);
+    assert!(s.list_api_keys("beta").await.unwrap().is_empty());
+}
+
+async fn a_batch_repeating_a_seq_stores_it_once(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    assert_eq!(s.insert_telemetry("d1", &[], 0).await.unwrap(), 0);
+    assert_eq!(
+        s.insert_telemetry("d1", &[sample(2), sample(1), sample(2)], 0)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(s.last_telemetry_seq("d1").await.unwrap(), 2);
+    let line = |seq: u64| LogRecord {
+        seq,
+        timestamp: 10,
+        service: "app".into(),
+        severity: "bogus".into(), // ranks as info
+        message: format!("line {seq}"),
+    };
+    assert_eq!(s.insert_logs("d1", &[], 0).await.unwrap(), 0);
+    assert_eq!(
+        s.insert_logs("d1", &[line(5), line(5), line(4)], 0)
+            .await
+            .unwrap(),
+        2
+    );
+    let info_up = LogQuery {
+        device_id: "d1".into(),
+        start: None,
+        end: None,
+        service: None,
+        severity: Some("info".into()),
+        before: None,
+        limit: 10,
+    };
+    let got = s.query_logs(&info_up).await.unwrap();
+    assert_eq!(got, vec![line(5), line(4)]);
+    assert_eq!(s.last_log_seq("d1").await.unwrap(), 5);
+    assert_eq!(s.last_log_seq("nope").await.unwrap(), 0);
+}
+
+fn rotation(device: &str, old: &str, serial: &str, now: i64) -> RotationCommit {
+    RotationCommit {
+        device_id: device.into(),
+        workspace: "acme".into(),
+        old_serial: old.into(),
+        cert: NewCert {
+            serial: serial.into(),
+            not_before: now,
+            not_after: now + 1000,
+        },
+        device_api_key: NewApiKey {
+            id: format!("k-{serial}"),
+            workspace: "acme".into(),
+            key_hash: format!("kh-{serial}"),
+            scopes: None,
+            device_id: Some(device.into()),
+            created_at: now,
+        },
+        revoke_keys_before: now,
+        now,
+    }
+}
+
+async fn rotation_supersedes_the_old_cert_until_retired(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    s.complete_enrollment(&commit("d1", "keyA", "s1"))
+        .await
+        .unwrap();
+    s.spend_install_id("d1").await.unwrap();
+    s.rotate_cert(&rotation("d1", "s1", "s2", 100))
+        .await
+        .unwrap();
+    let old = s.get_cert("s1").await.unwrap().unwrap();
+    assert_eq!(old.superseded_at, Some(100));
+    assert!(!old.revoked, "usable until the new one is used");
+    assert!(old.install_spent && old.device_enabled && !old.device_deleted);
+    assert_eq!(old.workspace, "acme");
+    let new = s.get_cert("s2").await.unwrap().unwrap();
+    assert_eq!(new.superseded_at, None);
+    assert_eq!(
+        s.get_device("acme", "d1")
+            .await
+            .unwrap()
+            .unwrap()
+            .cert_expires_at,
+        Some(1100)
+    );
+    assert!(s.find_api_key("kh-s1").await.unwrap().is_none());
+    assert!(s.find_api_key("kh-s2").await.unwrap().is_some());
+    s.retire_superseded("d1", 150).await.unwrap();
+    assert!(s.get_cert("s1").await.unwrap().unwrap().revoked);
+    assert!(!s.get_cert("s2").await.unwrap().unwrap().revoked);
+    assert!(s.get_cert("nope").await.unwrap().is_none());
+    let events = s.list_events(&all_events("d1")).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "rotated");
+    assert_eq!(
+        last.detail,
+        serde_json::json!({"serial": "s2", "previous_serial": "s1"})
+    );
+}
+
+async fn force_reset_revokes_everything_and_issues_a_new_install_id(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    s.complete_enrollment(&commit("d1", "keyA", "s1"))
+        .await
+        .unwrap();
+    s.session_opened("d1", "sess", &DeviceFacts::default(), 20)
+        .await
+        .unwrap();
+    assert!(
+        !s.force_reset("other", "d1", "h2", i64::MAX, 30)
+            .await
+            .unwrap()
+    );
+    assert!(s.force_reset("acme", "d1", "h2", 99, 30).await.unwrap());
+    assert!(s.get_cert("s1").await.unwrap().unwrap().revoked);
+    assert!(s.find_api_key("kh-s1").await.unwrap().is_none());
+    assert!(s.find_enrollment("hash-d1").await.unwrap().is_none());
+    let e = s.find_enrollment("h2").await.unwrap().unwrap();
+    assert_eq!((e.device_id.as_str(), e.expires_at), ("d1", 99));
+    assert!(!e.spent && e.bound_key_sha256.is_none() && e.enabled);
+    let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
+    assert_eq!(dev.session_id, None, "the session ends");
+    let events = s.list_events(&all_events("d1")).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "revoked");
+    assert_eq!(last.detail, serde_json::json!({"forced_reset": true}));
+}
+
+async fn replacing_the_device_key_leaves_one_live_key(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    s.complete_enrollment(&commit("d1", "keyA", "s1"))
+        .await
+        .unwrap();
+    let key = NewApiKey {
+        id: "fresh".into(),
+        workspace: "acme".into(),
+        key_hash: "fresh-hash".into(),
+        scopes: Some(vec!["device".into()]),
+        device_id: Some("d1".into()),
+        created_at: 40,
+    };
+    s.replace_device_key(&key, 40).await.unwrap();
+    assert!(s.find_api_key("kh-s1").await.unwrap().is_none());
+    let found = s.find_api_key("fresh-hash").await.unwrap().unwrap();
+    assert_eq!(found.device_id.as_deref(), Some("d1"));
+    let no_device = NewApiKey {
+        device_id: None,
+        ..key
+    };
+    assert!(matches!(
+        s.replace_device_key(&no_device, 41).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let kinds = events_of(s.list_events(&all_events("d1")).await.unwrap());
+    assert_eq!(kinds.last().map(String::as_str), Some("reset"));
+}
+
+async fn events_page_both_ways(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    s.create_device(&new_device("d2", 1)).await.unwrap();
+    for n in 0..5 {
+        s.record_event("d1", "acme", "note", &serde_json::json!({ "n": n }), 10 + n)
+            .await
+            .unwrap();
+    }
+    s.session_heartbeat("d1", "no-such-session", 99)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_device("acme", "d1")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_heartbeat,
+        None,
+        "a heartbeat needs the current session"
+    );
+    let all = s.list_events(&all_events("d1")).await.unwrap();
+    assert_eq!(all.len(), 6, "created + 5");
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(all[3].detail, serde_json::json!({"n": 2}));
+    assert_eq!(all[3].timestamp, 12);
+    let fwd = EventQuery {
+        after_id: Some(all[1].id),
+        limit: 2,
+        ..all_events("d1")
+    };
+    assert_eq!(s.list_events(&fwd).await.unwrap(), all[2..4].to_vec());
+    let back = EventQuery {
+        after_id: Some(all[4].id),
+        direction: Direction::Backward,
+        limit: 3,
+        ..all_events("d1")
+    };
+    let mut expect = all[1..4].to_vec();
+    expect.reverse();
+    assert_eq!(s.list_events(&back).await.unwrap(), expect);
+    assert_eq!(s.list_events(&all_events("d2")).await.unwrap().len(), 1);
+}
+
+/// Runs `n` copies of `f` at once, alternating between the replicas.
+async fn race<T, F, Fut>(stores: &[Arc<dyn Store>], n: usize, f: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(Arc<dyn Store>, usize) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n)
+        .map(|k| tokio::spawn(f(Arc::clone(&stores[k % stores.len()]), k)))
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+async fn replicas_bind_an_install_id_to_one_key(stores: Vec<Arc<dyn Store>>) {
+    stores[0].create_device(&new_device("d1", 1)).await.unwrap();
+    let results = race(&stores, 8, |s, k| async move {
+        s.complete_enrollment(&commit("d1", &format!("key{k}"), &format!("s{k}")))
+            .await
+    })
+    .await;
+    let won: Vec<usize> = (0..8).filter(|k| results[*k].is_ok()).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || matches!(r, Err(StoreError::Conflict(_)))),
+        "{results:?}"
+    );
+    let e = stores[1].find_enrollment("hash-d1").await.unwrap().unwrap();
+    assert_eq!(e.bound_key_sha256, Some(format!("key{}", won[0])));
+    for k in 0..8 {
+        let cert = stores[0].get_cert(&format!("s{k}")).await.unwrap();
+        let key = stores[0].find_api_key(&format!("kh-s{k}")).await.unwrap();
+        assert_eq!(cert.is_some(), k == won[0]);
+        assert_eq!(key.is_some(), k == won[0]);
+    }
+}
+
+async fn replicas_number_config_versions_uniquely(stores: Vec<Arc<dyn Store>>) {
+    stores[0].create_device(&new_device("d1", 1)).await.unwrap();
+    let results = race(&stores, 10, |s, k| async move {
+        s.put_config("acme", "d1", &serde_json::json!({ "k": k }), 10)
+            .await
+            .unwrap()
+            .unwrap()
+    })
+    .await;
+    let mut versions: Vec<u64> = results.iter().map(|c| c.version).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (2..=11).collect::<Vec<_>>());
+    let stored = stores[1].list_configs("d1", None, 100).await.unwrap();
+    assert_eq!(stored.len(), 11);
+    for c in &results {
+        assert_eq!(
+            stores[1].get_config("d1", Some(c.version)).await.unwrap(),
+            Some(c.clone())
+        );
+    }
+    let current = stores[0].get_config("d1", None).await.unwrap().unwrap();
+    assert_eq!(current.version, 11);
+}
+
+async fn replicas_serialize_rotations(stores: Vec<Arc<dyn Store>>) {
+    stores[0].create_device(&new_device("d1", 1)).await.unwrap();
+    stores[0]
+        .complete_enrollment(&commit("d1", "keyA", "s0"))
+        .await
+        .unwrap();
+    stores[0].spend_install_id("d1").await.unwrap();
+    race(&stores, 6, |s, k| async move {
+        s.rotate_cert(&rotation("d1", "s0", &format!("r{k}"), 100 + k as i64))
+            .await
+            .unwrap()
+    })
+    .await;
+    // Whatever the order, the result is that of some serial order: one
+    // current certificate (the one the device row names), the rest
+    // superseded.
+    let mut current = Vec::new();
+    for serial in ["s0", "r0", "r1", "r2", "r3", "r4", "r5"] {
+        let c = stores[1].get_cert(serial).await.unwrap().unwrap();
+        assert!(!c.revoked, "{serial}");
+        if c.superseded_at.is_none() {
+            current.push(serial);
+        }
+    }
+    assert_eq!(current.len(), 1, "{current:?}");
+    let k: i64 = current[0][1..].parse().unwrap();
+    let dev = stores[1].get_device("acme", "d1").await.unwrap().unwrap();
+    assert_eq!(dev.cert_expires_at, Some(100 + k + 1000));
+}
+
+async fn replicas_store_overlapping_batches_once(stores: Vec<Arc<dyn Store>>) {
+    stores[0].create_device(&new_device("d1", 1)).await.unwrap();
+    let ranges = [(1u64, 60u64), (30, 90), (1, 100), (50, 100)];
+    let stored = race(&stores, ranges.len(), |s, k| {
+        let (from, to) = ranges[k];
+        async move {
+            let samples: Vec<_> = (from..=to).map(sample).collect();
+            let logs: Vec<_> = (from..=to)
+                .map(|seq| LogRecord {
+                    seq,
+                    timestamp: seq as i64,
+                    service: "app".into(),
+                    severity: "info".into(),
+                    message: String::new(),
+                })
+                .collect();
+            (
+                s.insert_telemetry("d1", &samples, 0).await.unwrap(),
+                s.insert_logs("d1", &logs, 0).await.unwrap(),
+            )
+        }
+    })
+    .await;
+    assert_eq!(stored.iter().map(|(t, _)| t).sum::<u64>(), 100);
+    assert_eq!(stored.iter().map(|(_, l)| l).sum::<u64>(), 100);
+    assert_eq!(stores[1].last_telemetry_seq("d1").await.unwrap(), 100);
+    assert_eq!(stores[1].last_log_seq("d1").await.unwrap(), 100);
+}
+
+async fn replicas_page_events_without_gaps(stores: Vec<Arc<dyn Store>>) {
+    stores[0].create_device(&new_device("d1", 1)).await.unwrap();
+    const WRITERS: usize = 8;
+    const EACH: usize = 25;
+    let writers = {
+        let stores = stores.clone();
+        tokio::spawn(async move {
+            race(&stores, WRITERS, |s, w| async move {
+                for n in 0..EACH {
+                    s.record_event(
+                        "d1",
+                        "acme",
+                        "note",
+                        &serde_json::json!({"w": w, "n": n}),
+                        5,
+                    )
+                    .await
+                    .unwrap();
+                }
+            })
+            .await
+        })
+    };
+    // A reader following the events forward by id, as a UI tailing them
+    // would, must not skip any: ids must become visible in order.
+    let reader = &stores[1];
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let done = writers.is_finished();
+        let page = reader
+            .list_events(&EventQuery {
+                device_id: "d1".into(),
+                after_id: after,
+                direction: Direction::Forward,
+                limit: 7,
+            })
+            .await
+            .unwrap();
+        if let Some(last) = page.last() {
+            after = Some(last.id);
+        }
+        let empty = page.is_empty();
+        seen.extend(page);
+        if done && empty {
+            break;
+        }
+    }
+    writers.await.unwrap();
+    assert_eq!(seen.len(), 1 + WRITERS * EACH, "created + every note");
+    let mut ids: Vec<i64> = seen.iter().map(|e| e.id).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), seen.len());
+}
+
+async fn replicas_record_a_loss_increase_once(stores: Vec<Arc<dyn Store>>) {
+    stores[0].create_device(&new_device("d1", 1)).await.unwrap();
+    let totals = LossTotals {
+        telemetry_dropped: 7,
+        ..Default::default()
+    };
+    let recorded = race(&stores, 6, |s, _| async move {
+        s.record_loss("d1", "acme", &totals, 10).await.unwrap()
+    })
+    .await;
+    assert_eq!(recorded.iter().filter(|r| **r).count(), 1, "{recorded:?}");
+    let kinds = events_of(stores[1].list_events(&all_events("d1")).await.unwrap());
+    assert_eq!(kinds, vec!["created", "data_lost"]);
+}
+
+async fn replicas_record_a_patch_once(stores: Vec<Arc<dyn Store>>) {
+    stores[0].create_device(&new_device("d1", 1)).await.unwrap();
+    let patch = DevicePatch {
+        enabled: Some(false),
+        ..Default::default()
+    };
+    race(&stores, 6, |s, _| {
+        let patch = patch.clone();
+        async move {
+            let d = s.update_device("acme", "d1", &patch, 10).await.unwrap();
+            assert!(!d.unwrap().enabled);
+        }
+    })
+    .await;
+    let kinds = events_of(stores[1].list_events(&all_events("d1")).await.unwrap());
+    assert_eq!(kinds, vec!["created", "disabled"]);
+}

@@ -1,0 +1,114 @@
+//! Two control-plane replicas on one PostgreSQL database: an agent connected
+//! to replica B is reached by what an operator does on replica A. Runs when
+//! `OUTPOST_TEST_DATABASE_URL` points at a PostgreSQL server (CI starts one).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_actions_on_replica_a_reach_an_agent_on_replica_b() {
+    if std::env::var("OUTPOST_TEST_DATABASE_URL").is_err() {
+        eprintln!("skipped: OUTPOST_TEST_DATABASE_URL is not set (no PostgreSQL)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let a = ControlPlane::start_in(&dir_a, &[]);
+    // Replica B: the same database and the same CA (copied, as an operator
+    // would distribute it).
+    std::fs::create_dir_all(dir_b.join("pki")).unwrap();
+    for f in ["ca.crt", "ca.key"] {
+        std::fs::copy(dir_a.join("pki").join(f), dir_b.join("pki").join(f)).unwrap();
+        let mode =
+            std::os::unix::fs::PermissionsExt::from_mode(if f == "ca.key" { 0o600 } else { 0o644 });
+        std::fs::set_permissions(dir_b.join("pki").join(f), mode).unwrap();
+    }
+    std::fs::copy(
+        dir_a.join(".test-database-url"),
+        dir_b.join(".test-database-url"),
+    )
+    .unwrap();
+    let b = ControlPlane::start_in(&dir_b, &[]);
+    assert_eq!(a.fingerprint, b.fingerprint, "one CA");
+
+    a.create_workspace("acme", &[]);
+    let key = a.api_key("acme", &[]);
+    // Created on A, enrolled and connected on B.
+    let (device, install_id) = a.create_device("acme", &key, "roaming").await;
+    let state = tempfile::tempdir().unwrap();
+    assert!(enroll(&b, &install_id, state.path()).status.success());
+    let mut agent = AgentProc::run(state.path(), "300ms");
+    async fn status(cp: &ControlPlane, key: &str, device: &str) -> String {
+        let (_, d) = cp
+            .get_json(&format!("/acme/devices/v2/{device}"), key)
+            .await;
+        d["status"].as_str().unwrap_or("").to_string()
+    }
+    wait_until("online, seen from A", TIMEOUT, || async {
+        (status(&a, &key, &device).await == "online").then_some(())
+    })
+    .await;
+    wait_until("telemetry stored, read on A", TIMEOUT, || async {
+        (all_samples(&a, "acme", &key, &device).await.len() >= 2).then_some(())
+    })
+    .await;
+
+    // A config change on A reaches the agent on B, which acks it.
+    let http = reqwest::Client::new();
+    let put = http
+        .put(format!("{}/acme/devices/v2/{device}/config", a.rest))
+        .bearer_auth(&key)
+        .json(&json!({"telemetry_interval_secs": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
+    wait_until("config applied on B", TIMEOUT, || async {
+        let (_, d): (u16, Value) = a
+            .get_json(&format!("/acme/devices/v2/{device}"), &key)
+            .await;
+        (d["config_applied_version"] == d["config_version"]
+            && d["config_version"].as_u64() >= Some(2))
+        .then_some(())
+    })
+    .await;
+
+    // Disabling on A cuts the streams on B within a second.
+    let patch = |enabled: bool| {
+        http.patch(format!("{}/acme/devices/v2/{device}", a.rest))
+            .bearer_auth(&key)
+            .json(&json!({ "enabled": enabled }))
+            .send()
+    };
+    assert_eq!(patch(false).await.unwrap().status(), 200);
+    wait_until(
+        "offline within a second",
+        Duration::from_secs(1),
+        || async { (status(&b, &key, &device).await == "offline").then_some(()) },
+    )
+    .await;
+    assert_eq!(patch(true).await.unwrap().status(), 200);
+    wait_until("back online", TIMEOUT, || async {
+        (status(&a, &key, &device).await == "online").then_some(())
+    })
+    .await;
+
+    // Deleting on A decommissions the agent connected to B.
+    let del = http
+        .delete(format!("{}/acme/devices/v2/{device}", a.rest))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    let exit = wait_until("the agent is told it was deleted", TIMEOUT, || {
+        let st = agent.try_exit();
+        async move { st }
+    })
+    .await;
+    assert_eq!(exit.code(), Some(outpost_agent::EXIT_DECOMMISSIONED as i32));
+}

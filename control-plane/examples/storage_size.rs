@@ -53,7 +53,12 @@ fn line(seq: u64) -> LogRecord {
         seq,
         timestamp: 1_700_000_000_000 + seq as i64 * 100,
         service: "camera.service".into(),
-        severity: if seq.is_multiple_of(10) { "warning" } else { "info" }.into(),
+        severity: if seq.is_multiple_of(10) {
+            "warning"
+        } else {
+            "info"
+        }
+        .into(),
         message: format!(
             "frame {seq} processed in {} ms, 3 detections, queue depth 2",
             seq % 40

@@ -1,0 +1,351 @@
+//! `outpost-fleet-sim`: a fleet of simulated agents against a real control
+//! plane, for benchmarks and load tests. It uses the agent's own code for
+//! enrollment (key generated and stored per device, CSR, `Enroll`), the mTLS
+//! link and the wire messages; each device holds its own TLS connection with
+//! a session (hello, heartbeats) and a telemetry stream, and pushes one
+//! sample per batch at `--rate` samples per second, measuring the time from
+//! send to ack. The last line printed is a JSON summary.
+//!
+//! outpost-fleet-sim --rest URL --server URL --ca-file FILE --workspace WS \
+//!     --api-key KEY --devices N --duration 20s --rate HZ
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use outpost_agent::link::{self, ServerUrl, Trust};
+use outpost_agent::state::StateDir;
+use outpost_proto::v1::agent_message::Kind as AgentKind;
+use outpost_proto::v1::{AgentMessage, DeviceFacts, Heartbeat, Hello, Sample, TelemetryBatch};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+#[derive(Parser, Debug)]
+#[command(name = "outpost-fleet-sim", version)]
+struct Args {
+    /// Operator REST API, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    rest: String,
+    /// Device gRPC endpoint, https://HOST:PORT.
+    #[arg(long)]
+    server: String,
+    /// The control plane's CA certificate.
+    #[arg(long)]
+    ca_file: PathBuf,
+    #[arg(long)]
+    workspace: String,
+    #[arg(long)]
+    api_key: String,
+    #[arg(long, default_value_t = 10)]
+    devices: usize,
+    /// How long every device streams once all are connected.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Samples per second per device (e.g. 0.1 for one every 10 s).
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Enrollments and connection attempts in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Where the devices' state directories go [default: a temp dir, in
+    /// /dev/shm when it exists].
+    #[arg(long)]
+    state_root: Option<PathBuf>,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    failed_devices: AtomicU64,
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if let Err(e) = outpost_common::init_process() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    match run(args).await {
+        Ok(summary) => {
+            println!("{summary}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<serde_json::Value, Error> {
+    if !(args.rate > 0.0 && args.rate <= 1000.0) {
+        return Err("--rate must be above 0 and at most 1000 samples/s".into());
+    }
+    let server = ServerUrl::parse(&args.server)?;
+    let trust = Trust::from_ca_file(&args.ca_file)?;
+    let root = match &args.state_root {
+        Some(p) => tempfile::Builder::new()
+            .prefix("fleet-sim-")
+            .tempdir_in(p)?,
+        None if std::path::Path::new("/dev/shm").is_dir() => tempfile::Builder::new()
+            .prefix("fleet-sim-")
+            .tempdir_in("/dev/shm")?,
+        None => tempfile::tempdir()?,
+    };
+    let http = reqwest::Client::new();
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+
+    // 1. Create the devices over REST.
+    let mut creates = tokio::task::JoinSet::new();
+    for i in 0..args.devices {
+        let (http, gate) = (http.clone(), gate.clone());
+        let url = format!(
+            "{}/{}/devices/v2",
+            args.rest.trim_end_matches('/'),
+            args.workspace
+        );
+        let key = args.api_key.clone();
+        creates.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let resp = http
+                .post(url)
+                .bearer_auth(key)
+                .json(
+                    &serde_json::json!({"device_name": format!("sim-{i}"), "device_type": "edge"}),
+                )
+                .send()
+                .await?;
+            let status = resp.status();
+            let body: serde_json::Value = resp.json().await?;
+            if !status.is_success() {
+                return Err(format!("create device: {status} {body}").into());
+            }
+            let install = body["installId"]
+                .as_str()
+                .ok_or("no installId")?
+                .to_string();
+            Ok::<_, Error>((i, install))
+        });
+    }
+    let mut installs = Vec::with_capacity(args.devices);
+    while let Some(r) = creates.join_next().await {
+        installs.push(r??);
+    }
+    installs.sort();
+
+    // 2. Enroll each (key on "the box", CSR, certificate saved).
+    let started = Instant::now();
+    let mut enrolls = tokio::task::JoinSet::new();
+    for (i, install) in installs {
+        let (gate, server, trust) = (gate.clone(), server.clone(), trust.clone());
+        let dir = root.path().join(format!("d{i}"));
+        enrolls.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let state = StateDir::open(&dir)?;
+            let facts = DeviceFacts {
+                hostname: format!("sim-{i}"),
+                os_name: "Simulated".into(),
+                architecture: std::env::consts::ARCH.into(),
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
+            };
+            outpost_agent::enroll::enroll(&state, &server, &install, &trust, facts).await?;
+            Ok::<_, Error>(state)
+        });
+    }
+    let mut states = Vec::new();
+    while let Some(r) = enrolls.join_next().await {
+        states.push(r??);
+    }
+    let enroll_secs = started.elapsed().as_secs_f64();
+
+    // 3. Connect every device, then stream for `duration`.
+    let counters = Arc::new(Counters::default());
+    let (lat_tx, mut lat_rx) = mpsc::unbounded_channel::<u32>();
+    let all_connected = Arc::new(tokio::sync::Barrier::new(states.len() + 1));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut devices = tokio::task::JoinSet::new();
+    let connect_started = Instant::now();
+    for state in states {
+        let ctx = DeviceCtx {
+            server: server.clone(),
+            trust: trust.clone(),
+            gate: gate.clone(),
+            counters: counters.clone(),
+            lat: lat_tx.clone(),
+            connected: all_connected.clone(),
+            stop: stop_rx.clone(),
+            period: Duration::from_secs_f64(1.0 / args.rate),
+        };
+        devices.spawn(device(state, ctx));
+    }
+    drop(lat_tx);
+    all_connected.wait().await;
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    let stream_started = Instant::now();
+    tokio::time::sleep(args.duration).await;
+    let _ = stop_tx.send(true);
+    while let Some(r) = devices.join_next().await {
+        if let Ok(Err(e)) = r {
+            tracing::warn!("device: {e}");
+        }
+    }
+    let stream_secs = stream_started.elapsed().as_secs_f64();
+    let mut lat = Vec::new();
+    while let Some(l) = lat_rx.recv().await {
+        lat.push(l);
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        f64::from(lat[i]) / 1000.0
+    };
+    let acked = counters.acked.load(Ordering::Relaxed);
+    Ok(serde_json::json!({
+        "devices": args.devices,
+        "failed_devices": counters.failed_devices.load(Ordering::Relaxed),
+        "samples_sent": counters.sent.load(Ordering::Relaxed),
+        "samples_acked": acked,
+        "acked_per_sec": (acked as f64 / stream_secs).round(),
+        "ack_p50_ms": pct(0.50),
+        "ack_p99_ms": pct(0.99),
+        "ack_max_ms": pct(1.0),
+        "enroll_per_sec": (args.devices as f64 / enroll_secs).round(),
+        "connect_all_secs": (connect_secs * 1000.0).round() / 1000.0,
+        "rate_hz": args.rate,
+        "duration_secs": args.duration.as_secs_f64(),
+    }))
+}
+
+struct DeviceCtx {
+    server: ServerUrl,
+    trust: Trust,
+    gate: Arc<Semaphore>,
+    counters: Arc<Counters>,
+    /// Ack latencies in microseconds.
+    lat: mpsc::UnboundedSender<u32>,
+    connected: Arc<tokio::sync::Barrier>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    period: Duration,
+}
+
+/// One simulated device: connect (retrying), stream until stopped, then
+/// wait briefly for the last acks.
+async fn device(state: StateDir, mut ctx: DeviceCtx) -> Result<(), Error> {
+    let connected = async {
+        let _permit = ctx.gate.acquire().await?;
+        let identity = outpost_agent::enroll::load_client_identity(&state)?;
+        let tls = link::client_config(&ctx.trust, Some(identity))?;
+        let mut tries = 0;
+        loop {
+            match link::connect(&ctx.server, tls.clone()).await {
+                Ok(ch) => break Ok::<_, Error>(link::client(ch)),
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    tracing::debug!("connect retry: {e}");
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                Err(e) => break Err(e.into()),
+            }
+        }
+    }
+    .await;
+    let mut client = match connected {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.counters.failed_devices.fetch_add(1, Ordering::Relaxed);
+            ctx.connected.wait().await;
+            return Err(e);
+        }
+    };
+    let (session_tx, session_rx) = mpsc::channel::<AgentMessage>(4);
+    let hello = AgentMessage {
+        kind: Some(AgentKind::Hello(Hello {
+            facts: Some(DeviceFacts {
+                hostname: "sim".into(),
+                ..Default::default()
+            }),
+        })),
+    };
+    session_tx.send(hello).await?;
+    let mut session = client
+        .session(ReceiverStream::new(session_rx))
+        .await?
+        .into_inner();
+    let start = session.message().await?.ok_or("no session start")?;
+    let _ = start;
+    let (tx, rx) = mpsc::channel::<TelemetryBatch>(64);
+    let mut acks = client
+        .push_telemetry(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    ctx.connected.wait().await;
+
+    let mut seq = 0u64;
+    let mut sent_at: std::collections::VecDeque<(u64, Instant)> = Default::default();
+    // Spread the fleet's samples over the period.
+    let offset = ctx.period.mul_f64(rand::random::<f64>());
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, ctx.period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
+    let mut stopping = false;
+    let drain_deadline = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(drain_deadline);
+    loop {
+        tokio::select! {
+            _ = tick.tick(), if !stopping => {
+                seq += 1;
+                let sample = Sample {
+                    seq,
+                    timestamp_unix_ms: outpost_agent::enroll::now_ms(),
+                    cpu_percent: 12.5,
+                    memory_used_bytes: 1 << 30,
+                    memory_total_bytes: 4 << 30,
+                    ..Default::default()
+                };
+                sent_at.push_back((seq, Instant::now()));
+                if tx.send(TelemetryBatch { samples: vec![sample] }).await.is_err() {
+                    return Err("telemetry stream closed".into());
+                }
+                ctx.counters.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            _ = heartbeat.tick() => {
+                let hb = AgentMessage { kind: Some(AgentKind::Heartbeat(Heartbeat { sent_at_unix_ms: outpost_agent::enroll::now_ms() })) };
+                let _ = session_tx.try_send(hb);
+            }
+            ack = acks.message() => match ack? {
+                Some(a) => {
+                    while let Some(&(s, at)) = sent_at.front() {
+                        if s > a.acked_seq { break; }
+                        sent_at.pop_front();
+                        ctx.counters.acked.fetch_add(1, Ordering::Relaxed);
+                        let _ = ctx.lat.send(at.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    }
+                    if stopping && sent_at.is_empty() { return Ok(()); }
+                }
+                None => return Err("the server closed the telemetry stream".into()),
+            },
+            _ = ctx.stop.changed(), if !stopping => {
+                stopping = true;
+                if sent_at.is_empty() { return Ok(()); }
+                drain_deadline.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(10));
+            }
+            _ = &mut drain_deadline, if stopping => return Ok(()),
+            msg = session.message() => match msg {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("the server closed the session".into()),
+                Err(e) => return Err(e.into()),
+            },
+        }
+    }
+}

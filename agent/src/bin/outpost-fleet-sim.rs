@@ -189,6 +189,7 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
     drop(lat_tx);
     all_connected.wait().await;
     let connect_secs = connect_started.elapsed().as_secs_f64();
+    tracing::info!(devices = args.devices, "all devices connected; streaming");
     let stream_started = Instant::now();
     tokio::time::sleep(args.duration).await;
     let _ = stop_tx.send(true);

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# A control plane (release build, embedded SQLite) and outpost-fleet-sim on
+# this machine. Prints the simulator's JSON summary plus the control plane's
+# RSS and CPU use while the fleet streamed.
+#
+#   bench/fleet.sh DEVICES RATE_HZ DURATION [CONCURRENCY]
+#   bench/fleet.sh 1000 0.1 60s        # (a) connected-device cost
+#   bench/fleet.sh 200 100 30s         # (b) sustained ingest
+#   bench/fleet.sh 2000 0.1 5s 256     # (c) enrollment rate
+set -euo pipefail
+cd "$(dirname "$0")/.."
+devices=${1:-100} rate=${2:-1} duration=${3:-20s} conc=${4:-64}
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+cargo build --release --quiet --bins
+bin=target/release
+work=$(mktemp -d /tmp/outpost-bench.XXXXXX)
+trap 'kill $cp 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+"$bin/outpost-control-plane" workspace create bench --data-dir "$work/cp" >/dev/null
+key=$("$bin/outpost-control-plane" api-key create --workspace bench --data-dir "$work/cp" | tail -n 1)
+OUTPOST_LOG=warn "$bin/outpost-control-plane" serve --data-dir "$work/cp" \
+    --rest-listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 > "$work/cp.out" &
+cp=$!
+for _ in $(seq 100); do grep -q "grpc listening" "$work/cp.out" 2>/dev/null && break; sleep 0.1; done
+rest=$(sed -n 's/.*rest listening on //p' "$work/cp.out")
+grpc=$(sed -n 's/.*grpc listening on https:\/\/[^:]*:\([0-9]*\).*/\1/p' "$work/cp.out")
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$cp/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$cp/stat"; }
+base_rss=$(rss_kib)
+# Sample the control plane while the fleet streams (after enrollment).
+(
+    while ! grep -q streaming "$work/sim.err" 2>/dev/null; do sleep 0.2; done
+    t0=$(cpu_ticks); s0=$(date +%s.%N); peak=0
+    while kill -0 $cp 2>/dev/null && [ ! -s "$work/sim.out" ]; do
+        r=$(rss_kib); [ "$r" -gt "$peak" ] && peak=$r
+        t1=$(cpu_ticks); s1=$(date +%s.%N)
+        echo "$peak $t0 $t1 $s0 $s1" > "$work/cp.sample"
+        sleep 1
+    done
+) &
+OUTPOST_LOG=info "$bin/outpost-fleet-sim" --rest "$rest" --server "https://localhost:$grpc" \
+    --ca-file "$work/cp/pki/ca.crt" --workspace bench --api-key "$key" \
+    --devices "$devices" --rate "$rate" --duration "$duration" --concurrency "$conc" \
+    > "$work/sim.out" 2> "$work/sim.err"
+sleep 1.2
+read -r peak t0 t1 s0 s1 < "$work/cp.sample"
+hz=$(getconf CLK_TCK)
+python3 - "$work/sim.out" "$peak" "$base_rss" "$t0" "$t1" "$s0" "$s1" "$hz" <<'PY'
+import json, sys
+summary = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+peak, base, t0, t1 = (int(x) for x in sys.argv[2:6])
+s0, s1, hz = float(sys.argv[6]), float(sys.argv[7]), int(sys.argv[8])
+cpu = (t1 - t0) / hz / max(s1 - s0, 1e-9) * 100
+summary.update({
+    "cp_rss_base_kib": base, "cp_rss_peak_kib": peak,
+    "cp_rss_per_device_kib": round((peak - base) / max(summary["devices"], 1), 1),
+    "cp_cpu_percent_streaming": round(cpu, 1),
+})
+print(json.dumps(summary))
+PY

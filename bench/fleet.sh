@@ -11,10 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-100} rate=${2:-1} duration=${3:-20s} conc=${4:-64}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release --quiet --bins
+cargo build --release --quiet --workspace --bins
 bin=target/release
-work=$(mktemp -d /tmp/outpost-bench.XXXXXX)
-trap 'kill $cp 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+work=$(mktemp -d /tmp/outpost-bench.XXXXXX); cp=""
+trap '[ -n "$cp" ] && kill $cp 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 "$bin/outpost-control-plane" workspace create bench --data-dir "$work/cp" >/dev/null
 key=$("$bin/outpost-control-plane" api-key create --workspace bench --data-dir "$work/cp" | tail -n 1)
 OUTPOST_LOG=warn "$bin/outpost-control-plane" serve --data-dir "$work/cp" \

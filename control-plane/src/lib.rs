@@ -35,6 +35,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Sessions connected to this process.
     pub live: live::LiveDevices,
+    /// Group commit for telemetry (see `grpc/commit.rs`).
+    pub telemetry_writer: grpc::commit::TelemetryWriter,
     /// REST rate limits.
     pub limits: rest::limits::Limits,
 }

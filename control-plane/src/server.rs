@@ -52,7 +52,9 @@ pub async fn run(
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let telemetry_writer = grpc::commit::TelemetryWriter::start(store.clone());
     let state = Arc::new(AppState {
+        telemetry_writer,
         store,
         ca: ca.clone(),
         device_cert_lifetime: cfg.device_cert_lifetime,

@@ -2,6 +2,7 @@
 //! certificates required for everything but enrollment.
 
 pub(crate) mod auth;
+pub mod commit;
 mod convert;
 mod enroll;
 mod rotate;

@@ -30,11 +30,15 @@ pub fn start(
             |state, device, b| async move {
                 let samples = convert::batch(b).map_err(Status::invalid_argument)?;
                 let last = samples.last().map_or(0, |s| s.seq);
+                // Group commit: shares one durable write with other streams.
                 let stored = state
-                    .store
-                    .insert_telemetry(&device, &samples, now_ms())
+                    .telemetry_writer
+                    .write(device.clone(), samples)
                     .await
-                    .map_err(store_status)?;
+                    .map_err(|e| {
+                        tracing::error!("store error: {e}");
+                        Status::unavailable("the control plane's store is unavailable; retry later")
+                    })?;
                 tracing::debug!(%device, stored, last, "telemetry committed");
                 Ok(TelemetryAck { acked_seq: last })
             },

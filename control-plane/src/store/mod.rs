@@ -191,6 +191,13 @@ pub struct EventQuery {
     pub limit: u32,
 }
 
+/// One device's samples, for [`Store::insert_telemetry_many`].
+#[derive(Debug, Clone)]
+pub struct DeviceSamples {
+    pub device_id: String,
+    pub samples: Vec<TelemetrySample>,
+}
+
 /// What an agent reports it lost, as running totals.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LossTotals {
@@ -590,6 +597,14 @@ pub trait Store: Send + Sync + 'static {
         &self,
         device_id: &str,
         samples: &[TelemetrySample],
+        received_at: UnixMillis,
+    ) -> StoreResult<u64>;
+    /// Several devices' batches in one transaction (group commit: one
+    /// durable write for everything that arrived meanwhile). Returns the
+    /// number newly stored.
+    async fn insert_telemetry_many(
+        &self,
+        batches: &[DeviceSamples],
         received_at: UnixMillis,
     ) -> StoreResult<u64>;
     async fn last_telemetry_seq(&self, device_id: &str) -> StoreResult<u64>;

@@ -139,6 +139,105 @@ async fn lock_device(tx: &mut Transaction<'_, Postgres>, device_id: &str) -> Sto
     Ok(())
 }
 
+impl PgStore {
+    /// One statement for rows of any number of devices (atomic on its own).
+    async fn insert_rows(
+        &self,
+        rows: &[(&str, &TelemetrySample)],
+        received_at: UnixMillis,
+    ) -> StoreResult<u64> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let n = rows.len();
+        let mut devs = Vec::with_capacity(n);
+        let (mut seq, mut ts, mut cpu) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut mem_used, mut mem_total, mut swap_used, mut swap_total) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut disk_used, mut disk_total, mut rx, mut tx) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut l1, mut l5, mut l15, mut uptime) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut temps, mut gpus) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (d, s) in rows {
+            devs.push(d.to_string());
+            seq.push(i(s.seq));
+            ts.push(s.timestamp);
+            cpu.push(s.cpu_percent as f64);
+            mem_used.push(i(s.memory_used_bytes));
+            mem_total.push(i(s.memory_total_bytes));
+            swap_used.push(i(s.swap_used_bytes));
+            swap_total.push(i(s.swap_total_bytes));
+            disk_used.push(i(s.disk_used_bytes));
+            disk_total.push(i(s.disk_total_bytes));
+            rx.push(i(s.network_rx_bytes));
+            tx.push(i(s.network_tx_bytes));
+            l1.push(s.load_1m);
+            l5.push(s.load_5m);
+            l15.push(s.load_15m);
+            uptime.push(i(s.uptime_secs));
+            temps.push(to_json(&s.temperatures));
+            gpus.push(to_json(&s.gpus));
+        }
+        // One statement for the batch; see insert_logs for the dedupe.
+        let res = sqlx::query(
+            "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_percent, \
+             memory_used_bytes, memory_total_bytes, swap_used_bytes, swap_total_bytes, \
+             disk_used_bytes, disk_total_bytes, network_rx_bytes, network_tx_bytes, \
+             load_1m, load_5m, load_15m, uptime_secs, temperatures, gpus) \
+             SELECT dev, seq, ts, $2, cpu, mu, mt, su, st, du, dt, rx, tx, l1, l5, l15, up, \
+                    temps, gpus \
+             FROM UNNEST($1::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::DOUBLE PRECISION[], \
+                         $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], \
+                         $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[], \
+                         $14::DOUBLE PRECISION[], $15::DOUBLE PRECISION[], \
+                         $16::DOUBLE PRECISION[], $17::BIGINT[], $18::TEXT[], $19::TEXT[]) \
+                  AS b(dev, seq, ts, cpu, mu, mt, su, st, du, dt, rx, tx, l1, l5, l15, up, \
+                       temps, gpus) \
+             ORDER BY dev, seq \
+             ON CONFLICT (device_id, seq) DO NOTHING",
+        )
+        .bind(devs)
+        .bind(received_at)
+        .bind(seq)
+        .bind(ts)
+        .bind(cpu)
+        .bind(mem_used)
+        .bind(mem_total)
+        .bind(swap_used)
+        .bind(swap_total)
+        .bind(disk_used)
+        .bind(disk_total)
+        .bind(rx)
+        .bind(tx)
+        .bind(l1)
+        .bind(l5)
+        .bind(l15)
+        .bind(uptime)
+        .bind(temps)
+        .bind(gpus)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected())
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn create_workspace(&self, ws: &Workspace) -> StoreResult<()> {
@@ -997,93 +1096,20 @@ impl Store for PgStore {
         samples: &[TelemetrySample],
         received_at: UnixMillis,
     ) -> StoreResult<u64> {
-        if samples.is_empty() {
-            return Ok(0);
-        }
-        let n = samples.len();
-        let (mut seq, mut ts, mut cpu) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut mem_used, mut mem_total, mut swap_used, mut swap_total) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut disk_used, mut disk_total, mut rx, mut tx) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut l1, mut l5, mut l15, mut uptime) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut temps, mut gpus) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for s in samples {
-            seq.push(i(s.seq));
-            ts.push(s.timestamp);
-            cpu.push(s.cpu_percent as f64);
-            mem_used.push(i(s.memory_used_bytes));
-            mem_total.push(i(s.memory_total_bytes));
-            swap_used.push(i(s.swap_used_bytes));
-            swap_total.push(i(s.swap_total_bytes));
-            disk_used.push(i(s.disk_used_bytes));
-            disk_total.push(i(s.disk_total_bytes));
-            rx.push(i(s.network_rx_bytes));
-            tx.push(i(s.network_tx_bytes));
-            l1.push(s.load_1m);
-            l5.push(s.load_5m);
-            l15.push(s.load_15m);
-            uptime.push(i(s.uptime_secs));
-            temps.push(to_json(&s.temperatures));
-            gpus.push(to_json(&s.gpus));
-        }
-        // One statement for the batch; see insert_logs for the dedupe.
-        let res = sqlx::query(
-            "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_percent, \
-             memory_used_bytes, memory_total_bytes, swap_used_bytes, swap_total_bytes, \
-             disk_used_bytes, disk_total_bytes, network_rx_bytes, network_tx_bytes, \
-             load_1m, load_5m, load_15m, uptime_secs, temperatures, gpus) \
-             SELECT $1, seq, ts, $2, cpu, mu, mt, su, st, du, dt, rx, tx, l1, l5, l15, up, \
-                    temps, gpus \
-             FROM UNNEST($3::BIGINT[], $4::BIGINT[], $5::DOUBLE PRECISION[], \
-                         $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], \
-                         $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[], \
-                         $14::DOUBLE PRECISION[], $15::DOUBLE PRECISION[], \
-                         $16::DOUBLE PRECISION[], $17::BIGINT[], $18::TEXT[], $19::TEXT[]) \
-                  AS b(seq, ts, cpu, mu, mt, su, st, du, dt, rx, tx, l1, l5, l15, up, \
-                       temps, gpus) \
-             ORDER BY seq \
-             ON CONFLICT (device_id, seq) DO NOTHING",
-        )
-        .bind(device_id)
-        .bind(received_at)
-        .bind(seq)
-        .bind(ts)
-        .bind(cpu)
-        .bind(mem_used)
-        .bind(mem_total)
-        .bind(swap_used)
-        .bind(swap_total)
-        .bind(disk_used)
-        .bind(disk_total)
-        .bind(rx)
-        .bind(tx)
-        .bind(l1)
-        .bind(l5)
-        .bind(l15)
-        .bind(uptime)
-        .bind(temps)
-        .bind(gpus)
-        .execute(&self.pool)
-        .await?;
-        Ok(res.rows_affected())
+        let rows: Vec<_> = samples.iter().map(|s| (device_id, s)).collect();
+        self.insert_rows(&rows, received_at).await
+    }
+
+    async fn insert_telemetry_many(
+        &self,
+        batches: &[DeviceSamples],
+        received_at: UnixMillis,
+    ) -> StoreResult<u64> {
+        let rows: Vec<_> = batches
+            .iter()
+            .flat_map(|b| b.samples.iter().map(|s| (b.device_id.as_str(), s)))
+            .collect();
+        self.insert_rows(&rows, received_at).await
     }
 
     async fn last_telemetry_seq(&self, device_id: &str) -> StoreResult<u64> {

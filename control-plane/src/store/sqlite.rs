@@ -46,6 +46,49 @@ impl SqliteStore {
     }
 }
 
+/// Inserts one device's samples in `tx`, ignoring seqs already stored.
+async fn insert_samples(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    device_id: &str,
+    samples: &[TelemetrySample],
+    received_at: UnixMillis,
+) -> StoreResult<u64> {
+    let mut stored = 0;
+    for s in samples {
+        let res = sqlx::query(
+            "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_percent, \
+                 memory_used_bytes, memory_total_bytes, swap_used_bytes, swap_total_bytes, \
+                 disk_used_bytes, disk_total_bytes, network_rx_bytes, network_tx_bytes, \
+                 load_1m, load_5m, load_15m, uptime_secs, temperatures, gpus) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (device_id, seq) DO NOTHING",
+        )
+        .bind(device_id)
+        .bind(i(s.seq))
+        .bind(s.timestamp)
+        .bind(received_at)
+        .bind(s.cpu_percent as f64)
+        .bind(i(s.memory_used_bytes))
+        .bind(i(s.memory_total_bytes))
+        .bind(i(s.swap_used_bytes))
+        .bind(i(s.swap_total_bytes))
+        .bind(i(s.disk_used_bytes))
+        .bind(i(s.disk_total_bytes))
+        .bind(i(s.network_rx_bytes))
+        .bind(i(s.network_tx_bytes))
+        .bind(s.load_1m)
+        .bind(s.load_5m)
+        .bind(s.load_15m)
+        .bind(i(s.uptime_secs))
+        .bind(to_json(&s.temperatures))
+        .bind(to_json(&s.gpus))
+        .execute(&mut **tx)
+        .await?;
+        stored += res.rows_affected();
+    }
+    Ok(stored)
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn create_workspace(&self, ws: &Workspace) -> StoreResult<()> {
@@ -481,38 +524,20 @@ impl Store for SqliteStore {
         received_at: UnixMillis,
     ) -> StoreResult<u64> {
         let mut tx = self.begin().await?;
+        let stored = insert_samples(&mut tx, device_id, samples, received_at).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn insert_telemetry_many(
+        &self,
+        batches: &[DeviceSamples],
+        received_at: UnixMillis,
+    ) -> StoreResult<u64> {
+        let mut tx = self.begin().await?;
         let mut stored = 0;
-        for s in samples {
-            let res = sqlx::query(
-                "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_percent, \
-                 memory_used_bytes, memory_total_bytes, swap_used_bytes, swap_total_bytes, \
-                 disk_used_bytes, disk_total_bytes, network_rx_bytes, network_tx_bytes, \
-                 load_1m, load_5m, load_15m, uptime_secs, temperatures, gpus) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (device_id, seq) DO NOTHING",
-            )
-            .bind(device_id)
-            .bind(i(s.seq))
-            .bind(s.timestamp)
-            .bind(received_at)
-            .bind(s.cpu_percent as f64)
-            .bind(i(s.memory_used_bytes))
-            .bind(i(s.memory_total_bytes))
-            .bind(i(s.swap_used_bytes))
-            .bind(i(s.swap_total_bytes))
-            .bind(i(s.disk_used_bytes))
-            .bind(i(s.disk_total_bytes))
-            .bind(i(s.network_rx_bytes))
-            .bind(i(s.network_tx_bytes))
-            .bind(s.load_1m)
-            .bind(s.load_5m)
-            .bind(s.load_15m)
-            .bind(i(s.uptime_secs))
-            .bind(to_json(&s.temperatures))
-            .bind(to_json(&s.gpus))
-            .execute(&mut *tx)
-            .await?;
-            stored += res.rows_affected();
+        for b in batches {
+            stored += insert_samples(&mut tx, &b.device_id, &b.samples, received_at).await?;
         }
         tx.commit().await?;
         Ok(stored)

@@ -105,6 +105,7 @@ macro_rules! replica_tests {
 }
 
 store_tests!(
+    telemetry_of_several_devices_commits_together_once_per_seq,
     telemetry_is_stored_once_per_seq,
     install_id_binds_to_the_first_key_and_retries_revoke_the_unused_cert,
     sessions_drive_status_and_a_stale_close_does_not_end_a_new_session,
@@ -189,6 +190,28 @@ fn sample(seq: u64) -> TelemetrySample {
         }],
         ..Default::default()
     }
+}
+
+async fn telemetry_of_several_devices_commits_together_once_per_seq(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    s.create_device(&new_device("d2", 1)).await.unwrap();
+    let b = |d: &str, seqs: &[u64]| DeviceSamples {
+        device_id: d.into(),
+        samples: seqs.iter().map(|&q| sample(q)).collect(),
+    };
+    let n = s
+        .insert_telemetry_many(&[b("d1", &[1, 2]), b("d2", &[1]), b("d1", &[3])], 0)
+        .await
+        .unwrap();
+    assert_eq!(n, 4);
+    // Retries (a lost ack) are absorbed per device.
+    let n = s
+        .insert_telemetry_many(&[b("d2", &[1, 2]), b("d1", &[3, 4])], 0)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(s.last_telemetry_seq("d1").await.unwrap(), 4);
+    assert_eq!(s.last_telemetry_seq("d2").await.unwrap(), 2);
 }
 
 async fn telemetry_is_stored_once_per_seq(s: Arc<dyn Store>) {

@@ -1,0 +1,75 @@
+//! Group commit for telemetry: every stream hands its batch to one writer
+//! task, which stores everything that arrived while the previous write was
+//! in flight in a single transaction (one fsync on SQLite), then answers each
+//! stream. Under load, batches from many devices share one durable write;
+//! alone, a batch is written at once. Acks still follow the commit.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{DeviceSamples, Store, TelemetrySample, UnixMillis, now_ms};
+
+/// Batches in one transaction at most.
+const MAX_GROUP: usize = 512;
+/// Batches waiting for the writer before streams wait to hand theirs over.
+const QUEUE: usize = 4096;
+
+struct Job {
+    batch: DeviceSamples,
+    done: oneshot::Sender<Result<u64, String>>,
+}
+
+#[derive(Clone)]
+pub struct TelemetryWriter {
+    tx: mpsc::Sender<Job>,
+}
+
+impl TelemetryWriter {
+    /// Starts the writer task on `store`.
+    pub fn start(store: Arc<dyn Store>) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(store, rx));
+        Self { tx }
+    }
+
+    /// Stores a device's samples durably; resolves after the commit.
+    pub async fn write(
+        &self,
+        device_id: String,
+        samples: Vec<TelemetrySample>,
+    ) -> Result<u64, String> {
+        let (done, answer) = oneshot::channel();
+        let job = Job {
+            batch: DeviceSamples { device_id, samples },
+            done,
+        };
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| "the telemetry writer has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the telemetry writer has stopped".to_string())?
+    }
+}
+
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
+    let mut jobs = Vec::with_capacity(MAX_GROUP);
+    while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
+        let batches: Vec<DeviceSamples> = jobs.iter().map(|j| j.batch.clone()).collect();
+        let now: UnixMillis = now_ms();
+        let result = store
+            .insert_telemetry_many(&batches, now)
+            .await
+            .map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(batches = jobs.len(), "telemetry not stored: {e}");
+        } else {
+            tracing::trace!(batches = jobs.len(), "telemetry group committed");
+        }
+        for j in jobs.drain(..) {
+            let _ = j.done.send(result.clone());
+        }
+    }
+}

@@ -16,7 +16,7 @@ WS=demo
 BIN=target/debug
 
 echo "==> building (first time: a few minutes)"
-cargo build --quiet --bins
+cargo build --quiet --workspace --bins
 
 mkdir -p "$DIR"
 DATA="$DIR/control-plane"

@@ -1,6 +1,8 @@
 //! Reads the box: static facts for the hello, and one telemetry sample per
 //! interval, via `sysinfo`.
 
+pub mod gpu;
+
 use outpost_proto::v1 as pb;
 use sysinfo::{Components, Disks, Networks, System};
 
@@ -14,6 +16,7 @@ pub struct Collector {
     disks: Disks,
     networks: Networks,
     components: Components,
+    jetson: Option<gpu::JetsonGpu>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,17 @@ impl Collector {
             disks: Disks::new_with_refreshed_list().map_err(e)?,
             networks: Networks::new_with_refreshed_list().map_err(e)?,
             components: Components::new_with_refreshed_list().map_err(e)?,
+            jetson: {
+                // OUTPOST_SYSFS_ROOT: read /sys and /proc under another root
+                // (containers with the host's mounted elsewhere; tests).
+                let root = std::env::var_os("OUTPOST_SYSFS_ROOT").unwrap_or_else(|| "/".into());
+                let g = gpu::JetsonGpu::discover(std::path::Path::new(&root));
+                match &g {
+                    Some(g) => tracing::info!(gpu = %g.name, "Jetson GPU found"),
+                    None => tracing::debug!("no Jetson GPU"),
+                }
+                g
+            },
         })
     }
 
@@ -52,7 +66,7 @@ impl Collector {
             cpu_cores: self.sys.cpus().len() as u32,
             memory_total_bytes: self.sys.total_memory(),
             disk_total_bytes: disk_total,
-            gpus: Vec::new(),
+            gpus: self.jetson.iter().map(|g| g.info()).collect(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
@@ -111,7 +125,7 @@ impl Collector {
             load_average_5m: load.five,
             load_average_15m: load.fifteen,
             temperatures,
-            gpus: Vec::new(),
+            gpus: self.jetson.iter().map(|g| g.sample()).collect(),
             uptime_secs: System::uptime().unwrap_or(0),
         }
     }

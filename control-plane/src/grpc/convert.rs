@@ -161,6 +161,10 @@ pub fn batch(b: pb::TelemetryBatch) -> Result<Vec<TelemetrySample>, String> {
                 memory_total_bytes: g.memory_total_bytes,
                 temperature_celsius: finite_or_zero(g.temperature_celsius),
                 power_watts: finite_or_zero(g.power_watts),
+                uuid: clip(g.uuid),
+                clock_mhz: g.clock_mhz,
+                max_clock_mhz: g.max_clock_mhz,
+                power_limit_watts: finite_or_zero(g.power_limit_watts),
             })
             .collect();
         out.push(TelemetrySample {

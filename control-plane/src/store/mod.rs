@@ -363,6 +363,14 @@ pub struct GpuSample {
     pub memory_total_bytes: u64,
     pub temperature_celsius: f32,
     pub power_watts: f32,
+    #[serde(default)]
+    pub uuid: String,
+    #[serde(default)]
+    pub clock_mhz: u32,
+    #[serde(default)]
+    pub max_clock_mhz: u32,
+    #[serde(default)]
+    pub power_limit_watts: f32,
 }
 
 /// One telemetry sample as stored.

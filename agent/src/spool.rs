@@ -117,6 +117,10 @@ pub struct Ledger {
     /// is): never reused, even if its record is later lost from disk.
     #[serde(default)]
     pub issued: u64,
+    /// Seqs dropped for room while sent and not yet acknowledged: stored
+    /// if an ack covers them, counted as dropped at the next connection if not.
+    #[serde(default)]
+    pub dropped_in_flight: Option<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -241,6 +245,8 @@ pub struct Spool {
     total_bytes: u64,
     last_sync: Instant,
     unsynced: bool,
+    /// The highest seq sent on the current connection (0: none).
+    sent_upto: u64,
     /// The segment last read, cached for sequential reads.
     read_cache: Option<(u64, Vec<u8>, Scan)>,
 }
@@ -308,6 +314,7 @@ impl Spool {
             total_bytes: 0,
             last_sync: Instant::now(),
             unsynced: false,
+            sent_upto: 0,
             read_cache: None,
         };
         spool.repair()?;
@@ -589,11 +596,21 @@ impl Spool {
             return Ok(());
         };
         let bytes = std::fs::read(&seg.path).map_err(io(&seg.path))?;
-        let lost = scan(&bytes)
-            .records
-            .iter()
-            .filter(|r| r.seq > self.ledger.released)
-            .count() as u64;
+        let mut lost = 0;
+        for r in scan(&bytes).records {
+            if r.seq <= self.ledger.released {
+                continue;
+            }
+            if r.seq <= self.sent_upto {
+                // On the wire: its ack may still come (then it is stored).
+                self.ledger.dropped_in_flight = Some(match self.ledger.dropped_in_flight {
+                    Some((lo, hi)) => (lo.min(r.seq), hi.max(r.seq)),
+                    None => (r.seq, r.seq),
+                });
+            } else {
+                lost += 1;
+            }
+        }
         if lost > 0 {
             tracing::warn!(records = lost, dir = %self.dir.display(), "spool full: dropped the oldest records");
         }
@@ -626,6 +643,15 @@ impl Spool {
     /// (the ledger is made durable first).
     pub fn release(&mut self, seq: u64) -> Result<(), SpoolError> {
         let seq = seq.min(self.next_seq - 1);
+        // Dropped while in flight, and acknowledged after all: stored.
+        if let Some((lo, hi)) = self.ledger.dropped_in_flight
+            && seq >= lo
+        {
+            self.ledger.dropped_in_flight = (seq < hi).then_some((seq + 1, hi));
+            if seq <= self.ledger.released {
+                self.save_ledger(false)?;
+            }
+        }
         if seq <= self.ledger.released {
             return Ok(());
         }
@@ -637,6 +663,27 @@ impl Spool {
         self.save_ledger(removable)?;
         while self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.last_seq <= seq) {
             self.remove_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Records up to `seq` went out on the current connection.
+    pub fn mark_sent(&mut self, seq: u64) {
+        self.sent_upto = self.sent_upto.max(seq);
+    }
+
+    /// A new connection; the store holds everything up to `server_last`.
+    /// What was dropped while in flight on an earlier connection and is not
+    /// stored is lost now: counted.
+    pub fn connected(&mut self, server_last: u64) -> Result<(), SpoolError> {
+        self.sent_upto = 0;
+        if let Some((lo, hi)) = self.ledger.dropped_in_flight.take() {
+            let lost = hi.saturating_sub(lo.max(server_last + 1) - 1);
+            if lost > 0 {
+                tracing::warn!(records = lost, dir = %self.dir.display(), "records dropped while in flight were not stored");
+            }
+            self.ledger.dropped += lost;
+            self.save_ledger(true)?;
         }
         Ok(())
     }

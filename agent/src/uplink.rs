@@ -118,6 +118,7 @@ impl Outbox {
         self.sent_upto = 0;
         self.in_flight.clear();
         self.spool.raise_next_seq(server_last_seq + 1);
+        self.spool.connected(server_last_seq)?;
         self.spool.release(server_last_seq)
     }
 
@@ -135,6 +136,7 @@ impl Outbox {
             return Ok(None);
         };
         self.sent_upto = last;
+        self.spool.mark_sent(last);
         self.in_flight.push_back(last);
         Ok(Some(records))
     }
@@ -297,6 +299,53 @@ mod tests {
         assert_eq!(kept.len() as u64 + o.dropped(), 1000);
         assert_eq!(*kept.last().unwrap(), 1000, "the newest are kept");
         assert!(kept.windows(2).all(|w| w[1] == w[0] + 1));
+    }
+
+    /// Records dropped for room while on the wire count as dropped only if
+    /// no ack covers them.
+    #[test]
+    fn records_dropped_in_flight_count_only_when_not_acked() {
+        for acked in [true, false] {
+            let d = tempfile::tempdir().unwrap();
+            let opts = SpoolOptions {
+                max_bytes: 8192,
+                segment_bytes: 4096,
+                fsync: Fsync::Never,
+            };
+            let mut o = Outbox::open(d.path(), opts, 1, limits(100, 1)).unwrap();
+            for _ in 0..50 {
+                push(&mut o);
+            }
+            o.on_connected(0).unwrap();
+            let sent = next(&mut o).unwrap();
+            assert_eq!(seqs(&sent), (1..=50).collect::<Vec<_>>());
+            // The link is slow; the spool overflows and drops the oldest,
+            // which are the 50 on the wire.
+            for _ in 0..300 {
+                push(&mut o);
+            }
+            let lost_unsent = o.dropped();
+            if acked {
+                o.on_ack(50).unwrap();
+                o.on_connected(50).unwrap();
+                assert_eq!(o.dropped(), lost_unsent, "the 50 were stored");
+            } else {
+                // The connection broke; the store holds only 1..=20.
+                o.on_connected(20).unwrap();
+                assert_eq!(o.dropped(), lost_unsent + 30);
+            }
+            let mut kept = Vec::new();
+            while let Some(b) = next(&mut o) {
+                kept.extend(seqs(&b));
+                o.on_ack(*kept.last().unwrap()).unwrap();
+            }
+            let stored = if acked { 50 } else { 20 };
+            assert_eq!(
+                stored + kept.len() as u64 + o.dropped(),
+                350,
+                "acked={acked}"
+            );
+        }
     }
 
     #[test]

@@ -188,7 +188,7 @@ impl Report {
             );
         }
         if let (Some(t), Some(s)) = (&self.next_rotation, self.next_rotation_in_secs) {
-            line("next rotation", &format!("{t} (in {})", secs(s)));
+            line("rotates", &format!("{t} (in {})", secs(s)));
         }
         line(
             "daemon",

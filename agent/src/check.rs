@@ -48,11 +48,6 @@ impl Findings {
     }
 }
 
-fn fmt_ms(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 /// Runs every check and prints the findings.
 pub async fn run(cfg: &AgentConfig) -> ExitCode {
     let f = check(cfg).await;
@@ -95,11 +90,11 @@ pub async fn check(cfg: &AgentConfig) -> Findings {
     if now < floor {
         f.warn(format!(
             "clock: the system time {} is before the last known-good time {}; the agent uses the latter until the clock is set (is NTP running?)",
-            fmt_ms(now),
-            fmt_ms(floor)
+            crate::status::rfc3339(now),
+            crate::status::rfc3339(floor)
         ));
     } else {
-        f.ok(format!("clock: {}", fmt_ms(now)));
+        f.ok(format!("clock: {}", crate::status::rfc3339(now)));
     }
     let identity = match state.identity() {
         Ok(Some(id)) => {
@@ -141,17 +136,17 @@ pub async fn check(cfg: &AgentConfig) -> Findings {
                     if v.not_after_ms < now {
                         f.warn(format!(
                             "certificate expired at {}: the agent rotates it on connect if the control plane's grace window allows, otherwise the box needs a new install ID",
-                            fmt_ms(v.not_after_ms)
+                            crate::status::rfc3339(v.not_after_ms)
                         ));
                     } else if v.not_before_ms > now {
                         f.fail(format!(
                             "certificate not valid before {}: the clock is behind",
-                            fmt_ms(v.not_before_ms)
+                            crate::status::rfc3339(v.not_before_ms)
                         ));
                     } else {
                         f.ok(format!(
                             "certificate valid until {}",
-                            fmt_ms(v.not_after_ms)
+                            crate::status::rfc3339(v.not_after_ms)
                         ));
                     }
                 }

@@ -2,7 +2,7 @@
 //! box, read from the state directory (it works whether or not the daemon
 //! runs, and never touches the network).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -76,16 +76,10 @@ pub struct Spool {
     pub corrupt: u64,
 }
 
-fn rfc3339(ms: i64) -> String {
+/// Unix ms as RFC 3339 (seconds).
+pub(crate) fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_seconds(t).to_string()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Whether a process with this pid exists (Linux /proc).
@@ -95,7 +89,7 @@ fn alive(pid: u32) -> bool {
 
 /// Reads the report from a state directory.
 pub fn report(state: &StateDir) -> Result<Report, StateError> {
-    let now = now_ms();
+    let now = crate::clock::system_ms();
     let identity = state.identity()?;
     let mut problems = Vec::new();
     let certificate = match &identity {

@@ -38,14 +38,6 @@ async fn setup(name: &str) -> Setup {
     }
 }
 
-fn status_json(state_dir: &Path) -> Value {
-    let out = agent_cmd(&["status", "--json", "--state-dir"])
-        .arg(state_dir)
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-}
-
 /// Appends `line N` lines to a file, one per call.
 struct LogWriter {
     path: PathBuf,

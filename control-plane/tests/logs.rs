@@ -39,11 +39,7 @@ async fn journald_lines_arrive_with_their_severity_and_filter_by_it() {
         &[("OUTPOST_JOURNALCTL", fake.to_str().unwrap())],
     );
     wait_until("three lines acked", TIMEOUT, || async {
-        let out = agent_cmd(&["status", "--json", "--state-dir"])
-            .arg(state.path())
-            .output()
-            .unwrap();
-        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let s = status_json(state.path());
         (s["spool"]["logs_acked_seq"].as_u64() >= Some(3)).then_some(())
     })
     .await;

@@ -254,16 +254,6 @@ async fn past_the_grace_window_the_agent_says_it_needs_a_new_install_id() {
     assert!(stderr.contains("new install ID"), "{stderr}");
 }
 
-/// `outpost-agent status --json` for a state dir.
-fn status_json(state_dir: &std::path::Path) -> Value {
-    let out = agent_cmd(&["status", "--json", "--state-dir"])
-        .arg(state_dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 async fn reset(cp: &ControlPlane, key: &str, device: &str) {
     let resp = reqwest::Client::new()
         .post(format!(

@@ -203,11 +203,7 @@ async fn sighup_reloads_the_interval_and_log_sources() {
     notify.wait_for("READY=1");
     // The new interval: samples arrive (there were none at 1 h).
     let device = {
-        let out = agent_cmd(&["status", "--json", "--state-dir"])
-            .arg(state.path())
-            .output()
-            .unwrap();
-        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let s = status_json(state.path());
         s["device_id"].as_str().unwrap().to_string()
     };
     wait_until("samples at the reloaded interval", TIMEOUT, || async {
@@ -221,11 +217,7 @@ async fn sighup_reloads_the_interval_and_log_sources() {
             .open(&log)
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"hello after reload\n"))
             .unwrap();
-        let out = agent_cmd(&["status", "--json", "--state-dir"])
-            .arg(state.path())
-            .output()
-            .unwrap();
-        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let s = status_json(state.path());
         (s["spool"]["logs_acked_seq"].as_u64() >= Some(1)).then_some(())
     })
     .await;

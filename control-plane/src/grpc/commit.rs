@@ -57,19 +57,20 @@ impl TelemetryWriter {
 async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
-        let batches: Vec<DeviceSamples> = jobs.iter().map(|j| j.batch.clone()).collect();
+        let (batches, dones): (Vec<DeviceSamples>, Vec<_>) =
+            jobs.drain(..).map(|j| (j.batch, j.done)).unzip();
         let now: UnixMillis = now_ms();
         let result = store
             .insert_telemetry_many(&batches, now)
             .await
             .map_err(|e| e.to_string());
         if let Err(e) = &result {
-            tracing::error!(batches = jobs.len(), "telemetry not stored: {e}");
+            tracing::error!(batches = batches.len(), "telemetry not stored: {e}");
         } else {
-            tracing::trace!(batches = jobs.len(), "telemetry group committed");
+            tracing::trace!(batches = batches.len(), "telemetry group committed");
         }
-        for j in jobs.drain(..) {
-            let _ = j.done.send(result.clone());
+        for done in dones {
+            let _ = done.send(result.clone());
         }
     }
 }

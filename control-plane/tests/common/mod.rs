@@ -394,6 +394,16 @@ pub async fn all_samples(cp: &ControlPlane, ws: &str, key: &str, device: &str) -
     }
 }
 
+/// `outpost-agent status --json` for a state dir.
+pub fn status_json(state_dir: &Path) -> Value {
+    let out = agent_cmd(&["status", "--json", "--state-dir"])
+        .arg(state_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// All stored log lines of a device, oldest first (by seq), walking every page.
 pub async fn all_logs(cp: &ControlPlane, ws: &str, key: &str, device: &str) -> Vec<Value> {
     let mut out = Vec::new();

@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// How long device events are kept [default: 90d].
     #[arg(long, env = "OUTPOST_EVENT_RETENTION", value_parser = humantime::parse_duration)]
     pub event_retention: Option<Duration>,
+    /// A file holding a bearer token that may scrape `/metrics` for every
+    /// workspace (Prometheus' `bearer_token_file`). Without it, `/metrics`
+    /// takes a workspace API key with the device:read scope.
+    #[arg(long, env = "OUTPOST_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// The same options as they appear in the TOML file.
@@ -90,6 +95,7 @@ struct FileConfig {
     log_retention: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     event_retention: Option<Duration>,
+    metrics_token_file: Option<PathBuf>,
 }
 
 mod opt_duration {
@@ -116,6 +122,7 @@ pub struct ServeConfig {
     pub expired_cert_grace: Duration,
     pub retention: RetentionConfig,
     pub database_url: Option<String>,
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// How long stored data is kept.
@@ -200,6 +207,7 @@ impl ServeConfig {
                 .or(file.expired_cert_grace)
                 .unwrap_or(DEFAULT_EXPIRED_CERT_GRACE),
             database_url: args.database_url.or(file.database_url),
+            metrics_token_file: args.metrics_token_file.or(file.metrics_token_file),
             retention: {
                 let d = RetentionConfig::default();
                 RetentionConfig {

@@ -12,9 +12,11 @@ pub mod admin;
 pub mod bus;
 pub mod config;
 pub mod device_config;
+pub mod feed;
 pub mod grpc;
 pub mod ids;
 pub mod live;
+pub mod metrics;
 pub mod pki;
 pub mod rest;
 pub mod server;
@@ -33,10 +35,14 @@ pub struct AppState {
     pub public_url: String,
     /// Flips to `true` when the server is stopping; long-lived streams end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
-    /// Sessions connected to this process.
-    pub live: live::LiveDevices,
+    /// Sessions connected to this process, and the live telemetry feed.
+    pub live: Arc<live::LiveDevices>,
+    /// The control plane's own Prometheus metrics.
+    pub metrics: metrics::Metrics,
     /// Group commit for telemetry (see `grpc/commit.rs`).
     pub telemetry_writer: grpc::commit::TelemetryWriter,
+    /// Hash of the `/metrics` scrape token, when one is configured.
+    pub metrics_token_hash: Option<String>,
     /// REST rate limits.
     pub limits: rest::limits::Limits,
 }

@@ -15,8 +15,13 @@ use outpost_proto::v1::{ConfigUpdate, ServerMessage, Settings};
 use tokio::sync::{mpsc, watch};
 
 use crate::device_config;
+use crate::feed::Feed;
 use crate::grpc::HEARTBEAT_INTERVAL_SECS;
 use crate::store::ConfigVersion;
+
+/// Devices per `Committed` event: ids are at most 64 bytes, so 64 entries
+/// stay well inside PostgreSQL's 8000-byte NOTIFY payload.
+const COMMITTED_PER_EVENT: usize = 64;
 
 /// Messages queued per session before pushes are dropped (the session will
 /// get the current config again on its next start).
@@ -57,6 +62,10 @@ pub enum LiveEvent {
         device: String,
         version: u64,
     },
+    /// Telemetry committed: per device, the highest seq now durable.
+    Committed {
+        devices: Vec<(String, u64)>,
+    },
 }
 
 #[derive(Default)]
@@ -65,6 +74,8 @@ pub struct LiveDevices {
     next_handle: AtomicU64,
     /// Where actions go for the other replicas (set when there are any).
     publish: std::sync::OnceLock<mpsc::UnboundedSender<LiveEvent>>,
+    /// Committed telemetry for operators watching (SSE).
+    pub feed: Feed,
 }
 
 /// A stream's registration; unregisters on drop.
@@ -165,6 +176,30 @@ impl LiveDevices {
                 self.push_rotate_local(device);
             }
             LiveEvent::Config { .. } => {}
+            LiveEvent::Committed { devices } => {
+                for (device, seq) in devices {
+                    self.feed.committed(device, *seq);
+                }
+            }
+        }
+    }
+
+    /// Telemetry is durable up to these seqs: wakes the watchers on every
+    /// replica. `devices` holds each device once.
+    pub fn committed(&self, devices: Vec<(String, u64)>) {
+        if devices.is_empty() {
+            return;
+        }
+        for (device, seq) in &devices {
+            self.feed.committed(device, *seq);
+        }
+        if self.publish.get().is_some() {
+            // A NOTIFY payload holds under 8000 bytes: split long groups.
+            for chunk in devices.chunks(COMMITTED_PER_EVENT) {
+                self.publish(LiveEvent::Committed {
+                    devices: chunk.to_vec(),
+                });
+            }
         }
     }
 
@@ -178,11 +213,19 @@ impl LiveDevices {
     }
 
     fn disconnect_local(&self, device_id: &str, why: Cut) {
+        if why == Cut::Deleted {
+            self.feed.deleted(device_id);
+        }
         if let Some(streams) = self.lock().get(device_id) {
             for s in streams.values() {
                 let _ = s.cut.send(Some(why));
             }
         }
+    }
+
+    /// Devices with at least one open stream on this replica.
+    pub fn connected_devices(&self) -> usize {
+        self.lock().len()
     }
 
     pub fn is_connected(&self, device_id: &str) -> bool {

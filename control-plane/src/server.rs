@@ -51,8 +51,15 @@ pub async fn run(
         format!("https://{host}:{}", grpc_addr.port())
     });
 
+    let metrics_token_hash = match &cfg.metrics_token_file {
+        Some(path) => Some(read_scrape_token(path)?),
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let telemetry_writer = grpc::commit::TelemetryWriter::start(store.clone());
+    let live = Arc::new(crate::live::LiveDevices::default());
+    let metrics = crate::metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+    let telemetry_writer =
+        grpc::commit::TelemetryWriter::start(store.clone(), live.clone(), metrics.clone());
     let state = Arc::new(AppState {
         telemetry_writer,
         store,
@@ -61,7 +68,9 @@ pub async fn run(
         install_id_ttl: cfg.install_id_ttl,
         public_url,
         shutdown: stop_rx.clone(),
-        live: Default::default(),
+        live,
+        metrics,
+        metrics_token_hash,
         limits: Default::default(),
     });
 
@@ -120,6 +129,22 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the `/metrics` scrape token (trimmed; at least 16 characters) and
+/// keeps only its hash.
+fn read_scrape_token(path: &std::path::Path) -> Result<String, ServerError> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| format!("metrics token file {}: {e}", path.display()))?;
+    let token = token.trim();
+    if token.len() < 16 {
+        return Err(format!(
+            "metrics token file {}: the token must be at least 16 characters",
+            path.display()
+        )
+        .into());
+    }
+    Ok(crate::ids::hash_secret(token))
 }
 
 /// How often old telemetry, logs and events are deleted.

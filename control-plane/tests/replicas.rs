@@ -57,6 +57,16 @@ async fn operator_actions_on_replica_a_reach_an_agent_on_replica_b() {
     })
     .await;
 
+    // An operator watching on A sees the samples that arrive at B, live
+    // (B's commits reach A through LISTEN/NOTIFY; A reads the shared store).
+    let path = format!("/acme/devices/v2/{device}/telemetry/stream");
+    let mut on_a = SseStream::open(&a, &path, &key, &[]).await;
+    let first = on_a.sample(TIMEOUT).await.0;
+    for want in first + 1..first + 4 {
+        assert_eq!(on_a.sample(TIMEOUT).await.0, want, "in order, none missing");
+    }
+    drop(on_a);
+
     // A config change on A reaches the agent on B, which acks it.
     let http = reqwest::Client::new();
     let put = http
@@ -97,7 +107,10 @@ async fn operator_actions_on_replica_a_reach_an_agent_on_replica_b() {
     })
     .await;
 
-    // Deleting on A decommissions the agent connected to B.
+    // Deleting on A decommissions the agent connected to B and ends an
+    // operator's stream on B.
+    let mut on_b = SseStream::open(&b, &path, &key, &[]).await;
+    on_b.sample(TIMEOUT).await;
     let del = http
         .delete(format!("{}/acme/devices/v2/{device}", a.rest))
         .bearer_auth(&key)
@@ -111,4 +124,12 @@ async fn operator_actions_on_replica_a_reach_an_agent_on_replica_b() {
     })
     .await;
     assert_eq!(exit.code(), Some(outpost_agent::EXIT_DECOMMISSIONED as i32));
+    let end = loop {
+        let ev = on_b.next(TIMEOUT).await.expect("an end event");
+        if ev.event != "sample" {
+            break ev;
+        }
+    };
+    assert_eq!(end.json()["reason"], "device_deleted");
+    assert!(on_b.next(TIMEOUT).await.is_none());
 }

@@ -4,10 +4,14 @@
 //! stream. Under load, batches from many devices share one durable write;
 //! alone, a batch is written at once. Acks still follow the commit.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::live::LiveDevices;
+use crate::metrics::Metrics;
 use crate::store::{DeviceSamples, Store, TelemetrySample, UnixMillis, now_ms};
 
 /// Batches in one transaction at most.
@@ -26,10 +30,11 @@ pub struct TelemetryWriter {
 }
 
 impl TelemetryWriter {
-    /// Starts the writer task on `store`.
-    pub fn start(store: Arc<dyn Store>) -> Self {
+    /// Starts the writer task on `store`; after each commit it wakes the
+    /// operators watching those devices (`live.committed`).
+    pub fn start(store: Arc<dyn Store>, live: Arc<LiveDevices>, metrics: Metrics) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(store, rx));
+        tokio::spawn(run(store, live, metrics, rx));
         Self { tx }
     }
 
@@ -54,23 +59,46 @@ impl TelemetryWriter {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
+async fn run(
+    store: Arc<dyn Store>,
+    live: Arc<LiveDevices>,
+    metrics: Metrics,
+    mut rx: mpsc::Receiver<Job>,
+) {
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
         let (batches, dones): (Vec<DeviceSamples>, Vec<_>) =
             jobs.drain(..).map(|j| (j.batch, j.done)).unzip();
         let now: UnixMillis = now_ms();
+        let started = Instant::now();
         let result = store
             .insert_telemetry_many(&batches, now)
             .await
             .map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            tracing::error!(batches = batches.len(), "telemetry not stored: {e}");
-        } else {
-            tracing::trace!(batches = batches.len(), "telemetry group committed");
+        metrics.observe_store("telemetry_commit", started.elapsed());
+        match &result {
+            Err(e) => tracing::error!(batches = batches.len(), "telemetry not stored: {e}"),
+            Ok(stored) => {
+                tracing::trace!(batches = batches.len(), "telemetry group committed");
+                metrics.samples_ingested.inc_by(*stored);
+                metrics.commit_group_batches.observe(batches.len() as f64);
+                live.committed(highest_seqs(&batches));
+            }
         }
         for done in dones {
             let _ = done.send(result.clone());
         }
     }
+}
+
+/// Each device's highest seq in a committed group.
+fn highest_seqs(batches: &[DeviceSamples]) -> Vec<(String, u64)> {
+    let mut top: HashMap<&str, u64> = HashMap::new();
+    for b in batches {
+        if let Some(last) = b.samples.iter().map(|s| s.seq).max() {
+            let e = top.entry(b.device_id.as_str()).or_default();
+            *e = (*e).max(last);
+        }
+    }
+    top.into_iter().map(|(d, s)| (d.to_string(), s)).collect()
 }

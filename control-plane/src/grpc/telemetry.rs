@@ -61,11 +61,16 @@ pub fn start_logs(
             |state, device, b| async move {
                 let lines = convert::log_batch(b).map_err(Status::invalid_argument)?;
                 let last = lines.last().map_or(0, |l| l.seq);
+                let started = std::time::Instant::now();
                 let stored = state
                     .store
                     .insert_logs(&device, &lines, now_ms())
                     .await
                     .map_err(store_status)?;
+                state
+                    .metrics
+                    .observe_store("logs_insert", started.elapsed());
+                state.metrics.logs_ingested.inc_by(stored);
                 tracing::debug!(%device, stored, last, "logs committed");
                 Ok(LogAck { acked_seq: last })
             },
@@ -114,13 +119,20 @@ async fn ingest<B, A, F, Fut>(
                 break;
             }
         };
+        let arrived = std::time::Instant::now();
         match commit(state.clone(), id.device_id.clone(), batch).await {
             Ok(ack) => {
+                state.metrics.observe_ack(what, arrived.elapsed());
                 if tx.send(Ok(ack)).await.is_err() {
                     break;
                 }
             }
             Err(status) => {
+                state
+                    .metrics
+                    .batches_failed
+                    .with_label_values(&[what])
+                    .inc();
                 if status.code() == tonic::Code::InvalidArgument {
                     tracing::info!(device = %id.device_id, "rejected {what} batch: {}", status.message());
                 }

@@ -42,6 +42,8 @@ pub struct Caller {
     pub workspace: String,
     scopes: Option<Vec<String>>,
     device_id: Option<String>,
+    /// The key's hash, to check later that it is still valid (long streams).
+    pub key_hash: String,
 }
 
 impl Caller {
@@ -75,11 +77,11 @@ impl Caller {
     }
 }
 
-const HINT: &str =
+pub(super) const HINT: &str =
     "Pass a workspace API key as ?api_key=KEY or an Authorization: Bearer KEY header.";
 
 /// Reads the key from `?api_key=` or `Authorization: Bearer`.
-fn presented_key(parts: &Parts) -> Result<Option<String>, ApiError> {
+pub(super) fn presented_key(parts: &Parts) -> Result<Option<String>, ApiError> {
     if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
         let value = value
             .to_str()
@@ -114,9 +116,10 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let key = presented_key(parts)?
             .filter(|k| !k.is_empty())
             .ok_or_else(|| ApiError::unauthorized("Missing API key", HINT))?;
+        let key_hash = ids::hash_secret(&key);
         let record = state
             .store
-            .find_api_key(&ids::hash_secret(&key))
+            .find_api_key(&key_hash)
             .await?
             .ok_or_else(|| ApiError::unauthorized("Invalid API key", HINT))?;
         if record.workspace != workspace {
@@ -129,6 +132,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             workspace,
             scopes: record.scopes,
             device_id: record.device_id,
+            key_hash,
         })
     }
 }
@@ -142,6 +146,7 @@ mod tests {
             workspace: "acme".into(),
             scopes: scopes.map(|s| s.iter().map(|x| x.to_string()).collect()),
             device_id: device.map(String::from),
+            key_hash: String::new(),
         }
     }
 

@@ -22,6 +22,7 @@ use super::error::ApiError;
 use super::openapi::*;
 use super::pagination::{Page, decode_cursor, page, parse_limit};
 use super::params::{ApiJson, Params, format_time};
+use super::telemetry::SampleView;
 
 /// A device as the REST API shows it (RFDM field names).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -48,6 +49,9 @@ pub struct DeviceView {
     pub offline_mode: bool,
     pub config_version: u64,
     pub config_applied_version: u64,
+    /// The newest stored sample (an Outpost extension: the fleet table's
+    /// CPU, memory and disk). Only on list and get; null before the first.
+    pub latest_telemetry: Option<SampleView>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -96,6 +100,7 @@ impl DeviceView {
             offline_mode: d.offline_mode,
             config_version: d.config_version,
             config_applied_version: d.config_applied_version,
+            latest_telemetry: None,
         }
     }
 }
@@ -145,7 +150,25 @@ pub async fn get_one(
     Path((_, device_id)): Path<(String, String)>,
 ) -> Result<Json<DeviceView>, ApiError> {
     let device = authorized_device(&state, &caller, Scope::DeviceRead, &device_id).await?;
-    Ok(Json(DeviceView::new(device, now_ms())))
+    let mut views = [DeviceView::new(device, now_ms())];
+    with_latest_telemetry(&state, &mut views).await?;
+    let [view] = views;
+    Ok(Json(view))
+}
+
+/// Fills each view's `latest_telemetry` (one store query for all).
+async fn with_latest_telemetry(state: &AppState, views: &mut [DeviceView]) -> Result<(), ApiError> {
+    let ids: Vec<String> = views.iter().map(|v| v.id.clone()).collect();
+    let mut latest: std::collections::HashMap<String, _> = state
+        .store
+        .latest_telemetry(&ids)
+        .await?
+        .into_iter()
+        .collect();
+    for v in views {
+        v.latest_telemetry = latest.remove(&v.id).map(SampleView::from);
+    }
+    Ok(())
 }
 
 #[utoipa::path(
@@ -196,12 +219,14 @@ pub async fn list(
             now,
         })
         .await?;
-    Ok(Json(page(
+    let mut page = page(
         rows,
         limit,
         |d| (d.created_at, d.id.clone()),
         |d| DeviceView::new(d, now),
-    )))
+    );
+    with_latest_telemetry(&state, &mut page.data).await?;
+    Ok(Json(page))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

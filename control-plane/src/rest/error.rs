@@ -24,6 +24,8 @@ pub enum ApiError {
         retry_after_secs: u64,
         plain: bool,
     },
+    /// 503: a capacity limit of this replica (the message says which).
+    Unavailable(String),
     /// A failure on our side; the detail goes to the log, not the client.
     Internal(String),
 }
@@ -92,6 +94,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({"error": m})),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": m})),
             ApiError::TooManyRequests { .. } => unreachable_429(),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!({"error": m})),
             ApiError::Internal(detail) => {
                 tracing::error!("internal error: {detail}");
                 (

@@ -8,9 +8,11 @@ pub mod error;
 mod events;
 pub mod limits;
 mod logs;
+mod metrics;
 pub mod openapi;
 mod pagination;
 mod params;
+mod stream;
 mod telemetry;
 
 use std::future::Future;
@@ -44,6 +46,7 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(devices::get_one, devices::update, devices::delete))
         .routes(routes!(telemetry::series))
         .routes(routes!(telemetry::raw))
+        .routes(routes!(stream::stream))
         .routes(routes!(logs::list))
         .routes(routes!(events::list))
         .routes(routes!(config::get, config::put))
@@ -63,6 +66,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(

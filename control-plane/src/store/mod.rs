@@ -630,4 +630,10 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes telemetry, logs and events older than the given times.
     async fn prune(&self, cutoff: &Retention) -> StoreResult<PruneCounts>;
     async fn query_telemetry(&self, q: &TelemetryQuery) -> StoreResult<Vec<TelemetrySample>>;
+    /// The newest stored sample of each of these devices (devices with none
+    /// are left out). One indexed lookup per device.
+    async fn latest_telemetry(
+        &self,
+        device_ids: &[String],
+    ) -> StoreResult<Vec<(String, TelemetrySample)>>;
 }

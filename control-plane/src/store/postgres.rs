@@ -1228,6 +1228,25 @@ impl Store for PgStore {
             .await?;
         rows.iter().map(sample_from_row).collect()
     }
+
+    async fn latest_telemetry(
+        &self,
+        device_ids: &[String],
+    ) -> StoreResult<Vec<(String, TelemetrySample)>> {
+        if device_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        const Q: &str = "SELECT t.* FROM unnest($1::TEXT[]) AS l(id) \
+             CROSS JOIN LATERAL (SELECT * FROM telemetry WHERE device_id = l.id \
+             ORDER BY seq DESC LIMIT 1) t";
+        let rows = sqlx::query(Q)
+            .bind(device_ids)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((sqlx::Row::try_get(r, "device_id")?, sample_from_row(r)?)))
+            .collect()
+    }
 }
 
 async fn insert_cert(

@@ -651,6 +651,27 @@ impl Store for SqliteStore {
             .await?;
         rows.iter().map(sample_from_row).collect()
     }
+
+    async fn latest_telemetry(
+        &self,
+        device_ids: &[String],
+    ) -> StoreResult<Vec<(String, TelemetrySample)>> {
+        if device_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The max seq per device first (a PK probe each), then that row.
+        const Q: &str = "SELECT t.* FROM \
+             (SELECT value AS id, (SELECT MAX(seq) FROM telemetry WHERE device_id = value) AS top \
+              FROM json_each(?1)) l \
+             JOIN telemetry t ON t.device_id = l.id AND t.seq = l.top";
+        let rows = sqlx::query(Q)
+            .bind(to_json(&device_ids))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((sqlx::Row::try_get(r, "device_id")?, sample_from_row(r)?)))
+            .collect()
+    }
     async fn update_device(
         &self,
         workspace: &str,

@@ -126,6 +126,7 @@ store_tests!(
     force_reset_revokes_everything_and_issues_a_new_install_id,
     replacing_the_device_key_leaves_one_live_key,
     events_page_both_ways,
+    latest_telemetry_is_each_devices_newest_sample,
 );
 
 replica_tests!(
@@ -212,6 +213,38 @@ async fn telemetry_of_several_devices_commits_together_once_per_seq(s: Arc<dyn S
     assert_eq!(n, 2);
     assert_eq!(s.last_telemetry_seq("d1").await.unwrap(), 4);
     assert_eq!(s.last_telemetry_seq("d2").await.unwrap(), 2);
+}
+
+async fn latest_telemetry_is_each_devices_newest_sample(s: Arc<dyn Store>) {
+    for d in ["d1", "d2", "d3"] {
+        s.create_device(&new_device(d, 1)).await.unwrap();
+    }
+    let b = |d: &str, seqs: &[u64]| DeviceSamples {
+        device_id: d.into(),
+        samples: seqs.iter().map(|&q| sample(q)).collect(),
+    };
+    s.insert_telemetry_many(&[b("d1", &[1, 2, 3]), b("d2", &[7])], 0)
+        .await
+        .unwrap();
+    assert!(s.latest_telemetry(&[]).await.unwrap().is_empty());
+    let ids: Vec<String> = ["d1", "d2", "d3", "nope"].map(String::from).to_vec();
+    let mut latest = s.latest_telemetry(&ids).await.unwrap();
+    latest.sort_by(|a, b| a.0.cmp(&b.0));
+    let got: Vec<(&str, u64, f32)> = latest
+        .iter()
+        .map(|(d, t)| (d.as_str(), t.seq, t.cpu_percent))
+        .collect();
+    // d3 has no samples, `nope` does not exist: both left out.
+    assert_eq!(got, [("d1", 3, 3.0), ("d2", 7, 7.0)]);
+    assert_eq!(
+        latest[0].1.temperatures.len(),
+        1,
+        "the whole sample is read"
+    );
+    s.insert_telemetry("d1", &[sample(4)], 0).await.unwrap();
+    let latest = s.latest_telemetry(&ids[..1]).await.unwrap();
+    assert_eq!(latest.len(), 1);
+    assert_eq!(latest[0].1.seq, 4);
 }
 
 async fn telemetry_is_stored_once_per_seq(s: Arc<dyn Store>) {

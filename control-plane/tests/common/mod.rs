@@ -435,3 +435,113 @@ pub fn meminfo_total_bytes() -> u64 {
         .unwrap()
         * 1024
 }
+
+/// One Server-Sent Event as a client sees it.
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).expect("event data is JSON")
+    }
+}
+
+/// A client of `telemetry/stream`: the response body read chunk by chunk,
+/// split into events per the SSE rules (comments skipped).
+pub struct SseStream {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl SseStream {
+    /// GETs `path` with the key (and extra headers); panics unless 200.
+    pub async fn open(cp: &ControlPlane, path: &str, key: &str, headers: &[(&str, &str)]) -> Self {
+        let mut tries = 0;
+        let resp = loop {
+            let mut req = reqwest::Client::new()
+                .get(format!("{}{path}", cp.rest))
+                .bearer_auth(key);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let resp = req.send().await.unwrap();
+            // The telemetry reads' rate limit: wait as Retry-After says.
+            if resp.status() == 429 && tries < 30 {
+                tries += 1;
+                let wait = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .unwrap_or(1);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                continue;
+            }
+            break resp;
+        };
+        assert_eq!(resp.status(), 200, "{path}");
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("text/event-stream"), "{ct}");
+        Self {
+            resp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next event; `None` when the server closed the stream. Panics if
+    /// nothing arrives within `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let block = String::from_utf8(raw).expect("events are UTF-8");
+                let mut ev = SseEvent {
+                    event: "message".into(),
+                    ..Default::default()
+                };
+                let mut has_data = false;
+                for line in block.lines() {
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "event" => ev.event = value.to_string(),
+                        "id" => ev.id = Some(value.to_string()),
+                        "data" => {
+                            if has_data {
+                                ev.data.push('\n');
+                            }
+                            ev.data.push_str(value);
+                            has_data = true;
+                        }
+                        _ => {} // comments (""), retry
+                    }
+                }
+                if has_data {
+                    return Some(ev);
+                }
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
+                .await
+                .expect("an SSE event in time")
+                .expect("stream read");
+            match chunk {
+                Some(bytes) => self.buf.extend_from_slice(&bytes),
+                None => return None,
+            }
+        }
+    }
+
+    /// The next `sample` event's (seq, sample JSON).
+    pub async fn sample(&mut self, timeout: Duration) -> (u64, Value) {
+        let ev = self.next(timeout).await.expect("stream open");
+        assert_eq!(ev.event, "sample", "{ev:?}");
+        let seq: u64 = ev.id.as_deref().unwrap().parse().unwrap();
+        let v = ev.json();
+        assert_eq!(v["seq"], seq, "the event id is the sample's seq");
+        (seq, v)
+    }
+}

@@ -1,0 +1,441 @@
+//! `GET /metrics`: Prometheus text format 0.0.4.
+//!
+//! - Per device, the latest stored values in node_exporter-like names with
+//!   `workspace` and `device` labels (`outpost_device_up`,
+//!   `outpost_device_cpu_usage_ratio`, `outpost_device_memory_used_bytes`, …),
+//!   read from the store, so every replica exports the same fleet.
+//! - The control plane's own: devices connected to this replica, live
+//!   streams, samples ingested, ack latency and store write histograms.
+//!
+//! Authentication: the scrape token (`--metrics-token-file`) sees every
+//! workspace; a workspace API key with the device:read scope sees its
+//! workspace. Both as `Authorization: Bearer …` (or `?api_key=`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::response::IntoResponse;
+use prometheus::core::Collector;
+use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
+
+use crate::AppState;
+use crate::admin::SCOPE_DEVICE_READ;
+use crate::ids;
+use crate::store::{Device, DeviceListQuery, DeviceStatus, TelemetrySample, now_ms};
+
+use super::auth::{HINT, presented_key};
+use super::error::ApiError;
+
+/// Devices read from the store per query.
+const CHUNK: u32 = 500;
+
+const DEVICE: &[&str] = &["workspace", "device"];
+
+/// Which workspaces a scrape may see.
+enum Scope {
+    All,
+    Workspace(String),
+}
+
+async fn authorize(state: &AppState, parts: &Parts) -> Result<Scope, ApiError> {
+    let key = presented_key(parts)?
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "Missing scrape token or API key",
+                format!("{HINT} Prometheus: authorization.credentials_file with the scrape token."),
+            )
+        })?;
+    let hash = ids::hash_secret(&key);
+    if state.metrics_token_hash.as_deref() == Some(hash.as_str()) {
+        return Ok(Scope::All);
+    }
+    let record = state
+        .store
+        .find_api_key(&hash)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("Invalid scrape token or API key", HINT))?;
+    if let Some(scopes) = &record.scopes
+        && !scopes.iter().any(|s| s == SCOPE_DEVICE_READ)
+    {
+        return Err(ApiError::forbidden(format!(
+            "this API key lacks the required scope {SCOPE_DEVICE_READ}"
+        )));
+    }
+    if record.device_id.is_some() {
+        return Err(ApiError::forbidden(
+            "a device-scoped API key cannot scrape the fleet's metrics",
+        ));
+    }
+    Ok(Scope::Workspace(record.workspace))
+}
+
+pub async fn metrics(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+) -> Result<impl IntoResponse, ApiError> {
+    let (parts, _) = request.into_parts();
+    let scope = authorize(&state, &parts).await?;
+    let workspaces = match scope {
+        Scope::All => state
+            .store
+            .list_workspaces()
+            .await?
+            .into_iter()
+            .map(|w| w.name)
+            .collect(),
+        Scope::Workspace(w) => vec![w],
+    };
+    let mut fleet = Fleet::new().map_err(internal)?;
+    let now = now_ms();
+    for ws in &workspaces {
+        let mut after = None;
+        loop {
+            let devices = state
+                .store
+                .list_devices(&DeviceListQuery {
+                    workspace: ws.clone(),
+                    after: after.clone(),
+                    limit: CHUNK,
+                    status: None,
+                    device_type: None,
+                    now,
+                })
+                .await?;
+            let ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+            let mut latest: HashMap<String, TelemetrySample> = state
+                .store
+                .latest_telemetry(&ids)
+                .await?
+                .into_iter()
+                .collect();
+            for d in &devices {
+                fleet.device(d, now, latest.remove(&d.id).as_ref());
+            }
+            match devices.last() {
+                Some(last) if devices.len() as u32 == CHUNK => {
+                    after = Some((last.created_at, last.id.clone()));
+                }
+                _ => break,
+            }
+        }
+    }
+    let registry = Registry::new();
+    for c in fleet
+        .collectors()
+        .into_iter()
+        .chain(own(&state).map_err(internal)?)
+    {
+        registry.register(c).map_err(internal)?;
+    }
+    let encoder = TextEncoder::new();
+    let mut body = Vec::new();
+    encoder
+        .encode(&registry.gather(), &mut body)
+        .map_err(internal)?;
+    Ok(([(CONTENT_TYPE, encoder.format_type().to_string())], body))
+}
+
+fn internal(e: prometheus::Error) -> ApiError {
+    ApiError::Internal(format!("metrics: {e}"))
+}
+
+/// The control plane's own metrics, as collectors for this scrape.
+fn own(state: &AppState) -> Result<Vec<Box<dyn Collector>>, prometheus::Error> {
+    let connected = prometheus::IntGauge::new(
+        "outpost_connected_devices",
+        "Devices with an open session or data stream on this replica.",
+    )?;
+    connected.set(state.live.connected_devices() as i64);
+    let streams = prometheus::IntGauge::new(
+        "outpost_live_streams",
+        "Operator telemetry streams (SSE) open on this replica.",
+    )?;
+    streams.set(state.live.feed.watchers() as i64);
+    let info = prometheus::IntGaugeVec::new(
+        Opts::new("outpost_build_info", "The control plane's version."),
+        &["version"],
+    )?;
+    info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    let mut all: Vec<Box<dyn Collector>> =
+        vec![Box::new(connected), Box::new(streams), Box::new(info)];
+    all.extend(state.metrics.collectors());
+    Ok(all)
+}
+
+/// The per-device families of one scrape.
+struct Fleet {
+    gauges: Vec<GaugeVec>,
+    counters: Vec<IntCounterVec>,
+    info: GaugeVec,
+    up: GaugeVec,
+    enabled: GaugeVec,
+    heartbeat: GaugeVec,
+    cert_expiry: GaugeVec,
+    sample_time: GaugeVec,
+    cpu: GaugeVec,
+    mem_used: GaugeVec,
+    mem_total: GaugeVec,
+    swap_used: GaugeVec,
+    swap_total: GaugeVec,
+    disk_used: GaugeVec,
+    disk_total: GaugeVec,
+    load1: GaugeVec,
+    load5: GaugeVec,
+    load15: GaugeVec,
+    uptime: GaugeVec,
+    temp: GaugeVec,
+    gpu_util: GaugeVec,
+    gpu_mem_used: GaugeVec,
+    gpu_mem_total: GaugeVec,
+    gpu_temp: GaugeVec,
+    gpu_power: GaugeVec,
+    gpu_power_limit: GaugeVec,
+    gpu_clock: GaugeVec,
+    gpu_max_clock: GaugeVec,
+    rx: IntCounterVec,
+    tx: IntCounterVec,
+}
+
+impl Fleet {
+    fn new() -> Result<Self, prometheus::Error> {
+        let mut gauges = Vec::new();
+        let mut g =
+            |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, prometheus::Error> {
+                let v = GaugeVec::new(Opts::new(name, help), labels)?;
+                gauges.push(v.clone());
+                Ok(v)
+            };
+        let gpu: &[&str] = &["workspace", "device", "gpu", "name", "uuid"];
+        let info = g(
+            "outpost_device_info",
+            "Always 1; the device's descriptive labels.",
+            &[
+                "workspace",
+                "device",
+                "name",
+                "type",
+                "hostname",
+                "agent_version",
+            ],
+        )?;
+        let up = g(
+            "outpost_device_up",
+            "1 while the device is online (a live, heartbeating session).",
+            DEVICE,
+        )?;
+        let enabled = g(
+            "outpost_device_enabled",
+            "1 unless an operator disabled the device.",
+            DEVICE,
+        )?;
+        let heartbeat = g(
+            "outpost_device_last_heartbeat_timestamp_seconds",
+            "Last heartbeat, unix time.",
+            DEVICE,
+        )?;
+        let cert_expiry = g(
+            "outpost_device_certificate_expiry_timestamp_seconds",
+            "Current certificate's notAfter, unix time.",
+            DEVICE,
+        )?;
+        let sample_time = g(
+            "outpost_device_last_sample_timestamp_seconds",
+            "Time of the latest stored sample (the device's clock), unix time.",
+            DEVICE,
+        )?;
+        let cpu = g(
+            "outpost_device_cpu_usage_ratio",
+            "CPU busy, 0..1, over the last sample interval.",
+            DEVICE,
+        )?;
+        let mem_used = g("outpost_device_memory_used_bytes", "Memory in use.", DEVICE)?;
+        let mem_total = g(
+            "outpost_device_memory_total_bytes",
+            "Physical memory.",
+            DEVICE,
+        )?;
+        let swap_used = g("outpost_device_swap_used_bytes", "Swap in use.", DEVICE)?;
+        let swap_total = g("outpost_device_swap_total_bytes", "Swap size.", DEVICE)?;
+        let disk_used = g(
+            "outpost_device_disk_used_bytes",
+            "Disk space used, all local filesystems.",
+            DEVICE,
+        )?;
+        let disk_total = g(
+            "outpost_device_disk_total_bytes",
+            "Disk space, all local filesystems.",
+            DEVICE,
+        )?;
+        let load1 = g("outpost_device_load1", "1m load average.", DEVICE)?;
+        let load5 = g("outpost_device_load5", "5m load average.", DEVICE)?;
+        let load15 = g("outpost_device_load15", "15m load average.", DEVICE)?;
+        let uptime = g(
+            "outpost_device_uptime_seconds",
+            "Seconds since the device booted.",
+            DEVICE,
+        )?;
+        let temp = g(
+            "outpost_device_temperature_celsius",
+            "Temperature per sensor.",
+            &["workspace", "device", "sensor"],
+        )?;
+        let gpu_util = g(
+            "outpost_device_gpu_utilization_ratio",
+            "GPU busy, 0..1.",
+            gpu,
+        )?;
+        let gpu_mem_used = g(
+            "outpost_device_gpu_memory_used_bytes",
+            "GPU memory in use.",
+            gpu,
+        )?;
+        let gpu_mem_total = g("outpost_device_gpu_memory_total_bytes", "GPU memory.", gpu)?;
+        let gpu_temp = g(
+            "outpost_device_gpu_temperature_celsius",
+            "GPU temperature.",
+            gpu,
+        )?;
+        let gpu_power = g("outpost_device_gpu_power_watts", "GPU power draw.", gpu)?;
+        let gpu_power_limit = g(
+            "outpost_device_gpu_power_limit_watts",
+            "GPU enforced power limit.",
+            gpu,
+        )?;
+        let gpu_clock = g("outpost_device_gpu_clock_hertz", "GPU graphics clock.", gpu)?;
+        let gpu_max_clock = g(
+            "outpost_device_gpu_max_clock_hertz",
+            "GPU maximum graphics clock.",
+            gpu,
+        )?;
+        let rx = IntCounterVec::new(
+            Opts::new(
+                "outpost_device_network_receive_bytes_total",
+                "Bytes received, all interfaces, since boot.",
+            ),
+            DEVICE,
+        )?;
+        let tx = IntCounterVec::new(
+            Opts::new(
+                "outpost_device_network_transmit_bytes_total",
+                "Bytes sent, all interfaces, since boot.",
+            ),
+            DEVICE,
+        )?;
+        Ok(Self {
+            counters: vec![rx.clone(), tx.clone()],
+            gauges,
+            info,
+            up,
+            enabled,
+            heartbeat,
+            cert_expiry,
+            sample_time,
+            cpu,
+            mem_used,
+            mem_total,
+            swap_used,
+            swap_total,
+            disk_used,
+            disk_total,
+            load1,
+            load5,
+            load15,
+            uptime,
+            temp,
+            gpu_util,
+            gpu_mem_used,
+            gpu_mem_total,
+            gpu_temp,
+            gpu_power,
+            gpu_power_limit,
+            gpu_clock,
+            gpu_max_clock,
+            rx,
+            tx,
+        })
+    }
+
+    fn collectors(self) -> Vec<Box<dyn Collector>> {
+        let mut all: Vec<Box<dyn Collector>> = Vec::new();
+        for g in self.gauges {
+            all.push(Box::new(g));
+        }
+        for c in self.counters {
+            all.push(Box::new(c));
+        }
+        all
+    }
+
+    fn device(&mut self, d: &Device, now: i64, latest: Option<&TelemetrySample>) {
+        let l = [d.workspace.as_str(), d.id.as_str()];
+        let facts = d.facts.as_ref();
+        self.info
+            .with_label_values(&[
+                d.workspace.as_str(),
+                d.id.as_str(),
+                d.name.as_str(),
+                d.device_type.as_str(),
+                facts.map_or("", |f| f.hostname.as_str()),
+                facts.map_or("", |f| f.agent_version.as_str()),
+            ])
+            .set(1.0);
+        let online = d.status(now) == DeviceStatus::Online;
+        self.up
+            .with_label_values(&l)
+            .set(f64::from(u8::from(online)));
+        self.enabled
+            .with_label_values(&l)
+            .set(f64::from(u8::from(d.enabled)));
+        let secs = |ms: i64| ms as f64 / 1000.0;
+        if let Some(t) = d.last_heartbeat {
+            self.heartbeat.with_label_values(&l).set(secs(t));
+        }
+        if let Some(t) = d.cert_expires_at {
+            self.cert_expiry.with_label_values(&l).set(secs(t));
+        }
+        let Some(s) = latest else { return };
+        let set = |v: &GaugeVec, x: f64| v.with_label_values(&l).set(x);
+        set(&self.sample_time, secs(s.timestamp));
+        set(&self.cpu, f64::from(s.cpu_percent) / 100.0);
+        set(&self.mem_used, s.memory_used_bytes as f64);
+        set(&self.mem_total, s.memory_total_bytes as f64);
+        set(&self.swap_used, s.swap_used_bytes as f64);
+        set(&self.swap_total, s.swap_total_bytes as f64);
+        set(&self.disk_used, s.disk_used_bytes as f64);
+        set(&self.disk_total, s.disk_total_bytes as f64);
+        set(&self.load1, s.load_1m);
+        set(&self.load5, s.load_5m);
+        set(&self.load15, s.load_15m);
+        set(&self.uptime, s.uptime_secs as f64);
+        self.rx.with_label_values(&l).inc_by(s.network_rx_bytes);
+        self.tx.with_label_values(&l).inc_by(s.network_tx_bytes);
+        for t in &s.temperatures {
+            self.temp
+                .with_label_values(&[l[0], l[1], t.sensor.as_str()])
+                .set(f64::from(t.celsius));
+        }
+        for g in &s.gpus {
+            let index = g.index.to_string();
+            let gl = [l[0], l[1], index.as_str(), g.name.as_str(), g.uuid.as_str()];
+            let set = |v: &GaugeVec, x: f64| v.with_label_values(&gl).set(x);
+            set(&self.gpu_util, f64::from(g.utilization_percent) / 100.0);
+            set(&self.gpu_mem_used, g.memory_used_bytes as f64);
+            set(&self.gpu_mem_total, g.memory_total_bytes as f64);
+            set(&self.gpu_temp, f64::from(g.temperature_celsius));
+            set(&self.gpu_power, f64::from(g.power_watts));
+            if g.power_limit_watts > 0.0 {
+                set(&self.gpu_power_limit, f64::from(g.power_limit_watts));
+            }
+            if g.clock_mhz > 0 {
+                set(&self.gpu_clock, f64::from(g.clock_mhz) * 1e6);
+            }
+            if g.max_clock_mhz > 0 {
+                set(&self.gpu_max_clock, f64::from(g.max_clock_mhz) * 1e6);
+            }
+        }
+    }
+}

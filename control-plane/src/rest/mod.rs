@@ -3,6 +3,7 @@
 
 mod auth;
 mod config;
+mod dashboard;
 mod devices;
 pub mod error;
 mod events;
@@ -67,6 +68,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             }),
         )
         .route("/metrics", get(metrics::metrics))
+        .merge(dashboard::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the system tools the test suite uses besides the Rust toolchain
+# (Debian/Ubuntu): systemd-analyze (unit checks), Chromium + ChromeDriver
+# (the dashboard's browser test), promtool (the /metrics format check) and
+# PostgreSQL 15 (the second backend; CI starts a throwaway server).
+# Installs only what is missing; safe to rerun.
+set -euo pipefail
+need=()
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -eq 0 ]; then
+    exit 0
+fi
+echo "installing: ${need[*]}"
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Debian's prometheus package starts a server on install where systemd runs;
+# the tests need only promtool.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi

@@ -5,8 +5,9 @@
 //! system memory, so no separate memory figures are reported. A box without
 //! a GPU reports none; nothing here errors in a loop.
 //!
-//! Discrete GPUs through NVML are the other reader (loaded at run time);
-//! both fill [`pb::GpuSample`] and [`pb::GpuInfo`].
+//! Discrete GPUs through NVML are the other reader ([`super::nvml`], loaded
+//! at run time); [`super::gpus`] combines both, and on a Jetson whose GPU
+//! NVML also lists, fills what NVML does not support from here.
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,9 @@
 //! Reads the box: static facts for the hello, and one telemetry sample per
-//! interval, via `sysinfo`.
+//! interval, via `sysinfo`; GPUs via NVML and Jetson sysfs ([`gpus`]).
 
 pub mod gpu;
+pub mod gpus;
+pub mod nvml;
 
 use outpost_proto::v1 as pb;
 use sysinfo::{Components, Disks, Networks, System};
@@ -16,7 +18,7 @@ pub struct Collector {
     disks: Disks,
     networks: Networks,
     components: Components,
-    jetson: Option<gpu::JetsonGpu>,
+    gpus: gpus::Gpus,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,15 +37,10 @@ impl Collector {
             disks: Disks::new_with_refreshed_list().map_err(e)?,
             networks: Networks::new_with_refreshed_list().map_err(e)?,
             components: Components::new_with_refreshed_list().map_err(e)?,
-            jetson: {
-                // OUTPOST_SYSFS_ROOT: read /sys and /proc under another root
-                // (containers with the host's mounted elsewhere; tests).
-                let root = std::env::var_os("OUTPOST_SYSFS_ROOT").unwrap_or_else(|| "/".into());
-                let g = gpu::JetsonGpu::discover(std::path::Path::new(&root));
-                match &g {
-                    Some(g) => tracing::info!(gpu = %g.name, "Jetson GPU found"),
-                    None => tracing::debug!("no Jetson GPU"),
-                }
+            gpus: {
+                // Once per process: NVML is not loaded again (see gpus.rs).
+                let g = gpus::Gpus::discover(&sysfs_root());
+                g.log_start();
                 g
             },
         })
@@ -66,7 +63,7 @@ impl Collector {
             cpu_cores: self.sys.cpus().len() as u32,
             memory_total_bytes: self.sys.total_memory(),
             disk_total_bytes: disk_total,
-            gpus: self.jetson.iter().map(|g| g.info()).collect(),
+            gpus: self.gpus.facts(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
@@ -125,7 +122,7 @@ impl Collector {
             load_average_5m: load.five,
             load_average_15m: load.fifteen,
             temperatures,
-            gpus: self.jetson.iter().map(|g| g.sample()).collect(),
+            gpus: self.gpus.sample(),
             uptime_secs: System::uptime().unwrap_or(0),
         }
     }
@@ -152,6 +149,14 @@ impl Collector {
             None => (0, 0),
         }
     }
+}
+
+/// Where /sys and /proc are read: `OUTPOST_SYSFS_ROOT`, or `/`
+/// (containers with the host's mounted elsewhere; tests with a fake tree).
+pub fn sysfs_root() -> std::path::PathBuf {
+    std::env::var_os("OUTPOST_SYSFS_ROOT")
+        .unwrap_or_else(|| "/".into())
+        .into()
 }
 
 /// NaN and infinities become 0: the control plane refuses them.

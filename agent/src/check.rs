@@ -78,6 +78,11 @@ pub async fn check(cfg: &AgentConfig) -> Findings {
             Err(e) => f.fail(format!("log file {}: {e}", p.display())),
         }
     }
+    // Which GPUs telemetry will carry (NVML and Jetson sysfs, as `run` finds them).
+    f.ok(format!(
+        "gpu: {}",
+        crate::collect::gpus::Gpus::discover(&crate::collect::sysfs_root()).summary()
+    ));
     let state = match StateDir::open(&cfg.state_dir) {
         Ok(s) => s,
         Err(e) => {

@@ -28,6 +28,14 @@ struct StatusArgs {
     agent: AgentArgs,
 }
 
+#[derive(clap::Args)]
+struct GpusArgs {
+    /// Print JSON: the wire sample per GPU with NVML's answer per metric and
+    /// the Jetson sysfs reading.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Enroll this box with a one-time install ID.
@@ -40,6 +48,9 @@ enum Command {
     /// Show enrollment, certificate, next rotation, link state and backlog
     /// (exit 1 when not enrolled).
     Status(StatusArgs),
+    /// Show the GPUs found (NVML, Jetson sysfs) and one reading of each;
+    /// needs no configuration or enrollment.
+    Gpus(GpusArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +68,7 @@ fn main() -> ExitCode {
             json = a.json;
             ("status", a.agent)
         }
+        Command::Gpus(a) => return gpus(a.json),
     };
     let cfg = match AgentConfig::resolve(args.clone()) {
         Ok(c) => c,
@@ -224,4 +236,38 @@ fn status(cfg: &AgentConfig, json: bool) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// `outpost-agent gpus [--json]`: what the GPU readers find on this box.
+fn gpus(json: bool) -> ExitCode {
+    let mut gpus =
+        outpost_agent::collect::gpus::Gpus::discover(&outpost_agent::collect::sysfs_root());
+    if json {
+        match serde_json::to_string_pretty(&gpus.report_json()) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    println!("{}", gpus.summary());
+    for s in gpus.sample() {
+        println!(
+            "gpu {}: {} {} util {:.1}% mem {}/{} MiB temp {:.1} C power {:.1}/{:.1} W clock {}/{} MHz",
+            s.index,
+            s.name,
+            s.uuid,
+            s.utilization_percent,
+            s.memory_used_bytes >> 20,
+            s.memory_total_bytes >> 20,
+            s.temperature_celsius,
+            s.power_watts,
+            s.power_limit_watts,
+            s.clock_mhz,
+            s.max_clock_mhz
+        );
+    }
+    ExitCode::SUCCESS
 }

@@ -114,3 +114,68 @@ fn the_systemd_unit_does_not_restart_on_final_exit_statuses() {
     }
     assert!(unit.contains("Restart=on-failure"));
 }
+
+fn agent_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run outpost-agent")
+}
+
+/// `outpost-agent gpus` on a box without a GPU: one line, exit 0, no error.
+#[test]
+fn gpu_command_on_a_box_without_one() {
+    let empty = tempfile::tempdir().unwrap();
+    let root = empty.path().to_str().unwrap();
+    let env = [
+        ("OUTPOST_SYSFS_ROOT", root),
+        ("OUTPOST_NVML_LIBRARY", "off"),
+    ];
+    let out = agent_env(&["gpus"], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.starts_with("no GPU (NVML turned off"), "{text}");
+    // A library that is not there is the same answer, not an error.
+    let env = [
+        ("OUTPOST_SYSFS_ROOT", root),
+        (
+            "OUTPOST_NVML_LIBRARY",
+            "libnvidia-ml-outpost-test-missing.so.1",
+        ),
+    ];
+    let out = agent_env(&["gpus", "--json"], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["gpus"], serde_json::json!([]));
+    assert!(
+        j["nvml"].as_str().unwrap().starts_with("no NVML library"),
+        "{j}"
+    );
+}
+
+/// `outpost-agent gpus --json` on a Jetson (a fake sysfs tree).
+#[test]
+fn gpu_command_reads_a_jetson() {
+    let dir = tempfile::tempdir().unwrap();
+    for (rel, text) in [
+        ("sys/class/devfreq/17000000.ga10b/cur_freq", "918000000\n"),
+        ("sys/class/devfreq/17000000.ga10b/max_freq", "1300500000\n"),
+        ("sys/class/devfreq/17000000.ga10b/device/load", "421\n"),
+    ] {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let env = [
+        ("OUTPOST_SYSFS_ROOT", dir.path().to_str().unwrap()),
+        ("OUTPOST_NVML_LIBRARY", "off"),
+    ];
+    let out = agent_env(&["gpus", "--json"], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["facts"][0]["name"], "NVIDIA Orin GPU (ga10b)", "{j}");
+    assert_eq!(j["gpus"][0]["sample"]["clock_mhz"], 918, "{j}");
+    assert_eq!(j["gpus"][0]["nvml"], serde_json::Value::Null, "{j}");
+}

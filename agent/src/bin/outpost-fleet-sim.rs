@@ -54,13 +54,42 @@ struct Args {
     /// /dev/shm when it exists].
     #[arg(long)]
     state_root: Option<PathBuf>,
+    /// Reconnect after a lost link (with the agent's jittered backoff) and
+    /// resend what was not acked, instead of counting the device as failed.
+    /// The summary then reports the outage: `reconnects`, `all_back_secs`
+    /// (first lost link → last link back), connection errors by kind.
+    #[arg(long)]
+    reconnect: bool,
 }
 
-#[derive(Default)]
 struct Counters {
     sent: AtomicU64,
     acked: AtomicU64,
     failed_devices: AtomicU64,
+    disconnects: AtomicU64,
+    reconnects: AtomicU64,
+    errors_refused: AtomicU64,
+    errors_other: AtomicU64,
+    /// Microseconds since the simulator's epoch: the first lost link and
+    /// the last link re-established.
+    first_loss_us: AtomicU64,
+    last_back_us: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            failed_devices: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            errors_refused: AtomicU64::new(0),
+            errors_other: AtomicU64::new(0),
+            first_loss_us: AtomicU64::new(u64::MAX),
+            last_back_us: AtomicU64::new(0),
+        }
+    }
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -183,6 +212,8 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
             connected: all_connected.clone(),
             stop: stop_rx.clone(),
             period: Duration::from_secs_f64(1.0 / args.rate),
+            reconnect: args.reconnect,
+            epoch: connect_started,
         };
         devices.spawn(device(state, ctx));
     }
@@ -212,7 +243,18 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
         f64::from(lat[i]) / 1000.0
     };
     let acked = counters.acked.load(Ordering::Relaxed);
+    let (first_loss, last_back) = (
+        counters.first_loss_us.load(Ordering::Relaxed),
+        counters.last_back_us.load(Ordering::Relaxed),
+    );
+    let all_back_secs = (first_loss != u64::MAX && last_back >= first_loss)
+        .then(|| ((last_back - first_loss) as f64 / 1e3).round() / 1e3);
     Ok(serde_json::json!({
+        "disconnects": counters.disconnects.load(Ordering::Relaxed),
+        "reconnects": counters.reconnects.load(Ordering::Relaxed),
+        "all_back_secs": all_back_secs,
+        "connect_errors_refused": counters.errors_refused.load(Ordering::Relaxed),
+        "connect_errors_other": counters.errors_other.load(Ordering::Relaxed),
         "devices": args.devices,
         "failed_devices": counters.failed_devices.load(Ordering::Relaxed),
         "samples_sent": counters.sent.load(Ordering::Relaxed),
@@ -238,37 +280,32 @@ struct DeviceCtx {
     connected: Arc<tokio::sync::Barrier>,
     stop: tokio::sync::watch::Receiver<bool>,
     period: Duration,
+    /// Reconnect after a lost link, as the agent does.
+    reconnect: bool,
+    /// The simulator's clock origin (outage times are kept relative to it).
+    epoch: Instant,
 }
 
-/// One simulated device: connect (retrying), stream until stopped, then
-/// wait briefly for the last acks.
-async fn device(state: StateDir, mut ctx: DeviceCtx) -> Result<(), Error> {
-    let connected = async {
-        let _permit = ctx.gate.acquire().await?;
-        let identity = outpost_agent::enroll::load_client_identity(&state)?;
-        let tls = link::client_config(&ctx.trust, Some(identity))?;
-        let mut tries = 0;
-        loop {
-            match link::connect(&ctx.server, tls.clone()).await {
-                Ok(ch) => break Ok::<_, Error>(link::client(ch)),
-                Err(e) if tries < 20 => {
-                    tries += 1;
-                    tracing::debug!("connect retry: {e}");
-                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
-                }
-                Err(e) => break Err(e.into()),
-            }
-        }
-    }
-    .await;
-    let mut client = match connected {
-        Ok(c) => c,
-        Err(e) => {
-            ctx.counters.failed_devices.fetch_add(1, Ordering::Relaxed);
-            ctx.connected.wait().await;
-            return Err(e);
-        }
-    };
+/// A sample sent and not yet acked: resent after a reconnect.
+struct Pending {
+    seq: u64,
+    sent_at: Instant,
+    sample: Sample,
+}
+
+/// An open link: the session and telemetry streams of one connection.
+struct Link {
+    session_tx: mpsc::Sender<AgentMessage>,
+    session: tonic::Streaming<outpost_proto::v1::ServerMessage>,
+    tx: mpsc::Sender<TelemetryBatch>,
+    acks: tonic::Streaming<outpost_proto::v1::TelemetryAck>,
+}
+
+async fn open_link(
+    client: &mut outpost_proto::v1::device_service_client::DeviceServiceClient<
+        tonic::transport::Channel,
+    >,
+) -> Result<Link, Error> {
     let (session_tx, session_rx) = mpsc::channel::<AgentMessage>(4);
     let hello = AgentMessage {
         kind: Some(AgentKind::Hello(Hello {
@@ -283,17 +320,72 @@ async fn device(state: StateDir, mut ctx: DeviceCtx) -> Result<(), Error> {
         .session(ReceiverStream::new(session_rx))
         .await?
         .into_inner();
-    let start = session.message().await?.ok_or("no session start")?;
-    let _ = start;
+    session.message().await?.ok_or("no session start")?;
     let (tx, rx) = mpsc::channel::<TelemetryBatch>(64);
-    let mut acks = client
+    let acks = client
         .push_telemetry(ReceiverStream::new(rx))
         .await?
         .into_inner();
+    Ok(Link {
+        session_tx,
+        session,
+        tx,
+        acks,
+    })
+}
+
+/// Counts a failed connection attempt by kind, logging the first few.
+fn count_connect_error(counters: &Counters, e: &Error) {
+    let text = e.to_string();
+    let refused = text.contains("refused") || text.contains("Connection refused");
+    if refused {
+        counters.errors_refused.fetch_add(1, Ordering::Relaxed);
+    } else if counters.errors_other.fetch_add(1, Ordering::Relaxed) < 5 {
+        tracing::warn!("connect failed (not a refusal): {text}");
+    }
+}
+
+/// One simulated device: connect, stream until stopped (reconnecting after
+/// a lost link with `--reconnect`, resending what was not acked), then wait
+/// briefly for the last acks.
+async fn device(state: StateDir, mut ctx: DeviceCtx) -> Result<(), Error> {
+    let identity = outpost_agent::enroll::load_client_identity(&state)?;
+    let tls = link::client_config(&ctx.trust, Some(identity))?;
+    // First connection: paced by the gate, a few quick retries.
+    let first = async {
+        let _permit = ctx.gate.acquire().await?;
+        let mut tries = 0;
+        loop {
+            let attempt = async {
+                let ch = link::connect(&ctx.server, tls.clone()).await?;
+                let mut client = link::client(ch);
+                let l = open_link(&mut client).await?;
+                Ok::<_, Error>((client, l))
+            };
+            match attempt.await {
+                Ok(c) => break Ok::<_, Error>(c),
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    tracing::debug!("connect retry: {e}");
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                Err(e) => break Err(e),
+            }
+        }
+    }
+    .await;
+    let (_client, mut l) = match first {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.counters.failed_devices.fetch_add(1, Ordering::Relaxed);
+            ctx.connected.wait().await;
+            return Err(e);
+        }
+    };
     ctx.connected.wait().await;
 
     let mut seq = 0u64;
-    let mut sent_at: std::collections::VecDeque<(u64, Instant)> = Default::default();
+    let mut pending: std::collections::VecDeque<Pending> = Default::default();
     // Spread the fleet's samples over the period.
     let offset = ctx.period.mul_f64(rand::random::<f64>());
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, ctx.period);
@@ -303,50 +395,92 @@ async fn device(state: StateDir, mut ctx: DeviceCtx) -> Result<(), Error> {
     let drain_deadline = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(drain_deadline);
     loop {
-        tokio::select! {
-            _ = tick.tick(), if !stopping => {
-                seq += 1;
-                let sample = Sample {
-                    seq,
-                    timestamp_unix_ms: outpost_agent::enroll::now_ms(),
-                    cpu_percent: 12.5,
-                    memory_used_bytes: 1 << 30,
-                    memory_total_bytes: 4 << 30,
-                    ..Default::default()
-                };
-                sent_at.push_back((seq, Instant::now()));
-                if tx.send(TelemetryBatch { samples: vec![sample] }).await.is_err() {
-                    return Err("telemetry stream closed".into());
-                }
-                ctx.counters.sent.fetch_add(1, Ordering::Relaxed);
-            }
-            _ = heartbeat.tick() => {
-                let hb = AgentMessage { kind: Some(AgentKind::Heartbeat(Heartbeat { sent_at_unix_ms: outpost_agent::enroll::now_ms() })) };
-                let _ = session_tx.try_send(hb);
-            }
-            ack = acks.message() => match ack? {
-                Some(a) => {
-                    while let Some(&(s, at)) = sent_at.front() {
-                        if s > a.acked_seq { break; }
-                        sent_at.pop_front();
-                        ctx.counters.acked.fetch_add(1, Ordering::Relaxed);
-                        let _ = ctx.lat.send(at.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        let lost: Error = loop {
+            tokio::select! {
+                _ = tick.tick(), if !stopping => {
+                    seq += 1;
+                    let sample = Sample {
+                        seq,
+                        timestamp_unix_ms: outpost_agent::enroll::now_ms(),
+                        cpu_percent: 12.5,
+                        memory_used_bytes: 1 << 30,
+                        memory_total_bytes: 4 << 30,
+                        ..Default::default()
+                    };
+                    pending.push_back(Pending { seq, sent_at: Instant::now(), sample: sample.clone() });
+                    ctx.counters.sent.fetch_add(1, Ordering::Relaxed);
+                    if l.tx.send(TelemetryBatch { samples: vec![sample] }).await.is_err() {
+                        break "telemetry stream closed".into();
                     }
-                    if stopping && sent_at.is_empty() { return Ok(()); }
                 }
-                None => return Err("the server closed the telemetry stream".into()),
-            },
-            _ = ctx.stop.changed(), if !stopping => {
-                stopping = true;
-                if sent_at.is_empty() { return Ok(()); }
-                drain_deadline.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(10));
+                _ = heartbeat.tick() => {
+                    let hb = AgentMessage { kind: Some(AgentKind::Heartbeat(Heartbeat { sent_at_unix_ms: outpost_agent::enroll::now_ms() })) };
+                    let _ = l.session_tx.try_send(hb);
+                }
+                ack = l.acks.message() => match ack {
+                    Ok(Some(a)) => {
+                        while let Some(p) = pending.front() {
+                            if p.seq > a.acked_seq { break; }
+                            ctx.counters.acked.fetch_add(1, Ordering::Relaxed);
+                            let _ = ctx.lat.send(p.sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                            pending.pop_front();
+                        }
+                        if stopping && pending.is_empty() { return Ok(()); }
+                    }
+                    Ok(None) => break "the server closed the telemetry stream".into(),
+                    Err(e) => break e.into(),
+                },
+                _ = ctx.stop.changed(), if !stopping => {
+                    stopping = true;
+                    if pending.is_empty() { return Ok(()); }
+                    drain_deadline.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(10));
+                }
+                _ = &mut drain_deadline, if stopping => return Ok(()),
+                msg = l.session.message() => match msg {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break "the server closed the session".into(),
+                    Err(e) => break e.into(),
+                },
             }
-            _ = &mut drain_deadline, if stopping => return Ok(()),
-            msg = session.message() => match msg {
-                Ok(Some(_)) => {}
-                Ok(None) => return Err("the server closed the session".into()),
-                Err(e) => return Err(e.into()),
-            },
+        };
+        if !ctx.reconnect || stopping {
+            return Err(lost);
+        }
+        // The link is gone: back off with the agent's jittered policy and
+        // reconnect, unpaced (a real fleet has no shared gate).
+        tracing::debug!("link lost: {lost}");
+        ctx.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+        ctx.counters
+            .first_loss_us
+            .fetch_min(ctx.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let mut backoff = outpost_agent::backoff::Reconnect::new();
+        l = loop {
+            tokio::time::sleep(backoff.next_delay()).await;
+            let attempt = async {
+                let ch = link::connect(&ctx.server, tls.clone()).await?;
+                let mut client = link::client(ch);
+                open_link(&mut client).await
+            };
+            match attempt.await {
+                Ok(l) => break l,
+                Err(e) => count_connect_error(&ctx.counters, &e),
+            }
+        };
+        ctx.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        ctx.counters
+            .last_back_us
+            .fetch_max(ctx.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+        // Resend what the old link did not get acked (the store dedupes).
+        for p in &pending {
+            if l.tx
+                .send(TelemetryBatch {
+                    samples: vec![p.sample.clone()],
+                })
+                .await
+                .is_err()
+            {
+                break;
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 devices=${1:-100} rate=${2:-1} duration=${3:-20s} conc=${4:-64}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --quiet --workspace --bins
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d /tmp/outpost-bench.XXXXXX); cp=""
 trap '[ -n "$cp" ] && kill $cp 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 "$bin/outpost-control-plane" workspace create bench --data-dir "$work/cp" >/dev/null

@@ -19,7 +19,7 @@ for tool in prometheus-node-exporter collectd curl python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt install prometheus-node-exporter collectd-core curl)" >&2; exit 1; }
 done
 cargo build --release --quiet -p outpost-agent -p outpost-control-plane
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d /tmp/outpost-footprint.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 devices=${1:-10000} rate=${2:-0.1} conc=${3:-256}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --quiet -p outpost-agent -p outpost-control-plane
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d /tmp/outpost-storm.XXXXXX); cp=""
 trap '[ -n "$cp" ] && kill $cp 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 "$bin/outpost-control-plane" workspace create bench --data-dir "$work/cp" >/dev/null

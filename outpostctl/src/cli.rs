@@ -1,0 +1,197 @@
+//! The command line (clap derive).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "outpostctl",
+    version,
+    about = "Operator CLI for an Outpost control plane (its REST API)",
+    after_help = "Exit codes: 0 ok, 1 the server refused or answered wrongly, 2 usage, 3 connection/TLS.\n\
+                  See docs/outpostctl.md."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// `table` for people, `json` for scripts (the server's JSON).
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where and as whom.
+#[derive(Args)]
+pub struct Conn {
+    /// The control plane's REST URL, http:// or https://.
+    #[arg(long, env = "OUTPOST_URL", global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// The API key (prefer the environment variable: arguments show in `ps`).
+    #[arg(
+        long,
+        env = "OUTPOST_API_KEY",
+        global = true,
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+    /// The workspace.
+    #[arg(long, env = "OUTPOST_WORKSPACE", global = true, value_name = "NAME")]
+    pub workspace: Option<String>,
+    /// Trust only this CA (PEM) for https:// instead of the system's roots.
+    #[arg(long, env = "OUTPOST_CA_FILE", global = true, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// List, show, create and delete devices.
+    #[command(subcommand)]
+    Devices(Devices),
+    /// Reset a device's connection: a fresh device API key (the previous one
+    /// stops working) and, if the agent is connected, a certificate rotation.
+    Reset {
+        device: String,
+        /// The box is compromised: revoke every certificate and key now, cut
+        /// its streams, and issue a new install ID.
+        #[arg(long)]
+        force: bool,
+    },
+    /// A device's log lines, oldest first; --follow keeps printing new ones.
+    Logs(LogsArgs),
+    /// Stream a device's telemetry samples as they arrive (until the device
+    /// is deleted or the key revoked; Ctrl-C stops).
+    Telemetry(TelemetryArgs),
+    /// A live table of the fleet, redrawn every --interval (q quits).
+    Watch(WatchArgs),
+}
+
+#[derive(Subcommand)]
+pub enum Devices {
+    /// Every device of the workspace (all pages, or --limit).
+    #[command(visible_alias = "ls")]
+    List {
+        /// At most this many devices.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+        /// Only devices with this status: online, offline or unknown.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only devices of this type: edge or ai1.
+        #[arg(long = "type", value_name = "TYPE")]
+        device_type: Option<String>,
+        /// Devices per request (the server allows up to 500).
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=500))]
+        page_size: u32,
+    },
+    /// One device.
+    Get { device: String },
+    /// Create a device; prints its install ID and install command.
+    Create {
+        /// The device's name.
+        name: String,
+        /// edge (default) or ai1.
+        #[arg(long = "type", value_name = "TYPE")]
+        device_type: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        workflow_id: Option<String>,
+        /// ai1 devices only (needs the roboflowLiteMode feature).
+        #[arg(long)]
+        offline_mode: bool,
+        /// Start from this device's current config.
+        #[arg(long, value_name = "DEVICE")]
+        source_device: Option<String>,
+    },
+    /// Delete a device: its certificates and keys are revoked at once.
+    #[command(visible_alias = "rm")]
+    Delete { device: String },
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    pub device: String,
+    /// The newest this many lines (with --follow: to start with).
+    #[arg(long, short = 'n', default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    /// Lines at or after this time: RFC 3339, unix seconds, or a duration
+    /// ago (`15m`, `2h`).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Lines before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Only this service (a file name or a journald unit).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// This severity and worse (debug … emergency).
+    #[arg(long)]
+    pub severity: Option<String>,
+    /// Keep polling for new lines.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// How often --follow asks. The server allows 5 log requests a minute
+    /// per client; a 429 is waited out (Retry-After).
+    #[arg(long, default_value = "12s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Each --follow poll looks this far back before the newest line shown,
+    /// for lines stored late (an agent catching up); later ones are missed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lookback: Duration,
+}
+
+#[derive(Args)]
+pub struct TelemetryArgs {
+    pub device: String,
+    /// Replay stored samples after this seq first (otherwise only new ones).
+    #[arg(long, value_name = "SEQ")]
+    pub after_seq: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct WatchArgs {
+    /// Redraw this often.
+    #[arg(long, default_value = "2s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Print one frame and exit (no full-screen mode; for scripts).
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// `2s`, `500ms`, `1m`; at least 100 ms.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 2s, 500ms, 1m)"))?;
+    if d < Duration::from_millis(100) {
+        return Err("must be at least 100ms".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_interval("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_interval("10ms").is_err());
+        assert!(parse_interval("soon").is_err());
+    }
+}

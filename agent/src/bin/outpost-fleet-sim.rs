@@ -54,6 +54,11 @@ struct Args {
     /// /dev/shm when it exists].
     #[arg(long)]
     state_root: Option<PathBuf>,
+    /// Samples per request: each device sends `--batch` samples every
+    /// `batch / rate` seconds (an agent sends its backlog in batches of up to
+    /// 256; 1 makes every sample its own request).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Reconnect after a lost link (with the agent's jittered backoff) and
     /// resend what was not acked, instead of counting the device as failed.
     /// The summary then reports the outage: `reconnects`, `all_back_secs`
@@ -114,8 +119,15 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<serde_json::Value, Error> {
-    if !(args.rate > 0.0 && args.rate <= 1000.0) {
-        return Err("--rate must be above 0 and at most 1000 samples/s".into());
+    if !(args.rate > 0.0 && args.rate <= 100_000.0) {
+        return Err("--rate must be above 0 and at most 100000 samples/s".into());
+    }
+    if !(1..=outpost_proto::MAX_SAMPLES_PER_BATCH).contains(&args.batch) {
+        return Err(format!(
+            "--batch must be 1..={} samples",
+            outpost_proto::MAX_SAMPLES_PER_BATCH
+        )
+        .into());
     }
     let server = ServerUrl::parse(&args.server)?;
     let trust = Trust::from_ca_file(&args.ca_file)?;
@@ -211,7 +223,8 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
             lat: lat_tx.clone(),
             connected: all_connected.clone(),
             stop: stop_rx.clone(),
-            period: Duration::from_secs_f64(1.0 / args.rate),
+            period: Duration::from_secs_f64(args.batch as f64 / args.rate),
+            batch: args.batch,
             reconnect: args.reconnect,
             epoch: connect_started,
         };
@@ -266,6 +279,7 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
         "enroll_per_sec": (args.devices as f64 / enroll_secs).round(),
         "connect_all_secs": (connect_secs * 1000.0).round() / 1000.0,
         "rate_hz": args.rate,
+        "batch": args.batch,
         "duration_secs": args.duration.as_secs_f64(),
     }))
 }
@@ -280,6 +294,7 @@ struct DeviceCtx {
     connected: Arc<tokio::sync::Barrier>,
     stop: tokio::sync::watch::Receiver<bool>,
     period: Duration,
+    batch: usize,
     /// Reconnect after a lost link, as the agent does.
     reconnect: bool,
     /// The simulator's clock origin (outage times are kept relative to it).
@@ -398,18 +413,23 @@ async fn device(state: StateDir, mut ctx: DeviceCtx) -> Result<(), Error> {
         let lost: Error = loop {
             tokio::select! {
                 _ = tick.tick(), if !stopping => {
-                    seq += 1;
-                    let sample = Sample {
-                        seq,
-                        timestamp_unix_ms: outpost_agent::enroll::now_ms(),
-                        cpu_percent: 12.5,
-                        memory_used_bytes: 1 << 30,
-                        memory_total_bytes: 4 << 30,
-                        ..Default::default()
-                    };
-                    pending.push_back(Pending { seq, sent_at: Instant::now(), sample: sample.clone() });
-                    ctx.counters.sent.fetch_add(1, Ordering::Relaxed);
-                    if l.tx.send(TelemetryBatch { samples: vec![sample] }).await.is_err() {
+                    let now = Instant::now();
+                    let mut samples = Vec::with_capacity(ctx.batch);
+                    for _ in 0..ctx.batch {
+                        seq += 1;
+                        let sample = Sample {
+                            seq,
+                            timestamp_unix_ms: outpost_agent::enroll::now_ms(),
+                            cpu_percent: 12.5,
+                            memory_used_bytes: 1 << 30,
+                            memory_total_bytes: 4 << 30,
+                            ..Default::default()
+                        };
+                        pending.push_back(Pending { seq, sent_at: now, sample: sample.clone() });
+                        samples.push(sample);
+                    }
+                    ctx.counters.sent.fetch_add(ctx.batch as u64, Ordering::Relaxed);
+                    if l.tx.send(TelemetryBatch { samples }).await.is_err() {
                         break "telemetry stream closed".into();
                     }
                 }
@@ -471,14 +491,12 @@ async fn device(state: StateDir, mut ctx: DeviceCtx) -> Result<(), Error> {
             .last_back_us
             .fetch_max(ctx.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
         // Resend what the old link did not get acked (the store dedupes).
-        for p in &pending {
-            if l.tx
-                .send(TelemetryBatch {
-                    samples: vec![p.sample.clone()],
-                })
-                .await
-                .is_err()
-            {
+        let unacked: Vec<Sample> = pending.iter().map(|p| p.sample.clone()).collect();
+        for chunk in unacked.chunks(ctx.batch.max(1)) {
+            let batch = TelemetryBatch {
+                samples: chunk.to_vec(),
+            };
+            if l.tx.send(batch).await.is_err() {
                 break;
             }
         }

@@ -188,15 +188,7 @@ fn detail(d: &Value, now: SystemTime) -> Vec<(&'static str, String)> {
             with_age(&d["last_heartbeat"], show::ago(&d["last_heartbeat"], now)),
         ),
         ("hostname", text(&d["hostname"])),
-        (
-            "platform",
-            format!(
-                "{} {} (kernel {})",
-                text(&d["platform"]),
-                text(&d["platform_version"]),
-                text(&d["platform_release"])
-            ),
-        ),
+        ("platform", platform(d)),
         ("architecture", text(&d["architecture"])),
         ("agent version", text(&d["agent_version"])),
         ("processor", text(&hw["processor"])),
@@ -246,6 +238,23 @@ fn detail(d: &Value, now: SystemTime) -> Vec<(&'static str, String)> {
                     .unwrap_or_else(|| "-".into()),
             ),
         ));
+    }
+    p
+}
+
+/// `Debian GNU/Linux 12 (kernel 6.1.0)`, leaving out what is unknown.
+fn platform(d: &Value) -> String {
+    let parts: Vec<&str> = ["platform", "platform_version"]
+        .iter()
+        .filter_map(|k| d[*k].as_str().filter(|s| !s.is_empty()))
+        .collect();
+    let mut p = if parts.is_empty() {
+        "-".to_string()
+    } else {
+        parts.join(" ")
+    };
+    if let Some(k) = d["platform_release"].as_str().filter(|s| !s.is_empty()) {
+        p.push_str(&format!(" (kernel {k})"));
     }
     p
 }

@@ -94,8 +94,8 @@ pub async fn run(api: &mut Api, args: LogsArgs, format: Format) -> Result<()> {
             Err(e @ (Error::Connection(_) | Error::Server { status: 500.., .. })) => {
                 if !failing {
                     eprintln!(
-                        "outpostctl: {e}; retrying every {}s",
-                        args.interval.as_secs()
+                        "outpostctl: {e}; retrying every {}",
+                        humantime::format_duration(args.interval)
                     );
                     failing = true;
                 }

@@ -184,8 +184,9 @@ fn frame(
 ) -> Frame {
     let count = |s: &str| devices.iter().filter(|d| d["status"] == s).count();
     let mut title = format!(
-        "outpostctl watch: workspace {workspace}, {} devices ({} online, {} offline, {} unknown) at {}",
+        "outpostctl watch: workspace {workspace}, {} device{} ({} online, {} offline, {} unknown) at {}",
         devices.len(),
+        if devices.len() == 1 { "" } else { "s" },
         count("online"),
         count("offline"),
         count("unknown"),
@@ -240,10 +241,18 @@ fn draw(
     let (width, height) = (width as usize, height as usize);
     let fit = |s: &str| -> String { s.chars().take(width).collect() };
     let mut out = std::io::stdout().lock();
-    queue!(out, cursor::MoveTo(0, 0), Clear(ClearType::All))?;
+    // Each line is overwritten and its rest cleared, then everything below
+    // the last one: no blank frame between two (no flicker).
+    queue!(out, cursor::MoveTo(0, 0))?;
     let Some(devices) = devices else {
         let msg = problem.unwrap_or("listing devices…");
-        queue!(out, Print(fit(&format!("outpostctl watch: {msg}"))))?;
+        queue!(
+            out,
+            Print(fit(&format!("outpostctl watch: {msg}"))),
+            Clear(ClearType::UntilNewLine),
+            cursor::MoveTo(0, 1),
+            Clear(ClearType::FromCursorDown)
+        )?;
         out.flush()?;
         return Ok(());
     };
@@ -257,7 +266,8 @@ fn draw(
         out,
         SetAttribute(Attribute::Bold),
         Print(fit(&f.title)),
-        SetAttribute(Attribute::Reset)
+        SetAttribute(Attribute::Reset),
+        Clear(ClearType::UntilNewLine)
     )?;
     let mut y = 1u16;
     if let Some(p) = problem {
@@ -266,7 +276,8 @@ fn draw(
             cursor::MoveTo(0, y),
             SetForegroundColor(Color::Red),
             Print(fit(&format!("{p} (showing the last answer)"))),
-            ResetColor
+            ResetColor,
+            Clear(ClearType::UntilNewLine)
         )?;
         y += 1;
     }
@@ -288,7 +299,7 @@ fn draw(
                 SetAttribute(Attribute::Reset)
             )?;
         } else {
-            queue!(out, Print(fit(l)))?;
+            queue!(out, Print(fit(l)), Clear(ClearType::UntilNewLine))?;
             // Colour the status cell over the plain text.
             if let Some(status) = f.table.rows[i - 1].get(STATUS_COLUMN)
                 && status_at + status.chars().count() <= width
@@ -316,8 +327,13 @@ fn draw(
             Print(fit(&format!(
                 "… {} more devices (a taller terminal shows them)",
                 lines.len() - shown
-            )))
+            ))),
+            Clear(ClearType::UntilNewLine)
         )?;
+        y += 1;
+    }
+    if (y as usize) < height {
+        queue!(out, cursor::MoveTo(0, y), Clear(ClearType::FromCursorDown))?;
     }
     out.flush()?;
     Ok(())

@@ -69,6 +69,7 @@ pids+=($!)
 cat <<INFO
 
 Outpost is running.
+  dashboard    http://$REST/           (sign in: workspace $WS and the API key below)
   REST API     http://$REST            (log: $DIR/control-plane.log)
   device gRPC  https://$GRPC  (mTLS)   (agent log: $DIR/agent.log)
   workspace    $WS
@@ -79,6 +80,9 @@ Try:
   curl -s -H "Authorization: Bearer $KEY" http://$REST/$WS/devices/v2
   curl -s -H "Authorization: Bearer $KEY" http://$REST/$WS/devices/v2/$DEVICE
   curl -s -H "Authorization: Bearer $KEY" "http://$REST/$WS/devices/v2/$DEVICE/telemetry/raw?limit=3"
+  curl -sN -H "Authorization: Bearer $KEY" http://$REST/$WS/devices/v2/$DEVICE/telemetry/stream
+  curl -s -H "Authorization: Bearer $KEY" http://$REST/metrics
+  OUTPOST_URL=http://$REST OUTPOST_WORKSPACE=$WS OUTPOST_API_KEY=$KEY $BIN/outpostctl watch
   $BIN/outpost-agent status --state-dir $STATE
 
 Ctrl-C stops both.

@@ -1,0 +1,600 @@
+//! `outpostctl` end to end: the real binary against the real control plane
+//! (and, where it needs data, a real enrolled agent). Outputs are read as
+//! JSON (`-o json`) or as the table a person sees.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Logs are limited to 5 requests a minute per client, and outpostctl waits
+/// out a 429: a follow can take a Retry-After (≤ 12 s) longer.
+const LOGS_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// outpostctl sits next to the control plane in the target directory;
+/// `cargo test --workspace` builds it (the crate has integration tests).
+fn ctl_bin() -> PathBuf {
+    let p = cp_bin().with_file_name("outpostctl");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build -p outpostctl, or run cargo test --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// outpostctl configured from the environment, as an operator would.
+fn ctl(cp: &ControlPlane, key: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(ctl_bin());
+    c.args(args)
+        .env("OUTPOST_URL", &cp.rest)
+        .env("OUTPOST_API_KEY", key)
+        .env("OUTPOST_WORKSPACE", "acme")
+        .env_remove("OUTPOST_CA_FILE");
+    c
+}
+
+fn output(cp: &ControlPlane, key: &str, args: &[&str]) -> Output {
+    ctl(cp, key, args).output().expect("run outpostctl")
+}
+
+/// Standard output of a run that must succeed.
+fn ok(cp: &ControlPlane, key: &str, args: &[&str]) -> String {
+    let o = output(cp, key, args);
+    assert!(
+        o.status.success(),
+        "outpostctl {args:?}: {:?}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// The JSON a successful `-o json` run prints.
+fn json(cp: &ControlPlane, key: &str, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let out = ok(cp, key, &a);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Exit code and standard error of a run that must fail.
+fn fails(cp: &ControlPlane, key: &str, args: &[&str]) -> (i32, String) {
+    let o = output(cp, key, args);
+    assert!(!o.status.success(), "outpostctl {args:?} succeeded");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8(o.stderr).unwrap(),
+    )
+}
+
+/// A long-running outpostctl (follow, stream): its standard output line by
+/// line, its standard error collected.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    printed: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn outpostctl");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Running {
+            child,
+            lines,
+            printed: Vec::new(),
+            stderr,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The next line printed that satisfies `want` (every line is kept in
+    /// `printed`).
+    fn wait_line(&mut self, what: &str, within: Duration, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.printed.push(line.clone());
+                    if want(&line) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "waiting for {what}: {e:?}\nprinted: {:#?}\nstderr: {}",
+                    self.printed,
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// The exit status, waiting up to `within`.
+    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "outpostctl did not exit; stderr: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> (ControlPlane, String) {
+    let cp = ControlPlane::start();
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    (cp, key)
+}
+
+/// A device with an enrolled agent running (a sample every second).
+async fn device_with_agent(
+    cp: &ControlPlane,
+    key: &str,
+    name: &str,
+    args: &[&str],
+) -> (String, tempfile::TempDir, AgentProc) {
+    let (device, install_id) = cp.create_device("acme", key, name).await;
+    let state = tempfile::tempdir().unwrap();
+    let out = enroll(cp, &install_id, state.path());
+    assert!(out.status.success(), "{out:?}");
+    let agent = AgentProc::run_with(state.path(), "1s", args, &[]);
+    (device, state, agent)
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    let mut v: Vec<String> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `key: value` from a pairs listing.
+fn field(out: &str, key: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key:?} in {out}"))
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_create_list_get_delete_round_trip() {
+    let (cp, key) = start();
+    let created = json(
+        &cp,
+        &key,
+        &["devices", "create", "gate-1", "--description", "front gate"],
+    );
+    let id = created["deviceId"].as_str().unwrap().to_string();
+    let install_id = created["installId"].as_str().unwrap();
+    assert!(install_id.starts_with("inst_"), "{created}");
+    assert!(
+        created["installCommand"]
+            .as_str()
+            .unwrap()
+            .contains(install_id),
+        "{created}"
+    );
+    // The table a person sees.
+    let out = ok(&cp, &key, &["devices", "create", "gate-2"]);
+    let id2 = field(&out, "device id");
+    assert!(field(&out, "install id").starts_with("inst_"), "{out}");
+    assert!(
+        field(&out, "install command").contains("install.sh"),
+        "{out}"
+    );
+    let id3 = json(
+        &cp,
+        &key,
+        &["devices", "create", "gate-3", "--type", "edge"],
+    )["deviceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut all = vec![id.clone(), id2.clone(), id3.clone()];
+    all.sort();
+
+    // Every page, two devices at a time.
+    let list = json(&cp, &key, &["devices", "list", "--page-size", "2"]);
+    assert_eq!(ids(&list), all);
+    assert_eq!(list["pagination"]["has_more"], false);
+    let some = json(
+        &cp,
+        &key,
+        &["devices", "list", "--limit", "2", "--page-size", "1"],
+    );
+    assert_eq!(some["data"].as_array().unwrap().len(), 2);
+    assert_eq!(some["pagination"]["has_more"], true);
+    let table = ok(&cp, &key, &["devices", "list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{table}");
+    assert_eq!(lines.len(), 4, "{table}");
+    let row = lines.iter().find(|l| l.contains(&id)).unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells[..5],
+        ["gate-1", id.as_str(), "edge", "unknown", "never"]
+    );
+
+    let d = json(&cp, &key, &["devices", "get", &id]);
+    assert_eq!(d["id"], id.as_str());
+    assert_eq!(d["name"], "gate-1");
+    assert_eq!(d["description"], "front gate");
+    assert_eq!(d["status"], "unknown");
+    let shown = ok(&cp, &key, &["devices", "get", &id]);
+    assert_eq!(field(&shown, "description"), "front gate");
+    assert_eq!(field(&shown, "status"), "unknown");
+
+    let out = ok(&cp, &key, &["devices", "delete", &id]);
+    assert_eq!(out.trim(), format!("deleted {id}"));
+    let (code, err) = fails(&cp, &key, &["devices", "get", &id]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("device not found"), "{err}");
+    let list = json(&cp, &key, &["devices", "list"]);
+    let mut left = vec![id2, id3];
+    left.sort();
+    assert_eq!(ids(&list), left);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_refusals_print_the_servers_message_and_exit_1() {
+    let (cp, key) = start();
+    let (code, err) = fails(&cp, &key, &["devices", "get", "aaaaaaaaaaaaaaaaaaaa"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("device not found") && err.contains("404"),
+        "{err}"
+    );
+
+    let (code, err) = fails(&cp, "opk_not_a_key", &["devices", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Invalid API key"), "{err}");
+    assert!(!err.contains("opk_not_a_key"), "the key leaked: {err}");
+
+    let (code, err) = fails(&cp, &key, &["devices", "create", "x", "--type", "toaster"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("device_type must be"), "{err}");
+
+    let reader = cp.api_key("acme", &["device:read"]);
+    let (code, err) = fails(&cp, &reader, &["devices", "create", "x"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("403") && err.contains("device:update"),
+        "{err}"
+    );
+
+    // Another workspace's name with this key: the 401's message and hint.
+    let mut other = ctl(&cp, &key, &["devices", "list"]);
+    other.env("OUTPOST_WORKSPACE", "elsewhere");
+    let o = other.output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("does not belong"), "{err}");
+
+    // A usage error is 2, before any request.
+    let (code, err) = fails(&cp, &key, &["logs", "x", "--since", "yesterday"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_hands_out_a_fresh_device_key() {
+    let (cp, key) = start();
+    let (device, _) = cp.create_device("acme", &key, "resettable").await;
+    let token = json(&cp, &key, &["reset", &device]);
+    assert_eq!(token["deviceId"], device.as_str());
+    assert_eq!(token["tenantId"], "acme");
+    let device_key = token["apiKey"].as_str().unwrap().to_string();
+    assert!(device_key.starts_with("opk_"), "{token}");
+    // The fresh key reads its own device, and only that.
+    assert_eq!(
+        json(&cp, &device_key, &["devices", "get", &device])["id"],
+        device.as_str()
+    );
+    let (code, _) = fails(&cp, &device_key, &["devices", "list"]);
+    assert_eq!(code, 1);
+
+    // A person's view; the previous device key stops working.
+    let out = ok(&cp, &key, &["reset", &device]);
+    assert!(field(&out, "device api key").starts_with("opk_"), "{out}");
+    assert_eq!(field(&out, "rotation requested"), "no", "{out}");
+    let (code, err) = fails(&cp, &device_key, &["devices", "get", &device]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Invalid API key"), "{err}");
+
+    // Forced: a new install ID as well.
+    let forced = json(&cp, &key, &["reset", &device, "--force"]);
+    assert!(
+        forced["installId"].as_str().unwrap().starts_with("inst_"),
+        "{forced}"
+    );
+}
+
+/// Appends lines to the file the agent follows.
+fn append(path: &Path, lines: &[&str]) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_and_follow_print_every_line_once() {
+    let (cp, key) = start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    std::fs::File::create(&log).unwrap();
+    let log_arg = log.to_str().unwrap().to_string();
+    let (device, state, _agent) =
+        device_with_agent(&cp, &key, "logger", &["--log-file", &log_arg]).await;
+    // The follower starts at the end of the file: markers until one is
+    // acknowledged, then the lines of the test.
+    wait_until("the log follower runs", TIMEOUT, || async {
+        append(&log, &["marker"]);
+        let s = status_json(state.path());
+        (s["spool"]["logs_acked_seq"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
+    append(&log, &["first line", "an error happened", "third line"]);
+    // Stored once the newest line is the last one written (outpostctl waits
+    // out the logs rate limit by itself).
+    wait_until("the lines are stored", LOGS_TIMEOUT, || async {
+        let newest = json(&cp, &key, &["logs", &device, "--limit", "1"]);
+        (newest["data"][0]["message"] == "third line").then_some(())
+    })
+    .await;
+
+    let got = json(&cp, &key, &["logs", &device, "--limit", "3"]);
+    let messages: Vec<&str> = got["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        ["third line", "an error happened", "first line"],
+        "newest first, as the server answers"
+    );
+    assert_eq!(got["data"][0]["service"], "app.log");
+
+    // Follow: the newest lines first (oldest first on screen), then lines
+    // written afterwards, each exactly once.
+    let mut follow = Running::spawn(ctl(
+        &cp,
+        &key,
+        &[
+            "logs",
+            &device,
+            "--follow",
+            "--limit",
+            "2",
+            "--interval",
+            "1s",
+        ],
+    ));
+    let line = follow.wait_line("the first line shown", LOGS_TIMEOUT, |_| true);
+    assert!(line.ends_with("app.log: an error happened"), "{line}");
+    assert!(
+        line.contains(" error "),
+        "severity guessed from the text: {line}"
+    );
+    follow.wait_line("third line", LOGS_TIMEOUT, |l| l.ends_with("third line"));
+    append(&log, &["after 1", "after 2"]);
+    follow.wait_line("after 1", LOGS_TIMEOUT, |l| l.ends_with("app.log: after 1"));
+    follow.wait_line("after 2", LOGS_TIMEOUT, |l| l.ends_with("app.log: after 2"));
+    append(&log, &["after 3"]);
+    follow.wait_line("after 3", LOGS_TIMEOUT, |l| l.ends_with("app.log: after 3"));
+    let shown: Vec<&str> = follow
+        .printed
+        .iter()
+        .map(|l| l.rsplit(": ").next().unwrap())
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "an error happened",
+            "third line",
+            "after 1",
+            "after 2",
+            "after 3"
+        ],
+        "stderr: {}",
+        follow.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_once_shows_an_enrolled_device_with_a_running_agent() {
+    let (cp, key) = start();
+    let (device, _state, _agent) = device_with_agent(&cp, &key, "gate-cam", &[]).await;
+    let (idle, _) = cp.create_device("acme", &key, "spare").await;
+    let view = wait_until("online with a sample", TIMEOUT, || async {
+        let (status, d) = cp
+            .get_json(&format!("/acme/devices/v2/{device}"), &key)
+            .await;
+        assert_eq!(status, 200, "{d}");
+        (d["status"] == "online" && d["latest_telemetry"].is_object()).then_some(d)
+    })
+    .await;
+
+    let out = ok(&cp, &key, &["watch", "--once"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].contains("workspace acme, 2 devices (1 online, 0 offline, 1 unknown)"),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("NAME"), "{out}");
+    // Sorted by name: gate-cam, then spare.
+    let cells: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(
+        cells[..5],
+        ["gate-cam", device.as_str(), "online", cells[3], "ago"],
+        "{out}"
+    );
+    for (i, what) in [(5, "cpu"), (6, "memory"), (7, "disk")] {
+        let p: f64 = cells[i]
+            .parse()
+            .unwrap_or_else(|_| panic!("{what} % in {out}"));
+        assert!((0.0..=100.0).contains(&p), "{what} {p}");
+    }
+    assert_eq!(cells[8], view["agent_version"].as_str().unwrap(), "{out}");
+    assert_eq!(cells[9], "in", "certificate expiry: {out}");
+    let spare: Vec<&str> = lines[3].split_whitespace().collect();
+    assert_eq!(
+        spare,
+        [
+            "spare",
+            idle.as_str(),
+            "unknown",
+            "never",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-"
+        ]
+    );
+
+    let frame = json(&cp, &key, &["watch", "--once"]);
+    assert_eq!(frame["data"].as_array().unwrap().len(), 2);
+}
+
+fn seq_of(line: &str) -> u64 {
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    v["seq"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn telemetry_streams_samples_and_ends_when_the_device_is_deleted() {
+    let (cp, key) = start();
+    let (device, _state, _agent) = device_with_agent(&cp, &key, "streamer", &[]).await;
+
+    // A person's view: a header, then one row per new sample.
+    let mut table = Running::spawn(ctl(&cp, &key, &["telemetry", &device]));
+    let header = table.wait_line("the header", TIMEOUT, |_| true);
+    assert!(header.trim_start().starts_with("SEQ"), "{header}");
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        let row = table.wait_line("a sample row", TIMEOUT, |_| true);
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        seqs.push(cells[0].parse::<u64>().unwrap_or_else(|_| panic!("{row}")));
+        let cpu: f64 = cells[2].parse().unwrap_or_else(|_| panic!("cpu in {row}"));
+        assert!((0.0..=100.0).contains(&cpu), "{row}");
+    }
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+
+    // Scripts: JSON lines, replaying the stored samples after seq 0 first.
+    let mut replay = Running::spawn(ctl(
+        &cp,
+        &key,
+        &["telemetry", &device, "-o", "json", "--after-seq", "0"],
+    ));
+    let replayed: Vec<u64> = (0..4)
+        .map(|_| seq_of(&replay.wait_line("a sample", TIMEOUT, |_| true)))
+        .collect();
+    assert_eq!(replayed, [1, 2, 3, 4]);
+
+    ok(&cp, &key, &["devices", "delete", &device]);
+    for s in [&mut table, &mut replay] {
+        let st = s.wait_exit(TIMEOUT);
+        assert_eq!(st.code(), Some(0), "stderr: {}", s.stderr());
+        assert!(s.stderr().contains("device_deleted"), "{}", s.stderr());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn telemetry_resumes_after_the_control_plane_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut cp = ControlPlane::start_in(&data, &[]);
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let (device, _state, _agent) = device_with_agent(&cp, &key, "survivor", &[]).await;
+    let mut stream = Running::spawn(ctl(&cp, &key, &["telemetry", &device, "-o", "json"]));
+    let first = seq_of(&stream.wait_line("a sample", TIMEOUT, |_| true));
+
+    // A graceful stop (the stream ends with `server_stopping`), then a
+    // crash (the connection just breaks): both times the agent reconnects
+    // and resends, and the stream resumes after its last seq, so every seq
+    // shows once, with no gap across the outages.
+    let (rest, grpc) = cp.addrs();
+    let mut seqs = vec![first];
+    for (round, graceful) in [true, false].into_iter().enumerate() {
+        if graceful {
+            assert!(cp.stop().success());
+        } else {
+            cp.kill9();
+        }
+        drop(cp);
+        cp = ControlPlane::start_at(&data, &rest, &grpc, &[]);
+        while stream.stderr().matches("reconnected").count() <= round
+            || seqs.len() < 6 * (round + 1)
+        {
+            seqs.push(seq_of(&stream.wait_line("a sample", TIMEOUT, |_| true)));
+        }
+    }
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "{seqs:?}\n{}",
+        stream.stderr()
+    );
+    let err = stream.stderr();
+    assert!(err.contains("server_stopping"), "{err}");
+    assert_eq!(err.matches("reconnected").count(), 2, "{err}");
+}

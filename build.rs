@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
+        // Small per-stream buffers: see `codec::SmallBufferCodec`.
+        .codec_path("crate::codec::SmallBufferCodec")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

@@ -598,3 +598,123 @@ async fn telemetry_resumes_after_the_control_plane_restarts() {
     assert!(err.contains("server_stopping"), "{err}");
     assert_eq!(err.matches("reconnected").count(), 2, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn telemetry_ends_when_the_api_key_is_revoked() {
+    let (cp, key) = start();
+    let (device, _state, _agent) = device_with_agent(&cp, &key, "revoked", &[]).await;
+    let out = cp.admin(&[
+        "api-key",
+        "create",
+        "--workspace",
+        "acme",
+        "--scope",
+        "device:read",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key_id = text
+        .split_whitespace()
+        .find(|w| w.starts_with("key_"))
+        .unwrap()
+        .to_string();
+    let reader = text.lines().last().unwrap().to_string();
+
+    let mut stream = Running::spawn(ctl(&cp, &reader, &["telemetry", &device, "-o", "json"]));
+    seq_of(&stream.wait_line("a sample", TIMEOUT, |_| true));
+    let out = cp.admin(&["api-key", "revoke", &key_id]);
+    assert!(out.status.success(), "{out:?}");
+    let st = stream.wait_exit(TIMEOUT);
+    assert_eq!(st.code(), Some(0), "stderr: {}", stream.stderr());
+    assert!(
+        stream.stderr().contains("stream ended: api_key_revoked"),
+        "{}",
+        stream.stderr()
+    );
+}
+
+/// The full-screen `watch` in a real pseudo-terminal (util-linux `script`):
+/// it draws the fleet, quits on `q`, and leaves the terminal as it found it
+/// (cursor shown, alternate screen left).
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_draws_full_screen_and_restores_the_terminal_on_q() {
+    let (cp, key) = start();
+    let (device, _) = cp.create_device("acme", &key, "screen-cam").await;
+    let inner = format!(
+        "stty cols 120 rows 20; exec {} watch --interval 200ms",
+        ctl_bin().display()
+    );
+    let mut script = Command::new("script");
+    script
+        .args(["-qfec", &inner, "/dev/null"])
+        .env("OUTPOST_URL", &cp.rest)
+        .env("OUTPOST_API_KEY", &key)
+        .env("OUTPOST_WORKSPACE", "acme");
+    // Killed if the test fails: the pty closes and watch gets SIGHUP.
+    let mut child = KillOnDrop(
+        script
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run script (util-linux)"),
+    );
+    let mut stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut screen = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    // Two frames with the device: it redraws.
+    while String::from_utf8_lossy(&screen)
+        .matches(device.as_str())
+        .count()
+        < 2
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(bytes) => screen.extend(bytes),
+            Err(e) => panic!("{e:?}: {}", String::from_utf8_lossy(&screen)),
+        }
+    }
+    child.0.stdin.as_mut().unwrap().write_all(b"q").unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "watch did not quit on q");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    while let Ok(bytes) = rx.recv_timeout(Duration::from_secs(5)) {
+        screen.extend(bytes);
+    }
+    assert!(status.success(), "{status:?}");
+    let screen = String::from_utf8_lossy(&screen);
+    assert!(
+        screen.contains("\x1b[?1049h"),
+        "entered the alternate screen"
+    );
+    assert!(screen.contains("screen-cam"), "{screen}");
+    assert!(screen.contains("unknown"), "{screen}");
+    let tail = &screen[screen.rfind(device.as_str()).unwrap()..];
+    assert!(
+        tail.contains("\x1b[?25h") && tail.contains("\x1b[?1049l"),
+        "cursor shown and alternate screen left at the end: {tail:?}"
+    );
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

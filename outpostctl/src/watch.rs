@@ -237,8 +237,11 @@ fn draw(
     updated: Option<SystemTime>,
     problem: Option<&str>,
 ) -> Result<()> {
-    let (width, height) = terminal::size()?;
-    let (width, height) = (width as usize, height as usize);
+    // A terminal that reports no size (some ptys) gets the classic one.
+    let (width, height) = match terminal::size()? {
+        (0, _) | (_, 0) => (80, 24),
+        (w, h) => (w as usize, h as usize),
+    };
     let fit = |s: &str| -> String { s.chars().take(width).collect() };
     let mut out = std::io::stdout().lock();
     // Each line is overwritten and its rest cleared, then everything below

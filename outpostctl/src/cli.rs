@@ -144,10 +144,6 @@ pub struct LogsArgs {
     /// per client; a 429 is waited out (Retry-After).
     #[arg(long, default_value = "12s", value_parser = parse_interval)]
     pub interval: Duration,
-    /// Each --follow poll looks this far back before the newest line shown,
-    /// for lines stored late (an agent catching up); later ones are missed.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub lookback: Duration,
 }
 
 #[derive(Args)]

@@ -1,5 +1,7 @@
 //! `/{workspace}/devices/v2/{deviceId}/logs`: the device's log lines, newest
-//! first. Rate limited per client IP and globally (see `limits`).
+//! first; with `after_seq`, the lines stored after that seq, oldest first
+//! (for followers: a spooled line stamped long ago still comes). Rate limited
+//! per client IP and globally (see `limits`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,11 +18,14 @@ use super::devices::authorized_device;
 use super::error::ApiError;
 #[allow(unused_imports)]
 use super::openapi::*;
-use super::pagination::{Page, decode_cursor, page, parse_limit};
+use super::pagination::{Page, PageInfo, decode_cursor, page, parse_limit};
 use super::params::{Params, format_time, parse_window};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LogView {
+    /// The line's per-device sequence number (an Outpost extension): pass
+    /// the last one seen as `after_seq` to follow the log.
+    seq: u64,
     timestamp: String,
     service: String,
     severity: String,
@@ -30,6 +35,7 @@ pub struct LogView {
 impl From<LogRecord> for LogView {
     fn from(l: LogRecord) -> Self {
         LogView {
+            seq: l.seq,
             timestamp: format_time(l.timestamp),
             service: l.service,
             severity: l.severity,
@@ -65,6 +71,18 @@ pub async fn list(
     let limit = parse_limit(params.get("limit"), 100, 1000)?;
     let (start, end) = parse_window(&params)?;
     let before: Option<(UnixMillis, u64)> = decode_cursor(params.get("cursor"))?;
+    let after_seq = params
+        .get("after_seq")
+        .map(|s| {
+            s.parse::<u64>()
+                .map_err(|_| ApiError::bad_request("after_seq must be a non-negative integer"))
+        })
+        .transpose()?;
+    if after_seq.is_some() && before.is_some() {
+        return Err(ApiError::bad_request(
+            "after_seq (follow forward) and cursor (page backward) cannot be combined",
+        ));
+    }
     let service = params.get("service").map(str::to_string);
     if service
         .as_ref()
@@ -92,9 +110,27 @@ pub async fn list(
             service,
             severity,
             before,
+            after_seq,
             limit: limit + 1,
         })
         .await?;
+    if after_seq.is_some() {
+        // Forward: the follower's next after_seq is the last line's seq.
+        let has_more = rows.len() > limit as usize;
+        let data = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(LogView::from)
+            .collect();
+        return Ok(Json(Page {
+            data,
+            pagination: PageInfo {
+                next_cursor: None,
+                has_more,
+                limit,
+            },
+        }));
+    }
     Ok(Json(page(
         rows,
         limit,

@@ -154,6 +154,8 @@ pub struct LogFilterQuery {
     service: Option<String>,
     /// This severity and above: debug, info, notice, warning, error, critical, alert, emergency.
     severity: Option<String>,
+    /// Follow: the lines stored after this seq, oldest first (not with `cursor`).
+    after_seq: Option<u64>,
 }
 
 /// A config version.

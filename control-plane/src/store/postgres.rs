@@ -778,6 +778,25 @@ impl Store for PgStore {
     }
 
     async fn query_logs(&self, q: &LogQuery) -> StoreResult<Vec<LogRecord>> {
+        if let Some(after) = q.after_seq {
+            let rows = sqlx::query(
+                "SELECT seq, ts, service, severity, message FROM logs WHERE device_id = $1 \
+                 AND seq > $2 AND ($3::BIGINT IS NULL OR ts >= $3) AND ($4::BIGINT IS NULL OR ts < $4) \
+                 AND ($5::TEXT IS NULL OR service = $5) \
+                 AND ($6::BIGINT IS NULL OR severity_rank >= $6) \
+                 ORDER BY seq ASC LIMIT $7",
+            )
+            .bind(&q.device_id)
+            .bind(i(after))
+            .bind(q.start)
+            .bind(q.end)
+            .bind(&q.service)
+            .bind(q.severity.as_deref().map(severity_rank))
+            .bind(q.limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            return rows.iter().map(log_from_row).collect();
+        }
         let (before_ts, before_seq) = match q.before {
             Some((ts, seq)) => (Some(ts), Some(i(seq))),
             None => (None, None),

@@ -646,6 +646,7 @@ async fn logs_page_newest_first_with_filters(s: Arc<dyn Store>) {
         service: None,
         severity: None,
         before: None,
+        after_seq: None,
         limit: 10,
     };
     let seqs = |v: Vec<LogRecord>| v.into_iter().map(|l| l.seq).collect::<Vec<_>>();
@@ -663,9 +664,29 @@ async fn logs_page_newest_first_with_filters(s: Arc<dyn Store>) {
     let nginx = LogQuery {
         service: Some("nginx".into()),
         start: Some(150),
-        ..q
+        ..q.clone()
     };
     assert_eq!(seqs(s.query_logs(&nginx).await.unwrap()), vec![4]);
+    // Followers read forward by seq, whatever the lines' timestamps.
+    let follow = LogQuery {
+        after_seq: Some(1),
+        limit: 2,
+        ..q.clone()
+    };
+    assert_eq!(seqs(s.query_logs(&follow).await.unwrap()), vec![2, 3]);
+    let late = vec![line(5, 50, "app", "info")]; // a spooled line, stamped long ago
+    s.insert_logs("d1", &late, 0).await.unwrap();
+    let follow = LogQuery {
+        after_seq: Some(4),
+        ..q.clone()
+    };
+    assert_eq!(seqs(s.query_logs(&follow).await.unwrap()), vec![5]);
+    let follow_errors = LogQuery {
+        after_seq: Some(0),
+        severity: Some("error".into()),
+        ..q
+    };
+    assert_eq!(seqs(s.query_logs(&follow_errors).await.unwrap()), vec![2]);
 }
 
 async fn telemetry_buckets_aggregate_per_bucket(s: Arc<dyn Store>) {
@@ -938,6 +959,7 @@ async fn a_batch_repeating_a_seq_stores_it_once(s: Arc<dyn Store>) {
         service: None,
         severity: Some("info".into()),
         before: None,
+        after_seq: None,
         limit: 10,
     };
     let got = s.query_logs(&info_up).await.unwrap();

@@ -3,13 +3,14 @@
 # this machine. Prints the simulator's JSON summary plus the control plane's
 # RSS and CPU use while the fleet streamed.
 #
-#   bench/fleet.sh DEVICES RATE_HZ DURATION [CONCURRENCY]
+#   bench/fleet.sh DEVICES RATE_HZ DURATION [CONCURRENCY] [BATCH]
 #   bench/fleet.sh 1000 0.1 60s        # (a) connected-device cost
 #   bench/fleet.sh 200 100 30s         # (b) sustained ingest
 #   bench/fleet.sh 2000 0.1 5s 256     # (c) enrollment rate
+#   bench/fleet.sh 100 1000 20s 64 50  # (b) with 50 samples per request
 set -euo pipefail
 cd "$(dirname "$0")/.."
-devices=${1:-100} rate=${2:-1} duration=${3:-20s} conc=${4:-64}
+devices=${1:-100} rate=${2:-1} duration=${3:-20s} conc=${4:-64} batch=${5:-1}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --quiet --workspace --bins
 bin=${CARGO_TARGET_DIR:-target}/release
@@ -39,7 +40,7 @@ base_rss=$(rss_kib)
 ) &
 OUTPOST_LOG=info "$bin/outpost-fleet-sim" --rest "$rest" --server "https://localhost:$grpc" \
     --ca-file "$work/cp/pki/ca.crt" --workspace bench --api-key "$key" \
-    --devices "$devices" --rate "$rate" --duration "$duration" --concurrency "$conc" \
+    --devices "$devices" --rate "$rate" --duration "$duration" --concurrency "$conc" --batch "$batch" \
     > "$work/sim.out" 2> "$work/sim.err"
 sleep 1.2
 read -r peak t0 t1 s0 s1 < "$work/cp.sample"

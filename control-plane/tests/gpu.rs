@@ -41,7 +41,11 @@ async fn gpu_jetson_metrics_reach_the_device_and_its_telemetry() {
     let _agent = AgentProc::run_env(
         state.path(),
         "300ms",
-        &[("OUTPOST_SYSFS_ROOT", r.to_str().unwrap())],
+        // NVML off: on a box with a real GPU it would pair with the fake Jetson.
+        &[
+            ("OUTPOST_SYSFS_ROOT", r.to_str().unwrap()),
+            ("OUTPOST_NVML_LIBRARY", "off"),
+        ],
     );
     let samples = wait_until("samples with the GPU", TIMEOUT, || async {
         let s = all_samples(&cp, "acme", &key, &device).await;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # (e) Agent footprint, side by side with what users run today, in one run:
-#   - outpost-agent (release build), sampling every 10 s and shipping to a
+#   - outpost-agent (the `agent` profile, as released), sampling every 10 s and shipping to a
 #     local control plane over mTLS (the real path: spool, acks, fsync);
 #   - Debian's prometheus-node-exporter (default collectors), scraped every
 #     10 s by curl;
@@ -18,8 +18,11 @@ duration=${1:-600} warmup=${2:-30}
 for tool in prometheus-node-exporter collectd curl python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt install prometheus-node-exporter collectd-core curl)" >&2; exit 1; }
 done
-cargo build --release --quiet -p outpost-agent -p outpost-control-plane
+# The agent as it ships (scripts/release.sh: the `agent` profile).
+cargo build --release --quiet -p outpost-control-plane
+cargo build --profile agent --quiet -p outpost-agent --bin outpost-agent
 bin=${CARGO_TARGET_DIR:-target}/release
+agent_bin=${CARGO_TARGET_DIR:-target}/agent/outpost-agent
 work=$(mktemp -d /tmp/outpost-footprint.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -37,9 +40,9 @@ grpc=$(sed -n 's/.*grpc listening on https:\/\/[^:]*:\([0-9]*\).*/\1/p' "$work/c
 install=$(curl -sf -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
     -d '{"device_name":"footprint"}' "$rest/bench/devices/v2" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["installId"])')
-"$bin/outpost-agent" enroll --server "https://localhost:$grpc" --install-id "$install" \
+"$agent_bin" enroll --server "https://localhost:$grpc" --install-id "$install" \
     --ca-file "$work/cp/pki/ca.crt" --state-dir "$work/agent" >/dev/null
-OUTPOST_LOG=warn "$bin/outpost-agent" run --interval 10s --state-dir "$work/agent" 2>"$work/agent.err" &
+OUTPOST_LOG=warn "$agent_bin" run --interval 10s --state-dir "$work/agent" 2>"$work/agent.err" &
 agent=$!; pids+=($agent)
 
 # node_exporter on a free port, scraped every 10 s.
@@ -81,9 +84,9 @@ mem() { # rss pss hwm (KiB)
     echo "$(awk '/^Rss:/ {print $2}' "/proc/$1/smaps_rollup") $(awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup") $(awk '/VmHWM/ {print $2}' "/proc/$1/status")"
 }
 read -r ar ap ah <<<"$(mem $agent)"; read -r nr np nh <<<"$(mem $ne)"; read -r cr cpss ch <<<"$(mem $cd_pid)"
-strip -o "$work/outpost-agent.stripped" "$bin/outpost-agent"
+strip -o "$work/outpost-agent.stripped" "$agent_bin"
 size=$(stat -c %s "$work/outpost-agent.stripped")
-acked=$("$bin/outpost-agent" status --json --state-dir "$work/agent" |
+acked=$("$agent_bin" status --json --state-dir "$work/agent" |
     python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps(d.get("telemetry", d).get("acked_seq", None)))' 2>/dev/null || echo null)
 hz=$(getconf CLK_TCK)
 python3 - "$duration" "$hz" "$size" "$acked" \

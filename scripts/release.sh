@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the agent release tarball for this machine's architecture:
 #   dist/outpost-agent-<version>-<arch>.tar.gz
-#     outpost-agent            stripped release binary
+#     outpost-agent            the binary, built with the size-optimised `agent` profile
 #     install.sh               systemd installer (docs/install.md)
 #     outpost-agent.service    the unit install.sh installs
 # For another architecture pass TARGET (e.g. aarch64-unknown-linux-gnu) with
@@ -11,12 +11,12 @@ cd "$(dirname "$0")/.."
 TARGET=${TARGET:-}
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 if [ -n "$TARGET" ]; then
-    cargo build --release --locked -p outpost-agent --target "$TARGET"
-    bin="target/$TARGET/release/outpost-agent"
+    cargo build --profile agent --locked -p outpost-agent --bin outpost-agent --target "$TARGET"
+    bin="target/$TARGET/agent/outpost-agent"
     arch=${TARGET%%-*}
 else
-    cargo build --release --locked -p outpost-agent
-    bin=target/release/outpost-agent
+    cargo build --profile agent --locked -p outpost-agent --bin outpost-agent
+    bin=target/agent/outpost-agent
     arch=$(uname -m)
 fi
 name="outpost-agent-$version-$arch"

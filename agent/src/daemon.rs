@@ -78,7 +78,15 @@ pub struct Agent {
     /// This agent's place in the fleet's rotation spread, -1..=1.
     rotation_jitter: f64,
     status: RuntimeStatus,
+    /// A status change not yet in status.json, and when it was last written.
+    status_dirty: bool,
+    status_written: Option<std::time::Instant>,
 }
+
+/// status.json (read by `outpost-agent status`) is rewritten at most this
+/// often; a change in between is written by a later turn of the main loop.
+/// Link changes are written at once.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 impl Agent {
     /// Rebuilds the TLS config from the identity on disk (after a rotation).
@@ -300,7 +308,8 @@ impl Agent {
         if error.is_some() {
             self.status.last_error = error;
         }
-        self.write_status();
+        self.status_dirty = true;
+        self.flush_status(true);
     }
 
     pub fn set_connected(&mut self) {
@@ -323,7 +332,30 @@ impl Agent {
         self.write_status();
     }
 
+    /// Records that the status changed: written now, or within
+    /// [`STATUS_EVERY`] by [`Agent::flush_status_if_due`].
     pub fn write_status(&mut self) {
+        self.status_dirty = true;
+        self.flush_status(false);
+    }
+
+    /// Writes a pending status change once [`STATUS_EVERY`] has passed
+    /// (the main loops call this every turn; they turn at least once a second).
+    pub fn flush_status_if_due(&mut self) {
+        self.flush_status(false);
+    }
+
+    fn flush_status(&mut self, force: bool) {
+        if !self.status_dirty
+            || (!force
+                && self
+                    .status_written
+                    .is_some_and(|t| t.elapsed() < STATUS_EVERY))
+        {
+            return;
+        }
+        self.status_dirty = false;
+        self.status_written = Some(std::time::Instant::now());
         self.status.pending_samples = self.outbox.pending();
         self.status.dropped_samples = self.outbox.dropped();
         self.status.next_seq = self.outbox.next_seq();
@@ -464,6 +496,8 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
             link: "starting".into(),
             ..Default::default()
         },
+        status_dirty: false,
+        status_written: None,
     };
     tracing::info!(device = %identity.device_id, workspace = %identity.workspace, server = %agent.server, "agent starting");
 
@@ -527,6 +561,7 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
                 _ = agent.pulse.tick() => {
                     agent.health.beat();
                     agent.sync_spools();
+                    agent.flush_status_if_due();
                 }
                 cfg = reloaded(&mut signals.reload) => agent.reload(cfg),
                 _ = stopping(&mut signals.stop) => {

@@ -122,6 +122,7 @@ pub async fn run_connection(
             reported = report;
         }
         agent.sync_spools();
+        agent.flush_status_if_due();
         agent.health.beat();
         let mut lines = Vec::new();
         tokio::select! {

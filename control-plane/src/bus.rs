@@ -5,6 +5,7 @@
 //! tags what it publishes with its own id and ignores its own notifications.
 //! Only used with PostgreSQL; an embedded SQLite control plane is one replica.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,30 +39,62 @@ pub async fn start(state: Arc<AppState>, url: &str) -> Result<(), sqlx::Error> {
 }
 
 async fn publish(pool: PgPool, origin: String, mut rx: mpsc::UnboundedReceiver<LiveEvent>) {
-    while let Some(event) = rx.recv().await {
-        let payload = match serde_json::to_string(&Envelope {
-            origin: origin.clone(),
-            event,
-        }) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!("live event not encodable: {e}");
-                continue;
-            }
-        };
-        // Retry briefly: a lost revocation would leave a stream open elsewhere.
-        for attempt in 0..5u32 {
-            match sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(&payload)
-                .execute(&pool)
-                .await
-            {
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(attempt, "live event not published yet: {e}");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+    while let Some(first) = rx.recv().await {
+        // Everything queued meanwhile goes in one round: operator actions
+        // first (a revocation must not wait behind telemetry signals), then
+        // the telemetry signals merged per device (highest seq), so a slow
+        // database makes the batches bigger instead of the queue longer.
+        let mut urgent = Vec::new();
+        let mut committed: HashMap<String, u64> = HashMap::new();
+        let mut take = |event: LiveEvent| match event {
+            LiveEvent::Committed { devices } => {
+                for (device, seq) in devices {
+                    let top = committed.entry(device).or_default();
+                    *top = (*top).max(seq);
                 }
+            }
+            other => urgent.push(other),
+        };
+        take(first);
+        while let Ok(event) = rx.try_recv() {
+            take(event);
+        }
+        let committed: Vec<(String, u64)> = committed.into_iter().collect();
+        let signals =
+            committed
+                .chunks(crate::live::COMMITTED_PER_EVENT)
+                .map(|c| LiveEvent::Committed {
+                    devices: c.to_vec(),
+                });
+        for event in urgent.into_iter().chain(signals) {
+            notify(&pool, &origin, event).await;
+        }
+    }
+}
+
+async fn notify(pool: &PgPool, origin: &str, event: LiveEvent) {
+    let payload = match serde_json::to_string(&Envelope {
+        origin: origin.to_string(),
+        event,
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("live event not encodable: {e}");
+            return;
+        }
+    };
+    // Retry briefly: a lost revocation would leave a stream open elsewhere.
+    for attempt in 0..5u32 {
+        match sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(&payload)
+            .execute(pool)
+            .await
+        {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(attempt, "live event not published yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
             }
         }
     }

@@ -20,6 +20,9 @@ use tokio::sync::watch;
 /// Watchers a process serves at once; more are refused (503) rather than
 /// letting a runaway client exhaust store connections.
 pub const MAX_WATCHERS: usize = 1024;
+/// Watchers one workspace may hold on a process, so one tenant cannot take
+/// every slot.
+pub const MAX_WATCHERS_PER_WORKSPACE: usize = 256;
 
 /// What a watcher sees: the highest committed seq, and whether the device
 /// has been deleted.
@@ -29,7 +32,11 @@ pub struct Signal {
     pub deleted: bool,
 }
 
-type Map = HashMap<String, watch::Sender<Signal>>;
+#[derive(Default)]
+struct Map {
+    devices: HashMap<String, watch::Sender<Signal>>,
+    per_workspace: HashMap<String, usize>,
+}
 
 #[derive(Default)]
 pub struct Feed {
@@ -55,19 +62,39 @@ impl Inner {
 pub struct Watch {
     feed: Arc<Inner>,
     device_id: String,
-    pub signal: watch::Receiver<Signal>,
+    workspace: String,
+    /// Always `Some` until drop (taken there, under the map's lock).
+    signal: Option<watch::Receiver<Signal>>,
+}
+
+impl Watch {
+    /// The device's signal.
+    pub fn signal(&mut self) -> &mut watch::Receiver<Signal> {
+        // Invariant: only `drop` takes the receiver.
+        self.signal
+            .get_or_insert_with(|| watch::channel(Signal::default()).1)
+    }
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
         self.feed.watchers.fetch_sub(1, Ordering::Relaxed);
         let mut map = self.feed.lock();
-        // Our receiver is still alive here: the last watcher sees count 1.
+        // Drop our receiver under the lock: of two watchers leaving at once,
+        // the second sees no receiver left and removes the entry.
+        drop(self.signal.take());
         if map
+            .devices
             .get(&self.device_id)
-            .is_some_and(|tx| tx.receiver_count() <= 1)
+            .is_some_and(|tx| tx.receiver_count() == 0)
         {
-            map.remove(&self.device_id);
+            map.devices.remove(&self.device_id);
+        }
+        if let Some(n) = map.per_workspace.get_mut(&self.workspace) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.per_workspace.remove(&self.workspace);
+            }
         }
     }
 }
@@ -77,22 +104,28 @@ impl Feed {
         self.inner.lock()
     }
 
-    /// Starts watching a device, or `None` when [`MAX_WATCHERS`] are busy.
-    pub fn watch(&self, device_id: &str) -> Option<Watch> {
-        let taken = self.inner.watchers.fetch_add(1, Ordering::Relaxed);
-        if taken >= MAX_WATCHERS {
-            self.inner.watchers.fetch_sub(1, Ordering::Relaxed);
+    /// Starts watching a device of `workspace`, or `None` when
+    /// [`MAX_WATCHERS`] (or the workspace's share) are busy.
+    pub fn watch(&self, workspace: &str, device_id: &str) -> Option<Watch> {
+        let mut map = self.lock();
+        let mine = map.per_workspace.get(workspace).copied().unwrap_or(0);
+        if mine >= MAX_WATCHERS_PER_WORKSPACE
+            || self.inner.watchers.load(Ordering::Relaxed) >= MAX_WATCHERS
+        {
             return None;
         }
-        let signal = self
-            .lock()
+        self.inner.watchers.fetch_add(1, Ordering::Relaxed);
+        *map.per_workspace.entry(workspace.to_string()).or_default() += 1;
+        let signal = map
+            .devices
             .entry(device_id.to_string())
             .or_insert_with(|| watch::channel(Signal::default()).0)
             .subscribe();
         Some(Watch {
             feed: self.inner.clone(),
             device_id: device_id.to_string(),
-            signal,
+            workspace: workspace.to_string(),
+            signal: Some(signal),
         })
     }
 
@@ -103,7 +136,7 @@ impl Feed {
 
     /// Samples of `device_id` up to `seq` are durable.
     pub fn committed(&self, device_id: &str, seq: u64) {
-        if let Some(tx) = self.lock().get(device_id) {
+        if let Some(tx) = self.lock().devices.get(device_id) {
             tx.send_if_modified(|s| {
                 let newer = seq > s.committed;
                 s.committed = s.committed.max(seq);
@@ -114,7 +147,7 @@ impl Feed {
 
     /// The device is deleted: its watchers end their streams.
     pub fn deleted(&self, device_id: &str) {
-        if let Some(tx) = self.lock().get(device_id) {
+        if let Some(tx) = self.lock().devices.get(device_id) {
             tx.send_modify(|s| s.deleted = true);
         }
     }
@@ -128,48 +161,79 @@ mod tests {
     async fn watchers_wake_on_newer_commits_and_deletion_only() {
         let feed = Feed::default();
         feed.committed("d1", 5); // nobody watching: nothing kept
-        assert!(feed.lock().is_empty());
-        let mut a = feed.watch("d1").unwrap();
-        let mut b = feed.watch("d1").unwrap();
+        assert!(feed.lock().devices.is_empty());
+        let mut a = feed.watch("acme", "d1").unwrap();
+        let mut b = feed.watch("acme", "d1").unwrap();
         assert_eq!(feed.watchers(), 2);
         feed.committed("d1", 7);
-        a.signal.changed().await.unwrap();
-        assert_eq!(a.signal.borrow_and_update().committed, 7);
+        a.signal().changed().await.unwrap();
+        assert_eq!(a.signal().borrow_and_update().committed, 7);
         // An older or equal seq (a replayed batch, a late bus message) wakes no one.
         feed.committed("d1", 7);
         feed.committed("d1", 6);
-        assert!(!a.signal.has_changed().unwrap());
+        assert!(!a.signal().has_changed().unwrap());
         feed.committed("d2", 9); // another device
-        assert!(!a.signal.has_changed().unwrap());
+        assert!(!a.signal().has_changed().unwrap());
         feed.deleted("d1");
-        b.signal.changed().await.unwrap();
+        b.signal().changed().await.unwrap();
         assert_eq!(
-            *b.signal.borrow(),
+            *b.signal().borrow(),
             Signal {
                 committed: 7,
                 deleted: true
             }
         );
         drop(a);
-        assert_eq!(feed.lock().len(), 1, "one watcher left");
+        assert_eq!(feed.lock().devices.len(), 1, "one watcher left");
         drop(b);
-        assert!(feed.lock().is_empty(), "the last watcher removes the entry");
+        assert!(
+            feed.lock().devices.is_empty(),
+            "the last watcher removes the entry"
+        );
+        assert!(feed.lock().per_workspace.is_empty());
         assert_eq!(feed.watchers(), 0);
         // A new watch after a deletion starts clean (the id is never reused,
         // but the entry must not leak the old state either).
-        let c = feed.watch("d1").unwrap();
-        assert_eq!(*c.signal.borrow(), Signal::default());
+        let mut c = feed.watch("acme", "d1").unwrap();
+        assert_eq!(*c.signal().borrow(), Signal::default());
     }
 
     #[test]
-    fn watchers_are_capped() {
+    fn watchers_are_capped_per_process_and_per_workspace() {
         let feed = Feed::default();
-        let held: Vec<_> = (0..MAX_WATCHERS)
-            .map(|i| feed.watch(&format!("d{i}")).unwrap())
+        let greedy: Vec<_> = (0..MAX_WATCHERS_PER_WORKSPACE)
+            .map(|i| feed.watch("greedy", &format!("g{i}")).unwrap())
             .collect();
-        assert!(feed.watch("one-more").is_none());
+        assert!(
+            feed.watch("greedy", "one-more").is_none(),
+            "its share is taken"
+        );
+        let others: Vec<_> = (0..MAX_WATCHERS - MAX_WATCHERS_PER_WORKSPACE)
+            .map(|i| {
+                feed.watch(&format!("ws{}", i % 8), &format!("d{i}"))
+                    .unwrap()
+            })
+            .collect();
         assert_eq!(feed.watchers(), MAX_WATCHERS);
-        drop(held);
-        assert!(feed.watch("one-more").is_some());
+        assert!(feed.watch("fresh", "x").is_none(), "the process is full");
+        drop(greedy);
+        assert!(feed.watch("greedy", "again").is_some());
+        drop(others);
+    }
+
+    #[tokio::test]
+    async fn watchers_leaving_together_leave_no_entry_behind() {
+        let feed = std::sync::Arc::new(Feed::default());
+        for _ in 0..200 {
+            let a = feed.watch("acme", "d1").unwrap();
+            let b = feed.watch("acme", "d1").unwrap();
+            let (ta, tb) = (
+                std::thread::spawn(move || drop(a)),
+                std::thread::spawn(move || drop(b)),
+            );
+            ta.join().unwrap();
+            tb.join().unwrap();
+            assert!(feed.lock().devices.is_empty());
+        }
     }
 }

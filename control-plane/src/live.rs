@@ -21,7 +21,7 @@ use crate::store::ConfigVersion;
 
 /// Devices per `Committed` event: ids are at most 64 bytes, so 64 entries
 /// stay well inside PostgreSQL's 8000-byte NOTIFY payload.
-const COMMITTED_PER_EVENT: usize = 64;
+pub(crate) const COMMITTED_PER_EVENT: usize = 64;
 
 /// Messages queued per session before pushes are dropped (the session will
 /// get the current config again on its next start).

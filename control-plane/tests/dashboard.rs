@@ -533,7 +533,10 @@ async fn dashboard_in_headless_chromium() {
         state.path(),
         "1s",
         &["--log-file", &fake.log_file()],
-        &[("OUTPOST_SYSFS_ROOT", fake.root()), ("OUTPOST_NVML_LIBRARY", "off")],
+        &[
+            ("OUTPOST_SYSFS_ROOT", fake.root()),
+            ("OUTPOST_NVML_LIBRARY", "off"),
+        ],
     );
 
     // For the screenshots, a fuller fleet: one more online, one offline, one never enrolled.

@@ -321,7 +321,18 @@ async fn metrics_export_the_fleet_and_the_control_plane_in_prometheus_format() {
         .unwrap()
             > 1.7e9
     );
-    // The control plane's own.
+    // A workspace key sees only its workspace, and not the process-wide
+    // figures (they would show other tenants' activity).
+    assert!(
+        !text.contains(&other_device),
+        "another workspace's device leaked"
+    );
+    assert!(!text.contains("outpost_samples_ingested_total"), "{text}");
+
+    // The scrape token sees every workspace and the control plane's own.
+    let (code, all) = scrape(&cp, Some(token)).await;
+    assert_eq!(code, 200);
+    let samples = parse_metrics(&all);
     let ingested = value(&samples, "outpost_samples_ingested_total", &[]).unwrap();
     assert!(ingested >= 2.0, "{ingested}");
     assert_eq!(value(&samples, "outpost_connected_devices", &[]), Some(1.0));
@@ -332,17 +343,7 @@ async fn metrics_export_the_fleet_and_the_control_plane_in_prometheus_format() {
     )
     .unwrap();
     assert!(acks >= 2.0);
-    assert!(text.contains("outpost_store_write_seconds_bucket{op=\"telemetry_commit\""));
-    // A workspace key sees only its workspace.
-    assert!(
-        !text.contains(&other_device),
-        "another workspace's device leaked"
-    );
-
-    // The scrape token sees every workspace.
-    let (code, all) = scrape(&cp, Some(token)).await;
-    assert_eq!(code, 200);
-    let samples = parse_metrics(&all);
+    assert!(all.contains("outpost_store_write_seconds_bucket{op=\"telemetry_commit\""));
     let other = [("workspace", "other"), ("device", other_device.as_str())];
     assert_eq!(value(&samples, "outpost_device_up", &other), Some(0.0));
     assert_eq!(
@@ -354,6 +355,10 @@ async fn metrics_export_the_fleet_and_the_control_plane_in_prometheus_format() {
 
     // Refusals.
     assert_eq!(scrape(&cp, None).await.0, 401);
+    let in_url = reqwest::get(format!("{}/metrics?api_key={key}", cp.rest))
+        .await
+        .unwrap();
+    assert_eq!(in_url.status(), 400, "credentials in the URL are refused");
     assert_eq!(scrape(&cp, Some("scrape-wrong-token-000")).await.0, 401);
     let writer = cp.api_key("acme", &["device:update"]);
     let (code, body) = scrape(&cp, Some(&writer)).await;

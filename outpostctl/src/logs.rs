@@ -1,9 +1,10 @@
 //! `logs DEVICE [--follow]`.
 //!
 //! `--follow` prints the newest lines, then asks for the lines stored after
-//! the highest `seq` seen (`after_seq`, oldest first): a line is printed
+//! the highest `seq` seen (`after_seq`, oldest first) and moves on to the
+//! server's `last_seq` (past lines the filters skipped): a line is printed
 //! once, and a line stored late — spooled on a box while it was offline,
-//! stamped long ago — still comes.
+//! stamped long ago — still comes (unless `--since` excludes it).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -81,6 +82,9 @@ pub async fn run(api: &mut Api, args: LogsArgs, format: Format) -> Result<()> {
             tokio::time::sleep(args.interval).await;
         }
         let mut query = filters.clone();
+        if let Some(t) = since {
+            query.push(("start_time", show::rfc3339(t)));
+        }
         query.push(("after_seq", after.to_string()));
         match api.pages(&segments, &query, Some(MAX_PAGE), MAX_PAGE).await {
             Ok((fresh, page)) => {
@@ -91,6 +95,10 @@ pub async fn run(api: &mut Api, args: LogsArgs, format: Format) -> Result<()> {
                 for l in &fresh {
                     after = after.max(l["seq"].as_u64().unwrap_or(after));
                     emit(l)?;
+                }
+                // Past the lines the filters skipped as well.
+                if let Some(high) = page["last_seq"].as_u64() {
+                    after = after.max(high);
                 }
                 // A backlog: read on at once.
                 wait = page["has_more"].as_bool() != Some(true);

@@ -475,7 +475,11 @@ async fn device(state: StateDir, mut ctx: DeviceCtx) -> Result<(), Error> {
             .fetch_min(ctx.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
         let mut backoff = outpost_agent::backoff::Reconnect::new();
         l = loop {
-            tokio::time::sleep(backoff.next_delay()).await;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                // The run ended while the server was still away.
+                _ = ctx.stop.changed() => return Err(lost),
+            }
             let attempt = async {
                 let ch = link::connect(&ctx.server, tls.clone()).await?;
                 let mut client = link::client(ch);

@@ -77,11 +77,11 @@ impl Caller {
     }
 }
 
-pub(super) const HINT: &str =
+const HINT: &str =
     "Pass a workspace API key as ?api_key=KEY or an Authorization: Bearer KEY header.";
 
 /// Reads the key from `?api_key=` or `Authorization: Bearer`.
-pub(super) fn presented_key(parts: &Parts) -> Result<Option<String>, ApiError> {
+fn presented_key(parts: &Parts) -> Result<Option<String>, ApiError> {
     if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
         let value = value
             .to_str()

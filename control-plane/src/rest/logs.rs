@@ -101,6 +101,12 @@ pub async fn list(
         }
     };
     let device = authorized_device(&state, &caller, Scope::DeviceRead, &device_id).await?;
+    // A follower's high-water mark, read first: lines committed after it
+    // are left for the next request.
+    let until_seq = match after_seq {
+        Some(_) => Some(state.store.last_log_seq(&device.id).await?),
+        None => None,
+    };
     let rows = state
         .store
         .query_logs(&LogQuery {
@@ -111,23 +117,31 @@ pub async fn list(
             severity,
             before,
             after_seq,
+            until_seq,
             limit: limit + 1,
         })
         .await?;
     if after_seq.is_some() {
         // Forward: the follower's next after_seq is the last line's seq.
         let has_more = rows.len() > limit as usize;
-        let data = rows
+        let data: Vec<LogView> = rows
             .into_iter()
             .take(limit as usize)
             .map(LogView::from)
             .collect();
+        // Past everything scanned: the last line sent when the page is
+        // full, else the high-water mark (lines the filters skipped too).
+        let last_seq = match (has_more, data.last()) {
+            (true, Some(l)) => l.seq,
+            _ => until_seq.unwrap_or(0).max(after_seq.unwrap_or(0)),
+        };
         return Ok(Json(Page {
             data,
             pagination: PageInfo {
                 next_cursor: None,
                 has_more,
                 limit,
+                last_seq: Some(last_seq),
             },
         }));
     }

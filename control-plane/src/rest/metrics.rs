@@ -7,9 +7,11 @@
 //! - The control plane's own: devices connected to this replica, live
 //!   streams, samples ingested, ack latency and store write histograms.
 //!
-//! Authentication: the scrape token (`--metrics-token-file`) sees every
-//! workspace; a workspace API key with the device:read scope sees its
-//! workspace. Both as `Authorization: Bearer …` (or `?api_key=`).
+//! Authentication, as `Authorization: Bearer …` only (a query string ends up
+//! in proxy logs): the scrape token (`--metrics-token-file`) sees every
+//! workspace and the control plane's own metrics; a workspace API key with
+//! the device:read scope sees its workspace's devices only (the process-wide
+//! figures would show other tenants' activity).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +28,6 @@ use crate::admin::SCOPE_DEVICE_READ;
 use crate::ids;
 use crate::store::{Device, DeviceListQuery, DeviceStatus, TelemetrySample, now_ms};
 
-use super::auth::{HINT, presented_key};
 use super::error::ApiError;
 
 /// Devices read from the store per query.
@@ -40,24 +41,43 @@ enum Scope {
     Workspace(String),
 }
 
+const METRICS_HINT: &str = "Send Authorization: Bearer with the scrape token (Prometheus: \
+     authorization.credentials_file) or a workspace API key with the device:read scope.";
+
 async fn authorize(state: &AppState, parts: &Parts) -> Result<Scope, ApiError> {
-    let key = presented_key(parts)?
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            ApiError::unauthorized(
-                "Missing scrape token or API key",
-                format!("{HINT} Prometheus: authorization.credentials_file with the scrape token."),
-            )
-        })?;
+    if parts.uri.query().is_some_and(|q| q.contains("api_key=")) {
+        return Err(ApiError::bad_request(
+            "/metrics takes its credential in the Authorization header only, not ?api_key=",
+        ));
+    }
+    let key = match parts.headers.get(axum::http::header::AUTHORIZATION) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .map(|k| k.trim().to_string())
+                .ok_or_else(|| {
+                    ApiError::unauthorized(
+                        "Authorization header must use the Bearer scheme",
+                        METRICS_HINT,
+                    )
+                })?,
+        ),
+    }
+    .filter(|k| !k.is_empty())
+    .ok_or_else(|| ApiError::unauthorized("Missing scrape token or API key", METRICS_HINT))?;
     let hash = ids::hash_secret(&key);
     if state.metrics_token_hash.as_deref() == Some(hash.as_str()) {
         return Ok(Scope::All);
     }
-    let record = state
-        .store
-        .find_api_key(&hash)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("Invalid scrape token or API key", HINT))?;
+    let record =
+        state.store.find_api_key(&hash).await?.ok_or_else(|| {
+            ApiError::unauthorized("Invalid scrape token or API key", METRICS_HINT)
+        })?;
     if let Some(scopes) = &record.scopes
         && !scopes.iter().any(|s| s == SCOPE_DEVICE_READ)
     {
@@ -79,6 +99,7 @@ pub async fn metrics(
 ) -> Result<impl IntoResponse, ApiError> {
     let (parts, _) = request.into_parts();
     let scope = authorize(&state, &parts).await?;
+    let own_metrics = matches!(scope, Scope::All);
     let workspaces = match scope {
         Scope::All => state
             .store
@@ -124,11 +145,11 @@ pub async fn metrics(
         }
     }
     let registry = Registry::new();
-    for c in fleet
-        .collectors()
-        .into_iter()
-        .chain(own(&state).map_err(internal)?)
-    {
+    let mut collectors = fleet.collectors();
+    if own_metrics {
+        collectors.extend(own(&state).map_err(internal)?);
+    }
+    for c in collectors {
         registry.register(c).map_err(internal)?;
     }
     let encoder = TextEncoder::new();

@@ -19,6 +19,10 @@ pub struct PageInfo {
     pub next_cursor: Option<String>,
     pub has_more: bool,
     pub limit: u32,
+    /// Logs with `after_seq` only: the `after_seq` of the next request (it
+    /// moves past lines the filters skip, so a follower never rescans them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
 }
 
 /// Parses `limit`: default `default`, 1..=`max`.
@@ -67,6 +71,7 @@ pub fn page<R, T, K: Serialize>(
     Page {
         data: rows.into_iter().map(view).collect(),
         pagination: PageInfo {
+            last_seq: None,
             next_cursor,
             has_more,
             limit,

@@ -76,12 +76,17 @@ pub async fn stream(
         .limits
         .check_telemetry(&caller.workspace, &device.id)?;
     // Watch before reading the last seq: nothing committed in between is missed.
-    let watch = state.live.feed.watch(&device.id).ok_or_else(|| {
-        ApiError::Unavailable(format!(
-            "this control plane already serves {} live streams; retry later",
-            crate::feed::MAX_WATCHERS
-        ))
-    })?;
+    let watch = state
+        .live
+        .feed
+        .watch(&caller.workspace, &device.id)
+        .ok_or_else(|| {
+            ApiError::Unavailable(format!(
+                "this control plane serves its maximum of live streams ({} in all, {} per workspace); retry later",
+                crate::feed::MAX_WATCHERS,
+                crate::feed::MAX_WATCHERS_PER_WORKSPACE
+            ))
+        })?;
     let after = match resume {
         Some(seq) => seq,
         None => state.store.last_telemetry_seq(&device.id).await?,
@@ -140,7 +145,9 @@ fn end(reason: &str) -> Event {
 }
 
 /// Sends samples after `after` as they become durable, until the client
-/// leaves or the stream must end.
+/// leaves or the stream must end. The key and device are rechecked every
+/// [`RECHECK`] also while a long backlog is being sent; every wait (a slow
+/// client included) also ends when the server stops.
 async fn pump(
     state: Arc<AppState>,
     s: Stream,
@@ -148,24 +155,32 @@ async fn pump(
     mut watch: Watch,
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
+    let mut shutdown = state.shutdown.clone();
     let reason = 'stream: {
         let hello = Event::default()
             .comment("connected")
             .retry(Duration::from_secs(3));
-        if tx.send(Ok(hello)).await.is_err() {
-            return;
+        tokio::select! {
+            sent = tx.send(Ok(hello)) => if sent.is_err() { return },
+            _ = crate::stopping(&mut shutdown) => return,
         }
-        let mut shutdown = state.shutdown.clone();
-        let mut recheck = tokio::time::interval(RECHECK);
-        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        recheck.tick().await;
+        let mut next_check = tokio::time::Instant::now() + RECHECK;
+        // Read the store at the start (a resume point may be behind) and
+        // after every commit signal; not on the periodic rechecks.
+        let mut read = true;
         loop {
             // Mark the signal seen *before* reading: a commit during the
             // read wakes the wait below.
-            if watch.signal.borrow_and_update().deleted {
+            if watch.signal().borrow_and_update().deleted {
                 break 'stream "device_deleted";
             }
-            loop {
+            while read {
+                if tokio::time::Instant::now() >= next_check {
+                    next_check = tokio::time::Instant::now() + RECHECK;
+                    if let Some(reason) = recheck(&state, &s).await {
+                        break 'stream reason;
+                    }
+                }
                 let page = match state
                     .store
                     .query_telemetry(&TelemetryQuery {
@@ -184,7 +199,7 @@ async fn pump(
                         break 'stream "store_unavailable";
                     }
                 };
-                let full = page.len() as u32 >= PAGE;
+                read = page.len() as u32 >= PAGE;
                 for sample in page {
                     after = sample.seq;
                     let event = match Event::default()
@@ -198,25 +213,23 @@ async fn pump(
                             continue;
                         }
                     };
-                    if tx.send(Ok(event)).await.is_err() {
-                        return; // the client left
+                    tokio::select! {
+                        sent = tx.send(Ok(event)) => if sent.is_err() { return }, // the client left
+                        _ = crate::stopping(&mut shutdown) => break 'stream "server_stopping",
                     }
-                }
-                if !full {
-                    break;
                 }
             }
             tokio::select! {
-                changed = watch.signal.changed() => {
+                changed = watch.signal().changed() => {
                     if changed.is_err() {
                         break 'stream "server_stopping";
                     }
+                    read = true;
                 }
-                _ = recheck.tick() => {
-                    match still_allowed(&state, &s).await {
-                        Ok(None) => {}
-                        Ok(Some(reason)) => break 'stream reason,
-                        Err(e) => tracing::debug!(device = %s.device_id, "live stream recheck failed: {e}"),
+                _ = tokio::time::sleep_until(next_check) => {
+                    next_check = tokio::time::Instant::now() + RECHECK;
+                    if let Some(reason) = recheck(&state, &s).await {
+                        break 'stream reason;
                     }
                 }
                 _ = tx.closed() => return,
@@ -225,7 +238,20 @@ async fn pump(
         }
     };
     tracing::debug!(device = %s.device_id, reason, "live stream ends");
-    let _ = tx.send(Ok(end(reason))).await;
+    // A client that stopped reading does not hold the task: give up after 1 s.
+    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Ok(end(reason)))).await;
+}
+
+/// [`still_allowed`], with a store error logged and tolerated (the next
+/// check tries again).
+async fn recheck(state: &AppState, s: &Stream) -> Option<&'static str> {
+    match still_allowed(state, s).await {
+        Ok(reason) => reason,
+        Err(e) => {
+            tracing::debug!(device = %s.device_id, "live stream recheck failed: {e}");
+            None
+        }
+    }
 }
 
 /// `Some(reason)` when the stream must end: the key was revoked or the

@@ -241,8 +241,10 @@ pub struct LogQuery {
     pub severity: Option<String>,
     /// Continue with entries older than this (timestamp, seq).
     pub before: Option<(UnixMillis, u64)>,
-    /// Instead: entries stored after this seq, oldest first (followers).
+    /// Instead: entries stored after this seq, oldest first (followers)…
     pub after_seq: Option<u64>,
+    /// …up to this seq (inclusive).
+    pub until_seq: Option<u64>,
     pub limit: u32,
 }
 

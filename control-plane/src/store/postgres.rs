@@ -784,7 +784,7 @@ impl Store for PgStore {
                  AND seq > $2 AND ($3::BIGINT IS NULL OR ts >= $3) AND ($4::BIGINT IS NULL OR ts < $4) \
                  AND ($5::TEXT IS NULL OR service = $5) \
                  AND ($6::BIGINT IS NULL OR severity_rank >= $6) \
-                 ORDER BY seq ASC LIMIT $7",
+                 AND ($8::BIGINT IS NULL OR seq <= $8) ORDER BY seq ASC LIMIT $7",
             )
             .bind(&q.device_id)
             .bind(i(after))
@@ -793,6 +793,7 @@ impl Store for PgStore {
             .bind(&q.service)
             .bind(q.severity.as_deref().map(severity_rank))
             .bind(q.limit as i64)
+            .bind(q.until_seq.map(i))
             .fetch_all(&self.pool)
             .await?;
             return rows.iter().map(log_from_row).collect();

@@ -988,7 +988,7 @@ impl Store for SqliteStore {
                 "SELECT seq, ts, service, severity, message FROM logs WHERE device_id = ?1 \
                  AND seq > ?2 AND (?3 IS NULL OR ts >= ?3) AND (?4 IS NULL OR ts < ?4) \
                  AND (?5 IS NULL OR service = ?5) AND (?6 IS NULL OR severity_rank >= ?6) \
-                 ORDER BY seq ASC LIMIT ?7",
+                 AND (?8 IS NULL OR seq <= ?8) ORDER BY seq ASC LIMIT ?7",
             )
             .bind(&q.device_id)
             .bind(i(after))
@@ -997,6 +997,7 @@ impl Store for SqliteStore {
             .bind(&q.service)
             .bind(q.severity.as_deref().map(severity_rank))
             .bind(q.limit as i64)
+            .bind(q.until_seq.map(i))
             .fetch_all(&self.pool)
             .await?;
             return rows.iter().map(log_from_row).collect();

@@ -647,6 +647,7 @@ async fn logs_page_newest_first_with_filters(s: Arc<dyn Store>) {
         severity: None,
         before: None,
         after_seq: None,
+        until_seq: None,
         limit: 10,
     };
     let seqs = |v: Vec<LogRecord>| v.into_iter().map(|l| l.seq).collect::<Vec<_>>();
@@ -684,9 +685,15 @@ async fn logs_page_newest_first_with_filters(s: Arc<dyn Store>) {
     let follow_errors = LogQuery {
         after_seq: Some(0),
         severity: Some("error".into()),
-        ..q
+        ..q.clone()
     };
     assert_eq!(seqs(s.query_logs(&follow_errors).await.unwrap()), vec![2]);
+    let bounded = LogQuery {
+        after_seq: Some(0),
+        until_seq: Some(2),
+        ..q
+    };
+    assert_eq!(seqs(s.query_logs(&bounded).await.unwrap()), vec![1, 2]);
 }
 
 async fn telemetry_buckets_aggregate_per_bucket(s: Arc<dyn Store>) {
@@ -960,6 +967,7 @@ async fn a_batch_repeating_a_seq_stores_it_once(s: Arc<dyn Store>) {
         severity: Some("info".into()),
         before: None,
         after_seq: None,
+        until_seq: None,
         limit: 10,
     };
     let got = s.query_logs(&info_up).await.unwrap();

@@ -47,46 +47,94 @@ impl SqliteStore {
 }
 
 /// Inserts one device's samples in `tx`, ignoring seqs already stored.
+/// Rows per multi-row telemetry INSERT (19 parameters each; SQLite allows
+/// 32766). One statement per 32 samples instead of one per sample: each
+/// statement is a round trip to sqlx's SQLite worker thread.
+const INSERT_ROWS: usize = 32;
+
+const TELEMETRY_INSERT: &str = "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_percent, \
+     memory_used_bytes, memory_total_bytes, swap_used_bytes, swap_total_bytes, \
+     disk_used_bytes, disk_total_bytes, network_rx_bytes, network_tx_bytes, \
+     load_1m, load_5m, load_15m, uptime_secs, temperatures, gpus) VALUES ";
+const TELEMETRY_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const TELEMETRY_CONFLICT: &str = " ON CONFLICT (device_id, seq) DO NOTHING";
+
+/// The statements for one row and for [`INSERT_ROWS`] rows (built once,
+/// constant text: sqlx caches their prepared forms).
+fn telemetry_insert(rows: usize) -> &'static str {
+    static ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!("{TELEMETRY_INSERT}{TELEMETRY_ROW}{TELEMETRY_CONFLICT}")
+    });
+    static MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let rows = vec![TELEMETRY_ROW; INSERT_ROWS].join(", ");
+        format!("{TELEMETRY_INSERT}{rows}{TELEMETRY_CONFLICT}")
+    });
+    if rows == INSERT_ROWS {
+        MANY.as_str()
+    } else {
+        ONE.as_str()
+    }
+}
+
+/// Binds one sample's row to a telemetry INSERT.
+macro_rules! bind_sample {
+    ($q:expr, $device:expr, $s:expr, $received_at:expr) => {
+        $q.bind($device.to_string())
+            .bind(i($s.seq))
+            .bind($s.timestamp)
+            .bind($received_at)
+            .bind($s.cpu_percent as f64)
+            .bind(i($s.memory_used_bytes))
+            .bind(i($s.memory_total_bytes))
+            .bind(i($s.swap_used_bytes))
+            .bind(i($s.swap_total_bytes))
+            .bind(i($s.disk_used_bytes))
+            .bind(i($s.disk_total_bytes))
+            .bind(i($s.network_rx_bytes))
+            .bind(i($s.network_tx_bytes))
+            .bind($s.load_1m)
+            .bind($s.load_5m)
+            .bind($s.load_15m)
+            .bind(i($s.uptime_secs))
+            .bind(to_json(&$s.temperatures))
+            .bind(to_json(&$s.gpus))
+    };
+}
+
+/// Inserts (device, sample) rows, [`INSERT_ROWS`] per statement; rows
+/// already stored are skipped. Returns how many were new.
+async fn insert_rows(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    rows: &[(&str, &TelemetrySample)],
+    received_at: UnixMillis,
+) -> StoreResult<u64> {
+    let mut stored = 0;
+    let mut chunks = rows.chunks_exact(INSERT_ROWS);
+    for chunk in &mut chunks {
+        let mut q = sqlx::query(telemetry_insert(INSERT_ROWS));
+        for (device, s) in chunk {
+            q = bind_sample!(q, device, s, received_at);
+        }
+        stored += q.execute(&mut **tx).await?.rows_affected();
+    }
+    for (device, s) in chunks.remainder() {
+        let q = sqlx::query(telemetry_insert(1));
+        stored += bind_sample!(q, device, s, received_at)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+    }
+    Ok(stored)
+}
+
 async fn insert_samples(
     tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
     device_id: &str,
     samples: &[TelemetrySample],
     received_at: UnixMillis,
 ) -> StoreResult<u64> {
-    let mut stored = 0;
-    for s in samples {
-        let res = sqlx::query(
-            "INSERT INTO telemetry (device_id, seq, ts, received_at, cpu_percent, \
-                 memory_used_bytes, memory_total_bytes, swap_used_bytes, swap_total_bytes, \
-                 disk_used_bytes, disk_total_bytes, network_rx_bytes, network_tx_bytes, \
-                 load_1m, load_5m, load_15m, uptime_secs, temperatures, gpus) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (device_id, seq) DO NOTHING",
-        )
-        .bind(device_id)
-        .bind(i(s.seq))
-        .bind(s.timestamp)
-        .bind(received_at)
-        .bind(s.cpu_percent as f64)
-        .bind(i(s.memory_used_bytes))
-        .bind(i(s.memory_total_bytes))
-        .bind(i(s.swap_used_bytes))
-        .bind(i(s.swap_total_bytes))
-        .bind(i(s.disk_used_bytes))
-        .bind(i(s.disk_total_bytes))
-        .bind(i(s.network_rx_bytes))
-        .bind(i(s.network_tx_bytes))
-        .bind(s.load_1m)
-        .bind(s.load_5m)
-        .bind(s.load_15m)
-        .bind(i(s.uptime_secs))
-        .bind(to_json(&s.temperatures))
-        .bind(to_json(&s.gpus))
-        .execute(&mut **tx)
-        .await?;
-        stored += res.rows_affected();
-    }
-    Ok(stored)
+    let rows: Vec<(&str, &TelemetrySample)> = samples.iter().map(|s| (device_id, s)).collect();
+    insert_rows(tx, &rows, received_at).await
 }
 
 #[async_trait::async_trait]
@@ -535,10 +583,13 @@ impl Store for SqliteStore {
         received_at: UnixMillis,
     ) -> StoreResult<u64> {
         let mut tx = self.begin().await?;
-        let mut stored = 0;
-        for b in batches {
-            stored += insert_samples(&mut tx, &b.device_id, &b.samples, received_at).await?;
-        }
+        // The whole group as rows: one-sample batches from many devices
+        // still share multi-row statements.
+        let rows: Vec<(&str, &TelemetrySample)> = batches
+            .iter()
+            .flat_map(|b| b.samples.iter().map(|s| (b.device_id.as_str(), s)))
+            .collect();
+        let stored = insert_rows(&mut tx, &rows, received_at).await?;
         tx.commit().await?;
         Ok(stored)
     }

@@ -6,12 +6,17 @@ pub mod gpus;
 pub mod nvml;
 
 use outpost_proto::v1 as pb;
-use sysinfo::{Components, Disks, Networks, System};
+use sysinfo::{Components, DiskRefreshKind, Disks, Networks, System};
 
 /// Filesystems that are not a box's storage.
 const PSEUDO_FS: &[&str] = &[
     "tmpfs", "devtmpfs", "squashfs", "overlay", "proc", "sysfs", "ramfs",
 ];
+
+/// Samples between re-listings of disks and temperature sensors; in between
+/// only the listed ones are read (re-listing walks /proc/mounts and every
+/// hwmon directory: most of a sample's cost).
+const RELIST_EVERY: u32 = 30;
 
 pub struct Collector {
     sys: System,
@@ -19,6 +24,8 @@ pub struct Collector {
     networks: Networks,
     components: Components,
     gpus: gpus::Gpus,
+    /// Samples left until the next re-listing.
+    until_relist: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +44,7 @@ impl Collector {
             disks: Disks::new_with_refreshed_list().map_err(e)?,
             networks: Networks::new_with_refreshed_list().map_err(e)?,
             components: Components::new_with_refreshed_list().map_err(e)?,
+            until_relist: RELIST_EVERY,
             gpus: {
                 // Once per process: NVML is not loaded again (see gpus.rs).
                 let g = gpus::Gpus::discover(&sysfs_root());
@@ -72,20 +80,40 @@ impl Collector {
     pub fn sample(&mut self, timestamp_unix_ms: i64) -> pb::Sample {
         self.sys.refresh_memory();
         self.sys.refresh_cpu_usage();
-        self.disks.refresh(true);
-        self.networks.refresh(true);
-        self.components.refresh(true);
+        if self.until_relist == 0 {
+            self.disks.refresh(true);
+            self.components.refresh(true);
+            self.until_relist = RELIST_EVERY;
+        } else {
+            for d in &mut self.disks {
+                d.refresh_specifics(DiskRefreshKind::nothing().with_storage());
+            }
+            for c in self.components.iter_mut() {
+                c.refresh();
+            }
+            self.until_relist -= 1;
+        }
         let (disk_used, disk_total) = self.root_disk();
-        let (rx, tx) = self
-            .networks
-            .iter()
-            .filter(|(name, _)| name.as_os_str() != "lo")
-            .fold((0u64, 0u64), |(rx, tx), (_, n)| {
-                (
-                    rx.saturating_add(n.total_received()),
-                    tx.saturating_add(n.total_transmitted()),
-                )
-            });
+        // One read of /proc/net/dev; sysinfo (a file per counter and
+        // interface, plus getifaddrs) where it cannot be read.
+        let (rx, tx) = match std::fs::read_to_string("/proc/net/dev")
+            .ok()
+            .and_then(|t| net_dev_totals(&t))
+        {
+            Some(totals) => totals,
+            None => {
+                self.networks.refresh(true);
+                self.networks
+                    .iter()
+                    .filter(|(name, _)| name.as_os_str() != "lo")
+                    .fold((0u64, 0u64), |(rx, tx), (_, n)| {
+                        (
+                            rx.saturating_add(n.total_received()),
+                            tx.saturating_add(n.total_transmitted()),
+                        )
+                    })
+            }
+        };
         let load = System::load_average().unwrap_or(sysinfo::LoadAvg {
             one: 0.0,
             five: 0.0,
@@ -159,6 +187,32 @@ pub fn sysfs_root() -> std::path::PathBuf {
         .into()
 }
 
+/// Bytes received and sent since boot over every interface but loopback,
+/// from the text of `/proc/net/dev`; `None` when it does not parse.
+fn net_dev_totals(text: &str) -> Option<(u64, u64)> {
+    let mut totals = (0u64, 0u64);
+    let mut seen = false;
+    // Two header lines, then `iface: rx_bytes rx_packets … (8 rx) tx_bytes …`.
+    for line in text.lines().skip(2) {
+        let (name, counters) = line.split_once(':')?;
+        let fields: Vec<u64> = counters
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        if fields.len() < 16 {
+            return None;
+        }
+        seen = true;
+        if name.trim() == "lo" {
+            continue;
+        }
+        totals.0 = totals.0.saturating_add(fields[0]);
+        totals.1 = totals.1.saturating_add(fields[8]);
+    }
+    seen.then_some(totals)
+}
+
 /// NaN and infinities become 0: the control plane refuses them.
 fn finite(v: f32) -> f32 {
     if v.is_finite() { v } else { 0.0 }
@@ -173,6 +227,38 @@ mod tests {
         let line = text.lines().find(|l| l.starts_with("MemTotal:")).unwrap();
         let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         kib * 1024
+    }
+
+    #[test]
+    fn net_dev_totals_sum_every_interface_but_loopback() {
+        let text = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo: 9000 10 0 0 0 0 0 0 9000 10 0 0 0 0 0 0
+  eth0: 1500 20 0 0 0 0 0 0 700 5 0 0 0 0 0 0
+ wlan0: 500 2 0 0 0 0 0 0 300 1 0 0 0 0 0 0
+";
+        assert_eq!(net_dev_totals(text), Some((2000, 1000)));
+        assert_eq!(
+            net_dev_totals("header\nheader\n"),
+            None,
+            "no interface at all"
+        );
+        assert_eq!(net_dev_totals("h\nh\n eth0: 1 2 3\n"), None, "a short line");
+        // This machine's file parses.
+        let real = std::fs::read_to_string("/proc/net/dev").unwrap();
+        assert!(net_dev_totals(&real).is_some(), "{real}");
+    }
+
+    #[test]
+    fn listed_disks_and_sensors_are_reread_between_relistings() {
+        let mut c = Collector::new().unwrap();
+        let first = c.sample(1);
+        for _ in 0..RELIST_EVERY + 2 {
+            let s = c.sample(2);
+            assert_eq!(s.disk_total_bytes, first.disk_total_bytes);
+            assert!(s.disk_used_bytes > 0);
+            assert_eq!(s.temperatures.len(), first.temperatures.len());
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ DIR=${OUTPOST_DEMO_DIR:-./demo-data}
 REST=${OUTPOST_DEMO_REST:-127.0.0.1:8080}
 GRPC=${OUTPOST_DEMO_GRPC:-127.0.0.1:8443}
 WS=demo
-BIN=target/debug
+BIN=${CARGO_TARGET_DIR:-target}/debug
 
 echo "==> building (first time: a few minutes)"
 cargo build --quiet --workspace --bins

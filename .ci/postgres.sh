@@ -6,13 +6,24 @@ set -euo pipefail
 cmd=$1 dir=$2
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [ -n "$bin" ] || { echo "PostgreSQL is not installed (apt install postgresql-15)" >&2; exit 1; }
-port=${OUTPOST_CI_PG_PORT:-54330}
+# A free port from 54330 up (another PostgreSQL may hold the first).
+free_port() {
+    local p
+    for p in $(seq 54330 54400); do
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+    done
+    echo "no free port in 54330-54400" >&2; return 1
+}
+if [ -n "${OUTPOST_CI_PG_PORT:-}" ]; then port=$OUTPOST_CI_PG_PORT
+elif [ -f "$dir/port" ]; then port=$(cat "$dir/port")
+else port=$(free_port); fi
 as_pg() {
     if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi
 }
 case "$cmd" in
 start)
     mkdir -p "$dir"
+    echo "$port" > "$dir/port"
     if [ "$(id -u)" = 0 ]; then chown postgres "$dir"; fi
     if [ ! -f "$dir/data/PG_VERSION" ]; then
         as_pg "'$bin/initdb' -D '$dir/data' -A trust -U postgres" >/dev/null

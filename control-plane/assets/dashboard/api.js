@@ -120,7 +120,7 @@ export async function api(path, { method = 'GET', query, body, signal, credentia
   return resp.json();
 }
 
-/** Every device of the workspace (walks the pages; at most `max`). */
+/** Every device of the workspace (walks the pages; at most `max`, then `.truncated`). */
 export async function listDevices({ signal, max = 5000 } = {}) {
   const out = [];
   let cursor = null;
@@ -131,6 +131,8 @@ export async function listDevices({ signal, max = 5000 } = {}) {
     out.push(...page.data);
     cursor = page.pagination && page.pagination.has_more ? page.pagination.next_cursor : null;
   } while (cursor && out.length < max);
+  // More than `max`: the caller says so rather than hiding the rest.
+  out.truncated = Boolean(cursor);
   return out;
 }
 

@@ -199,7 +199,8 @@ export function fleetView(root, { navigate, workspace }) {
   function everySecond() {
     for (const r of rows.values()) tick(r);
     setText(updated, loadedAt === null ? 'Loading…'
-      : `Updated ${fmtRelative(loadedAt, serverNow())} · refreshes every ${FLEET_REFRESH_MS / 1000} s`);
+      : `Updated ${fmtRelative(loadedAt, serverNow())} · refreshes every ${FLEET_REFRESH_MS / 1000} s`
+        + (devices.truncated ? ` · showing the first ${devices.length} devices (use outpostctl or the API for the rest)` : ''));
   }
 
   const onVisible = () => {

@@ -26,7 +26,16 @@ const STABLE: Duration = Duration::from_secs(30);
 
 pub async fn run(api: &Api, args: TelemetryArgs, format: Format) -> Result<()> {
     let segments = [args.device.as_str(), "telemetry", "stream"];
-    let mut last_seq = args.after_seq;
+    // Start from the newest stored sample, by number: a connection that
+    // drops before the first event then resumes from there too, and
+    // nothing committed in between is missed.
+    let mut last_seq = match args.after_seq {
+        Some(seq) => Some(seq),
+        None => {
+            let device = api.get(&[args.device.as_str()], &[]).await?;
+            Some(device["latest_telemetry"]["seq"].as_u64().unwrap_or(0))
+        }
+    };
     let mut printer = Printer::new(format);
     let mut backoff = Backoff::default();
     let mut connected_once = false;

@@ -54,16 +54,7 @@ async fn a_small_simulated_fleet_gets_every_sample_acked_exactly_once() {
     let mut stored = 0;
     for d in devices {
         let id = d["id"].as_str().unwrap();
-        let seqs: Vec<u64> = all_samples(&cp, "sim", &key, id)
-            .await
-            .iter()
-            .map(|s| s["seq"].as_u64().unwrap())
-            .collect();
-        assert!(
-            seqs.iter().enumerate().all(|(i, s)| *s == i as u64 + 1),
-            "{id}: {seqs:?}"
-        );
-        stored += seqs.len() as u64;
+        stored += contiguous_samples(&cp, &key, id).await;
     }
     assert_eq!(stored, sent);
 }
@@ -149,16 +140,21 @@ async fn a_simulated_fleet_comes_back_after_a_restart_with_nothing_lost() {
     let mut stored = 0;
     for d in list["data"].as_array().unwrap() {
         let id = d["id"].as_str().unwrap();
-        let seqs: Vec<u64> = all_samples(&cp, "sim", &key, id)
-            .await
-            .iter()
-            .map(|s| s["seq"].as_u64().unwrap())
-            .collect();
-        assert!(
-            seqs.iter().enumerate().all(|(i, s)| *s == i as u64 + 1),
-            "{id}: {seqs:?}"
-        );
-        stored += seqs.len() as u64;
+        stored += contiguous_samples(&cp, &key, id).await;
     }
     assert_eq!(stored, sent, "stored exactly once across the restart");
+}
+
+/// Checks a device's stored seqs are 1..=k with no gap or repeat; returns k.
+async fn contiguous_samples(cp: &ControlPlane, key: &str, id: &str) -> u64 {
+    let seqs: Vec<u64> = all_samples(cp, "sim", key, id)
+        .await
+        .iter()
+        .map(|s| s["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.iter().enumerate().all(|(i, s)| *s == i as u64 + 1),
+        "{id}: {seqs:?}"
+    );
+    seqs.len() as u64
 }

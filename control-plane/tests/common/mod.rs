@@ -255,11 +255,7 @@ impl ControlPlane {
                 .unwrap();
             let status = resp.status().as_u16();
             if status == 429 {
-                let wait = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                    .unwrap_or(1);
+                let wait = retry_after_secs(&resp);
                 tokio::time::sleep(Duration::from_secs(wait)).await;
                 continue;
             }
@@ -472,11 +468,7 @@ impl SseStream {
             // The telemetry reads' rate limit: wait as Retry-After says.
             if resp.status() == 429 && tries < 30 {
                 tries += 1;
-                let wait = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                    .unwrap_or(1);
+                let wait = retry_after_secs(&resp);
                 tokio::time::sleep(Duration::from_secs(wait)).await;
                 continue;
             }
@@ -544,4 +536,12 @@ impl SseStream {
         assert_eq!(v["seq"], seq, "the event id is the sample's seq");
         (seq, v)
     }
+}
+
+/// A 429's `Retry-After` in seconds (1 when absent or unreadable).
+pub fn retry_after_secs(resp: &reqwest::Response) -> u64 {
+    resp.headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(1)
 }

@@ -68,8 +68,6 @@ pub struct Agent {
     pub sample_tick: Interval,
     /// Stamped by the main loop (the watchdog's evidence of progress).
     pub health: crate::notify::Health,
-    /// Makes the main loop turn at least once a second.
-    pub pulse: Interval,
     /// The configuration in force (replaced on SIGHUP).
     cfg: AgentConfig,
     interval: Duration,
@@ -84,8 +82,8 @@ pub struct Agent {
 }
 
 /// status.json (read by `outpost-agent status`) is rewritten at most this
-/// often; a change in between is written by a later turn of the main loop.
-/// Link changes are written at once.
+/// often; a change in between is written by a later turn of the main loop
+/// (which wakes for it: [`Agent::next_chore`]). Link changes are written at once.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 impl Agent {
@@ -340,9 +338,40 @@ impl Agent {
     }
 
     /// Writes a pending status change once [`STATUS_EVERY`] has passed
-    /// (the main loops call this every turn; they turn at least once a second).
+    /// (the main loops call this every turn, and wake for it: [`Agent::next_chore`]).
     pub fn flush_status_if_due(&mut self) {
         self.flush_status(false);
+    }
+
+    /// The housekeeping of every turn of the main loops: stamp the health,
+    /// sync the spools if their fsync interval is due, write a pending status.
+    pub fn chores(&mut self) {
+        self.health.beat();
+        self.sync_spools();
+        self.flush_status_if_due();
+    }
+
+    /// When the main loop must turn for [`Agent::chores`] even if nothing
+    /// else happens: the watchdog's next beat, a pending status write, a
+    /// spool sync under an interval fsync policy. `None`: nothing is
+    /// pending, so the loop sleeps until a sample, an ack, a log line or a
+    /// signal (an idle agent wakes only for those).
+    pub fn next_chore(&self) -> Option<Instant> {
+        let status = self
+            .status_dirty
+            .then_some(self.status_written)
+            .flatten()
+            .map(|t| t + STATUS_EVERY);
+        [
+            self.health.next_beat(),
+            status,
+            self.outbox.sync_due(),
+            self.logs.sync_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(Instant::from_std)
     }
 
     fn flush_status(&mut self, force: bool) {
@@ -385,6 +414,14 @@ fn sample_interval(every: Duration) -> Interval {
     i
 }
 
+/// Sleeps until `at` (forever when `None`).
+pub async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves once `stop` flips to true (or its sender is gone).
 pub async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -407,8 +444,8 @@ pub async fn reloaded(rx: &mut tokio::sync::mpsc::Receiver<AgentConfig>) -> Agen
 }
 
 pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentError> {
-    let health = crate::notify::Health::new();
-    let _watchdog = crate::notify::spawn_watchdog(health.clone());
+    let mut health = crate::notify::Health::new();
+    crate::notify::spawn_watchdog(&mut health);
     let stop = &mut signals.stop;
     let state = StateDir::open(&cfg.state_dir)?;
     let collector = Collector::new()?;
@@ -489,7 +526,6 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
         local_interval: cfg.interval,
         rotation_jitter: rand::random_range(-1.0..=1.0),
         health,
-        pulse: tokio::time::interval(Duration::from_secs(1)),
         cfg: cfg.clone(),
         status: RuntimeStatus {
             pid: std::process::id(),
@@ -554,15 +590,12 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
         tokio::pin!(wake);
         loop {
             let mut lines = Vec::new();
+            let chore = agent.next_chore();
             tokio::select! {
                 _ = &mut wake => break,
                 _ = agent.sample_tick.tick() => agent.take_sample(),
                 _ = agent.log_sources.recv(&mut lines) => agent.take_log_lines(lines),
-                _ = agent.pulse.tick() => {
-                    agent.health.beat();
-                    agent.sync_spools();
-                    agent.flush_status_if_due();
-                }
+                _ = sleep_until(chore) => agent.chores(),
                 cfg = reloaded(&mut signals.reload) => agent.reload(cfg),
                 _ = stopping(&mut signals.stop) => {
                     agent.stopped();
@@ -594,7 +627,6 @@ async fn enroll_with_retry(
     health: &crate::notify::Health,
 ) -> Result<Option<crate::state::Identity>, AgentError> {
     let mut backoff = Reconnect::new();
-    let mut pulse = tokio::time::interval(Duration::from_secs(1));
     loop {
         health.beat();
         match enroll::enroll(state, server, install_id, trust, collector.facts()).await {
@@ -613,7 +645,7 @@ async fn enroll_with_retry(
                 loop {
                     tokio::select! {
                         _ = &mut wake => break,
-                        _ = pulse.tick() => health.beat(),
+                        _ = sleep_until(health.next_beat().map(Instant::from_std)) => health.beat(),
                         _ = stopping(stop) => return Ok(None),
                     }
                 }

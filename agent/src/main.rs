@@ -86,8 +86,10 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the agent's work is a few milliseconds per sample, and
+    // every worker thread would cost its stack and a malloc arena in RSS.
+    // (A wedged main loop thus also stops the watchdog pinger, as it should.)
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

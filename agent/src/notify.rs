@@ -1,10 +1,12 @@
 //! systemd's notify protocol (`Type=notify`): `READY=1` once state is loaded
 //! and the first connection attempt starts, `STOPPING=1` on a stop request,
 //! `STATUS=` lines, and `WATCHDOG=1` pings that depend on the main loop's
-//! health: the loop stamps [`Health`] on every turn (at least once a
-//! second); a task pings at half of `WATCHDOG_USEC` only while the last stamp
-//! is younger than `WATCHDOG_USEC`. A wedged loop stops the pings and
-//! systemd restarts the agent. Without `NOTIFY_SOCKET` all of this is a no-op.
+//! health: the loop stamps [`Health`] on every turn, and turns for a stamp
+//! at least every quarter of `WATCHDOG_USEC` ([`Health::next_beat`]) when
+//! nothing else wakes it; a task pings at half of `WATCHDOG_USEC` only while the last
+//! stamp is younger than `WATCHDOG_USEC`. A wedged loop stops the pings and
+//! systemd restarts the agent. Without `NOTIFY_SOCKET` all of this is a no-op
+//! (and the loop has no reason to wake for it).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +53,8 @@ pub struct Health {
     start: Instant,
     last_ms: Arc<AtomicU64>,
     wedge_after: Option<Duration>,
+    /// How often the loop must stamp at the least (a watchdog's quarter).
+    beat_every: Option<Duration>,
 }
 
 impl Default for Health {
@@ -67,6 +71,7 @@ impl Health {
             wedge_after: std::env::var(WEDGE_ENV)
                 .ok()
                 .and_then(|v| humantime::parse_duration(&v).ok()),
+            beat_every: None,
         }
     }
 
@@ -83,21 +88,34 @@ impl Health {
             .store(age.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// When the loop must stamp next: a quarter of the watchdog timeout
+    /// after the last stamp, so the pinger (at half of it) always finds a
+    /// stamp well younger than the timeout while the loop is healthy.
+    /// `None` without a watchdog: nothing needs the loop to wake for it.
+    pub fn next_beat(&self) -> Option<Instant> {
+        let every = self.beat_every?;
+        Some(self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + every)
+    }
+
     fn since_last_beat(&self) -> Duration {
         let now = self.start.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
     }
 }
 
-/// Starts the watchdog pinger when systemd asked for one (`WATCHDOG_USEC`).
-pub fn spawn_watchdog(health: Health) -> Option<tokio::task::JoinHandle<()>> {
+/// Starts the watchdog pinger when systemd asked for one (`WATCHDOG_USEC`),
+/// and from then on `health` asks the loop for a stamp every quarter of it
+/// ([`Health::next_beat`]). Returns the timeout.
+pub fn spawn_watchdog(health: &mut Health) -> Option<Duration> {
     std::env::var_os("NOTIFY_SOCKET")?;
     let timeout = sd_notify::watchdog_enabled()?;
+    health.beat_every = Some(timeout / 4);
+    let health = health.clone();
     tracing::info!(
         timeout_ms = timeout.as_millis() as u64,
         "systemd watchdog enabled"
     );
-    Some(tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut tick = tokio::time::interval(timeout / 2);
         let mut healthy = true;
         loop {
@@ -114,5 +132,6 @@ pub fn spawn_watchdog(health: Health) -> Option<tokio::task::JoinHandle<()>> {
                 );
             }
         }
-    }))
+    });
+    Some(timeout)
 }

@@ -121,12 +121,12 @@ pub async fn run_connection(
             send_session(&session_tx, AgentKind::Spool(report)).await?;
             reported = report;
         }
-        agent.sync_spools();
-        agent.flush_status_if_due();
-        agent.health.beat();
+        agent.chores();
+        let chore = agent.next_chore();
         let mut lines = Vec::new();
         tokio::select! {
-            _ = agent.pulse.tick() => agent.health.beat(),
+            // The chores run at the top of the next turn.
+            _ = crate::daemon::sleep_until(chore) => {}
             cfg = crate::daemon::reloaded(&mut signals.reload) => agent.reload(cfg),
             _ = agent.sample_tick.tick() => agent.take_sample(),
             _ = agent.log_sources.recv(&mut lines) => agent.take_log_lines(lines),

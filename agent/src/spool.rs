@@ -632,11 +632,26 @@ impl Spool {
             Fsync::Never => false,
         };
         if due && let Some(w) = &self.writer {
-            w.sync_data().map_err(io(&self.dir))?;
+            // A failed sync is tried again an interval later (not at once:
+            // the main loop wakes when the next one is due).
             self.last_sync = Instant::now();
+            w.sync_data().map_err(io(&self.dir))?;
             self.unsynced = false;
         }
         Ok(())
+    }
+
+    /// When [`Spool::sync_if_due`] will next have something to do: appended
+    /// records not yet forced to disk under an interval policy (under
+    /// `always` an append syncs before it returns; under `never` nothing is due).
+    pub fn sync_due(&self) -> Option<Instant> {
+        match self.opts.fsync {
+            // Without a writer there is nothing `sync_if_due` could sync.
+            Fsync::Interval(d) if self.unsynced && self.writer.is_some() => {
+                Some(self.last_sync + d)
+            }
+            _ => None,
+        }
     }
 
     /// Everything up to `seq` is acknowledged. Segments wholly released go

@@ -171,6 +171,11 @@ impl Outbox {
         self.spool.sync_if_due(false)
     }
 
+    /// When [`Outbox::sync_if_due`] will next have a sync to do, if ever.
+    pub fn sync_due(&self) -> Option<std::time::Instant> {
+        self.spool.sync_due()
+    }
+
     /// Clean stop: flush the spool.
     pub fn flush(&mut self) -> Result<(), SpoolError> {
         self.spool.flush()

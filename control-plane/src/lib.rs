@@ -41,6 +41,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Group commit for telemetry (see `grpc/commit.rs`).
     pub telemetry_writer: grpc::commit::TelemetryWriter,
+    /// Group commit for enrollments.
+    pub enrollment_writer: grpc::commit::EnrollmentWriter,
     /// Hash of the `/metrics` scrape token, when one is configured.
     pub metrics_token_hash: Option<String>,
     /// REST rate limits.

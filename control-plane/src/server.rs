@@ -60,8 +60,10 @@ pub async fn run(
     let metrics = crate::metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?;
     let telemetry_writer =
         grpc::commit::TelemetryWriter::start(store.clone(), live.clone(), metrics.clone());
+    let enrollment_writer = grpc::commit::EnrollmentWriter::start(store.clone(), metrics.clone());
     let state = Arc::new(AppState {
         telemetry_writer,
+        enrollment_writer,
         store,
         ca: ca.clone(),
         device_cert_lifetime: cfg.device_cert_lifetime,

@@ -8,9 +8,11 @@ use tonic::Status;
 use crate::AppState;
 use crate::ids;
 use crate::pki::VerifiedCsr;
-use crate::store::{EnrollmentCommit, NewCert, StoreError, now_ms};
+use crate::store::{EnrollmentCommit, NewCert, now_ms};
 
-use super::{HEARTBEAT_INTERVAL_SECS, TELEMETRY_INTERVAL_SECS, store_status};
+use super::commit::EnrollOutcome;
+
+use super::{HEARTBEAT_INTERVAL_SECS, TELEMETRY_INTERVAL_SECS, store_status, store_unavailable};
 
 const SPENT: &str = "this install ID has already been used; ask an operator for a new one \
      (POST /{workspace}/devices/v2/{deviceId}/install-id)";
@@ -77,10 +79,10 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> Result<EnrollRespon
         device_api_key,
         now,
     };
-    match state.store.complete_enrollment(&commit).await {
-        Ok(()) => {}
-        Err(StoreError::Conflict(_)) => return Err(Status::permission_denied(SPENT)),
-        Err(e) => return Err(store_status(e)),
+    match state.enrollment_writer.write(commit).await {
+        EnrollOutcome::Stored => {}
+        EnrollOutcome::Conflict => return Err(Status::permission_denied(SPENT)),
+        EnrollOutcome::StoreFailed => return Err(store_unavailable()),
     }
     tracing::info!(
         device = %enrollment.device_id,

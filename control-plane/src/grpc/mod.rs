@@ -143,5 +143,10 @@ where
 /// Maps a storage failure to a retryable gRPC status, logging the detail.
 pub(crate) fn store_status(e: StoreError) -> Status {
     tracing::error!("store error: {e}");
+    store_unavailable()
+}
+
+/// The answer for a store error already logged.
+pub(crate) fn store_unavailable() -> Status {
     Status::unavailable("the control plane's store is unavailable; retry later")
 }

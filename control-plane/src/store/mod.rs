@@ -562,6 +562,41 @@ pub trait Store: Send + Sync + 'static {
     /// and replaces the device API key, atomically. `Conflict` if the install
     /// ID was spent or bound to another key meanwhile.
     async fn complete_enrollment(&self, commit: &EnrollmentCommit) -> StoreResult<()>;
+    /// Several enrollments (group commit), each with its own outcome as
+    /// [`Store::complete_enrollment`] gives it, as if run one after the
+    /// other. The outer error: nothing was stored. By default different
+    /// devices' enrollments run side by side, each its own transaction
+    /// (PostgreSQL commits concurrent transactions together), and one
+    /// device's in order; SQLite has one writer and stores the whole group in
+    /// one transaction.
+    async fn complete_enrollments(
+        &self,
+        commits: &[EnrollmentCommit],
+    ) -> StoreResult<Vec<StoreResult<()>>> {
+        let mut per_device: Vec<Vec<usize>> = Vec::new();
+        let mut slot: std::collections::HashMap<&str, usize> = Default::default();
+        for (i, c) in commits.iter().enumerate() {
+            let k = *slot.entry(c.device_id.as_str()).or_insert_with(|| {
+                per_device.push(Vec::new());
+                per_device.len() - 1
+            });
+            per_device[k].push(i);
+        }
+        let runs = per_device.into_iter().map(|idxs| async move {
+            let mut out = Vec::with_capacity(idxs.len());
+            for i in idxs {
+                out.push((i, self.complete_enrollment(&commits[i]).await));
+            }
+            out
+        });
+        let mut each: Vec<(usize, StoreResult<()>)> = futures_util::future::join_all(runs)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        each.sort_by_key(|(i, _)| *i);
+        Ok(each.into_iter().map(|(_, r)| r).collect())
+    }
 
     async fn get_cert(&self, serial: &str) -> StoreResult<Option<CertRecord>>;
     /// Records a rotation: the new certificate becomes current, the old one

@@ -332,50 +332,29 @@ impl Store for SqliteStore {
 
     async fn complete_enrollment(&self, c: &EnrollmentCommit) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        let bound = sqlx::query(
-            "UPDATE devices SET install_key_sha256 = ?1, current_cert_serial = ?2, cert_expires_at = ?3 \
-             WHERE id = ?4 AND install_spent = 0 \
-             AND (install_key_sha256 IS NULL OR install_key_sha256 = ?1)",
-        )
-        .bind(&c.key_sha256)
-        .bind(&c.cert.serial)
-        .bind(c.cert.not_after)
-        .bind(&c.device_id)
-        .execute(&mut *tx)
-        .await?;
-        if bound.rows_affected() != 1 {
-            return Err(StoreError::Conflict(
-                "install ID was used or bound to another key meanwhile".into(),
-            ));
-        }
-        // A retried enrollment (lost response) supersedes the earlier,
-        // never-used certificate.
-        revoke_device_certs(&mut tx, &c.device_id, c.now).await?;
-        sqlx::query(
-            "INSERT INTO device_certs (serial, device_id, not_before, not_after, issued_at) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&c.cert.serial)
-        .bind(&c.device_id)
-        .bind(c.cert.not_before)
-        .bind(c.cert.not_after)
-        .bind(c.now)
-        .execute(&mut *tx)
-        .await?;
-        revoke_device_keys(&mut tx, &c.device_id, c.now, i64::MAX).await?;
-        let k = &c.device_api_key;
-        insert_api_key(&mut tx, k).await?;
-        insert_event(
-            &mut tx,
-            &c.device_id,
-            &k.workspace,
-            c.now,
-            "enrolled",
-            &serde_json::json!({}),
-        )
-        .await?;
+        enroll_in(&mut tx, c).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn complete_enrollments(
+        &self,
+        commits: &[EnrollmentCommit],
+    ) -> StoreResult<Vec<StoreResult<()>>> {
+        // One transaction, one fsync for the group. A conflict leaves its
+        // enrollment unwritten (its guarded UPDATE changed nothing) and the
+        // others go on; any other error rolls the whole group back.
+        let mut tx = self.begin().await?;
+        let mut each = Vec::with_capacity(commits.len());
+        for c in commits {
+            match enroll_in(&mut tx, c).await {
+                Err(StoreError::Conflict(m)) => each.push(Err(StoreError::Conflict(m))),
+                Err(e) => return Err(e),
+                Ok(()) => each.push(Ok(())),
+            }
+        }
+        tx.commit().await?;
+        Ok(each)
     }
 
     async fn get_cert(&self, serial: &str) -> StoreResult<Option<CertRecord>> {
@@ -1106,6 +1085,57 @@ impl Store for SqliteStore {
         .await?;
         rows.iter().map(bucket_from_row).collect()
     }
+}
+
+/// An enrollment's writes inside `tx`: `Conflict` (and nothing written) if
+/// the install ID was spent or bound to another key meanwhile.
+async fn enroll_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    c: &EnrollmentCommit,
+) -> StoreResult<()> {
+    let bound = sqlx::query(
+        "UPDATE devices SET install_key_sha256 = ?1, current_cert_serial = ?2, cert_expires_at = ?3 \
+         WHERE id = ?4 AND install_spent = 0 \
+         AND (install_key_sha256 IS NULL OR install_key_sha256 = ?1)",
+    )
+    .bind(&c.key_sha256)
+    .bind(&c.cert.serial)
+    .bind(c.cert.not_after)
+    .bind(&c.device_id)
+    .execute(&mut **tx)
+    .await?;
+    if bound.rows_affected() != 1 {
+        return Err(StoreError::Conflict(
+            "install ID was used or bound to another key meanwhile".into(),
+        ));
+    }
+    // A retried enrollment (lost response) supersedes the earlier,
+    // never-used certificate.
+    revoke_device_certs(tx, &c.device_id, c.now).await?;
+    sqlx::query(
+        "INSERT INTO device_certs (serial, device_id, not_before, not_after, issued_at) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&c.cert.serial)
+    .bind(&c.device_id)
+    .bind(c.cert.not_before)
+    .bind(c.cert.not_after)
+    .bind(c.now)
+    .execute(&mut **tx)
+    .await?;
+    revoke_device_keys(tx, &c.device_id, c.now, i64::MAX).await?;
+    let k = &c.device_api_key;
+    insert_api_key(tx, k).await?;
+    insert_event(
+        tx,
+        &c.device_id,
+        &k.workspace,
+        c.now,
+        "enrolled",
+        &serde_json::json!({}),
+    )
+    .await?;
+    Ok(())
 }
 
 async fn revoke_device_certs(

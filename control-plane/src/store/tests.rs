@@ -108,6 +108,7 @@ store_tests!(
     telemetry_of_several_devices_commits_together_once_per_seq,
     telemetry_is_stored_once_per_seq,
     install_id_binds_to_the_first_key_and_retries_revoke_the_unused_cert,
+    a_group_of_enrollments_commits_each_and_refuses_only_the_conflicting_one,
     sessions_drive_status_and_a_stale_close_does_not_end_a_new_session,
     devices_list_in_pages_within_their_workspace,
     duplicate_workspace_is_a_conflict,
@@ -324,6 +325,49 @@ async fn install_id_binds_to_the_first_key_and_retries_revoke_the_unused_cert(s:
         s.complete_enrollment(&commit("d1", "keyA", "s4")).await,
         Err(StoreError::Conflict(_))
     ));
+}
+
+async fn a_group_of_enrollments_commits_each_and_refuses_only_the_conflicting_one(
+    s: Arc<dyn Store>,
+) {
+    for d in ["d1", "d2", "d3"] {
+        s.create_device(&new_device(d, 1)).await.unwrap();
+    }
+    // d2 is already bound to keyA; its group entry comes with keyB.
+    s.complete_enrollment(&commit("d2", "keyA", "s0"))
+        .await
+        .unwrap();
+    let group = [
+        commit("d1", "key1", "s1"),
+        commit("d2", "keyB", "s2"),
+        commit("d3", "key3", "s3"),
+        // The same device twice in one group (a retry with the same key):
+        // the later one supersedes the earlier, as one after the other.
+        commit("d1", "key1", "s4"),
+    ];
+    let each = s.complete_enrollments(&group).await.unwrap();
+    assert_eq!(each.len(), 4);
+    assert!(
+        each[0].is_ok() && each[2].is_ok() && each[3].is_ok(),
+        "{each:?}"
+    );
+    assert!(matches!(each[1], Err(StoreError::Conflict(_))), "{each:?}");
+    // The conflicting one wrote nothing: d2 keeps its key, cert and API key.
+    let d2 = s.find_enrollment("hash-d2").await.unwrap().unwrap();
+    assert_eq!(d2.bound_key_sha256.as_deref(), Some("keyA"));
+    assert!(s.get_cert("s2").await.unwrap().is_none());
+    assert!(s.find_api_key("kh-s2").await.unwrap().is_none());
+    assert!(!s.get_cert("s0").await.unwrap().unwrap().revoked);
+    // The others were stored.
+    let d3 = s.find_enrollment("hash-d3").await.unwrap().unwrap();
+    assert_eq!(d3.bound_key_sha256.as_deref(), Some("key3"));
+    assert!(!s.get_cert("s3").await.unwrap().unwrap().revoked);
+    assert!(s.find_api_key("kh-s3").await.unwrap().is_some());
+    assert!(s.get_cert("s1").await.unwrap().unwrap().revoked);
+    assert!(!s.get_cert("s4").await.unwrap().unwrap().revoked);
+    assert!(s.find_api_key("kh-s1").await.unwrap().is_none());
+    assert!(s.find_api_key("kh-s4").await.unwrap().is_some());
+    assert!(s.complete_enrollments(&[]).await.unwrap().is_empty());
 }
 
 async fn sessions_drive_status_and_a_stale_close_does_not_end_a_new_session(s: Arc<dyn Store>) {

@@ -76,8 +76,9 @@ pub struct Agent {
     /// This agent's place in the fleet's rotation spread, -1..=1.
     rotation_jitter: f64,
     status: RuntimeStatus,
-    /// A status change not yet in status.json, and when it was last written.
-    status_dirty: bool,
+    /// Since when a status change is not yet in status.json, and when it
+    /// was last written.
+    status_dirty_since: Option<std::time::Instant>,
     status_written: Option<std::time::Instant>,
 }
 
@@ -85,6 +86,11 @@ pub struct Agent {
 /// often; a change in between is written by a later turn of the main loop
 /// (which wakes for it: [`Agent::next_chore`]). Link changes are written at once.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// Other changes wait this long before they are written, so that the
+/// changes of one exchange (a sample spooled, then its ack a few
+/// milliseconds later) make one write of status.json, not two.
+const STATUS_SETTLE: Duration = Duration::from_millis(500);
 
 impl Agent {
     /// Rebuilds the TLS config from the identity on disk (after a rotation).
@@ -306,7 +312,7 @@ impl Agent {
         if error.is_some() {
             self.status.last_error = error;
         }
-        self.status_dirty = true;
+        self.mark_status_dirty();
         self.flush_status(true);
     }
 
@@ -330,15 +336,29 @@ impl Agent {
         self.write_status();
     }
 
-    /// Records that the status changed: written now, or within
-    /// [`STATUS_EVERY`] by [`Agent::flush_status_if_due`].
+    /// Records that the status changed: written [`STATUS_SETTLE`] later (at
+    /// most once per [`STATUS_EVERY`]) by [`Agent::flush_status_if_due`].
     pub fn write_status(&mut self) {
-        self.status_dirty = true;
+        self.mark_status_dirty();
         self.flush_status(false);
     }
 
-    /// Writes a pending status change once [`STATUS_EVERY`] has passed
-    /// (the main loops call this every turn, and wake for it: [`Agent::next_chore`]).
+    fn mark_status_dirty(&mut self) {
+        self.status_dirty_since
+            .get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// When a pending status change is due to be written.
+    fn status_due(&self) -> Option<std::time::Instant> {
+        let settled = self.status_dirty_since? + STATUS_SETTLE;
+        Some(match self.status_written {
+            Some(w) => settled.max(w + STATUS_EVERY),
+            None => settled,
+        })
+    }
+
+    /// Writes a pending status change once it is due ([`Agent::status_due`];
+    /// the main loops call this every turn, and wake for it: [`Agent::next_chore`]).
     pub fn flush_status_if_due(&mut self) {
         self.flush_status(false);
     }
@@ -357,14 +377,9 @@ impl Agent {
     /// pending, so the loop sleeps until a sample, an ack, a log line or a
     /// signal (an idle agent wakes only for those).
     pub fn next_chore(&self) -> Option<Instant> {
-        let status = self
-            .status_dirty
-            .then_some(self.status_written)
-            .flatten()
-            .map(|t| t + STATUS_EVERY);
         [
             self.health.next_beat(),
-            status,
+            self.status_due(),
             self.outbox.sync_due(),
             self.logs.sync_due(),
         ]
@@ -375,15 +390,13 @@ impl Agent {
     }
 
     fn flush_status(&mut self, force: bool) {
-        if !self.status_dirty
-            || (!force
-                && self
-                    .status_written
-                    .is_some_and(|t| t.elapsed() < STATUS_EVERY))
-        {
+        let Some(due) = self.status_due() else {
+            return;
+        };
+        if !force && due > std::time::Instant::now() {
             return;
         }
-        self.status_dirty = false;
+        self.status_dirty_since = None;
         self.status_written = Some(std::time::Instant::now());
         self.status.pending_samples = self.outbox.pending();
         self.status.dropped_samples = self.outbox.dropped();
@@ -532,7 +545,7 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
             link: "starting".into(),
             ..Default::default()
         },
-        status_dirty: false,
+        status_dirty_since: None,
         status_written: None,
     };
     tracing::info!(device = %identity.device_id, workspace = %identity.workspace, server = %agent.server, "agent starting");

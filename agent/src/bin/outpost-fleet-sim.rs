@@ -180,6 +180,7 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
         installs.push(r??);
     }
     installs.sort();
+    tracing::info!(devices = args.devices, "all devices created; enrolling");
 
     // 2. Enroll each (key on "the box", CSR, certificate saved).
     let started = Instant::now();
@@ -206,6 +207,7 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
         states.push(r??);
     }
     let enroll_secs = started.elapsed().as_secs_f64();
+    tracing::info!(devices = args.devices, "all devices enrolled; connecting");
 
     // 3. Connect every device, then stream for `duration`.
     let counters = Arc::new(Counters::default());

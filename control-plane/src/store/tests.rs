@@ -106,6 +106,7 @@ macro_rules! replica_tests {
 
 store_tests!(
     telemetry_of_several_devices_commits_together_once_per_seq,
+    a_large_group_stores_every_row_once_whatever_its_size,
     telemetry_is_stored_once_per_seq,
     install_id_binds_to_the_first_key_and_retries_revoke_the_unused_cert,
     a_group_of_enrollments_commits_each_and_refuses_only_the_conflicting_one,
@@ -214,6 +215,45 @@ async fn telemetry_of_several_devices_commits_together_once_per_seq(s: Arc<dyn S
     assert_eq!(n, 2);
     assert_eq!(s.last_telemetry_seq("d1").await.unwrap(), 4);
     assert_eq!(s.last_telemetry_seq("d2").await.unwrap(), 2);
+}
+
+async fn a_large_group_stores_every_row_once_whatever_its_size(s: Arc<dyn Store>) {
+    // Group sizes around the multi-row statement sizes (SQLite: 256, 64,
+    // 16, 4, 1 rows per statement): every row lands once, in order per
+    // device, and repeats are skipped wherever they fall.
+    for d in ["d1", "d2", "d3"] {
+        s.create_device(&new_device(d, 1)).await.unwrap();
+    }
+    let b = |d: &str, seqs: std::ops::RangeInclusive<u64>| DeviceSamples {
+        device_id: d.into(),
+        samples: seqs.map(sample).collect(),
+    };
+    let n = s
+        .insert_telemetry_many(&[b("d1", 1..=200), b("d2", 1..=143)], 0)
+        .await
+        .unwrap();
+    assert_eq!(n, 343); // 256 + 64 + 16 + 4 + 3
+    let n = s
+        .insert_telemetry_many(&[b("d1", 150..=457), b("d3", 1..=1), b("d2", 1..=143)], 0)
+        .await
+        .unwrap();
+    assert_eq!(n, 257 + 1, "only d1's 201..=457 and d3's first are new");
+    for (d, last, count) in [("d1", 457, 457), ("d2", 143, 143), ("d3", 1, 1)] {
+        assert_eq!(s.last_telemetry_seq(d).await.unwrap(), last);
+        let rows = s
+            .query_telemetry(&TelemetryQuery {
+                device_id: d.into(),
+                start: None,
+                end: None,
+                after_seq: None,
+                direction: Direction::Forward,
+                limit: 1000,
+            })
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=count).collect::<Vec<_>>(), "{d}");
+    }
 }
 
 async fn latest_telemetry_is_each_devices_newest_sample(s: Arc<dyn Store>) {

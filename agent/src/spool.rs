@@ -551,15 +551,31 @@ impl Spool {
         if let Some(w) = self.writer.as_mut() {
             w.write_all(buf).map_err(io(&seg.path))?;
         }
+        // The segment being read is usually the one appended to: extend
+        // the cached copy with what was just written rather than read the
+        // whole segment again on the next read (the bytes are the ones
+        // encoded and written here; anything but whole good records, as a
+        // test's torn write, drops the cache instead).
+        if let Some((name, cached, found)) = self.read_cache.as_mut()
+            && *name == seg.name_seq
+        {
+            let added = scan(buf);
+            if cached.len() as u64 == seg.bytes && added.bad.is_empty() && added.bad_tail.is_none()
+            {
+                let base = cached.len();
+                cached.extend_from_slice(buf);
+                found
+                    .records
+                    .extend(added.records.into_iter().map(|r| Found {
+                        offset: base + r.offset,
+                        ..r
+                    }));
+            } else {
+                self.read_cache = None;
+            }
+        }
         seg.bytes += buf.len() as u64;
         self.total_bytes += buf.len() as u64;
-        if self
-            .read_cache
-            .as_ref()
-            .is_some_and(|c| c.0 == seg.name_seq)
-        {
-            self.read_cache = None;
-        }
         self.unsynced = true;
         buf.clear();
         Ok(())

@@ -4,6 +4,8 @@ mod common;
 
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use common::*;
 use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
@@ -240,11 +242,7 @@ async fn past_the_grace_window_the_agent_says_it_needs_a_new_install_id() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    // The refusal is a TLS alert after a TLS 1.3 handshake the client
-    // already finished; under load the server's close can reach the client
-    // as a reset before the alert, and the agent retries with its backoff
-    // (1-2 s, 2-4 s, …) until it reads the alert. Allow several rounds.
-    let status = wait_until("the agent gives up", TIMEOUT * 3, || {
+    let status = wait_until("the agent gives up", TIMEOUT, || {
         let st = child.try_wait().unwrap();
         async move { st }
     })
@@ -256,6 +254,51 @@ async fn past_the_grace_window_the_agent_says_it_needs_a_new_install_id() {
         "{stderr}"
     );
     assert!(stderr.contains("new install ID"), "{stderr}");
+
+    // The refusal must arrive as the alert, not as a reset, even when the
+    // client wrote before reading the verdict (as HTTP/2 does right after a
+    // TLS 1.3 handshake): the control plane drains and half-closes refused
+    // connections instead of dropping them with unread input.
+    let trust = outpost_agent::link::Trust::from_fingerprint(&cp.fingerprint).unwrap();
+    let state_dir = outpost_agent::state::StateDir::open(state.path()).unwrap();
+    let identity = outpost_agent::enroll::load_client_identity(&state_dir).unwrap();
+    let tls = outpost_agent::link::client_config(&trust, Some(identity)).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    for attempt in 0..20 {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", cp.grpc_port))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        tls.flush().await.unwrap();
+        let mut buf = [0u8; 64];
+        let err = match tls.read(&mut buf).await {
+            Ok(n) => panic!("attempt {attempt}: read {n} bytes instead of the alert"),
+            Err(e) => e,
+        };
+        let alert = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+            .cloned();
+        assert_eq!(
+            alert,
+            Some(rustls::Error::AlertReceived(
+                rustls::AlertDescription::CertificateExpired
+            )),
+            "attempt {attempt}: {err:?}"
+        );
+        // And the connection ends in an orderly close (FIN), not a reset:
+        // a reset can overtake the alert, or fail the client's next write
+        // before it reads the alert.
+        let raw = &mut tls.get_mut().0;
+        match raw.read(&mut buf).await {
+            Ok(0) => {}
+            other => panic!("attempt {attempt}: expected an orderly close, got {other:?}"),
+        }
+    }
 }
 
 async fn reset(cp: &ControlPlane, key: &str, device: &str) {

@@ -12,6 +12,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
@@ -21,6 +22,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::pki::{Ca, PkiError};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refused connection is kept half-open so its alert arrives.
+const REFUSED_LINGER: Duration = Duration::from_secs(1);
 /// Handshakes in progress at once; more wait in the accept queue.
 const MAX_CONCURRENT_HANDSHAKES: usize = 256;
 
@@ -160,15 +163,38 @@ pub fn incoming(
             let tx = tx.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = acceptor.accept(tcp).into_fallible();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
-                    Ok(Err(e)) => tracing::info!(%peer, "TLS handshake refused: {e}"),
+                    Ok(Err((e, tcp))) => {
+                        tracing::info!(%peer, "TLS handshake refused: {e}");
+                        close_refused(tcp).await;
+                    }
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                 }
             });
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Closes a connection whose handshake was refused so that the TLS alert
+/// (say `certificate_expired`, which tells an agent to rotate) reaches the
+/// peer: half-close after the alert, then read and discard until the peer
+/// closes or [`REFUSED_LINGER`] passes. Dropping the socket at once would
+/// make the kernel answer the bytes the client sent after its Finished
+/// (TLS 1.3 clients send data before the server's verdict) with a reset,
+/// and a reset can overtake the alert: the agent would see "connection
+/// reset" and retry with backoff instead of rotating.
+async fn close_refused(mut tcp: TcpStream) {
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(REFUSED_LINGER, async {
+        while let Ok(n) = tcp.read(&mut sink).await
+            && n > 0
+        {}
+    })
+    .await;
 }

@@ -295,6 +295,11 @@ impl Agent {
         }
     }
 
+    /// The telemetry interval in force.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
     pub fn local_interval(&self) -> Duration {
         self.local_interval
     }

@@ -11,7 +11,7 @@ use outpost_proto::v1::{
     TelemetryBatch,
 };
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::daemon::Agent;
@@ -90,8 +90,7 @@ pub async fn run_connection(
     agent.set_connected();
     tracing::info!(server = %agent.server, device = %agent.device_id, "connected");
 
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut next_heartbeat = Instant::now() + heartbeat_every;
     let due = agent.rotation_due_ms();
     agent.set_next_rotation(due);
     let mut rotate_at = match due {
@@ -128,7 +127,18 @@ pub async fn run_connection(
             // The chores run at the top of the next turn.
             _ = crate::daemon::sleep_until(chore) => {}
             cfg = crate::daemon::reloaded(&mut signals.reload) => agent.reload(cfg),
-            _ = agent.sample_tick.tick() => agent.take_sample(),
+            _ = agent.sample_tick.tick() => {
+                agent.take_sample();
+                // A heartbeat that would fall due before the next sample goes
+                // now, early, with this one: the two share a wake-up (and,
+                // at the default 10 s each, every wake-up from then on).
+                let now = Instant::now();
+                let every = agent.interval();
+                if every <= heartbeat_every && next_heartbeat < now + every {
+                    heartbeat(&session_tx).await?;
+                    next_heartbeat = now + heartbeat_every;
+                }
+            }
             _ = agent.log_sources.recv(&mut lines) => agent.take_log_lines(lines),
             ack = log_acks.message() => match ack {
                 Ok(Some(a)) => agent.on_log_ack(a.acked_seq),
@@ -147,8 +157,9 @@ pub async fn run_connection(
                     }
                 }
             }
-            _ = heartbeat.tick() => {
-                send_session(&session_tx, AgentKind::Heartbeat(Heartbeat { sent_at_unix_ms: crate::enroll::now_ms() })).await?;
+            _ = tokio::time::sleep_until(next_heartbeat) => {
+                heartbeat(&session_tx).await?;
+                next_heartbeat = Instant::now() + heartbeat_every;
             }
             ack = acks.message() => match ack {
                 Ok(Some(a)) => {
@@ -160,7 +171,7 @@ pub async fn run_connection(
             msg = session_in.message() => match msg {
                 Ok(Some(ServerMessage { kind: Some(ServerKind::Settings(s)) })) => {
                     apply_settings(agent, &s, &mut heartbeat_every);
-                    heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+                    next_heartbeat = Instant::now() + heartbeat_every;
                 }
                 Ok(Some(ServerMessage { kind: Some(ServerKind::Rotate(_)) })) => {
                     tracing::info!("the control plane asks for a key rotation now");
@@ -168,7 +179,7 @@ pub async fn run_connection(
                 }
                 Ok(Some(ServerMessage { kind: Some(ServerKind::Config(c)) })) => {
                     apply_config(agent, &c, &mut heartbeat_every, &session_tx).await?;
-                    heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+                    next_heartbeat = Instant::now() + heartbeat_every;
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return Err(LinkError::Protocol("the server closed the session".into())),
@@ -204,6 +215,11 @@ async fn drain(
         }
     }
     agent.write_status();
+}
+
+async fn heartbeat(tx: &mpsc::Sender<AgentMessage>) -> Result<(), LinkError> {
+    let sent_at_unix_ms = crate::enroll::now_ms();
+    send_session(tx, AgentKind::Heartbeat(Heartbeat { sent_at_unix_ms })).await
 }
 
 async fn send_session(tx: &mpsc::Sender<AgentMessage>, kind: AgentKind) -> Result<(), LinkError> {

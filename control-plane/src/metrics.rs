@@ -61,7 +61,7 @@ impl Metrics {
             store_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "outpost_store_write_seconds",
-                    "Duration of store writes on the ingest path.",
+                    "Duration of store writes: op=telemetry_commit, enrollment_commit (group commits), logs_insert.",
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
                 &["op"],

@@ -224,9 +224,9 @@ impl AgentConfig {
         }
         let log_level = args.log_level.or(file.log_level);
         if let Some(l) = &log_level
-            && let Err(e) = tracing_subscriber::EnvFilter::try_new(l)
+            && let Err(e) = outpost_common::parse_log_filter(l)
         {
-            return Err(ConfigError::Invalid(format!("log-level {l:?}: {e}")));
+            return Err(ConfigError::Invalid(format!("log-level: {e}")));
         }
         Ok(Self {
             log_level,
@@ -340,5 +340,20 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("interval"), "{err}");
+    }
+
+    #[test]
+    fn a_log_level_is_checked_when_the_config_is_read() {
+        let resolve = |level: &str| {
+            AgentConfig::resolve(AgentArgs {
+                log_level: Some(level.into()),
+                state_dir: Some("/tmp/x".into()),
+                ..Default::default()
+            })
+        };
+        let cfg = resolve("outpost_agent=debug,warn").unwrap();
+        assert_eq!(cfg.log_level.as_deref(), Some("outpost_agent=debug,warn"));
+        let err = resolve("outpost_agent=chatty").unwrap_err().to_string();
+        assert!(err.contains("log-level") && err.contains("chatty"), "{err}");
     }
 }

@@ -445,7 +445,6 @@ pub async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Runs the daemon until `stop` flips.
 /// What the process tells the daemon: stop, or a reloaded configuration
 /// (SIGHUP).
 pub struct Signals {
@@ -461,6 +460,8 @@ pub async fn reloaded(rx: &mut tokio::sync::mpsc::Receiver<AgentConfig>) -> Agen
     }
 }
 
+/// Runs the daemon until `stop` flips: enrolls if needed, then connects,
+/// samples and ships, reconnecting with backoff.
 pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentError> {
     let mut health = crate::notify::Health::new();
     crate::notify::spawn_watchdog(&mut health);

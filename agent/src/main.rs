@@ -99,13 +99,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    // Boxed: the daemon's future (state machines of every await below it) is
+    // built once on the heap instead of being moved across the main stack.
+    runtime.block_on(Box::pin(async move {
         match command {
             "enroll" => enroll_once(&cfg).await,
             "check" => outpost_agent::check::run(&cfg).await,
             _ => run(cfg, args).await,
         }
-    })
+    }))
 }
 
 async fn enroll_once(cfg: &AgentConfig) -> ExitCode {

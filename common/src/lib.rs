@@ -35,16 +35,20 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Confi
 
 /// Process start-up shared by both binaries: installs `ring` as the one
 /// rustls crypto provider (before any TLS config exists) and logs to stderr
-/// at the level in `OUTPOST_LOG` (default `info`), with colours only on a
-/// terminal.
+/// at the level in `OUTPOST_LOG` (default `info`; one that does not parse is
+/// reported and `info` used), with colours only on a terminal.
 pub fn init_process() -> Result<(), String> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| "a rustls crypto provider was already installed".to_string())?;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let env = std::env::var("OUTPOST_LOG").ok();
+    let (filter, bad_env) = match env.as_deref().map(parse_log_filter) {
+        None => (default_log_filter(), None),
+        Some(Ok(filter)) => (filter, None),
+        Some(Err(e)) => (default_log_filter(), Some(e)),
+    };
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let _ = LOG_FILTER.set(handle);
     tracing_subscriber::registry()
@@ -56,19 +60,38 @@ pub fn init_process() -> Result<(), String> {
         )
         .try_init()
         .map_err(|e| format!("cannot set up logging: {e}"))?;
+    if let Some(e) = bad_env {
+        tracing::warn!("OUTPOST_LOG: {e}; logging at info");
+    }
     Ok(())
 }
 
-type FilterHandle =
-    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+/// The log filter: comma-separated `level` (the default for every target)
+/// and `target=level` directives, e.g. `info`, `outpost_agent=debug,warn`.
+/// This is `tracing_subscriber`'s `Targets` filter: the same syntax as
+/// `RUST_LOG` without span and field directives (and without the regex
+/// engine those need, which would be a fifth of the agent's code).
+pub type LogFilter = tracing_subscriber::filter::Targets;
+
+fn default_log_filter() -> LogFilter {
+    LogFilter::new().with_default(tracing::Level::INFO)
+}
+
+/// Parses a log filter ([`LogFilter`]), with a message that names the spec.
+pub fn parse_log_filter(spec: &str) -> Result<LogFilter, String> {
+    spec.trim()
+        .parse()
+        .map_err(|e| format!("log level {spec:?} is not valid: {e}"))
+}
+
+type FilterHandle = tracing_subscriber::reload::Handle<LogFilter, tracing_subscriber::Registry>;
 
 static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
 
 /// Replaces the log filter (`info`, `debug`, `outpost_agent=debug,info`, …)
 /// at run time, e.g. on SIGHUP.
 pub fn set_log_filter(spec: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(spec)
-        .map_err(|e| format!("log level {spec:?} is not valid: {e}"))?;
+    let filter = parse_log_filter(spec)?;
     let handle = LOG_FILTER.get().ok_or("logging is not initialised")?;
     handle
         .reload(filter)
@@ -114,5 +137,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot read config file"), "{err}");
+    }
+
+    #[test]
+    fn log_filters_take_levels_and_target_directives_and_name_a_bad_spec() {
+        use tracing::level_filters::LevelFilter;
+        let f = parse_log_filter("outpost_agent=debug,warn").unwrap();
+        assert!(f.would_enable("outpost_agent::link", &tracing::Level::DEBUG));
+        assert!(!f.would_enable("h2::proto", &tracing::Level::INFO));
+        assert!(f.would_enable("h2::proto", &tracing::Level::WARN));
+        assert_eq!(
+            parse_log_filter(" debug ").unwrap().default_level(),
+            Some(LevelFilter::DEBUG)
+        );
+        assert_eq!(
+            parse_log_filter("off").unwrap().default_level(),
+            Some(LevelFilter::OFF)
+        );
+        for bad in ["outpost_agent=loud", "a=b=c", "x=info=debug"] {
+            let err = parse_log_filter(bad).unwrap_err();
+            assert!(
+                err.contains(&format!("{bad:?}")) && err.contains("not valid"),
+                "{err}"
+            );
+        }
     }
 }

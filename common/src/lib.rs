@@ -70,7 +70,7 @@ pub fn init_process() -> Result<(), String> {
 /// and `target=level` directives, e.g. `info`, `outpost_agent=debug,warn`.
 /// This is `tracing_subscriber`'s `Targets` filter: the same syntax as
 /// `RUST_LOG` without span and field directives (and without the regex
-/// engine those need, which would be a fifth of the agent's code).
+/// engine those need: ~180 KB, 6 % of the agent's code).
 pub type LogFilter = tracing_subscriber::filter::Targets;
 
 fn default_log_filter() -> LogFilter {

@@ -56,6 +56,9 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Largest number of samples accepted in one telemetry batch.
 pub const MAX_SAMPLES_PER_BATCH: usize = 512;
 
+/// GPUs per sample at most (the agent reports the first this many).
+pub const MAX_GPUS: usize = 16;
+
 /// Temperatures per sample at most.
 pub const MAX_TEMPERATURES_PER_SAMPLE: usize = 64;
 

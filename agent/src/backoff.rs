@@ -13,27 +13,45 @@ pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
 /// Delays for successive reconnect attempts; never runs out.
 pub struct Reconnect {
+    seed: u64,
     inner: backon::ExponentialBackoff,
 }
 
 impl Reconnect {
+    /// A schedule with a random jitter seed: without one (no `std`
+    /// feature) backon uses a fixed seed, and a whole fleet would retry in
+    /// lockstep.
     pub fn new() -> Self {
+        Self::with_seed(rand::random())
+    }
+
+    /// A schedule whose jitter comes from `seed` (tests replay one).
+    pub fn with_seed(seed: u64) -> Self {
         Self {
-            inner: ExponentialBuilder::default()
-                .with_min_delay(MIN_DELAY)
-                .with_max_delay(MAX_DELAY)
-                .with_factor(2.0)
-                .with_jitter()
-                // Without an explicit seed (no `std` feature) backon uses a
-                // fixed one, and a whole fleet would retry in lockstep.
-                .with_jitter_seed(rand::random())
-                .without_max_times()
-                .build(),
+            seed,
+            inner: Self::build(seed),
         }
+    }
+
+    fn build(seed: u64) -> backon::ExponentialBackoff {
+        ExponentialBuilder::default()
+            .with_min_delay(MIN_DELAY)
+            .with_max_delay(MAX_DELAY)
+            .with_factor(2.0)
+            .with_jitter()
+            .with_jitter_seed(seed)
+            .without_max_times()
+            .build()
     }
 
     pub fn next_delay(&mut self) -> Duration {
         self.inner.next().unwrap_or(MAX_DELAY)
+    }
+
+    /// Back to the smallest delay (after a healthy connection).
+    pub fn reset(&mut self) {
+        self.seed = self.seed.wrapping_add(1);
+        self.inner = Self::build(self.seed);
     }
 }
 

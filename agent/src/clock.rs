@@ -19,10 +19,11 @@ pub const BUILD_TIME_MS: i64 = match i64::from_str_radix(env!("OUTPOST_BUILD_UNI
 /// How far behind the control plane the local clock may be before we say so.
 const SKEW_WARNING_MS: i64 = 5 * 60 * 1000;
 
+/// The system's wall-clock time, unix ms (0 if it reads before 1970).
 pub fn system_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 

@@ -3,25 +3,29 @@
 //! not.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use outpost_proto::v1::device_service_client::DeviceServiceClient;
+use outpost_proto::v1::{LogBatch, SessionStart, SpoolReport, TelemetryBatch};
 use rustls::ClientConfig;
 use tokio::sync::watch;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::Instant;
+use tonic::transport::Channel;
 
-use crate::backoff::{HEALTHY_AFTER, Reconnect};
-use crate::clock::Clock;
+use crate::backoff::Reconnect;
+use crate::clock::{Clock, system_ms};
 use crate::collect::Collector;
 use crate::config::AgentConfig;
-use crate::enroll::{self, EnrollError, now_ms};
+use crate::core::{CertLife, Core, Delivery, Event, Exit, LinkState, Output, Rules, Started};
+use crate::driver::Host;
+use crate::enroll::{self, EnrollError};
 use crate::link::{self, LinkError, ServerUrl, Trust};
 use crate::logship::{LogSources, SourcedLine};
 use crate::rotate::RotateError;
-use crate::session;
+use crate::session::OpenLink;
 use crate::spool::{SpoolError, SpoolOptions};
 use crate::state::{RuntimeStatus, StateDir};
 use crate::uplink::{Outbox, OutboxLimits};
-use outpost_proto::v1::{LogBatch, SpoolReport, TelemetryBatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -51,133 +55,52 @@ pub enum AgentError {
     Decommissioned,
 }
 
-/// Everything a connection needs, owned by the daemon across reconnects.
-pub struct Agent {
-    pub state: StateDir,
-    pub server: ServerUrl,
-    pub device_id: String,
-    pub tls: Arc<ClientConfig>,
-    pub trust: Trust,
-    pub clock: Arc<Clock>,
-    pub collector: Collector,
-    /// Telemetry, spooled until acked.
-    pub outbox: Outbox,
-    /// Log lines, spooled until acked.
+/// The agent's delivery: the telemetry and log spools (each an [`Outbox`]),
+/// with what status.json shows about acks.
+pub struct Spools {
+    pub telemetry: Outbox,
     pub logs: Outbox,
-    pub log_sources: LogSources,
-    pub sample_tick: Interval,
-    /// Stamped by the main loop (the watchdog's evidence of progress).
-    pub health: crate::notify::Health,
-    /// The configuration in force (replaced on SIGHUP).
-    cfg: AgentConfig,
-    interval: Duration,
-    /// The interval from flags/config, used when the server sets none.
-    local_interval: Duration,
-    /// This agent's place in the fleet's rotation spread, -1..=1.
-    rotation_jitter: f64,
-    status: RuntimeStatus,
-    /// Since when a status change is not yet in status.json, and when it
-    /// was last written.
-    status_dirty_since: Option<std::time::Instant>,
-    status_written: Option<std::time::Instant>,
+    /// Lines over their source's rate so far (the log sources count them).
+    pub logs_rate_limited: u64,
+    acked_seq: u64,
+    last_ack_unix_ms: Option<i64>,
 }
 
-/// status.json (read by `outpost-agent status`) is rewritten at most this
-/// often; a change in between is written by a later turn of the main loop
-/// (which wakes for it: [`Agent::next_chore`]). Link changes are written at once.
-const STATUS_EVERY: Duration = Duration::from_secs(1);
-
-/// Other changes wait this long before they are written, so that the
-/// changes of one exchange (a sample spooled, then its ack a few
-/// milliseconds later) make one write of status.json, not two.
-const STATUS_SETTLE: Duration = Duration::from_millis(500);
-
-impl Agent {
-    /// Rebuilds the TLS config from the identity on disk (after a rotation).
-    pub fn reload_tls(&mut self) -> Result<(), AgentError> {
-        let identity = enroll::load_client_identity(&self.state)?;
-        self.tls = link::client_config_at(&self.trust, Some(identity), self.clock.clone())?;
-        Ok(())
-    }
-
-    /// When the current certificate should be rotated, unix ms (by our clock).
-    pub fn rotation_due_ms(&self) -> Option<i64> {
-        let (chain, _) = enroll::load_client_identity(&self.state).ok()?;
-        let v = crate::rotate::validity(chain.first()?).ok()?;
-        let start = v.not_before_ms.max(self.state.cert_saved_ms().unwrap_or(0));
-        Some(crate::rotate::rotation_due_ms(
-            start,
-            v.not_after_ms,
-            self.rotation_jitter,
-        ))
-    }
-
-    /// The control plane's authenticated time: raise and persist the floor.
-    pub fn observe_server_time(&mut self, server_ms: i64) {
-        let floor = self.clock.observe_good_time(server_ms);
-        if let Err(e) = self.state.save_clock_floor(floor) {
-            tracing::warn!("cannot persist the clock floor: {e}");
-        }
-    }
-
-    pub fn take_sample(&mut self) {
-        let mut sample = self.collector.sample(self.clock.now_ms());
-        let pushed = self.outbox.push_with(|seq| {
-            sample.seq = seq;
-            prost::Message::encode_to_vec(&sample)
-        });
-        if let Err(e) = pushed {
-            tracing::error!("a telemetry sample could not be spooled (lost): {e}");
-        }
-        self.write_status();
-    }
-
-    /// Spools lines from the log sources and records where each source stands.
-    pub fn take_log_lines(&mut self, mut lines: Vec<SourcedLine>) {
-        // File lines are stamped when read: by our floored clock, not the
-        // raw one (a box without an RTC boots in 1970).
-        let now = self.clock.now_ms();
-        for l in &mut lines {
-            if l.source.starts_with("file:") {
-                l.line.timestamp_ms = now;
+impl Spools {
+    /// Clean stop: both spools flushed.
+    fn flush(&mut self) {
+        for o in [&mut self.telemetry, &mut self.logs] {
+            if let Err(e) = o.flush() {
+                tracing::error!("spool flush failed: {e}");
             }
         }
-        let first = self.logs.next_seq();
-        let payloads = self.log_sources.encode(lines, first);
-        let mut it = payloads.into_iter();
-        let spooled = self.logs.push_all(|_| it.next());
-        let result = spooled
-            .map_err(AgentError::from)
-            .and_then(|n| Ok(self.log_sources.save(first + n - 1)?));
-        if let Err(e) = result {
-            // Not lost: the sources start again from the saved positions
-            // (plus what the spool holds beyond them) and read these again.
-            tracing::error!("log lines could not be spooled (read again shortly): {e}");
-            self.restart_log_sources();
-        }
-        self.write_status();
     }
 
-    /// Starts the log sources again from their saved positions.
-    fn restart_log_sources(&mut self) {
-        let logs = &mut self.logs;
-        match LogSources::start(
-            &self.state.root().join("spool").join("logs"),
-            &self.cfg.log_files,
-            &self.cfg.journal_units,
-            journalctl(),
-            self.cfg.log_rate_limit,
-            |after| logs.peek_after(after),
-        ) {
-            Ok(sources) => self.log_sources = sources,
-            Err(e) => tracing::error!("log sources not restarted: {e}"),
+    /// Flushes both spools if the fsync policy's interval is due.
+    fn sync_if_due(&mut self) {
+        for o in [&mut self.telemetry, &mut self.logs] {
+            if let Err(e) = o.sync_if_due() {
+                tracing::error!("spool sync failed: {e}");
+            }
+        }
+    }
+}
+
+impl Delivery for Spools {
+    fn on_connected(&mut self, telemetry: u64, logs: u64, _now: Instant) {
+        for (what, outbox, last) in [
+            ("telemetry", &mut self.telemetry, telemetry),
+            ("log", &mut self.logs, logs),
+        ] {
+            if let Err(e) = outbox.on_connected(last) {
+                tracing::error!("{what} spool: {e}");
+            }
         }
     }
 
-    /// The next telemetry batch to send, if any (spool errors are logged).
-    pub fn next_telemetry_batch(&mut self) -> Option<TelemetryBatch> {
+    fn next_telemetry(&mut self, _now: Instant) -> Option<TelemetryBatch> {
         let records = self
-            .outbox
+            .telemetry
             .next_batch()
             .inspect_err(|e| tracing::error!("cannot read the telemetry spool: {e}"))
             .ok()??;
@@ -192,8 +115,7 @@ impl Agent {
         Some(TelemetryBatch { samples })
     }
 
-    /// The next log batch to send, if any.
-    pub fn next_log_batch(&mut self) -> Option<LogBatch> {
+    fn next_logs(&mut self, _now: Instant) -> Option<LogBatch> {
         let records = self
             .logs
             .next_batch()
@@ -204,50 +126,137 @@ impl Agent {
         })
     }
 
-    /// A connection started: the store holds telemetry up to `telemetry`
-    /// and logs up to `logs`.
-    pub fn on_connected(&mut self, telemetry: u64, logs: u64) {
-        for (what, outbox, last) in [
-            ("telemetry", &mut self.outbox, telemetry),
-            ("log", &mut self.logs, logs),
-        ] {
-            if let Err(e) = outbox.on_connected(last) {
-                tracing::error!("{what} spool: {e}");
-            }
+    fn on_telemetry_ack(&mut self, acked_seq: u64, _now: Instant) {
+        if let Err(e) = self.telemetry.on_ack(acked_seq) {
+            tracing::error!("telemetry spool: {e}");
         }
+        self.acked_seq = self.acked_seq.max(acked_seq);
+        self.last_ack_unix_ms = Some(system_ms());
     }
 
-    pub fn on_log_ack(&mut self, acked_seq: u64) {
+    fn on_log_ack(&mut self, acked_seq: u64, _now: Instant) {
         if let Err(e) = self.logs.on_ack(acked_seq) {
             tracing::error!("log spool: {e}");
         }
-        self.write_status();
     }
 
-    /// What this agent lost, as running totals (sent to the control plane).
-    pub fn loss_report(&self) -> SpoolReport {
+    fn idle(&self) -> bool {
+        self.telemetry.idle() && self.logs.idle()
+    }
+
+    fn loss_report(&self) -> SpoolReport {
         SpoolReport {
-            telemetry_dropped: self.outbox.dropped(),
+            telemetry_dropped: self.telemetry.dropped(),
             logs_dropped: self.logs.dropped(),
-            corrupt: self.outbox.corrupt() + self.logs.corrupt(),
-            logs_rate_limited: self.log_sources.rate_limited(),
+            corrupt: self.telemetry.corrupt() + self.logs.corrupt(),
+            logs_rate_limited: self.logs_rate_limited,
+        }
+    }
+}
+
+/// What the agent's loop waits for besides the link and the timers.
+pub enum Input {
+    Lines(Vec<SourcedLine>),
+    Reload(Box<AgentConfig>),
+    Stop,
+}
+
+/// The agent around its [`Core`]: collector, log sources, state directory,
+/// status file, TLS identity.
+struct AgentHost {
+    state: StateDir,
+    server: ServerUrl,
+    tls: Arc<ClientConfig>,
+    trust: Trust,
+    clock: Arc<Clock>,
+    collector: Collector,
+    log_sources: LogSources,
+    /// Stamped every turn of the loop (the watchdog's evidence of progress).
+    health: crate::notify::Health,
+    /// The configuration in force (replaced on SIGHUP).
+    cfg: AgentConfig,
+    status: RuntimeStatus,
+    signals: Signals,
+    /// The stop was handed to the core (a watch stays "true": waiting on
+    /// it again would not wait).
+    stop_seen: bool,
+}
+
+impl AgentHost {
+    /// Rebuilds the TLS config from the identity on disk (after a rotation).
+    fn reload_tls(&mut self) -> Result<(), AgentError> {
+        let identity = enroll::load_client_identity(&self.state)?;
+        self.tls = link::client_config_at(&self.trust, Some(identity), self.clock.clone())?;
+        Ok(())
+    }
+
+    /// The current certificate's life, for the rotation schedule.
+    fn cert_life(&self) -> Option<CertLife> {
+        let (chain, _) = enroll::load_client_identity(&self.state).ok()?;
+        let v = crate::rotate::validity(chain.first()?).ok()?;
+        Some(CertLife {
+            start_ms: v.not_before_ms.max(self.state.cert_saved_ms().unwrap_or(0)),
+            not_after_ms: v.not_after_ms,
+        })
+    }
+
+    /// Spools lines from the log sources and records where each source stands.
+    fn take_log_lines(&mut self, spools: &mut Spools, mut lines: Vec<SourcedLine>) {
+        // File lines are stamped when read: by our floored clock, not the
+        // raw one (a box without an RTC boots in 1970).
+        let now = self.clock.now_ms();
+        for l in &mut lines {
+            if l.source.starts_with("file:") {
+                l.line.timestamp_ms = now;
+            }
+        }
+        let first = spools.logs.next_seq();
+        let payloads = self.log_sources.encode(lines, first);
+        spools.logs_rate_limited = self.log_sources.rate_limited();
+        let mut it = payloads.into_iter();
+        let spooled = spools.logs.push_all(|_| it.next());
+        let result = spooled
+            .map_err(AgentError::from)
+            .and_then(|n| Ok(self.log_sources.save(first + n - 1)?));
+        if let Err(e) = result {
+            // Not lost: the sources start again from the saved positions
+            // (plus what the spool holds beyond them) and read these again.
+            tracing::error!("log lines could not be spooled (read again shortly): {e}");
+            self.restart_log_sources(&mut spools.logs);
+        }
+    }
+
+    /// Starts the log sources again from their saved positions.
+    fn restart_log_sources(&mut self, logs: &mut Outbox) {
+        match LogSources::start(
+            &self.state.root().join("spool").join("logs"),
+            &self.cfg.log_files,
+            &self.cfg.journal_units,
+            journalctl(),
+            self.cfg.log_rate_limit,
+            |after| logs.peek_after(after),
+        ) {
+            Ok(sources) => self.log_sources = sources,
+            Err(e) => tracing::error!("log sources not restarted: {e}"),
         }
     }
 
     /// Applies a reloaded configuration: log level, telemetry interval (when
     /// the server has not set one) and log sources change live; the rest
     /// (server, state dir, spool bound) needs a restart.
-    pub fn reload(&mut self, cfg: AgentConfig) {
+    fn reload(&mut self, cfg: AgentConfig, core: &mut Core<Spools>, now: Instant) {
         crate::notify::reloading();
         if let Some(level) = &cfg.log_level
             && let Err(e) = outpost_common::set_log_filter(level)
         {
             tracing::warn!("{e}");
         }
-        if self.interval == self.local_interval {
-            self.set_interval(cfg.interval);
-        }
-        self.local_interval = cfg.interval;
+        core.handle(
+            Event::Reloaded {
+                interval: cfg.interval,
+            },
+            now,
+        );
         let sources_changed = cfg.log_files != self.cfg.log_files
             || cfg.journal_units != self.cfg.journal_units
             || cfg.log_rate_limit != self.cfg.log_rate_limit;
@@ -257,7 +266,7 @@ impl Agent {
             self.cfg.log_rate_limit = cfg.log_rate_limit;
             // The old tasks stop; lines they read but did not hand over are
             // read again (their positions were not saved).
-            self.restart_log_sources();
+            self.restart_log_sources(&mut core.delivery_mut().logs);
             tracing::info!(
                 files = cfg.log_files.len(),
                 units = cfg.journal_units.len(),
@@ -276,145 +285,156 @@ impl Agent {
         crate::notify::reloaded();
     }
 
-    /// Clean stop: both spools flushed.
-    pub fn stopped(&mut self) {
-        for o in [&mut self.outbox, &mut self.logs] {
-            if let Err(e) = o.flush() {
-                tracing::error!("spool flush failed: {e}");
-            }
-        }
-        self.set_link("stopped", None);
-    }
-
-    /// Flushes both spools (interval fsync policy).
-    pub fn sync_spools(&mut self) {
-        for o in [&mut self.outbox, &mut self.logs] {
-            if let Err(e) = o.sync_if_due() {
-                tracing::error!("spool sync failed: {e}");
-            }
-        }
-    }
-
-    /// The telemetry interval in force.
-    pub fn interval(&self) -> Duration {
-        self.interval
-    }
-
-    pub fn local_interval(&self) -> Duration {
-        self.local_interval
-    }
-
-    pub fn set_interval(&mut self, interval: Duration) {
-        if interval != self.interval {
-            tracing::info!(?interval, "telemetry interval changed");
-            self.interval = interval;
-            self.sample_tick = sample_interval(interval);
+    /// Writes status.json with the spools' counts.
+    fn write_status(&mut self, spools: &Spools) {
+        let s = &mut self.status;
+        s.acked_seq = spools.acked_seq;
+        s.last_ack_unix_ms = spools.last_ack_unix_ms;
+        s.pending_samples = spools.telemetry.pending();
+        s.dropped_samples = spools.telemetry.dropped();
+        s.next_seq = spools.telemetry.next_seq();
+        s.pending_logs = spools.logs.pending();
+        s.logs_acked_seq = spools.logs.acked();
+        s.dropped_logs = spools.logs.dropped();
+        s.corrupt_records = spools.telemetry.corrupt() + spools.logs.corrupt();
+        s.rate_limited_logs = spools.logs_rate_limited;
+        s.updated_unix_ms = system_ms();
+        if let Err(e) = self.state.save_status(s) {
+            tracing::warn!("cannot write status file: {e}");
         }
     }
+}
 
-    pub fn set_link(&mut self, link: &str, error: Option<String>) {
-        self.status.link = link.to_string();
-        if error.is_some() {
-            self.status.last_error = error;
-        }
-        self.mark_status_dirty();
-        self.flush_status(true);
-    }
+impl Host for AgentHost {
+    type Delivery = Spools;
+    type Input = Input;
+    type Error = AgentError;
 
-    pub fn set_connected(&mut self) {
-        self.status.last_connected_unix_ms = Some(now_ms());
-        self.status.last_error = None;
-        self.set_link("connected", None);
-    }
-
-    pub fn on_ack(&mut self, acked_seq: u64) {
-        if let Err(e) = self.outbox.on_ack(acked_seq) {
-            tracing::error!("telemetry spool: {e}");
-        }
-        self.status.acked_seq = self.status.acked_seq.max(acked_seq);
-        self.status.last_ack_unix_ms = Some(now_ms());
-        self.write_status();
-    }
-
-    pub fn set_next_rotation(&mut self, due_ms: Option<i64>) {
-        self.status.next_rotation_unix_ms = due_ms;
-        self.write_status();
-    }
-
-    /// Records that the status changed: written [`STATUS_SETTLE`] later (at
-    /// most once per [`STATUS_EVERY`]) by [`Agent::flush_status_if_due`].
-    pub fn write_status(&mut self) {
-        self.mark_status_dirty();
-        self.flush_status(false);
-    }
-
-    fn mark_status_dirty(&mut self) {
-        self.status_dirty_since
-            .get_or_insert_with(std::time::Instant::now);
-    }
-
-    /// When a pending status change is due to be written.
-    fn status_due(&self) -> Option<std::time::Instant> {
-        let settled = self.status_dirty_since? + STATUS_SETTLE;
-        Some(match self.status_written {
-            Some(w) => settled.max(w + STATUS_EVERY),
-            None => settled,
+    fn connect(&mut self) -> BoxFuture<'static, Result<OpenLink, LinkError>> {
+        let (server, tls, facts) = (
+            self.server.clone(),
+            self.tls.clone(),
+            self.collector.facts(),
+        );
+        Box::pin(async move {
+            let channel = link::connect(&server, tls).await?;
+            let window = OutboxLimits::telemetry().max_in_flight;
+            crate::session::open(link::client(channel), facts, true, window).await
         })
     }
 
-    /// Writes a pending status change once it is due ([`Agent::status_due`];
-    /// the main loops call this every turn, and wake for it: [`Agent::next_chore`]).
-    pub fn flush_status_if_due(&mut self) {
-        self.flush_status(false);
+    fn started(&mut self, start: &SessionStart) -> Started {
+        // The control plane's authenticated time: raise and persist the floor.
+        let floor = self.clock.observe_good_time(start.server_time_unix_ms);
+        if let Err(e) = self.state.save_clock_floor(floor) {
+            tracing::warn!("cannot persist the clock floor: {e}");
+        }
+        tracing::info!(server = %self.server, "connected");
+        Started {
+            last_telemetry_seq: start.last_telemetry_seq,
+            last_log_seq: start.last_log_seq,
+            settings: start.settings,
+            config: start.config.clone(),
+            wall_ms: self.clock.now_ms(),
+            cert: self.cert_life(),
+        }
     }
 
-    /// The housekeeping of every turn of the main loops: stamp the health,
-    /// sync the spools if their fsync interval is due, write a pending status.
-    pub fn chores(&mut self) {
+    fn rotate(
+        &mut self,
+        client: Option<DeviceServiceClient<Channel>>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let (state, server, tls) = (self.state.clone(), self.server.clone(), self.tls.clone());
+        Box::pin(async move {
+            let mut client = match client {
+                Some(c) => c,
+                None => link::client(
+                    link::connect(&server, tls)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
+            };
+            crate::rotate::rotate(&state, &mut client)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn take_sample(&mut self, spools: &mut Spools) {
+        let mut sample = self.collector.sample(self.clock.now_ms());
+        let pushed = spools.telemetry.push_with(|seq| {
+            sample.seq = seq;
+            prost::Message::encode_to_vec(&sample)
+        });
+        if let Err(e) = pushed {
+            tracing::error!("a telemetry sample could not be spooled (lost): {e}");
+        }
+    }
+
+    async fn next_input(&mut self) -> Input {
+        let mut lines = Vec::new();
+        tokio::select! {
+            _ = self.log_sources.recv(&mut lines) => Input::Lines(lines),
+            cfg = reloaded(&mut self.signals.reload) => Input::Reload(Box::new(cfg)),
+            _ = stopping(&mut self.signals.stop), if !self.stop_seen => {
+                self.stop_seen = true;
+                Input::Stop
+            }
+        }
+    }
+
+    fn on_input(&mut self, input: Input, core: &mut Core<Spools>, now: Instant) {
+        match input {
+            Input::Lines(lines) => {
+                self.take_log_lines(core.delivery_mut(), lines);
+                core.handle(Event::Spooled, now);
+            }
+            Input::Reload(cfg) => self.reload(*cfg, core, now),
+            Input::Stop => core.handle(Event::Stop, now),
+        }
+    }
+
+    fn on_output(&mut self, output: &Output, spools: &Spools) -> Result<(), AgentError> {
+        match output {
+            Output::Link { state, error } => {
+                self.status.link = state.as_str().to_string();
+                if *state == LinkState::Connected {
+                    self.status.last_connected_unix_ms = Some(system_ms());
+                    self.status.last_error = None;
+                } else if error.is_some() {
+                    self.status.last_error.clone_from(error);
+                }
+                self.write_status(spools);
+            }
+            Output::NextRotation(due) => self.status.next_rotation_unix_ms = *due,
+            Output::WriteStatus => self.write_status(spools),
+            Output::Interval(every) => {
+                tracing::info!(interval = ?every, "telemetry interval changed")
+            }
+            Output::ReloadIdentity => self.reload_tls()?,
+            Output::WipeCredentials => self.state.wipe_credentials()?,
+            // The rest is the driver's; the spools are flushed by `run`
+            // once the driver returns.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn chores(&mut self, spools: &mut Spools) {
         self.health.beat();
-        self.sync_spools();
-        self.flush_status_if_due();
+        spools.sync_if_due();
     }
 
-    /// When the main loop must turn for [`Agent::chores`] even if nothing
-    /// else happens: the watchdog's next beat, a pending status write, a
-    /// spool sync under an interval fsync policy. `None`: nothing is
-    /// pending, so the loop sleeps until a sample, an ack, a log line or a
-    /// signal (an idle agent wakes only for those).
-    pub fn next_chore(&self) -> Option<Instant> {
+    fn next_chore(&self, spools: &Spools) -> Option<Instant> {
         [
             self.health.next_beat(),
-            self.status_due(),
-            self.outbox.sync_due(),
-            self.logs.sync_due(),
+            spools.telemetry.sync_due(),
+            spools.logs.sync_due(),
         ]
         .into_iter()
         .flatten()
         .min()
         .map(Instant::from_std)
-    }
-
-    fn flush_status(&mut self, force: bool) {
-        let Some(due) = self.status_due() else {
-            return;
-        };
-        if !force && due > std::time::Instant::now() {
-            return;
-        }
-        self.status_dirty_since = None;
-        self.status_written = Some(std::time::Instant::now());
-        self.status.pending_samples = self.outbox.pending();
-        self.status.dropped_samples = self.outbox.dropped();
-        self.status.next_seq = self.outbox.next_seq();
-        self.status.pending_logs = self.logs.pending();
-        self.status.logs_acked_seq = self.logs.acked();
-        self.status.dropped_logs = self.logs.dropped();
-        self.status.corrupt_records = self.outbox.corrupt() + self.logs.corrupt();
-        self.status.rate_limited_logs = self.log_sources.rate_limited();
-        self.status.updated_unix_ms = now_ms();
-        if let Err(e) = self.state.save_status(&self.status) {
-            tracing::warn!("cannot write status file: {e}");
-        }
     }
 }
 
@@ -423,21 +443,6 @@ fn journalctl() -> std::path::PathBuf {
     std::env::var_os("OUTPOST_JOURNALCTL")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| "journalctl".into())
-}
-
-fn sample_interval(every: Duration) -> Interval {
-    // The first sample comes one period in, when CPU usage has a baseline.
-    let mut i = tokio::time::interval_at(Instant::now() + every, every);
-    i.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    i
-}
-
-/// Sleeps until `at` (forever when `None`).
-pub async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Resolves once `stop` flips to true (or its sender is gone).
@@ -465,7 +470,6 @@ pub async fn reloaded(rx: &mut tokio::sync::mpsc::Receiver<AgentConfig>) -> Agen
 pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentError> {
     let mut health = crate::notify::Health::new();
     crate::notify::spawn_watchdog(&mut health);
-    let stop = &mut signals.stop;
     let state = StateDir::open(&cfg.state_dir)?;
     let collector = Collector::new()?;
     let identity = match state.identity()? {
@@ -481,9 +485,16 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
             };
             crate::notify::ready();
             crate::notify::status("enrolling");
-            let Some(id) =
-                enroll_with_retry(&state, server, install_id, trust, &collector, stop, &health)
-                    .await?
+            let Some(id) = enroll_with_retry(
+                &state,
+                server,
+                install_id,
+                trust,
+                &collector,
+                &mut signals.stop,
+                &health,
+            )
+            .await?
             else {
                 return Ok(());
             };
@@ -505,10 +516,9 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
     let spool_dir = state.root().join("spool");
     // A quarter of the bound for telemetry (a day at 10 s is ~5 MiB), the
     // rest for logs.
-    let spool = |share: u64| SpoolOptions::bounded(cfg.spool_max_bytes / share, cfg.spool_fsync);
-    let outbox = Outbox::open(
+    let telemetry = Outbox::open(
         &spool_dir.join("telemetry"),
-        spool(4),
+        SpoolOptions::bounded(cfg.spool_max_bytes / 4, cfg.spool_fsync),
         state.next_seq()?,
         OutboxLimits::telemetry(),
     )?;
@@ -529,110 +539,55 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
         cfg.log_rate_limit,
         |after| logs.peek_after(after),
     )?;
-    let mut agent = Agent {
+    let spools = Spools {
+        telemetry,
+        logs,
+        logs_rate_limited: log_sources.rate_limited(),
+        acked_seq: 0,
+        last_ack_unix_ms: None,
+    };
+    tracing::info!(device = %identity.device_id, workspace = %identity.workspace, server = %server, "agent starting");
+    let mut core = Core::new(
+        Rules::default(),
+        spools,
+        cfg.interval,
+        // The first sample comes one period in, when CPU usage has a baseline.
+        cfg.interval,
+        Reconnect::new(),
+        rand::random_range(-1.0..=1.0),
+        Instant::now(),
+    );
+    let mut host = AgentHost {
         state,
         server,
-        device_id: identity.device_id.clone(),
         tls,
         trust,
         clock,
         collector,
-        outbox,
-        logs,
         log_sources,
-        sample_tick: sample_interval(cfg.interval),
-        interval: cfg.interval,
-        local_interval: cfg.interval,
-        rotation_jitter: rand::random_range(-1.0..=1.0),
         health,
-        cfg: cfg.clone(),
+        cfg,
         status: RuntimeStatus {
             pid: std::process::id(),
             link: "starting".into(),
             ..Default::default()
         },
-        status_dirty_since: None,
-        status_written: None,
+        signals,
+        stop_seen: false,
     };
-    tracing::info!(device = %identity.device_id, workspace = %identity.workspace, server = %agent.server, "agent starting");
-
     crate::notify::ready();
-    let mut backoff = Reconnect::new();
-    loop {
-        agent.health.beat();
-        let started = Instant::now();
-        match session::run_connection(&mut agent, &mut signals).await {
-            Ok(session::End::Stopping) => break,
-            Ok(session::End::Rotated) => {
-                agent.reload_tls()?;
-                tracing::info!("certificate rotated; reconnecting with the new identity");
-                backoff = Reconnect::new();
-                continue;
-            }
-            Err(e) if e.reason() == Some(outpost_proto::reason::EXPIRED) => {
-                tracing::warn!("the certificate has expired; rotating it within the grace window");
-                match rotate_over_new_link(&mut agent).await {
-                    Ok(()) => {
-                        agent.reload_tls()?;
-                        backoff = Reconnect::new();
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!("rotation of the expired certificate failed: {e}");
-                        agent.set_link("disconnected", Some(e.to_string()));
-                    }
-                }
-            }
-            Err(e) if link::is_expired_beyond_grace(&e) => {
-                agent.set_link("expired", Some(e.to_string()));
-                return Err(AgentError::CredentialsExpired);
-            }
-            Err(e) if e.reason() == Some(outpost_proto::reason::DECOMMISSIONED) => {
-                tracing::warn!(
-                    "the control plane says this device was deleted: wiping credentials"
-                );
-                agent.state.wipe_credentials()?;
-                agent.set_link("decommissioned", Some(e.to_string()));
-                return Err(AgentError::Decommissioned);
-            }
-            Err(e) => {
-                tracing::warn!("link down: {e}");
-                agent.set_link("disconnected", Some(e.to_string()));
-            }
+    let exit = crate::driver::drive(&mut core, &mut host, None).await;
+    // Whatever ended the loop, what is spooled is on disk.
+    core.delivery_mut().flush();
+    host.write_status(core.delivery());
+    match exit? {
+        Exit::Stopped | Exit::LinkLost => {
+            tracing::info!("agent stopped");
+            Ok(())
         }
-        if started.elapsed() >= HEALTHY_AFTER {
-            backoff = Reconnect::new();
-        }
-        let delay = backoff.next_delay();
-        tracing::info!("reconnecting in {:.1}s", delay.as_secs_f64());
-        let wake = tokio::time::sleep(delay);
-        tokio::pin!(wake);
-        loop {
-            let mut lines = Vec::new();
-            let chore = agent.next_chore();
-            tokio::select! {
-                _ = &mut wake => break,
-                _ = agent.sample_tick.tick() => agent.take_sample(),
-                _ = agent.log_sources.recv(&mut lines) => agent.take_log_lines(lines),
-                _ = sleep_until(chore) => agent.chores(),
-                cfg = reloaded(&mut signals.reload) => agent.reload(cfg),
-                _ = stopping(&mut signals.stop) => {
-                    agent.stopped();
-                    return Ok(());
-                }
-            }
-        }
+        Exit::CredentialsExpired => Err(AgentError::CredentialsExpired),
+        Exit::Decommissioned => Err(AgentError::Decommissioned),
     }
-    agent.stopped();
-    tracing::info!("agent stopped");
-    Ok(())
-}
-
-/// Rotates over a connection of its own (when the session is refused because
-/// the certificate expired).
-async fn rotate_over_new_link(agent: &mut Agent) -> Result<(), crate::rotate::RotateError> {
-    let channel = link::connect(&agent.server, agent.tls.clone()).await?;
-    crate::rotate::rotate(&agent.state, &mut link::client(channel)).await
 }
 
 /// Enrolls, retrying transient failures with backoff. `None`: stopped.
@@ -664,7 +619,7 @@ async fn enroll_with_retry(
                 loop {
                     tokio::select! {
                         _ = &mut wake => break,
-                        _ = sleep_until(health.next_beat().map(Instant::from_std)) => health.beat(),
+                        _ = crate::driver::sleep_until(health.next_beat().map(Instant::from_std)) => health.beat(),
                         _ = stopping(stop) => return Ok(None),
                     }
                 }

@@ -108,7 +108,7 @@ pub async fn enroll(
         device_id: response.device_id,
         workspace: response.workspace,
         server: server.to_string(),
-        enrolled_at_unix_ms: now_ms(),
+        enrolled_at_unix_ms: crate::clock::system_ms(),
     };
     state.save_enrollment(
         &identity,
@@ -157,13 +157,6 @@ pub fn load_client_identity(
         })
     })?;
     Ok((chain, key))
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! the box and streams telemetry to the control plane over mTLS.
 //!
 //! - [`enroll`]: key generation, CSR, enrollment
-//! - [`daemon`] / [`session`]: the run loop and one connection's life
-//! - [`uplink`]: delivery state (seq, backlog, acks), free of I/O
+//! - [`core`]: every decision of a running agent (timers, link, rotation,
+//!   drain, backoff), free of I/O; [`driver`]: the one loop around it;
+//!   [`daemon`]: the agent's host for it; [`session`]: opening a session
+//! - [`uplink`]: delivery state (seq, backlog, acks) over the disk spool
 //! - [`collect`]: sysinfo readings
 //! - [`link`]: server URL, TLS trust, gRPC channel
 //! - [`state`]: the state directory
@@ -14,7 +16,9 @@ pub mod check;
 pub mod clock;
 pub mod collect;
 pub mod config;
+pub mod core;
 pub mod daemon;
+pub mod driver;
 pub mod enroll;
 pub mod failpoint;
 pub mod link;

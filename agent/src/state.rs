@@ -70,6 +70,7 @@ pub struct RuntimeStatus {
     pub updated_unix_ms: i64,
 }
 
+#[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
 }

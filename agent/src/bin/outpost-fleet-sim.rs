@@ -1,10 +1,13 @@
 //! `outpost-fleet-sim`: a fleet of simulated agents against a real control
 //! plane, for benchmarks and load tests. It uses the agent's own code for
 //! enrollment (key generated and stored per device, CSR, `Enroll`), the mTLS
-//! link and the wire messages; each device holds its own TLS connection with
-//! a session (hello, heartbeats) and a telemetry stream, and pushes one
-//! sample per batch at `--rate` samples per second, measuring the time from
-//! send to ack. The last line printed is a JSON summary.
+//! link, the session and the agent's core (timers, heartbeats, backoff,
+//! drain; `outpost_agent::core`) driven by the agent's driver; only the
+//! samples (synthetic, in memory instead of a disk spool) differ. Each
+//! device holds its own TLS connection with a session and a telemetry
+//! stream, and takes `--batch` samples every `batch / rate` seconds,
+//! measuring the time from sample to ack. The last line printed is a JSON
+//! summary.
 //!
 //! outpost-fleet-sim --rest URL --server URL --ca-file FILE --workspace WS \
 //!     --api-key KEY --devices N --duration 20s --rate HZ
@@ -15,13 +18,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+
 use clap::Parser;
-use outpost_agent::link::{self, ServerUrl, Trust};
+use futures_util::future::BoxFuture;
+use outpost_agent::backoff::Reconnect;
+use outpost_agent::core::{Core, Delivery, Event, Exit, LinkState, Output, Rules, Started};
+use outpost_agent::driver::{self, Host};
+use outpost_agent::link::{self, LinkError, ServerUrl, Trust};
+use outpost_agent::session::{self, OpenLink};
 use outpost_agent::state::StateDir;
-use outpost_proto::v1::agent_message::Kind as AgentKind;
-use outpost_proto::v1::{AgentMessage, DeviceFacts, Heartbeat, Hello, Sample, TelemetryBatch};
+use outpost_proto::v1::device_service_client::DeviceServiceClient;
+use outpost_proto::v1::{DeviceFacts, LogBatch, Sample, SessionStart, SpoolReport, TelemetryBatch};
 use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 
 #[derive(Parser, Debug)]
 #[command(name = "outpost-fleet-sim", version)]
@@ -303,57 +313,212 @@ struct DeviceCtx {
     epoch: Instant,
 }
 
-/// A sample sent and not yet acked: resent after a reconnect.
+/// Batches in flight per device at most. The agent's window is 4; the
+/// simulator's is wider so that a device offering `--batch` samples per
+/// period measures the control plane's ack latency, not its own queue.
+const WINDOW: usize = 64;
+
+/// A sample spooled (in memory) and not yet acked.
 struct Pending {
     seq: u64,
-    sent_at: Instant,
+    created: tokio::time::Instant,
     sample: Sample,
 }
 
-/// An open link: the session and telemetry streams of one connection.
-struct Link {
-    session_tx: mpsc::Sender<AgentMessage>,
-    session: tonic::Streaming<outpost_proto::v1::ServerMessage>,
-    tx: mpsc::Sender<TelemetryBatch>,
-    acks: tonic::Streaming<outpost_proto::v1::TelemetryAck>,
+/// The simulator's delivery: samples in memory until acked, every ack
+/// counted with its latency (from when the sample was taken).
+struct SimDelivery {
+    next_seq: u64,
+    batch: usize,
+    pending: VecDeque<Pending>,
+    sent_upto: u64,
+    in_flight: VecDeque<u64>,
+    counters: Arc<Counters>,
+    lat: mpsc::UnboundedSender<u32>,
 }
 
-async fn open_link(
-    client: &mut outpost_proto::v1::device_service_client::DeviceServiceClient<
-        tonic::transport::Channel,
-    >,
-) -> Result<Link, Error> {
-    let (session_tx, session_rx) = mpsc::channel::<AgentMessage>(4);
-    let hello = AgentMessage {
-        kind: Some(AgentKind::Hello(Hello {
-            facts: Some(DeviceFacts {
-                hostname: "sim".into(),
+impl SimDelivery {
+    fn release(&mut self, upto: u64, now: tokio::time::Instant) {
+        while let Some(p) = self.pending.front() {
+            if p.seq > upto {
+                break;
+            }
+            self.counters.acked.fetch_add(1, Ordering::Relaxed);
+            let us = now.saturating_duration_since(p.created).as_micros();
+            let _ = self.lat.send(us.min(u32::MAX as u128) as u32);
+            self.pending.pop_front();
+        }
+    }
+}
+
+impl Delivery for SimDelivery {
+    fn on_connected(&mut self, telemetry: u64, _logs: u64, now: tokio::time::Instant) {
+        self.sent_upto = 0;
+        self.in_flight.clear();
+        // What the store already holds counts as acked.
+        self.release(telemetry, now);
+    }
+
+    fn next_telemetry(&mut self, _now: tokio::time::Instant) -> Option<TelemetryBatch> {
+        if self.in_flight.len() >= WINDOW {
+            return None;
+        }
+        let samples: Vec<Sample> = self
+            .pending
+            .iter()
+            .filter(|p| p.seq > self.sent_upto)
+            .take(self.batch)
+            .map(|p| p.sample.clone())
+            .collect();
+        let last = samples.last()?.seq;
+        self.sent_upto = last;
+        self.in_flight.push_back(last);
+        Some(TelemetryBatch { samples })
+    }
+
+    fn next_logs(&mut self, _now: tokio::time::Instant) -> Option<LogBatch> {
+        None
+    }
+
+    fn on_telemetry_ack(&mut self, acked_seq: u64, now: tokio::time::Instant) {
+        while self.in_flight.front().is_some_and(|&l| l <= acked_seq) {
+            self.in_flight.pop_front();
+        }
+        self.release(acked_seq, now);
+    }
+
+    fn on_log_ack(&mut self, _acked_seq: u64, _now: tokio::time::Instant) {}
+
+    fn idle(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    fn loss_report(&self) -> SpoolReport {
+        SpoolReport::default()
+    }
+}
+
+/// One simulated device around the agent's [`Core`]: synthetic samples,
+/// counters for the summary.
+struct SimHost {
+    server: ServerUrl,
+    tls: Arc<rustls::ClientConfig>,
+    counters: Arc<Counters>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    stop_seen: bool,
+    batch: usize,
+    epoch: Instant,
+    link: LinkState,
+    connected_once: bool,
+}
+
+impl Host for SimHost {
+    type Delivery = SimDelivery;
+    type Input = ();
+    type Error = std::convert::Infallible;
+
+    fn connect(&mut self) -> BoxFuture<'static, Result<OpenLink, LinkError>> {
+        let (server, tls) = (self.server.clone(), self.tls.clone());
+        Box::pin(open_link(server, tls))
+    }
+
+    fn started(&mut self, start: &SessionStart) -> Started {
+        Started {
+            last_telemetry_seq: start.last_telemetry_seq,
+            last_log_seq: start.last_log_seq,
+            settings: start.settings,
+            config: start.config.clone(),
+            wall_ms: outpost_agent::clock::system_ms(),
+            cert: None,
+        }
+    }
+
+    fn rotate(
+        &mut self,
+        _client: Option<DeviceServiceClient<Channel>>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        // Rules::rotate is off: never asked.
+        Box::pin(async { Err("the simulator does not rotate keys".to_string()) })
+    }
+
+    fn take_sample(&mut self, d: &mut SimDelivery) {
+        let created = tokio::time::Instant::now();
+        for _ in 0..self.batch {
+            let seq = d.next_seq;
+            d.next_seq += 1;
+            let sample = Sample {
+                seq,
+                timestamp_unix_ms: outpost_agent::clock::system_ms(),
+                cpu_percent: 12.5,
+                memory_used_bytes: 1 << 30,
+                memory_total_bytes: 4 << 30,
                 ..Default::default()
-            }),
-        })),
+            };
+            d.pending.push_back(Pending {
+                seq,
+                created,
+                sample,
+            });
+        }
+        self.counters
+            .sent
+            .fetch_add(self.batch as u64, Ordering::Relaxed);
+    }
+
+    async fn next_input(&mut self) {
+        if self.stop_seen {
+            return std::future::pending().await;
+        }
+        let _ = self.stop.wait_for(|s| *s).await;
+        self.stop_seen = true;
+    }
+
+    fn on_input(&mut self, _: (), core: &mut Core<SimDelivery>, now: tokio::time::Instant) {
+        core.handle(Event::Stop, now);
+    }
+
+    fn on_output(&mut self, output: &Output, _: &SimDelivery) -> Result<(), Self::Error> {
+        let Output::Link { state, error } = output else {
+            return Ok(());
+        };
+        let c = &self.counters;
+        let since_epoch = self.epoch.elapsed().as_micros() as u64;
+        match (self.link, *state) {
+            (LinkState::Connected, LinkState::Disconnected) => {
+                tracing::debug!("link lost: {}", error.as_deref().unwrap_or(""));
+                c.disconnects.fetch_add(1, Ordering::Relaxed);
+                c.first_loss_us.fetch_min(since_epoch, Ordering::Relaxed);
+            }
+            (LinkState::Connecting, LinkState::Disconnected) => {
+                count_connect_error(c, error.as_deref().unwrap_or(""));
+            }
+            (_, LinkState::Connected) if self.connected_once => {
+                c.reconnects.fetch_add(1, Ordering::Relaxed);
+                c.last_back_us.fetch_max(since_epoch, Ordering::Relaxed);
+            }
+            (_, LinkState::Connected) => self.connected_once = true,
+            _ => {}
+        }
+        self.link = *state;
+        Ok(())
+    }
+}
+
+/// Connects and opens a session (hello, start, telemetry stream; no logs).
+async fn open_link(
+    server: ServerUrl,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<OpenLink, LinkError> {
+    let channel = link::connect(&server, tls).await?;
+    let facts = DeviceFacts {
+        hostname: "sim".into(),
+        ..Default::default()
     };
-    session_tx.send(hello).await?;
-    let mut session = client
-        .session(ReceiverStream::new(session_rx))
-        .await?
-        .into_inner();
-    session.message().await?.ok_or("no session start")?;
-    let (tx, rx) = mpsc::channel::<TelemetryBatch>(64);
-    let acks = client
-        .push_telemetry(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    Ok(Link {
-        session_tx,
-        session,
-        tx,
-        acks,
-    })
+    session::open(link::client(channel), facts, false, WINDOW).await
 }
 
 /// Counts a failed connection attempt by kind, logging the first few.
-fn count_connect_error(counters: &Counters, e: &Error) {
-    let text = e.to_string();
+fn count_connect_error(counters: &Counters, text: &str) {
     let refused = text.contains("refused") || text.contains("Connection refused");
     if refused {
         counters.errors_refused.fetch_add(1, Ordering::Relaxed);
@@ -362,10 +527,11 @@ fn count_connect_error(counters: &Counters, e: &Error) {
     }
 }
 
-/// One simulated device: connect, stream until stopped (reconnecting after
-/// a lost link with `--reconnect`, resending what was not acked), then wait
-/// briefly for the last acks.
-async fn device(state: StateDir, mut ctx: DeviceCtx) -> Result<(), Error> {
+/// One simulated device: connect (paced by the gate), wait until every
+/// device is connected, then run the agent's core until stopped — sampling,
+/// heartbeats, reconnecting with the agent's backoff after a lost link (with
+/// `--reconnect`), resending what was not acked, and draining on stop.
+async fn device(state: StateDir, ctx: DeviceCtx) -> Result<(), Error> {
     let identity = outpost_agent::enroll::load_client_identity(&state)?;
     let tls = link::client_config(&ctx.trust, Some(identity))?;
     // First connection: paced by the gate, a few quick retries.
@@ -373,26 +539,20 @@ async fn device(state: StateDir, mut ctx: DeviceCtx) -> Result<(), Error> {
         let _permit = ctx.gate.acquire().await?;
         let mut tries = 0;
         loop {
-            let attempt = async {
-                let ch = link::connect(&ctx.server, tls.clone()).await?;
-                let mut client = link::client(ch);
-                let l = open_link(&mut client).await?;
-                Ok::<_, Error>((client, l))
-            };
-            match attempt.await {
-                Ok(c) => break Ok::<_, Error>(c),
+            match open_link(ctx.server.clone(), tls.clone()).await {
+                Ok(l) => break Ok::<_, Error>(l),
                 Err(e) if tries < 20 => {
                     tries += 1;
                     tracing::debug!("connect retry: {e}");
                     tokio::time::sleep(Duration::from_millis(100 * tries)).await;
                 }
-                Err(e) => break Err(e),
+                Err(e) => break Err(e.into()),
             }
         }
     }
     .await;
-    let (_client, mut l) = match first {
-        Ok(c) => c,
+    let first = match first {
+        Ok(l) => l,
         Err(e) => {
             ctx.counters.failed_devices.fetch_add(1, Ordering::Relaxed);
             ctx.connected.wait().await;
@@ -401,110 +561,47 @@ async fn device(state: StateDir, mut ctx: DeviceCtx) -> Result<(), Error> {
     };
     ctx.connected.wait().await;
 
-    let mut seq = 0u64;
-    let mut pending: std::collections::VecDeque<Pending> = Default::default();
+    let rules = Rules {
+        drain_timeout: Duration::from_secs(10),
+        rotate: false,
+        reconnect: ctx.reconnect,
+        write_status: false,
+        ..Rules::default()
+    };
+    let delivery = SimDelivery {
+        next_seq: 1,
+        batch: ctx.batch,
+        pending: VecDeque::new(),
+        sent_upto: 0,
+        in_flight: VecDeque::new(),
+        counters: ctx.counters.clone(),
+        lat: ctx.lat,
+    };
     // Spread the fleet's samples over the period.
     let offset = ctx.period.mul_f64(rand::random::<f64>());
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, ctx.period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
-    let mut stopping = false;
-    let drain_deadline = tokio::time::sleep(Duration::from_secs(3600));
-    tokio::pin!(drain_deadline);
-    loop {
-        let lost: Error = loop {
-            tokio::select! {
-                _ = tick.tick(), if !stopping => {
-                    let now = Instant::now();
-                    let mut samples = Vec::with_capacity(ctx.batch);
-                    for _ in 0..ctx.batch {
-                        seq += 1;
-                        let sample = Sample {
-                            seq,
-                            timestamp_unix_ms: outpost_agent::enroll::now_ms(),
-                            cpu_percent: 12.5,
-                            memory_used_bytes: 1 << 30,
-                            memory_total_bytes: 4 << 30,
-                            ..Default::default()
-                        };
-                        pending.push_back(Pending { seq, sent_at: now, sample: sample.clone() });
-                        samples.push(sample);
-                    }
-                    ctx.counters.sent.fetch_add(ctx.batch as u64, Ordering::Relaxed);
-                    if l.tx.send(TelemetryBatch { samples }).await.is_err() {
-                        break "telemetry stream closed".into();
-                    }
-                }
-                _ = heartbeat.tick() => {
-                    let hb = AgentMessage { kind: Some(AgentKind::Heartbeat(Heartbeat { sent_at_unix_ms: outpost_agent::enroll::now_ms() })) };
-                    let _ = l.session_tx.try_send(hb);
-                }
-                ack = l.acks.message() => match ack {
-                    Ok(Some(a)) => {
-                        while let Some(p) = pending.front() {
-                            if p.seq > a.acked_seq { break; }
-                            ctx.counters.acked.fetch_add(1, Ordering::Relaxed);
-                            let _ = ctx.lat.send(p.sent_at.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                            pending.pop_front();
-                        }
-                        if stopping && pending.is_empty() { return Ok(()); }
-                    }
-                    Ok(None) => break "the server closed the telemetry stream".into(),
-                    Err(e) => break e.into(),
-                },
-                _ = ctx.stop.changed(), if !stopping => {
-                    stopping = true;
-                    if pending.is_empty() { return Ok(()); }
-                    drain_deadline.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(10));
-                }
-                _ = &mut drain_deadline, if stopping => return Ok(()),
-                msg = l.session.message() => match msg {
-                    Ok(Some(_)) => {}
-                    Ok(None) => break "the server closed the session".into(),
-                    Err(e) => break e.into(),
-                },
-            }
-        };
-        if !ctx.reconnect || stopping {
-            return Err(lost);
-        }
-        // The link is gone: back off with the agent's jittered policy and
-        // reconnect, unpaced (a real fleet has no shared gate).
-        tracing::debug!("link lost: {lost}");
-        ctx.counters.disconnects.fetch_add(1, Ordering::Relaxed);
-        ctx.counters
-            .first_loss_us
-            .fetch_min(ctx.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let mut backoff = outpost_agent::backoff::Reconnect::new();
-        l = loop {
-            tokio::select! {
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
-                // The run ended while the server was still away.
-                _ = ctx.stop.changed() => return Err(lost),
-            }
-            let attempt = async {
-                let ch = link::connect(&ctx.server, tls.clone()).await?;
-                let mut client = link::client(ch);
-                open_link(&mut client).await
-            };
-            match attempt.await {
-                Ok(l) => break l,
-                Err(e) => count_connect_error(&ctx.counters, &e),
-            }
-        };
-        ctx.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-        ctx.counters
-            .last_back_us
-            .fetch_max(ctx.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
-        // Resend what the old link did not get acked (the store dedupes).
-        let unacked: Vec<Sample> = pending.iter().map(|p| p.sample.clone()).collect();
-        for chunk in unacked.chunks(ctx.batch.max(1)) {
-            let batch = TelemetryBatch {
-                samples: chunk.to_vec(),
-            };
-            if l.tx.send(batch).await.is_err() {
-                break;
-            }
-        }
+    let mut core = Core::new(
+        rules,
+        delivery,
+        ctx.period,
+        offset,
+        Reconnect::new(),
+        0.0,
+        tokio::time::Instant::now(),
+    );
+    let mut host = SimHost {
+        server: ctx.server,
+        tls,
+        counters: ctx.counters,
+        stop: ctx.stop,
+        stop_seen: false,
+        batch: ctx.batch,
+        epoch: ctx.epoch,
+        link: LinkState::Connecting,
+        connected_once: false,
+    };
+    match driver::drive(&mut core, &mut host, Some(first)).await {
+        Ok(Exit::LinkLost) => Err("link lost".into()),
+        Ok(_) => Ok(()),
+        Err(never) => match never {},
     }
 }

@@ -1,8 +1,8 @@
 //! Reads the box: static facts for the hello, and one telemetry sample per
 //! interval, via `sysinfo`; GPUs via NVML and Jetson sysfs ([`gpus`]).
 
-pub mod gpu;
 pub mod gpus;
+pub mod jetson;
 pub mod nvml;
 
 use outpost_proto::v1 as pb;

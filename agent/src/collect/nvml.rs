@@ -1,14 +1,77 @@
 //! The NVML adapter: the only code that talks to `nvml-wrapper`. It loads
 //! the NVIDIA driver's `libnvidia-ml.so.1` at run time (dlopen), so the same
 //! agent binary runs on boxes with and without the driver, and turns NVML's
-//! answers into [`super::gpus`]'s plain values; the rules (fallbacks,
-//! logging once) live there.
+//! answers into the plain values below ([`NvmlSource`], [`NvmlReading`]:
+//! one [`Metric`] per metric). The rules over them (fallbacks, logging once)
+//! are [`super::gpus`]'s, tested there with fake sources.
 
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::error::NvmlError;
 
-use super::gpus::{MemoryUse, MetricError, NvmlIdentity, NvmlReading, NvmlSource};
+/// Why NVML gave no value for one metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricError {
+    /// NVML_ERROR_NOT_SUPPORTED, or the driver's library lacks the function
+    /// (older drivers): this GPU cannot give this metric.
+    NotSupported,
+    /// Anything else (GPU lost, no permission, unknown error): the text.
+    Failed(String),
+}
+
+impl std::fmt::Display for MetricError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetricError::NotSupported => f.write_str("not supported"),
+            MetricError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// One metric as NVML answered it.
+pub type Metric<T> = Result<T, MetricError>;
+
+/// What does not change while the agent runs, read once at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NvmlIdentity {
+    pub name: Metric<String>,
+    pub uuid: Metric<String>,
+    pub memory_total_bytes: Metric<u64>,
+}
+
+/// Frame-buffer memory in use and installed, bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUse {
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// One reading of one GPU, metric by metric, in NVML's units.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NvmlReading {
+    /// Percent of the last sample period a kernel ran (nvmlDeviceGetUtilizationRates).
+    pub utilization_percent: Metric<u32>,
+    pub memory: Metric<MemoryUse>,
+    /// The GPU die sensor, °C.
+    pub temperature_celsius: Metric<u32>,
+    pub power_milliwatts: Metric<u32>,
+    /// The enforced power limit.
+    pub power_limit_milliwatts: Metric<u32>,
+    /// Graphics clock now and at most, MHz.
+    pub clock_mhz: Metric<u32>,
+    pub max_clock_mhz: Metric<u32>,
+}
+
+/// NVML as the rules of [`super::gpus`] need it. [`NvmlLibrary`] is the
+/// real one; tests use fakes.
+pub trait NvmlSource: Send {
+    /// The driver's version, for the start-up line and `check`.
+    fn driver_version(&self) -> Option<String>;
+    fn device_count(&self) -> Result<u32, MetricError>;
+    fn identity(&self, index: u32) -> Result<NvmlIdentity, MetricError>;
+    /// Err: the GPU's handle could not be had (lost, reset needed).
+    fn read(&self, index: u32) -> Result<NvmlReading, MetricError>;
+}
 
 /// The library NVML's own loader looks for (the driver installs it; the
 /// unversioned `libnvidia-ml.so` only comes with development packages).
@@ -118,7 +181,6 @@ impl NvmlSource for NvmlLibrary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collect::gpus::Gpus;
 
     #[test]
     fn gpu_nvml_errors_map_to_not_supported_or_failed() {
@@ -155,63 +217,5 @@ mod tests {
             Err(e) => panic!("expected NoLibrary, got {e}"),
             Ok(_) => panic!("a library that does not exist loaded"),
         }
-    }
-
-    /// The real NVML path. Skips (passing) where no NVML library or driver
-    /// exists, unless OUTPOST_TEST_REQUIRE_NVML=1 (on a GPU machine, so a
-    /// skip cannot pass for a run). Run with `--nocapture` to see the readings.
-    #[test]
-    fn gpu_nvml_real_library_reads_every_gpu_or_skips() {
-        let required = std::env::var("OUTPOST_TEST_REQUIRE_NVML").is_ok_and(|v| v == "1");
-        let lib = match load(DEFAULT_LIBRARY) {
-            Ok(lib) => lib,
-            Err(e @ (LoadError::NoLibrary { .. } | LoadError::DriverNotLoaded)) => {
-                assert!(!required, "OUTPOST_TEST_REQUIRE_NVML=1 but {e}");
-                println!("skipped: no NVML library or driver on this machine ({e})");
-                return;
-            }
-            Err(e) => panic!("NVML is installed but failed: {e}"),
-        };
-        let count = lib.device_count().expect("NVML counts GPUs");
-        assert!(count >= 1, "NVML loaded but lists no GPU");
-        let mut gpus = Gpus::new(Ok(Box::new(lib)), None);
-        let facts = gpus.facts();
-        assert_eq!(facts.len(), count.min(16) as usize);
-        for f in &facts {
-            assert!(!f.name.is_empty(), "{f:?}");
-            assert!(
-                f.uuid.starts_with("GPU-") || f.uuid.starts_with("MIG-"),
-                "{f:?}"
-            );
-            assert!(f.memory_total_bytes > 0, "{f:?}");
-        }
-        let readings = gpus.read();
-        assert_eq!(readings.len(), facts.len(), "every GPU reachable");
-        for r in &readings {
-            let s = &r.sample;
-            let n = r.nvml.as_ref().expect("an NVML reading");
-            // A discrete GPU answers these; a plausible range each.
-            assert!(n.memory.is_ok() && n.temperature_celsius.is_ok(), "{n:?}");
-            assert!(s.memory_total_bytes > 0 && s.memory_used_bytes <= s.memory_total_bytes);
-            assert!((0.0..=100.0).contains(&s.utilization_percent), "{s:?}");
-            assert!((1.0..=120.0).contains(&s.temperature_celsius), "{s:?}");
-            if n.power_milliwatts.is_ok() {
-                assert!((0.0..=2000.0).contains(&s.power_watts), "{s:?}");
-            }
-            if n.power_limit_milliwatts.is_ok() {
-                assert!(s.power_limit_watts > 0.0, "{s:?}");
-            }
-            if n.clock_mhz.is_ok() && n.max_clock_mhz.is_ok() {
-                assert!(
-                    s.max_clock_mhz > 0 && s.clock_mhz <= s.max_clock_mhz,
-                    "{s:?}"
-                );
-            }
-        }
-        println!("{}", gpus.summary());
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&gpus.report_json()).expect("JSON")
-        );
     }
 }

@@ -124,13 +124,7 @@ pub(crate) fn bound_with_dropped(mut s: String, dropped: u64) -> String {
     s
 }
 
-/// Wall-clock time, unix ms (0 if the clock is before 1970).
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub(crate) use crate::clock::system_ms as now_ms;
 
 /// A line read from a source.
 #[derive(Debug, Clone, PartialEq, Eq)]

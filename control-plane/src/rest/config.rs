@@ -47,18 +47,15 @@ pub struct CurrentConfig {
 #[utoipa::path(
     get,
     path = "/{workspace}/devices/v2/{device_id}/config",
-    operation_id = "listConfigVersions",
-    operation_id = "putConfig",
-    operation_id = "getConfig",
-    operation_id = "getDefaultConfig",
+    operation_id = "getDeviceConfig",
     tag = "config",
     params(DevicePath, VersionQuery),
     responses(
         (status = 200, description = "Success", body = CurrentConfig),
-        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
-        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
     )
 )]
 pub async fn get(
@@ -92,15 +89,16 @@ pub async fn get(
 #[utoipa::path(
     put,
     path = "/{workspace}/devices/v2/{device_id}/config",
+    operation_id = "putDeviceConfig",
     tag = "config",
     params(DevicePath),
     request_body = Object,
     responses(
         (status = 200, description = "Success", body = ConfigView),
-        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
-        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
     )
 )]
 pub async fn put(
@@ -124,14 +122,15 @@ pub async fn put(
 #[utoipa::path(
     get,
     path = "/{workspace}/devices/v2/{device_id}/config/versions",
+    operation_id = "listDeviceConfigVersions",
     tag = "config",
     params(DevicePath, PageQuery),
     responses(
         (status = 200, description = "Success", body = Page<ConfigView>),
-        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
-        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
     )
 )]
 pub async fn versions(
@@ -163,12 +162,13 @@ pub struct DefaultConfig {
 #[utoipa::path(
     get,
     path = "/{workspace}/devices/v2/default-config",
+    operation_id = "getDefaultConfig",
     tag = "config",
     params(WorkspacePath),
     responses(
         (status = 200, description = "Success", body = DefaultConfig),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+        Unauthorized,
+        Forbidden,
     )
 )]
 pub async fn default_config(caller: Caller) -> Result<Json<DefaultConfig>, ApiError> {

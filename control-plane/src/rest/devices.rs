@@ -128,20 +128,14 @@ pub async fn authorized_device(
 #[utoipa::path(
     get,
     path = "/{workspace}/devices/v2/{device_id}",
-    operation_id = "newInstallId",
-    operation_id = "resetConnection",
-    operation_id = "deleteDevice",
-    operation_id = "updateDevice",
     operation_id = "getDevice",
-    operation_id = "createDevice",
-    operation_id = "listDevices",
     tag = "devices",
     params(DevicePath),
     responses(
         (status = 200, description = "Success", body = DeviceView),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
-        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+        Unauthorized,
+        Forbidden,
+        NotFound,
     )
 )]
 pub async fn get_one(
@@ -174,13 +168,14 @@ async fn with_latest_telemetry(state: &AppState, views: &mut [DeviceView]) -> Re
 #[utoipa::path(
     get,
     path = "/{workspace}/devices/v2",
+    operation_id = "listDevices",
     tag = "devices",
     params(WorkspacePath, PageQuery, ListQuery),
     responses(
         (status = 200, description = "Success", body = Page<DeviceView>),
-        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
     )
 )]
 pub async fn list(
@@ -270,15 +265,16 @@ pub fn slugify(name: &str) -> String {
 #[utoipa::path(
     post,
     path = "/{workspace}/devices/v2",
+    operation_id = "createDevice",
     tag = "devices",
     params(WorkspacePath),
     request_body = CreateDevice,
     responses(
         (status = 201, description = "Created", body = CreatedDevice),
-        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
-        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
     )
 )]
 pub async fn create(
@@ -467,15 +463,16 @@ pub struct UpdateDevice {
 #[utoipa::path(
     patch,
     path = "/{workspace}/devices/v2/{device_id}",
+    operation_id = "updateDevice",
     tag = "devices",
     params(DevicePath),
     request_body = UpdateDevice,
     responses(
         (status = 200, description = "Success", body = DeviceView),
-        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
-        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
     )
 )]
 pub async fn update(
@@ -531,13 +528,14 @@ pub async fn update(
 #[utoipa::path(
     delete,
     path = "/{workspace}/devices/v2/{device_id}",
+    operation_id = "deleteDevice",
     tag = "devices",
     params(DevicePath),
     responses(
         (status = 204, description = "Deleted: certificates and keys revoked"),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
-        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+        Unauthorized,
+        Forbidden,
+        NotFound,
     )
 )]
 pub async fn delete(
@@ -594,10 +592,10 @@ pub struct ResetQuery {
     params(DevicePath, ResetQuery),
     responses(
         (status = 200, description = "Success", body = ConnectionToken),
-        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
-        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
     )
 )]
 pub async fn reset_connection(
@@ -662,13 +660,14 @@ pub struct NewInstallId {
 #[utoipa::path(
     post,
     path = "/{workspace}/devices/v2/{device_id}/install-id",
+    operation_id = "newInstallId",
     tag = "devices",
     params(DevicePath),
     responses(
         (status = 200, description = "Success", body = NewInstallId),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
-        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+        Unauthorized,
+        Forbidden,
+        NotFound,
     )
 )]
 pub async fn new_install_id(

@@ -46,10 +46,10 @@ impl From<Event> for EventView {
     params(DevicePath, DirectedPageQuery),
     responses(
         (status = 200, description = "Success", body = Page<EventView>),
-        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
-        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
     )
 )]
 pub async fn list(

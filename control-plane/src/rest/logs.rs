@@ -52,11 +52,11 @@ impl From<LogRecord> for LogView {
     params(DevicePath, WindowQuery, LogFilterQuery, PageQuery),
     responses(
         (status = 200, description = "Success", body = Page<LogView>),
-        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
-        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
-        (status = 429, description = "Logs rate limit; plain-string body; see Retry-After", body = String, content_type = "text/plain"),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        LogsRateLimited,
     )
 )]
 pub async fn list(

@@ -107,7 +107,14 @@ pub async fn serve(
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses((status = 200, description = "Success", body = String)))]
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "checkLiveness",
+    tag = "health",
+    security(()),
+    responses((status = 200, description = "Success", body = String))
+)]
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -116,6 +123,7 @@ async fn healthz() -> &'static str {
 #[utoipa::path(
     get,
     path = "/readyz",
+    operation_id = "checkReadiness",
     tag = "health",
     security(()),
     responses((status = 200, description = "Success", body = String), (status = 503, description = "Store unavailable", body = String))

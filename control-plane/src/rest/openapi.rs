@@ -1,13 +1,21 @@
 //! The OpenAPI 3 document of the REST API. Paths come from the
 //! `#[utoipa::path]` attribute on each handler and are collected by the
 //! router itself (`utoipa_axum::OpenApiRouter`), so a route cannot exist
-//! without being documented. `docs/openapi.json` is this document, checked by
-//! a test (`OUTPOST_BLESS=1 cargo test -p outpost-control-plane openapi`
-//! rewrites it).
+//! without being documented. Each handler names exactly one camelCase
+//! `operation_id` (generated clients name their functions after it; the
+//! tests below hold the table) and lists the error responses it shares with
+//! the others by name ([`BadRequest`], [`Unauthorized`], ...), declared once
+//! here. `docs/openapi.json` is this document, checked by a test
+//! (`OUTPOST_BLESS=1 cargo test -p outpost-control-plane openapi` rewrites
+//! it).
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
+use utoipa::openapi::response::Response;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToResponse, ToSchema};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +26,10 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
             `device:read` for reads, `device:update` for writes; keys without a scopes list have \
             both. Device-scoped keys reach only their own device.",
         license(name = "Apache-2.0")
+    ),
+    components(
+        schemas(ErrorBody, AuthErrorBody),
+        responses(BadRequest, Unauthorized, Forbidden, NotFound, TelemetryRateLimited, LogsRateLimited)
     ),
     modifiers(&Security),
     security(("api_key" = []), ("bearer" = [])),
@@ -68,6 +80,53 @@ pub struct AuthErrorDetail {
     #[serde(rename = "type")]
     pub kind: String,
     pub hint: String,
+}
+
+/// A response many operations share: declared once under
+/// `components/responses` (the doc comment is its description) and listed
+/// by name in a handler's `responses(...)`, which adds a reference to it
+/// under its status.
+macro_rules! shared_response {
+    ($(#[doc = $doc:literal])* $status:literal => $name:ident($body:ty)) => {
+        $(#[doc = $doc])*
+        #[derive(ToResponse)]
+        #[allow(dead_code)]
+        pub struct $name($body);
+
+        impl IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<Response>> {
+                BTreeMap::from([(
+                    $status.to_string(),
+                    RefOr::Ref(Ref::from_response_name(stringify!($name))),
+                )])
+            }
+        }
+    };
+}
+
+shared_response! {
+    /// Invalid parameter or body; the message names it
+    "400" => BadRequest(ErrorBody)
+}
+shared_response! {
+    /// Missing or invalid API key
+    "401" => Unauthorized(AuthErrorBody)
+}
+shared_response! {
+    /// Missing scope, device-scoped key elsewhere, or feature gate
+    "403" => Forbidden(ErrorBody)
+}
+shared_response! {
+    /// Device (or source/config version) not found, or in another workspace
+    "404" => NotFound(ErrorBody)
+}
+shared_response! {
+    /// Telemetry rate limit; see Retry-After
+    "429" => TelemetryRateLimited(ErrorBody)
+}
+shared_response! {
+    /// Logs rate limit; plain-string body; see Retry-After
+    "429" => LogsRateLimited(String)
 }
 
 /// `/{workspace}/devices/v2/...`
@@ -191,6 +250,222 @@ mod tests {
             committed == generated,
             "docs/openapi.json is stale: run OUTPOST_BLESS=1 cargo test -p outpost-control-plane openapi"
         );
+    }
+
+    /// Every operation's id. Generated clients name their functions after
+    /// these: a change here is a breaking change for them.
+    const OPERATION_IDS: &[(&str, &str, &str)] = &[
+        ("get", "/healthz", "checkLiveness"),
+        ("get", "/readyz", "checkReadiness"),
+        ("get", "/{workspace}/devices/v2", "listDevices"),
+        ("post", "/{workspace}/devices/v2", "createDevice"),
+        (
+            "get",
+            "/{workspace}/devices/v2/default-config",
+            "getDefaultConfig",
+        ),
+        ("get", "/{workspace}/devices/v2/{device_id}", "getDevice"),
+        (
+            "patch",
+            "/{workspace}/devices/v2/{device_id}",
+            "updateDevice",
+        ),
+        (
+            "delete",
+            "/{workspace}/devices/v2/{device_id}",
+            "deleteDevice",
+        ),
+        (
+            "get",
+            "/{workspace}/devices/v2/{device_id}/telemetry",
+            "getTelemetrySeries",
+        ),
+        (
+            "get",
+            "/{workspace}/devices/v2/{device_id}/telemetry/raw",
+            "getRawTelemetry",
+        ),
+        (
+            "get",
+            "/{workspace}/devices/v2/{device_id}/telemetry/stream",
+            "streamTelemetry",
+        ),
+        (
+            "get",
+            "/{workspace}/devices/v2/{device_id}/logs",
+            "listLogs",
+        ),
+        (
+            "get",
+            "/{workspace}/devices/v2/{device_id}/events",
+            "listEvents",
+        ),
+        (
+            "get",
+            "/{workspace}/devices/v2/{device_id}/config",
+            "getDeviceConfig",
+        ),
+        (
+            "put",
+            "/{workspace}/devices/v2/{device_id}/config",
+            "putDeviceConfig",
+        ),
+        (
+            "get",
+            "/{workspace}/devices/v2/{device_id}/config/versions",
+            "listDeviceConfigVersions",
+        ),
+        (
+            "post",
+            "/{workspace}/devices/v2/{device_id}/connections/reset",
+            "resetConnection",
+        ),
+        (
+            "post",
+            "/{workspace}/devices/v2/{device_id}/install-id",
+            "newInstallId",
+        ),
+    ];
+
+    const METHODS: &[&str] = &[
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+
+    /// `getDevice`: a lower-case start, letters and digits, and at least one
+    /// capital (a verb and a noun), so no snake_case or one-word function
+    /// name (utoipa's fallback) passes.
+    fn is_camel_case_id(id: &str) -> bool {
+        id.starts_with(|c: char| c.is_ascii_lowercase())
+            && id.chars().all(|c| c.is_ascii_alphanumeric())
+            && id.chars().any(|c| c.is_ascii_uppercase())
+    }
+
+    #[test]
+    fn camel_case_ids_are_told_apart_from_function_names() {
+        for good in ["getDevice", "listDeviceConfigVersions", "checkLiveness"] {
+            assert!(is_camel_case_id(good), "{good}");
+        }
+        for bad in ["get_one", "healthz", "list", "GetDevice", "get-device", ""] {
+            assert!(!is_camel_case_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_operation_has_one_unique_camel_case_id() {
+        let doc: serde_json::Value = serde_json::to_value(document()).unwrap();
+        let mut ids = std::collections::BTreeMap::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                if !METHODS.contains(&method.as_str()) {
+                    continue;
+                }
+                let id = op["operationId"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+                assert!(
+                    is_camel_case_id(id),
+                    "{method} {path}: operationId {id:?} is not camelCase verbNoun"
+                );
+                if let Some((m, p)) = ids.insert(id.to_string(), (method.clone(), path.clone())) {
+                    panic!("operationId {id} names both {m} {p} and {method} {path}");
+                }
+            }
+        }
+        let published: std::collections::BTreeSet<(String, String, String)> = ids
+            .into_iter()
+            .map(|(id, (method, path))| (method, path, id))
+            .collect();
+        let wanted: std::collections::BTreeSet<(String, String, String)> = OPERATION_IDS
+            .iter()
+            .map(|(m, p, id)| (m.to_string(), p.to_string(), id.to_string()))
+            .collect();
+        assert_eq!(published, wanted, "operationIds differ from the table");
+    }
+
+    /// utoipa keeps the last of several `operation_id`s and falls back to
+    /// the function's name without one: each `#[utoipa::path]` in `rest/`
+    /// names exactly one, and not its function's name.
+    #[test]
+    fn each_handler_names_exactly_one_operation_id() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/rest");
+        // Split so that this test's own text is no match.
+        let needle = concat!("#[utoipa", "::path(");
+        let mut handlers = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let file = path.file_name().unwrap().to_string_lossy().to_string();
+            for (at, _) in text.match_indices(needle) {
+                let rest = &text[at..];
+                let fn_at = rest
+                    .find("async fn ")
+                    .unwrap_or_else(|| panic!("{file}: no handler after #[utoipa::path]"));
+                let attribute = &rest[..fn_at];
+                let name: String = rest[fn_at + "async fn ".len()..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                let ids: Vec<&str> = attribute
+                    .match_indices("operation_id = \"")
+                    .map(|(i, m)| {
+                        let tail = &attribute[i + m.len()..];
+                        &tail[..tail.find('"').unwrap()]
+                    })
+                    .collect();
+                assert_eq!(ids.len(), 1, "{file}: {name} names operation ids {ids:?}");
+                assert_ne!(ids[0], name, "{file}: {name}'s id is its function name");
+                handlers += 1;
+            }
+        }
+        assert_eq!(handlers, OPERATION_IDS.len(), "one handler per operation");
+    }
+
+    /// The 4xx answers are declared once, under `components/responses`, and
+    /// referenced from each operation; every reference resolves.
+    #[test]
+    fn error_responses_are_shared_components() {
+        let doc: serde_json::Value = serde_json::to_value(document()).unwrap();
+        let shared = doc["components"]["responses"].as_object().unwrap();
+        for name in ["BadRequest", "Unauthorized", "Forbidden", "NotFound"] {
+            assert!(shared.contains_key(name), "components/responses/{name}");
+        }
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    if status.starts_with('4') {
+                        assert!(
+                            response.get("$ref").is_some(),
+                            "{method} {path} {status} is declared inline"
+                        );
+                    }
+                }
+                if path != "/healthz" && path != "/readyz" {
+                    assert!(op["responses"]["401"].is_object(), "{method} {path} 401");
+                    assert!(op["responses"]["403"].is_object(), "{method} {path} 403");
+                }
+            }
+        }
+        fn refs<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let Some(serde_json::Value::String(r)) = m.get("$ref") {
+                        out.push(r);
+                    }
+                    m.values().for_each(|v| refs(v, out));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(all.iter().any(|r| r.starts_with("#/components/responses/")));
+        for r in all {
+            let pointer = r
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("external $ref {r}"));
+            assert!(doc.pointer(pointer).is_some(), "{r} resolves to nothing");
+        }
     }
 
     #[test]

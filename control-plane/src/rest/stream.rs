@@ -55,11 +55,11 @@ type Events = ReceiverStream<Result<Event, Infallible>>;
     ),
     responses(
         (status = 200, description = "`text/event-stream`: `sample` events (id = seq, data = a sample as in telemetry/raw), keep-alive comments, and a final `end` event `{reason}`", content_type = "text/event-stream", body = String),
-        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
-        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
-        (status = 429, description = "Telemetry rate limit; see Retry-After", body = ErrorBody),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        TelemetryRateLimited,
         (status = 503, description = "This replica serves its maximum number of live streams", body = ErrorBody),
     )
 )]

@@ -92,16 +92,15 @@ impl From<TelemetrySample> for SampleView {
     get,
     path = "/{workspace}/devices/v2/{device_id}/telemetry/raw",
     operation_id = "getRawTelemetry",
-    operation_id = "getTelemetry",
     tag = "telemetry",
     params(DevicePath, WindowQuery, DirectedPageQuery),
     responses(
         (status = 200, description = "Success", body = Page<SampleView>),
-        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
-        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
-        (status = 429, description = "Telemetry rate limit; see Retry-After", body = ErrorBody),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        TelemetryRateLimited,
     )
 )]
 pub async fn raw(
@@ -197,15 +196,16 @@ pub fn parse_period(raw: Option<&str>) -> Result<(&'static str, i64, &'static st
 #[utoipa::path(
     get,
     path = "/{workspace}/devices/v2/{device_id}/telemetry",
+    operation_id = "getTelemetrySeries",
     tag = "telemetry",
     params(DevicePath, PeriodQuery),
     responses(
         (status = 200, description = "Success", body = SeriesView),
-        (status = 400, description = "Invalid parameter or body; the message names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = AuthErrorBody),
-        (status = 403, description = "Missing scope, device-scoped key elsewhere, or feature gate", body = ErrorBody),
-        (status = 404, description = "Device (or source/config version) not found, or in another workspace", body = ErrorBody),
-        (status = 429, description = "Telemetry rate limit; see Retry-After", body = ErrorBody),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        TelemetryRateLimited,
     )
 )]
 pub async fn series(

@@ -38,7 +38,8 @@ struct Map {
     per_workspace: HashMap<String, usize>,
 }
 
-#[derive(Default)]
+/// A handle to the feed; clones share it.
+#[derive(Default, Clone)]
 pub struct Feed {
     inner: Arc<Inner>,
 }

@@ -3,7 +3,8 @@
 //!
 //! - [`grpc`]: the device side (enrollment, sessions, telemetry ingest)
 //! - [`rest`]: the operator side (Deployment Manager compatible REST API)
-//! - [`store`]: persistence behind one trait (SQLite embedded)
+//! - [`store`]: persistence behind one trait (SQLite embedded, or PostgreSQL
+//!   for several replicas)
 //! - [`pki`]: the certificate authority
 //! - [`server`]: wires them together and owns start-up and shutdown
 #![forbid(unsafe_code)]
@@ -35,8 +36,10 @@ pub struct AppState {
     pub public_url: String,
     /// Flips to `true` when the server is stopping; long-lived streams end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
-    /// Sessions connected to this process, and the live telemetry feed.
+    /// Sessions connected to this process.
     pub live: Arc<live::LiveDevices>,
+    /// Commit signals for the operators' live telemetry streams.
+    pub feed: feed::Feed,
     /// The control plane's own Prometheus metrics.
     pub metrics: metrics::Metrics,
     /// Group commit for telemetry (see `grpc/commit.rs`).

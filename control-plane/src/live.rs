@@ -1,5 +1,7 @@
 //! Devices connected to this replica right now, and a way to reach their
-//! streams: cut them (revocation), push a config, ask for a rotation.
+//! streams: cut them (revocation), push a config, ask for a rotation. What
+//! a session is asked to do is queued as a [`Push`]; the gRPC session turns
+//! it into its wire message (this module knows no wire types).
 //!
 //! With several replicas (PostgreSQL), what an operator does on one replica
 //! must reach a device connected to another: every such action is also
@@ -10,13 +12,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use outpost_proto::v1::server_message::Kind as ServerKind;
-use outpost_proto::v1::{ConfigUpdate, ServerMessage, Settings};
 use tokio::sync::{mpsc, watch};
 
-use crate::device_config;
 use crate::feed::Feed;
-use crate::grpc::HEARTBEAT_INTERVAL_SECS;
 use crate::store::ConfigVersion;
 
 /// Devices per `Committed` event: ids are at most 64 bytes, so 64 entries
@@ -38,9 +36,18 @@ pub enum Cut {
     Expired,
 }
 
+/// What an operator asks of a connected session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Push {
+    /// The device's config is now this version.
+    Config(ConfigVersion),
+    /// Rotate the key now.
+    Rotate,
+}
+
 struct Stream {
     /// Pushes to a session (None for telemetry streams).
-    push: Option<mpsc::Sender<ServerMessage>>,
+    push: Option<mpsc::Sender<Push>>,
     cut: watch::Sender<Option<Cut>>,
 }
 
@@ -68,14 +75,14 @@ pub enum LiveEvent {
     },
 }
 
-#[derive(Default)]
 pub struct LiveDevices {
     sessions: Mutex<Map>,
     next_handle: AtomicU64,
     /// Where actions go for the other replicas (set when there are any).
     publish: std::sync::OnceLock<mpsc::UnboundedSender<LiveEvent>>,
-    /// Committed telemetry for operators watching (SSE).
-    pub feed: Feed,
+    /// Where commit and deletion signals go, this replica's and the others'
+    /// (the same feed `AppState::feed` serves the SSE streams from).
+    feed: Feed,
 }
 
 /// A stream's registration; unregisters on drop.
@@ -83,8 +90,8 @@ pub struct Registration<'a> {
     live: &'a LiveDevices,
     device_id: String,
     handle: u64,
-    /// Messages for a session stream (never yields for telemetry streams).
-    pub inbox: mpsc::Receiver<ServerMessage>,
+    /// Pushes for a session stream (never yields for telemetry streams).
+    pub inbox: mpsc::Receiver<Push>,
     /// Becomes `Some` when the device's streams are cut; see [`cut`].
     pub cut: watch::Receiver<Option<Cut>>,
 }
@@ -116,6 +123,16 @@ impl Drop for Registration<'_> {
 }
 
 impl LiveDevices {
+    /// A registry that passes commit and deletion signals to `feed`.
+    pub fn new(feed: Feed) -> Self {
+        LiveDevices {
+            sessions: Mutex::default(),
+            next_handle: AtomicU64::default(),
+            publish: std::sync::OnceLock::new(),
+            feed,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Map> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (single inserts/removes), so a poisoned lock is still usable.
@@ -242,11 +259,10 @@ impl LiveDevices {
     }
 
     fn push_rotate_local(&self, device_id: &str) -> bool {
-        let msg = rotate_now();
         let mut reached = false;
         if let Some(streams) = self.lock().get(device_id) {
             for tx in streams.values().filter_map(|s| s.push.as_ref()) {
-                reached |= tx.try_send(msg.clone()).is_ok();
+                reached |= tx.try_send(Push::Rotate).is_ok();
             }
         }
         reached
@@ -262,36 +278,13 @@ impl LiveDevices {
     }
 
     pub fn push_config_local(&self, device_id: &str, config: &ConfigVersion) {
-        let msg = ServerMessage {
-            kind: Some(ServerKind::Config(config_update(config))),
-        };
         if let Some(streams) = self.lock().get(device_id) {
             for tx in streams.values().filter_map(|s| s.push.as_ref()) {
-                if tx.try_send(msg.clone()).is_err() {
+                if tx.try_send(Push::Config(config.clone())).is_err() {
                     tracing::warn!(device = %device_id, "session queue full; config reaches it on reconnect");
                 }
             }
         }
-    }
-}
-
-/// The wire form of a config version, with the settings derived from it.
-pub fn config_update(config: &ConfigVersion) -> ConfigUpdate {
-    ConfigUpdate {
-        version: config.version,
-        config_json: config.config.to_string(),
-        settings: Some(Settings {
-            telemetry_interval_secs: device_config::telemetry_interval_secs(&config.config)
-                .unwrap_or(0),
-            heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
-        }),
-    }
-}
-
-/// The session message that makes an agent rotate its key now.
-pub fn rotate_now() -> ServerMessage {
-    ServerMessage {
-        kind: Some(ServerKind::Rotate(outpost_proto::v1::RotateNow {})),
     }
 }
 
@@ -301,7 +294,8 @@ mod tests {
 
     #[tokio::test]
     async fn pushes_and_cuts_reach_registered_streams_until_they_drop() {
-        let live = LiveDevices::default();
+        let feed = Feed::default();
+        let live = LiveDevices::new(feed.clone());
         let mut a = live.register("d1");
         let mut b = live.register("d1");
         assert!(live.is_connected("d1"));
@@ -312,13 +306,11 @@ mod tests {
         };
         live.push_config("d1", &cfg);
         for r in [&mut a, &mut b] {
-            match r.inbox.try_recv().unwrap().kind {
-                Some(ServerKind::Config(c)) => {
-                    assert_eq!(c.version, 3);
-                    assert_eq!(c.settings.unwrap().telemetry_interval_secs, 5);
-                }
-                other => panic!("{other:?}"),
-            }
+            assert_eq!(r.inbox.try_recv().unwrap(), Push::Config(cfg.clone()));
+        }
+        assert!(live.push_rotate("d1"));
+        for r in [&mut a, &mut b] {
+            assert_eq!(r.inbox.try_recv().unwrap(), Push::Rotate);
         }
         let mut t = live.register_stream("d1");
         live.disconnect("d1", Cut::Disabled);
@@ -333,5 +325,23 @@ mod tests {
         let fresh = live.register("d1");
         assert_eq!(*fresh.cut.borrow(), None);
         live.push_config("d1", &cfg); // nobody listening: no panic
+    }
+
+    #[test]
+    fn commits_and_deletions_here_and_elsewhere_reach_the_feed() {
+        let feed = Feed::default();
+        let live = LiveDevices::new(feed.clone());
+        let mut w = feed.watch("acme", "d1").unwrap();
+        live.committed(vec![("d1".into(), 4)]);
+        assert_eq!(w.signal().borrow_and_update().committed, 4);
+        live.apply(&LiveEvent::Committed {
+            devices: vec![("d1".into(), 9)],
+        });
+        assert_eq!(w.signal().borrow_and_update().committed, 9);
+        live.apply(&LiveEvent::Cut {
+            device: "d1".into(),
+            why: Cut::Deleted,
+        });
+        assert!(w.signal().borrow().deleted);
     }
 }

@@ -56,7 +56,8 @@ pub async fn run(
         None => None,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let live = Arc::new(crate::live::LiveDevices::default());
+    let feed = crate::feed::Feed::default();
+    let live = Arc::new(crate::live::LiveDevices::new(feed.clone()));
     let metrics = crate::metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?;
     let telemetry_writer =
         grpc::commit::TelemetryWriter::start(store.clone(), live.clone(), metrics.clone());
@@ -71,6 +72,7 @@ pub async fn run(
         public_url,
         shutdown: stop_rx.clone(),
         live,
+        feed,
         metrics,
         metrics_token_hash,
         limits: Default::default(),

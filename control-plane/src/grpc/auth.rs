@@ -18,9 +18,6 @@ pub struct DeviceIdentity {
     pub superseded: bool,
 }
 
-/// Requires a client certificate whose serial the store knows, not revoked,
-/// of an enabled device. The TLS layer has already verified the chain to our
-/// CA and the validity period.
 /// How long a superseded certificate keeps working after a rotation when the
 /// new one is not used (e.g. the agent crashed before saving it).
 pub const ROTATION_GRACE_MS: i64 = 10 * 60 * 1000;
@@ -33,6 +30,9 @@ pub enum Expired {
     Allow,
 }
 
+/// Requires a client certificate whose serial the store knows, not revoked,
+/// of an enabled device. The TLS layer has already verified the chain to our
+/// CA and the validity period.
 pub async fn authenticate<T>(
     state: &AppState,
     request: &Request<T>,

@@ -2,7 +2,7 @@
 //! becomes typed values here, or a clear INVALID_ARGUMENT.
 
 use outpost_proto::v1 as pb;
-use outpost_proto::{MAX_LOG_MESSAGE_BYTES, MAX_LOGS_PER_BATCH, MAX_SAMPLES_PER_BATCH};
+use outpost_proto::{MAX_GPUS, MAX_LOG_MESSAGE_BYTES, MAX_LOGS_PER_BATCH, MAX_SAMPLES_PER_BATCH};
 
 use crate::store::{
     DeviceFacts, GpuInfo, GpuSample, LogRecord, SEVERITIES, TelemetrySample, Temperature,
@@ -10,7 +10,6 @@ use crate::store::{
 
 const MAX_TEXT: usize = 256;
 const MAX_TEMPERATURES: usize = outpost_proto::MAX_TEMPERATURES_PER_SAMPLE;
-const MAX_GPUS: usize = 16;
 
 /// Clips free text from the device to a sane length (on a char boundary).
 fn clip(s: String) -> String {

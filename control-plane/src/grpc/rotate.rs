@@ -1,7 +1,7 @@
 //! `ResetConnection`: the device rotates its key over its current link. The
 //! new certificate becomes current at once; the old one keeps working until
-//! the new one opens a session (or `ROTATION_GRACE` passes), so a crash in
-//! the middle of a rotation never locks a box out.
+//! the new one opens a session (or `auth::ROTATION_GRACE_MS` passes), so a
+//! crash in the middle of a rotation never locks a box out.
 
 use outpost_proto::v1::{ResetConnectionRequest, ResetConnectionResponse};
 use tonic::Status;

@@ -6,14 +6,17 @@ use std::time::Duration;
 
 use outpost_proto::v1::agent_message::Kind as AgentKind;
 use outpost_proto::v1::server_message::Kind as ServerKind;
-use outpost_proto::v1::{AgentMessage, ServerMessage, SessionStart, Settings};
+use outpost_proto::v1::{
+    AgentMessage, ConfigUpdate, RotateNow, ServerMessage, SessionStart, Settings,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use crate::AppState;
-use crate::ids;
-use crate::store::now_ms;
+use crate::live::Push;
+use crate::store::{ConfigVersion, now_ms};
+use crate::{device_config, ids};
 
 use super::{
     DeviceIdentity, HEARTBEAT_INTERVAL_SECS, TELEMETRY_INTERVAL_SECS, convert, store_status,
@@ -86,7 +89,7 @@ async fn run(
     let mut sent = tx.send(Ok(start)).await.is_ok();
     if sent && id.superseded {
         tracing::info!(device = %id.device_id, serial = %id.serial, "session on a superseded certificate: asking the agent to rotate");
-        sent = tx.send(Ok(crate::live::rotate_now())).await.is_ok();
+        sent = tx.send(Ok(rotate_now())).await.is_ok();
     }
     if sent {
         let mut shutdown = state.shutdown.clone();
@@ -121,7 +124,7 @@ async fn run(
                     Ok(None) | Err(_) => break,
                 },
                 Some(push) = registration.inbox.recv() => {
-                    if tx.send(Ok(push)).await.is_err() {
+                    if tx.send(Ok(server_message(push))).await.is_err() {
                         break;
                     }
                 }
@@ -157,7 +160,7 @@ async fn session_start(state: &AppState, id: &DeviceIdentity) -> Result<ServerMe
         .get_config(&id.device_id, None)
         .await
         .map_err(store_status)?
-        .map(|c| crate::live::config_update(&c));
+        .map(|c| config_update(&c));
     Ok(ServerMessage {
         kind: Some(ServerKind::Start(SessionStart {
             settings: Some(Settings {
@@ -176,6 +179,36 @@ async fn session_start(state: &AppState, id: &DeviceIdentity) -> Result<ServerMe
     })
 }
 
+/// The wire form of what an operator asked of this session.
+fn server_message(push: Push) -> ServerMessage {
+    match push {
+        Push::Config(c) => ServerMessage {
+            kind: Some(ServerKind::Config(config_update(&c))),
+        },
+        Push::Rotate => rotate_now(),
+    }
+}
+
+/// The wire form of a config version, with the settings derived from it.
+fn config_update(config: &ConfigVersion) -> ConfigUpdate {
+    ConfigUpdate {
+        version: config.version,
+        config_json: config.config.to_string(),
+        settings: Some(Settings {
+            telemetry_interval_secs: device_config::telemetry_interval_secs(&config.config)
+                .unwrap_or(0),
+            heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
+        }),
+    }
+}
+
+/// The session message that makes an agent rotate its key now.
+fn rotate_now() -> ServerMessage {
+    ServerMessage {
+        kind: Some(ServerKind::Rotate(RotateNow {})),
+    }
+}
+
 async fn close(state: &AppState, id: &DeviceIdentity, session_id: &str) {
     match state
         .store
@@ -184,5 +217,34 @@ async fn close(state: &AppState, id: &DeviceIdentity, session_id: &str) {
     {
         Ok(()) => tracing::info!(device = %id.device_id, "device disconnected"),
         Err(e) => tracing::warn!(device = %id.device_id, "session end not recorded: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_become_their_wire_messages() {
+        let cfg = ConfigVersion {
+            version: 3,
+            config: serde_json::json!({"telemetry_interval_secs": 5}),
+            created_at: 0,
+        };
+        match server_message(Push::Config(cfg)).kind {
+            Some(ServerKind::Config(c)) => {
+                assert_eq!(c.version, 3);
+                let v: serde_json::Value = serde_json::from_str(&c.config_json).unwrap();
+                assert_eq!(v["telemetry_interval_secs"], 5);
+                let settings = c.settings.unwrap();
+                assert_eq!(settings.telemetry_interval_secs, 5);
+                assert_eq!(settings.heartbeat_interval_secs, HEARTBEAT_INTERVAL_SECS);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            server_message(Push::Rotate).kind,
+            Some(ServerKind::Rotate(_))
+        ));
     }
 }

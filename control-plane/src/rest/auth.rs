@@ -1,6 +1,7 @@
 //! API-key authentication and authorization for every `/{workspace}/…` route.
-//! Handlers take a [`Caller`] and call [`Caller::require`]; nothing else in
-//! the REST layer looks at keys or scopes.
+//! Handlers take a [`Caller`] and call [`Caller::require`], or, for a route
+//! of one device, [`authorized_device`]; nothing else in the REST layer looks
+//! at keys or scopes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use axum::http::request::Parts;
 use crate::AppState;
 use crate::admin::{SCOPE_DEVICE_READ, SCOPE_DEVICE_UPDATE};
 use crate::ids;
+use crate::store::Device;
 
 use super::error::ApiError;
 
@@ -75,6 +77,26 @@ impl Caller {
         }
         Ok(())
     }
+}
+
+/// Checks scope and device binding, then looks the device up in the
+/// caller's workspace. Another workspace's device is indistinguishable from a
+/// missing one (404). Every per-device route starts here.
+pub async fn authorized_device(
+    state: &AppState,
+    caller: &Caller,
+    scope: Scope,
+    id: &str,
+) -> Result<Device, ApiError> {
+    caller.require(scope, Target::Device(id))?;
+    if !ids::is_valid_device_id(id) {
+        return Err(ApiError::not_found("device not found"));
+    }
+    state
+        .store
+        .get_device(&caller.workspace, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("device not found"))
 }
 
 const HINT: &str =

@@ -10,8 +10,7 @@ use serde::Serialize;
 use crate::store::{ConfigVersion, now_ms};
 use crate::{AppState, device_config};
 
-use super::auth::{Caller, Scope, Target};
-use super::devices::authorized_device;
+use super::auth::{Caller, Scope, Target, authorized_device};
 use super::error::ApiError;
 #[allow(unused_imports)]
 use super::openapi::*;

@@ -16,7 +16,7 @@ use crate::store::{
 };
 use crate::{AppState, admin, device_config, ids};
 
-use super::auth::{Caller, Scope, Target};
+use super::auth::{Caller, Scope, Target, authorized_device};
 use super::error::ApiError;
 #[allow(unused_imports)]
 use super::openapi::*;
@@ -103,26 +103,6 @@ impl DeviceView {
             latest_telemetry: None,
         }
     }
-}
-
-/// Checks scope and device binding, then looks the device up in the
-/// caller's workspace. Another workspace's device is indistinguishable from a
-/// missing one (404). Every per-device route starts here.
-pub async fn authorized_device(
-    state: &AppState,
-    caller: &Caller,
-    scope: Scope,
-    id: &str,
-) -> Result<Device, ApiError> {
-    caller.require(scope, Target::Device(id))?;
-    if !ids::is_valid_device_id(id) {
-        return Err(ApiError::not_found("device not found"));
-    }
-    state
-        .store
-        .get_device(&caller.workspace, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("device not found"))
 }
 
 #[utoipa::path(

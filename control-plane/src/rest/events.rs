@@ -9,8 +9,7 @@ use serde::Serialize;
 use crate::AppState;
 use crate::store::{Direction, Event, EventQuery};
 
-use super::auth::{Caller, Scope, Target};
-use super::devices::authorized_device;
+use super::auth::{Caller, Scope, Target, authorized_device};
 use super::error::ApiError;
 #[allow(unused_imports)]
 use super::openapi::*;

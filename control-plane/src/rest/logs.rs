@@ -13,8 +13,7 @@ use serde::Serialize;
 use crate::AppState;
 use crate::store::{LogQuery, LogRecord, SEVERITIES, UnixMillis};
 
-use super::auth::{Caller, Scope, Target};
-use super::devices::authorized_device;
+use super::auth::{Caller, Scope, Target, authorized_device};
 use super::error::ApiError;
 #[allow(unused_imports)]
 use super::openapi::*;

@@ -175,7 +175,7 @@ fn own(state: &AppState) -> Result<Vec<Box<dyn Collector>>, prometheus::Error> {
         "outpost_live_streams",
         "Operator telemetry streams (SSE) open on this replica.",
     )?;
-    streams.set(state.live.feed.watchers() as i64);
+    streams.set(state.feed.watchers() as i64);
     let info = prometheus::IntGaugeVec::new(
         Opts::new("outpost_build_info", "The control plane's version."),
         &["version"],

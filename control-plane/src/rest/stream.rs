@@ -23,8 +23,7 @@ use crate::AppState;
 use crate::feed::Watch;
 use crate::store::{Direction, TelemetryQuery};
 
-use super::auth::{Caller, Scope};
-use super::devices::authorized_device;
+use super::auth::{Caller, Scope, authorized_device};
 use super::error::ApiError;
 #[allow(unused_imports)]
 use super::openapi::*;
@@ -77,7 +76,6 @@ pub async fn stream(
         .check_telemetry(&caller.workspace, &device.id)?;
     // Watch before reading the last seq: nothing committed in between is missed.
     let watch = state
-        .live
         .feed
         .watch(&caller.workspace, &device.id)
         .ok_or_else(|| {

@@ -13,8 +13,7 @@ use crate::store::{
     GpuSample, TelemetryBucket, TelemetryQuery, TelemetrySample, Temperature, now_ms,
 };
 
-use super::auth::{Caller, Scope, Target};
-use super::devices::authorized_device;
+use super::auth::{Caller, Scope, Target, authorized_device};
 use super::error::ApiError;
 #[allow(unused_imports)]
 use super::openapi::*;

@@ -240,28 +240,98 @@ pub(super) fn patch_events(
     events
 }
 
-/// A row of `SELECT * FROM telemetry`.
+/// How a sample fills one telemetry column, and is filled from it: the
+/// column's name, the value for a sample, and the setter for a stored value.
+pub(super) enum SampleColumn {
+    Int(
+        &'static str,
+        fn(&TelemetrySample) -> i64,
+        fn(&mut TelemetrySample, i64),
+    ),
+    Float(
+        &'static str,
+        fn(&TelemetrySample) -> f64,
+        fn(&mut TelemetrySample, f64),
+    ),
+    /// A JSON array in a TEXT column.
+    Json(
+        &'static str,
+        fn(&TelemetrySample) -> String,
+        fn(&mut TelemetrySample, &str) -> StoreResult<()>,
+    ),
+}
+
+impl SampleColumn {
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Int(n, ..) | Float(n, ..) | Json(n, ..) => n,
+        }
+    }
+}
+
+use SampleColumn::{Float, Int, Json};
+
+/// A `u64` field in the column of its name.
+macro_rules! count {
+    ($f:ident) => {
+        Int(stringify!($f), |s| i(s.$f), |s, v| s.$f = u(v))
+    };
+}
+/// An `f64` field in the column of its name.
+macro_rules! real {
+    ($f:ident) => {
+        Float(stringify!($f), |s| s.$f, |s, v| s.$f = v)
+    };
+}
+/// A vector field as JSON in the column of its name.
+macro_rules! json_array {
+    ($f:ident) => {
+        Json(
+            stringify!($f),
+            |s| to_json(&s.$f),
+            |s, v| json_vec(v, stringify!($f)).map(|x| s.$f = x),
+        )
+    };
+}
+
+/// The telemetry columns a sample fills — all but `device_id` and
+/// `received_at` — in the order the statements list and bind them. The one
+/// list of them: every telemetry statement and conversion is built from it.
+pub(super) const SAMPLE_COLUMNS: [SampleColumn; 17] = [
+    count!(seq),
+    Int("ts", |s| s.timestamp, |s, v| s.timestamp = v),
+    Float(
+        "cpu_percent",
+        |s| s.cpu_percent.into(),
+        |s, v| s.cpu_percent = v as f32,
+    ),
+    count!(memory_used_bytes),
+    count!(memory_total_bytes),
+    count!(swap_used_bytes),
+    count!(swap_total_bytes),
+    count!(disk_used_bytes),
+    count!(disk_total_bytes),
+    count!(network_rx_bytes),
+    count!(network_tx_bytes),
+    real!(load_1m),
+    real!(load_5m),
+    real!(load_15m),
+    count!(uptime_secs),
+    json_array!(temperatures),
+    json_array!(gpus),
+];
+
+/// A row with the [`SAMPLE_COLUMNS`] (`SELECT * FROM telemetry`).
 pub(super) fn sample_from_row(r: &impl Cols) -> StoreResult<TelemetrySample> {
-    let n = |name: &str| -> StoreResult<u64> { Ok(u(r.int(name)?)) };
-    Ok(TelemetrySample {
-        seq: n("seq")?,
-        timestamp: r.int("ts")?,
-        cpu_percent: r.float("cpu_percent")? as f32,
-        memory_used_bytes: n("memory_used_bytes")?,
-        memory_total_bytes: n("memory_total_bytes")?,
-        swap_used_bytes: n("swap_used_bytes")?,
-        swap_total_bytes: n("swap_total_bytes")?,
-        disk_used_bytes: n("disk_used_bytes")?,
-        disk_total_bytes: n("disk_total_bytes")?,
-        network_rx_bytes: n("network_rx_bytes")?,
-        network_tx_bytes: n("network_tx_bytes")?,
-        load_1m: r.float("load_1m")?,
-        load_5m: r.float("load_5m")?,
-        load_15m: r.float("load_15m")?,
-        uptime_secs: n("uptime_secs")?,
-        temperatures: json_vec(&r.text("temperatures")?, "temperatures")?,
-        gpus: json_vec(&r.text("gpus")?, "gpus")?,
-    })
+    let mut s = TelemetrySample::default();
+    for c in &SAMPLE_COLUMNS {
+        match c {
+            Int(name, _, set) => set(&mut s, r.int(name)?),
+            Float(name, _, set) => set(&mut s, r.float(name)?),
+            Json(name, _, set) => set(&mut s, &r.text(name)?)?,
+        }
+    }
+    Ok(s)
 }
 
 /// Columns `version, config, created_at` of `device_configs`.

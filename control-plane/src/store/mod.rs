@@ -4,6 +4,7 @@
 
 mod common;
 pub mod postgres;
+mod sql;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -573,29 +574,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         commits: &[EnrollmentCommit],
     ) -> StoreResult<Vec<StoreResult<()>>> {
-        let mut per_device: Vec<Vec<usize>> = Vec::new();
-        let mut slot: std::collections::HashMap<&str, usize> = Default::default();
-        for (i, c) in commits.iter().enumerate() {
-            let k = *slot.entry(c.device_id.as_str()).or_insert_with(|| {
-                per_device.push(Vec::new());
-                per_device.len() - 1
-            });
-            per_device[k].push(i);
-        }
-        let runs = per_device.into_iter().map(|idxs| async move {
-            let mut out = Vec::with_capacity(idxs.len());
-            for i in idxs {
-                out.push((i, self.complete_enrollment(&commits[i]).await));
-            }
-            out
-        });
-        let mut each: Vec<(usize, StoreResult<()>)> = futures_util::future::join_all(runs)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        each.sort_by_key(|(i, _)| *i);
-        Ok(each.into_iter().map(|(_, r)| r).collect())
+        complete_enrollments_side_by_side(self, commits).await
     }
 
     async fn get_cert(&self, serial: &str) -> StoreResult<Option<CertRecord>>;
@@ -675,4 +654,35 @@ pub trait Store: Send + Sync + 'static {
         &self,
         device_ids: &[String],
     ) -> StoreResult<Vec<(String, TelemetrySample)>>;
+}
+
+/// [`Store::complete_enrollments`]' default: different devices' enrollments
+/// side by side, each its own transaction, and one device's in order.
+async fn complete_enrollments_side_by_side<S: Store + ?Sized>(
+    store: &S,
+    commits: &[EnrollmentCommit],
+) -> StoreResult<Vec<StoreResult<()>>> {
+    let mut per_device: Vec<Vec<usize>> = Vec::new();
+    let mut slot: std::collections::HashMap<&str, usize> = Default::default();
+    for (i, c) in commits.iter().enumerate() {
+        let k = *slot.entry(c.device_id.as_str()).or_insert_with(|| {
+            per_device.push(Vec::new());
+            per_device.len() - 1
+        });
+        per_device[k].push(i);
+    }
+    let runs = per_device.into_iter().map(|idxs| async move {
+        let mut out = Vec::with_capacity(idxs.len());
+        for i in idxs {
+            out.push((i, store.complete_enrollment(&commits[i]).await));
+        }
+        out
+    });
+    let mut each: Vec<(usize, StoreResult<()>)> = futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    each.sort_by_key(|(i, _)| *i);
+    Ok(each.into_iter().map(|(_, r)| r).collect())
 }

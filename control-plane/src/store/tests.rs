@@ -129,6 +129,7 @@ store_tests!(
     replacing_the_device_key_leaves_one_live_key,
     events_page_both_ways,
     latest_telemetry_is_each_devices_newest_sample,
+    every_telemetry_column_round_trips,
 );
 
 replica_tests!(
@@ -286,6 +287,61 @@ async fn latest_telemetry_is_each_devices_newest_sample(s: Arc<dyn Store>) {
     let latest = s.latest_telemetry(&ids[..1]).await.unwrap();
     assert_eq!(latest.len(), 1);
     assert_eq!(latest[0].1.seq, 4);
+}
+
+/// A sample whose every field differs from every other (and from the
+/// other samples'), so a column stored or read as another shows.
+fn distinct_sample(seq: u64) -> TelemetrySample {
+    let n = seq * 100;
+    TelemetrySample {
+        seq,
+        timestamp: 1000 * seq as i64,
+        cpu_percent: seq as f32 + 0.5,
+        memory_used_bytes: n + 1,
+        memory_total_bytes: n + 2,
+        swap_used_bytes: n + 3,
+        swap_total_bytes: n + 4,
+        disk_used_bytes: n + 5,
+        disk_total_bytes: n + 6,
+        network_rx_bytes: n + 7,
+        network_tx_bytes: n + 8,
+        load_1m: seq as f64 + 0.25,
+        load_5m: seq as f64 + 0.375,
+        load_15m: seq as f64 + 0.625,
+        uptime_secs: n + 9,
+        temperatures: vec![Temperature {
+            sensor: format!("t{seq}"),
+            celsius: 40.5,
+        }],
+        gpus: vec![GpuSample {
+            index: 1,
+            name: format!("g{seq}"),
+            utilization_percent: 12.5,
+            memory_used_bytes: n + 10,
+            ..Default::default()
+        }],
+    }
+}
+
+async fn every_telemetry_column_round_trips(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    // 5 rows: on SQLite a 4-row and a 1-row statement.
+    let samples: Vec<TelemetrySample> = (1..=5).map(distinct_sample).collect();
+    assert_eq!(s.insert_telemetry("d1", &samples, 0).await.unwrap(), 5);
+    let got = s
+        .query_telemetry(&TelemetryQuery {
+            device_id: "d1".into(),
+            start: None,
+            end: None,
+            after_seq: None,
+            direction: Direction::Forward,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, samples);
+    let latest = s.latest_telemetry(&["d1".into()]).await.unwrap();
+    assert_eq!(latest, [("d1".to_string(), samples[4].clone())]);
 }
 
 async fn telemetry_is_stored_once_per_seq(s: Arc<dyn Store>) {

@@ -1,0 +1,1204 @@
+//! The SQL backends' one implementation of [`Store`]. Every statement is
+//! written once, with `$N` placeholders: PostgreSQL's own, and sqlx's SQLite
+//! driver binds `$N` to the N-th argument too. What really differs between
+//! SQLite and PostgreSQL sits behind [`Dialect`] (`sqlite.rs`,
+//! `postgres.rs`), as vector keeps its disk buffer once behind a narrow
+//! `Filesystem` trait.
+//!
+//! Concurrency. SQLite has one writer: every transaction here writes and
+//! starts with `BEGIN IMMEDIATE`, so a transaction that reads and then
+//! writes sees no other writer in between. With PostgreSQL several replicas
+//! write at once, and each statement below is written so that it stays
+//! correct there: either a single conditional `UPDATE` (PostgreSQL
+//! row-locks the row and re-checks the `WHERE` clause against the newest
+//! committed version, so two replicas cannot both succeed), or a read that
+//! takes the dialect's row lock ([`Dialect::ROW_LOCK`]) before the write.
+//!
+//! Lock order, to stay free of deadlocks: the device row first, then its
+//! certificates and keys, then (last) the device's event lock
+//! ([`Dialect::lock_events`]).
+
+use std::future::Future;
+
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Transaction, Type,
+};
+
+use super::common::*;
+use super::*;
+
+/// What differs between the SQL databases the store runs on, implemented by
+/// sqlx's database types themselves. Everything else is [`SqlStore`].
+pub trait Dialect: Database {
+    /// Starts a transaction. Every transaction of the store writes.
+    const BEGIN: &'static str;
+    /// Appended to a read whose result decides a write in the same
+    /// transaction, to lock the rows read until commit. `None` where one
+    /// writer runs at a time and nothing needs locking — which also lets a
+    /// group of enrollments share one transaction.
+    const ROW_LOCK: Option<&'static str>;
+    /// The statement behind [`Store::latest_telemetry`]: `SELECT t.*` of
+    /// the newest telemetry row of each device id in the list bound by
+    /// [`Dialect::bind_ids`] as `$1`.
+    const LATEST_TELEMETRY: &'static str;
+
+    /// The statement texts built from this dialect ([`Texts::new`]), built
+    /// once so sqlx's statement cache keeps their prepared forms.
+    fn texts() -> &'static Texts;
+    /// Rows a statement changed.
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+    /// `agg` over the number `field` of each element of the JSON array in
+    /// the TEXT column `column`, as `ty` (where the dialect needs a type).
+    fn json_array_agg(agg: &str, column: &str, field: &str, ty: &str) -> String;
+    /// Binds a list of ids as one parameter.
+    fn bind_ids<'q>(
+        q: sqlx::query::Query<'q, Self, Self::Arguments>,
+        ids: &'q [String],
+    ) -> sqlx::query::Query<'q, Self, Self::Arguments>;
+    /// Taken in `tx` before an event of the device is appended.
+    fn lock_events(
+        tx: &mut Transaction<'static, Self>,
+        device_id: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Stores (device, sample) rows atomically, ignoring any (device, seq)
+    /// already stored; returns how many were new. Durable when it returns.
+    fn insert_telemetry(
+        pool: &Pool<Self>,
+        rows: &[(&str, &TelemetrySample)],
+        received_at: UnixMillis,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// [`Store::insert_logs`].
+    fn insert_logs(
+        pool: &Pool<Self>,
+        device_id: &str,
+        logs: &[LogRecord],
+        received_at: UnixMillis,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
+}
+
+/// A [`Store`] on a SQL database of dialect `D`.
+pub struct SqlStore<D: Dialect> {
+    pub(super) pool: Pool<D>,
+}
+
+/// A live (not deleted) device of a workspace.
+const DEVICE_LIVE: &str = device_select!("WHERE workspace = $1 AND id = $2 AND deleted_at IS NULL");
+
+/// Statement texts that a dialect completes, built once per dialect.
+pub struct Texts {
+    /// [`DEVICE_LIVE`], locked.
+    device_locked: String,
+    /// A device's loss totals, locked.
+    loss_locked: String,
+    /// Locks a device's row, where rows are locked.
+    lock_device: Option<String>,
+    telemetry_buckets: String,
+}
+
+impl Texts {
+    pub(super) fn new<D: Dialect>() -> Self {
+        let lock = D::ROW_LOCK.unwrap_or("");
+        let json = D::json_array_agg;
+        Texts {
+            device_locked: format!("{DEVICE_LIVE}{lock}"),
+            loss_locked: format!(
+                "SELECT telemetry_dropped, logs_dropped, spool_corrupt, logs_rate_limited \
+                 FROM devices WHERE id = $1{lock}"
+            ),
+            lock_device: D::ROW_LOCK.map(|l| format!("SELECT 1 FROM devices WHERE id = $1{l}")),
+            // AVG and SUM of BIGINT give NUMERIC on PostgreSQL, hence the
+            // casts (no-ops on SQLite, whose AVG is REAL already).
+            telemetry_buckets: format!(
+                "SELECT (ts / $4) * $4 AS bucket, COUNT(*) AS n, \
+                 AVG(cpu_percent) AS cpu_avg, MAX(cpu_percent) AS cpu_max, \
+                 CAST(AVG(memory_used_bytes) AS DOUBLE PRECISION) AS mem_avg, \
+                 MAX(memory_total_bytes) AS mem_total, \
+                 CAST(AVG(disk_used_bytes) AS DOUBLE PRECISION) AS disk_avg, \
+                 MAX(disk_total_bytes) AS disk_total, \
+                 MAX(network_rx_bytes) - MIN(network_rx_bytes) AS rx, \
+                 MAX(network_tx_bytes) - MIN(network_tx_bytes) AS tx, \
+                 AVG(load_1m) AS load_avg, \
+                 MAX({temp_max}) AS temp_max, \
+                 AVG({gpu_util}) AS gpu_util, \
+                 CAST(AVG({gpu_mem}) AS DOUBLE PRECISION) AS gpu_mem \
+                 FROM telemetry WHERE device_id = $1 AND ts >= $2 AND ts < $3 \
+                 GROUP BY bucket ORDER BY bucket",
+                temp_max = json("MAX", "temperatures", "celsius", "DOUBLE PRECISION"),
+                gpu_util = json("AVG", "gpus", "utilization_percent", "DOUBLE PRECISION"),
+                gpu_mem = json("SUM", "gpus", "memory_used_bytes", "NUMERIC"),
+            ),
+        }
+    }
+}
+
+/// What a device status filter binds.
+fn status_name(s: DeviceStatus) -> &'static str {
+    match s {
+        DeviceStatus::Online => "online",
+        DeviceStatus::Offline => "offline",
+        DeviceStatus::Unknown => "unknown",
+    }
+}
+
+impl<D> SqlStore<D>
+where
+    D: Dialect,
+    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+    D::Arguments: IntoArguments<D>,
+    for<'q> i64: Encode<'q, D> + Decode<'q, D> + Type<D>,
+    for<'q> Option<i64>: Encode<'q, D>,
+    for<'q> bool: Encode<'q, D> + Decode<'q, D> + Type<D>,
+    for<'q> Option<bool>: Encode<'q, D>,
+    for<'q> f64: Decode<'q, D> + Type<D>,
+    for<'q> String: Encode<'q, D> + Decode<'q, D> + Type<D>,
+    for<'q> Option<String>: Encode<'q, D>,
+    for<'q> &'q str: Encode<'q, D> + Type<D>,
+    for<'q> Option<&'q str>: Encode<'q, D>,
+    for<'q> &'q str: ColumnIndex<D::Row>,
+    usize: ColumnIndex<D::Row>,
+{
+    async fn begin(&self) -> Result<Transaction<'static, D>, sqlx::Error> {
+        self.pool.begin_with(D::BEGIN).await
+    }
+
+    /// Takes the device's row lock for the rest of the transaction, where
+    /// rows are locked. Nothing happens when there is no such device.
+    async fn lock_device(tx: &mut Transaction<'static, D>, device_id: &str) -> StoreResult<()> {
+        if let Some(sql) = &D::texts().lock_device {
+            sqlx::query(sql.as_str())
+                .bind(device_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// An enrollment's writes inside `tx`: `Conflict` (and nothing written)
+    /// if the install ID was spent or bound to another key meanwhile.
+    async fn enroll_in(tx: &mut Transaction<'static, D>, c: &EnrollmentCommit) -> StoreResult<()> {
+        // The bind is one conditional UPDATE. Two replicas enrolling with
+        // different keys: the second waits for the first's row lock, then
+        // re-checks the WHERE clause against the committed binding and
+        // fails (Conflict). The row lock is held to commit, so the rest of
+        // the transaction (revoking the earlier certificate and key) sees
+        // whatever an earlier enrollment with the same key committed.
+        let bound = sqlx::query(
+            "UPDATE devices SET install_key_sha256 = $1, current_cert_serial = $2, \
+             cert_expires_at = $3 \
+             WHERE id = $4 AND NOT install_spent \
+             AND (install_key_sha256 IS NULL OR install_key_sha256 = $1)",
+        )
+        .bind(&c.key_sha256)
+        .bind(&c.cert.serial)
+        .bind(c.cert.not_after)
+        .bind(&c.device_id)
+        .execute(&mut **tx)
+        .await?;
+        if D::rows_affected(&bound) != 1 {
+            return Err(StoreError::Conflict(
+                "install ID was used or bound to another key meanwhile".into(),
+            ));
+        }
+        // A retried enrollment (lost response) supersedes the earlier,
+        // never-used certificate.
+        Self::revoke_device_certs(tx, &c.device_id, c.now).await?;
+        Self::insert_cert(tx, &c.device_id, &c.cert, c.now).await?;
+        Self::revoke_device_keys(tx, &c.device_id, c.now, i64::MAX).await?;
+        let k = &c.device_api_key;
+        Self::api_key_insert(k).execute(&mut **tx).await?;
+        Self::insert_event(
+            tx,
+            &c.device_id,
+            &k.workspace,
+            c.now,
+            "enrolled",
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    async fn insert_cert(
+        tx: &mut Transaction<'static, D>,
+        device_id: &str,
+        cert: &NewCert,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO device_certs (serial, device_id, not_before, not_after, issued_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&cert.serial)
+        .bind(device_id)
+        .bind(cert.not_before)
+        .bind(cert.not_after)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn revoke_device_certs(
+        tx: &mut Transaction<'static, D>,
+        device_id: &str,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE device_certs SET revoked_at = $1 WHERE device_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(device_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Revokes the device's live API keys created before `before`.
+    async fn revoke_device_keys(
+        tx: &mut Transaction<'static, D>,
+        device_id: &str,
+        now: UnixMillis,
+        before: UnixMillis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 \
+             WHERE device_id = $2 AND revoked_at IS NULL AND created_at < $3",
+        )
+        .bind(now)
+        .bind(device_id)
+        .bind(before)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The insert of a new API key, bound.
+    fn api_key_insert(k: &NewApiKey) -> sqlx::query::Query<'static, D, D::Arguments> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, workspace, key_hash, scopes, device_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&k.id)
+        .bind(&k.workspace)
+        .bind(&k.key_hash)
+        .bind(k.scopes.as_ref().map(to_json))
+        .bind(&k.device_id)
+        .bind(k.created_at)
+    }
+
+    /// Appends an event, under the dialect's event lock.
+    async fn insert_event(
+        tx: &mut Transaction<'static, D>,
+        device_id: &str,
+        workspace: &str,
+        ts: UnixMillis,
+        kind: &str,
+        detail: &serde_json::Value,
+    ) -> StoreResult<()> {
+        D::lock_events(tx, device_id).await?;
+        sqlx::query(
+            "INSERT INTO events (device_id, workspace, ts, kind, detail) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(device_id)
+        .bind(workspace)
+        .bind(ts)
+        .bind(kind)
+        .bind(to_json(detail))
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// A stored seq or version back as `u64` (0: none).
+fn stored_u64(v: Option<i64>) -> u64 {
+    v.unwrap_or(0).max(0) as u64
+}
+
+#[async_trait::async_trait]
+impl<D> Store for SqlStore<D>
+where
+    D: Dialect,
+    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+    D::Arguments: IntoArguments<D>,
+    for<'q> i64: Encode<'q, D> + Decode<'q, D> + Type<D>,
+    for<'q> Option<i64>: Encode<'q, D>,
+    for<'q> bool: Encode<'q, D> + Decode<'q, D> + Type<D>,
+    for<'q> Option<bool>: Encode<'q, D>,
+    for<'q> f64: Decode<'q, D> + Type<D>,
+    for<'q> String: Encode<'q, D> + Decode<'q, D> + Type<D>,
+    for<'q> Option<String>: Encode<'q, D>,
+    for<'q> &'q str: Encode<'q, D> + Type<D>,
+    for<'q> Option<&'q str>: Encode<'q, D>,
+    for<'q> &'q str: ColumnIndex<D::Row>,
+    usize: ColumnIndex<D::Row>,
+{
+    async fn create_workspace(&self, ws: &Workspace) -> StoreResult<()> {
+        let res =
+            sqlx::query("INSERT INTO workspaces (name, features, created_at) VALUES ($1, $2, $3)")
+                .bind(&ws.name)
+                .bind(to_json(&ws.features))
+                .bind(ws.created_at)
+                .execute(&self.pool)
+                .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
+                format!("workspace {:?} already exists", ws.name),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_workspace(&self, name: &str) -> StoreResult<Option<Workspace>> {
+        let row = sqlx::query("SELECT name, features, created_at FROM workspaces WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(workspace_from_row).transpose()
+    }
+
+    async fn list_workspaces(&self) -> StoreResult<Vec<Workspace>> {
+        // On PostgreSQL `name` has the "C" collation: byte order, as on SQLite.
+        let rows = sqlx::query("SELECT name, features, created_at FROM workspaces ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(workspace_from_row).collect()
+    }
+
+    async fn set_workspace_features(&self, name: &str, features: &[String]) -> StoreResult<bool> {
+        let res = sqlx::query("UPDATE workspaces SET features = $1 WHERE name = $2")
+            .bind(to_json(&features))
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(D::rows_affected(&res) == 1)
+    }
+
+    async fn list_api_keys(&self, workspace: &str) -> StoreResult<Vec<ApiKeyInfo>> {
+        let rows = sqlx::query(
+            "SELECT id, workspace, scopes, device_id, created_at, revoked_at FROM api_keys \
+             WHERE workspace = $1 ORDER BY created_at DESC, id",
+        )
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(api_key_info_from_row).collect()
+    }
+
+    async fn revoke_api_key(&self, id: &str, now: UnixMillis) -> StoreResult<bool> {
+        // Conditional update: of two concurrent revocations one sees the
+        // other's revoked_at on its re-check and reports false.
+        let res =
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(D::rows_affected(&res) == 1)
+    }
+
+    async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {
+        Self::api_key_insert(key).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let row = sqlx::query(
+            "SELECT id, workspace, scopes, device_id FROM api_keys \
+             WHERE key_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(api_key_record_from_row).transpose()
+    }
+
+    async fn create_device(&self, d: &NewDevice) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO devices (id, workspace, name, description, device_type, created_at, \
+             install_id_hash, install_id_expires_at, workflow_id, offline_mode, config_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1)",
+        )
+        .bind(&d.id)
+        .bind(&d.workspace)
+        .bind(&d.name)
+        .bind(&d.description)
+        .bind(&d.device_type)
+        .bind(d.created_at)
+        .bind(&d.install_id_hash)
+        .bind(d.install_id_expires_at)
+        .bind(&d.workflow_id)
+        .bind(d.offline_mode)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO device_configs (device_id, version, config, created_at) \
+             VALUES ($1, 1, $2, $3)",
+        )
+        .bind(&d.id)
+        .bind(to_json(&d.config))
+        .bind(d.created_at)
+        .execute(&mut *tx)
+        .await?;
+        let created = serde_json::json!({});
+        Self::insert_event(
+            &mut tx,
+            &d.id,
+            &d.workspace,
+            d.created_at,
+            "created",
+            &created,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_device(&self, workspace: &str, id: &str) -> StoreResult<Option<Device>> {
+        let row = sqlx::query(DEVICE_LIVE)
+            .bind(workspace)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    async fn device_workspace(&self, id: &str) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar(
+                "SELECT workspace FROM devices WHERE id = $1 AND deleted_at IS NULL",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?,
+        )
+    }
+
+    async fn list_devices(&self, q: &DeviceListQuery) -> StoreResult<Vec<Device>> {
+        // On PostgreSQL `id` has the "C" collation: ids order as bytes, as
+        // on SQLite.
+        const Q: &str = device_select!(
+            "WHERE workspace = $1 AND deleted_at IS NULL \
+             AND ($2 IS NULL OR created_at > $2 OR (created_at = $2 AND id > $3)) \
+             AND ($5 IS NULL \
+                  OR ($5 = 'online' AND session_id IS NOT NULL AND last_heartbeat > $6) \
+                  OR ($5 = 'offline' AND last_heartbeat IS NOT NULL \
+                      AND NOT (session_id IS NOT NULL AND last_heartbeat > $6)) \
+                  OR ($5 = 'unknown' AND last_heartbeat IS NULL)) \
+             AND ($7 IS NULL OR device_type = $7) \
+             ORDER BY created_at, id LIMIT $4"
+        );
+        let (after_ts, after_id) = match &q.after {
+            Some((ts, id)) => (Some(*ts), Some(id.as_str())),
+            None => (None, None),
+        };
+        let rows = sqlx::query(Q)
+            .bind(&q.workspace)
+            .bind(after_ts)
+            .bind(after_id)
+            .bind(q.limit as i64)
+            .bind(q.status.map(status_name))
+            .bind(q.now - ONLINE_WINDOW_MS)
+            .bind(&q.device_type)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    async fn update_device(
+        &self,
+        workspace: &str,
+        id: &str,
+        patch: &DevicePatch,
+        now: UnixMillis,
+    ) -> StoreResult<Option<Device>> {
+        let mut tx = self.begin().await?;
+        // Read-then-write: the "before" state decides which events are
+        // recorded, so it is read locked. Without the lock two replicas
+        // disabling the same device would both record "disabled".
+        let Some(before) = sqlx::query(D::texts().device_locked.as_str())
+            .bind(workspace)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
+            .map(device_from_row)
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "UPDATE devices SET name = COALESCE($1, name), \
+             description = COALESCE($2, description), enabled = COALESCE($3, enabled) \
+             WHERE id = $4",
+        )
+        .bind(&patch.name)
+        .bind(&patch.description)
+        .bind(patch.enabled)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        for (kind, detail) in patch_events(&before, patch) {
+            Self::insert_event(&mut tx, id, workspace, now, kind, &detail).await?;
+        }
+        let after = sqlx::query(DEVICE_LIVE)
+            .bind(workspace)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
+            .map(device_from_row)
+            .transpose()?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    async fn delete_device(&self, workspace: &str, id: &str, now: UnixMillis) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        // Conditional update (deleted_at IS NULL) holding the row lock to
+        // the end: of two concurrent deletes only one succeeds and records
+        // the decommission.
+        let res = sqlx::query(
+            "UPDATE devices SET deleted_at = $1, install_id_hash = NULL, session_id = NULL \
+             WHERE workspace = $2 AND id = $3 AND deleted_at IS NULL",
+        )
+        .bind(now)
+        .bind(workspace)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if D::rows_affected(&res) != 1 {
+            return Ok(false);
+        }
+        Self::revoke_device_certs(&mut tx, id, now).await?;
+        Self::revoke_device_keys(&mut tx, id, now, i64::MAX).await?;
+        let detail = serde_json::json!({});
+        Self::insert_event(&mut tx, id, workspace, now, "decommissioned", &detail).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn replace_device_key(&self, key: &NewApiKey, now: UnixMillis) -> StoreResult<()> {
+        let device_id = key
+            .device_id
+            .as_deref()
+            .ok_or_else(|| StoreError::Conflict("a device key needs a device".into()))?;
+        let mut tx = self.begin().await?;
+        // Serialize with other key replacements of the device: otherwise two
+        // replicas could each revoke the old key but not the other's new one
+        // (not yet committed when their UPDATE ran), leaving two live keys.
+        // A missing device is not an error here.
+        Self::lock_device(&mut tx, device_id).await?;
+        Self::revoke_device_keys(&mut tx, device_id, now, i64::MAX).await?;
+        Self::api_key_insert(key).execute(&mut *tx).await?;
+        let detail = serde_json::json!({});
+        Self::insert_event(&mut tx, device_id, &key.workspace, now, "reset", &detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reissue_install_id(
+        &self,
+        workspace: &str,
+        id: &str,
+        install_id_hash: &str,
+        expires_at: UnixMillis,
+        now: UnixMillis,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        // One statement; its row lock (held to commit) orders it against a
+        // concurrent enrollment's conditional update of the same row.
+        let res = sqlx::query(
+            "UPDATE devices SET install_id_hash = $1, install_id_expires_at = $2, \
+             install_key_sha256 = NULL, install_spent = FALSE \
+             WHERE workspace = $3 AND id = $4 AND deleted_at IS NULL",
+        )
+        .bind(install_id_hash)
+        .bind(expires_at)
+        .bind(workspace)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if D::rows_affected(&res) != 1 {
+            return Ok(false);
+        }
+        let detail = serde_json::json!({});
+        Self::insert_event(&mut tx, id, workspace, now, "install_id_issued", &detail).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn put_config(
+        &self,
+        workspace: &str,
+        id: &str,
+        config: &serde_json::Value,
+        now: UnixMillis,
+    ) -> StoreResult<Option<ConfigVersion>> {
+        let mut tx = self.begin().await?;
+        // Single-statement increment: a concurrent put_config waits for our
+        // row lock and then increments the version we committed, so
+        // versions stay unique and gapless across replicas.
+        let version: Option<i64> = sqlx::query_scalar(
+            "UPDATE devices SET config_version = config_version + 1 \
+             WHERE workspace = $1 AND id = $2 AND deleted_at IS NULL RETURNING config_version",
+        )
+        .bind(workspace)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(version) = version else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "INSERT INTO device_configs (device_id, version, config, created_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(version)
+        .bind(to_json(config))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let detail = serde_json::json!({"version": version});
+        Self::insert_event(&mut tx, id, workspace, now, "config_changed", &detail).await?;
+        tx.commit().await?;
+        Ok(Some(ConfigVersion {
+            version: stored_u64(Some(version)),
+            config: config.clone(),
+            created_at: now,
+        }))
+    }
+
+    async fn get_config(
+        &self,
+        device_id: &str,
+        version: Option<u64>,
+    ) -> StoreResult<Option<ConfigVersion>> {
+        let row = sqlx::query(
+            "SELECT c.version, c.config, c.created_at \
+             FROM device_configs c JOIN devices d ON d.id = c.device_id \
+             WHERE c.device_id = $1 AND c.version = COALESCE($2, d.config_version)",
+        )
+        .bind(device_id)
+        .bind(version.map(i))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(config_from_row).transpose()
+    }
+
+    async fn list_configs(
+        &self,
+        device_id: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<ConfigVersion>> {
+        let rows = sqlx::query(
+            "SELECT version, config, created_at FROM device_configs \
+             WHERE device_id = $1 AND ($2 IS NULL OR version < $2) \
+             ORDER BY version DESC LIMIT $3",
+        )
+        .bind(device_id)
+        .bind(before.map(i))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(config_from_row).collect()
+    }
+
+    async fn config_applied(
+        &self,
+        device_id: &str,
+        version: u64,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        // Conditional update: a repeated ack racing on another replica
+        // re-checks `<>` against our committed value and records nothing.
+        let ws: Option<String> = sqlx::query_scalar(
+            "UPDATE devices SET config_applied_version = $1 \
+             WHERE id = $2 AND config_applied_version <> $1 RETURNING workspace",
+        )
+        .bind(i(version))
+        .bind(device_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(ws) = ws {
+            let detail = serde_json::json!({"version": version});
+            Self::insert_event(&mut tx, device_id, &ws, now, "config_applied", &detail).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_event(
+        &self,
+        device_id: &str,
+        workspace: &str,
+        kind: &str,
+        detail: &serde_json::Value,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        Self::insert_event(&mut tx, device_id, workspace, now, kind, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_events(&self, q: &EventQuery) -> StoreResult<Vec<Event>> {
+        const FORWARD: &str = "SELECT id, ts, kind, detail FROM events WHERE device_id = $1 \
+             AND ($2 IS NULL OR id > $2) ORDER BY id ASC LIMIT $3";
+        const BACKWARD: &str = "SELECT id, ts, kind, detail FROM events WHERE device_id = $1 \
+             AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3";
+        let sql = match q.direction {
+            Direction::Forward => FORWARD,
+            Direction::Backward => BACKWARD,
+        };
+        let rows = sqlx::query(sql)
+            .bind(&q.device_id)
+            .bind(q.after_id)
+            .bind(q.limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn insert_logs(
+        &self,
+        device_id: &str,
+        logs: &[LogRecord],
+        received_at: UnixMillis,
+    ) -> StoreResult<u64> {
+        D::insert_logs(&self.pool, device_id, logs, received_at).await
+    }
+
+    async fn query_logs(&self, q: &LogQuery) -> StoreResult<Vec<LogRecord>> {
+        if let Some(after) = q.after_seq {
+            let rows = sqlx::query(
+                "SELECT seq, ts, service, severity, message FROM logs WHERE device_id = $1 \
+                 AND seq > $2 AND ($3 IS NULL OR ts >= $3) AND ($4 IS NULL OR ts < $4) \
+                 AND ($5 IS NULL OR service = $5) AND ($6 IS NULL OR severity_rank >= $6) \
+                 AND ($8 IS NULL OR seq <= $8) ORDER BY seq ASC LIMIT $7",
+            )
+            .bind(&q.device_id)
+            .bind(i(after))
+            .bind(q.start)
+            .bind(q.end)
+            .bind(&q.service)
+            .bind(q.severity.as_deref().map(severity_rank))
+            .bind(q.limit as i64)
+            .bind(q.until_seq.map(i))
+            .fetch_all(&self.pool)
+            .await?;
+            return rows.iter().map(log_from_row).collect();
+        }
+        let (before_ts, before_seq) = match q.before {
+            Some((ts, seq)) => (Some(ts), Some(i(seq))),
+            None => (None, None),
+        };
+        let rows = sqlx::query(
+            "SELECT seq, ts, service, severity, message FROM logs WHERE device_id = $1 \
+             AND ($2 IS NULL OR ts >= $2) AND ($3 IS NULL OR ts < $3) \
+             AND ($4 IS NULL OR service = $4) AND ($5 IS NULL OR severity_rank >= $5) \
+             AND ($6 IS NULL OR ts < $6 OR (ts = $6 AND seq < $7)) \
+             ORDER BY ts DESC, seq DESC LIMIT $8",
+        )
+        .bind(&q.device_id)
+        .bind(q.start)
+        .bind(q.end)
+        .bind(&q.service)
+        .bind(q.severity.as_deref().map(severity_rank))
+        .bind(before_ts)
+        .bind(before_seq)
+        .bind(q.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(log_from_row).collect()
+    }
+
+    async fn telemetry_buckets(
+        &self,
+        device_id: &str,
+        start: UnixMillis,
+        end: UnixMillis,
+        bucket_ms: i64,
+    ) -> StoreResult<Vec<TelemetryBucket>> {
+        let rows = sqlx::query(D::texts().telemetry_buckets.as_str())
+            .bind(device_id)
+            .bind(start)
+            .bind(end)
+            .bind(bucket_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(bucket_from_row).collect()
+    }
+
+    async fn find_enrollment(&self, install_id_hash: &str) -> StoreResult<Option<Enrollment>> {
+        let row = sqlx::query(
+            "SELECT id, workspace, enabled, install_id_expires_at, install_key_sha256, \
+             install_spent FROM devices WHERE install_id_hash = $1 AND deleted_at IS NULL",
+        )
+        .bind(install_id_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(enrollment_from_row).transpose()
+    }
+
+    async fn complete_enrollment(&self, c: &EnrollmentCommit) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        Self::enroll_in(&mut tx, c).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn complete_enrollments(
+        &self,
+        commits: &[EnrollmentCommit],
+    ) -> StoreResult<Vec<StoreResult<()>>> {
+        if D::ROW_LOCK.is_some() {
+            return complete_enrollments_side_by_side(self, commits).await;
+        }
+        // One writer: one transaction, one fsync for the group. A conflict
+        // leaves its enrollment unwritten (its guarded UPDATE changed
+        // nothing) and the others go on; any other error rolls the whole
+        // group back.
+        let mut tx = self.begin().await?;
+        let mut each = Vec::with_capacity(commits.len());
+        for c in commits {
+            match Self::enroll_in(&mut tx, c).await {
+                Err(StoreError::Conflict(m)) => each.push(Err(StoreError::Conflict(m))),
+                Err(e) => return Err(e),
+                Ok(()) => each.push(Ok(())),
+            }
+        }
+        tx.commit().await?;
+        Ok(each)
+    }
+
+    async fn get_cert(&self, serial: &str) -> StoreResult<Option<CertRecord>> {
+        let row = sqlx::query(
+            "SELECT c.serial, c.device_id, c.revoked_at, c.superseded_at, d.workspace, \
+             d.enabled, d.install_spent, d.deleted_at \
+             FROM device_certs c JOIN devices d ON d.id = c.device_id WHERE c.serial = $1",
+        )
+        .bind(serial)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(cert_from_row).transpose()
+    }
+
+    async fn rotate_cert(&self, c: &RotationCommit) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        // Serialize rotations of one device. Unlocked, two replicas rotating
+        // at once would each mark only the certificates committed before
+        // their UPDATE as superseded, leaving both new certificates current
+        // (and each one's new key unrevoked by the other).
+        Self::lock_device(&mut tx, &c.device_id).await?;
+        Self::insert_cert(&mut tx, &c.device_id, &c.cert, c.now).await?;
+        sqlx::query(
+            "UPDATE device_certs SET superseded_at = COALESCE(superseded_at, $1) \
+             WHERE device_id = $2 AND serial <> $3 AND revoked_at IS NULL",
+        )
+        .bind(c.now)
+        .bind(&c.device_id)
+        .bind(&c.cert.serial)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE devices SET current_cert_serial = $1, cert_expires_at = $2 WHERE id = $3",
+        )
+        .bind(&c.cert.serial)
+        .bind(c.cert.not_after)
+        .bind(&c.device_id)
+        .execute(&mut *tx)
+        .await?;
+        Self::revoke_device_keys(&mut tx, &c.device_id, c.now, c.revoke_keys_before).await?;
+        Self::api_key_insert(&c.device_api_key)
+            .execute(&mut *tx)
+            .await?;
+        let detail = serde_json::json!({"serial": c.cert.serial, "previous_serial": c.old_serial});
+        Self::insert_event(
+            &mut tx,
+            &c.device_id,
+            &c.workspace,
+            c.now,
+            "rotated",
+            &detail,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn retire_superseded(&self, device_id: &str, now: UnixMillis) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE device_certs SET revoked_at = $1 \
+             WHERE device_id = $2 AND superseded_at IS NOT NULL AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(device_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn force_reset(
+        &self,
+        workspace: &str,
+        id: &str,
+        install_id_hash: &str,
+        expires_at: UnixMillis,
+        now: UnixMillis,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        // The UPDATE takes the device row lock first, so this orders with
+        // enrollments and rotations of the device.
+        let res = sqlx::query(
+            "UPDATE devices SET install_id_hash = $1, install_id_expires_at = $2, \
+             install_key_sha256 = NULL, install_spent = FALSE, session_id = NULL \
+             WHERE workspace = $3 AND id = $4 AND deleted_at IS NULL",
+        )
+        .bind(install_id_hash)
+        .bind(expires_at)
+        .bind(workspace)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if D::rows_affected(&res) != 1 {
+            return Ok(false);
+        }
+        Self::revoke_device_certs(&mut tx, id, now).await?;
+        Self::revoke_device_keys(&mut tx, id, now, i64::MAX).await?;
+        let detail = serde_json::json!({"forced_reset": true});
+        Self::insert_event(&mut tx, id, workspace, now, "revoked", &detail).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn spend_install_id(&self, device_id: &str) -> StoreResult<()> {
+        // One statement: the row lock orders it against complete_enrollment,
+        // whose conditional update then sees the install ID spent.
+        sqlx::query("UPDATE devices SET install_spent = TRUE WHERE id = $1")
+            .bind(device_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn session_opened(
+        &self,
+        device_id: &str,
+        session_id: &str,
+        facts: &DeviceFacts,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        let ws: Option<String> = sqlx::query_scalar(
+            "UPDATE devices SET session_id = $1, last_heartbeat = $2, facts = $3, \
+             install_spent = TRUE WHERE id = $4 RETURNING workspace",
+        )
+        .bind(session_id)
+        .bind(now)
+        .bind(to_json(facts))
+        .bind(device_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let ws = ws.ok_or(StoreError::NotFound)?;
+        let detail = serde_json::json!({});
+        Self::insert_event(&mut tx, device_id, &ws, now, "connected", &detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session_heartbeat(
+        &self,
+        device_id: &str,
+        session_id: &str,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE devices SET last_heartbeat = $1 WHERE id = $2 AND session_id = $3")
+            .bind(now)
+            .bind(device_id)
+            .bind(session_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn session_closed(
+        &self,
+        device_id: &str,
+        session_id: &str,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        // Conditional on the session still being current: a stale close from
+        // the replica that held the old session changes nothing.
+        let ws: Option<String> = sqlx::query_scalar(
+            "UPDATE devices SET session_id = NULL WHERE id = $1 AND session_id = $2 \
+             RETURNING workspace",
+        )
+        .bind(device_id)
+        .bind(session_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(ws) = ws {
+            let detail = serde_json::json!({});
+            Self::insert_event(&mut tx, device_id, &ws, now, "disconnected", &detail).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_telemetry(
+        &self,
+        device_id: &str,
+        samples: &[TelemetrySample],
+        received_at: UnixMillis,
+    ) -> StoreResult<u64> {
+        let rows: Vec<(&str, &TelemetrySample)> = samples.iter().map(|s| (device_id, s)).collect();
+        D::insert_telemetry(&self.pool, &rows, received_at).await
+    }
+
+    async fn insert_telemetry_many(
+        &self,
+        batches: &[DeviceSamples],
+        received_at: UnixMillis,
+    ) -> StoreResult<u64> {
+        // The whole group as rows: one-sample batches from many devices
+        // still share statements.
+        let rows: Vec<(&str, &TelemetrySample)> = batches
+            .iter()
+            .flat_map(|b| b.samples.iter().map(|s| (b.device_id.as_str(), s)))
+            .collect();
+        D::insert_telemetry(&self.pool, &rows, received_at).await
+    }
+
+    async fn last_telemetry_seq(&self, device_id: &str) -> StoreResult<u64> {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(seq) FROM telemetry WHERE device_id = $1")
+                .bind(device_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(stored_u64(seq))
+    }
+
+    async fn last_log_seq(&self, device_id: &str) -> StoreResult<u64> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM logs WHERE device_id = $1")
+            .bind(device_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(stored_u64(seq))
+    }
+
+    async fn record_loss(
+        &self,
+        device_id: &str,
+        workspace: &str,
+        t: &LossTotals,
+        now: UnixMillis,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        // Read-then-write, read locked: two replicas handling reports of
+        // the same totals must not both compute the same increase from the
+        // same old totals and record it twice.
+        let Some(row) = sqlx::query(D::texts().loss_locked.as_str())
+            .bind(device_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let before = loss_totals_from_row(&row)?;
+        if before == *t {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE devices SET telemetry_dropped = $1, logs_dropped = $2, spool_corrupt = $3, \
+             logs_rate_limited = $4 WHERE id = $5",
+        )
+        .bind(i(t.telemetry_dropped))
+        .bind(i(t.logs_dropped))
+        .bind(i(t.corrupt))
+        .bind(i(t.logs_rate_limited))
+        .bind(device_id)
+        .execute(&mut *tx)
+        .await?;
+        let event = loss_event(&before, t);
+        let any = event.is_some();
+        if let Some(detail) = event {
+            Self::insert_event(&mut tx, device_id, workspace, now, "data_lost", &detail).await?;
+        }
+        tx.commit().await?;
+        Ok(any)
+    }
+
+    async fn prune(&self, cutoff: &Retention) -> StoreResult<PruneCounts> {
+        // Per device, so each delete walks the (device_id, ts) index and
+        // holds its locks briefly. Replicas pruning at once just find less
+        // to delete.
+        let devices: Vec<String> = sqlx::query_scalar("SELECT id FROM devices")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts = PruneCounts::default();
+        for d in &devices {
+            let res = sqlx::query("DELETE FROM telemetry WHERE device_id = $1 AND ts < $2")
+                .bind(d)
+                .bind(cutoff.telemetry_before)
+                .execute(&self.pool)
+                .await?;
+            counts.telemetry += D::rows_affected(&res);
+            let res = sqlx::query("DELETE FROM logs WHERE device_id = $1 AND ts < $2")
+                .bind(d)
+                .bind(cutoff.logs_before)
+                .execute(&self.pool)
+                .await?;
+            counts.logs += D::rows_affected(&res);
+        }
+        let res = sqlx::query("DELETE FROM events WHERE ts < $1")
+            .bind(cutoff.events_before)
+            .execute(&self.pool)
+            .await?;
+        counts.events = D::rows_affected(&res);
+        Ok(counts)
+    }
+
+    async fn query_telemetry(&self, q: &TelemetryQuery) -> StoreResult<Vec<TelemetrySample>> {
+        const FORWARD: &str = "SELECT * FROM telemetry WHERE device_id = $1 \
+             AND ($2 IS NULL OR ts >= $2) AND ($3 IS NULL OR ts < $3) \
+             AND ($4 IS NULL OR seq > $4) ORDER BY seq ASC LIMIT $5";
+        const BACKWARD: &str = "SELECT * FROM telemetry WHERE device_id = $1 \
+             AND ($2 IS NULL OR ts >= $2) AND ($3 IS NULL OR ts < $3) \
+             AND ($4 IS NULL OR seq < $4) ORDER BY seq DESC LIMIT $5";
+        let sql = match q.direction {
+            Direction::Forward => FORWARD,
+            Direction::Backward => BACKWARD,
+        };
+        let rows = sqlx::query(sql)
+            .bind(&q.device_id)
+            .bind(q.start)
+            .bind(q.end)
+            .bind(q.after_seq.map(i))
+            .bind(q.limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(sample_from_row).collect()
+    }
+
+    async fn latest_telemetry(
+        &self,
+        device_ids: &[String],
+    ) -> StoreResult<Vec<(String, TelemetrySample)>> {
+        if device_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = D::bind_ids(sqlx::query(D::LATEST_TELEMETRY), device_ids)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.text("device_id")?, sample_from_row(r)?)))
+            .collect()
+    }
+}

@@ -134,6 +134,18 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// Names where a value given as a flag or its environment variable came
+/// from: the flag when it is on the command line, else the variable.
+fn flag_or_env(flag: &str, env: &str) -> String {
+    let prefix = format!("{flag}=");
+    let on_command_line = std::env::args().any(|a| a == flag || a.starts_with(&prefix));
+    if on_command_line || std::env::var_os(env).is_none() {
+        flag.to_string()
+    } else {
+        format!("{env} (environment)")
+    }
+}
+
 impl AgentConfig {
     pub fn resolve(args: AgentArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
@@ -163,10 +175,16 @@ impl AgentConfig {
             .transpose()?;
         // Flags and env win over the file as a pair: a CA file on the command
         // line replaces a fingerprint from the file, and the other way round.
-        let (ca_file, ca_fp) = if args.ca_file.is_some() || args.ca_fingerprint.is_some() {
-            (args.ca_file, args.ca_fingerprint)
+        let config_source = match &args.config {
+            Some(p) => format!("ca-fingerprint in {}", p.display()),
+            None => format!("ca-fingerprint in {DEFAULT_CONFIG_FILE}"),
+        };
+        let (ca_file, ca_fp, fp_source) = if args.ca_file.is_some() || args.ca_fingerprint.is_some()
+        {
+            let source = flag_or_env("--ca-fingerprint", "OUTPOST_CA_FINGERPRINT");
+            (args.ca_file, args.ca_fingerprint, source)
         } else {
-            (file.ca_file, file.ca_fingerprint)
+            (file.ca_file, file.ca_fingerprint, config_source)
         };
         let trust = match (ca_file, ca_fp) {
             (Some(_), Some(_)) => {
@@ -175,7 +193,7 @@ impl AgentConfig {
                 ));
             }
             (Some(f), None) => Some(Trust::from_ca_file(&f)?),
-            (None, Some(fp)) => Some(Trust::from_fingerprint(&fp)?),
+            (None, Some(fp)) => Some(Trust::from_fingerprint(&fp, &fp_source)?),
             (None, None) => None,
         };
         let spool_max_bytes = match args.spool_max_bytes.or(file.spool_max_bytes) {
@@ -275,7 +293,7 @@ mod tests {
         assert_eq!(cfg.server.unwrap().port, 8443);
         assert_eq!(cfg.interval, Duration::from_secs(2));
         assert_eq!(cfg.state_dir, PathBuf::from("/srv/a"));
-        assert!(matches!(cfg.trust, Some(Trust::Fingerprint(_))));
+        assert!(matches!(cfg.trust, Some(Trust::Fingerprint { .. })));
     }
 
     #[test]

@@ -112,7 +112,16 @@ pub enum Trust {
     CaCerts(Vec<CertificateDer<'static>>),
     /// `sha256:<hex>` of the CA certificate, as `kubeadm join` pins it. The
     /// server sends its CA in the chain; it must hash to this value.
-    Fingerprint([u8; 32]),
+    /// `source` names where the value came from, for a mismatch's message.
+    Fingerprint { sha256: [u8; 32], source: String },
+}
+
+/// `sha256:<hex>` of DER bytes.
+pub fn sha256_fingerprint(der: &[u8]) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(digest::digest(&digest::SHA256, der))
+    )
 }
 
 impl Trust {
@@ -132,16 +141,30 @@ impl Trust {
         Ok(Trust::CaCerts(certs))
     }
 
-    pub fn from_fingerprint(raw: &str) -> Result<Self, LinkError> {
+    /// A pinned CA fingerprint: `sha256:<64 hex digits>`, the hex digits
+    /// also colon-separated and in either case, or openssl's
+    /// `SHA256 Fingerprint=AB:CD:…` as `openssl x509 -fingerprint -sha256`
+    /// prints it. `source` names where it came from (a flag, the
+    /// environment, the config file).
+    pub fn from_fingerprint(raw: &str, source: &str) -> Result<Self, LinkError> {
         let bad = || {
             LinkError::Trust(format!(
-                "CA fingerprint {raw:?} must be sha256:<64 hex digits>"
+                "CA fingerprint {raw:?} (from {source}) must be sha256:<64 hex digits> (colons allowed, as openssl prints them)"
             ))
         };
-        let hexpart = raw.trim().strip_prefix("sha256:").ok_or_else(bad)?;
-        let bytes = hex::decode(hexpart).map_err(|_| bad())?;
-        let arr: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
-        Ok(Trust::Fingerprint(arr))
+        let t = raw.trim();
+        let lower = t.to_ascii_lowercase();
+        let hexpart = ["sha256:", "sha256 fingerprint="]
+            .iter()
+            .find_map(|p| lower.strip_prefix(p))
+            .ok_or_else(bad)?;
+        let digits: String = hexpart.chars().filter(|c| *c != ':').collect();
+        let bytes = hex::decode(digits.trim()).map_err(|_| bad())?;
+        let sha256: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
+        Ok(Trust::Fingerprint {
+            sha256,
+            source: source.to_string(),
+        })
     }
 
     /// Whether `cert` is the pinned CA (always true for CA-file trust, whose
@@ -149,7 +172,9 @@ impl Trust {
     pub fn accepts_ca(&self, cert: &[u8]) -> bool {
         match self {
             Trust::CaCerts(certs) => certs.iter().any(|c| c.as_ref() == cert),
-            Trust::Fingerprint(fp) => digest::digest(&digest::SHA256, cert).as_ref() == fp,
+            Trust::Fingerprint { sha256, .. } => {
+                digest::digest(&digest::SHA256, cert).as_ref() == sha256
+            }
         }
     }
 }
@@ -187,8 +212,9 @@ pub fn client_config_at(
                 .build()
                 .map_err(|e| LinkError::Trust(format!("server verifier: {e}")))?
         }
-        Trust::Fingerprint(fp) => Arc::new(PinnedCaVerifier {
-            fingerprint: *fp,
+        Trust::Fingerprint { sha256, source } => Arc::new(PinnedCaVerifier {
+            fingerprint: *sha256,
+            source: source.clone(),
             provider: provider.clone(),
         }),
     };
@@ -212,6 +238,8 @@ pub fn client_config_at(
 #[derive(Debug)]
 struct PinnedCaVerifier {
     fingerprint: [u8; 32],
+    /// Where the pin came from (named when it does not match).
+    source: String,
     provider: Arc<CryptoProvider>,
 }
 
@@ -228,9 +256,15 @@ impl ServerCertVerifier for PinnedCaVerifier {
             .iter()
             .find(|c| digest::digest(&digest::SHA256, c.as_ref()).as_ref() == self.fingerprint)
             .ok_or_else(|| {
-                rustls::Error::General(
-                    "the server's CA does not match the pinned --ca-fingerprint".into(),
-                )
+                let presented = match intermediates.last() {
+                    Some(ca) => sha256_fingerprint(ca.as_ref()),
+                    None => "no CA certificate in its chain".to_string(),
+                };
+                rustls::Error::General(format!(
+                    "the control plane's CA does not match the pinned fingerprint: it presented {presented}, but {} pins sha256:{} (check the value, or compare with `openssl x509 -noout -fingerprint -sha256 -in ca.crt` on the control plane)",
+                    self.source,
+                    hex::encode(self.fingerprint)
+                ))
             })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
@@ -391,6 +425,9 @@ pub fn describe_transport_error(e: &(dyn std::error::Error + 'static)) -> String
                         "{EXPIRED_BEYOND_GRACE}: the control plane refused this box's certificate as expired"
                     )
                 }
+                rustls::Error::InvalidMessage(_) => format!(
+                    "TLS error: {tls} — the server did not answer with TLS: is this the control plane's plain-HTTP REST port? The device endpoint is its gRPC port (8443 by default)"
+                ),
                 other => format!("TLS error: {other}"),
             };
         }
@@ -441,14 +478,32 @@ mod tests {
 
     #[test]
     fn parses_fingerprints() {
-        let fp = format!("sha256:{}", "ab".repeat(32));
-        assert!(matches!(
-            Trust::from_fingerprint(&fp),
-            Ok(Trust::Fingerprint(_))
-        ));
-        assert!(Trust::from_fingerprint("sha256:abcd").is_err());
-        assert!(Trust::from_fingerprint(&"ab".repeat(32)).is_err());
-        assert!(Trust::from_fingerprint(&format!("sha256:{}", "zz".repeat(32))).is_err());
+        let want = [0xab; 32];
+        for form in [
+            format!("sha256:{}", "ab".repeat(32)),
+            format!("sha256:{}", "AB".repeat(32)),
+            // openssl x509 -noout -fingerprint -sha256
+            format!("SHA256 Fingerprint={}", vec!["AB"; 32].join(":")),
+            format!("sha256:{}", vec!["ab"; 32].join(":")),
+        ] {
+            match Trust::from_fingerprint(&form, "--ca-fingerprint") {
+                Ok(Trust::Fingerprint { sha256, source }) => {
+                    assert_eq!(sha256, want, "{form}");
+                    assert_eq!(source, "--ca-fingerprint");
+                }
+                other => panic!("{form}: {other:?}"),
+            }
+        }
+        assert!(Trust::from_fingerprint("sha256:abcd", "x").is_err());
+        // The algorithm must be named.
+        assert!(Trust::from_fingerprint(&"ab".repeat(32), "x").is_err());
+        let e = Trust::from_fingerprint(
+            &format!("sha256:{}", "zz".repeat(32)),
+            "OUTPOST_CA_FINGERPRINT",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("OUTPOST_CA_FINGERPRINT"), "{e}");
     }
 
     #[test]
@@ -465,5 +520,70 @@ mod tests {
         );
         let text = describe_transport_error(&io);
         assert!(text.starts_with("TLS error"), "{text}");
+    }
+
+    #[test]
+    fn a_pin_mismatch_names_what_the_server_presented_and_where_the_pin_came_from() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let leaf = rcgen::CertificateParams::new(vec!["cp.example".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let verifier = PinnedCaVerifier {
+            fingerprint: [0x11; 32],
+            source: "OUTPOST_CA_FINGERPRINT (environment)".into(),
+            provider: provider(),
+        };
+        let err = verifier
+            .verify_server_cert(
+                leaf.der(),
+                &[ca.der().clone()],
+                &ServerName::try_from("cp.example").unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&sha256_fingerprint(ca.der())), "{err}");
+        assert!(
+            err.contains("OUTPOST_CA_FINGERPRINT (environment)"),
+            "{err}"
+        );
+        assert!(err.contains(&"11".repeat(32)), "{err}");
+        // The right pin passes.
+        let ok = PinnedCaVerifier {
+            fingerprint: digest::digest(&digest::SHA256, ca.der())
+                .as_ref()
+                .try_into()
+                .unwrap(),
+            source: "x".into(),
+            provider: provider(),
+        };
+        ok.verify_server_cert(
+            leaf.der(),
+            &[ca.der().clone()],
+            &ServerName::try_from("cp.example").unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_plain_http_answer_is_named_as_the_wrong_port() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+        );
+        let text = describe_transport_error(&io);
+        assert!(
+            text.contains("REST port") && text.contains("8443"),
+            "{text}"
+        );
     }
 }

@@ -259,7 +259,7 @@ async fn past_the_grace_window_the_agent_says_it_needs_a_new_install_id() {
     // client wrote before reading the verdict (as HTTP/2 does right after a
     // TLS 1.3 handshake): the control plane drains and half-closes refused
     // connections instead of dropping them with unread input.
-    let trust = outpost_agent::link::Trust::from_fingerprint(&cp.fingerprint).unwrap();
+    let trust = outpost_agent::link::Trust::from_fingerprint(&cp.fingerprint, "test").unwrap();
     let state_dir = outpost_agent::state::StateDir::open(state.path()).unwrap();
     let identity = outpost_agent::enroll::load_client_identity(&state_dir).unwrap();
     let tls = outpost_agent::link::client_config(&trust, Some(identity)).unwrap();

@@ -342,9 +342,16 @@ impl Gpus {
         }
     }
 
-    /// The one info line at start (plus a warning per problem found).
+    /// The one info line at start (plus a warning per problem found). A box
+    /// without any GPU says just that at info; why NVML found none (usually
+    /// no driver: the normal case on such a box) is debug detail.
     pub fn log_start(&self) {
-        tracing::info!("GPUs: {}", self.summary());
+        if self.nvml_gpus.is_empty() && self.jetson.is_none() {
+            tracing::info!("no GPU found");
+            tracing::debug!("GPUs: {}", self.summary());
+        } else {
+            tracing::info!("GPUs: {}", self.summary());
+        }
         for p in &self.problems {
             tracing::warn!("GPUs: {p}");
         }

@@ -1,11 +1,14 @@
-//! Start-up and shutdown: opens the store and CA, binds both listeners, runs
-//! the gRPC and REST servers until `shutdown` resolves, then drains them.
+//! Start-up and shutdown: [`start`] opens the store and CA, binds both
+//! listeners and starts the gRPC and REST servers; [`run`] (the binary's
+//! `serve`) keeps them until `shutdown` resolves, then drains them.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::ServeConfig;
 use crate::store::Store;
@@ -23,6 +26,37 @@ pub async fn run(
     cfg: ServeConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    let data_dir = cfg.data_dir.clone();
+    let server = start(cfg).await?;
+    let (grpc_addr, rest_addr) = (server.grpc_addr, server.rest_addr);
+    println!("outpost-control-plane: grpc listening on https://{grpc_addr}");
+    println!("outpost-control-plane: rest listening on http://{rest_addr}");
+    println!(
+        "outpost-control-plane: CA fingerprint {}",
+        server.ca_fingerprint
+    );
+    tracing::info!(%grpc_addr, %rest_addr, data_dir = %data_dir.display(), "control plane started");
+    shutdown.await;
+    server.stop().await;
+    Ok(())
+}
+
+/// A control plane serving in this process: what [`run`] drives, and what
+/// tests start (on `127.0.0.1:0`) when they test the server rather than the
+/// binary. Dropping it stops the servers without waiting for them.
+pub struct RunningServer {
+    pub rest_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    /// The CA's fingerprint (`sha256:…`), as agents pin it.
+    pub ca_fingerprint: String,
+    pub state: Arc<AppState>,
+    stop_tx: watch::Sender<bool>,
+    servers: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+    retention: tokio::task::JoinHandle<()>,
+}
+
+/// Opens the store and CA, binds both listeners and starts serving.
+pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     pki::create_private_dir(&cfg.data_dir)?;
     let store: Arc<dyn Store> =
         crate::config::open_store(&cfg.data_dir, cfg.database_url.as_deref()).await?;
@@ -55,7 +89,7 @@ pub async fn run(
         Some(path) => Some(read_scrape_token(path)?),
         None => None,
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let feed = crate::feed::Feed::default();
     let live = Arc::new(crate::live::LiveDevices::new(feed.clone()));
     let metrics = crate::metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?;
@@ -84,55 +118,64 @@ pub async fn run(
             .map_err(|e| format!("replica bus (LISTEN/NOTIFY): {e}"))?;
     }
 
-    println!("outpost-control-plane: grpc listening on https://{grpc_addr}");
-    println!("outpost-control-plane: rest listening on http://{rest_addr}");
-    println!("outpost-control-plane: CA fingerprint {}", ca.fingerprint());
-    tracing::info!(%grpc_addr, %rest_addr, data_dir = %cfg.data_dir.display(), "control plane started");
-
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
         crate::stopping(&mut rx).await;
     };
-    let grpc_task = tokio::spawn(grpc::serve(
-        grpc_listener,
-        tls,
-        state.clone(),
-        stopped(stop_rx.clone()),
-    ));
-    let rest_task = tokio::spawn(rest::serve(
-        rest_listener,
-        state.clone(),
-        stopped(stop_rx.clone()),
-    ));
-
-    let retention_task = tokio::spawn(retention(
+    let grpc_task = tokio::spawn({
+        let serve = grpc::serve(grpc_listener, tls, state.clone(), stopped(stop_rx.clone()));
+        async move { serve.await.map_err(|e| e.to_string()) }
+    });
+    let rest_task = tokio::spawn({
+        let serve = rest::serve(rest_listener, state.clone(), stopped(stop_rx.clone()));
+        async move { serve.await.map_err(|e| e.to_string()) }
+    });
+    let retention = tokio::spawn(retention(
         state.clone(),
         cfg.retention,
         stopped(stop_rx.clone()),
     ));
+    Ok(RunningServer {
+        rest_addr,
+        grpc_addr,
+        ca_fingerprint: ca.fingerprint().to_string(),
+        state,
+        stop_tx,
+        servers: vec![grpc_task, rest_task],
+        retention,
+    })
+}
 
-    shutdown.await;
-    tracing::info!("stopping: draining connections");
-    let _ = stop_tx.send(true);
-    let drain = async {
-        let (g, r) = tokio::join!(grpc_task, rest_task);
-        let outcomes = [
-            g.map(|r| r.map_err(|e| e.to_string())),
-            r.map(|r| r.map_err(|e| e.to_string())),
-        ];
-        for res in outcomes {
-            match res {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("server ended with an error: {e}"),
-                Err(e) => tracing::warn!("server task failed: {e}"),
+impl RunningServer {
+    /// Graceful stop: long-lived streams end, in-flight requests get
+    /// [`DRAIN_TIMEOUT`] to finish.
+    pub async fn stop(mut self) {
+        tracing::info!("stopping: draining connections");
+        let _ = self.stop_tx.send(true);
+        self.retention.abort();
+        let servers = std::mem::take(&mut self.servers);
+        let drain = async {
+            for res in futures_util::future::join_all(servers).await {
+                match res {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!("server ended with an error: {e}"),
+                    Err(e) => tracing::warn!("server task failed: {e}"),
+                }
             }
+        };
+        if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+            tracing::warn!("connections did not drain within {DRAIN_TIMEOUT:?}; stopping anyway");
         }
-    };
-    retention_task.abort();
-    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
-        tracing::warn!("connections did not drain within {DRAIN_TIMEOUT:?}; stopping anyway");
+        tracing::info!("stopped");
     }
-    tracing::info!("stopped");
-    Ok(())
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        // After `stop` this repeats a sent signal; otherwise the servers
+        // wind down on their own.
+        let _ = self.stop_tx.send(true);
+        self.retention.abort();
+    }
 }
 
 /// Reads the `/metrics` scrape token (trimmed; at least 16 characters) and

@@ -1,5 +1,5 @@
-//! The device gRPC service against the real control plane binary, from an
-//! in-process client: authentication failures and hostile input.
+//! The device gRPC service, started in process, from an in-process client:
+//! authentication failures and hostile input.
 
 mod common;
 
@@ -127,7 +127,7 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let cp = ControlPlane::start();
+    let cp = ControlPlane::in_process().await;
     cp.create_workspace("acme", &[]);
     let key = cp.api_key("acme", &[]);
     let (device, install_id) = cp.create_device("acme", &key, "rpc").await;

@@ -1,5 +1,5 @@
 //! The operator REST API's rules for authentication, scopes, isolation and
-//! input errors, against the real binary.
+//! input errors, against the control plane started in process.
 
 mod common;
 
@@ -27,7 +27,7 @@ fn assert_oauth_401(status: u16, body: &Value) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_probes_answer() {
-    let cp = ControlPlane::start();
+    let cp = ControlPlane::in_process().await;
     let http = Client::new();
     let (s, _) = send(http.get(format!("{}/healthz", cp.rest))).await;
     assert_eq!(s, 200);
@@ -42,7 +42,7 @@ async fn health_probes_answer() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_are_checked_with_the_documented_error_bodies() {
-    let cp = ControlPlane::start();
+    let cp = ControlPlane::in_process().await;
     cp.create_workspace("acme", &[]);
     cp.create_workspace("globex", &[]);
     let key = cp.api_key("acme", &[]);
@@ -72,7 +72,7 @@ async fn keys_are_checked_with_the_documented_error_bodies() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scopes_and_device_bound_keys_are_enforced() {
-    let cp = ControlPlane::start();
+    let cp = ControlPlane::in_process().await;
     cp.create_workspace("acme", &[]);
     let admin = cp.api_key("acme", &[]);
     let reader = cp.api_key("acme", &["device:read"]);
@@ -146,7 +146,7 @@ async fn scopes_and_device_bound_keys_are_enforced() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn another_workspaces_device_is_not_found() {
-    let cp = ControlPlane::start();
+    let cp = ControlPlane::in_process().await;
     cp.create_workspace("acme", &[]);
     cp.create_workspace("globex", &[]);
     let acme = cp.api_key("acme", &[]);
@@ -169,7 +169,7 @@ async fn another_workspaces_device_is_not_found() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_validates_its_body_and_gates_ai1() {
-    let cp = ControlPlane::start();
+    let cp = ControlPlane::in_process().await;
     cp.create_workspace("acme", &[]);
     cp.create_workspace("aio", &["deviceAio"]);
     let key = cp.api_key("acme", &[]);
@@ -225,7 +225,7 @@ async fn create_validates_its_body_and_gates_ai1() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lists_page_with_cursors_and_bad_parameters_are_400() {
-    let cp = ControlPlane::start();
+    let cp = ControlPlane::in_process().await;
     cp.create_workspace("acme", &[]);
     let key = cp.api_key("acme", &[]);
     let mut ids = Vec::new();

@@ -118,7 +118,7 @@ async fn device_key(cp: &ControlPlane, admin: &str, device: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_route_for_every_caller() {
-    let cp = ControlPlane::start();
+    let cp = ControlPlane::in_process().await;
     cp.create_workspace("acme", &[]);
     cp.create_workspace("globex", &[]);
     let legacy = cp.api_key("acme", &[]);
@@ -195,7 +195,7 @@ async fn every_route_for_every_caller() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn another_workspaces_device_is_404_on_every_device_route() {
-    let cp = ControlPlane::start();
+    let cp = ControlPlane::in_process().await;
     cp.create_workspace("acme", &[]);
     cp.create_workspace("globex", &[]);
     let acme = cp.api_key("acme", &[]);

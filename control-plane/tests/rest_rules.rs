@@ -41,8 +41,8 @@ impl Fx {
     }
 }
 
-fn fx_with(features: &[&str]) -> Fx {
-    let cp = ControlPlane::start();
+async fn fx_with(features: &[&str]) -> Fx {
+    let cp = ControlPlane::in_process().await;
     cp.create_workspace("acme", features);
     let key = cp.api_key("acme", &[]);
     Fx {
@@ -62,7 +62,7 @@ fn assert_400_naming(status: u16, body: &Value, word: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_parameters_are_400_naming_the_parameter() {
-    let f = fx_with(&[]);
+    let f = fx_with(&[]).await;
     let (dev, _) = f.cp.create_device("acme", &f.key, "d").await;
     let cases: Vec<(String, &str)> = vec![
         ("?limit=0".into(), "limit"),
@@ -104,7 +104,7 @@ async fn malformed_parameters_are_400_naming_the_parameter() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_bodies_are_400_naming_the_field() {
-    let f = fx_with(&[]);
+    let f = fx_with(&[]).await;
     let (dev, _) = f.cp.create_device("acme", &f.key, "d").await;
     let (s, b) = f.create(json!({"device_name": ["x"]})).await;
     assert_400_naming(s, &b, "device_name");
@@ -154,7 +154,7 @@ async fn invalid_bodies_are_400_naming_the_field() {
 #[tokio::test(flavor = "multi_thread")]
 async fn create_follows_reference_001() {
     // Neither feature.
-    let f = fx_with(&[]);
+    let f = fx_with(&[]).await;
     let (s, b) = f
         .create(json!({"device_name": "a", "device_type": "ai1"}))
         .await;
@@ -171,7 +171,7 @@ async fn create_follows_reference_001() {
     assert!(b.get("offlineProvisioningQrPayload").is_none());
 
     // AI1 but not lite mode.
-    let f = fx_with(&["deviceAio"]);
+    let f = fx_with(&["deviceAio"]).await;
     let (s, b) = f
         .create(json!({"device_name": "a", "device_type": "ai1", "offline_mode": true}))
         .await;
@@ -193,7 +193,7 @@ async fn create_follows_reference_001() {
     assert_eq!(s, 201);
 
     // Both features: offline AI1 gets a QR payload with what it needs to enroll.
-    let f = fx_with(&["deviceAio", "roboflowLiteMode"]);
+    let f = fx_with(&["deviceAio", "roboflowLiteMode"]).await;
     let (s, b) = f
         .create(json!({"device_name": "Line 3", "device_type": "ai1", "offline_mode": true}))
         .await;
@@ -219,7 +219,7 @@ async fn create_follows_reference_001() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn duplication_copies_config_within_the_workspace_only() {
-    let f = fx_with(&[]);
+    let f = fx_with(&[]).await;
     f.cp.create_workspace("globex", &[]);
     let globex = f.cp.api_key("globex", &[]);
     let (src, _) = f.cp.create_device("acme", &f.key, "src").await;
@@ -261,7 +261,7 @@ async fn duplication_copies_config_within_the_workspace_only() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_are_limited_per_ip_with_a_plain_429() {
-    let f = fx_with(&[]);
+    let f = fx_with(&[]).await;
     let (dev, _) = f.cp.create_device("acme", &f.key, "d").await;
     for _ in 0..5 {
         let (s, _, b) = send(
@@ -298,7 +298,7 @@ async fn logs_are_limited_per_ip_with_a_plain_429() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn telemetry_reads_are_limited_per_device_with_a_json_429() {
-    let f = fx_with(&[]);
+    let f = fx_with(&[]).await;
     let (a, _) = f.cp.create_device("acme", &f.key, "a").await;
     let (b, _) = f.cp.create_device("acme", &f.key, "b").await;
     for i in 0..10 {
@@ -334,7 +334,7 @@ async fn telemetry_reads_are_limited_per_device_with_a_json_429() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bucketed_telemetry_reports_its_period_and_bucket() {
-    let f = fx_with(&[]);
+    let f = fx_with(&[]).await;
     let (dev, _) = f.cp.create_device("acme", &f.key, "d").await;
     for (period, bucket) in [
         ("1h", "1 MINUTE"),
@@ -364,7 +364,7 @@ async fn bucketed_telemetry_reports_its_period_and_bucket() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn patch_delete_reset_and_install_id_do_what_they_say() {
-    let f = fx_with(&[]);
+    let f = fx_with(&[]).await;
     let (dev, old_install) = f.cp.create_device("acme", &f.key, "before").await;
     let (s, _, b) = send(
         f.http
@@ -498,7 +498,7 @@ async fn patch_delete_reset_and_install_id_do_what_they_say() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn config_versions_and_default_config() {
-    let f = fx_with(&[]);
+    let f = fx_with(&[]).await;
     let (dev, _) = f.cp.create_device("acme", &f.key, "d").await;
     let (_, d) =
         f.cp.get_json("/acme/devices/v2/default-config", &f.key)

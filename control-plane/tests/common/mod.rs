@@ -1,5 +1,7 @@
 //! Harness for end-to-end tests: the real `outpost-control-plane` and
-//! `outpost-agent` binaries on 127.0.0.1 with OS-chosen ports.
+//! `outpost-agent` binaries on 127.0.0.1 with OS-chosen ports, or the
+//! control plane started inside the test ([`ControlPlane::in_process`]) where
+//! a test is about the server's logic rather than the binary.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -42,6 +44,11 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Runs `f` to completion from sync test code inside a multi-thread runtime.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -100,7 +107,14 @@ pub fn test_database(data_dir: &Path) -> Option<String> {
 
 /// A running control plane with its own data directory.
 pub struct ControlPlane {
-    child: Child,
+    /// The binary (None in process).
+    child: Option<Child>,
+    /// The server in this process (None for the binary), and the host-side
+    /// administration on its store.
+    server: Option<(
+        outpost_control_plane::server::RunningServer,
+        outpost_control_plane::admin::Admin,
+    )>,
     pub rest: String,
     pub grpc_port: u16,
     pub fingerprint: String,
@@ -115,6 +129,42 @@ impl ControlPlane {
         let mut cp = Self::start_in(&dir, &[]);
         cp._tmp = Some(tmp);
         cp
+    }
+
+    /// The control plane inside this test process (`server::start`), on
+    /// 127.0.0.1 with OS-chosen ports: no process start, and the test's own
+    /// runtime drives it (a multi-thread one: the sync helpers below block
+    /// in place). Workspaces and keys are made through `admin::Admin` on the
+    /// same store, as the admin commands do.
+    pub async fn in_process() -> Self {
+        use outpost_control_plane::config::{ServeArgs, ServeConfig};
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let any_port = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let database_url = test_database(&data_dir);
+        let cfg = ServeConfig::resolve(ServeArgs {
+            data_dir: Some(data_dir.clone()),
+            rest_listen: any_port,
+            grpc_listen: any_port,
+            database_url: database_url.clone(),
+            ..Default::default()
+        })
+        .expect("a valid config");
+        let server = outpost_control_plane::server::start(cfg)
+            .await
+            .expect("the control plane starts");
+        let admin = outpost_control_plane::admin::Admin::open(&data_dir, database_url.as_deref())
+            .await
+            .expect("the store opens for administration");
+        ControlPlane {
+            child: None,
+            rest: format!("http://{}", server.rest_addr),
+            grpc_port: server.grpc_addr.port(),
+            fingerprint: server.ca_fingerprint.clone(),
+            server: Some((server, admin)),
+            data_dir,
+            _tmp: Some(tmp),
+        }
     }
 
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Self {
@@ -168,7 +218,8 @@ impl ControlPlane {
             }
         }
         ControlPlane {
-            child,
+            child: Some(child),
+            server: None,
             rest: rest.unwrap(),
             grpc_port: grpc.unwrap(),
             fingerprint: fp.unwrap(),
@@ -195,6 +246,11 @@ impl ControlPlane {
     }
 
     pub fn create_workspace(&self, name: &str, features: &[&str]) {
+        if let Some((_, admin)) = &self.server {
+            let features: Vec<String> = features.iter().map(|f| f.to_string()).collect();
+            block_on(admin.create_workspace(name, &features)).expect("workspace created");
+            return;
+        }
         let mut args = vec!["workspace", "create", name];
         for f in features {
             args.extend(["--feature", f]);
@@ -208,6 +264,12 @@ impl ControlPlane {
     }
 
     pub fn api_key(&self, workspace: &str, scopes: &[&str]) -> String {
+        if let Some((_, admin)) = &self.server {
+            let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+            let (_id, key) =
+                block_on(admin.create_api_key(workspace, &scopes)).expect("key created");
+            return key;
+        }
         let mut args = vec!["api-key", "create", "--workspace", workspace];
         for s in scopes {
             args.extend(["--scope", s]);
@@ -268,10 +330,18 @@ impl ControlPlane {
         panic!("still rate limited after 30 tries: {path}");
     }
 
+    /// The binary's process (a control plane in process has none).
+    fn child(&mut self) -> &mut Child {
+        self.child
+            .as_mut()
+            .expect("a control plane binary, not one in process")
+    }
+
     /// SIGKILL and wait (a crash or power cut).
     pub fn kill9(&mut self) {
-        signal(&self.child, "KILL");
-        wait_exit(&mut self.child);
+        let child = self.child();
+        signal(child, "KILL");
+        wait_exit(child);
     }
 
     /// `host:port` of both listeners, to come back on the same ports.
@@ -284,15 +354,20 @@ impl ControlPlane {
 
     /// SIGTERM and wait; returns the exit status.
     pub fn stop(&mut self) -> ExitStatus {
-        signal(&self.child, "TERM");
-        wait_exit(&mut self.child)
+        let child = self.child();
+        signal(child, "TERM");
+        wait_exit(child)
     }
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // An in-process server stops when dropped.
+        drop(self.server.take());
     }
 }
 

@@ -7,10 +7,11 @@ use std::time::Duration;
 use outpost_proto::v1::agent_message::Kind as AgentKind;
 use outpost_proto::v1::server_message::Kind as ServerKind;
 use outpost_proto::v1::{
-    AgentMessage, ConfigUpdate, RotateNow, ServerMessage, SessionStart, Settings,
+    AgentMessage, ConfigUpdate, Hello, RotateNow, ServerMessage, SessionStart, Settings,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Status, Streaming};
 
 use crate::AppState;
@@ -38,23 +39,11 @@ async fn run(
     mut inbound: Streaming<AgentMessage>,
     tx: mpsc::Sender<Result<ServerMessage, Status>>,
 ) {
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-        Ok(Ok(Some(AgentMessage {
-            kind: Some(AgentKind::Hello(h)),
-        }))) => h,
-        Ok(Ok(Some(_))) => {
-            let _ = tx
-                .send(Err(Status::invalid_argument(
-                    "the first session message must be a hello",
-                )))
-                .await;
-            return;
-        }
-        Ok(Ok(None)) | Ok(Err(_)) => return,
-        Err(_) => {
-            let _ = tx
-                .send(Err(Status::deadline_exceeded("no hello within 15 s")))
-                .await;
+    let hello = match await_hello(&mut inbound, HELLO_TIMEOUT).await {
+        Ok(Some(h)) => h,
+        Ok(None) => return,
+        Err(status) => {
+            let _ = tx.send(Err(status)).await;
             return;
         }
     };
@@ -140,6 +129,28 @@ async fn run(
     }
     drop(registration);
     close(&state, &id, &session_id).await;
+}
+
+/// The session's first message, which must be a hello and come within
+/// `limit`. `Ok(None)`: the stream ended or failed first (nobody to answer).
+async fn await_hello<S>(inbound: &mut S, limit: Duration) -> Result<Option<Hello>, Status>
+where
+    S: Stream<Item = Result<AgentMessage, Status>> + Unpin,
+{
+    match tokio::time::timeout(limit, inbound.next()).await {
+        Ok(Some(Ok(AgentMessage {
+            kind: Some(AgentKind::Hello(h)),
+        }))) => Ok(Some(h)),
+        Ok(Some(Ok(_))) => Err(Status::invalid_argument(
+            "the first session message must be a hello",
+        )),
+        Ok(None) | Ok(Some(Err(_))) => Ok(None),
+        Err(_) => Err(no_hello(limit)),
+    }
+}
+
+fn no_hello(limit: Duration) -> Status {
+    Status::deadline_exceeded(format!("no hello within {} s", limit.as_secs()))
 }
 
 /// The first server message: settings, where the store stands, and the
@@ -246,5 +257,42 @@ mod tests {
             server_message(Push::Rotate).kind,
             Some(ServerKind::Rotate(_))
         ));
+    }
+
+    fn msg(kind: AgentKind) -> Result<AgentMessage, Status> {
+        Ok(AgentMessage { kind: Some(kind) })
+    }
+
+    #[tokio::test]
+    async fn a_session_opens_with_a_hello_in_time_or_not_at_all() {
+        let hello = msg(AgentKind::Hello(Hello::default()));
+        let got = await_hello(&mut tokio_stream::iter([hello]), HELLO_TIMEOUT).await;
+        assert_eq!(got.unwrap(), Some(Hello::default()));
+
+        let heartbeat = msg(AgentKind::Heartbeat(Default::default()));
+        let err = await_hello(&mut tokio_stream::iter([heartbeat]), HELLO_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+        // The stream ends or breaks first: nothing to answer.
+        let mut ended = tokio_stream::empty::<Result<AgentMessage, Status>>();
+        assert_eq!(await_hello(&mut ended, HELLO_TIMEOUT).await.unwrap(), None);
+        let mut broken = tokio_stream::iter([Err(Status::cancelled("gone"))]);
+        assert_eq!(await_hello(&mut broken, HELLO_TIMEOUT).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_silent_session_gets_deadline_exceeded_when_its_time_is_up() {
+        // The limit is a parameter, so the timeout fires here in
+        // milliseconds; the server passes HELLO_TIMEOUT (15 s).
+        let limit = Duration::from_millis(30);
+        let started = tokio::time::Instant::now();
+        let mut silent = tokio_stream::pending::<Result<AgentMessage, Status>>();
+        let err = await_hello(&mut silent, limit).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+        assert!(started.elapsed() >= limit);
+        // What the agent is told at the server's limit (unchanged wording).
+        assert_eq!(no_hello(HELLO_TIMEOUT).message(), "no hello within 15 s");
     }
 }

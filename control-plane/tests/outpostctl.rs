@@ -81,6 +81,9 @@ struct Running {
     lines: mpsc::Receiver<String>,
     printed: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// Reads standard error to its end; joined once the process exited, so
+    /// `stderr` then holds everything it wrote.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -102,7 +105,7 @@ impl Running {
         let mut err = child.stderr.take().unwrap();
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 1024];
             while let Ok(n) = err.read(&mut buf) {
                 if n == 0 {
@@ -118,6 +121,7 @@ impl Running {
             lines,
             printed: Vec::new(),
             stderr,
+            stderr_reader: Some(stderr_reader),
         }
     }
 
@@ -152,6 +156,10 @@ impl Running {
         let deadline = Instant::now() + within;
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
+                // The pipe's last writer is gone: the reader ends at EOF.
+                if let Some(reader) = self.stderr_reader.take() {
+                    reader.join().unwrap();
+                }
                 return st;
             }
             assert!(

@@ -240,9 +240,13 @@ pub(super) fn patch_events(
     events
 }
 
-/// How a sample fills one telemetry column, and is filled from it: the
-/// column's name, the value for a sample, and the setter for a stored value.
-pub(super) enum SampleColumn {
+/// One column of the `telemetry` table: how a row fills it, and how a
+/// stored value goes back into a sample.
+pub(super) enum TelemetryColumn {
+    /// `device_id`: the device the sample is of.
+    DeviceId,
+    /// `received_at`: when the batch arrived.
+    ReceivedAt,
     Int(
         &'static str,
         fn(&TelemetrySample) -> i64,
@@ -261,15 +265,17 @@ pub(super) enum SampleColumn {
     ),
 }
 
-impl SampleColumn {
+impl TelemetryColumn {
     pub(super) fn name(&self) -> &'static str {
         match self {
+            DeviceId => "device_id",
+            ReceivedAt => "received_at",
             Int(n, ..) | Float(n, ..) | Json(n, ..) => n,
         }
     }
 }
 
-use SampleColumn::{Float, Int, Json};
+use TelemetryColumn::{DeviceId, Float, Int, Json, ReceivedAt};
 
 /// A `u64` field in the column of its name.
 macro_rules! count {
@@ -294,12 +300,16 @@ macro_rules! json_array {
     };
 }
 
-/// The telemetry columns a sample fills — all but `device_id` and
-/// `received_at` — in the order the statements list and bind them. The one
-/// list of them: every telemetry statement and conversion is built from it.
-pub(super) const SAMPLE_COLUMNS: [SampleColumn; 17] = [
+/// The telemetry columns, in the table's order: the one list of them.
+/// Every telemetry insert, its binds and [`sample_from_row`] are built from
+/// it. Inserts list the columns in this order because it is the table's:
+/// SQLite then builds each record from the bound values without moving
+/// them around first.
+pub(super) const TELEMETRY_COLUMNS: [TelemetryColumn; 19] = [
+    DeviceId,
     count!(seq),
     Int("ts", |s| s.timestamp, |s, v| s.timestamp = v),
+    ReceivedAt,
     Float(
         "cpu_percent",
         |s| s.cpu_percent.into(),
@@ -321,11 +331,12 @@ pub(super) const SAMPLE_COLUMNS: [SampleColumn; 17] = [
     json_array!(gpus),
 ];
 
-/// A row with the [`SAMPLE_COLUMNS`] (`SELECT * FROM telemetry`).
+/// A row of `SELECT * FROM telemetry`.
 pub(super) fn sample_from_row(r: &impl Cols) -> StoreResult<TelemetrySample> {
     let mut s = TelemetrySample::default();
-    for c in &SAMPLE_COLUMNS {
+    for c in &TELEMETRY_COLUMNS {
         match c {
+            DeviceId | ReceivedAt => {}
             Int(name, _, set) => set(&mut s, r.int(name)?),
             Float(name, _, set) => set(&mut s, r.float(name)?),
             Json(name, _, set) => set(&mut s, &r.text(name)?)?,

@@ -183,15 +183,16 @@ impl Dialect for Postgres {
         if rows.is_empty() {
             return Ok(0);
         }
-        let devices: Vec<&str> = rows.iter().map(|&(d, _)| d).collect();
-        let mut q = sqlx::query(telemetry_insert())
-            .bind(devices)
-            .bind(received_at);
-        for c in &SAMPLE_COLUMNS {
+        let mut q = sqlx::query(telemetry_insert());
+        for c in &TELEMETRY_COLUMNS {
             q = match c {
-                SampleColumn::Int(_, get, _) => q.bind(column(rows, get)),
-                SampleColumn::Float(_, get, _) => q.bind(column(rows, get)),
-                SampleColumn::Json(_, get, _) => q.bind(column(rows, get)),
+                TelemetryColumn::DeviceId => {
+                    q.bind(rows.iter().map(|&(d, _)| d).collect::<Vec<_>>())
+                }
+                TelemetryColumn::ReceivedAt => q.bind(received_at),
+                TelemetryColumn::Int(_, get, _) => q.bind(column(rows, get)),
+                TelemetryColumn::Float(_, get, _) => q.bind(column(rows, get)),
+                TelemetryColumn::Json(_, get, _) => q.bind(column(rows, get)),
             };
         }
         Ok(q.execute(pool).await?.rows_affected())
@@ -257,32 +258,35 @@ fn column<T>(rows: &[(&str, &TelemetrySample)], get: &fn(&TelemetrySample) -> T)
     rows.iter().map(|&(_, s)| get(s)).collect()
 }
 
-/// The telemetry insert: `$1` the devices, `$2` received_at, then one
-/// array per [`SAMPLE_COLUMNS`] entry; rows in (device, seq) order, as
+/// The telemetry insert: one parameter per [`TELEMETRY_COLUMNS`] entry, in
+/// order, an array each but `received_at`; rows in (device, seq) order, as
 /// `insert_logs` orders them.
 fn telemetry_insert() -> &'static str {
     static TEXT: LazyLock<String> = LazyLock::new(|| {
-        let names: Vec<&str> = SAMPLE_COLUMNS.iter().map(SampleColumn::name).collect();
-        let arrays: Vec<String> = SAMPLE_COLUMNS
-            .iter()
-            .enumerate()
-            .map(|(k, c)| {
-                let ty = match c {
-                    SampleColumn::Int(..) => "BIGINT",
-                    SampleColumn::Float(..) => "DOUBLE PRECISION",
-                    SampleColumn::Json(..) => "TEXT",
-                };
-                format!("${}::{ty}[]", k + 3)
-            })
-            .collect();
-        let names = names.join(", ");
+        let (mut names, mut select, mut arrays, mut unnested) = (vec![], vec![], vec![], vec![]);
+        for (k, c) in TELEMETRY_COLUMNS.iter().enumerate() {
+            let (name, param) = (c.name(), format!("${}", k + 1));
+            names.push(name);
+            let ty = match c {
+                TelemetryColumn::ReceivedAt => {
+                    select.push(param);
+                    continue;
+                }
+                TelemetryColumn::DeviceId | TelemetryColumn::Json(..) => "TEXT",
+                TelemetryColumn::Int(..) => "BIGINT",
+                TelemetryColumn::Float(..) => "DOUBLE PRECISION",
+            };
+            select.push(name.to_string());
+            arrays.push(format!("{param}::{ty}[]"));
+            unnested.push(name);
+        }
         format!(
-            "INSERT INTO telemetry (device_id, received_at, {names}) \
-             SELECT device_id, $2, {names} \
-             FROM UNNEST($1::TEXT[], {}) AS b(device_id, {names}) \
-             ORDER BY device_id, seq \
-             ON CONFLICT (device_id, seq) DO NOTHING",
+            "INSERT INTO telemetry ({}) SELECT {} FROM UNNEST({}) AS b({}) \
+             ORDER BY device_id, seq ON CONFLICT (device_id, seq) DO NOTHING",
+            names.join(", "),
+            select.join(", "),
             arrays.join(", "),
+            unnested.join(", "),
         )
     });
     &TEXT

@@ -150,15 +150,16 @@ const INSERT_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 /// constant text: sqlx caches their prepared forms).
 fn telemetry_insert(size_index: usize) -> &'static str {
     static TEXTS: LazyLock<Vec<String>> = LazyLock::new(|| {
-        let columns: Vec<&str> = SAMPLE_COLUMNS.iter().map(SampleColumn::name).collect();
-        // device_id, received_at, then the sample's columns.
-        let row = format!("(?, ?{})", ", ?".repeat(columns.len()));
+        let columns: Vec<&str> = TELEMETRY_COLUMNS
+            .iter()
+            .map(TelemetryColumn::name)
+            .collect();
+        let row = format!("({})", vec!["?"; columns.len()].join(", "));
         INSERT_SIZES
             .iter()
             .map(|&n| {
                 format!(
-                    "INSERT INTO telemetry (device_id, received_at, {}) VALUES {} \
-                     ON CONFLICT (device_id, seq) DO NOTHING",
+                    "INSERT INTO telemetry ({}) VALUES {} ON CONFLICT (device_id, seq) DO NOTHING",
                     columns.join(", "),
                     vec![row.as_str(); n].join(", "),
                 )
@@ -183,12 +184,13 @@ async fn insert_rows(
             let (chunk, tail) = rest.split_at(size);
             let mut q = sqlx::query(telemetry_insert(k));
             for &(device, s) in chunk {
-                q = q.bind(device).bind(received_at);
-                for c in &SAMPLE_COLUMNS {
+                for c in &TELEMETRY_COLUMNS {
                     q = match c {
-                        SampleColumn::Int(_, get, _) => q.bind(get(s)),
-                        SampleColumn::Float(_, get, _) => q.bind(get(s)),
-                        SampleColumn::Json(_, get, _) => q.bind(get(s)),
+                        TelemetryColumn::DeviceId => q.bind(device),
+                        TelemetryColumn::ReceivedAt => q.bind(received_at),
+                        TelemetryColumn::Int(_, get, _) => q.bind(get(s)),
+                        TelemetryColumn::Float(_, get, _) => q.bind(get(s)),
+                        TelemetryColumn::Json(_, get, _) => q.bind(get(s)),
                     };
                 }
             }

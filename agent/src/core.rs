@@ -350,7 +350,14 @@ impl<D: Delivery> Core<D> {
             Link::Draining { deadline, .. } => Some(deadline),
             Link::Connecting | Link::RotatingExpired | Link::Done => None,
         };
-        [Some(self.next_sample), link, self.status_due()]
+        let sample = match self.link {
+            Link::Draining {
+                then: AfterDrain::Stop,
+                ..
+            } => None,
+            _ => Some(self.next_sample),
+        };
+        [sample, link, self.status_due()]
             .into_iter()
             .flatten()
             .min()
@@ -361,7 +368,14 @@ impl<D: Delivery> Core<D> {
         if self.link == Link::Done {
             return;
         }
-        if now >= self.next_sample {
+        let stopping = matches!(
+            self.link,
+            Link::Draining {
+                then: AfterDrain::Stop,
+                ..
+            }
+        );
+        if now >= self.next_sample && !stopping {
             self.out.push_back(Output::TakeSample);
             // Behind schedule (a stalled loop): the next one is an interval
             // from now, not a burst of catch-up samples.

@@ -314,9 +314,10 @@ struct DeviceCtx {
 }
 
 /// Batches in flight per device at most. The agent's window is 4; the
-/// simulator's is wider so that a device offering `--batch` samples per
-/// period measures the control plane's ack latency, not its own queue.
-const WINDOW: usize = 64;
+/// simulator's is so wide that every sample goes as soon as it is taken (as
+/// before it drove the agent's core), so a run measures the control plane's
+/// ack latency rather than the simulator's own queue.
+const WINDOW: usize = 4096;
 
 /// A sample spooled (in memory) and not yet acked.
 struct Pending {

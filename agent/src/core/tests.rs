@@ -506,7 +506,7 @@ fn stop_waits_for_outstanding_acks_then_ends() {
         !outs.iter().any(|o| matches!(o, Output::Exit(_))),
         "{outs:?}"
     );
-    // Samples stop being handed out while draining, acks still count.
+    // Acks still count while draining.
     let outs = s.event(Event::TelemetryAck(1));
     assert!(!outs.iter().any(|o| matches!(o, Output::Exit(_))));
     s.now += 100 * Duration::from_millis(1);
@@ -522,6 +522,17 @@ fn stop_waits_for_outstanding_acks_then_ends() {
             ..
         }
     )));
+}
+
+#[test]
+fn no_sample_is_taken_while_stopping() {
+    let mut s = Sim::new(Rules::default(), SEC);
+    s.connect(7);
+    s.run_until(3 * SEC);
+    s.event(Event::Stop);
+    let outs = s.run_until(5 * SEC + 900 * Duration::from_millis(1));
+    assert!(!outs.iter().any(|(_, o)| is_sample(o)), "{outs:?}");
+    assert!(!outs.iter().any(|(_, o)| matches!(o, Output::Exit(_))));
 }
 
 #[test]

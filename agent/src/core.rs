@@ -377,9 +377,14 @@ impl<D: Delivery> Core<D> {
         );
         if now >= self.next_sample && !stopping {
             self.out.push_back(Output::TakeSample);
-            // Behind schedule (a stalled loop): the next one is an interval
-            // from now, not a burst of catch-up samples.
-            self.next_sample = (self.next_sample + self.interval).max(now + self.interval);
+            // On the grid however late the wake-up (timers fire a little
+            // late: rescheduling from `now` would drift); a whole period
+            // behind (a stalled loop), the next is an interval from now, not
+            // a burst of catch-up samples.
+            self.next_sample += self.interval;
+            if self.next_sample <= now {
+                self.next_sample = now + self.interval;
+            }
             // A heartbeat that would fall due before the next sample goes
             // now, with this one: the two share a wake-up (and, when both
             // periods are equal, every wake-up from then on).

@@ -85,6 +85,11 @@ pub async fn drive<H: Host>(
     let mut link: Option<OpenLink> = None;
     let mut connecting: Option<BoxFuture<'static, Result<OpenLink, LinkError>>> = None;
     let mut rotating: Option<BoxFuture<'static, Result<(), String>>> = None;
+    // One timer, moved when the deadline moves (not a new one per turn: a
+    // simulated fleet turns this loop hundreds of thousands of times a second).
+    let timer = tokio::time::sleep(std::time::Duration::ZERO);
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
         core.handle_timeout(Instant::now());
         while let Some(out) = core.poll_output() {
@@ -158,8 +163,14 @@ pub async fn drive<H: Host>(
             .into_iter()
             .flatten()
             .min();
+        if wake != armed {
+            if let Some(at) = wake {
+                timer.as_mut().reset(at);
+            }
+            armed = wake;
+        }
         tokio::select! {
-            _ = sleep_until(wake) => {}
+            _ = &mut timer, if armed.is_some() => armed = None,
             r = optional(&mut connecting) => {
                 connecting = None;
                 let now = Instant::now();

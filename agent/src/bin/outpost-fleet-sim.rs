@@ -364,10 +364,11 @@ impl Delivery for SimDelivery {
         if self.in_flight.len() >= WINDOW {
             return None;
         }
+        // `pending` is in seq order: the first unsent one by binary search.
+        let first = self.pending.partition_point(|p| p.seq <= self.sent_upto);
         let samples: Vec<Sample> = self
             .pending
-            .iter()
-            .filter(|p| p.seq > self.sent_upto)
+            .range(first..)
             .take(self.batch)
             .map(|p| p.sample.clone())
             .collect();

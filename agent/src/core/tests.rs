@@ -236,6 +236,43 @@ fn connects_at_once_and_samples_one_interval_in() {
 }
 
 #[test]
+fn samples_stay_on_their_grid_when_wake_ups_are_late() {
+    let mut s = Sim::new(Rules::default(), Duration::from_millis(100));
+    s.connect(7);
+    let mut at = Vec::new();
+    for _ in 0..50 {
+        let due = s.core.poll_timeout().unwrap();
+        // Every wake-up 3 ms late, as a busy timer wheel delivers them.
+        s.now = due + Duration::from_millis(3);
+        s.core.handle_timeout(s.now);
+        for o in s.drain() {
+            if is_sample(&o) {
+                at.push(s.now - s.t0);
+            }
+        }
+    }
+    let n = at.len();
+    assert!(n >= 45, "{at:?}");
+    assert_eq!(
+        at[n - 1],
+        Duration::from_millis(100 * n as u64 + 3),
+        "{at:?}"
+    );
+    // A loop stalled for a second skips what it missed instead of bursting.
+    let due = s.core.poll_timeout().unwrap();
+    s.now = due + SEC;
+    s.core.handle_timeout(s.now);
+    let burst = s.drain().iter().filter(|o| is_sample(o)).count();
+    assert_eq!(burst, 1);
+    let stalled_at = s.at();
+    let outs = s.run_until(stalled_at + Duration::from_millis(150));
+    assert_eq!(
+        times_of(&outs, is_sample),
+        vec![stalled_at + Duration::from_millis(100)]
+    );
+}
+
+#[test]
 fn a_heartbeat_rides_with_the_sample_when_both_are_due_together() {
     let mut s = Sim::agent();
     s.run_until(3 * SEC);

@@ -277,7 +277,7 @@ async fn devices_create_list_get_delete_round_trip() {
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(
         cells[..5],
-        ["gate-1", id.as_str(), "edge", "unknown", "never"]
+        ["gate-1", id.as_str(), "edge", "pending", "never"]
     );
 
     let d = json(&cp, &key, &["devices", "get", &id]);
@@ -285,15 +285,16 @@ async fn devices_create_list_get_delete_round_trip() {
     assert_eq!(d["name"], "gate-1");
     assert_eq!(d["description"], "front gate");
     assert_eq!(d["status"], "unknown");
+    assert_eq!(d["enrollment"], "pending");
     let shown = ok(&cp, &key, &["devices", "get", &id]);
     assert_eq!(field(&shown, "description"), "front gate");
-    assert_eq!(field(&shown, "status"), "unknown");
+    assert_eq!(field(&shown, "status"), "pending");
 
     let out = ok(&cp, &key, &["devices", "delete", &id]);
     assert_eq!(out.trim(), format!("deleted {id}"));
     let (code, err) = fails(&cp, &key, &["devices", "get", &id]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("device not found"), "{err}");
+    assert!(err.contains("no device has the id or name"), "{err}");
     let list = json(&cp, &key, &["devices", "list"]);
     let mut left = vec![id2, id3];
     left.sort();
@@ -725,4 +726,78 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_by_name_install_ids_and_the_short_forms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_in(&tmp.path().join("data"), &["--install-id-ttl", "5s"]);
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let create = |name: &str| {
+        json(&cp, &key, &["devices", "create", name])["deviceId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let twin_a = create("twin");
+    let twin_b = create("twin");
+    let gate = create("gate 7");
+    // By name, where it is unique.
+    let d = json(&cp, &key, &["devices", "get", "gate 7"]);
+    assert_eq!(d["id"], gate.as_str());
+    // An ambiguous name is a usage error naming the candidates.
+    let (code, err) = fails(&cp, &key, &["devices", "get", "twin"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("2 devices are named \"twin\"")
+            && err.contains(&twin_a)
+            && err.contains(&twin_b),
+        "{err}"
+    );
+    let (code, err) = fails(&cp, &key, &["devices", "get", "nobody"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no device has the id or name \"nobody\""),
+        "{err}"
+    );
+    // `ls` at the top, with a name filter.
+    let listed = json(&cp, &key, &["ls", "--name", "twin"]);
+    let mut twins = vec![twin_a.clone(), twin_b.clone()];
+    twins.sort();
+    assert_eq!(ids(&listed), twins);
+
+    // Never enrolled: pending, until its install ID expires.
+    let expired = wait_until("the install ID expires", TIMEOUT, || async {
+        let d = json(&cp, &key, &["devices", "get", &gate]);
+        (d["enrollment"] == "install_id_expired").then_some(d)
+    })
+    .await;
+    assert_eq!(expired["status"], "unknown", "RFDM status unchanged");
+    let table = ok(&cp, &key, &["devices", "list", "--name", "gate 7"]);
+    assert!(table.contains("install ID expired"), "{table}");
+    // A new install ID (by name): pending again, and it enrolls the box.
+    let out = ok(&cp, &key, &["devices", "install-id", "gate 7"]);
+    assert_eq!(field(&out, "device id"), gate);
+    let install_id = field(&out, "install id");
+    assert!(install_id.starts_with("inst_"), "{out}");
+    assert!(
+        field(&out, "install command").contains(&install_id),
+        "{out}"
+    );
+    let d = json(&cp, &key, &["devices", "get", &gate]);
+    assert_eq!(d["enrollment"], "pending", "{d}");
+    assert!(d["install_id_expires_at"].is_string(), "{d}");
+    let state = tempfile::tempdir().unwrap();
+    let enrolled = enroll(&cp, &install_id, state.path());
+    assert!(enrolled.status.success(), "{enrolled:?}");
+    let d = json(&cp, &key, &["devices", "get", "gate 7"]);
+    assert_eq!(d["enrollment"], "enrolled", "{d}");
+    assert!(d["install_id_expires_at"].is_null(), "{d}");
+
+    // `rm` at the top, by name.
+    let out = ok(&cp, &key, &["rm", "gate 7"]);
+    assert_eq!(out.trim(), format!("deleted {gate}"));
+    let (code, _) = fails(&cp, &key, &["devices", "get", &gate]);
+    assert_eq!(code, 1);
 }

@@ -179,6 +179,42 @@ impl Api {
         }
     }
 
+    /// A device named by its id or by its name (which must then be unique
+    /// in the workspace): its id.
+    pub async fn device_id(&self, device: &str) -> Result<String> {
+        match self.get(&[device], &[]).await {
+            Ok(_) => return Ok(device.to_string()),
+            Err(Error::Server { status: 404, .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let page = self
+            .get(&[], &[("name", device.to_string()), ("limit", "10".into())])
+            .await?;
+        let ids: Vec<&str> = page["data"]
+            .as_array()
+            .ok_or_else(|| Error::Protocol("a list without \"data\"".into()))?
+            .iter()
+            .filter_map(|d| d["id"].as_str())
+            .collect();
+        match ids.as_slice() {
+            [] => Err(Error::Server {
+                status: 404,
+                message: format!("no device has the id or name {device:?}"),
+            }),
+            [id] => Ok(id.to_string()),
+            more => Err(Error::Usage(format!(
+                "{}{} devices are named {device:?}: name one by its id ({})",
+                more.len(),
+                if page["pagination"]["has_more"].as_bool() == Some(true) {
+                    "+"
+                } else {
+                    ""
+                },
+                more.join(", ")
+            ))),
+        }
+    }
+
     /// One request; `None` for an empty success (204). 429s are waited out
     /// (`Retry-After`) up to a minute in all, or forever once `patient`.
     pub async fn call(

@@ -57,6 +57,10 @@ pub enum Command {
     /// List, show, create and delete devices.
     #[command(subcommand)]
     Devices(Devices),
+    /// Same as `devices list`.
+    Ls(ListArgs),
+    /// Same as `devices delete`.
+    Rm { device: String },
     /// Reset a device's connection: a fresh device API key (the previous one
     /// stops working) and, if the agent is connected, a certificate rotation.
     Reset {
@@ -79,22 +83,12 @@ pub enum Command {
 pub enum Devices {
     /// Every device of the workspace (all pages, or --limit).
     #[command(visible_alias = "ls")]
-    List {
-        /// At most this many devices.
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-        limit: Option<u32>,
-        /// Only devices with this status: online, offline or unknown.
-        #[arg(long)]
-        status: Option<String>,
-        /// Only devices of this type: edge or ai1.
-        #[arg(long = "type", value_name = "TYPE")]
-        device_type: Option<String>,
-        /// Devices per request (the server allows up to 500).
-        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=500))]
-        page_size: u32,
-    },
-    /// One device.
+    List(ListArgs),
+    /// One device (by id or unique name, as everywhere).
     Get { device: String },
+    /// A new install ID for a device (the previous one stops working): to
+    /// enroll a box that never did, or whose install ID expired.
+    InstallId { device: String },
     /// Create a device; prints its install ID and install command.
     Create {
         /// The device's name.
@@ -116,6 +110,25 @@ pub enum Devices {
     /// Delete a device: its certificates and keys are revoked at once.
     #[command(visible_alias = "rm")]
     Delete { device: String },
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// At most this many devices.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+    /// Only devices with this status: online, offline or unknown.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only devices of this type: edge or ai1.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub device_type: Option<String>,
+    /// Only devices with exactly this name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Devices per request (the server allows up to 500).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub page_size: u32,
 }
 
 #[derive(Args)]

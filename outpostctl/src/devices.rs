@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use crate::api::Api;
-use crate::cli::{Devices, Format};
+use crate::cli::{Devices, Format, ListArgs};
 use crate::error::{Error, Result};
 use crate::show::{self, Table, text};
 
@@ -15,26 +15,9 @@ const MAX_PAGE: u32 = 500;
 
 pub async fn run(api: &Api, cmd: Devices, format: Format) -> Result<()> {
     match cmd {
-        Devices::List {
-            limit,
-            status,
-            device_type,
-            page_size,
-        } => {
-            let mut filters = Vec::new();
-            if let Some(s) = status {
-                filters.push(("status", s));
-            }
-            if let Some(t) = device_type {
-                filters.push(("type", t));
-            }
-            let (devices, pagination) = api.pages(&[], &filters, limit, page_size).await?;
-            match format {
-                Format::Json => show::json(&json!({"data": devices, "pagination": pagination})),
-                Format::Table => list_table(&devices, SystemTime::now()).print(),
-            }
-        }
+        Devices::List(args) => list(api, args, format).await,
         Devices::Get { device } => {
+            let device = api.device_id(&device).await?;
             let d = api.get(&[&device], &[]).await?;
             match format {
                 Format::Json => show::json(&d),
@@ -87,19 +70,60 @@ pub async fn run(api: &Api, cmd: Devices, format: Format) -> Result<()> {
                 }
             }
         }
-        Devices::Delete { device } => {
-            api.call(Method::DELETE, &[&device], &[], None).await?;
+        Devices::Delete { device } => delete(api, &device, format).await,
+        Devices::InstallId { device } => {
+            let device = api.device_id(&device).await?;
+            let t = api
+                .call(Method::POST, &[&device, "install-id"], &[], None)
+                .await?
+                .ok_or_else(|| Error::Protocol("install-id answered without a body".into()))?;
             match format {
-                Format::Json => show::json_line(&json!({"deleted": device})),
-                Format::Table => show::line(&format!("deleted {device}")),
+                Format::Json => show::json(&t),
+                Format::Table => show::pairs(&[
+                    ("device id", text(&t["deviceId"])),
+                    ("install id", text(&t["installId"])),
+                    ("install id expires", text(&t["installIdExpiresAt"])),
+                    ("install command", text(&t["installCommand"])),
+                ]),
             }
         }
+    }
+}
+
+/// `devices list` (also `ls`).
+pub async fn list(api: &Api, args: ListArgs, format: Format) -> Result<()> {
+    let mut filters = Vec::new();
+    if let Some(s) = args.status {
+        filters.push(("status", s));
+    }
+    if let Some(t) = args.device_type {
+        filters.push(("type", t));
+    }
+    if let Some(n) = args.name {
+        filters.push(("name", n));
+    }
+    let (devices, pagination) = api.pages(&[], &filters, args.limit, args.page_size).await?;
+    match format {
+        Format::Json => show::json(&json!({"data": devices, "pagination": pagination})),
+        Format::Table => list_table(&devices, SystemTime::now()).print(),
+    }
+}
+
+/// `devices delete` (also `rm`).
+pub async fn delete(api: &Api, device: &str, format: Format) -> Result<()> {
+    let device = api.device_id(device).await?;
+    api.call(Method::DELETE, &[&device], &[], None).await?;
+    match format {
+        Format::Json => show::json_line(&json!({"deleted": device})),
+        Format::Table => show::line(&format!("deleted {device}")),
     }
 }
 
 /// `reset DEVICE [--force]`. The answer holds a fresh *device* API key:
 /// handing it out is what the route is for, so it is printed.
 pub async fn reset(api: &Api, device: &str, force: bool, format: Format) -> Result<()> {
+    let device = api.device_id(device).await?;
+    let device = device.as_str();
     let query = if force {
         vec![("force", "true".to_string())]
     } else {
@@ -157,13 +181,23 @@ fn list_table(devices: &[Value], now: SystemTime) -> Table {
             text(&d["name"]),
             text(&d["id"]),
             text(&d["type"]),
-            text(&d["status"]),
+            status(d),
             show::ago(&d["last_heartbeat"], now),
             text(&d["agent_version"]),
             show::until(&d["certificate_expires_at"], now),
         ]);
     }
     t
+}
+
+/// The RFDM status, or where the device is in its enrollment while it has
+/// not enrolled (`pending`, `install ID expired`).
+fn status(d: &Value) -> String {
+    match d["enrollment"].as_str() {
+        Some("pending") => "pending".into(),
+        Some("install_id_expired") => "install ID expired".into(),
+        _ => text(&d["status"]),
+    }
 }
 
 fn detail(d: &Value, now: SystemTime) -> Vec<(&'static str, String)> {
@@ -181,7 +215,7 @@ fn detail(d: &Value, now: SystemTime) -> Vec<(&'static str, String)> {
         ("name", text(&d["name"])),
         ("description", text(&d["description"])),
         ("type", text(&d["type"])),
-        ("status", text(&d["status"])),
+        ("status", status(d)),
         ("enabled", text(&d["enabled"])),
         (
             "last heartbeat",
@@ -214,6 +248,15 @@ fn detail(d: &Value, now: SystemTime) -> Vec<(&'static str, String)> {
         ("offline mode", text(&d["offline_mode"])),
         ("created", text(&d["created_at"])),
     ];
+    if d["install_id_expires_at"].is_string() {
+        p.push((
+            "install id expires",
+            with_age(
+                &d["install_id_expires_at"],
+                show::until(&d["install_id_expires_at"], now),
+            ),
+        ));
+    }
     if let Some(tags) = d["tags"].as_array().filter(|t| !t.is_empty()) {
         let tags: Vec<String> = tags.iter().map(text).collect();
         p.push(("tags", tags.join(", ")));

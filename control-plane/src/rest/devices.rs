@@ -11,8 +11,8 @@ use serde_json::json;
 
 use crate::live::Cut;
 use crate::store::{
-    Device, DeviceListQuery, DevicePatch, DeviceStatus, FEATURE_DEVICE_AIO, FEATURE_LITE_MODE,
-    NewDevice, UnixMillis, now_ms,
+    Device, DeviceListQuery, DevicePatch, DeviceStatus, EnrollmentState, FEATURE_DEVICE_AIO,
+    FEATURE_LITE_MODE, NewDevice, UnixMillis, now_ms,
 };
 use crate::{AppState, admin, device_config, ids};
 
@@ -31,6 +31,12 @@ pub struct DeviceView {
     pub name: String,
     pub description: String,
     pub status: DeviceStatus,
+    /// `enrolled`, `pending` (waiting for the box to enroll) or
+    /// `install_id_expired` (waiting, but its install ID has expired: issue
+    /// a new one). An Outpost extension.
+    pub enrollment: EnrollmentState,
+    /// While the device waits for enrollment: when its install ID expires.
+    pub install_id_expires_at: Option<String>,
     pub last_heartbeat: Option<String>,
     pub platform: Option<String>,
     pub platform_release: Option<String>,
@@ -65,6 +71,7 @@ pub struct Hardware {
 impl DeviceView {
     pub fn new(d: Device, now: UnixMillis) -> Self {
         let status = d.status(now);
+        let enrollment = d.enrollment(now);
         let f = d.facts;
         let text = |pick: fn(&crate::store::DeviceFacts) -> &String| {
             f.as_ref().map(pick).filter(|s| !s.is_empty()).cloned()
@@ -75,6 +82,8 @@ impl DeviceView {
         });
         DeviceView {
             status,
+            enrollment,
+            install_id_expires_at: d.awaiting_enrollment_until.map(format_time),
             last_heartbeat: d.last_heartbeat.map(format_time),
             platform: text(|f| &f.os_name),
             platform_release: text(|f| &f.kernel_version),
@@ -191,6 +200,7 @@ pub async fn list(
             limit: limit + 1,
             status,
             device_type,
+            name: params.get("name").map(String::from),
             now,
         })
         .await?;

@@ -123,6 +123,7 @@ pub async fn metrics(
                     limit: CHUNK,
                     status: None,
                     device_type: None,
+                    name: None,
                     now,
                 })
                 .await?;

@@ -192,6 +192,8 @@ pub struct ListQuery {
     /// `edge` or `ai1`.
     #[param(rename = "type")]
     device_type: Option<String>,
+    /// Only devices with exactly this name (names need not be unique).
+    name: Option<String>,
 }
 
 /// Bucketed telemetry.

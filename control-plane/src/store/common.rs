@@ -77,7 +77,12 @@ macro_rules! device_select {
         concat!(
             "SELECT id, workspace, name, description, device_type, enabled, created_at, ",
             "facts, session_id, last_heartbeat, cert_expires_at, workflow_id, offline_mode, ",
-            "config_version, config_applied_version FROM devices ",
+            "config_version, config_applied_version, ",
+            // Set while the device waits for its (first or post-reset)
+            // enrollment: an unspent install ID and no certificate.
+            "CASE WHEN install_id_hash IS NOT NULL AND NOT install_spent ",
+            "AND cert_expires_at IS NULL THEN install_id_expires_at END AS awaiting_until ",
+            "FROM devices ",
             $tail
         )
     };
@@ -141,6 +146,7 @@ pub(super) fn device_from_row(r: &impl Cols) -> StoreResult<Device> {
         offline_mode: r.flag("offline_mode")?,
         config_version: u(r.int("config_version")?),
         config_applied_version: u(r.int("config_applied_version")?),
+        awaiting_enrollment_until: r.opt_int("awaiting_until")?,
     })
 }
 

@@ -156,6 +156,9 @@ pub struct Device {
     pub config_version: u64,
     /// Last version the agent reported as applied.
     pub config_applied_version: u64,
+    /// While the device waits for enrollment (never enrolled, or reset by
+    /// force): when its install ID expires.
+    pub awaiting_enrollment_until: Option<UnixMillis>,
 }
 
 /// What PATCH may change; `None` leaves a field as it is.
@@ -282,7 +285,28 @@ pub enum DeviceStatus {
     Unknown,
 }
 
+/// Where a device is in its enrollment (an Outpost extension next to the
+/// RFDM `status`, which stays online|offline|unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrollmentState {
+    /// It holds a certificate.
+    Enrolled,
+    /// Waiting for the box to enroll with its install ID.
+    Pending,
+    /// Waiting, but the install ID has expired: issue a new one.
+    InstallIdExpired,
+}
+
 impl Device {
+    pub fn enrollment(&self, now: UnixMillis) -> EnrollmentState {
+        match self.awaiting_enrollment_until {
+            None => EnrollmentState::Enrolled,
+            Some(until) if now < until => EnrollmentState::Pending,
+            Some(_) => EnrollmentState::InstallIdExpired,
+        }
+    }
+
     /// `unknown` until the first connection; then `online` while a session is
     /// live and heartbeating, else `offline`.
     pub fn status(&self, now: UnixMillis) -> DeviceStatus {
@@ -429,6 +453,8 @@ pub struct DeviceListQuery {
     pub limit: u32,
     pub status: Option<DeviceStatus>,
     pub device_type: Option<String>,
+    /// Only devices with exactly this name.
+    pub name: Option<String>,
     /// The time `status` is judged at.
     pub now: UnixMillis,
 }

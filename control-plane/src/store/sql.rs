@@ -488,6 +488,7 @@ where
                       AND NOT (session_id IS NOT NULL AND last_heartbeat > $6)) \
                   OR ($5 = 'unknown' AND last_heartbeat IS NULL)) \
              AND ($7 IS NULL OR device_type = $7) \
+             AND ($8 IS NULL OR name = $8) \
              ORDER BY created_at, id LIMIT $4"
         );
         let (after_ts, after_id) = match &q.after {
@@ -502,6 +503,7 @@ where
             .bind(q.status.map(status_name))
             .bind(q.now - ONLINE_WINDOW_MS)
             .bind(&q.device_type)
+            .bind(&q.name)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(device_from_row).collect()
@@ -957,7 +959,8 @@ where
         // enrollments and rotations of the device.
         let res = sqlx::query(
             "UPDATE devices SET install_id_hash = $1, install_id_expires_at = $2, \
-             install_key_sha256 = NULL, install_spent = FALSE, session_id = NULL \
+             install_key_sha256 = NULL, install_spent = FALSE, session_id = NULL, \
+             cert_expires_at = NULL \
              WHERE workspace = $3 AND id = $4 AND deleted_at IS NULL",
         )
         .bind(install_id_hash)

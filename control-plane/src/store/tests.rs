@@ -130,6 +130,8 @@ store_tests!(
     events_page_both_ways,
     latest_telemetry_is_each_devices_newest_sample,
     every_telemetry_column_round_trips,
+    enrollment_state_follows_install_ids_certificates_and_resets,
+    list_filters_by_exact_name,
 );
 
 replica_tests!(
@@ -513,6 +515,7 @@ async fn devices_list_in_pages_within_their_workspace(s: Arc<dyn Store>) {
             limit: 2,
             status: None,
             device_type: None,
+            name: None,
             now: 0,
         })
         .await
@@ -528,6 +531,7 @@ async fn devices_list_in_pages_within_their_workspace(s: Arc<dyn Store>) {
             limit: 2,
             status: None,
             device_type: None,
+            name: None,
             now: 0,
         })
         .await
@@ -565,6 +569,7 @@ fn list_query(
         limit: 100,
         status,
         device_type: device_type.map(String::from),
+        name: None,
         now,
     }
 }
@@ -1489,4 +1494,69 @@ async fn replicas_record_a_patch_once(stores: Vec<Arc<dyn Store>>) {
     .await;
     let kinds = events_of(stores[1].list_events(&all_events("d1")).await.unwrap());
     assert_eq!(kinds, vec!["created", "disabled"]);
+}
+
+async fn enrollment_state_follows_install_ids_certificates_and_resets(s: Arc<dyn Store>) {
+    let mut d = new_device("d1", 1);
+    d.install_id_expires_at = 5_000;
+    s.create_device(&d).await.unwrap();
+    let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
+    assert_eq!(dev.awaiting_enrollment_until, Some(5_000));
+    assert_eq!(dev.enrollment(4_999), EnrollmentState::Pending);
+    assert_eq!(dev.enrollment(5_000), EnrollmentState::InstallIdExpired);
+    // A new install ID for a device that never enrolled: pending again.
+    assert!(
+        s.reissue_install_id("acme", "d1", "hash-new", 9_000, 6_000)
+            .await
+            .unwrap()
+    );
+    let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
+    assert_eq!(dev.enrollment(6_000), EnrollmentState::Pending);
+    // Enrolled (a certificate) even before the first connection spends
+    // the install ID.
+    let mut c = commit("d1", "keyA", "s1");
+    c.cert.not_after = 100_000;
+    s.complete_enrollment(&c).await.unwrap();
+    let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
+    assert_eq!(dev.enrollment(6_000), EnrollmentState::Enrolled);
+    s.spend_install_id("d1").await.unwrap();
+    // A new install ID while the box holds a good certificate: still
+    // enrolled (the box keeps working until it uses the new one).
+    assert!(
+        s.reissue_install_id("acme", "d1", "hash-2", 9_000, 6_000)
+            .await
+            .unwrap()
+    );
+    let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
+    assert_eq!(dev.enrollment(6_000), EnrollmentState::Enrolled);
+    // Reset by force: the certificate is gone, the box must enroll again.
+    assert!(
+        s.force_reset("acme", "d1", "hash-3", 20_000, 7_000)
+            .await
+            .unwrap()
+    );
+    let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
+    assert_eq!(dev.cert_expires_at, None);
+    assert_eq!(dev.enrollment(7_000), EnrollmentState::Pending);
+    assert_eq!(dev.enrollment(20_000), EnrollmentState::InstallIdExpired);
+}
+
+async fn list_filters_by_exact_name(s: Arc<dyn Store>) {
+    for (id, name) in [("a", "cam"), ("b", "cam 2"), ("c", "cam")] {
+        let mut d = new_device(id, 1);
+        d.name = name.into();
+        s.create_device(&d).await.unwrap();
+    }
+    let mut q = list_query(None, None, 0);
+    q.name = Some("cam".into());
+    let ids: Vec<String> = s
+        .list_devices(&q)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["a", "c"]);
+    q.name = Some("CAM".into());
+    assert!(s.list_devices(&q).await.unwrap().is_empty(), "exact match");
 }

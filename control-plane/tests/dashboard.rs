@@ -895,3 +895,184 @@ async fn dashboard_in_headless_chromium() {
     b.quit().await;
     drop(others);
 }
+
+/// The QR code the page drew (`svg.qr`: one path of 1×1 squares at
+/// `M{x} {y}`), decoded by a real QR reader.
+fn decode_qr(path: &str) -> String {
+    let squares: Vec<(usize, usize)> = path
+        .split('M')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut xy = p
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|n| !n.is_empty());
+            let x = xy.next().unwrap().parse().unwrap();
+            let y = xy.next().unwrap().parse().unwrap();
+            (x, y)
+        })
+        .collect();
+    let size = squares.iter().map(|&(x, y)| x.max(y)).max().unwrap() + 5;
+    const SCALE: usize = 4;
+    let mut dark = vec![false; size * size];
+    for (x, y) in squares {
+        dark[y * size + x] = true;
+    }
+    let mut img =
+        rqrr::PreparedImage::prepare_from_greyscale(size * SCALE, size * SCALE, |x, y| {
+            if dark[(y / SCALE) * size + x / SCALE] {
+                0
+            } else {
+                255
+            }
+        });
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code");
+    grids[0].decode().unwrap().1
+}
+
+/// "Add device" in the real browser: the dialog creates a device and shows
+/// its install command once, with a QR code that decodes to the same
+/// command; the fleet lists it as pending; its page offers a new install ID.
+#[tokio::test(flavor = "multi_thread")]
+async fn add_device_in_headless_chromium() {
+    let Some((chromium, chromedriver)) = browser_tools() else {
+        assert!(
+            std::env::var_os("OUTPOST_CI").is_none(),
+            "OUTPOST_CI is set but chromium/chromedriver are not installed"
+        );
+        eprintln!("skipped: chromium/chromedriver not installed");
+        return;
+    };
+    let cp = ControlPlane::in_process().await;
+    cp.create_workspace(WORKSPACE, &["deviceAio"]);
+    let key = cp.api_key(WORKSPACE, &[]);
+    let driver = ChromeDriver::start(&chromedriver).await;
+    let b = Browser::open(&driver, &chromium).await;
+    b.goto(&format!("{}/", cp.rest)).await;
+    b.wait_js(
+        "the sign-in form",
+        "return document.querySelector('#signin') !== null",
+        json!([]),
+    )
+    .await;
+    b.type_into("#workspace", WORKSPACE).await;
+    b.type_into("#api-key", &key).await;
+    b.click("#signin button[type=submit]").await;
+    b.wait_js(
+        "the empty fleet",
+        "return document.querySelector('.empty-state:not([hidden])') !== null",
+        json!([]),
+    )
+    .await;
+
+    // Add one device: name and type, then the install command and its QR.
+    b.click("[data-action=add-device]").await;
+    b.wait_js(
+        "the add-device dialog",
+        "return document.querySelector('dialog[open] form.add-device') !== null",
+        json!([]),
+    )
+    .await;
+    b.type_into("dialog[open] input[name=name]", "dock cam 5")
+        .await;
+    b.js(
+        "const s = document.querySelector('dialog[open] select[name=type]'); s.value = 'ai1'; s.dispatchEvent(new Event('change', {bubbles: true}));",
+        json!([]),
+    )
+    .await;
+    b.click("dialog[open] [data-action=create]").await;
+    let shown = b
+        .wait_js(
+            "the install command and its QR code",
+            "const t = document.querySelector('dialog[open] [data-install-command] textarea');
+             const p = document.querySelector('dialog[open] svg.qr path');
+             const e = document.querySelector('dialog[open] .notice-error:not([hidden])');
+             if (e) return { error: e.textContent };
+             return t && p ? { command: t.value, path: p.getAttribute('d') } : null",
+            json!([]),
+        )
+        .await;
+    let command = shown["command"].as_str().unwrap_or_else(|| panic!("{shown}"));
+    assert!(command.contains("--install-id inst_"), "{command}");
+    assert!(command.contains(&cp.fingerprint), "{command}");
+    assert_eq!(decode_qr(shown["path"].as_str().unwrap()), command);
+    // The device exists as asked, waiting for its box.
+    let (_, list) = cp
+        .get_json(
+            &format!("/{WORKSPACE}/devices/v2?name=dock%20cam%205"),
+            &key,
+        )
+        .await;
+    let d = &list["data"][0];
+    assert_eq!(d["type"], "ai1", "{list}");
+    assert_eq!(d["enrollment"], "pending", "{list}");
+    let id = d["id"].as_str().unwrap().to_string();
+    let install_id = command
+        .split_whitespace()
+        .skip_while(|w| *w != "--install-id")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    b.click("dialog[open] [data-action=done]").await;
+
+    // The fleet shows it as pending.
+    b.wait_js(
+        "the pending device in the fleet",
+        "const r = document.querySelector('tr[data-device-id=\"' + arguments[0] + '\"]');
+         return r && r.dataset.status === 'pending' && r.querySelector('.badge-pending') !== null",
+        json!([id]),
+    )
+    .await;
+
+    // Its page says it waits, and issues a new install ID (the old one dies).
+    b.click(&format!("tr[data-device-id='{id}'] a.name")).await;
+    b.wait_js(
+        "the waiting notice",
+        "const w = document.querySelector('[data-enrollment=pending]');
+         return w && !w.hidden && w.querySelector('[data-action=new-install-id]') !== null",
+        json!([]),
+    )
+    .await;
+    b.click("[data-action=new-install-id]").await;
+    b.click("dialog[open] [data-action=issue]").await;
+    let again = b
+        .wait_js(
+            "the new install command",
+            "const t = document.querySelector('dialog[open] [data-install-command] textarea');
+             return t ? t.value : null",
+            json!([]),
+        )
+        .await;
+    let again = again.as_str().unwrap();
+    assert!(again.contains("--install-id inst_"), "{again}");
+    assert!(!again.contains(&install_id), "a new install ID: {again}");
+    b.click("dialog[open] [data-action=done]").await;
+
+    // The box enrolls with it: the notice goes, the status is RFDM's again.
+    let state = tempfile::tempdir().unwrap();
+    let new_id = again
+        .split_whitespace()
+        .skip_while(|w| *w != "--install-id")
+        .nth(1)
+        .unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let refused = enroll(&cp, &install_id, elsewhere.path());
+    assert!(!refused.status.success(), "the old install ID is void");
+    let out = enroll(&cp, new_id, state.path());
+    assert!(out.status.success(), "{out:?}");
+    b.wait_js(
+        "the waiting notice gone",
+        "const w = document.querySelector('.enroll-wait');
+         return w && w.hidden && document.querySelector('.device-title .badge-pending') === null",
+        json!([]),
+    )
+    .await;
+
+    let console = b.console().await;
+    let bad: Vec<&String> = console
+        .iter()
+        .filter(|m| m.contains("Refused to") || m.contains("Uncaught") || m.contains("TypeError"))
+        .collect();
+    assert!(bad.is_empty(), "console: {console:#?}");
+    b.quit().await;
+}

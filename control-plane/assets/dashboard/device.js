@@ -4,7 +4,8 @@
 
 import { ApiError, LiveStream, api, serverNow } from './api.js';
 import { Chart } from './chart.js';
-import { certState } from './fleet.js';
+import { newInstallIdDialog, statusBadge } from './enroll.js';
+import { certState, labelTexts } from './fleet.js';
 import {
   badge, fmtBytes, fmtCelsius, fmtDateTime, fmtDuration, fmtNumber, fmtPercent, fmtRate, fmtRelative, fmtTimeShort, h,
   parseTime, ratio, setText,
@@ -160,6 +161,7 @@ export function deviceView(root, { id, params, navigate, setFlash }) {
   const title = h('h1', {}, 'Device');
   const badges = h('div', { class: 'badges' });
   const facts = h('dl', { class: 'facts' });
+  const waiting = h('div', { class: 'notice enroll-wait', 'data-enrollment': '', hidden: true });
   const gpus = h('div', { class: 'gpus' });
   const notice = h('p', { class: 'notice notice-error', role: 'alert', hidden: true });
   const liveState = h('span', { class: 'live-state', 'data-state': 'connecting' }, 'Connecting…');
@@ -195,6 +197,7 @@ export function deviceView(root, { id, params, navigate, setFlash }) {
       ),
     ),
     notice,
+    waiting,
     h('div', { class: 'panel' }, facts, gpus),
     h(
       'div',
@@ -258,7 +261,8 @@ export function deviceView(root, { id, params, navigate, setFlash }) {
     const d = device;
     document.title = `${d.name} · Outpost`;
     setText(title, d.name);
-    badges.replaceChildren(badge(d.status), d.enabled ? '' : badge('disabled'), badge(d.type, 'type'));
+    badges.replaceChildren(statusBadge(d), d.enabled ? '' : badge('disabled'), badge(d.type, 'type'));
+    renderWaiting();
     setText(toggleBtn, d.enabled ? 'Disable' : 'Enable');
     const now = serverNow();
     const t = d.latest_telemetry;
@@ -280,6 +284,8 @@ export function deviceView(root, { id, params, navigate, setFlash }) {
       ['Config', `version ${d.config_applied_version} applied of ${d.config_version}`],
       ['Created', fmtDateTime(parseTime(d.created_at))],
     ];
+    const labels = labelTexts(d);
+    if (labels.length) rows.splice(1, 0, ['Labels', labels.join(', ')]);
     if (d.description) rows.splice(1, 0, ['Description', d.description]);
     facts.replaceChildren(...rows.filter(([, v]) => v).map(([k, v, cls]) => h(
       'div',
@@ -288,6 +294,30 @@ export function deviceView(root, { id, params, navigate, setFlash }) {
       h('dd', { class: cls || null }, v),
     )));
     renderGpus();
+  }
+
+  /** A device that has not enrolled: say so, and offer a new install ID. */
+  function renderWaiting() {
+    const d = device;
+    if (!d.enrollment || d.enrollment === 'enrolled') {
+      waiting.hidden = true;
+      return;
+    }
+    const until = parseTime(d.install_id_expires_at);
+    const text = d.enrollment === 'pending'
+      ? `Waiting for the box to enroll. Its install ID is valid until ${until === null ? '–' : fmtDateTime(until)}.`
+      : 'Waiting for the box to enroll, but its install ID has expired: issue a new one.';
+    waiting.dataset.enrollment = d.enrollment;
+    waiting.replaceChildren(
+      h('span', {}, text),
+      h('button', {
+        type: 'button',
+        class: 'btn',
+        'data-action': 'new-install-id',
+        onclick: () => newInstallIdDialog(d.id, () => refreshDevice()),
+      }, 'New install ID'),
+    );
+    waiting.hidden = false;
   }
 
   function renderGpus() {

@@ -2,6 +2,7 @@
 // phone), refreshed every FLEET_REFRESH_MS while the tab is visible.
 
 import { listDevices, serverNow } from './api.js';
+import { addDeviceDialog, statusBadge, statusKey } from './enroll.js';
 import {
   badge, fmtBytes, fmtDateTime, fmtRelative, h, meter, parseTime, ratio, setText,
 } from './util.js';
@@ -32,6 +33,7 @@ export function certState(expiresAt, now) {
 function makeRow(navigate) {
   const link = h('a', { class: 'name' });
   const sub = h('span', { class: 'sub' });
+  const labels = h('span', { class: 'labels' });
   const status = h('span', { class: 'badges' });
   const heartbeat = h('span', { class: 'when' });
   const cpu = meter();
@@ -40,7 +42,7 @@ function makeRow(navigate) {
   const agent = h('span', { class: 'mono' });
   const cert = h('span', { class: 'cert' });
   const type = h('span', { class: 'type' });
-  const cells = [[link, sub], status, heartbeat, cpu.el, mem.el, disk.el, agent, cert, type];
+  const cells = [[link, sub, labels], status, heartbeat, cpu.el, mem.el, disk.el, agent, cert, type];
   const tr = h(
     'tr',
     {},
@@ -50,19 +52,23 @@ function makeRow(navigate) {
   tr.addEventListener('click', (e) => {
     if (!e.target.closest('a') && !window.getSelection().toString()) navigate(link.getAttribute('href'));
   });
-  return { tr, link, sub, status, heartbeat, cpu, mem, disk, agent, cert, type, device: null };
+  return { tr, link, sub, labels, status, heartbeat, cpu, mem, disk, agent, cert, type, device: null };
 }
 
 function fillRow(r, d) {
   const prev = r.device;
   r.device = d;
   r.tr.dataset.deviceId = d.id;
-  r.tr.dataset.status = d.status;
+  r.tr.dataset.status = statusKey(d);
   r.link.setAttribute('href', `#/devices/${encodeURIComponent(d.id)}`);
   setText(r.link, d.name);
   setText(r.sub, d.hostname || d.id);
-  if (!prev || prev.status !== d.status || prev.enabled !== d.enabled) {
-    r.status.replaceChildren(badge(d.status), d.enabled ? '' : badge('disabled'));
+  if (!prev || prev.status !== d.status || prev.enabled !== d.enabled || prev.enrollment !== d.enrollment) {
+    r.status.replaceChildren(statusBadge(d), d.enabled ? '' : badge('disabled'));
+  }
+  const shownLabels = labelTexts(d).join(' ');
+  if (!prev || labelTexts(prev).join(' ') !== shownLabels) {
+    r.labels.replaceChildren(...labelTexts(d).map((l) => h('span', { class: 'label-chip' }, l)));
   }
   const t = d.latest_telemetry;
   r.cpu.set(t ? t.cpu_percent : null, t ? `CPU ${t.cpu_percent.toFixed(1)} %` : '');
@@ -92,10 +98,29 @@ function tick(r) {
   r.cert.title = d.certificate_expires_at ? fmtDateTime(parseTime(d.certificate_expires_at)) : '';
 }
 
-function matches(d, q) {
+/** A device's labels as `key=value` texts, sorted. */
+export function labelTexts(d) {
+  return Object.entries(d.labels || {}).map(([k, v]) => `${k}=${v}`).sort();
+}
+
+/**
+ * The filter: every word must match something — a field, or a label given
+ * as `key=value` (exactly) or `key` (has it).
+ */
+export function matches(d, q) {
   if (!q) return true;
-  return [d.name, d.id, d.hostname, d.agent_version, d.status, d.type, d.platform]
-    .some((v) => v && v.toLowerCase().includes(q));
+  const labels = d.labels || {};
+  const fields = [d.name, d.id, d.hostname, d.agent_version, d.status, statusKey(d), d.type, d.platform];
+  return q.split(/\s+/).every((word) => {
+    const eq = word.indexOf('=');
+    if (eq > 0) {
+      const k = word.slice(0, eq);
+      const v = word.slice(eq + 1);
+      return Object.entries(labels).some(([lk, lv]) => lk.toLowerCase() === k && lv.toLowerCase() === v);
+    }
+    return Object.keys(labels).some((k) => k.toLowerCase() === word)
+      || fields.some((v) => v && v.toLowerCase().includes(word));
+  });
 }
 
 export function fleetView(root, { navigate, workspace }) {
@@ -110,10 +135,16 @@ export function fleetView(root, { navigate, workspace }) {
 
   const summary = h('div', { class: 'summary', 'aria-live': 'polite' });
   const filter = h('input', {
-    type: 'search', class: 'filter', placeholder: 'Filter devices', 'aria-label': 'Filter devices',
+    type: 'search', class: 'filter', placeholder: 'Filter: text, key=value', 'aria-label': 'Filter devices',
     autocomplete: 'off', spellcheck: 'false',
   });
   const notice = h('p', { class: 'notice notice-error', role: 'alert', hidden: true });
+  const addBtn = h('button', {
+    type: 'button',
+    class: 'btn btn-primary',
+    'data-action': 'add-device',
+    onclick: () => addDeviceDialog({ onCreated: () => poll() }),
+  }, 'Add device');
   const tbody = h('tbody');
   const table = h(
     'table',
@@ -127,7 +158,7 @@ export function fleetView(root, { navigate, workspace }) {
     h(
       'section',
       { class: 'page fleet-page' },
-      h('div', { class: 'page-head' }, h('div', {}, h('h1', {}, 'Fleet'), summary), filter),
+      h('div', { class: 'page-head' }, h('div', {}, h('h1', {}, 'Fleet'), summary), h('div', { class: 'head-tools' }, filter, addBtn)),
       notice,
       h('div', { class: 'table-wrap' }, table),
       empty,
@@ -157,18 +188,20 @@ export function fleetView(root, { navigate, workspace }) {
         rows.delete(id);
       }
     }
-    const count = (st) => devices.filter((d) => d.status === st).length;
+    const count = (st) => devices.filter((d) => statusKey(d) === st).length;
     summary.replaceChildren(
       h('span', {}, `${devices.length} device${devices.length === 1 ? '' : 's'}`),
-      ...['online', 'offline', 'unknown'].map((st) => h('span', { class: `count count-${st}` }, `${count(st)} ${st}`)),
+      ...['online', 'offline', 'unknown', 'pending']
+        .filter((st) => st !== 'pending' || count(st) > 0)
+        .map((st) => h('span', { class: `count count-${st}` }, `${count(st)} ${st}`)),
     );
     table.hidden = shown.length === 0;
     empty.hidden = shown.length !== 0;
     if (devices.length === 0) {
       empty.replaceChildren(
         h('h2', {}, 'No devices yet'),
-        h('p', {}, 'Create one with ', h('code', {}, `POST /${workspace}/devices/v2`),
-          ' (or outpostctl), then enroll the box with the install ID it returns.'),
+        h('p', {}, 'Use ', h('strong', {}, 'Add device'), ' (or ', h('code', {}, `POST /${workspace}/devices/v2`),
+          ', or outpostctl), then run the install command it shows on the box.'),
       );
     } else if (shown.length === 0) {
       empty.replaceChildren(h('p', {}, 'No device matches the filter.'));

@@ -58,6 +58,8 @@ const ASSETS: &[Asset] = &[
     asset!("chart.js", JS),
     asset!("fleet.js", JS),
     asset!("device.js", JS),
+    asset!("enroll.js", JS),
+    asset!("qrcode.js", JS),
     asset!("favicon.svg", "image/svg+xml"),
 ];
 

@@ -104,6 +104,8 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         device_cert_lifetime: cfg.device_cert_lifetime,
         install_id_ttl: cfg.install_id_ttl,
         public_url,
+        public_rest_url: cfg.public_rest_url.clone(),
+        dist: Arc::new(crate::dist::AgentDist::new(cfg.agent_dist.clone())),
         shutdown: stop_rx.clone(),
         live,
         feed,

@@ -1,0 +1,246 @@
+//! From nothing to a box on the fleet with the real binaries: the control
+//! plane serves `install.sh` and the agent tarballs of its `--agent-dist`,
+//! and the install command it hands out installs (into a bare directory tree,
+//! `install.sh --root`) the binary whose SHA-256 the index names, then waits
+//! for the agent to enroll and connect.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+use serde_json::Value;
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A release tarball as scripts/release.sh lays it out
+/// (`outpost-agent-VERSION-ARCH/{outpost-agent,install.sh,outpost-agent.service}`),
+/// with the agent binary this test run built. Returns its name.
+fn make_tarball(dist: &Path, version: &str) -> String {
+    let arch = String::from_utf8(Command::new("uname").arg("-m").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let name = format!("outpost-agent-{version}-{arch}");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(agent_bin(), dir.join("outpost-agent")).unwrap();
+    for f in ["install.sh", "outpost-agent.service"] {
+        std::fs::copy(repo().join("systemd").join(f), dir.join(f)).unwrap();
+    }
+    std::fs::create_dir_all(dist).unwrap();
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(work.path())
+        .args(["-I", "gzip -1", "-cf"])
+        .arg(dist.join(format!("{name}.tar.gz")))
+        .arg(&name)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    format!("{name}.tar.gz")
+}
+
+async fn create(cp: &ControlPlane, key: &str, name: &str) -> Value {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/acme/devices/v2", cp.rest))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"device_name": name}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    resp.json().await.unwrap()
+}
+
+/// Runs an install command as the control plane gave it, without `sudo` and
+/// into `root` (plus `extra` arguments).
+fn run_install_command(command: &str, root: &Path, extra: &str) -> Output {
+    let command = command.replacen("| sudo sh -s --", "| sh -s --", 1);
+    assert!(!command.contains("sudo"), "{command}");
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("{command} --root {} {extra}", root.display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_install_command_downloads_checks_installs_and_waits_for_the_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let dist = tmp.path().join("dist");
+    let tarball = make_tarball(&dist, env!("CARGO_PKG_VERSION"));
+    let dist_arg = dist.to_str().unwrap();
+
+    // Without --public-rest-url: today's command, and a hint naming what is missing.
+    let mut cp = ControlPlane::start_in(&data, &["--agent-dist", dist_arg]);
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let created = create(&cp, &key, "first").await;
+    let command = created["installCommand"].as_str().unwrap();
+    assert!(command.starts_with("sudo sh install.sh --server "), "{command}");
+    let hint = created["hint"].as_str().unwrap();
+    assert!(hint.contains("--public-rest-url"), "{hint}");
+    assert!(!hint.contains("no agent tarball"), "{hint}");
+
+    // With it (same ports again): the one-liner.
+    let (rest, grpc) = cp.addrs();
+    cp.stop();
+    let rest_url = format!("http://{rest}");
+    let cp = ControlPlane::start_at(
+        &data,
+        &rest,
+        &grpc,
+        &["--agent-dist", dist_arg, "--public-rest-url", &rest_url],
+    );
+    let created = create(&cp, &key, "box").await;
+    assert!(created.get("hint").is_none(), "{created}");
+    let command = created["installCommand"].as_str().unwrap().to_string();
+    let install_id = created["installId"].as_str().unwrap();
+    assert_eq!(
+        command,
+        format!(
+            "curl -fsSL {rest_url}/install.sh | sudo sh -s -- --server {} --install-id {install_id} --ca-fingerprint {}",
+            cp.grpc_url(),
+            cp.fingerprint
+        )
+    );
+
+    // The index names the tarball with its SHA-256; other names are not served.
+    let http = reqwest::Client::new();
+    let index: Value = http
+        .get(format!("{rest_url}/downloads/index.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sha = sha256_hex(&dist.join(&tarball));
+    assert_eq!(index[0]["file"], tarball.as_str(), "{index}");
+    assert_eq!(index[0]["sha256"], sha.as_str(), "{index}");
+    assert_eq!(index.as_array().unwrap().len(), 1, "{index}");
+    std::fs::write(dist.join("secret.txt"), "no").unwrap();
+    for path in ["secret.txt", "..%2Fdata%2Fpki%2Fca.key", "outpost-agent-9.9.9-x86_64.tar.gz"] {
+        let s = http
+            .get(format!("{rest_url}/downloads/{path}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(s, 404, "{path}");
+    }
+
+    // The command as given (minus sudo), into a bare tree, not waiting.
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let out = run_install_command(&command, &root, "--no-wait");
+    assert!(out.status.success(), "{}", text(&out));
+    let installed = root.join("usr/bin/outpost-agent");
+    assert_eq!(sha256_hex(&installed), sha256_hex(&agent_bin()));
+    let env = std::fs::read_to_string(root.join("etc/outpost/agent.env")).unwrap();
+    assert!(env.contains(&format!("OUTPOST_INSTALL_ID={install_id}")), "{env}");
+    assert!(root.join("etc/systemd/system/outpost-agent.service").exists());
+
+    // Start the installed agent as the unit would (its env file, its state
+    // dir), and run the command again, waiting: it reports the device.
+    let state = root.join("var/lib/outpost-agent");
+    let mut agent = Command::new(&installed);
+    agent
+        .args(["run", "--interval", "1s", "--state-dir"])
+        .arg(&state)
+        .env("OUTPOST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for line in env.lines() {
+        let (k, v) = line.split_once('=').unwrap();
+        agent.env(k, v);
+    }
+    let mut agent = agent.spawn().unwrap();
+    let out = run_install_command(&command, &root, "--wait --wait-timeout 30");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(out.status.success(), "{}", text(&out));
+    let device_id = created["deviceId"].as_str().unwrap();
+    assert!(
+        text(&out).contains(&format!("enrolled as {device_id}, connected")),
+        "{}",
+        text(&out)
+    );
+
+    // A script served now carries the index as it is now; a tarball that
+    // changes after that is refused, and nothing is installed.
+    let script = http
+        .get(format!("{rest_url}/install.sh"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let script_path = tmp.path().join("install.sh");
+    std::fs::write(&script_path, script).unwrap();
+    let mut bytes = std::fs::read(dist.join(&tarball)).unwrap();
+    bytes.extend_from_slice(b"tampered");
+    std::fs::write(dist.join(&tarball), bytes).unwrap();
+    let root2 = tmp.path().join("root2");
+    let out = Command::new("sh")
+        .arg(&script_path)
+        .args(["--root", root2.to_str().unwrap(), "--no-wait"])
+        .args(["--server", &cp.grpc_url(), "--install-id", install_id])
+        .args(["--ca-fingerprint", &cp.fingerprint])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("refusing to install it"), "{}", text(&out));
+    assert!(!root2.join("usr/bin/outpost-agent").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_tarball_the_hint_says_how_to_make_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cp = ControlPlane::start_in(&data, &["--public-rest-url", "https://cp.example.com"]);
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let created = create(&cp, &key, "box").await;
+    assert!(
+        created["installCommand"]
+            .as_str()
+            .unwrap()
+            .starts_with("sudo sh install.sh "),
+        "{created}"
+    );
+    let hint = created["hint"].as_str().unwrap();
+    assert!(hint.contains("no agent tarball in"), "{hint}");
+    assert!(hint.contains("scripts/release.sh --into"), "{hint}");
+    assert!(hint.contains(data.join("dist").to_str().unwrap()), "{hint}");
+    // The index is empty, and the served script then needs --binary.
+    let index: Value = reqwest::get(format!("{}/downloads/index.json", cp.rest))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(index, serde_json::json!([]));
+}

@@ -13,7 +13,7 @@ into=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --into) [ $# -ge 2 ] || { echo "release.sh: --into needs a directory" >&2; exit 2; }; into=$2; shift 2 ;;
-        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "release.sh: unknown option $1 (--into DIR)" >&2; exit 2 ;;
     esac
 done

@@ -244,3 +244,97 @@ async fn without_a_tarball_the_hint_says_how_to_make_one() {
         .unwrap();
     assert_eq!(index, serde_json::json!([]));
 }
+
+fn agent_out(args: &[&str], state: &Path) -> Output {
+    agent_cmd(args)
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .expect("run the agent")
+}
+
+/// A forced reset revokes the box's certificate; `check` says so (exit 1);
+/// `enroll --install-id NEW` on the box brings the same device back in place
+/// (another device's install ID is refused), and the daemon, never
+/// restarted, reconnects with the new identity and goes on numbering where
+/// it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forced_reset_is_finished_on_the_box_without_restarting_the_agent() {
+    let cp = ControlPlane::start();
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let (device, install_id) = cp.create_device("acme", &key, "box").await;
+    let (_, other_install_id) = cp.create_device("acme", &key, "other").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let out = enroll(&cp, &install_id, &state);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut agent = AgentProc::run(&state, "200ms");
+    wait_until("the first acks", TIMEOUT, || async {
+        let s = status_json(&state);
+        (s["link"] == "connected" && s["acked_seq"].as_u64() >= Some(3)).then_some(())
+    })
+    .await;
+    let out = agent_out(&["check"], &state);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("certificate accepted by the control plane"), "{}", text(&out));
+    let out = agent_out(&["enroll", "--install-id", &other_install_id], &state);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("give --force"), "{}", text(&out));
+
+    // Forced reset.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/acme/devices/v2/{device}/connections/reset?force=true", cp.rest))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let reset: Value = resp.json().await.unwrap();
+    let new_install_id = reset["installId"].as_str().unwrap().to_string();
+    let acked_before = wait_until("the agent to see the revocation", TIMEOUT, || async {
+        let s = status_json(&state);
+        let revoked = s["last_error"].as_str().is_some_and(|e| e.contains("revoked"));
+        (s["link"] != "connected" && revoked).then(|| s["acked_seq"].as_u64().unwrap())
+    })
+    .await;
+    let out = agent_out(&["check"], &state);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("FAIL certificate revoked"), "{}", text(&out));
+    // With an install ID that is not the device's: refused, identity kept.
+    let out = agent_out(&["enroll", "--install-id", &other_install_id], &state);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("belongs to another device"), "{}", text(&out));
+    // `check` with the first install ID (replaced by the reset's) and with
+    // the new one.
+    let out = agent_out(&["check", "--install-id", &install_id], &state);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("FAIL install ID unknown"), "{}", text(&out));
+    let out = agent_out(&["check", "--install-id", &new_install_id], &state);
+    assert_eq!(out.status.code(), Some(1), "still revoked: {}", text(&out));
+    assert!(text(&out).contains("ok   install ID accepted"), "{}", text(&out));
+
+    let out = agent_out(&["enroll", "--install-id", &new_install_id], &state);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("enrolled again as device {device}")),
+        "{}",
+        text(&out)
+    );
+    wait_until("the daemon to reconnect with the new identity", TIMEOUT, || async {
+        let s = status_json(&state);
+        (s["link"] == "connected" && s["acked_seq"].as_u64() > Some(acked_before + 2))
+            .then_some(())
+    })
+    .await;
+    assert!(agent.try_exit().is_none(), "the daemon was not restarted");
+    let out = agent_out(&["check"], &state);
+    assert!(out.status.success(), "{}", text(&out));
+    // One device, its samples numbered on without a restart from 1.
+    let samples = all_samples(&cp, "acme", &key, &device).await;
+    let seqs: Vec<u64> = samples.iter().map(|s| s["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(*seqs.last().unwrap() > acked_before, "{seqs:?}");
+    assert_eq!(seqs[0], 1, "{seqs:?}");
+    agent.terminate();
+}

@@ -55,12 +55,55 @@ pub struct RunningServer {
     retention: tokio::task::JoinHandle<()>,
 }
 
+/// Loads (or, on a database that has none recorded, creates) the CA and
+/// holds it to the fingerprint the database records: every replica on one
+/// database must serve the same CA, or half the fleet would be told another
+/// fingerprint. The first start records it.
+async fn load_ca(data_dir: &std::path::Path, store: &dyn Store) -> Result<pki::Ca, ServerError> {
+    let pki_dir = data_dir.join("pki");
+    let recorded = store.ca_fingerprint().await?;
+    let copy = |fp: &str| {
+        format!(
+            "copy ca.crt and ca.key from the pki/ directory of a control plane already serving this database (the CA with fingerprint {fp}) into {} (ca.key mode 0600)",
+            pki_dir.display()
+        )
+    };
+    if let Some(fp) = &recorded
+        && !pki_dir.join("ca.crt").exists()
+        && !pki_dir.join("ca.key").exists()
+    {
+        return Err(format!(
+            "this database belongs to the device CA {fp}, and {} has no CA: {} before starting this replica",
+            pki_dir.display(),
+            copy(fp)
+        )
+        .into());
+    }
+    let ca = pki::Ca::load_or_create(&pki_dir)?;
+    let recorded = match recorded {
+        Some(fp) => fp,
+        None => store
+            .record_ca_fingerprint(ca.fingerprint(), crate::store::now_ms())
+            .await?,
+    };
+    if recorded != ca.fingerprint() {
+        return Err(format!(
+            "this database belongs to the device CA {recorded}, but {} holds another CA ({}): {}, replacing those files; or give this CA its own database",
+            pki_dir.display(),
+            ca.fingerprint(),
+            copy(&recorded)
+        )
+        .into());
+    }
+    Ok(ca)
+}
+
 /// Opens the store and CA, binds both listeners and starts serving.
 pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     pki::create_private_dir(&cfg.data_dir)?;
     let store: Arc<dyn Store> =
         crate::config::open_store(&cfg.data_dir, cfg.database_url.as_deref()).await?;
-    let ca = Arc::new(pki::Ca::load_or_create(&cfg.data_dir.join("pki"))?);
+    let ca = Arc::new(load_ca(&cfg.data_dir, store.as_ref()).await?);
     let tls = grpc::tls::server_config(&ca, &cfg.server_names, cfg.expired_cert_grace)?;
 
     let grpc_listener = TcpListener::bind(cfg.grpc_listen)

@@ -338,3 +338,74 @@ async fn a_forced_reset_is_finished_on_the_box_without_restarting_the_agent() {
     assert_eq!(seqs[0], 1, "{seqs:?}");
     agent.terminate();
 }
+
+/// `serve` on a data dir, expected to refuse: its output.
+fn serve_refused(data_dir: &Path) -> String {
+    let mut cmd = Command::new(cp_bin());
+    cmd.args(["serve", "--data-dir"])
+        .arg(data_dir)
+        .args(["--rest-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"]);
+    if let Some(url) = test_database(data_dir) {
+        cmd.args(["--database-url", &url]);
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    text(&out)
+}
+
+fn copy_ca(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("pki")).unwrap();
+    for f in ["ca.crt", "ca.key"] {
+        std::fs::copy(from.join("pki").join(f), to.join("pki").join(f)).unwrap();
+    }
+}
+
+/// The database records the CA of the first control plane on it; one with
+/// another CA (a replica whose CA was not copied, a data dir whose CA was
+/// swapped) or none refuses to start, naming the recorded fingerprint and
+/// what to copy. With OUTPOST_TEST_DATABASE_URL the replica shares a
+/// PostgreSQL database; without, it is the same SQLite data dir.
+#[test]
+fn a_control_plane_with_another_ca_than_its_database_refuses_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, elsewhere) = (tmp.path().join("first"), tmp.path().join("elsewhere"));
+    let mut cp = ControlPlane::start_in(&first, &[]);
+    let recorded = cp.fingerprint.clone();
+    cp.stop();
+    let saved = tmp.path().join("first-ca");
+    copy_ca(&first, &saved);
+    let mut other = ControlPlane::start_in(&elsewhere, &[]);
+    assert_ne!(other.fingerprint, recorded);
+    other.stop();
+
+    // The replica: its own data dir on the same database (PostgreSQL), or
+    // the same data dir (SQLite).
+    let replica = if std::env::var("OUTPOST_TEST_DATABASE_URL").is_ok() {
+        let replica = tmp.path().join("replica");
+        std::fs::create_dir_all(&replica).unwrap();
+        std::fs::copy(
+            first.join(".test-database-url"),
+            replica.join(".test-database-url"),
+        )
+        .unwrap();
+        // No CA at all: refused, and none is created.
+        let said = serve_refused(&replica);
+        assert!(said.contains(&recorded), "{said}");
+        assert!(said.contains("has no CA"), "{said}");
+        assert!(!replica.join("pki/ca.crt").exists());
+        replica
+    } else {
+        first.clone()
+    };
+    copy_ca(&elsewhere, &replica);
+    let said = serve_refused(&replica);
+    assert!(said.contains(&format!("belongs to the device CA {recorded}")), "{said}");
+    assert!(said.contains(&other.fingerprint), "{said}");
+    assert!(said.contains("copy ca.crt and ca.key"), "{said}");
+
+    // With the right CA it starts.
+    copy_ca(&saved, &replica);
+    let mut cp = ControlPlane::start_in(&replica, &[]);
+    assert_eq!(cp.fingerprint, recorded);
+    cp.stop();
+}

@@ -130,6 +130,7 @@ store_tests!(
     events_page_both_ways,
     latest_telemetry_is_each_devices_newest_sample,
     every_telemetry_column_round_trips,
+    the_first_ca_fingerprint_recorded_stays,
 );
 
 replica_tests!(
@@ -1489,4 +1490,21 @@ async fn replicas_record_a_patch_once(stores: Vec<Arc<dyn Store>>) {
     .await;
     let kinds = events_of(stores[1].list_events(&all_events("d1")).await.unwrap());
     assert_eq!(kinds, vec!["created", "disabled"]);
+}
+
+async fn the_first_ca_fingerprint_recorded_stays(s: Arc<dyn Store>) {
+    assert_eq!(s.ca_fingerprint().await.unwrap(), None);
+    assert_eq!(
+        s.record_ca_fingerprint("sha256:aa", 1).await.unwrap(),
+        "sha256:aa"
+    );
+    assert_eq!(
+        s.record_ca_fingerprint("sha256:bb", 2).await.unwrap(),
+        "sha256:aa",
+        "a second CA does not replace the first"
+    );
+    assert_eq!(
+        s.ca_fingerprint().await.unwrap().as_deref(),
+        Some("sha256:aa")
+    );
 }

@@ -35,10 +35,41 @@ pub async fn run(
         "outpost-control-plane: CA fingerprint {}",
         server.ca_fingerprint
     );
+    let public_url = server.state.public_url.clone();
+    println!("outpost-control-plane: install commands send agents to {public_url}");
+    if let Some(warning) = loopback_warning(&public_url, grpc_addr) {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(%grpc_addr, %rest_addr, data_dir = %data_dir.display(), "control plane started");
     shutdown.await;
     server.stop().await;
     Ok(())
+}
+
+/// Install commands carry the public URL: one naming this host's loopback
+/// while gRPC listens beyond it sends every box to itself.
+fn loopback_warning(public_url: &str, grpc: SocketAddr) -> Option<String> {
+    let host = public_url
+        .strip_prefix("https://")
+        .unwrap_or(public_url)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (loopback && !grpc.ip().is_loopback()).then(|| {
+        format!(
+            "install commands send agents to {public_url}, this host's loopback, while the device service listens on {grpc}: boxes elsewhere cannot enroll with them; set --public-url https://NAME:{} (and --server-name NAME) to the address boxes reach",
+            grpc.port()
+        )
+    })
 }
 
 /// A control plane serving in this process: what [`run`] drives, and what
@@ -277,5 +308,22 @@ async fn retention(
     tokio::select! {
         _ = run => {}
         _ = stop => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loopback_public_url_is_named_only_when_grpc_listens_beyond_it() {
+        let any: SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        for url in ["https://localhost:8443", "https://127.0.0.1:8443", "https://[::1]:8443"] {
+            let w = loopback_warning(url, any).unwrap_or_default();
+            assert!(w.contains("--public-url"), "{url}: {w}");
+            assert_eq!(loopback_warning(url, local), None, "{url}");
+        }
+        assert_eq!(loopback_warning("https://cp.example.com:8443", any), None);
     }
 }

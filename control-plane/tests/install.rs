@@ -409,3 +409,30 @@ fn a_control_plane_with_another_ca_than_its_database_refuses_to_start() {
     assert_eq!(cp.fingerprint, recorded);
     cp.stop();
 }
+
+/// Only `serve` creates a data directory: an admin command pointed at one
+/// that does not exist refuses and creates nothing.
+#[test]
+fn admin_commands_refuse_a_data_dir_that_does_not_exist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("outpost-data");
+    for args in [
+        &["workspace", "create", "acme"][..],
+        &["workspace", "list"][..],
+        &["api-key", "create", "--workspace", "acme"][..],
+    ] {
+        let out = Command::new(cp_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&missing)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(text(&out).contains("no data directory"), "{args:?}: {}", text(&out));
+        assert!(!missing.exists(), "{args:?} created it");
+    }
+    // `serve` prints where install commands send agents.
+    let cp = ControlPlane::start_in(&missing, &[]);
+    drop(cp);
+    assert!(missing.is_dir());
+}

@@ -51,7 +51,7 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(stream::stream))
         .routes(routes!(logs::list))
         .routes(routes!(events::list))
-        .routes(routes!(config::get, config::put))
+        .routes(routes!(config::get, config::put, config::patch))
         .routes(routes!(config::versions))
         .routes(routes!(devices::reset_connection))
         .routes(routes!(devices::new_install_id))

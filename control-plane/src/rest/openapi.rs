@@ -315,6 +315,11 @@ mod tests {
             "putDeviceConfig",
         ),
         (
+            "patch",
+            "/{workspace}/devices/v2/{device_id}/config",
+            "patchDeviceConfig",
+        ),
+        (
             "get",
             "/{workspace}/devices/v2/{device_id}/config/versions",
             "listDeviceConfigVersions",

@@ -604,3 +604,24 @@ async fn config_writes_warn_of_unknown_keys_and_patch_merges() {
     assert_eq!(s, 200);
     assert_eq!(b["version"].as_u64(), Some(version + 1), "refused patches store nothing: {b}");
 }
+
+/// `severity=warn` (and the other common names) mean the stored severities.
+#[tokio::test(flavor = "multi_thread")]
+async fn log_severity_takes_the_common_aliases() {
+    let f = fx_with(&[]).await;
+    let (dev, _) = f.cp.create_device("acme", &f.key, "d").await;
+    let (s, _, b) = send(
+        f.http
+            .get(f.url(&format!("/{dev}/logs?severity=warn")))
+            .bearer_auth(&f.key),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _, b) = send(
+        f.http
+            .get(f.url(&format!("/{dev}/logs?severity=loud")))
+            .bearer_auth(&f.key),
+    )
+    .await;
+    assert_400_naming(s, &b, "warn, err");
+}

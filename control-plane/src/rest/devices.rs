@@ -64,7 +64,12 @@ pub struct Hardware {
 
 impl DeviceView {
     pub fn new(d: Device, now: UnixMillis) -> Self {
-        let status = d.status(now);
+        // A disabled device's streams are being cut (within a second): it
+        // is not online, also in the answer to the PATCH that disabled it.
+        let status = match d.status(now) {
+            DeviceStatus::Online if !d.enabled => DeviceStatus::Offline,
+            s => s,
+        };
         let f = d.facts;
         let text = |pick: fn(&crate::store::DeviceFacts) -> &String| {
             f.as_ref().map(pick).filter(|s| !s.is_empty()).cloned()

@@ -281,6 +281,15 @@ async fn a_forced_reset_is_finished_on_the_box_without_restarting_the_agent() {
     let out = agent_out(&["enroll", "--install-id", &other_install_id], &state);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("give --force"), "{}", text(&out));
+    // Operator keys and device keys are listed apart.
+    let list = cp.admin(&["api-key", "list", "--workspace", "acme"]);
+    let operator = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(operator.starts_with("# operator keys of acme\n"), "{operator}");
+    assert!(!operator.contains(&format!("device={device}")), "{operator}");
+    assert!(text(&list).contains("1 device keys not shown"), "{}", text(&list));
+    let list = cp.admin(&["api-key", "list", "--workspace", "acme", "--device-keys"]);
+    let device_keys = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(device_keys.contains(&format!("device={device}")), "{device_keys}");
 
     // Forced reset.
     let resp = reqwest::Client::new()

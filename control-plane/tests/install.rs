@@ -445,3 +445,20 @@ fn admin_commands_refuse_a_data_dir_that_does_not_exist() {
     drop(cp);
     assert!(missing.is_dir());
 }
+
+/// On PostgreSQL an admin command says what it did and nothing more: no
+/// `relation "_sqlx_migrations" already exists` notice from the migrator.
+#[test]
+fn admin_commands_on_postgres_print_no_notices() {
+    if std::env::var("OUTPOST_TEST_DATABASE_URL").is_err() {
+        return; // SQLite has no notices; CI runs this on PostgreSQL
+    }
+    let cp = ControlPlane::start();
+    for _ in 0..2 {
+        let out = cp.admin(&["workspace", "list"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("already exists"), "{err}");
+        assert!(err.trim().is_empty(), "{err}");
+    }
+}

@@ -245,7 +245,9 @@ async fn ask_control_plane(
             false
         }
         "expired" => {
-            f.warn("certificate expired: the agent rotates it on connect if the grace window allows");
+            f.warn(
+                "certificate expired: the agent rotates it on connect if the grace window allows",
+            );
             true
         }
         "disabled" => {

@@ -321,7 +321,9 @@ impl Host for AgentHost {
         if saved != self.tls_cert_saved_ms {
             match self.reload_tls() {
                 Ok(()) => tracing::info!("the device certificate on disk changed; using it"),
-                Err(e) => tracing::warn!("the device certificate on disk changed but cannot be used: {e}"),
+                Err(e) => {
+                    tracing::warn!("the device certificate on disk changed but cannot be used: {e}")
+                }
             }
         }
         let (server, tls, facts) = (

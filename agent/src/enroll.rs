@@ -2,7 +2,9 @@
 //! attempt) on the box; only a CSR leaves it. The install ID is spent once the
 //! agent has connected with the certificate it gets back.
 
-use outpost_proto::v1::{CheckEnrollmentRequest, CheckEnrollmentResponse, DeviceFacts, EnrollRequest};
+use outpost_proto::v1::{
+    CheckEnrollmentRequest, CheckEnrollmentResponse, DeviceFacts, EnrollRequest,
+};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
@@ -115,7 +117,6 @@ async fn request_certificate(
             csr_der: csr.der().to_vec(),
             facts: Some(facts),
             current_device_id: current_device_id.to_string(),
-            ..Default::default()
         })
         .await
         .map_err(|status| match status.code() {

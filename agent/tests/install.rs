@@ -66,7 +66,10 @@ fn install_writes_config_unit_and_binary_and_is_idempotent() {
         "{toml}"
     );
     let env = std::fs::read_to_string(etc.join("agent.env")).unwrap();
-    assert!(env.contains("OUTPOST_INSTALL_ID=inst_0123456789abcdef0123456789abcdef"), "{env}");
+    assert!(
+        env.contains("OUTPOST_INSTALL_ID=inst_0123456789abcdef0123456789abcdef"),
+        "{env}"
+    );
     assert_eq!(
         mode(&etc.join("agent.env")),
         0o600,
@@ -180,8 +183,16 @@ fn every_argument_format_is_checked_first() {
     let agent = env!("CARGO_BIN_EXE_outpost-agent");
     let base = |fp: &str, id: &str, server: &str| -> Vec<String> {
         [
-            "--root", r, "--server", server, "--install-id", id, "--ca-fingerprint", fp,
-            "--binary", agent,
+            "--root",
+            r,
+            "--server",
+            server,
+            "--install-id",
+            id,
+            "--ca-fingerprint",
+            fp,
+            "--binary",
+            agent,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -190,9 +201,18 @@ fn every_argument_format_is_checked_first() {
     let short_fp = &FP[..FP.len() - 1];
     let typo_fp = format!("{}g", &FP[..FP.len() - 1]);
     for (args, says) in [
-        (base(short_fp, ID, "https://cp:8443"), "--ca-fingerprint must be"),
-        (base(&typo_fp, ID, "https://cp:8443"), "--ca-fingerprint must be"),
-        (base(FP, "inst_short", "https://cp:8443"), "--install-id must be"),
+        (
+            base(short_fp, ID, "https://cp:8443"),
+            "--ca-fingerprint must be",
+        ),
+        (
+            base(&typo_fp, ID, "https://cp:8443"),
+            "--ca-fingerprint must be",
+        ),
+        (
+            base(FP, "inst_short", "https://cp:8443"),
+            "--install-id must be",
+        ),
         (base(FP, ID, "https://cp:8443/path"), "--server must be"),
         (base(FP, ID, "https://cp 8443"), "--server must be"),
     ] {
@@ -200,7 +220,11 @@ fn every_argument_format_is_checked_first() {
         let out = install(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
-        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "nothing written");
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            0,
+            "nothing written"
+        );
     }
     let mut args = base(&"AB:".repeat(32)[..95], ID, "https://cp:8443");
     args.extend(["--interval".into(), "bogus".into()]);
@@ -213,7 +237,10 @@ fn every_argument_format_is_checked_first() {
     assert!(out.status.success(), "{}", text(&out));
     let env = std::fs::read_to_string(root.path().join("etc/outpost/agent.env")).unwrap();
     assert!(
-        env.contains(&format!("OUTPOST_CA_FINGERPRINT=sha256:{}", "ab".repeat(32))),
+        env.contains(&format!(
+            "OUTPOST_CA_FINGERPRINT=sha256:{}",
+            "ab".repeat(32)
+        )),
         "{env}"
     );
 }

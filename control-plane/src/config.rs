@@ -355,7 +355,13 @@ mod tests {
             Some("https://cp.example.com/outpost")
         );
         assert_eq!(cfg.agent_dist, PathBuf::from("/srv/o/dist"));
-        for bad in ["cp.example.com", "https://", "https://a b", "https://x/'$(id)'", "http://x/?a=1"] {
+        for bad in [
+            "cp.example.com",
+            "https://",
+            "https://a b",
+            "https://x/'$(id)'",
+            "http://x/?a=1",
+        ] {
             let err = ServeConfig::resolve(ServeArgs {
                 public_rest_url: Some(bad.into()),
                 ..Default::default()

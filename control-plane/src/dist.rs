@@ -237,7 +237,8 @@ mod tests {
         let dist = AgentDist::new(dir.path().to_path_buf());
         std::fs::write(dir.path().join("outpost-agent-0.0.9-x86_64.tar.gz"), b"old").unwrap();
         std::fs::write(
-            dir.path().join(format!("outpost-agent-{OWN_VERSION}-x86_64.tar.gz")),
+            dir.path()
+                .join(format!("outpost-agent-{OWN_VERSION}-x86_64.tar.gz")),
             b"own",
         )
         .unwrap();

@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane.
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Manage workspaces (on this host, against the data directory).
     Workspace {
         #[command(subcommand)]
@@ -119,7 +119,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => {
-                let cfg = config::ServeConfig::resolve(args)?;
+                let cfg = config::ServeConfig::resolve(*args)?;
                 server::run(cfg, outpost_common::shutdown_signal()).await
             }
             Command::Workspace { command } => workspace(command).await,
@@ -239,7 +239,9 @@ async fn api_key(command: ApiKeyCommand) -> CliResult {
             let (device, operator): (Vec<_>, Vec<_>) =
                 keys.into_iter().partition(|k| k.device_id.is_some());
             let shown = if device_keys {
-                println!("# device keys of {workspace} (minted at enrollment and resets; one live per device)");
+                println!(
+                    "# device keys of {workspace} (minted at enrollment and resets; one live per device)"
+                );
                 device
             } else {
                 println!("# operator keys of {workspace}");

@@ -113,9 +113,11 @@ async fn load_ca(data_dir: &std::path::Path, store: &dyn Store) -> Result<pki::C
     let ca = pki::Ca::load_or_create(&pki_dir)?;
     let recorded = match recorded {
         Some(fp) => fp,
-        None => store
-            .record_ca_fingerprint(ca.fingerprint(), crate::store::now_ms())
-            .await?,
+        None => {
+            store
+                .record_ca_fingerprint(ca.fingerprint(), crate::store::now_ms())
+                .await?
+        }
     };
     if recorded != ca.fingerprint() {
         return Err(format!(
@@ -319,7 +321,11 @@ mod tests {
     fn a_loopback_public_url_is_named_only_when_grpc_listens_beyond_it() {
         let any: SocketAddr = "0.0.0.0:8443".parse().unwrap();
         let local: SocketAddr = "127.0.0.1:8443".parse().unwrap();
-        for url in ["https://localhost:8443", "https://127.0.0.1:8443", "https://[::1]:8443"] {
+        for url in [
+            "https://localhost:8443",
+            "https://127.0.0.1:8443",
+            "https://[::1]:8443",
+        ] {
             let w = loopback_warning(url, any).unwrap_or_default();
             assert!(w.contains("--public-url"), "{url}: {w}");
             assert_eq!(loopback_warning(url, local), None, "{url}");

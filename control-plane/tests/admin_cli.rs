@@ -63,7 +63,10 @@ async fn workspaces_features_and_keys_are_managed_on_the_host() {
         "device:read",
     ]));
     let id = out.lines().next().unwrap().to_string();
-    assert!(id.starts_with("key_") && !id.contains(' '), "the id alone on the first line: {out}");
+    assert!(
+        id.starts_with("key_") && !id.contains(' '),
+        "the id alone on the first line: {out}"
+    );
     let reader = out.lines().last().unwrap().to_string();
     let list = ok(&cp.admin(&["api-key", "list", "--workspace", "acme"]));
     assert!(

@@ -98,7 +98,10 @@ async fn the_install_command_downloads_checks_installs_and_waits_for_the_agent()
     let key = cp.api_key("acme", &[]);
     let created = create(&cp, &key, "first").await;
     let command = created["installCommand"].as_str().unwrap();
-    assert!(command.starts_with("sudo sh install.sh --server "), "{command}");
+    assert!(
+        command.starts_with("sudo sh install.sh --server "),
+        "{command}"
+    );
     let hint = created["hint"].as_str().unwrap();
     assert!(hint.contains("--public-rest-url"), "{hint}");
     assert!(!hint.contains("no agent tarball"), "{hint}");
@@ -141,7 +144,11 @@ async fn the_install_command_downloads_checks_installs_and_waits_for_the_agent()
     assert_eq!(index[0]["sha256"], sha.as_str(), "{index}");
     assert_eq!(index.as_array().unwrap().len(), 1, "{index}");
     std::fs::write(dist.join("secret.txt"), "no").unwrap();
-    for path in ["secret.txt", "..%2Fdata%2Fpki%2Fca.key", "outpost-agent-9.9.9-x86_64.tar.gz"] {
+    for path in [
+        "secret.txt",
+        "..%2Fdata%2Fpki%2Fca.key",
+        "outpost-agent-9.9.9-x86_64.tar.gz",
+    ] {
         let s = http
             .get(format!("{rest_url}/downloads/{path}"))
             .send()
@@ -159,8 +166,14 @@ async fn the_install_command_downloads_checks_installs_and_waits_for_the_agent()
     let installed = root.join("usr/bin/outpost-agent");
     assert_eq!(sha256_hex(&installed), sha256_hex(&agent_bin()));
     let env = std::fs::read_to_string(root.join("etc/outpost/agent.env")).unwrap();
-    assert!(env.contains(&format!("OUTPOST_INSTALL_ID={install_id}")), "{env}");
-    assert!(root.join("etc/systemd/system/outpost-agent.service").exists());
+    assert!(
+        env.contains(&format!("OUTPOST_INSTALL_ID={install_id}")),
+        "{env}"
+    );
+    assert!(
+        root.join("etc/systemd/system/outpost-agent.service")
+            .exists()
+    );
 
     // Start the installed agent as the unit would (its env file, its state
     // dir), and run the command again, waiting: it reports the device.
@@ -212,7 +225,11 @@ async fn the_install_command_downloads_checks_installs_and_waits_for_the_agent()
         .output()
         .unwrap();
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("refusing to install it"), "{}", text(&out));
+    assert!(
+        text(&out).contains("refusing to install it"),
+        "{}",
+        text(&out)
+    );
     assert!(!root2.join("usr/bin/outpost-agent").exists());
 }
 
@@ -277,23 +294,43 @@ async fn a_forced_reset_is_finished_on_the_box_without_restarting_the_agent() {
     .await;
     let out = agent_out(&["check"], &state);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("certificate accepted by the control plane"), "{}", text(&out));
+    assert!(
+        text(&out).contains("certificate accepted by the control plane"),
+        "{}",
+        text(&out)
+    );
     let out = agent_out(&["enroll", "--install-id", &other_install_id], &state);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("give --force"), "{}", text(&out));
     // Operator keys and device keys are listed apart.
     let list = cp.admin(&["api-key", "list", "--workspace", "acme"]);
     let operator = String::from_utf8_lossy(&list.stdout).to_string();
-    assert!(operator.starts_with("# operator keys of acme\n"), "{operator}");
-    assert!(!operator.contains(&format!("device={device}")), "{operator}");
-    assert!(text(&list).contains("1 device keys not shown"), "{}", text(&list));
+    assert!(
+        operator.starts_with("# operator keys of acme\n"),
+        "{operator}"
+    );
+    assert!(
+        !operator.contains(&format!("device={device}")),
+        "{operator}"
+    );
+    assert!(
+        text(&list).contains("1 device keys not shown"),
+        "{}",
+        text(&list)
+    );
     let list = cp.admin(&["api-key", "list", "--workspace", "acme", "--device-keys"]);
     let device_keys = String::from_utf8_lossy(&list.stdout).to_string();
-    assert!(device_keys.contains(&format!("device={device}")), "{device_keys}");
+    assert!(
+        device_keys.contains(&format!("device={device}")),
+        "{device_keys}"
+    );
 
     // Forced reset.
     let resp = reqwest::Client::new()
-        .post(format!("{}/acme/devices/v2/{device}/connections/reset?force=true", cp.rest))
+        .post(format!(
+            "{}/acme/devices/v2/{device}/connections/reset?force=true",
+            cp.rest
+        ))
         .bearer_auth(&key)
         .send()
         .await
@@ -303,25 +340,43 @@ async fn a_forced_reset_is_finished_on_the_box_without_restarting_the_agent() {
     let new_install_id = reset["installId"].as_str().unwrap().to_string();
     let acked_before = wait_until("the agent to see the revocation", TIMEOUT, || async {
         let s = status_json(&state);
-        let revoked = s["last_error"].as_str().is_some_and(|e| e.contains("revoked"));
+        let revoked = s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("revoked"));
         (s["link"] != "connected" && revoked).then(|| s["acked_seq"].as_u64().unwrap())
     })
     .await;
     let out = agent_out(&["check"], &state);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("FAIL certificate revoked"), "{}", text(&out));
+    assert!(
+        text(&out).contains("FAIL certificate revoked"),
+        "{}",
+        text(&out)
+    );
     // With an install ID that is not the device's: refused, identity kept.
     let out = agent_out(&["enroll", "--install-id", &other_install_id], &state);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("belongs to another device"), "{}", text(&out));
+    assert!(
+        text(&out).contains("belongs to another device"),
+        "{}",
+        text(&out)
+    );
     // `check` with the first install ID (replaced by the reset's) and with
     // the new one.
     let out = agent_out(&["check", "--install-id", &install_id], &state);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("FAIL install ID unknown"), "{}", text(&out));
+    assert!(
+        text(&out).contains("FAIL install ID unknown"),
+        "{}",
+        text(&out)
+    );
     let out = agent_out(&["check", "--install-id", &new_install_id], &state);
     assert_eq!(out.status.code(), Some(1), "still revoked: {}", text(&out));
-    assert!(text(&out).contains("ok   install ID accepted"), "{}", text(&out));
+    assert!(
+        text(&out).contains("ok   install ID accepted"),
+        "{}",
+        text(&out)
+    );
 
     let out = agent_out(&["enroll", "--install-id", &new_install_id], &state);
     assert!(out.status.success(), "{}", text(&out));
@@ -330,11 +385,15 @@ async fn a_forced_reset_is_finished_on_the_box_without_restarting_the_agent() {
         "{}",
         text(&out)
     );
-    wait_until("the daemon to reconnect with the new identity", TIMEOUT, || async {
-        let s = status_json(&state);
-        (s["link"] == "connected" && s["acked_seq"].as_u64() > Some(acked_before + 2))
-            .then_some(())
-    })
+    wait_until(
+        "the daemon to reconnect with the new identity",
+        TIMEOUT,
+        || async {
+            let s = status_json(&state);
+            (s["link"] == "connected" && s["acked_seq"].as_u64() > Some(acked_before + 2))
+                .then_some(())
+        },
+    )
     .await;
     assert!(agent.try_exit().is_none(), "the daemon was not restarted");
     let out = agent_out(&["check"], &state);
@@ -351,9 +410,12 @@ async fn a_forced_reset_is_finished_on_the_box_without_restarting_the_agent() {
 /// `serve` on a data dir, expected to refuse: its output.
 fn serve_refused(data_dir: &Path) -> String {
     let mut cmd = Command::new(cp_bin());
-    cmd.args(["serve", "--data-dir"])
-        .arg(data_dir)
-        .args(["--rest-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"]);
+    cmd.args(["serve", "--data-dir"]).arg(data_dir).args([
+        "--rest-listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+    ]);
     if let Some(url) = test_database(data_dir) {
         cmd.args(["--database-url", &url]);
     }
@@ -408,7 +470,10 @@ fn a_control_plane_with_another_ca_than_its_database_refuses_to_start() {
     };
     copy_ca(&elsewhere, &replica);
     let said = serve_refused(&replica);
-    assert!(said.contains(&format!("belongs to the device CA {recorded}")), "{said}");
+    assert!(
+        said.contains(&format!("belongs to the device CA {recorded}")),
+        "{said}"
+    );
     assert!(said.contains(&other.fingerprint), "{said}");
     assert!(said.contains("copy ca.crt and ca.key"), "{said}");
 
@@ -437,7 +502,11 @@ fn admin_commands_refuse_a_data_dir_that_does_not_exist() {
             .output()
             .unwrap();
         assert!(!out.status.success(), "{args:?}");
-        assert!(text(&out).contains("no data directory"), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("no data directory"),
+            "{args:?}: {}",
+            text(&out)
+        );
         assert!(!missing.exists(), "{args:?} created it");
     }
     // `serve` prints where install commands send agents.

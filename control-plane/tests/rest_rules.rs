@@ -582,7 +582,8 @@ async fn config_writes_warn_of_unknown_keys_and_patch_merges() {
                 .body(body.to_string()),
         )
     };
-    let (s, _, b) = patch(r#"{"telemetry_interval_secs": 30, "telemetry_intervall_secs": null}"#).await;
+    let (s, _, b) =
+        patch(r#"{"telemetry_interval_secs": 30, "telemetry_intervall_secs": null}"#).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["version"].as_u64(), Some(version + 1), "{b}");
     assert_eq!(
@@ -602,7 +603,11 @@ async fn config_writes_warn_of_unknown_keys_and_patch_merges() {
     )
     .await;
     assert_eq!(s, 200);
-    assert_eq!(b["version"].as_u64(), Some(version + 1), "refused patches store nothing: {b}");
+    assert_eq!(
+        b["version"].as_u64(),
+        Some(version + 1),
+        "refused patches store nothing: {b}"
+    );
 }
 
 /// `severity=warn` (and the other common names) mean the stored severities.

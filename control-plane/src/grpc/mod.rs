@@ -17,8 +17,8 @@ use std::time::Duration;
 use outpost_proto::v1::device_service_server::{DeviceService, DeviceServiceServer};
 use outpost_proto::v1::{
     AgentMessage, CheckEnrollmentRequest, CheckEnrollmentResponse, EnrollRequest, EnrollResponse,
-    LogAck, LogBatch, ResetConnectionRequest,
-    ResetConnectionResponse, ServerMessage, TelemetryAck, TelemetryBatch,
+    LogAck, LogBatch, ResetConnectionRequest, ResetConnectionResponse, ServerMessage, TelemetryAck,
+    TelemetryBatch,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;

@@ -345,7 +345,10 @@ mod tests {
     /// key is taken, and yields the same CA.
     #[test]
     fn a_sec1_ca_key_is_taken() {
-        let Ok(v) = std::process::Command::new("openssl").arg("version").output() else {
+        let Ok(v) = std::process::Command::new("openssl")
+            .arg("version")
+            .output()
+        else {
             panic!("openssl is needed for this test");
         };
         assert!(v.status.success());
@@ -363,10 +366,13 @@ mod tests {
         let cert = std::fs::read_to_string(dir.path().join("pki/ca.crt")).unwrap();
         let again = Ca::from_pem(&cert, &sec1).unwrap();
         assert_eq!(again.fingerprint(), ca.fingerprint());
-        let err = Ca::from_pem(&cert, "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n")
-            .err()
-            .unwrap()
-            .to_string();
+        let err = Ca::from_pem(
+            &cert,
+            "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(err.contains("PKCS#8"), "{err}");
     }
 

@@ -435,9 +435,16 @@ async fn install_command(state: &AppState, install_id: &str) -> (String, Option<
         .unwrap_or(0);
     let dir = state.dist.dir().display();
     let missing = match (&state.public_rest_url, tarballs) {
-        (Some(url), 1..) => return (format!("curl -fsSL {url}/install.sh | sudo sh -s -- {args}"), None),
+        (Some(url), 1..) => {
+            return (
+                format!("curl -fsSL {url}/install.sh | sudo sh -s -- {args}"),
+                None,
+            );
+        }
         (Some(_), 0) => format!("no agent tarball in {dir} (scripts/release.sh --into {dir})"),
-        (None, 1..) => "no --public-rest-url (the address boxes reach this REST API at)".to_string(),
+        (None, 1..) => {
+            "no --public-rest-url (the address boxes reach this REST API at)".to_string()
+        }
         (None, 0) => format!(
             "no --public-rest-url (the address boxes reach this REST API at) and no agent tarball in {dir} (scripts/release.sh --into {dir})"
         ),

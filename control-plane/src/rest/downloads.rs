@@ -160,7 +160,10 @@ mod tests {
     #[test]
     fn the_script_has_the_lines_it_is_rendered_through() {
         assert_eq!(INSTALL_SCRIPT.lines().filter(|l| *l == URL_LINE).count(), 1);
-        assert_eq!(INSTALL_SCRIPT.lines().filter(|l| *l == INDEX_LINE).count(), 1);
+        assert_eq!(
+            INSTALL_SCRIPT.lines().filter(|l| *l == INDEX_LINE).count(),
+            1
+        );
         let f = DistFile {
             file: "outpost-agent-0.1.0-x86_64.tar.gz".into(),
             arch: "x86_64".into(),

@@ -444,8 +444,11 @@ pub trait Store: Send + Sync + 'static {
     async fn ca_fingerprint(&self) -> StoreResult<Option<String>>;
     /// Records `fingerprint` unless one is recorded already; returns the
     /// recorded one (this, or the first replica's when it won a race).
-    async fn record_ca_fingerprint(&self, fingerprint: &str, now: UnixMillis)
-    -> StoreResult<String>;
+    async fn record_ca_fingerprint(
+        &self,
+        fingerprint: &str,
+        now: UnixMillis,
+    ) -> StoreResult<String>;
     /// Replaces the feature list; false when the workspace does not exist.
     async fn set_workspace_features(&self, name: &str, features: &[String]) -> StoreResult<bool>;
     /// Every key of a workspace, newest first, revoked ones included.

@@ -30,8 +30,7 @@ impl SqlStore<Postgres> {
         // NOTICEs (the migrator's `CREATE TABLE IF NOT EXISTS` says
         // "relation already exists" on every start) are not for operators;
         // warnings and errors still come through.
-        let opts =
-            PgConnectOptions::from_str(url)?.options([("client_min_messages", "warning")]);
+        let opts = PgConnectOptions::from_str(url)?.options([("client_min_messages", "warning")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .connect_with(opts)

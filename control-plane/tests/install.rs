@@ -531,3 +531,57 @@ fn admin_commands_on_postgres_print_no_notices() {
         assert!(err.trim().is_empty(), "{err}");
     }
 }
+
+/// The install command run again after a forced reset restarts the service
+/// with the new install ID configured: `run` sees the control plane no
+/// longer takes its certificate and enrolls again in place.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_with_a_new_install_id_re_enrolls_a_revoked_box_in_place() {
+    let cp = ControlPlane::start();
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let (device, install_id) = cp.create_device("acme", &key, "box").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    assert!(enroll(&cp, &install_id, &state).status.success());
+    let mut agent = AgentProc::run(&state, "200ms");
+    let acked = wait_until("the first acks", TIMEOUT, || async {
+        let s = status_json(&state);
+        let acked = s["acked_seq"].as_u64().unwrap_or(0);
+        (acked >= 2).then_some(acked)
+    })
+    .await;
+    agent.terminate();
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}/acme/devices/v2/{device}/connections/reset?force=true",
+            cp.rest
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let reset: Value = resp.json().await.unwrap();
+    let new_install_id = reset["installId"].as_str().unwrap();
+
+    let mut agent = AgentProc::run_with(&state, "200ms", &["--install-id", new_install_id], &[]);
+    wait_until("the agent back as the same device", TIMEOUT, || async {
+        let s = status_json(&state);
+        (s["link"] == "connected"
+            && s["device_id"] == device.as_str()
+            && s["acked_seq"].as_u64() > Some(acked + 1))
+        .then_some(())
+    })
+    .await;
+    // Running again with the (now spent) install ID changes nothing.
+    agent.terminate();
+    let serial = status_json(&state)["certificate"]["serial"].clone();
+    let mut agent = AgentProc::run_with(&state, "200ms", &["--install-id", new_install_id], &[]);
+    wait_until("connected again", TIMEOUT, || async {
+        (status_json(&state)["link"] == "connected").then_some(())
+    })
+    .await;
+    assert_eq!(status_json(&state)["certificate"]["serial"], serial);
+    agent.terminate();
+}

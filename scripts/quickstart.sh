@@ -23,11 +23,18 @@ DATA="$DIR/control-plane"
 STATE="$DIR/agent"
 KEYFILE="$DIR/api-key"
 
-if [ ! -s "$KEYFILE" ]; then
-    "$BIN/outpost-control-plane" workspace create "$WS" --data-dir "$DATA" >/dev/null
-    (umask 077; "$BIN/outpost-control-plane" api-key create --workspace "$WS" --data-dir "$DATA" | tail -n 1 > "$KEYFILE")
-fi
-KEY=$(cat "$KEYFILE")
+# The agent just built, as a release tarball in the control plane's download
+# directory: create-device answers then carry the one-line install command
+# (curl … /install.sh | sudo sh -s -- …) for other boxes of this machine's arch.
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+name="outpost-agent-$version-$(uname -m)"
+stage="$DIR/.release/$name"
+mkdir -p "$stage"
+(umask 077; mkdir -p "$DATA/dist")
+cp "$BIN/outpost-agent" systemd/install.sh systemd/outpost-agent.service "$stage/"
+tar -C "$DIR/.release" -czf "$DATA/dist/.$name.tar.gz.tmp" "$name"
+mv -f "$DATA/dist/.$name.tar.gz.tmp" "$DATA/dist/$name.tar.gz"
+rm -rf "$DIR/.release"
 
 pids=()
 cleanup() {
@@ -40,6 +47,7 @@ cleanup() {
 trap cleanup INT TERM EXIT
 
 "$BIN/outpost-control-plane" serve --data-dir "$DATA" --rest-listen "$REST" --grpc-listen "$GRPC" \
+    --public-rest-url "http://$REST" \
     >"$DIR/control-plane.out" 2>"$DIR/control-plane.log" &
 pids+=($!)
 
@@ -52,6 +60,13 @@ for _ in $(seq 1 100); do
     fi
     sleep 0.1
 done
+
+# Administration needs the data directory `serve` has created.
+if [ ! -s "$KEYFILE" ]; then
+    "$BIN/outpost-control-plane" workspace create "$WS" --data-dir "$DATA" >/dev/null
+    (umask 077; "$BIN/outpost-control-plane" api-key create --workspace "$WS" --data-dir "$DATA" | tail -n 1 > "$KEYFILE")
+fi
+KEY=$(cat "$KEYFILE")
 
 if [ ! -f "$STATE/identity.json" ]; then
     echo "==> creating a device and enrolling this machine"

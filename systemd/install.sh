@@ -1,18 +1,15 @@
 #!/bin/sh
-# Installs the Outpost agent as a systemd service, or removes it.
-#
-#   sudo sh install.sh --server https://cp.example.com:8443 \
-#       --install-id inst_… --ca-fingerprint sha256:… [--binary PATH|URL] \
-#       [--interval 10s] [--log-file PATH]... [--journal-unit UNIT]...
-#   sudo sh install.sh --uninstall [--purge]
-#
-# Idempotent: running it again rewrites the configuration and restarts the
-# agent; the agent's state (key, certificate, spool) is kept. --uninstall
-# keeps the state too unless --purge is given.
-#
-# --root DIR installs into DIR instead of / and runs no system command (for
-# image builds and tests); --dry-run prints what would be done, changes nothing.
+# Installs the Outpost agent as a systemd service, or removes it (see usage()).
+# Served by a control plane at GET /install.sh, DOWNLOAD_URL and
+# DOWNLOAD_INDEX below are filled in: with no --binary and no outpost-agent
+# next to this script, the tarball for `uname -m` is downloaded from there and
+# its SHA-256 checked against that index before anything is installed.
 set -eu
+
+# Filled in when a control plane serves this script (GET /install.sh): where
+# the tarballs are, and one "file arch version sha256" line per tarball.
+DOWNLOAD_URL=""
+DOWNLOAD_INDEX=""
 
 PROG=install.sh
 SERVER=""
@@ -26,13 +23,36 @@ ROOT=""
 DRY_RUN=0
 UNINSTALL=0
 PURGE=0
+WAIT=auto
+WAIT_SECS=60
 USER_NAME=outpost-agent
 
 die() { echo "$PROG: error: $*" >&2; exit 1; }
 say() { echo "$PROG: $*"; }
 
 usage() {
-    sed -n '2,15p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//'
+    cat <<'EOF'
+Installs the Outpost agent as a systemd service, or removes it.
+
+  sudo sh install.sh --server https://cp.example.com:8443 \
+      --install-id inst_… --ca-fingerprint sha256:… [--binary PATH|URL] \
+      [--interval 10s] [--log-file PATH]... [--journal-unit UNIT]... \
+      [--no-wait | --wait-timeout SECS]
+  sudo sh install.sh --uninstall [--purge]
+
+Every argument's format is checked before anything changes. After starting
+the service it waits (60 s; --wait-timeout, --no-wait) until the agent has
+enrolled and connected, and prints "enrolled as DEVICE, connected" or the
+agent's error (exit status 1).
+
+Idempotent: running it again rewrites the configuration and restarts the
+agent; the agent's state (key, certificate, spool) is kept.
+--uninstall keeps the state too unless --purge is given.
+
+--root DIR installs into DIR instead of / and runs no system command (for
+image builds and tests; --wait then waits for an agent started by hand on
+DIR's state directory); --dry-run prints what would be done, changes nothing.
+EOF
     exit "${1:-0}"
 }
 
@@ -53,6 +73,9 @@ $2"; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
         --uninstall) UNINSTALL=1; shift ;;
         --purge) PURGE=1; shift ;;
+        --no-wait) WAIT=0; shift ;;
+        --wait) WAIT=1; shift ;;
+        --wait-timeout) need_arg "$@"; WAIT_SECS=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -118,18 +141,84 @@ if [ ! -f "$STATE/identity.json" ]; then
     [ -n "$INSTALL_ID" ] || die "--install-id is required (from the create-device answer)"
     [ -n "$CA_FP" ] || die "--ca-fingerprint is required (sha256:… from the create-device answer)"
 fi
-case "$SERVER" in ""|https://*) ;; *) die "--server must start with https:// (got $SERVER)" ;; esac
-case "$INSTALL_ID" in ""|inst_*) ;; *) die "--install-id must start with inst_ (got $INSTALL_ID)" ;; esac
-case "$CA_FP" in ""|sha256:*) ;; *) die "--ca-fingerprint must look like sha256:<hex> (got $CA_FP)" ;; esac
+# Formats first: a typo found now costs nothing; found by the service, it is
+# a unit that exits 2 and is never restarted.
+matches() { printf '%s\n' "$1" | grep -Eq "$2"; }
+if [ -n "$SERVER" ]; then
+    matches "$SERVER" '^https://([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$' ||
+        die "--server must be https://HOST:PORT, the control plane's device URL (got '$SERVER')"
+fi
+if [ -n "$INSTALL_ID" ]; then
+    matches "$INSTALL_ID" '^inst_[A-Za-z0-9_-]{16,128}$' ||
+        die "--install-id must be inst_ and the ID's characters, as the create-device answer shows it (got '$INSTALL_ID')"
+fi
+if [ -n "$CA_FP" ]; then
+    # sha256:<64 hex>, or openssl's AB:CD:… form; written as the first.
+    _hex=$(printf '%s' "${CA_FP#sha256:}" | tr -d ':' | tr 'A-F' 'a-f')
+    if ! matches "$_hex" '^[0-9a-f]{64}$' || matches "$CA_FP" '^sha256:.*:'; then
+        die "--ca-fingerprint must be sha256: and 64 hex digits, as the create-device answer shows it (got '$CA_FP')"
+    fi
+    CA_FP="sha256:$_hex"
+fi
+if [ -n "$INTERVAL" ]; then
+    matches "$INTERVAL" '^([0-9]+ ?[a-z]+ ?)+$' ||
+        die "--interval must be a duration such as 10s or 1m (got '$INTERVAL')"
+fi
+printf '%s\n' "$LOG_FILES" | while IFS= read -r _f; do
+    case "$_f" in ""|/*) ;; *) die "--log-file must be an absolute path (got '$_f')" ;; esac
+done || exit 1
+printf '%s\n' "$UNITS" | while IFS= read -r _u; do
+    [ -z "$_u" ] || matches "$_u" '^[A-Za-z0-9@._:-]+$' || die "--journal-unit must be a unit name (got '$_u')"
+done || exit 1
+matches "$WAIT_SECS" '^[0-9]+$' || die "--wait-timeout must be whole seconds (got '$WAIT_SECS')"
+
+# The agent's tarball from the control plane that served this script: the
+# one for this machine's arch in DOWNLOAD_INDEX, checked against its SHA-256,
+# unpacked into a temporary directory that goes on exit.
+sha256_of() {
+    if command -v sha256sum >/dev/null 2>&1; then
+        sha256sum "$1" | cut -d' ' -f1
+    elif command -v shasum >/dev/null 2>&1; then
+        shasum -a 256 "$1" | cut -d' ' -f1
+    else
+        openssl dgst -sha256 "$1" | sed 's/.*= *//'
+    fi
+}
+download_release() {
+    _arch=$(uname -m)
+    case "$_arch" in amd64) _arch=x86_64 ;; arm64) _arch=aarch64 ;; esac
+    _line=$(printf '%s\n' "$DOWNLOAD_INDEX" | awk -v a="$_arch" '$2 == a { print; exit }')
+    if [ -z "$_line" ]; then
+        _have=$(printf '%s\n' "$DOWNLOAD_INDEX" | awk 'NF { printf "%s%s", (n++ ? ", " : ""), $2 }')
+        die "the control plane has no agent for $_arch (it has: ${_have:-none}); build one with scripts/release.sh (TARGET=…) into its --agent-dist directory"
+    fi
+    _file=$(echo "$_line" | cut -d' ' -f1)
+    _want=$(echo "$_line" | cut -d' ' -f4)
+    command -v curl >/dev/null 2>&1 || die "curl is needed to download the agent"
+    WORK=$(mktemp -d)
+    trap 'rm -rf "$WORK"' EXIT
+    say "downloading $DOWNLOAD_URL/$_file"
+    curl -fsSL -o "$WORK/$_file" "$DOWNLOAD_URL/$_file" || die "could not download $DOWNLOAD_URL/$_file"
+    _got=$(sha256_of "$WORK/$_file")
+    [ "$_got" = "$_want" ] ||
+        die "$_file has SHA-256 $_got but the control plane's index says $_want; refusing to install it (download it again; if it persists, the file on the server or something on the way altered it)"
+    tar -xzf "$WORK/$_file" -C "$WORK" || die "could not unpack $_file"
+    _dir="$WORK/${_file%.tar.gz}"
+    [ -x "$_dir/outpost-agent" ] || die "$_file holds no ${_file%.tar.gz}/outpost-agent"
+    BINARY="$_dir/outpost-agent"
+    SCRIPT_DIR=$_dir
+}
 
 # The binary: a path, a URL, or outpost-agent next to this script.
 if [ -z "$BINARY" ]; then
     if [ -x "$SCRIPT_DIR/outpost-agent" ]; then
         BINARY="$SCRIPT_DIR/outpost-agent"
+    elif [ -n "$DOWNLOAD_INDEX" ]; then
+        download_release
     elif [ -x "$BIN" ]; then
         BINARY=""  # already installed: keep it
     else
-        die "no agent binary: give --binary PATH or URL (a release build of outpost-agent for $(uname -m))"
+        die "no agent binary: run the 'curl … | sudo sh' install command of a control plane with agent downloads, or give --binary PATH or URL (a release build of outpost-agent for $(uname -m))"
     fi
 fi
 
@@ -187,4 +276,37 @@ fi
 system systemctl daemon-reload
 system systemctl enable outpost-agent.service
 system systemctl restart outpost-agent.service
-say "installed; 'systemctl status outpost-agent' and 'outpost-agent status --state-dir /var/lib/outpost-agent' show how it is doing"
+
+# The agent's own word on how it went: status.json under the state dir, as
+# `outpost-agent status --json` reads it.
+json_field() {
+    printf '%s\n' "$2" | sed -n "s/^  \"$1\": \"\(.*\)\",\{0,1\}\$/\1/p" | head -n 1
+}
+if [ "$WAIT" = auto ]; then
+    if [ -n "$ROOT" ] || [ "$DRY_RUN" = 1 ]; then WAIT=0; else WAIT=1; fi
+fi
+if [ "$WAIT" = 0 ] || [ "$DRY_RUN" = 1 ]; then
+    say "installed; 'systemctl status outpost-agent' and 'outpost-agent status --state-dir /var/lib/outpost-agent' show how it is doing"
+    exit 0
+fi
+say "installed; waiting up to ${WAIT_SECS}s for the agent to enroll and connect (--no-wait skips this)"
+_waited=0
+_err=""
+while :; do
+    _json=$("$BIN" status --json --state-dir "$STATE" 2>/dev/null || true)
+    _err=$(json_field last_error "$_json")
+    if [ "$(json_field link "$_json")" = connected ]; then
+        say "enrolled as $(json_field device_id "$_json"), connected"
+        exit 0
+    fi
+    if [ -z "$ROOT" ] && ! systemctl is-active --quiet outpost-agent.service; then
+        _log=$(journalctl -u outpost-agent.service -n 5 --no-pager -o cat 2>/dev/null || true)
+        die "the agent stopped${_err:+: $_err}
+$_log
+(systemctl status outpost-agent; journalctl -u outpost-agent)"
+    fi
+    [ "$_waited" -lt "$WAIT_SECS" ] || break
+    sleep 1
+    _waited=$((_waited + 1))
+done
+die "the agent has not connected after ${WAIT_SECS}s: ${_err:-it reported no error yet} (outpost-agent status --state-dir /var/lib/outpost-agent; journalctl -u outpost-agent)"

@@ -180,7 +180,11 @@ pub async fn check(cfg: &AgentConfig) -> Findings {
                 )
                 .await
                 {
-                    Ok(Ok(_)) => f.ok(format!("control plane {server} reachable, TLS verified")),
+                    Ok(Ok(_)) => {
+                        f.ok(format!("control plane {server} reachable, TLS verified"));
+                        ask_control_plane(&mut f, cfg, &state, identity.is_some(), &server, &trust)
+                            .await;
+                    }
                     Ok(Err(e)) => f.fail(format!("control plane {server}: {e}")),
                     Err(_) => f.fail(format!("control plane {server}: no answer within 15 s")),
                 },
@@ -203,4 +207,78 @@ pub async fn check(cfg: &AgentConfig) -> Findings {
         }
     }
     f
+}
+
+/// The control plane's word on this box's certificate and, when it matters
+/// (not enrolled, or the certificate is no longer taken), the configured
+/// install ID.
+async fn ask_control_plane(
+    f: &mut Findings,
+    cfg: &AgentConfig,
+    state: &StateDir,
+    enrolled: bool,
+    server: &crate::link::ServerUrl,
+    trust: &crate::link::Trust,
+) {
+    let install_id = cfg.install_id.as_deref().unwrap_or("");
+    let answer = match tokio::time::timeout(
+        Duration::from_secs(15),
+        crate::enroll::check_enrollment(state, server, trust, install_id),
+    )
+    .await
+    {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return f.fail(format!("control plane: cannot ask about this box: {e}")),
+        Err(_) => return f.fail("control plane: no answer within 15 s"),
+    };
+    let renew = "enroll it again with a new install ID from an operator (outpost-agent enroll --install-id NEW, or the install command again)";
+    let cert_ok = match answer.certificate.as_str() {
+        "valid" => {
+            f.ok("certificate accepted by the control plane");
+            true
+        }
+        "" => !enrolled,
+        "revoked" => {
+            f.fail(format!(
+                "certificate revoked by the control plane (a forced reset?): {renew}"
+            ));
+            false
+        }
+        "expired" => {
+            f.warn(
+                "certificate expired: the agent rotates it on connect if the grace window allows",
+            );
+            true
+        }
+        "disabled" => {
+            f.fail("this device is disabled by an operator");
+            false
+        }
+        "deleted" => {
+            f.fail(format!("this device was deleted by an operator: {renew}"));
+            false
+        }
+        other => {
+            f.fail(format!(
+                "certificate {other} to the control plane (another control plane's data?): {renew}"
+            ));
+            false
+        }
+    };
+    if install_id.is_empty() || (enrolled && cert_ok) {
+        return;
+    }
+    match answer.install_id.as_str() {
+        "valid" => f.ok(if enrolled {
+            "install ID accepted: `run` or `enroll` enrolls this box again with it"
+        } else {
+            "install ID accepted by the control plane"
+        }),
+        "spent" => f.fail("install ID already used: ask an operator for a new one"),
+        "expired" => f.fail("install ID expired: ask an operator for a new one"),
+        "disabled" => f.fail("install ID of a device disabled by an operator"),
+        other => f.fail(format!(
+            "install ID {other} to the control plane: check it, or ask an operator for a new one"
+        )),
+    }
 }

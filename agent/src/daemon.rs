@@ -3,6 +3,7 @@
 //! not.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use outpost_proto::v1::device_service_client::DeviceServiceClient;
@@ -167,6 +168,8 @@ struct AgentHost {
     state: StateDir,
     server: ServerUrl,
     tls: Arc<ClientConfig>,
+    /// The certificate file's time when `tls` was built from it.
+    tls_cert_saved_ms: Option<i64>,
     trust: Trust,
     clock: Arc<Clock>,
     collector: Collector,
@@ -185,6 +188,7 @@ struct AgentHost {
 impl AgentHost {
     /// Rebuilds the TLS config from the identity on disk (after a rotation).
     fn reload_tls(&mut self) -> Result<(), AgentError> {
+        self.tls_cert_saved_ms = self.state.cert_saved_ms();
         let identity = enroll::load_client_identity(&self.state)?;
         self.tls = link::client_config_at(&self.trust, Some(identity), self.clock.clone())?;
         Ok(())
@@ -311,6 +315,17 @@ impl Host for AgentHost {
     type Error = AgentError;
 
     fn connect(&mut self) -> BoxFuture<'static, Result<OpenLink, LinkError>> {
+        // `outpost-agent enroll` may have replaced the identity on disk (a
+        // re-enrollment after a forced reset): connect with what is there.
+        let saved = self.state.cert_saved_ms();
+        if saved != self.tls_cert_saved_ms {
+            match self.reload_tls() {
+                Ok(()) => tracing::info!("the device certificate on disk changed; using it"),
+                Err(e) => {
+                    tracing::warn!("the device certificate on disk changed but cannot be used: {e}")
+                }
+            }
+        }
         let (server, tls, facts) = (
             self.server.clone(),
             self.tls.clone(),
@@ -501,11 +516,15 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
             id
         }
     };
+    state.recover_rotation()?;
+    let identity = match &cfg.install_id {
+        Some(install_id) => reenroll_if_void(&state, &cfg, install_id, &collector, identity).await,
+        None => identity,
+    };
     let server = match &cfg.server {
         Some(s) => s.clone(),
         None => ServerUrl::parse(&identity.server)?,
     };
-    state.recover_rotation()?;
     let clock = Clock::new(state.clock_floor());
     let trust = Trust::from_ca_file(&state.ca_path())?;
     let tls = link::client_config_at(
@@ -557,7 +576,9 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
         rand::random_range(-1.0..=1.0),
         Instant::now(),
     );
+    let tls_cert_saved_ms = state.cert_saved_ms();
     let mut host = AgentHost {
+        tls_cert_saved_ms,
         state,
         server,
         tls,
@@ -591,6 +612,54 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
 }
 
 /// Enrolls, retrying transient failures with backoff. `None`: stopped.
+/// `run` with an install ID on an enrolled box (the install command run
+/// again after a forced reset): when the control plane no longer takes the
+/// certificate and the install ID is good, enroll again in place. On any
+/// failure the identity there is stays, and the link reports what is wrong.
+async fn reenroll_if_void(
+    state: &StateDir,
+    cfg: &AgentConfig,
+    install_id: &str,
+    collector: &Collector,
+    identity: crate::state::Identity,
+) -> crate::state::Identity {
+    let server = cfg
+        .server
+        .clone()
+        .or_else(|| ServerUrl::parse(&identity.server).ok());
+    let trust = cfg
+        .trust
+        .clone()
+        .or_else(|| Trust::from_ca_file(&state.ca_path()).ok());
+    let (Some(server), Some(trust)) = (server, trust) else {
+        return identity;
+    };
+    let asked = tokio::time::timeout(
+        Duration::from_secs(15),
+        enroll::check_enrollment(state, &server, &trust, install_id),
+    )
+    .await;
+    let void = match &asked {
+        Ok(Ok(r)) => r.certificate != "valid" && r.install_id == "valid",
+        Ok(Err(EnrollError::Link(e))) => link::is_expired_beyond_grace(e),
+        _ => false,
+    };
+    if !void {
+        return identity;
+    }
+    let facts = collector.facts();
+    match enroll::reenroll(state, Some(&server), install_id, Some(&trust), facts, true).await {
+        Ok(id) => {
+            tracing::info!(device = %id.device_id, "enrolled again with the configured install ID (the control plane no longer took the previous certificate)");
+            id
+        }
+        Err(e) => {
+            tracing::warn!("enrolling again with the configured install ID failed: {e}");
+            identity
+        }
+    }
+}
+
 async fn enroll_with_retry(
     state: &StateDir,
     server: &ServerUrl,

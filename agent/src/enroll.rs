@@ -2,7 +2,9 @@
 //! attempt) on the box; only a CSR leaves it. The install ID is spent once the
 //! agent has connected with the certificate it gets back.
 
-use outpost_proto::v1::{DeviceFacts, EnrollRequest};
+use outpost_proto::v1::{
+    CheckEnrollmentRequest, CheckEnrollmentResponse, DeviceFacts, EnrollRequest,
+};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
@@ -27,6 +29,11 @@ pub enum EnrollError {
     State(#[from] StateError),
     #[error("unexpected enrollment response: {0}")]
     BadResponse(String),
+    /// Re-enrollment of a box whose identity the control plane still takes.
+    #[error(
+        "this box is enrolled as device {device_id} and its certificate is still valid; give --force to replace its identity anyway (the spool and sequence numbers are kept)"
+    )]
+    StillValid { device_id: String },
 }
 
 impl EnrollError {
@@ -57,6 +64,40 @@ pub async fn enroll(
         });
     }
     let key = state.load_or_create_key()?;
+    let issued = request_certificate(server, install_id, trust, facts, &key, "").await?;
+    let identity = Identity {
+        device_id: issued.device_id,
+        workspace: issued.workspace,
+        server: server.to_string(),
+        enrolled_at_unix_ms: crate::clock::system_ms(),
+    };
+    state.save_enrollment(
+        &identity,
+        &issued.chain_pem,
+        &issued.ca_pem,
+        &issued.api_key,
+    )?;
+    Ok(identity)
+}
+
+/// What `Enroll` answered, checked: the certificate is for `key` and the CA
+/// bundle holds the CA `trust` names.
+struct Issued {
+    device_id: String,
+    workspace: String,
+    chain_pem: String,
+    ca_pem: String,
+    api_key: String,
+}
+
+async fn request_certificate(
+    server: &ServerUrl,
+    install_id: &str,
+    trust: &Trust,
+    facts: DeviceFacts,
+    key: &rcgen::KeyPair,
+    current_device_id: &str,
+) -> Result<Issued, EnrollError> {
     let mut params = rcgen::CertificateParams::default();
     // The control plane ignores the CSR's subject; this only helps humans
     // reading a captured CSR.
@@ -65,7 +106,7 @@ pub async fn enroll(
         .distinguished_name
         .push(rcgen::DnType::CommonName, facts.hostname.clone());
     let csr = params
-        .serialize_request(&key)
+        .serialize_request(key)
         .map_err(|e| EnrollError::BadResponse(format!("cannot build CSR: {e}")))?;
 
     let tls = link::client_config(trust, None)?;
@@ -75,6 +116,7 @@ pub async fn enroll(
             install_id: install_id.trim().to_string(),
             csr_der: csr.der().to_vec(),
             facts: Some(facts),
+            current_device_id: current_device_id.to_string(),
         })
         .await
         .map_err(|status| match status.code() {
@@ -104,17 +146,101 @@ pub async fn enroll(
             "the certificate is not for this device's key".into(),
         ));
     }
-    let identity = Identity {
+    Ok(Issued {
         device_id: response.device_id,
         workspace: response.workspace,
+        chain_pem: pem_chain(&response.certificate_chain_der),
+        ca_pem: pem_chain(&response.ca_bundle_der),
+        api_key: response.device_api_key,
+    })
+}
+
+/// Asks the control plane about this box's certificate (when `state` has
+/// one) and an install ID (when not empty). Reads only.
+pub async fn check_enrollment(
+    state: &StateDir,
+    server: &ServerUrl,
+    trust: &Trust,
+    install_id: &str,
+) -> Result<CheckEnrollmentResponse, EnrollError> {
+    let identity = match state.identity()? {
+        Some(_) => Some(load_client_identity(state)?),
+        None => None,
+    };
+    let clock = crate::clock::Clock::new(state.clock_floor());
+    let tls = link::client_config_at(trust, identity, clock)?;
+    let channel = link::connect(server, tls).await?;
+    Ok(link::client(channel)
+        .check_enrollment(CheckEnrollmentRequest {
+            install_id: install_id.trim().to_string(),
+        })
+        .await
+        .map_err(|s| EnrollError::Link(LinkError::Rpc(s)))?
+        .into_inner())
+}
+
+/// Enrolls an enrolled box again with a new install ID, in place: same
+/// device (the control plane refuses another device's install ID), spool and
+/// sequence numbers kept; a new key. Without `force` only when the control
+/// plane no longer takes the current certificate (revoked by a forced
+/// reset, expired past the grace window, unknown). `server` and `trust`
+/// default to the ones the box enrolled with.
+pub async fn reenroll(
+    state: &StateDir,
+    server: Option<&ServerUrl>,
+    install_id: &str,
+    trust: Option<&Trust>,
+    facts: DeviceFacts,
+    force: bool,
+) -> Result<Identity, EnrollError> {
+    let Some(current) = state.identity()? else {
+        return Err(EnrollError::BadResponse("not enrolled".into()));
+    };
+    let server = match server {
+        Some(s) => s.clone(),
+        None => ServerUrl::parse(&current.server)?,
+    };
+    let trust = match trust {
+        Some(t) => t.clone(),
+        None => Trust::from_ca_file(&state.ca_path())?,
+    };
+    if !force {
+        match check_enrollment(state, &server, &trust, "").await {
+            Ok(r) if r.certificate == "valid" => {
+                return Err(EnrollError::StillValid {
+                    device_id: current.device_id,
+                });
+            }
+            Ok(_) => {}
+            // A certificate expired past the grace window fails the handshake.
+            Err(EnrollError::Link(e)) if link::is_expired_beyond_grace(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let key = state.create_next_key()?;
+    let issued =
+        request_certificate(&server, install_id, &trust, facts, &key, &current.device_id).await?;
+    if issued.device_id != current.device_id {
+        return Err(EnrollError::BadResponse(format!(
+            "the control plane enrolled device {} instead of this box's {}",
+            issued.device_id, current.device_id
+        )));
+    }
+    // The rotation's commit: key and certificate swap together (a crash
+    // in between is completed at the next start), then the CA bundle, and
+    // the identity last.
+    state.commit_rotation(&issued.chain_pem, &issued.api_key)?;
+    let identity = Identity {
+        device_id: issued.device_id,
+        workspace: issued.workspace,
         server: server.to_string(),
         enrolled_at_unix_ms: crate::clock::system_ms(),
     };
     state.save_enrollment(
         &identity,
-        &pem_chain(&response.certificate_chain_der),
-        &pem_chain(&response.ca_bundle_der),
-        &response.device_api_key,
+        &issued.chain_pem,
+        &issued.ca_pem,
+        &issued.api_key,
     )?;
     Ok(identity)
 }

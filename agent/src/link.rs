@@ -23,10 +23,20 @@ pub enum LinkError {
     Trust(String),
     #[error("cannot connect to {server}: {detail}")]
     Connect { server: String, detail: String },
-    #[error("{0}")]
+    #[error("{}", rpc_text(.0))]
     Rpc(#[from] tonic::Status),
     #[error("{0}")]
     Protocol(String),
+}
+
+/// A gRPC status as a person reads it: the control plane's message and the
+/// code's name, not tonic's `code: '…', message: "…"` form.
+fn rpc_text(status: &tonic::Status) -> String {
+    let code = format!("{:?}", status.code());
+    match status.message() {
+        "" => format!("the control plane answered {code}"),
+        msg => format!("{msg} ({code})"),
+    }
 }
 
 impl LinkError {
@@ -370,6 +380,20 @@ pub const EXPIRED_BEYOND_GRACE: &str = "certificate expired beyond the grace win
 
 /// Whether the error is the control plane refusing our certificate as expired
 /// (beyond the grace window, or the handshake would have passed).
+#[cfg(test)]
+#[test]
+fn rpc_errors_read_as_the_control_planes_message() {
+    let e = LinkError::Rpc(tonic::Status::unauthenticated(
+        "this certificate has been revoked",
+    ));
+    assert_eq!(
+        e.to_string(),
+        "this certificate has been revoked (Unauthenticated)"
+    );
+    let e = LinkError::Rpc(tonic::Status::unavailable(""));
+    assert_eq!(e.to_string(), "the control plane answered Unavailable");
+}
+
 pub fn is_expired_beyond_grace(e: &LinkError) -> bool {
     match e {
         LinkError::Connect { detail, .. } => detail.contains(EXPIRED_BEYOND_GRACE),

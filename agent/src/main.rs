@@ -29,6 +29,18 @@ struct StatusArgs {
 }
 
 #[derive(clap::Args)]
+struct EnrollArgs {
+    /// On an enrolled box: replace its identity even though the control
+    /// plane still takes its certificate (without it, only a revoked,
+    /// expired or unknown identity is replaced). Device, spool and sequence
+    /// numbers are kept either way.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+#[derive(clap::Args)]
 struct GpusArgs {
     /// Print JSON: the wire sample per GPU with NVML's answer per metric and
     /// the Jetson sysfs reading.
@@ -38,8 +50,10 @@ struct GpusArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enroll this box with a one-time install ID.
-    Enroll(AgentArgs),
+    /// Enroll this box with a one-time install ID; on an enrolled box whose
+    /// identity was revoked (forced reset) or expired, enroll it again in
+    /// place with a new one.
+    Enroll(EnrollArgs),
     /// Run the daemon (enrolls first when not enrolled and an install ID is configured).
     Run(AgentArgs),
     /// Check configuration, state, clock and reachability; one line per
@@ -60,8 +74,12 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut json = false;
+    let mut force = false;
     let (command, args) = match cli.command {
-        Command::Enroll(a) => ("enroll", a),
+        Command::Enroll(a) => {
+            force = a.force;
+            ("enroll", a.agent)
+        }
         Command::Run(a) => ("run", a),
         Command::Check(a) => ("check", a),
         Command::Status(a) => {
@@ -103,27 +121,30 @@ fn main() -> ExitCode {
     // built once on the heap instead of being moved across the main stack.
     runtime.block_on(Box::pin(async move {
         match command {
-            "enroll" => enroll_once(&cfg).await,
+            "enroll" => enroll_once(&cfg, force).await,
             "check" => outpost_agent::check::run(&cfg).await,
             _ => run(cfg, args).await,
         }
     }))
 }
 
-async fn enroll_once(cfg: &AgentConfig) -> ExitCode {
-    let (Some(server), Some(install_id), Some(trust)) = (&cfg.server, &cfg.install_id, &cfg.trust)
-    else {
-        eprintln!(
-            "error: enroll needs --server, --install-id and one of --ca-file / --ca-fingerprint"
-        );
-        return ExitCode::from(EXIT_CONFIG);
-    };
+async fn enroll_once(cfg: &AgentConfig, force: bool) -> ExitCode {
     let state = match StateDir::open(&cfg.state_dir) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    if let Ok(Some(_)) = state.identity() {
+        return reenroll_once(cfg, &state, force).await;
+    }
+    let (Some(server), Some(install_id), Some(trust)) = (&cfg.server, &cfg.install_id, &cfg.trust)
+    else {
+        eprintln!(
+            "error: enroll needs --server, --install-id and one of --ca-file / --ca-fingerprint"
+        );
+        return ExitCode::from(EXIT_CONFIG);
     };
     let facts = match outpost_agent::collect::Collector::new() {
         Ok(c) => c.facts(),
@@ -136,6 +157,52 @@ async fn enroll_once(cfg: &AgentConfig) -> ExitCode {
         Ok(id) => {
             println!(
                 "enrolled as device {} in workspace {}; state in {}",
+                id.device_id,
+                id.workspace,
+                state.root().display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ EnrollError::Refused(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_ENROLL_REFUSED)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `enroll` on an enrolled box: a new install ID replaces the identity in
+/// place (see `enroll::reenroll`).
+async fn reenroll_once(cfg: &AgentConfig, state: &StateDir, force: bool) -> ExitCode {
+    let Some(install_id) = &cfg.install_id else {
+        eprintln!(
+            "error: this box is enrolled; to enroll it again (after a forced reset, or a certificate expired past the grace window) give the new --install-id"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let facts = match outpost_agent::collect::Collector::new() {
+        Ok(c) => c.facts(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match enroll::reenroll(
+        state,
+        cfg.server.as_ref(),
+        install_id,
+        cfg.trust.as_ref(),
+        facts,
+        force,
+    )
+    .await
+    {
+        Ok(id) => {
+            println!(
+                "enrolled again as device {} in workspace {}; spool and sequence numbers kept in {} (a running agent picks the new identity up on its next connection attempt)",
                 id.device_id,
                 id.workspace,
                 state.root().display()

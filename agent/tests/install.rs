@@ -29,6 +29,7 @@ fn mode(p: &Path) -> u32 {
 }
 
 const FP: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+const ID: &str = "inst_0123456789abcdef0123456789abcdef";
 
 #[test]
 fn install_writes_config_unit_and_binary_and_is_idempotent() {
@@ -41,7 +42,7 @@ fn install_writes_config_unit_and_binary_and_is_idempotent() {
         "--server",
         "https://cp.example.com:8443",
         "--install-id",
-        "inst_abc",
+        ID,
         "--ca-fingerprint",
         FP,
         "--binary",
@@ -65,7 +66,10 @@ fn install_writes_config_unit_and_binary_and_is_idempotent() {
         "{toml}"
     );
     let env = std::fs::read_to_string(etc.join("agent.env")).unwrap();
-    assert!(env.contains("OUTPOST_INSTALL_ID=inst_abc"), "{env}");
+    assert!(
+        env.contains("OUTPOST_INSTALL_ID=inst_0123456789abcdef0123456789abcdef"),
+        "{env}"
+    );
     assert_eq!(
         mode(&etc.join("agent.env")),
         0o600,
@@ -127,7 +131,7 @@ fn install_refuses_bad_input_with_a_clear_line() {
                 "--server",
                 "http://cp:8443",
                 "--install-id",
-                "inst_x",
+                ID,
                 "--ca-fingerprint",
                 FP,
             ],
@@ -154,7 +158,7 @@ fn install_refuses_bad_input_with_a_clear_line() {
                 "--server",
                 "https://cp:8443",
                 "--install-id",
-                "inst_x",
+                ID,
                 "--ca-fingerprint",
                 FP,
                 "--binary",
@@ -169,6 +173,95 @@ fn install_refuses_bad_input_with_a_clear_line() {
     }
 }
 
+/// A typo'd argument stops the script before it changes anything, naming
+/// the argument; openssl's colon form of the fingerprint is taken and
+/// written as sha256:HEX.
+#[test]
+fn every_argument_format_is_checked_first() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    let agent = env!("CARGO_BIN_EXE_outpost-agent");
+    let base = |fp: &str, id: &str, server: &str| -> Vec<String> {
+        [
+            "--root",
+            r,
+            "--server",
+            server,
+            "--install-id",
+            id,
+            "--ca-fingerprint",
+            fp,
+            "--binary",
+            agent,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let short_fp = &FP[..FP.len() - 1];
+    let typo_fp = format!("{}g", &FP[..FP.len() - 1]);
+    for (args, says) in [
+        (
+            base(short_fp, ID, "https://cp:8443"),
+            "--ca-fingerprint must be",
+        ),
+        (
+            base(&typo_fp, ID, "https://cp:8443"),
+            "--ca-fingerprint must be",
+        ),
+        (
+            base(FP, "inst_short", "https://cp:8443"),
+            "--install-id must be",
+        ),
+        (base(FP, ID, "https://cp:8443/path"), "--server must be"),
+        (base(FP, ID, "https://cp 8443"), "--server must be"),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = install(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            0,
+            "nothing written"
+        );
+    }
+    let mut args = base(&"AB:".repeat(32)[..95], ID, "https://cp:8443");
+    args.extend(["--interval".into(), "bogus".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = install(&args);
+    assert!(text(&out).contains("--interval must be"), "{}", text(&out));
+    let args = base(&"AB:".repeat(32)[..95], ID, "https://cp:8443");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = install(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let env = std::fs::read_to_string(root.path().join("etc/outpost/agent.env")).unwrap();
+    assert!(
+        env.contains(&format!(
+            "OUTPOST_CA_FINGERPRINT=sha256:{}",
+            "ab".repeat(32)
+        )),
+        "{env}"
+    );
+}
+
+#[test]
+fn help_is_the_usage_alone() {
+    let out = install(&["--help"]);
+    assert!(out.status.success());
+    let t = text(&out);
+    assert!(t.contains("--install-id inst_"), "{t}");
+    assert!(t.contains("--no-wait"), "{t}");
+    assert!(!t.contains("set -eu"), "{t}");
+    // Piped, as `curl … | sh -s -- --help` runs it.
+    let out = Command::new("sh")
+        .args(["-s", "--", "--help"])
+        .stdin(std::fs::File::open(repo().join("systemd/install.sh")).unwrap())
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("--install-id inst_"), "{}", text(&out));
+}
+
 #[test]
 fn install_without_systemd_or_root_says_so() {
     if Path::new("/run/systemd/system").is_dir() {
@@ -178,7 +271,7 @@ fn install_without_systemd_or_root_says_so() {
         "--server",
         "https://cp:8443",
         "--install-id",
-        "inst_x",
+        ID,
         "--ca-fingerprint",
         FP,
     ]);
@@ -200,7 +293,7 @@ fn dry_run_changes_nothing() {
         "--server",
         "https://cp:8443",
         "--install-id",
-        "inst_x",
+        ID,
         "--ca-fingerprint",
         FP,
         "--binary",

@@ -54,7 +54,17 @@ fn check_features(features: &[String]) -> AdminResult<()> {
 impl Admin {
     /// The store of `data_dir` (SQLite), or the PostgreSQL database at
     /// `database_url`.
+    /// Only `serve` creates a data directory: an administration command on
+    /// one that does not exist (a missing or mistyped `--data-dir`) would
+    /// otherwise administer a new, empty database nobody serves.
     pub async fn open(data_dir: &Path, database_url: Option<&str>) -> AdminResult<Self> {
+        if database_url.is_none() && !data_dir.is_dir() {
+            return Err(format!(
+                "no data directory {}: give --data-dir (or OUTPOST_DATA_DIR) as `serve` has it, or --database-url; `serve` creates a new one",
+                data_dir.display()
+            )
+            .into());
+        }
         Ok(Self {
             store: crate::config::open_store(data_dir, database_url).await?,
         })

@@ -43,6 +43,15 @@ pub struct ServeArgs {
     /// [default: https://<first server name>:<grpc port>].
     #[arg(long, env = "OUTPOST_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// URL boxes and operators reach the REST API at, usually a TLS reverse
+    /// proxy (`https://outpost.example.com`); with it and an agent tarball in
+    /// `--agent-dist`, install commands are `curl -fsSL URL/install.sh | sudo sh -s -- …`.
+    #[arg(long, env = "OUTPOST_PUBLIC_REST_URL")]
+    pub public_rest_url: Option<String>,
+    /// Directory of agent release tarballs (`scripts/release.sh --into DIR`)
+    /// served at `/downloads/` [default: DATA_DIR/dist].
+    #[arg(long, env = "OUTPOST_AGENT_DIST")]
+    pub agent_dist: Option<PathBuf>,
     /// Lifetime of device certificates, e.g. `7d`, `12h`, `15s` [default: 7d].
     #[arg(long, env = "OUTPOST_DEVICE_CERT_LIFETIME", value_parser = humantime::parse_duration)]
     pub device_cert_lifetime: Option<Duration>,
@@ -82,6 +91,8 @@ struct FileConfig {
     grpc_listen: Option<SocketAddr>,
     server_names: Option<Vec<String>>,
     public_url: Option<String>,
+    public_rest_url: Option<String>,
+    agent_dist: Option<PathBuf>,
     #[serde(default, with = "opt_duration")]
     device_cert_lifetime: Option<Duration>,
     #[serde(default, with = "opt_duration")]
@@ -117,6 +128,10 @@ pub struct ServeConfig {
     pub grpc_listen: SocketAddr,
     pub server_names: Vec<String>,
     pub public_url: Option<String>,
+    /// Where boxes reach REST (no trailing slash); see [`ServeArgs`].
+    pub public_rest_url: Option<String>,
+    /// Agent tarballs served at `/downloads/`.
+    pub agent_dist: PathBuf,
     pub device_cert_lifetime: Duration,
     pub install_id_ttl: Duration,
     pub expired_cert_grace: Duration,
@@ -182,11 +197,22 @@ impl ServeConfig {
                 "device-cert-lifetime must be at least 5s".into(),
             ));
         }
+        let public_rest_url = args
+            .public_rest_url
+            .or(file.public_rest_url)
+            .map(|u| check_public_rest_url(&u))
+            .transpose()?;
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         Ok(Self {
-            data_dir: args
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            agent_dist: args
+                .agent_dist
+                .or(file.agent_dist)
+                .unwrap_or_else(|| data_dir.join("dist")),
+            public_rest_url,
+            data_dir,
             rest_listen: args
                 .rest_listen
                 .or(file.rest_listen)
@@ -224,6 +250,31 @@ impl ServeConfig {
             },
         })
     }
+}
+
+/// `http(s)://host[:port][/prefix]`, nothing a shell would need quoted
+/// (it goes into install commands and `install.sh`); the trailing `/` is
+/// dropped.
+fn check_public_rest_url(url: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| {
+        ConfigError::Invalid(format!(
+            "public-rest-url {url:?} {why} (e.g. https://outpost.example.com)"
+        ))
+    };
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| bad("must start with https:// or http://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(bad("has no host"));
+    }
+    if !rest
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-._~:/[]%".contains(c))
+    {
+        return Err(bad("holds characters other than a host, port and path"));
+    }
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 fn default_server_names() -> Vec<String> {
@@ -289,6 +340,35 @@ mod tests {
         assert_eq!(cfg.grpc_listen.port(), 8443);
         assert_eq!(cfg.device_cert_lifetime, Duration::from_secs(3600));
         assert_eq!(cfg.install_id_ttl, DEFAULT_INSTALL_ID_TTL);
+    }
+
+    #[test]
+    fn public_rest_url_is_checked_and_the_dist_dir_follows_the_data_dir() {
+        let cfg = ServeConfig::resolve(ServeArgs {
+            data_dir: Some("/srv/o".into()),
+            public_rest_url: Some("https://cp.example.com/outpost/".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            cfg.public_rest_url.as_deref(),
+            Some("https://cp.example.com/outpost")
+        );
+        assert_eq!(cfg.agent_dist, PathBuf::from("/srv/o/dist"));
+        for bad in [
+            "cp.example.com",
+            "https://",
+            "https://a b",
+            "https://x/'$(id)'",
+            "http://x/?a=1",
+        ] {
+            let err = ServeConfig::resolve(ServeArgs {
+                public_rest_url: Some(bad.into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains("public-rest-url"), "{bad}: {err}");
+        }
     }
 
     #[test]

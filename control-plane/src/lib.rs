@@ -13,6 +13,7 @@ pub mod admin;
 pub mod bus;
 pub mod config;
 pub mod device_config;
+pub mod dist;
 pub mod feed;
 pub mod grpc;
 pub mod ids;
@@ -34,6 +35,11 @@ pub struct AppState {
     pub install_id_ttl: Duration,
     /// `https://host:port` agents use; shown in install commands.
     pub public_url: String,
+    /// Where boxes reach REST (`--public-rest-url`), for `curl … | sh` install
+    /// commands and the downloads `install.sh` fetches.
+    pub public_rest_url: Option<String>,
+    /// Agent release tarballs served at `/downloads/`.
+    pub dist: Arc<dist::AgentDist>,
     /// Flips to `true` when the server is stopping; long-lived streams end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Sessions connected to this process.

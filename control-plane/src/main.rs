@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane.
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Manage workspaces (on this host, against the data directory).
     Workspace {
         #[command(subcommand)]
@@ -73,7 +73,8 @@ enum WorkspaceCommand {
 
 #[derive(Subcommand)]
 enum ApiKeyCommand {
-    /// Create an API key; prints the plaintext key as the last line.
+    /// Create an API key; prints its id alone on the first line and the
+    /// plaintext key as the last line of stdout.
     Create {
         #[arg(long)]
         workspace: String,
@@ -83,10 +84,14 @@ enum ApiKeyCommand {
         #[command(flatten)]
         dir: DataDir,
     },
-    /// List a workspace's keys (ids and scopes; keys themselves are not stored).
+    /// List a workspace's operator keys (ids and scopes; keys themselves are
+    /// not stored); device keys, minted at enrollment, with --device-keys.
     List {
         #[arg(long)]
         workspace: String,
+        /// List the device-scoped keys (one per enrolled device) instead.
+        #[arg(long)]
+        device_keys: bool,
         #[command(flatten)]
         dir: DataDir,
     },
@@ -114,7 +119,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => {
-                let cfg = config::ServeConfig::resolve(args)?;
+                let cfg = config::ServeConfig::resolve(*args)?;
                 server::run(cfg, outpost_common::shutdown_signal()).await
             }
             Command::Workspace { command } => workspace(command).await,
@@ -216,17 +221,39 @@ async fn api_key(command: ApiKeyCommand) -> CliResult {
             } else {
                 scopes.join(", ")
             };
-            println!(
-                "created API key {id} for workspace {workspace} with {scope_text}; it is shown only once:"
+            println!("{id}");
+            eprintln!(
+                "created API key {id} for workspace {workspace} with {scope_text}; the key (last line) is shown only once"
             );
             println!("{key}");
         }
-        ApiKeyCommand::List { workspace, dir } => {
-            for k in Admin::open(&dir.data_dir, dir.database_url.as_deref())
+        ApiKeyCommand::List {
+            workspace,
+            device_keys,
+            dir,
+        } => {
+            let keys = Admin::open(&dir.data_dir, dir.database_url.as_deref())
                 .await?
                 .list_api_keys(&workspace)
-                .await?
-            {
+                .await?;
+            let (device, operator): (Vec<_>, Vec<_>) =
+                keys.into_iter().partition(|k| k.device_id.is_some());
+            let shown = if device_keys {
+                println!(
+                    "# device keys of {workspace} (minted at enrollment and resets; one live per device)"
+                );
+                device
+            } else {
+                println!("# operator keys of {workspace}");
+                if !device.is_empty() {
+                    eprintln!(
+                        "({} device keys not shown; --device-keys lists them)",
+                        device.len()
+                    );
+                }
+                operator
+            };
+            for k in shown {
                 let scopes = k
                     .scopes
                     .map(|s| s.join(","))

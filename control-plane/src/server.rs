@@ -35,10 +35,41 @@ pub async fn run(
         "outpost-control-plane: CA fingerprint {}",
         server.ca_fingerprint
     );
+    let public_url = server.state.public_url.clone();
+    println!("outpost-control-plane: install commands send agents to {public_url}");
+    if let Some(warning) = loopback_warning(&public_url, grpc_addr) {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(%grpc_addr, %rest_addr, data_dir = %data_dir.display(), "control plane started");
     shutdown.await;
     server.stop().await;
     Ok(())
+}
+
+/// Install commands carry the public URL: one naming this host's loopback
+/// while gRPC listens beyond it sends every box to itself.
+fn loopback_warning(public_url: &str, grpc: SocketAddr) -> Option<String> {
+    let host = public_url
+        .strip_prefix("https://")
+        .unwrap_or(public_url)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (loopback && !grpc.ip().is_loopback()).then(|| {
+        format!(
+            "install commands send agents to {public_url}, this host's loopback, while the device service listens on {grpc}: boxes elsewhere cannot enroll with them; set --public-url https://NAME:{} (and --server-name NAME) to the address boxes reach",
+            grpc.port()
+        )
+    })
 }
 
 /// A control plane serving in this process: what [`run`] drives, and what
@@ -55,12 +86,57 @@ pub struct RunningServer {
     retention: tokio::task::JoinHandle<()>,
 }
 
+/// Loads (or, on a database that has none recorded, creates) the CA and
+/// holds it to the fingerprint the database records: every replica on one
+/// database must serve the same CA, or half the fleet would be told another
+/// fingerprint. The first start records it.
+async fn load_ca(data_dir: &std::path::Path, store: &dyn Store) -> Result<pki::Ca, ServerError> {
+    let pki_dir = data_dir.join("pki");
+    let recorded = store.ca_fingerprint().await?;
+    let copy = |fp: &str| {
+        format!(
+            "copy ca.crt and ca.key from the pki/ directory of a control plane already serving this database (the CA with fingerprint {fp}) into {} (ca.key mode 0600)",
+            pki_dir.display()
+        )
+    };
+    if let Some(fp) = &recorded
+        && !pki_dir.join("ca.crt").exists()
+        && !pki_dir.join("ca.key").exists()
+    {
+        return Err(format!(
+            "this database belongs to the device CA {fp}, and {} has no CA: {} before starting this replica",
+            pki_dir.display(),
+            copy(fp)
+        )
+        .into());
+    }
+    let ca = pki::Ca::load_or_create(&pki_dir)?;
+    let recorded = match recorded {
+        Some(fp) => fp,
+        None => {
+            store
+                .record_ca_fingerprint(ca.fingerprint(), crate::store::now_ms())
+                .await?
+        }
+    };
+    if recorded != ca.fingerprint() {
+        return Err(format!(
+            "this database belongs to the device CA {recorded}, but {} holds another CA ({}): {}, replacing those files; or give this CA its own database",
+            pki_dir.display(),
+            ca.fingerprint(),
+            copy(&recorded)
+        )
+        .into());
+    }
+    Ok(ca)
+}
+
 /// Opens the store and CA, binds both listeners and starts serving.
 pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     pki::create_private_dir(&cfg.data_dir)?;
     let store: Arc<dyn Store> =
         crate::config::open_store(&cfg.data_dir, cfg.database_url.as_deref()).await?;
-    let ca = Arc::new(pki::Ca::load_or_create(&cfg.data_dir.join("pki"))?);
+    let ca = Arc::new(load_ca(&cfg.data_dir, store.as_ref()).await?);
     let tls = grpc::tls::server_config(&ca, &cfg.server_names, cfg.expired_cert_grace)?;
 
     let grpc_listener = TcpListener::bind(cfg.grpc_listen)
@@ -104,6 +180,8 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         device_cert_lifetime: cfg.device_cert_lifetime,
         install_id_ttl: cfg.install_id_ttl,
         public_url,
+        public_rest_url: cfg.public_rest_url.clone(),
+        dist: Arc::new(crate::dist::AgentDist::new(cfg.agent_dist.clone())),
         shutdown: stop_rx.clone(),
         live,
         feed,
@@ -232,5 +310,26 @@ async fn retention(
     tokio::select! {
         _ = run => {}
         _ = stop => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loopback_public_url_is_named_only_when_grpc_listens_beyond_it() {
+        let any: SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        for url in [
+            "https://localhost:8443",
+            "https://127.0.0.1:8443",
+            "https://[::1]:8443",
+        ] {
+            let w = loopback_warning(url, any).unwrap_or_default();
+            assert!(w.contains("--public-url"), "{url}: {w}");
+            assert_eq!(loopback_warning(url, local), None, "{url}");
+        }
+        assert_eq!(loopback_warning("https://cp.example.com:8443", any), None);
     }
 }

@@ -62,14 +62,11 @@ async fn workspaces_features_and_keys_are_managed_on_the_host() {
         "--scope",
         "device:read",
     ]));
-    let id = out
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .find(|w| w.starts_with("key_"))
-        .unwrap()
-        .to_string();
+    let id = out.lines().next().unwrap().to_string();
+    assert!(
+        id.starts_with("key_") && !id.contains(' '),
+        "the id alone on the first line: {out}"
+    );
     let reader = out.lines().last().unwrap().to_string();
     let list = ok(&cp.admin(&["api-key", "list", "--workspace", "acme"]));
     assert!(

@@ -992,7 +992,9 @@ async fn add_device_in_headless_chromium() {
             json!([]),
         )
         .await;
-    let command = shown["command"].as_str().unwrap_or_else(|| panic!("{shown}"));
+    let command = shown["command"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{shown}"));
     assert!(command.contains("--install-id inst_"), "{command}");
     assert!(command.contains(&cp.fingerprint), "{command}");
     assert_eq!(decode_qr(shown["path"].as_str().unwrap()), command);

@@ -170,10 +170,15 @@ async fn install_ids_are_single_use_and_checked() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already been used"), "{stderr}");
 
-    // Enrolling an already-enrolled state dir is refused locally.
+    // Enrolling an enrolled state dir whose certificate the control plane
+    // still takes is refused without --force (install.rs: re-enrollment).
     let out = enroll(&cp, &install_id, state.path());
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already enrolled"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is enrolled as device") && stderr.contains("give --force"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

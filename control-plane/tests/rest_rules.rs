@@ -546,3 +546,87 @@ async fn config_versions_and_default_config() {
     assert_eq!(versions, vec![3, 2]);
     assert_eq!(hist["pagination"]["has_more"], true);
 }
+
+/// PUT answers with warnings naming keys the agent does not act on (and the
+/// likely intended key); PATCH is an RFC 7396 merge patch on the current
+/// version.
+#[tokio::test(flavor = "multi_thread")]
+async fn config_writes_warn_of_unknown_keys_and_patch_merges() {
+    let f = fx_with(&[]).await;
+    let (dev, _) = f.cp.create_device("acme", &f.key, "d").await;
+    let (s, _, b) = send(
+        f.http
+            .put(f.url(&format!("/{dev}/config")))
+            .bearer_auth(&f.key)
+            .json(&json!({"telemetry_intervall_secs": 5, "site": "berlin"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let warnings = b["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 2, "{b}");
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("\"telemetry_intervall_secs\" is not a key the agent acts on (kept as is); did you mean \"telemetry_interval_secs\"?")),
+        "{b}"
+    );
+    let version = b["version"].as_u64().unwrap();
+
+    let patch = |body: &str| {
+        send(
+            f.http
+                .patch(f.url(&format!("/{dev}/config")))
+                .bearer_auth(&f.key)
+                .header("content-type", "application/merge-patch+json")
+                .body(body.to_string()),
+        )
+    };
+    let (s, _, b) =
+        patch(r#"{"telemetry_interval_secs": 30, "telemetry_intervall_secs": null}"#).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["version"].as_u64(), Some(version + 1), "{b}");
+    assert_eq!(
+        b["config"],
+        json!({"site": "berlin", "telemetry_interval_secs": 30}),
+        "{b}"
+    );
+    assert_eq!(b["warnings"].as_array().unwrap().len(), 1, "{b}");
+    let (s, _, b) = patch(r#"{"telemetry_interval_secs": 0}"#).await;
+    assert_400_naming(s, &b, "telemetry_interval_secs");
+    let (s, _, b) = patch("[1]").await;
+    assert_400_naming(s, &b, "JSON object");
+    let (s, _, b) = send(
+        f.http
+            .get(f.url(&format!("/{dev}/config")))
+            .bearer_auth(&f.key),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        b["version"].as_u64(),
+        Some(version + 1),
+        "refused patches store nothing: {b}"
+    );
+}
+
+/// `severity=warn` (and the other common names) mean the stored severities.
+#[tokio::test(flavor = "multi_thread")]
+async fn log_severity_takes_the_common_aliases() {
+    let f = fx_with(&[]).await;
+    let (dev, _) = f.cp.create_device("acme", &f.key, "d").await;
+    let (s, _, b) = send(
+        f.http
+            .get(f.url(&format!("/{dev}/logs?severity=warn")))
+            .bearer_auth(&f.key),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _, b) = send(
+        f.http
+            .get(f.url(&format!("/{dev}/logs?severity=loud")))
+            .bearer_auth(&f.key),
+    )
+    .await;
+    assert_400_naming(s, &b, "warn, err");
+}

@@ -93,7 +93,7 @@ pub async fn authenticate<T>(
 /// device is deleted, it is revoked, a rotation replaced it more than
 /// [`ROTATION_GRACE_MS`] ago, or it has expired (`not_after_unix`, seconds)
 /// and the RPC is not a rotation.
-fn refusal(
+pub(crate) fn refusal(
     record: &CertRecord,
     not_after_unix: i64,
     now: UnixMillis,

@@ -2,8 +2,10 @@
 //! to the first CSR's key; a retry with that key (lost response) gets a fresh
 //! certificate for the same device until the device has connected once.
 
-use outpost_proto::v1::{EnrollRequest, EnrollResponse, Settings};
-use tonic::Status;
+use outpost_proto::v1::{
+    CheckEnrollmentRequest, CheckEnrollmentResponse, EnrollRequest, EnrollResponse, Settings,
+};
+use tonic::{Request, Status};
 
 use crate::AppState;
 use crate::ids;
@@ -32,6 +34,12 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> Result<EnrollRespon
         .await
         .map_err(store_status)?
         .ok_or_else(|| Status::permission_denied("unknown install ID"))?;
+    let current = req.current_device_id.trim();
+    if !current.is_empty() && current != enrollment.device_id {
+        return Err(Status::permission_denied(format!(
+            "this install ID belongs to another device than this box ({current}); ask for an install ID of device {current}"
+        )));
+    }
     let now = now_ms();
     if enrollment.spent {
         return Err(Status::permission_denied(SPENT));
@@ -101,4 +109,74 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> Result<EnrollRespon
             heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
         }),
     })
+}
+
+/// `CheckEnrollment`: the state of the presented certificate (if any) and of
+/// the install ID asked about (if any), read-only.
+pub async fn check_enrollment(
+    state: &AppState,
+    request: Request<CheckEnrollmentRequest>,
+) -> Result<CheckEnrollmentResponse, Status> {
+    let now = now_ms();
+    let mut resp = CheckEnrollmentResponse::default();
+    if let Some(leaf) = request.peer_certs().and_then(|c| c.first().cloned()) {
+        resp.certificate = match crate::pki::parse_device_cert(&leaf) {
+            Err(_) => "unknown".into(),
+            Ok(info) => {
+                let record = state
+                    .store
+                    .get_cert(&info.serial)
+                    .await
+                    .map_err(super::store_status)?;
+                resp.device_id = info.device_id.clone();
+                match record {
+                    None => "unknown".into(),
+                    Some(r) if r.device_id != info.device_id => "unknown".into(),
+                    Some(r) => match super::auth::refusal(
+                        &r,
+                        info.not_after_unix,
+                        now,
+                        super::auth::Expired::Refuse,
+                    ) {
+                        Some(crate::live::Cut::Deleted) => "deleted".into(),
+                        Some(crate::live::Cut::Revoked) => "revoked".into(),
+                        Some(crate::live::Cut::Expired) => "expired".into(),
+                        Some(crate::live::Cut::Disabled) => "disabled".into(),
+                        None if !r.device_enabled => "disabled".into(),
+                        None => "valid".into(),
+                    },
+                }
+            }
+        };
+    }
+    let install_id = request.get_ref().install_id.trim();
+    if !install_id.is_empty() {
+        let found = if install_id.starts_with("inst_") && install_id.len() <= 128 {
+            state
+                .store
+                .find_enrollment(&ids::hash_secret(install_id))
+                .await
+                .map_err(super::store_status)?
+        } else {
+            None
+        };
+        resp.install_id = match found {
+            None => "unknown".into(),
+            Some(e) => {
+                if resp.device_id.is_empty() {
+                    resp.device_id = e.device_id.clone();
+                }
+                if e.spent {
+                    "spent".into()
+                } else if now >= e.expires_at {
+                    "expired".into()
+                } else if !e.enabled {
+                    "disabled".into()
+                } else {
+                    "valid".into()
+                }
+            }
+        };
+    }
+    Ok(resp)
 }

@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use outpost_proto::v1::device_service_server::{DeviceService, DeviceServiceServer};
 use outpost_proto::v1::{
-    AgentMessage, EnrollRequest, EnrollResponse, LogAck, LogBatch, ResetConnectionRequest,
-    ResetConnectionResponse, ServerMessage, TelemetryAck, TelemetryBatch,
+    AgentMessage, CheckEnrollmentRequest, CheckEnrollmentResponse, EnrollRequest, EnrollResponse,
+    LogAck, LogBatch, ResetConnectionRequest, ResetConnectionResponse, ServerMessage, TelemetryAck,
+    TelemetryBatch,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
@@ -61,6 +62,15 @@ impl DeviceService for DeviceServiceImpl {
             identity,
             request.into_inner(),
         )))
+    }
+
+    async fn check_enrollment(
+        &self,
+        request: Request<CheckEnrollmentRequest>,
+    ) -> Result<Response<CheckEnrollmentResponse>, Status> {
+        enroll::check_enrollment(&self.state, request)
+            .await
+            .map(Response::new)
     }
 
     async fn reset_connection(

@@ -42,6 +42,65 @@ pub enum PkiError {
     Invalid(String),
 }
 
+/// The CA key: PKCS#8, or SEC1 (P-256) wrapped into PKCS#8 here.
+fn read_ca_key(key_pem: &str) -> Result<KeyPair, PkiError> {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject;
+    let convert = "convert it to PKCS#8 with `openssl pkcs8 -topk8 -nocrypt -in ca.key -out ca.key.pk8` and use that";
+    match PrivateKeyDer::from_pem_slice(key_pem.as_bytes()) {
+        Ok(PrivateKeyDer::Sec1(sec1)) => {
+            let pkcs8 = p256_sec1_to_pkcs8(sec1.secret_sec1_der());
+            KeyPair::try_from(pkcs8.as_slice()).map_err(|_| {
+                PkiError::Invalid(format!(
+                    "the CA key is an EC key in SEC1 form (BEGIN EC PRIVATE KEY) but not a P-256 one this control plane can use: give an ECDSA P-256 key; {convert}"
+                ))
+            })
+        }
+        Ok(PrivateKeyDer::Pkcs8(_)) => KeyPair::from_pem(key_pem).map_err(|e| {
+            PkiError::Invalid(format!(
+                "the CA key could not be used ({e}): it must be an ECDSA P-256 (or P-384, Ed25519, RSA) key in PKCS#8"
+            ))
+        }),
+        Ok(_) => Err(PkiError::Invalid(format!(
+            "the CA key is in a form this control plane does not read (e.g. BEGIN RSA PRIVATE KEY): {convert}"
+        ))),
+        Err(e) => Err(PkiError::Invalid(format!(
+            "the CA key is not a PEM private key ({e}); it must be PKCS#8 (BEGIN PRIVATE KEY) or SEC1 (BEGIN EC PRIVATE KEY)"
+        ))),
+    }
+}
+
+/// PKCS#8 `PrivateKeyInfo` around a SEC1 `ECPrivateKey`, naming P-256
+/// (RFC 5915 §1, RFC 5208). ring checks the curve and public key inside.
+fn p256_sec1_to_pkcs8(sec1: &[u8]) -> Vec<u8> {
+    fn der(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = body.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(body);
+        out
+    }
+    // SEQUENCE { OID id-ecPublicKey, OID prime256v1 }
+    const ALGORITHM: &[u8] = &[
+        0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86,
+        0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+    ];
+    let mut body = vec![0x02, 0x01, 0x00];
+    body.extend_from_slice(ALGORITHM);
+    body.extend(der(0x04, sec1));
+    der(0x30, &body)
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     move |source| PkiError::Io {
         path: path.to_path_buf(),
@@ -127,10 +186,11 @@ impl Ca {
         Self::from_pem(&cert_pem, &key_pem)
     }
 
-    /// Builds a CA from PEM text (certificate and PKCS#8 key).
+    /// Builds a CA from PEM text (certificate and PKCS#8 key; a P-256 key
+    /// in SEC1 form, `BEGIN EC PRIVATE KEY` as openssl writes it, is taken too).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
         use rustls_pki_types::pem::PemObject;
-        let key = KeyPair::from_pem(key_pem)?;
+        let key = read_ca_key(key_pem)?;
         let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| PkiError::Invalid(format!("CA certificate is not valid PEM: {e}")))?;
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
@@ -280,6 +340,41 @@ fn check_key_mode(path: &Path) -> Result<(), PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// openssl's `ec` output (SEC1, `BEGIN EC PRIVATE KEY`) of the CA's own
+    /// key is taken, and yields the same CA.
+    #[test]
+    fn a_sec1_ca_key_is_taken() {
+        let Ok(v) = std::process::Command::new("openssl")
+            .arg("version")
+            .output()
+        else {
+            panic!("openssl is needed for this test");
+        };
+        assert!(v.status.success());
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(&dir.path().join("pki")).unwrap();
+        let key = dir.path().join("pki/ca.key");
+        let out = std::process::Command::new("openssl")
+            .args(["ec", "-in"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let sec1 = String::from_utf8(out.stdout).unwrap();
+        assert!(sec1.contains("BEGIN EC PRIVATE KEY"), "{sec1}");
+        let cert = std::fs::read_to_string(dir.path().join("pki/ca.crt")).unwrap();
+        let again = Ca::from_pem(&cert, &sec1).unwrap();
+        assert_eq!(again.fingerprint(), ca.fingerprint());
+        let err = Ca::from_pem(
+            &cert,
+            "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("PKCS#8"), "{err}");
+    }
 
     fn csr_for(key: &KeyPair) -> Vec<u8> {
         let params = CertificateParams::new(vec!["ignored.example".to_string()]).unwrap();

@@ -35,6 +35,15 @@ impl From<ConfigVersion> for ConfigView {
     }
 }
 
+/// The answer to a config write: the stored version, and what the operator
+/// should know about it (keys the agent does not act on, likely typos).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WrittenConfig {
+    #[serde(flatten)]
+    stored: ConfigView,
+    warnings: Vec<String>,
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CurrentConfig {
     #[serde(flatten)]
@@ -93,7 +102,7 @@ pub async fn get(
     params(DevicePath),
     request_body = Object,
     responses(
-        (status = 200, description = "Success", body = ConfigView),
+        (status = 200, description = "Success; `warnings` names keys the agent does not act on", body = WrittenConfig),
         BadRequest,
         Unauthorized,
         Forbidden,
@@ -105,17 +114,74 @@ pub async fn put(
     caller: Caller,
     Path((_, device_id)): Path<(String, String)>,
     ApiJson(config): ApiJson<serde_json::Value>,
-) -> Result<Json<ConfigView>, ApiError> {
+) -> Result<Json<WrittenConfig>, ApiError> {
     caller.require(Scope::DeviceUpdate, Target::Device(&device_id))?;
     device_config::validate(&config).map_err(ApiError::bad_request)?;
     authorized_device(&state, &caller, Scope::DeviceUpdate, &device_id).await?;
+    write(&state, &caller.workspace, &device_id, config).await
+}
+
+/// Stores a validated config as the next version and pushes it live.
+async fn write(
+    state: &AppState,
+    workspace: &str,
+    device_id: &str,
+    config: serde_json::Value,
+) -> Result<Json<WrittenConfig>, ApiError> {
+    let warnings = device_config::warnings(&config);
     let stored = state
         .store
-        .put_config(&caller.workspace, &device_id, &config, now_ms())
+        .put_config(workspace, device_id, &config, now_ms())
         .await?
         .ok_or_else(|| ApiError::not_found("device not found"))?;
-    state.live.push_config(&device_id, &stored);
-    Ok(Json(stored.into()))
+    state.live.push_config(device_id, &stored);
+    Ok(Json(WrittenConfig {
+        stored: stored.into(),
+        warnings,
+    }))
+}
+
+/// Changes some keys of the current config: a JSON merge patch (RFC 7396;
+/// `null` removes a key), stored as the next version. Content-Type
+/// `application/merge-patch+json` or `application/json`. Two patches racing
+/// on the same version: the later one is computed from the version it read.
+#[utoipa::path(
+    patch,
+    path = "/{workspace}/devices/v2/{device_id}/config",
+    operation_id = "patchDeviceConfig",
+    tag = "config",
+    params(DevicePath),
+    request_body(content = Object, content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "Success; `warnings` names keys the agent does not act on", body = WrittenConfig),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+    )
+)]
+pub async fn patch(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, device_id)): Path<(String, String)>,
+    ApiJson(patch): ApiJson<serde_json::Value>,
+) -> Result<Json<WrittenConfig>, ApiError> {
+    caller.require(Scope::DeviceUpdate, Target::Device(&device_id))?;
+    if !patch.is_object() {
+        return Err(ApiError::bad_request(
+            "a config patch must be a JSON object (RFC 7396 merge patch; null removes a key)",
+        ));
+    }
+    let device = authorized_device(&state, &caller, Scope::DeviceUpdate, &device_id).await?;
+    let mut config = state
+        .store
+        .get_config(&device.id, None)
+        .await?
+        .map(|c| c.config)
+        .unwrap_or_else(device_config::default_config);
+    device_config::merge_patch(&mut config, &patch);
+    device_config::validate(&config).map_err(ApiError::bad_request)?;
+    write(&state, &caller.workspace, &device_id, config).await
 }
 
 #[utoipa::path(

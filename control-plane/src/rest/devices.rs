@@ -70,7 +70,12 @@ pub struct Hardware {
 
 impl DeviceView {
     pub fn new(d: Device, now: UnixMillis) -> Self {
-        let status = d.status(now);
+        // A disabled device's streams are being cut (within a second): it
+        // is not online, also in the answer to the PATCH that disabled it.
+        let status = match d.status(now) {
+            DeviceStatus::Online if !d.enabled => DeviceStatus::Offline,
+            s => s,
+        };
         let enrollment = d.enrollment(now);
         let f = d.facts;
         let text = |pick: fn(&crate::store::DeviceFacts) -> &String| {
@@ -233,6 +238,9 @@ pub struct CreatedDevice {
     install_id_expires_at: String,
     /// Enrolls a box with the CA fingerprint pinned; paste it on the device.
     install_command: String,
+    /// What the control plane lacks for a one-line `curl … | sh` install.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<String>,
     ca_fingerprint: String,
     server_url: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -364,10 +372,12 @@ pub async fn create(
         .await?;
     let offline_provisioning_qr_payload = (device_type == "ai1" && offline_mode)
         .then(|| qr_payload(&state, &caller.workspace, &id, &install_id));
+    let (install_command, hint) = install_command(&state, &install_id).await;
     Ok((
         StatusCode::CREATED,
         Json(CreatedDevice {
-            install_command: install_command(&state, &install_id),
+            install_command,
+            hint,
             device_id: id,
             install_id,
             install_id_expires_at: format_time(expires),
@@ -418,13 +428,42 @@ fn fresh_install_id(state: &AppState, now: UnixMillis) -> InstallId {
     }
 }
 
-/// The command that installs and enrolls a box, CA fingerprint pinned: run
-/// in an unpacked agent release (`systemd/install.sh`, docs/install.md).
-fn install_command(state: &AppState, install_id: &str) -> String {
-    format!(
-        "sudo sh install.sh --server {} --install-id {install_id} --ca-fingerprint {}",
+/// The command that installs and enrolls a box, CA fingerprint pinned, and
+/// a hint when it cannot be the one-liner: `curl -fsSL
+/// PUBLIC_REST_URL/install.sh | sudo sh -s -- …` needs `--public-rest-url`
+/// and an agent tarball to download; without them it is run in an unpacked
+/// agent release (`systemd/install.sh`, docs/install.md).
+async fn install_command(state: &AppState, install_id: &str) -> (String, Option<String>) {
+    let args = format!(
+        "--server {} --install-id {install_id} --ca-fingerprint {}",
         state.public_url,
         state.ca.fingerprint()
+    );
+    let dist = state.dist.clone();
+    let tarballs = tokio::task::spawn_blocking(move || dist.index().len())
+        .await
+        .unwrap_or(0);
+    let dir = state.dist.dir().display();
+    let missing = match (&state.public_rest_url, tarballs) {
+        (Some(url), 1..) => {
+            return (
+                format!("curl -fsSL {url}/install.sh | sudo sh -s -- {args}"),
+                None,
+            );
+        }
+        (Some(_), 0) => format!("no agent tarball in {dir} (scripts/release.sh --into {dir})"),
+        (None, 1..) => {
+            "no --public-rest-url (the address boxes reach this REST API at)".to_string()
+        }
+        (None, 0) => format!(
+            "no --public-rest-url (the address boxes reach this REST API at) and no agent tarball in {dir} (scripts/release.sh --into {dir})"
+        ),
+    };
+    (
+        format!("sudo sh install.sh {args}"),
+        Some(format!(
+            "run it in an unpacked agent release; for a one-line download-and-install command the control plane needs: {missing}"
+        )),
     )
 }
 
@@ -562,6 +601,8 @@ pub struct ConnectionToken {
     install_id_expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     install_command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<String>,
 }
 
 /// `connections/reset` options (documentation; parsed from the query string).
@@ -612,6 +653,7 @@ pub async fn reset_connection(
         install_id: None,
         install_id_expires_at: None,
         install_command: None,
+        hint: None,
     };
     if force {
         let InstallId {
@@ -627,7 +669,9 @@ pub async fn reset_connection(
             return Err(ApiError::not_found("device not found"));
         }
         state.live.disconnect(&device_id, Cut::Revoked);
-        token.install_command = Some(install_command(&state, &install_id));
+        let (command, hint) = install_command(&state, &install_id).await;
+        token.install_command = Some(command);
+        token.hint = hint;
         token.install_id_expires_at = Some(format_time(expires));
         token.install_id = Some(install_id);
     }
@@ -645,6 +689,8 @@ pub struct NewInstallId {
     install_id: String,
     install_id_expires_at: String,
     install_command: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<String>,
 }
 
 #[utoipa::path(
@@ -679,8 +725,10 @@ pub async fn new_install_id(
     {
         return Err(ApiError::not_found("device not found"));
     }
+    let (install_command, hint) = install_command(&state, &install_id).await;
     Ok(Json(NewInstallId {
-        install_command: install_command(&state, &install_id),
+        install_command,
+        hint,
         device_id,
         install_id,
         install_id_expires_at: format_time(expires),

@@ -89,12 +89,21 @@ pub async fn list(
     {
         return Err(ApiError::bad_request("service must be 1 to 256 characters"));
     }
-    let severity = match params.get("severity") {
+    // The names syslog and common loggers also use.
+    let severity = match params.get("severity").map(|s| match s {
+        "warn" => "warning",
+        "err" => "error",
+        "crit" | "fatal" => "critical",
+        "emerg" | "panic" => "emergency",
+        "informational" => "info",
+        "trace" => "debug",
+        other => other,
+    }) {
         None => None,
         Some(s) if SEVERITIES.contains(&s) => Some(s.to_string()),
         Some(_) => {
             return Err(ApiError::bad_request(format!(
-                "severity must be one of {}",
+                "severity must be one of {} (or warn, err, crit, fatal, emerg, trace)",
                 SEVERITIES.join(", ")
             )));
         }

@@ -5,6 +5,7 @@ mod auth;
 mod config;
 mod dashboard;
 mod devices;
+mod downloads;
 pub mod error;
 mod events;
 pub mod limits;
@@ -50,10 +51,13 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(stream::stream))
         .routes(routes!(logs::list))
         .routes(routes!(events::list))
-        .routes(routes!(config::get, config::put))
+        .routes(routes!(config::get, config::put, config::patch))
         .routes(routes!(config::versions))
         .routes(routes!(devices::reset_connection))
         .routes(routes!(devices::new_install_id))
+        .routes(routes!(downloads::install_script))
+        .routes(routes!(downloads::list))
+        .routes(routes!(downloads::file))
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -38,7 +38,8 @@ use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToResponse, ToSchema};
         (name = "telemetry", description = "Telemetry reads (60/min per device, bursts of 10)"),
         (name = "logs", description = "Device logs (5/min per client IP, 50/min overall)"),
         (name = "config", description = "Versioned device configuration"),
-        (name = "health", description = "Probes (no authentication)")
+        (name = "health", description = "Probes (no authentication)"),
+        (name = "downloads", description = "The agent installer and release tarballs (no authentication)")
     )
 )]
 pub struct ApiDoc;
@@ -259,6 +260,9 @@ mod tests {
     const OPERATION_IDS: &[(&str, &str, &str)] = &[
         ("get", "/healthz", "checkLiveness"),
         ("get", "/readyz", "checkReadiness"),
+        ("get", "/install.sh", "getInstallScript"),
+        ("get", "/downloads/index.json", "listDownloads"),
+        ("get", "/downloads/{file}", "downloadFile"),
         ("get", "/{workspace}/devices/v2", "listDevices"),
         ("post", "/{workspace}/devices/v2", "createDevice"),
         (
@@ -311,6 +315,11 @@ mod tests {
             "put",
             "/{workspace}/devices/v2/{device_id}/config",
             "putDeviceConfig",
+        ),
+        (
+            "patch",
+            "/{workspace}/devices/v2/{device_id}/config",
+            "patchDeviceConfig",
         ),
         (
             "get",
@@ -441,7 +450,9 @@ mod tests {
                         );
                     }
                 }
-                if path != "/healthz" && path != "/readyz" {
+                // Public operations (probes, downloads) declare `security: [{}]`.
+                let public = op["security"] == serde_json::json!([{}]);
+                if !public {
                     assert!(op["responses"]["401"].is_object(), "{method} {path} 401");
                     assert!(op["responses"]["403"].is_object(), "{method} {path} 403");
                 }

@@ -466,6 +466,15 @@ pub trait Store: Send + Sync + 'static {
     async fn create_workspace(&self, ws: &Workspace) -> StoreResult<()>;
     async fn get_workspace(&self, name: &str) -> StoreResult<Option<Workspace>>;
     async fn list_workspaces(&self) -> StoreResult<Vec<Workspace>>;
+    /// The device CA fingerprint recorded for this database, if any.
+    async fn ca_fingerprint(&self) -> StoreResult<Option<String>>;
+    /// Records `fingerprint` unless one is recorded already; returns the
+    /// recorded one (this, or the first replica's when it won a race).
+    async fn record_ca_fingerprint(
+        &self,
+        fingerprint: &str,
+        now: UnixMillis,
+    ) -> StoreResult<String>;
     /// Replaces the feature list; false when the workspace does not exist.
     async fn set_workspace_features(&self, name: &str, features: &[String]) -> StoreResult<bool>;
     /// Every key of a workspace, newest first, revoked ones included.

@@ -27,7 +27,10 @@ impl SqlStore<Postgres> {
     /// and runs the migrations. Replicas starting together are fine: the
     /// migrator holds an advisory lock while it works.
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let opts = PgConnectOptions::from_str(url)?;
+        // NOTICEs (the migrator's `CREATE TABLE IF NOT EXISTS` says
+        // "relation already exists" on every start) are not for operators;
+        // warnings and errors still come through.
+        let opts = PgConnectOptions::from_str(url)?.options([("client_min_messages", "warning")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .connect_with(opts)

@@ -358,6 +358,32 @@ where
         row.as_ref().map(workspace_from_row).transpose()
     }
 
+    async fn ca_fingerprint(&self) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT fingerprint FROM ca_meta WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(|r| r.text("fingerprint")).transpose()
+    }
+
+    async fn record_ca_fingerprint(
+        &self,
+        fingerprint: &str,
+        now: UnixMillis,
+    ) -> StoreResult<String> {
+        sqlx::query(
+            "INSERT INTO ca_meta (id, fingerprint, recorded_at) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(fingerprint)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT fingerprint FROM ca_meta WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        row.text("fingerprint")
+    }
+
     async fn list_workspaces(&self) -> StoreResult<Vec<Workspace>> {
         // On PostgreSQL `name` has the "C" collation: byte order, as on SQLite.
         let rows = sqlx::query("SELECT name, features, created_at FROM workspaces ORDER BY name")

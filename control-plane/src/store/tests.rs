@@ -132,6 +132,7 @@ store_tests!(
     every_telemetry_column_round_trips,
     enrollment_state_follows_install_ids_certificates_and_resets,
     list_filters_by_exact_name,
+    the_first_ca_fingerprint_recorded_stays,
 );
 
 replica_tests!(
@@ -1559,4 +1560,21 @@ async fn list_filters_by_exact_name(s: Arc<dyn Store>) {
     assert_eq!(ids, ["a", "c"]);
     q.name = Some("CAM".into());
     assert!(s.list_devices(&q).await.unwrap().is_empty(), "exact match");
+}
+
+async fn the_first_ca_fingerprint_recorded_stays(s: Arc<dyn Store>) {
+    assert_eq!(s.ca_fingerprint().await.unwrap(), None);
+    assert_eq!(
+        s.record_ca_fingerprint("sha256:aa", 1).await.unwrap(),
+        "sha256:aa"
+    );
+    assert_eq!(
+        s.record_ca_fingerprint("sha256:bb", 2).await.unwrap(),
+        "sha256:aa",
+        "a second CA does not replace the first"
+    );
+    assert_eq!(
+        s.ca_fingerprint().await.unwrap().as_deref(),
+        Some("sha256:aa")
+    );
 }

@@ -307,7 +307,7 @@ async fn server_refusals_print_the_servers_message_and_exit_1() {
     let (code, err) = fails(&cp, &key, &["devices", "get", "aaaaaaaaaaaaaaaaaaaa"]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("device not found") && err.contains("404"),
+        err.contains("no device has the id or name") && err.contains("404"),
         "{err}"
     );
 

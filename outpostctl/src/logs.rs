@@ -18,7 +18,7 @@ use crate::show::{self, text};
 /// The server's largest logs page.
 const MAX_PAGE: u32 = 1000;
 
-pub async fn run(api: &mut Api, args: LogsArgs, format: Format) -> Result<()> {
+pub async fn run(api: &mut Api, mut args: LogsArgs, format: Format) -> Result<()> {
     if args.follow && args.until.is_some() {
         return Err(Error::Usage(
             "--until and --follow do not go together".into(),
@@ -35,6 +35,9 @@ pub async fn run(api: &mut Api, args: LogsArgs, format: Format) -> Result<()> {
         .as_deref()
         .map(|s| time_arg("--until", s, now))
         .transpose()?;
+    // By name too; after the arguments are checked (a usage error asks
+    // nothing of the server).
+    args.device = api.device_id(&args.device).await?;
     let mut filters: Vec<(&str, String)> = Vec::new();
     if let Some(s) = args.service {
         filters.push(("service", s));

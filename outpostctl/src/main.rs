@@ -51,10 +51,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Ls(args) => devices::list(&api, args, format).await,
         Command::Rm { device } => devices::delete(&api, &device, format).await,
         Command::Reset { device, force } => devices::reset(&api, &device, force, format).await,
-        Command::Logs(mut args) => {
-            args.device = api.device_id(&args.device).await?;
-            logs::run(&mut api, args, format).await
-        }
+        Command::Logs(args) => logs::run(&mut api, args, format).await,
         Command::Telemetry(mut args) => {
             args.device = api.device_id(&args.device).await?;
             telemetry::run(&api, args, format).await

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod audit;
 mod cli;
 mod devices;
 mod error;
@@ -52,6 +53,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Logs(args) => logs::run(&mut api, args, format).await,
         Command::Telemetry(args) => telemetry::run(&api, args, format).await,
         Command::Watch(args) => watch::run(&api, args, format).await,
+        Command::Audit(cli::Audit::Export(args)) => audit::export(&api, args).await,
     }
 }
 

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use crate::ids;
 use crate::store::{
-    AUDIT_ACTOR_ADMIN_CLI, ApiKeyInfo, KNOWN_FEATURES, NewApiKey, NewAuditEntry, Store,
-    StoreError, Workspace, now_ms,
+    AUDIT_ACTOR_ADMIN_CLI, ApiKeyInfo, KNOWN_FEATURES, NewApiKey, NewAuditEntry, Store, StoreError,
+    Workspace, now_ms,
 };
 
 /// Scopes an API key may carry (reference/000).
@@ -198,9 +198,7 @@ impl Admin {
     pub async fn revoke_api_key(&self, id: &str) -> AdminResult<()> {
         let res: AdminResult<()> = match self.store.revoke_api_key(id, now_ms()).await {
             Ok(true) => Ok(()),
-            Ok(false) => {
-                Err(format!("no live API key with id {id:?} (see `api-key list`)").into())
-            }
+            Ok(false) => Err(format!("no live API key with id {id:?} (see `api-key list`)").into()),
             Err(e) => Err(e.into()),
         };
         let ws = self.store.api_key_workspace(id).await.ok().flatten();

@@ -1507,7 +1507,11 @@ fn audit_entry(ws: Option<&str>, action: &str, ts: i64) -> NewAuditEntry {
 
 async fn audit_entries_filter_page_and_prune(s: Arc<dyn Store>) {
     for ts in 1..=6 {
-        let action = if ts % 2 == 0 { "deleteDevice" } else { "createDevice" };
+        let action = if ts % 2 == 0 {
+            "deleteDevice"
+        } else {
+            "createDevice"
+        };
         s.insert_audit(&audit_entry(Some("acme"), action, ts * 10))
             .await
             .unwrap();
@@ -1534,7 +1538,10 @@ async fn audit_entries_filter_page_and_prune(s: Arc<dyn Store>) {
         direction,
         limit,
     };
-    let all = s.list_audit(&q(Direction::Forward, None, 100)).await.unwrap();
+    let all = s
+        .list_audit(&q(Direction::Forward, None, 100))
+        .await
+        .unwrap();
     assert_eq!(all.len(), 6, "only acme's entries");
     assert!(all.windows(2).all(|w| w[0].id < w[1].id));
     assert_eq!(all[0].entry, audit_entry(Some("acme"), "createDevice", 10));
@@ -1565,7 +1572,10 @@ async fn audit_entries_filter_page_and_prune(s: Arc<dyn Store>) {
     assert_eq!(times, vec![20, 40]);
     // Retention.
     assert_eq!(s.prune_audit(31).await.unwrap(), 5, "10, 15, 16, 20, 30");
-    let left = s.list_audit(&q(Direction::Forward, None, 100)).await.unwrap();
+    let left = s
+        .list_audit(&q(Direction::Forward, None, 100))
+        .await
+        .unwrap();
     assert_eq!(left, all[3..].to_vec());
     // A key's workspace by id.
     s.create_api_key(&NewApiKey {

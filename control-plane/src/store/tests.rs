@@ -139,6 +139,7 @@ replica_tests!(
     replicas_serialize_rotations,
     replicas_store_overlapping_batches_once,
     replicas_page_events_without_gaps,
+    replicas_page_audit_entries_without_gaps,
 );
 
 // Read-then-write transactions racing on one store (SQLite: BEGIN IMMEDIATE).
@@ -1593,4 +1594,55 @@ async fn audit_entries_filter_page_and_prune(s: Arc<dyn Store>) {
         Some("acme")
     );
     assert_eq!(s.api_key_workspace("key_none").await.unwrap(), None);
+}
+
+/// Two replicas appending audit entries while a reader follows them forward
+/// by id: ids become visible in order, so the reader misses none.
+async fn replicas_page_audit_entries_without_gaps(stores: Vec<Arc<dyn Store>>) {
+    const WRITERS: usize = 8;
+    const EACH: usize = 25;
+    let writers = {
+        let stores = stores.clone();
+        tokio::spawn(async move {
+            race(&stores, WRITERS, |s, w| async move {
+                for n in 0..EACH {
+                    let ts = (w * EACH + n) as i64;
+                    s.insert_audit(&audit_entry(Some("acme"), "deleteDevice", ts))
+                        .await
+                        .unwrap();
+                }
+            })
+            .await
+        })
+    };
+    let reader = &stores[1];
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let done = writers.is_finished();
+        let page = reader
+            .list_audit(&AuditQuery {
+                workspace: "acme".into(),
+                start: None,
+                end: None,
+                action: None,
+                after_id: after,
+                direction: Direction::Forward,
+                limit: 7,
+            })
+            .await
+            .unwrap();
+        if let Some(last) = page.last() {
+            after = Some(last.id);
+        }
+        let empty = page.is_empty();
+        seen.extend(page);
+        if done && empty {
+            break;
+        }
+    }
+    writers.await.unwrap();
+    let mut times: Vec<i64> = seen.iter().map(|e| e.entry.timestamp).collect();
+    times.sort();
+    assert_eq!(times, (0..(WRITERS * EACH) as i64).collect::<Vec<_>>());
 }

@@ -1,11 +1,16 @@
 //! Host-side administration (workspaces, feature flags, API keys).
 //! Deliberately not exposed over the REST API: a leaked API key must not be
-//! able to mint keys.
+//! able to mint keys. Every action that changes something is recorded in
+//! the audit trail with the actor `admin-cli` (done or refused; reads are
+//! not recorded).
 
 use std::path::Path;
 
 use crate::ids;
-use crate::store::{ApiKeyInfo, KNOWN_FEATURES, NewApiKey, Store, Workspace, now_ms};
+use crate::store::{
+    AUDIT_ACTOR_ADMIN_CLI, ApiKeyInfo, KNOWN_FEATURES, NewApiKey, NewAuditEntry, Store, StoreError,
+    Workspace, now_ms,
+};
 
 /// Scopes an API key may carry (reference/000).
 pub const SCOPE_DEVICE_READ: &str = "device:read";
@@ -71,6 +76,13 @@ impl Admin {
     }
 
     pub async fn create_workspace(&self, name: &str, features: &[String]) -> AdminResult<()> {
+        let res = self.create_workspace_unaudited(name, features).await;
+        let ws = ids::is_valid_workspace_name(name).then_some(name);
+        self.audit("createWorkspace", ws, Some(name), &res).await;
+        res
+    }
+
+    async fn create_workspace_unaudited(&self, name: &str, features: &[String]) -> AdminResult<()> {
         if !ids::is_valid_workspace_name(name) {
             return Err(format!(
                 "invalid workspace name {name:?}: use 1-64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
@@ -102,6 +114,19 @@ impl Admin {
         enable: &[String],
         disable: &[String],
     ) -> AdminResult<Vec<String>> {
+        let res = self.set_features_unaudited(name, enable, disable).await;
+        let ws = ids::is_valid_workspace_name(name).then_some(name);
+        self.audit("setWorkspaceFeatures", ws, Some(name), &res)
+            .await;
+        res
+    }
+
+    async fn set_features_unaudited(
+        &self,
+        name: &str,
+        enable: &[String],
+        disable: &[String],
+    ) -> AdminResult<Vec<String>> {
         check_features(enable)?;
         check_features(disable)?;
         let ws = self.workspace(name).await?;
@@ -127,6 +152,18 @@ impl Admin {
     /// Creates an API key; returns (id, plaintext). The plaintext is shown
     /// once; only its hash is stored.
     pub async fn create_api_key(
+        &self,
+        workspace: &str,
+        scopes: &[String],
+    ) -> AdminResult<(String, String)> {
+        let res = self.create_api_key_unaudited(workspace, scopes).await;
+        let ws = ids::is_valid_workspace_name(workspace).then_some(workspace);
+        let target = res.as_ref().ok().map(|(id, _)| id.as_str());
+        self.audit("createApiKey", ws, target, &res).await;
+        res
+    }
+
+    async fn create_api_key_unaudited(
         &self,
         workspace: &str,
         scopes: &[String],
@@ -169,10 +206,53 @@ impl Admin {
     }
 
     pub async fn revoke_api_key(&self, id: &str) -> AdminResult<()> {
-        if self.store.revoke_api_key(id, now_ms()).await? {
-            Ok(())
-        } else {
-            Err(format!("no live API key with id {id:?} (see `api-key list`)").into())
+        let res: AdminResult<()> = match self.store.revoke_api_key(id, now_ms()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("no live API key with id {id:?} (see `api-key list`)").into()),
+            Err(e) => Err(e.into()),
+        };
+        let ws = self.store.api_key_workspace(id).await.ok().flatten();
+        self.audit("revokeApiKey", ws.as_deref(), Some(id), &res)
+            .await;
+        res
+    }
+
+    /// Records an admin action. A failed write is reported on stderr (via
+    /// the log) but does not undo or fail the action, which is done.
+    async fn audit<T>(
+        &self,
+        action: &str,
+        workspace: Option<&str>,
+        target: Option<&str>,
+        res: &AdminResult<T>,
+    ) {
+        let entry = NewAuditEntry {
+            timestamp: now_ms(),
+            workspace: workspace.map(String::from),
+            actor: Some(AUDIT_ACTOR_ADMIN_CLI.to_string()),
+            action: action.to_string(),
+            target: target.map(|t| t.chars().take(128).collect()),
+            status: admin_status(res),
+            request_id: None,
+            client_addr: None,
+        };
+        if let Err(e) = self.store.insert_audit(&entry).await {
+            tracing::warn!(action, "audit entry not stored: {e}");
         }
+    }
+}
+
+/// An admin action's result as an HTTP-like status: 200 done; refused: 409
+/// (already exists), 500 (store failure), else 400 (invalid or unknown
+/// input).
+fn admin_status<T>(res: &AdminResult<T>) -> u16 {
+    match res {
+        Ok(_) => 200,
+        Err(e) => match e.downcast_ref::<StoreError>() {
+            Some(StoreError::Conflict(_)) => 409,
+            Some(StoreError::NotFound) => 404,
+            Some(_) => 500,
+            None => 400,
+        },
     }
 }

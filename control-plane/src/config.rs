@@ -75,6 +75,9 @@ pub struct ServeArgs {
     /// How long device events are kept [default: 90d].
     #[arg(long, env = "OUTPOST_EVENT_RETENTION", value_parser = humantime::parse_duration)]
     pub event_retention: Option<Duration>,
+    /// How long operator audit entries are kept [default: 365d].
+    #[arg(long, env = "OUTPOST_AUDIT_RETENTION", value_parser = humantime::parse_duration)]
+    pub audit_retention: Option<Duration>,
     /// A file holding a bearer token that may scrape `/metrics` for every
     /// workspace (Prometheus' `bearer_token_file`). Without it, `/metrics`
     /// takes a workspace API key with the device:read scope.
@@ -106,6 +109,8 @@ struct FileConfig {
     log_retention: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     event_retention: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    audit_retention: Option<Duration>,
     metrics_token_file: Option<PathBuf>,
 }
 
@@ -146,6 +151,7 @@ pub struct RetentionConfig {
     pub telemetry: Duration,
     pub logs: Duration,
     pub events: Duration,
+    pub audit: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -155,6 +161,7 @@ impl Default for RetentionConfig {
             telemetry: Duration::from_secs(30 * DAY),
             logs: Duration::from_secs(7 * DAY),
             events: Duration::from_secs(90 * DAY),
+            audit: Duration::from_secs(365 * DAY),
         }
     }
 }
@@ -246,6 +253,10 @@ impl ServeConfig {
                         .event_retention
                         .or(file.event_retention)
                         .unwrap_or(d.events),
+                    audit: args
+                        .audit_retention
+                        .or(file.audit_retention)
+                        .unwrap_or(d.audit),
                 }
             },
         })

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub store_seconds: HistogramVec,
     /// Batches per telemetry group commit.
     pub commit_group_batches: Histogram,
+    /// Audit entries by result: stored, failed (store error), rate_limited
+    /// (unauthenticated attempts over the limit).
+    pub audit_entries: IntCounterVec,
 }
 
 impl Metrics {
@@ -75,6 +78,13 @@ impl Metrics {
                     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
                 ]),
             )?,
+            audit_entries: IntCounterVec::new(
+                Opts::new(
+                    "outpost_audit_entries_total",
+                    "Audit entries of mutating REST calls: result=stored, failed (store error; the request still succeeded), rate_limited (unauthenticated attempts over the limit).",
+                ),
+                &["result"],
+            )?,
         })
     }
 
@@ -87,6 +97,7 @@ impl Metrics {
             Box::new(self.ack_latency.clone()),
             Box::new(self.store_seconds.clone()),
             Box::new(self.commit_group_batches.clone()),
+            Box::new(self.audit_entries.clone()),
         ]
     }
 

@@ -272,7 +272,7 @@ fn read_scrape_token(path: &std::path::Path) -> Result<String, ServerError> {
     Ok(crate::ids::hash_secret(token))
 }
 
-/// How often old telemetry, logs and events are deleted.
+/// How often old telemetry, logs, events and audit entries are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Deletes what is past its retention: at start, then every [`PRUNE_EVERY`].
@@ -304,6 +304,11 @@ async fn retention(
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("retention job failed: {e}"),
+            }
+            match state.store.prune_audit(ago(keep.audit)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(audit = n, "deleted audit entries past their retention"),
+                Err(e) => tracing::warn!("audit retention job failed: {e}"),
             }
         }
     };

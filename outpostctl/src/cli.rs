@@ -77,6 +77,39 @@ pub enum Command {
     Telemetry(TelemetryArgs),
     /// A live table of the fleet, redrawn every --interval (q quits).
     Watch(WatchArgs),
+    /// The workspace's operator audit trail.
+    #[command(subcommand)]
+    Audit(Audit),
+}
+
+#[derive(Subcommand)]
+pub enum Audit {
+    /// Every audit entry, oldest first, as JSON lines or CSV on standard
+    /// output (compliance evidence); all pages, streamed.
+    Export(AuditExportArgs),
+}
+
+#[derive(Args)]
+pub struct AuditExportArgs {
+    /// jsonl (one JSON object a line) or csv (a header line, then RFC 4180 records).
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Entries at or after this time: RFC 3339, unix seconds, or a duration
+    /// ago (`30d`).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Entries before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Only this action (an operationId such as deleteDevice, or createApiKey …).
+    #[arg(long)]
+    pub action: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Jsonl,
+    Csv,
 }
 
 #[derive(Subcommand)]

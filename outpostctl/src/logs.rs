@@ -133,7 +133,7 @@ fn print_line(l: &Value) -> Result<()> {
 }
 
 /// `--since`/`--until`: unix seconds, a duration ago (`15m`), or RFC 3339.
-fn time_arg(flag: &str, raw: &str, now: SystemTime) -> Result<SystemTime> {
+pub(crate) fn time_arg(flag: &str, raw: &str, now: SystemTime) -> Result<SystemTime> {
     if let Ok(secs) = raw.parse::<u64>() {
         return Ok(UNIX_EPOCH + Duration::from_secs(secs));
     }

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod audit;
 mod cli;
 mod devices;
 mod error;
@@ -57,6 +58,7 @@ async fn run(cli: Cli) -> Result<()> {
             telemetry::run(&api, args, format).await
         }
         Command::Watch(args) => watch::run(&api, args, format).await,
+        Command::Audit(cli::Audit::Export(args)) => audit::export(&api, args).await,
     }
 }
 

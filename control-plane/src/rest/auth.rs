@@ -46,9 +46,18 @@ pub struct Caller {
     device_id: Option<String>,
     /// The key's hash, to check later that it is still valid (long streams).
     pub key_hash: String,
+    /// The audit entry of this request, where it has one.
+    audit: Option<super::audit::AuditSlot>,
 }
 
 impl Caller {
+    /// Names the resource a create made as the target of its audit entry.
+    pub fn audit_target(&self, id: &str) {
+        if let Some(slot) = &self.audit {
+            slot.set_target(id);
+        }
+    }
+
     /// Checks scope, then device binding. A key with no scopes list has every
     /// scope (legacy); a device-scoped key reaches only its own device.
     pub fn require(&self, scope: Scope, target: Target<'_>) -> Result<(), ApiError> {
@@ -150,11 +159,19 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                 "Use a key created for this workspace.",
             ));
         }
+        // The key is this workspace's: it is the actor of the request's
+        // audit entry, also when a scope check refuses it later. (Another
+        // workspace's key id is not shown to this workspace.)
+        let audit = parts.extensions.get::<super::audit::AuditSlot>().cloned();
+        if let Some(slot) = &audit {
+            slot.set_actor(&record.id);
+        }
         Ok(Caller {
             workspace,
             scopes: record.scopes,
             device_id: record.device_id,
             key_hash,
+            audit,
         })
     }
 }
@@ -169,6 +186,7 @@ mod tests {
             scopes: scopes.map(|s| s.iter().map(|x| x.to_string()).collect()),
             device_id: device.map(String::from),
             key_hash: String::new(),
+            audit: None,
         }
     }
 

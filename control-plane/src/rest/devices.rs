@@ -352,6 +352,7 @@ pub async fn create(
 
     let now = now_ms();
     let id = ids::new_device_id();
+    caller.audit_target(&id);
     let install = fresh_install_id(&state, now);
     let (install_id, expires) = (install.plain.clone(), install.expires_at);
     state

@@ -1,6 +1,7 @@
 //! The operator side: the Deployment Manager compatible REST API under
 //! `/{workspace}/devices/v2`, plus health probes.
 
+pub mod audit;
 mod auth;
 mod config;
 mod dashboard;
@@ -58,10 +59,12 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(downloads::install_script))
         .routes(routes!(downloads::list))
         .routes(routes!(downloads::file))
+        .routes(routes!(audit::list))
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     let (router, doc) = routes().split_for_parts();
+    let audit = Arc::new(audit::AuditContext::new(state.clone(), &doc));
     let doc = Arc::new(doc);
     router
         .route(
@@ -83,6 +86,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
         }))
+        // Outermost: sees every answer (timeouts and body limits too).
+        .layer(axum::middleware::from_fn_with_state(audit, audit::record))
         .with_state(state)
 }
 

@@ -38,6 +38,7 @@ use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToResponse, ToSchema};
         (name = "telemetry", description = "Telemetry reads (60/min per device, bursts of 10)"),
         (name = "logs", description = "Device logs (5/min per client IP, 50/min overall)"),
         (name = "config", description = "Versioned device configuration"),
+        (name = "audit", description = "The operator audit trail"),
         (name = "health", description = "Probes (no authentication)"),
         (name = "downloads", description = "The agent installer and release tarballs (no authentication)")
     )
@@ -229,6 +230,15 @@ pub struct VersionQuery {
     version: Option<u64>,
 }
 
+/// Audit trail filters.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct AuditFilterQuery {
+    /// Only this action (an operationId such as `deleteDevice`, or an admin action).
+    action: Option<String>,
+}
+
 /// The document as served at `/openapi.json`.
 pub fn document() -> utoipa::openapi::OpenApi {
     super::routes().into_openapi()
@@ -336,6 +346,7 @@ mod tests {
             "/{workspace}/devices/v2/{device_id}/install-id",
             "newInstallId",
         ),
+        ("get", "/{workspace}/devices/v2/audit", "listAuditEntries"),
     ];
 
     const METHODS: &[&str] = &[

@@ -370,6 +370,25 @@ pub(super) fn event_from_row(r: &impl Cols) -> StoreResult<Event> {
     })
 }
 
+/// A row of `audit_log`.
+pub(super) fn audit_from_row(r: &impl Cols) -> StoreResult<AuditEntry> {
+    let status = r.int("status")?;
+    Ok(AuditEntry {
+        id: r.int("id")?,
+        entry: NewAuditEntry {
+            timestamp: r.int("ts")?,
+            workspace: r.opt_text("workspace")?,
+            actor: r.opt_text("actor")?,
+            action: r.text("action")?,
+            target: r.opt_text("target")?,
+            status: u16::try_from(status)
+                .map_err(|_| StoreError::Corrupt(format!("audit status {status}")))?,
+            request_id: r.opt_text("request_id")?,
+            client_addr: r.opt_text("client_addr")?,
+        },
+    })
+}
+
 /// Columns `seq, ts, service, severity, message` of `logs`.
 pub(super) fn log_from_row(r: &impl Cols) -> StoreResult<LogRecord> {
     Ok(LogRecord {

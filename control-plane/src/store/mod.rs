@@ -195,6 +195,50 @@ pub struct EventQuery {
     pub limit: u32,
 }
 
+/// The actor of administrative actions taken on the host (`outpost-control-plane
+/// workspace …`, `api-key …`).
+pub const AUDIT_ACTOR_ADMIN_CLI: &str = "admin-cli";
+
+/// One operator action for the audit trail. Never a key, token, install ID,
+/// query string or request body: only what names the action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAuditEntry {
+    pub timestamp: UnixMillis,
+    /// `None`: the path named no valid workspace.
+    pub workspace: Option<String>,
+    /// An API key id, [`AUDIT_ACTOR_ADMIN_CLI`], or `None` (not authenticated).
+    pub actor: Option<String>,
+    /// The REST operation's OpenAPI `operationId`, or the admin command's.
+    pub action: String,
+    /// The resource acted on (device id, key id, workspace …).
+    pub target: Option<String>,
+    /// The HTTP status answered (admin actions: 200 done, 400/404/409/500 refused).
+    pub status: u16,
+    pub request_id: Option<String>,
+    pub client_addr: Option<String>,
+}
+
+/// An audit entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub entry: NewAuditEntry,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditQuery {
+    pub workspace: String,
+    /// Inclusive.
+    pub start: Option<UnixMillis>,
+    /// Exclusive.
+    pub end: Option<UnixMillis>,
+    pub action: Option<String>,
+    /// Continue after (forward) or before (backward) this entry id.
+    pub after_id: Option<i64>,
+    pub direction: Direction,
+    pub limit: u32,
+}
+
 /// One device's samples, for [`Store::insert_telemetry_many`].
 #[derive(Debug, Clone)]
 pub struct DeviceSamples {
@@ -689,6 +733,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         device_ids: &[String],
     ) -> StoreResult<Vec<(String, TelemetrySample)>>;
+    /// Appends an audit entry. Entry ids grow in commit order, also across
+    /// replicas, so paging by id skips nothing.
+    async fn insert_audit(&self, entry: &NewAuditEntry) -> StoreResult<()>;
+    /// A workspace's audit entries by id, with the query's filters.
+    async fn list_audit(&self, q: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
+    /// Deletes audit entries older than `before`; returns how many.
+    async fn prune_audit(&self, before: UnixMillis) -> StoreResult<u64>;
+    /// The workspace of an API key (revoked or not) by id.
+    async fn api_key_workspace(&self, id: &str) -> StoreResult<Option<String>>;
 }
 
 /// [`Store::complete_enrollments`]' default: different devices' enrollments

@@ -21,6 +21,9 @@ pub enum EnrollError {
     /// The control plane said no: retrying with the same install ID is futile.
     #[error("enrollment refused: {0}")]
     Refused(String),
+    /// The control plane refused the enrollment token, for this reason.
+    #[error("enrollment refused: {1}")]
+    TokenRefused(TokenRefusal, String),
     #[error("{0}")]
     Link(#[from] LinkError),
     #[error("{0}")]
@@ -43,10 +46,54 @@ impl EnrollError {
     }
 }
 
+/// Why an enrollment token was refused (the control plane's
+/// `outpost-reason`); each has its own exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    Unknown,
+    Exhausted,
+    Expired,
+    Revoked,
+}
+
+impl TokenRefusal {
+    fn from_reason(reason: &str) -> Option<Self> {
+        use outpost_proto::reason;
+        match reason {
+            reason::TOKEN_UNKNOWN => Some(Self::Unknown),
+            reason::TOKEN_EXHAUSTED => Some(Self::Exhausted),
+            reason::TOKEN_EXPIRED => Some(Self::Expired),
+            reason::TOKEN_REVOKED => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+
+    /// The agent's exit status for this refusal (README).
+    pub fn exit_status(self) -> u8 {
+        match self {
+            Self::Unknown => crate::EXIT_TOKEN_UNKNOWN,
+            Self::Exhausted => crate::EXIT_TOKEN_EXHAUSTED,
+            Self::Expired => crate::EXIT_TOKEN_EXPIRED,
+            Self::Revoked => crate::EXIT_TOKEN_REVOKED,
+        }
+    }
+}
+
+/// What a box enrolls with: its own install ID, or an enrollment token
+/// shared by many boxes (the control plane creates the device).
+#[derive(Debug, Clone, Copy)]
+pub enum Grant<'a> {
+    InstallId(&'a str),
+    Token {
+        token: &'a str,
+        device_name: Option<&'a str>,
+    },
+}
+
 pub async fn enroll(
     state: &StateDir,
     server: &ServerUrl,
-    install_id: &str,
+    grant: Grant<'_>,
     trust: &Trust,
     facts: DeviceFacts,
 ) -> Result<Identity, EnrollError> {
@@ -70,18 +117,39 @@ pub async fn enroll(
 
     let tls = link::client_config(trust, None)?;
     let channel = link::connect(server, tls).await?;
+    let mut request = EnrollRequest {
+        csr_der: csr.der().to_vec(),
+        facts: Some(facts),
+        ..Default::default()
+    };
+    match grant {
+        Grant::InstallId(id) => request.install_id = id.trim().to_string(),
+        Grant::Token { token, device_name } => {
+            request.enroll_token = token.trim().to_string();
+            request.device_name = device_name.unwrap_or_default().trim().to_string();
+        }
+    }
     let response = link::client(channel)
-        .enroll(EnrollRequest {
-            install_id: install_id.trim().to_string(),
-            csr_der: csr.der().to_vec(),
-            facts: Some(facts),
-        })
+        .enroll(request)
         .await
-        .map_err(|status| match status.code() {
-            tonic::Code::PermissionDenied
-            | tonic::Code::InvalidArgument
-            | tonic::Code::NotFound => EnrollError::Refused(status.message().to_string()),
-            _ => EnrollError::Link(LinkError::Rpc(status)),
+        .map_err(|status| {
+            let why = status
+                .metadata()
+                .get(outpost_proto::reason::METADATA_KEY)
+                .and_then(|v| v.to_str().ok())
+                .and_then(TokenRefusal::from_reason);
+            match (status.code(), why) {
+                (tonic::Code::PermissionDenied, Some(why)) => {
+                    EnrollError::TokenRefused(why, status.message().to_string())
+                }
+                (
+                    tonic::Code::PermissionDenied
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::NotFound,
+                    _,
+                ) => EnrollError::Refused(status.message().to_string()),
+                _ => EnrollError::Link(LinkError::Rpc(status)),
+            }
         })?
         .into_inner();
 

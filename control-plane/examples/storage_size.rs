@@ -72,6 +72,7 @@ async fn setup(store: &Arc<dyn Store>) {
             name: "bench".into(),
             features: vec![],
             created_at: 0,
+            labels: Default::default(),
         })
         .await
         .ok();

@@ -16,6 +16,7 @@ pub mod device_config;
 pub mod feed;
 pub mod grpc;
 pub mod ids;
+pub mod labels;
 pub mod live;
 pub mod metrics;
 pub mod pki;

@@ -51,6 +51,7 @@ async fn enroll_raw(
         install_id: install_id.into(),
         csr_der: csr(key),
         facts: None,
+        ..Default::default()
     })
     .await
     .map(|r| r.into_inner())
@@ -343,6 +344,7 @@ async fn malformed_and_oversized_input_gets_a_status_not_a_crash() {
             install_id: f.install_id.clone(),
             csr_der: b"definitely not DER".to_vec(),
             facts: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -15,6 +15,7 @@ mod pagination;
 mod params;
 mod stream;
 mod telemetry;
+mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(config::versions))
         .routes(routes!(devices::reset_connection))
         .routes(routes!(devices::new_install_id))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

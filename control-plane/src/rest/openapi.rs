@@ -192,6 +192,9 @@ pub struct ListQuery {
     /// `edge` or `ai1`.
     #[param(rename = "type")]
     device_type: Option<String>,
+    /// `key=value` (the label has that value) or `key` (the device has the
+    /// label); repeatable, every one must match.
+    label: Option<Vec<String>>,
 }
 
 /// Bucketed telemetry.
@@ -324,6 +327,21 @@ mod tests {
             "post",
             "/{workspace}/devices/v2/{device_id}/install-id",
             "newInstallId",
+        ),
+        (
+            "get",
+            "/{workspace}/devices/v2/enrollment-tokens",
+            "listEnrollmentTokens",
+        ),
+        (
+            "post",
+            "/{workspace}/devices/v2/enrollment-tokens",
+            "createEnrollmentToken",
+        ),
+        (
+            "delete",
+            "/{workspace}/devices/v2/enrollment-tokens/{token_id}",
+            "revokeEnrollmentToken",
         ),
     ];
 

@@ -77,7 +77,7 @@ macro_rules! device_select {
         concat!(
             "SELECT id, workspace, name, description, device_type, enabled, created_at, ",
             "facts, session_id, last_heartbeat, cert_expires_at, workflow_id, offline_mode, ",
-            "config_version, config_applied_version FROM devices ",
+            "config_version, config_applied_version, labels FROM devices ",
             $tail
         )
     };
@@ -141,6 +141,23 @@ pub(super) fn device_from_row(r: &impl Cols) -> StoreResult<Device> {
         offline_mode: r.flag("offline_mode")?,
         config_version: u(r.int("config_version")?),
         config_applied_version: u(r.int("config_applied_version")?),
+        labels: json_vec(&r.text("labels")?, "device labels")?,
+    })
+}
+
+/// A row of `enrollment_tokens` (every column but `token_hash`).
+pub(super) fn enrollment_token_from_row(r: &impl Cols) -> StoreResult<EnrollmentToken> {
+    Ok(EnrollmentToken {
+        id: r.text("id")?,
+        workspace: r.text("workspace")?,
+        name: r.text("name")?,
+        max_uses: u(r.int("max_uses")?),
+        uses: u(r.int("uses")?),
+        expires_at: r.opt_int("expires_at")?,
+        labels: json_vec(&r.text("labels")?, "token labels")?,
+        device_type: r.text("device_type")?,
+        created_at: r.int("created_at")?,
+        revoked_at: r.opt_int("revoked_at")?,
     })
 }
 

@@ -152,6 +152,7 @@ pub async fn enroll(
             }
         })?
         .into_inner();
+    crate::failpoint::hit(crate::failpoint::ENROLL_RESPONSE_RECEIVED);
 
     if response.certificate_chain_der.is_empty() || response.ca_bundle_der.is_empty() {
         return Err(EnrollError::BadResponse(

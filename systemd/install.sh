@@ -4,6 +4,7 @@
 #   sudo sh install.sh --server https://cp.example.com:8443 \
 #       --install-id inst_… --ca-fingerprint sha256:… [--binary PATH|URL] \
 #       [--interval 10s] [--log-file PATH]... [--journal-unit UNIT]...
+#   (or --enroll-token oet_… [--device-name NAME] instead of --install-id)
 #   sudo sh install.sh --uninstall [--purge]
 #
 # Idempotent: running it again rewrites the configuration and restarts the
@@ -17,6 +18,8 @@ set -eu
 PROG=install.sh
 SERVER=""
 INSTALL_ID=""
+ENROLL_TOKEN=""
+DEVICE_NAME=""
 CA_FP=""
 BINARY=""
 INTERVAL=""
@@ -42,6 +45,8 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --server) need_arg "$@"; SERVER=$2; shift 2 ;;
         --install-id) need_arg "$@"; INSTALL_ID=$2; shift 2 ;;
+        --enroll-token) need_arg "$@"; ENROLL_TOKEN=$2; shift 2 ;;
+        --device-name) need_arg "$@"; DEVICE_NAME=$2; shift 2 ;;
         --ca-fingerprint) need_arg "$@"; CA_FP=$2; shift 2 ;;
         --binary) need_arg "$@"; BINARY=$2; shift 2 ;;
         --interval) need_arg "$@"; INTERVAL=$2; shift 2 ;;
@@ -115,11 +120,13 @@ fi
 # A box that is already enrolled needs no install ID again.
 if [ ! -f "$STATE/identity.json" ]; then
     [ -n "$SERVER" ] || die "--server is required (the control plane's device URL, https://HOST:PORT)"
-    [ -n "$INSTALL_ID" ] || die "--install-id is required (from the create-device answer)"
+    [ -n "$INSTALL_ID$ENROLL_TOKEN" ] || die "--install-id is required (from the create-device answer), or --enroll-token"
     [ -n "$CA_FP" ] || die "--ca-fingerprint is required (sha256:… from the create-device answer)"
 fi
 case "$SERVER" in ""|https://*) ;; *) die "--server must start with https:// (got $SERVER)" ;; esac
 case "$INSTALL_ID" in ""|inst_*) ;; *) die "--install-id must start with inst_ (got $INSTALL_ID)" ;; esac
+[ -z "$INSTALL_ID" ] || [ -z "$ENROLL_TOKEN" ] || die "give --install-id or --enroll-token, not both"
+case "$ENROLL_TOKEN" in ""|oet_*) ;; *) die "--enroll-token must start with oet_" ;; esac
 case "$CA_FP" in ""|sha256:*) ;; *) die "--ca-fingerprint must look like sha256:<hex> (got $CA_FP)" ;; esac
 
 # The binary: a path, a URL, or outpost-agent next to this script.
@@ -164,11 +171,14 @@ toml_list() {
     true
 } | write_file "$ETC/agent.toml" 0644
 
-if [ -n "$INSTALL_ID" ]; then
-    # The install ID is a secret until the box has enrolled: root-only file.
+if [ -n "$INSTALL_ID$ENROLL_TOKEN" ]; then
+    # The install ID (or enrollment token) is a secret until the box has
+    # enrolled: root-only file.
     {
         echo "OUTPOST_SERVER=$SERVER"
-        echo "OUTPOST_INSTALL_ID=$INSTALL_ID"
+        [ -z "$INSTALL_ID" ] || echo "OUTPOST_INSTALL_ID=$INSTALL_ID"
+        [ -z "$ENROLL_TOKEN" ] || echo "OUTPOST_ENROLL_TOKEN=$ENROLL_TOKEN"
+        [ -z "$DEVICE_NAME" ] || echo "OUTPOST_DEVICE_NAME=$DEVICE_NAME"
         echo "OUTPOST_CA_FINGERPRINT=$CA_FP"
     } | write_file "$ETC/agent.env" 0600
 fi

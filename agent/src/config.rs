@@ -341,6 +341,32 @@ mod tests {
     }
 
     #[test]
+    fn an_enrollment_token_comes_from_the_file_and_excludes_an_install_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "enroll-token = \"oet_x\"\ndevice-name = \"cam-1\"\n").unwrap();
+        let cfg = AgentConfig::resolve(AgentArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(matches!(
+            cfg.grant(),
+            Some(crate::enroll::Grant::Token {
+                token: "oet_x",
+                device_name: Some("cam-1")
+            })
+        ));
+        let both = AgentConfig::resolve(AgentArgs {
+            config: Some(path),
+            install_id: Some("inst_y".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(both.to_string().contains("not both"), "{both}");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");

@@ -72,7 +72,6 @@ async fn setup(store: &Arc<dyn Store>) {
             name: "bench".into(),
             features: vec![],
             created_at: 0,
-            labels: Default::default(),
         })
         .await
         .ok();
@@ -89,6 +88,7 @@ async fn setup(store: &Arc<dyn Store>) {
             offline_mode: false,
             config: serde_json::json!({}),
             created_at: 0,
+            labels: Default::default(),
         })
         .await
         .ok();

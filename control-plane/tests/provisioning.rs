@@ -537,6 +537,40 @@ async fn labels_are_set_patched_filtered_and_exported() {
     let (_, still) = cp.get_json(&format!("/acme/devices/v2/{b}"), &key).await;
     assert_eq!(still["labels"], json!({"tier": "1", "zone": "eu-1"}));
 
+    // outpostctl devices list -l (repeatable, all must match).
+    let ctl = |args: &[&str]| -> Vec<String> {
+        let bin = cp_bin().with_file_name("outpostctl");
+        assert!(
+            bin.exists(),
+            "build outpostctl first (cargo build -p outpostctl)"
+        );
+        let out = Command::new(bin)
+            .args(["devices", "list", "-o", "json"])
+            .args(args)
+            .env("OUTPOST_URL", &cp.rest)
+            .env("OUTPOST_API_KEY", &key)
+            .env("OUTPOST_WORKSPACE", "acme")
+            .env_remove("OUTPOST_CA_FILE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut names: Vec<String> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(ctl(&["-l", "site=berlin"]), ["a"]);
+    assert_eq!(ctl(&["-l", "zone=eu-1", "--label", "tier"]), ["b"]);
+    assert_eq!(
+        ctl(&["-l", "zone=eu-1", "-l", "site"]),
+        Vec::<String>::new()
+    );
+
     // /metrics: outpost_device_info carries them as label_<key>.
     let text = reqwest::Client::new()
         .get(format!("{}/metrics", cp.rest))

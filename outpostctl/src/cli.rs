@@ -89,6 +89,10 @@ pub enum Devices {
         /// Only devices of this type: edge or ai1.
         #[arg(long = "type", value_name = "TYPE")]
         device_type: Option<String>,
+        /// Only devices with this label: `key=value`, or `key` for any value
+        /// (repeatable; all must match).
+        #[arg(short = 'l', long = "label", value_name = "KEY[=VALUE]")]
+        labels: Vec<String>,
         /// Devices per request (the server allows up to 500).
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=500))]
         page_size: u32,

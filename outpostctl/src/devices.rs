@@ -19,6 +19,7 @@ pub async fn run(api: &Api, cmd: Devices, format: Format) -> Result<()> {
             limit,
             status,
             device_type,
+            labels,
             page_size,
         } => {
             let mut filters = Vec::new();
@@ -27,6 +28,9 @@ pub async fn run(api: &Api, cmd: Devices, format: Format) -> Result<()> {
             }
             if let Some(t) = device_type {
                 filters.push(("type", t));
+            }
+            for l in labels {
+                filters.push(("label", l));
             }
             let (devices, pagination) = api.pages(&[], &filters, limit, page_size).await?;
             match format {

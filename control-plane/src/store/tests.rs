@@ -1683,7 +1683,7 @@ async fn a_group_of_token_enrollments_refuses_only_those_over_budget(s: Arc<dyn 
     let each = s.complete_enrollments(&group).await.unwrap();
     let ok: Vec<usize> = (0..4).filter(|k| each[*k].is_ok()).collect();
     assert_eq!(ok.len(), 2, "{each:?}");
-    for k in 0..4 {
+    for (k, result) in each.iter().enumerate() {
         let stored = s
             .get_device("acme", &format!("g{k}"))
             .await
@@ -1691,7 +1691,7 @@ async fn a_group_of_token_enrollments_refuses_only_those_over_budget(s: Arc<dyn 
             .is_some();
         assert_eq!(stored, ok.contains(&k));
         if !ok.contains(&k) {
-            assert!(matches!(each[k], Err(StoreError::Conflict(_))));
+            assert!(matches!(result, Err(StoreError::Conflict(_))));
             assert!(
                 s.token_binding("t1", &format!("k{k}"))
                     .await

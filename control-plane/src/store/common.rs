@@ -231,6 +231,7 @@ pub(super) fn loss_event(before: &LossTotals, t: &LossTotals) -> Option<serde_js
 pub(super) fn patch_events(
     before: &Device,
     patch: &DevicePatch,
+    labels_after: Option<&crate::labels::Labels>,
 ) -> Vec<(&'static str, serde_json::Value)> {
     let mut events = Vec::new();
     let mut changed = serde_json::Map::new();
@@ -246,6 +247,12 @@ pub(super) fn patch_events(
         .filter(|d| **d != before.description)
     {
         changed.insert("description".into(), serde_json::json!({"to": d}));
+    }
+    if let Some(l) = labels_after.filter(|l| **l != before.labels) {
+        changed.insert(
+            "labels".into(),
+            serde_json::json!({"from": before.labels, "to": l}),
+        );
     }
     if !changed.is_empty() {
         events.push(("updated", serde_json::Value::Object(changed)));

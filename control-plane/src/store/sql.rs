@@ -669,12 +669,14 @@ where
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        let mut labels_after = None;
         if let Some(merge) = &patch.labels {
             let labels = crate::labels::merge(&before.labels, merge)
                 .map_err(|e| StoreError::Invalid(e.to_string()))?;
             Self::set_labels_in(&mut tx, id, &labels).await?;
+            labels_after = Some(labels);
         }
-        for (kind, detail) in patch_events(&before, patch) {
+        for (kind, detail) in patch_events(&before, patch, labels_after.as_ref()) {
             Self::insert_event(&mut tx, id, workspace, now, kind, &detail).await?;
         }
         let after = sqlx::query(DEVICE_LIVE)

@@ -1774,6 +1774,18 @@ async fn labels_are_stored_filtered_and_merged(s: Arc<dyn Store>) {
         s.get_device("acme", "a").await.unwrap().unwrap().labels,
         want
     );
+    let events = s
+        .list_events(&EventQuery {
+            device_id: "a".into(),
+            after_id: None,
+            direction: Direction::Backward,
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(events[0].kind, "updated");
+    assert_eq!(events[0].detail["labels"]["to"]["site"], "rome");
+    assert_eq!(events[0].detail["labels"]["from"]["site"], "berlin");
     assert_eq!(ids(&["gpu"]).await, Vec::<String>::new());
     assert_eq!(ids(&["site=rome", "tier=1"]).await, ["a"]);
 

@@ -82,4 +82,12 @@ pub mod reason {
     pub const REVOKED: &str = "revoked";
     /// The certificate expired: rotate (within the grace window) or re-enroll.
     pub const EXPIRED: &str = "expired";
+    /// Enrollment with a token refused: no such token.
+    pub const TOKEN_UNKNOWN: &str = "token-unknown";
+    /// Enrollment with a token refused: every use is spent.
+    pub const TOKEN_EXHAUSTED: &str = "token-exhausted";
+    /// Enrollment with a token refused: the token expired.
+    pub const TOKEN_EXPIRED: &str = "token-expired";
+    /// Enrollment with a token refused: an operator revoked it.
+    pub const TOKEN_REVOKED: &str = "token-revoked";
 }

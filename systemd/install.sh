@@ -4,6 +4,8 @@
 # DOWNLOAD_INDEX below are filled in: with no --binary and no outpost-agent
 # next to this script, the tarball for `uname -m` is downloaded from there and
 # its SHA-256 checked against that index before anything is installed.
+# A box enrolls with --install-id, or with --enroll-token (and --device-name)
+# for a fleet token.
 set -eu
 
 # Filled in when a control plane serves this script (GET /install.sh): where
@@ -14,6 +16,8 @@ DOWNLOAD_INDEX=""
 PROG=install.sh
 SERVER=""
 INSTALL_ID=""
+ENROLL_TOKEN=""
+DEVICE_NAME=""
 CA_FP=""
 BINARY=""
 INTERVAL=""
@@ -38,6 +42,8 @@ Installs the Outpost agent as a systemd service, or removes it.
       --install-id inst_… --ca-fingerprint sha256:… [--binary PATH|URL] \
       [--interval 10s] [--log-file PATH]... [--journal-unit UNIT]... \
       [--no-wait | --wait-timeout SECS]
+  (or --enroll-token oet_… [--device-name NAME] instead of --install-id:
+  a fleet token that enrolls many boxes)
   sudo sh install.sh --uninstall [--purge]
 
 Every argument's format is checked before anything changes. After starting
@@ -62,6 +68,8 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --server) need_arg "$@"; SERVER=$2; shift 2 ;;
         --install-id) need_arg "$@"; INSTALL_ID=$2; shift 2 ;;
+        --enroll-token) need_arg "$@"; ENROLL_TOKEN=$2; shift 2 ;;
+        --device-name) need_arg "$@"; DEVICE_NAME=$2; shift 2 ;;
         --ca-fingerprint) need_arg "$@"; CA_FP=$2; shift 2 ;;
         --binary) need_arg "$@"; BINARY=$2; shift 2 ;;
         --interval) need_arg "$@"; INTERVAL=$2; shift 2 ;;
@@ -138,7 +146,7 @@ fi
 # A box that is already enrolled needs no install ID again.
 if [ ! -f "$STATE/identity.json" ]; then
     [ -n "$SERVER" ] || die "--server is required (the control plane's device URL, https://HOST:PORT)"
-    [ -n "$INSTALL_ID" ] || die "--install-id is required (from the create-device answer)"
+    [ -n "$INSTALL_ID$ENROLL_TOKEN" ] || die "--install-id is required (from the create-device answer), or --enroll-token"
     [ -n "$CA_FP" ] || die "--ca-fingerprint is required (sha256:… from the create-device answer)"
 fi
 # Formats first: a typo found now costs nothing; found by the service, it is
@@ -151,6 +159,11 @@ fi
 if [ -n "$INSTALL_ID" ]; then
     matches "$INSTALL_ID" '^inst_[A-Za-z0-9_-]{16,128}$' ||
         die "--install-id must be inst_ and the ID's characters, as the create-device answer shows it (got '$INSTALL_ID')"
+fi
+[ -z "$INSTALL_ID" ] || [ -z "$ENROLL_TOKEN" ] || die "give --install-id or --enroll-token, not both"
+if [ -n "$ENROLL_TOKEN" ]; then
+    matches "$ENROLL_TOKEN" '^oet_[A-Za-z0-9_-]{16,128}$' ||
+        die "--enroll-token must be oet_ and the token's characters, as the create-token answer shows it"
 fi
 if [ -n "$CA_FP" ]; then
     # sha256:<64 hex>, or openssl's AB:CD:… form; written as the first.
@@ -253,11 +266,14 @@ toml_list() {
     true
 } | write_file "$ETC/agent.toml" 0644
 
-if [ -n "$INSTALL_ID" ]; then
-    # The install ID is a secret until the box has enrolled: root-only file.
+if [ -n "$INSTALL_ID$ENROLL_TOKEN" ]; then
+    # The install ID (or enrollment token) is a secret until the box has
+    # enrolled: root-only file.
     {
         echo "OUTPOST_SERVER=$SERVER"
-        echo "OUTPOST_INSTALL_ID=$INSTALL_ID"
+        [ -z "$INSTALL_ID" ] || echo "OUTPOST_INSTALL_ID=$INSTALL_ID"
+        [ -z "$ENROLL_TOKEN" ] || echo "OUTPOST_ENROLL_TOKEN=$ENROLL_TOKEN"
+        [ -z "$DEVICE_NAME" ] || echo "OUTPOST_DEVICE_NAME=$DEVICE_NAME"
         echo "OUTPOST_CA_FINGERPRINT=$CA_FP"
     } | write_file "$ETC/agent.env" 0600
 fi

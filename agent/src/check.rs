@@ -111,8 +111,8 @@ pub async fn check(cfg: &AgentConfig) -> Findings {
             ));
             Some(id)
         }
-        Ok(None) if cfg.install_id.is_some() && cfg.server.is_some() && cfg.trust.is_some() => {
-            f.ok("not enrolled yet; `run` enrolls with the configured install ID");
+        Ok(None) if cfg.grant().is_some() && cfg.server.is_some() && cfg.trust.is_some() => {
+            f.ok("not enrolled yet; `run` enrolls with the configured install ID or enrollment token");
             None
         }
         Ok(None) => {

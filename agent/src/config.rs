@@ -28,6 +28,12 @@ pub struct AgentArgs {
     /// One-time install ID from create-device (inst_…).
     #[arg(long, env = "OUTPOST_INSTALL_ID")]
     pub install_id: Option<String>,
+    /// Enrollment token (oet_…) that enrolls many boxes; instead of --install-id.
+    #[arg(long, env = "OUTPOST_ENROLL_TOKEN", conflicts_with = "install_id")]
+    pub enroll_token: Option<String>,
+    /// With --enroll-token: this box's device name [default: its hostname].
+    #[arg(long, env = "OUTPOST_DEVICE_NAME")]
+    pub device_name: Option<String>,
     /// Trust the control plane's CA from this PEM file.
     #[arg(long, env = "OUTPOST_CA_FILE", conflicts_with = "ca_fingerprint")]
     pub ca_file: Option<PathBuf>,
@@ -68,6 +74,8 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     server: Option<String>,
     install_id: Option<String>,
+    enroll_token: Option<String>,
+    device_name: Option<String>,
     ca_file: Option<PathBuf>,
     ca_fingerprint: Option<String>,
     interval: Option<String>,
@@ -95,6 +103,10 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub server: Option<ServerUrl>,
     pub install_id: Option<String>,
+    /// An enrollment token (instead of an install ID).
+    pub enroll_token: Option<String>,
+    /// The device name asked for with an enrollment token.
+    pub device_name: Option<String>,
     pub trust: Option<Trust>,
     pub interval: Duration,
     pub log_files: Vec<PathBuf>,
@@ -143,6 +155,21 @@ fn flag_or_env(flag: &str, env: &str) -> String {
         flag.to_string()
     } else {
         format!("{env} (environment)")
+    }
+}
+
+impl AgentConfig {
+    /// What this box enrolls with, if anything is configured.
+    pub fn grant(&self) -> Option<crate::enroll::Grant<'_>> {
+        if let Some(token) = &self.enroll_token {
+            return Some(crate::enroll::Grant::Token {
+                token,
+                device_name: self.device_name.as_deref(),
+            });
+        }
+        self.install_id
+            .as_deref()
+            .map(crate::enroll::Grant::InstallId)
     }
 }
 
@@ -246,7 +273,28 @@ impl AgentConfig {
         {
             return Err(ConfigError::Invalid(format!("log-level: {e}")));
         }
+        let install_id = args
+            .install_id
+            .or(file.install_id)
+            .filter(|s| !s.trim().is_empty());
+        let enroll_token = args
+            .enroll_token
+            .or(file.enroll_token)
+            .filter(|s| !s.trim().is_empty());
+        if install_id.is_some() && enroll_token.is_some() {
+            return Err(ConfigError::Invalid(
+                "give either install-id or enroll-token, not both".into(),
+            ));
+        }
+        let device_name = args
+            .device_name
+            .or(file.device_name)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
         Ok(Self {
+            install_id,
+            enroll_token,
+            device_name,
             log_level,
             log_files,
             journal_units,
@@ -258,10 +306,6 @@ impl AgentConfig {
                 .or(file.state_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             server,
-            install_id: args
-                .install_id
-                .or(file.install_id)
-                .filter(|s| !s.trim().is_empty()),
             trust,
             interval,
         })
@@ -294,6 +338,32 @@ mod tests {
         assert_eq!(cfg.interval, Duration::from_secs(2));
         assert_eq!(cfg.state_dir, PathBuf::from("/srv/a"));
         assert!(matches!(cfg.trust, Some(Trust::Fingerprint { .. })));
+    }
+
+    #[test]
+    fn an_enrollment_token_comes_from_the_file_and_excludes_an_install_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "enroll-token = \"oet_x\"\ndevice-name = \"cam-1\"\n").unwrap();
+        let cfg = AgentConfig::resolve(AgentArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(matches!(
+            cfg.grant(),
+            Some(crate::enroll::Grant::Token {
+                token: "oet_x",
+                device_name: Some("cam-1")
+            })
+        ));
+        let both = AgentConfig::resolve(AgentArgs {
+            config: Some(path),
+            install_id: Some("inst_y".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(both.to_string().contains("not both"), "{both}");
     }
 
     #[test]

@@ -490,11 +490,10 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
     let identity = match state.identity()? {
         Some(id) => id,
         None => {
-            let (Some(server), Some(install_id), Some(trust)) =
-                (&cfg.server, &cfg.install_id, &cfg.trust)
+            let (Some(server), Some(grant), Some(trust)) = (&cfg.server, cfg.grant(), &cfg.trust)
             else {
                 return Err(AgentError::Config(format!(
-                    "this box is not enrolled ({} has no identity): run `outpost-agent enroll` or configure server, install-id and ca-file/ca-fingerprint",
+                    "this box is not enrolled ({} has no identity): run `outpost-agent enroll` or configure server, install-id (or enroll-token) and ca-file/ca-fingerprint",
                     state.root().display()
                 )));
             };
@@ -503,7 +502,7 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
             let Some(id) = enroll_with_retry(
                 &state,
                 server,
-                install_id,
+                grant,
                 trust,
                 &collector,
                 &mut signals.stop,
@@ -663,7 +662,7 @@ async fn reenroll_if_void(
 async fn enroll_with_retry(
     state: &StateDir,
     server: &ServerUrl,
-    install_id: &str,
+    grant: enroll::Grant<'_>,
     trust: &Trust,
     collector: &Collector,
     stop: &mut watch::Receiver<bool>,
@@ -672,7 +671,7 @@ async fn enroll_with_retry(
     let mut backoff = Reconnect::new();
     loop {
         health.beat();
-        match enroll::enroll(state, server, install_id, trust, collector.facts()).await {
+        match enroll::enroll(state, server, grant, trust, collector.facts()).await {
             Ok(id) => {
                 tracing::info!(device = %id.device_id, "enrolled");
                 return Ok(Some(id));

@@ -23,6 +23,9 @@ pub enum EnrollError {
     /// The control plane said no: retrying with the same install ID is futile.
     #[error("enrollment refused: {0}")]
     Refused(String),
+    /// The control plane refused the enrollment token, for this reason.
+    #[error("enrollment refused: {1}")]
+    TokenRefused(TokenRefusal, String),
     #[error("{0}")]
     Link(#[from] LinkError),
     #[error("{0}")]
@@ -50,10 +53,54 @@ impl EnrollError {
     }
 }
 
+/// Why an enrollment token was refused (the control plane's
+/// `outpost-reason`); each has its own exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    Unknown,
+    Exhausted,
+    Expired,
+    Revoked,
+}
+
+impl TokenRefusal {
+    fn from_reason(reason: &str) -> Option<Self> {
+        use outpost_proto::reason;
+        match reason {
+            reason::TOKEN_UNKNOWN => Some(Self::Unknown),
+            reason::TOKEN_EXHAUSTED => Some(Self::Exhausted),
+            reason::TOKEN_EXPIRED => Some(Self::Expired),
+            reason::TOKEN_REVOKED => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+
+    /// The agent's exit status for this refusal (README).
+    pub fn exit_status(self) -> u8 {
+        match self {
+            Self::Unknown => crate::EXIT_TOKEN_UNKNOWN,
+            Self::Exhausted => crate::EXIT_TOKEN_EXHAUSTED,
+            Self::Expired => crate::EXIT_TOKEN_EXPIRED,
+            Self::Revoked => crate::EXIT_TOKEN_REVOKED,
+        }
+    }
+}
+
+/// What a box enrolls with: its own install ID, or an enrollment token
+/// shared by many boxes (the control plane creates the device).
+#[derive(Debug, Clone, Copy)]
+pub enum Grant<'a> {
+    InstallId(&'a str),
+    Token {
+        token: &'a str,
+        device_name: Option<&'a str>,
+    },
+}
+
 pub async fn enroll(
     state: &StateDir,
     server: &ServerUrl,
-    install_id: &str,
+    grant: Grant<'_>,
     trust: &Trust,
     facts: DeviceFacts,
 ) -> Result<Identity, EnrollError> {
@@ -64,7 +111,7 @@ pub async fn enroll(
         });
     }
     let key = state.load_or_create_key()?;
-    let issued = request_certificate(server, install_id, trust, facts, &key, "").await?;
+    let issued = request_certificate(server, grant, trust, facts, &key, "").await?;
     let identity = Identity {
         device_id: issued.device_id,
         workspace: issued.workspace,
@@ -92,7 +139,7 @@ struct Issued {
 
 async fn request_certificate(
     server: &ServerUrl,
-    install_id: &str,
+    grant: Grant<'_>,
     trust: &Trust,
     facts: DeviceFacts,
     key: &rcgen::KeyPair,
@@ -111,21 +158,43 @@ async fn request_certificate(
 
     let tls = link::client_config(trust, None)?;
     let channel = link::connect(server, tls).await?;
+    let mut request = EnrollRequest {
+        csr_der: csr.der().to_vec(),
+        facts: Some(facts),
+        current_device_id: current_device_id.to_string(),
+        ..Default::default()
+    };
+    match grant {
+        Grant::InstallId(id) => request.install_id = id.trim().to_string(),
+        Grant::Token { token, device_name } => {
+            request.enroll_token = token.trim().to_string();
+            request.device_name = device_name.unwrap_or_default().trim().to_string();
+        }
+    }
     let response = link::client(channel)
-        .enroll(EnrollRequest {
-            install_id: install_id.trim().to_string(),
-            csr_der: csr.der().to_vec(),
-            facts: Some(facts),
-            current_device_id: current_device_id.to_string(),
-        })
+        .enroll(request)
         .await
-        .map_err(|status| match status.code() {
-            tonic::Code::PermissionDenied
-            | tonic::Code::InvalidArgument
-            | tonic::Code::NotFound => EnrollError::Refused(status.message().to_string()),
-            _ => EnrollError::Link(LinkError::Rpc(status)),
+        .map_err(|status| {
+            let why = status
+                .metadata()
+                .get(outpost_proto::reason::METADATA_KEY)
+                .and_then(|v| v.to_str().ok())
+                .and_then(TokenRefusal::from_reason);
+            match (status.code(), why) {
+                (tonic::Code::PermissionDenied, Some(why)) => {
+                    EnrollError::TokenRefused(why, status.message().to_string())
+                }
+                (
+                    tonic::Code::PermissionDenied
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::NotFound,
+                    _,
+                ) => EnrollError::Refused(status.message().to_string()),
+                _ => EnrollError::Link(LinkError::Rpc(status)),
+            }
         })?
         .into_inner();
+    crate::failpoint::hit(crate::failpoint::ENROLL_RESPONSE_RECEIVED);
 
     if response.certificate_chain_der.is_empty() || response.ca_bundle_der.is_empty() {
         return Err(EnrollError::BadResponse(
@@ -218,8 +287,15 @@ pub async fn reenroll(
         }
     }
     let key = state.create_next_key()?;
-    let issued =
-        request_certificate(&server, install_id, &trust, facts, &key, &current.device_id).await?;
+    let issued = request_certificate(
+        &server,
+        Grant::InstallId(install_id),
+        &trust,
+        facts,
+        &key,
+        &current.device_id,
+    )
+    .await?;
     if issued.device_id != current.device_id {
         return Err(EnrollError::BadResponse(format!(
             "the control plane enrolled device {} instead of this box's {}",

@@ -1,7 +1,8 @@
 //! Crash points for tests of the real binary: with
 //! `OUTPOST_AGENT_CRASH_AT=<name>` in its environment the agent aborts (no
 //! destructors, no flushing, like a power cut or SIGKILL) when it reaches the
-//! named point. Inert otherwise; the names are listed in [`POINTS`].
+//! named point. Inert otherwise; the rotation's names are listed in [`POINTS`],
+//! and [`ENROLL_RESPONSE_RECEIVED`] is enrollment's.
 
 use std::sync::OnceLock;
 
@@ -25,6 +26,11 @@ pub const ROTATE_CERT_WRITTEN: &str = "rotate-cert-written";
 pub const ROTATE_KEY_SWAPPED: &str = "rotate-key-swapped";
 /// Key and certificate are both new; the API key is not yet saved.
 pub const ROTATE_CERT_SWAPPED: &str = "rotate-cert-swapped";
+
+/// Enrollment (not in [`POINTS`], which are a rotation's): the control
+/// plane answered; nothing of it is on disk — a lost response, as far as
+/// the control plane can tell.
+pub const ENROLL_RESPONSE_RECEIVED: &str = "enroll-response-received";
 
 /// Aborts the process if `name` is the configured crash point.
 pub fn hit(name: &str) {

@@ -43,3 +43,9 @@ pub const EXIT_DECOMMISSIONED: u8 = 4;
 pub const EXIT_CREDENTIALS_EXPIRED: u8 = 5;
 /// Exit status for configuration errors.
 pub const EXIT_CONFIG: u8 = 2;
+/// Exit statuses when the control plane refused an enrollment token, one per
+/// reason: no such token; every use spent; expired; revoked by an operator.
+pub const EXIT_TOKEN_UNKNOWN: u8 = 6;
+pub const EXIT_TOKEN_EXHAUSTED: u8 = 7;
+pub const EXIT_TOKEN_EXPIRED: u8 = 8;
+pub const EXIT_TOKEN_REVOKED: u8 = 9;

@@ -50,9 +50,9 @@ struct GpusArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enroll this box with a one-time install ID; on an enrolled box whose
-    /// identity was revoked (forced reset) or expired, enroll it again in
-    /// place with a new one.
+    /// Enroll this box with a one-time install ID or an enrollment token; on
+    /// an enrolled box whose identity was revoked (forced reset) or expired,
+    /// enroll it again in place with a new install ID.
     Enroll(EnrollArgs),
     /// Run the daemon (enrolls first when not enrolled and an install ID is configured).
     Run(AgentArgs),
@@ -139,10 +139,9 @@ async fn enroll_once(cfg: &AgentConfig, force: bool) -> ExitCode {
     if let Ok(Some(_)) = state.identity() {
         return reenroll_once(cfg, &state, force).await;
     }
-    let (Some(server), Some(install_id), Some(trust)) = (&cfg.server, &cfg.install_id, &cfg.trust)
-    else {
+    let (Some(server), Some(grant), Some(trust)) = (&cfg.server, cfg.grant(), &cfg.trust) else {
         eprintln!(
-            "error: enroll needs --server, --install-id and one of --ca-file / --ca-fingerprint"
+            "error: enroll needs --server, --install-id (or --enroll-token) and one of --ca-file / --ca-fingerprint"
         );
         return ExitCode::from(EXIT_CONFIG);
     };
@@ -153,7 +152,7 @@ async fn enroll_once(cfg: &AgentConfig, force: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match enroll::enroll(&state, server, install_id, trust, facts).await {
+    match enroll::enroll(&state, server, grant, trust, facts).await {
         Ok(id) => {
             println!(
                 "enrolled as device {} in workspace {}; state in {}",
@@ -166,6 +165,10 @@ async fn enroll_once(cfg: &AgentConfig, force: bool) -> ExitCode {
         Err(e @ EnrollError::Refused(_)) => {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_ENROLL_REFUSED)
+        }
+        Err(EnrollError::TokenRefused(why, message)) => {
+            eprintln!("error: enrollment refused: {message}");
+            ExitCode::from(why.exit_status())
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -255,6 +258,10 @@ async fn run(cfg: AgentConfig, args: AgentArgs) -> ExitCode {
         Err(AgentError::Enroll(e @ EnrollError::Refused(_))) => {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_ENROLL_REFUSED)
+        }
+        Err(AgentError::Enroll(EnrollError::TokenRefused(why, message))) => {
+            eprintln!("error: enrollment refused: {message}");
+            ExitCode::from(why.exit_status())
         }
         Err(e @ AgentError::CredentialsExpired) => {
             eprintln!("error: {e}");

@@ -337,3 +337,42 @@ fn systemd_units_verify_clean() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(out.stderr.is_empty(), "warnings: {}", text(&out));
 }
+
+/// `--enroll-token` (issue 19) goes where the install ID goes: the
+/// root-only environment file, as OUTPOST_ENROLL_TOKEN.
+#[test]
+fn install_passes_an_enrollment_token_through() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    let base = [
+        "--root",
+        r,
+        "--server",
+        "https://cp.example.com:8443",
+        "--ca-fingerprint",
+        FP,
+        "--binary",
+        env!("CARGO_BIN_EXE_outpost-agent"),
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--enroll-token", "oet_abc", "--device-name", "line-3"]);
+    let out = install(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let env_file = root.path().join("etc/outpost/agent.env");
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(env.contains("OUTPOST_ENROLL_TOKEN=oet_abc"), "{env}");
+    assert!(env.contains("OUTPOST_DEVICE_NAME=line-3"), "{env}");
+    assert!(!env.contains("OUTPOST_INSTALL_ID"), "{env}");
+    assert_eq!(mode(&env_file), 0o600, "the token is a secret");
+
+    let mut both = base.to_vec();
+    both.extend(["--enroll-token", "oet_abc", "--install-id", "inst_x"]);
+    let out = install(&both);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("not both"), "{}", text(&out));
+    let mut bad = base.to_vec();
+    bad.extend(["--enroll-token", "nope"]);
+    let out = install(&bad);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("oet_"), "{}", text(&out));
+}

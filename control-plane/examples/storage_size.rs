@@ -88,6 +88,7 @@ async fn setup(store: &Arc<dyn Store>) {
             offline_mode: false,
             config: serde_json::json!({}),
             created_at: 0,
+            labels: Default::default(),
         })
         .await
         .ok();

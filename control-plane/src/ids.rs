@@ -42,6 +42,21 @@ pub fn new_install_id() -> String {
     format!("inst_{}", random_hex(16))
 }
 
+/// What every enrollment token starts with.
+pub const ENROLL_TOKEN_PREFIX: &str = "oet_";
+
+/// A fresh enrollment token: `oet_` + 256 random bits in hex (it enrolls
+/// many boxes and may live long, so as strong as an API key).
+pub fn new_enroll_token() -> String {
+    format!("{ENROLL_TOKEN_PREFIX}{}", random_hex(32))
+}
+
+/// An enrollment token's id (public, in URLs and events): 20 characters of
+/// `[a-z0-9]`, as device ids.
+pub fn new_enroll_token_id() -> String {
+    random_token(20)
+}
+
 /// A fresh API key: `opk_` + 256 random bits in hex.
 pub fn new_api_key() -> String {
     format!("opk_{}", random_hex(32))

@@ -17,6 +17,7 @@ pub mod dist;
 pub mod feed;
 pub mod grpc;
 pub mod ids;
+pub mod labels;
 pub mod live;
 pub mod metrics;
 pub mod pki;

@@ -51,7 +51,7 @@ async fn enroll_raw(
         install_id: install_id.into(),
         csr_der: csr(key),
         facts: None,
-        current_device_id: String::new(),
+        ..Default::default()
     })
     .await
     .map(|r| r.into_inner())
@@ -344,7 +344,7 @@ async fn malformed_and_oversized_input_gets_a_status_not_a_crash() {
             install_id: f.install_id.clone(),
             csr_der: b"definitely not DER".to_vec(),
             facts: None,
-            current_device_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -159,6 +159,10 @@ pub struct ListArgs {
     /// Only devices with exactly this name.
     #[arg(long)]
     pub name: Option<String>,
+    /// Only devices with this label: `key=value`, or `key` for any value
+    /// (repeatable; all must match).
+    #[arg(short = 'l', long = "label", value_name = "KEY[=VALUE]")]
+    pub labels: Vec<String>,
     /// Devices per request (the server allows up to 500).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=500))]
     pub page_size: u32,

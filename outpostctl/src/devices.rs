@@ -102,6 +102,9 @@ pub async fn list(api: &Api, args: ListArgs, format: Format) -> Result<()> {
     if let Some(n) = args.name {
         filters.push(("name", n));
     }
+    for l in args.labels {
+        filters.push(("label", l));
+    }
     let (devices, pagination) = api.pages(&[], &filters, args.limit, args.page_size).await?;
     match format {
         Format::Json => show::json(&json!({"data": devices, "pagination": pagination})),

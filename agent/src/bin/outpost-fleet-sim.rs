@@ -208,7 +208,14 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
                 agent_version: env!("CARGO_PKG_VERSION").into(),
                 ..Default::default()
             };
-            outpost_agent::enroll::enroll(&state, &server, &install, &trust, facts).await?;
+            outpost_agent::enroll::enroll(
+                &state,
+                &server,
+                outpost_agent::enroll::Grant::InstallId(&install),
+                &trust,
+                facts,
+            )
+            .await?;
             Ok::<_, Error>(state)
         });
     }

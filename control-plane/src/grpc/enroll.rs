@@ -20,6 +20,14 @@ const SPENT: &str = "this install ID has already been used; ask an operator for 
      (POST /{workspace}/devices/v2/{deviceId}/install-id)";
 
 pub async fn enroll(state: &AppState, req: EnrollRequest) -> Result<EnrollResponse, Status> {
+    if !req.enroll_token.trim().is_empty() {
+        if !req.install_id.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "give either install_id or enroll_token, not both",
+            ));
+        }
+        return super::enroll_token::enroll(state, req).await;
+    }
     let install_id = req.install_id.trim();
     if !install_id.starts_with("inst_") || install_id.len() > 128 {
         return Err(Status::invalid_argument(
@@ -86,6 +94,7 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> Result<EnrollRespon
         },
         device_api_key,
         now,
+        token: None,
     };
     match state.enrollment_writer.write(commit).await {
         EnrollOutcome::Stored => {}
@@ -98,17 +107,34 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> Result<EnrollRespon
         serial = %issued.serial,
         "device enrolled"
     );
-    Ok(EnrollResponse {
-        device_id: enrollment.device_id,
-        workspace: enrollment.workspace,
-        certificate_chain_der: vec![issued.der, state.ca.cert_der().to_vec()],
+    Ok(response(
+        state,
+        enrollment.device_id,
+        enrollment.workspace,
+        issued.der,
+        api_key,
+    ))
+}
+
+/// The answer to a stored enrollment.
+pub(super) fn response(
+    state: &AppState,
+    device_id: String,
+    workspace: String,
+    cert_der: Vec<u8>,
+    device_api_key: String,
+) -> EnrollResponse {
+    EnrollResponse {
+        device_id,
+        workspace,
+        certificate_chain_der: vec![cert_der, state.ca.cert_der().to_vec()],
         ca_bundle_der: vec![state.ca.cert_der().to_vec()],
-        device_api_key: api_key,
+        device_api_key,
         settings: Some(Settings {
             telemetry_interval_secs: TELEMETRY_INTERVAL_SECS,
             heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
         }),
-    })
+    }
 }
 
 /// `CheckEnrollment`: the state of the presented certificate (if any) and of

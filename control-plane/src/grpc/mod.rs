@@ -5,6 +5,7 @@ pub(crate) mod auth;
 pub mod commit;
 mod convert;
 mod enroll;
+mod enroll_token;
 mod rotate;
 mod session;
 mod telemetry;

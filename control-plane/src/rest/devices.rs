@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::labels::{self, Labels, MAX_LABELS, Selector};
 use crate::live::Cut;
 use crate::store::{
     Device, DeviceListQuery, DevicePatch, DeviceStatus, EnrollmentState, FEATURE_DEVICE_AIO,
@@ -48,6 +49,9 @@ pub struct DeviceView {
     pub device_type: String,
     pub hardware: Hardware,
     pub tags: Vec<String>,
+    /// Kubernetes-style `key: value` labels (docs/provisioning.md).
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub labels: crate::labels::Labels,
     pub created_at: String,
     pub enabled: bool,
     pub certificate_expires_at: Option<String>,
@@ -107,6 +111,7 @@ impl DeviceView {
             description: d.description,
             device_type: d.device_type,
             tags: Vec::new(),
+            labels: d.labels,
             created_at: format_time(d.created_at),
             enabled: d.enabled,
             certificate_expires_at: d.cert_expires_at.map(format_time),
@@ -176,8 +181,10 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     params: Params,
+    uri: axum::http::Uri,
 ) -> Result<Json<Page<DeviceView>>, ApiError> {
     caller.require(Scope::DeviceRead, Target::Workspace)?;
+    let labels = label_selectors(&uri)?;
     let limit = parse_limit(params.get("limit"), 50, 500)?;
     let after: Option<(UnixMillis, String)> = decode_cursor(params.get("cursor"))?;
     let status = match params.get("status") {
@@ -206,6 +213,7 @@ pub async fn list(
             status,
             device_type,
             name: params.get("name").map(String::from),
+            labels,
             now,
         })
         .await?;
@@ -219,6 +227,26 @@ pub async fn list(
     Ok(Json(page))
 }
 
+/// Every `label=` of the query string (repeatable: all must match), parsed.
+fn label_selectors(uri: &axum::http::Uri) -> Result<Vec<Selector>, ApiError> {
+    let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|_| ApiError::bad_request("malformed query string"))?;
+    let selectors = pairs
+        .0
+        .iter()
+        .filter(|(k, _)| k == "label")
+        .map(|(_, v)| {
+            Selector::parse(v).map_err(|e| ApiError::bad_request(format!("label filter: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if selectors.len() > MAX_LABELS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_LABELS} label filters"
+        )));
+    }
+    Ok(selectors)
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateDevice {
     device_name: Option<String>,
@@ -228,6 +256,9 @@ pub struct CreateDevice {
     offline_mode: Option<bool>,
     #[serde(rename = "sourceDeviceId")]
     source_device_id: Option<String>,
+    /// Kubernetes-style labels, at most 32.
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
+    labels: Option<Labels>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -281,6 +312,8 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateDevice>,
 ) -> Result<(StatusCode, Json<CreatedDevice>), ApiError> {
     caller.require(Scope::DeviceUpdate, Target::Workspace)?;
+    let labels = body.labels.unwrap_or_default();
+    labels::validate(&labels).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let name = body
         .device_name
         .map(|n| n.trim().to_string())
@@ -369,6 +402,7 @@ pub async fn create(
             install_id_hash: install.hash,
             install_id_expires_at: expires,
             created_at: now,
+            labels,
         })
         .await?;
     let offline_provisioning_qr_payload = (device_type == "ai1" && offline_mode)
@@ -434,9 +468,22 @@ fn fresh_install_id(state: &AppState, now: UnixMillis) -> InstallId {
 /// PUBLIC_REST_URL/install.sh | sudo sh -s -- …` needs `--public-rest-url`
 /// and an agent tarball to download; without them it is run in an unpacked
 /// agent release (`systemd/install.sh`, docs/install.md).
-async fn install_command(state: &AppState, install_id: &str) -> (String, Option<String>) {
+pub(super) async fn install_command(
+    state: &AppState,
+    install_id: &str,
+) -> (String, Option<String>) {
+    grant_install_command(state, "--install-id", install_id).await
+}
+
+/// As [`install_command`], for a grant given as `flag secret`
+/// (`--install-id inst_…` or `--enroll-token oet_…`).
+pub(super) async fn grant_install_command(
+    state: &AppState,
+    flag: &str,
+    secret: &str,
+) -> (String, Option<String>) {
     let args = format!(
-        "--server {} --install-id {install_id} --ca-fingerprint {}",
+        "--server {} {flag} {secret} --ca-fingerprint {}",
         state.public_url,
         state.ca.fingerprint()
     );
@@ -488,6 +535,10 @@ pub struct UpdateDevice {
     name: Option<String>,
     description: Option<String>,
     enabled: Option<bool>,
+    /// A JSON merge patch of the labels: `"key": "value"` sets, `"key":
+    /// null` removes, keys not named stay.
+    #[schema(value_type = Option<std::collections::BTreeMap<String, Option<String>>>)]
+    labels: Option<std::collections::BTreeMap<String, Option<String>>>,
 }
 
 #[utoipa::path(
@@ -512,10 +563,24 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateDevice>,
 ) -> Result<Json<DeviceView>, ApiError> {
     authorized_device(&state, &caller, Scope::DeviceUpdate, &device_id).await?;
-    if body.name.is_none() && body.description.is_none() && body.enabled.is_none() {
+    if body.name.is_none()
+        && body.description.is_none()
+        && body.enabled.is_none()
+        && body.labels.is_none()
+    {
         return Err(ApiError::bad_request(
-            "nothing to update: give name, description or enabled",
+            "nothing to update: give name, description, enabled or labels",
         ));
+    }
+    if let Some(patch) = &body.labels {
+        // Each key and value here; the count after the merge in the store
+        // (under the device's lock).
+        for (k, v) in patch {
+            labels::validate_key(k).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            if let Some(v) = v {
+                labels::validate_value(k, v).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            }
+        }
     }
     let name = body.name.map(|n| n.trim().to_string());
     if name
@@ -544,6 +609,7 @@ pub async fn update(
                 name,
                 description: body.description,
                 enabled: body.enabled,
+                labels: body.labels,
             },
             now,
         )

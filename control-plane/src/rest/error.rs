@@ -50,7 +50,10 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            StoreError::Invalid(m) => ApiError::bad_request(m),
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -13,7 +13,7 @@
 //! the device:read scope sees its workspace's devices only (the process-wide
 //! figures would show other tenants' activity).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -26,6 +26,7 @@ use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use crate::AppState;
 use crate::admin::SCOPE_DEVICE_READ;
 use crate::ids;
+use crate::labels::{self, Labels};
 use crate::store::{Device, DeviceListQuery, DeviceStatus, TelemetrySample, now_ms};
 
 use super::error::ApiError;
@@ -124,6 +125,7 @@ pub async fn metrics(
                     status: None,
                     device_type: None,
                     name: None,
+                    labels: Vec::new(),
                     now,
                 })
                 .await?;
@@ -146,7 +148,7 @@ pub async fn metrics(
         }
     }
     let registry = Registry::new();
-    let mut collectors = fleet.collectors();
+    let mut collectors = fleet.collectors().map_err(internal)?;
     if own_metrics {
         collectors.extend(own(&state).map_err(internal)?);
     }
@@ -192,7 +194,9 @@ fn own(state: &AppState) -> Result<Vec<Box<dyn Collector>>, prometheus::Error> {
 struct Fleet {
     gauges: Vec<GaugeVec>,
     counters: Vec<IntCounterVec>,
-    info: GaugeVec,
+    /// `outpost_device_info`'s rows: built last, when every device's label
+    /// keys are known (its label names are the union of them).
+    info: Vec<([String; 6], Labels)>,
     up: GaugeVec,
     enabled: GaugeVec,
     heartbeat: GaugeVec,
@@ -232,18 +236,7 @@ impl Fleet {
                 Ok(v)
             };
         let gpu: &[&str] = &["workspace", "device", "gpu", "name", "uuid"];
-        let info = g(
-            "outpost_device_info",
-            "Always 1; the device's descriptive labels.",
-            &[
-                "workspace",
-                "device",
-                "name",
-                "type",
-                "hostname",
-                "agent_version",
-            ],
-        )?;
+        let info = Vec::new();
         let up = g(
             "outpost_device_up",
             "1 while the device is online (a live, heartbeating session).",
@@ -381,30 +374,31 @@ impl Fleet {
         })
     }
 
-    fn collectors(self) -> Vec<Box<dyn Collector>> {
-        let mut all: Vec<Box<dyn Collector>> = Vec::new();
+    fn collectors(self) -> Result<Vec<Box<dyn Collector>>, prometheus::Error> {
+        let mut all: Vec<Box<dyn Collector>> = vec![Box::new(device_info(&self.info)?)];
         for g in self.gauges {
             all.push(Box::new(g));
         }
         for c in self.counters {
             all.push(Box::new(c));
         }
-        all
+        Ok(all)
     }
 
     fn device(&mut self, d: &Device, now: i64, latest: Option<&TelemetrySample>) {
         let l = [d.workspace.as_str(), d.id.as_str()];
         let facts = d.facts.as_ref();
-        self.info
-            .with_label_values(&[
-                d.workspace.as_str(),
-                d.id.as_str(),
-                d.name.as_str(),
-                d.device_type.as_str(),
-                facts.map_or("", |f| f.hostname.as_str()),
-                facts.map_or("", |f| f.agent_version.as_str()),
-            ])
-            .set(1.0);
+        self.info.push((
+            [
+                d.workspace.clone(),
+                d.id.clone(),
+                d.name.clone(),
+                d.device_type.clone(),
+                facts.map_or("", |f| f.hostname.as_str()).to_string(),
+                facts.map_or("", |f| f.agent_version.as_str()).to_string(),
+            ],
+            d.labels.clone(),
+        ));
         let online = d.status(now) == DeviceStatus::Online;
         self.up
             .with_label_values(&l)
@@ -460,4 +454,58 @@ impl Fleet {
             }
         }
     }
+}
+
+/// `outpost_device_info`: the descriptive labels, then one `label_<key>` per
+/// device label key seen in this scrape (kube-state-metrics' form: the key
+/// with every character outside `[A-Za-z0-9_]` as `_`; a device without
+/// the key has it empty, which Prometheus reads as absent). Keys that
+/// sanitize alike (`a.b`, `a-b`): the first in key order wins.
+fn device_info(rows: &[([String; 6], Labels)]) -> Result<GaugeVec, prometheus::Error> {
+    const BASE: [&str; 6] = [
+        "workspace",
+        "device",
+        "name",
+        "type",
+        "hostname",
+        "agent_version",
+    ];
+    let mut extra: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, labels) in rows {
+        for k in labels.keys() {
+            let n = extra.len();
+            extra.entry(labels::prometheus_name(k)).or_insert(n);
+        }
+    }
+    // Column order: sorted by name.
+    for (i, v) in extra.values_mut().enumerate() {
+        *v = i;
+    }
+    let names: Vec<&str> = BASE
+        .iter()
+        .copied()
+        .chain(extra.keys().map(String::as_str))
+        .collect();
+    let info = GaugeVec::new(
+        Opts::new(
+            "outpost_device_info",
+            "Always 1; the device's descriptive labels and its labels as label_<key>.",
+        ),
+        &names,
+    )?;
+    for (base, labels) in rows {
+        let mut values: Vec<&str> = base.iter().map(String::as_str).collect();
+        values.resize(BASE.len() + extra.len(), "");
+        let mut taken = vec![false; extra.len()];
+        for (k, v) in labels {
+            if let Some(&i) = extra.get(&labels::prometheus_name(k))
+                && !taken[i]
+            {
+                taken[i] = true;
+                values[BASE.len() + i] = v.as_str();
+            }
+        }
+        info.with_label_values(&values).set(1.0);
+    }
+    Ok(info)
 }

@@ -17,6 +17,7 @@ mod pagination;
 mod params;
 mod stream;
 mod telemetry;
+mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -60,6 +61,8 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(downloads::list))
         .routes(routes!(downloads::file))
         .routes(routes!(audit::list))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -196,6 +196,9 @@ pub struct ListQuery {
     device_type: Option<String>,
     /// Only devices with exactly this name (names need not be unique).
     name: Option<String>,
+    /// `key=value` (the label has that value) or `key` (the device has the
+    /// label); repeatable, every one must match.
+    label: Option<Vec<String>>,
 }
 
 /// Bucketed telemetry.
@@ -347,6 +350,21 @@ mod tests {
             "newInstallId",
         ),
         ("get", "/{workspace}/devices/v2/audit", "listAuditEntries"),
+        (
+            "get",
+            "/{workspace}/devices/v2/enrollment-tokens",
+            "listEnrollmentTokens",
+        ),
+        (
+            "post",
+            "/{workspace}/devices/v2/enrollment-tokens",
+            "createEnrollmentToken",
+        ),
+        (
+            "delete",
+            "/{workspace}/devices/v2/enrollment-tokens/{token_id}",
+            "revokeEnrollmentToken",
+        ),
     ];
 
     const METHODS: &[&str] = &[

@@ -77,7 +77,7 @@ macro_rules! device_select {
         concat!(
             "SELECT id, workspace, name, description, device_type, enabled, created_at, ",
             "facts, session_id, last_heartbeat, cert_expires_at, workflow_id, offline_mode, ",
-            "config_version, config_applied_version, ",
+            "config_version, config_applied_version, labels, ",
             // Set while the device waits for its (first or post-reset)
             // enrollment: an unspent install ID and no certificate.
             "CASE WHEN install_id_hash IS NOT NULL AND NOT install_spent ",
@@ -147,6 +147,23 @@ pub(super) fn device_from_row(r: &impl Cols) -> StoreResult<Device> {
         config_version: u(r.int("config_version")?),
         config_applied_version: u(r.int("config_applied_version")?),
         awaiting_enrollment_until: r.opt_int("awaiting_until")?,
+        labels: json_vec(&r.text("labels")?, "device labels")?,
+    })
+}
+
+/// A row of `enrollment_tokens` (every column but `token_hash`).
+pub(super) fn enrollment_token_from_row(r: &impl Cols) -> StoreResult<EnrollmentToken> {
+    Ok(EnrollmentToken {
+        id: r.text("id")?,
+        workspace: r.text("workspace")?,
+        name: r.text("name")?,
+        max_uses: u(r.int("max_uses")?),
+        uses: u(r.int("uses")?),
+        expires_at: r.opt_int("expires_at")?,
+        labels: json_vec(&r.text("labels")?, "token labels")?,
+        device_type: r.text("device_type")?,
+        created_at: r.int("created_at")?,
+        revoked_at: r.opt_int("revoked_at")?,
     })
 }
 
@@ -220,6 +237,7 @@ pub(super) fn loss_event(before: &LossTotals, t: &LossTotals) -> Option<serde_js
 pub(super) fn patch_events(
     before: &Device,
     patch: &DevicePatch,
+    labels_after: Option<&crate::labels::Labels>,
 ) -> Vec<(&'static str, serde_json::Value)> {
     let mut events = Vec::new();
     let mut changed = serde_json::Map::new();
@@ -235,6 +253,12 @@ pub(super) fn patch_events(
         .filter(|d| **d != before.description)
     {
         changed.insert("description".into(), serde_json::json!({"to": d}));
+    }
+    if let Some(l) = labels_after.filter(|l| **l != before.labels) {
+        changed.insert(
+            "labels".into(),
+            serde_json::json!({"from": before.labels, "to": l}),
+        );
     }
     if !changed.is_empty() {
         events.push(("updated", serde_json::Value::Object(changed)));

@@ -14,6 +14,8 @@ pub use sqlite::SqliteStore;
 
 use serde::{Deserialize, Serialize};
 
+use crate::labels::{Labels, Selector};
+
 /// Unix time in milliseconds, UTC.
 pub type UnixMillis = i64;
 
@@ -27,6 +29,10 @@ pub enum StoreError {
     NotFound,
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The change breaks a rule of the data (e.g. too many labels after a
+    /// merge); the message says which.
+    #[error("{0}")]
+    Invalid(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
@@ -135,6 +141,8 @@ pub struct NewDevice {
     pub install_id_hash: String,
     pub install_id_expires_at: UnixMillis,
     pub created_at: UnixMillis,
+    /// Validated ([`crate::labels::validate`]).
+    pub labels: Labels,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -159,6 +167,7 @@ pub struct Device {
     /// While the device waits for enrollment (never enrolled, or reset by
     /// force): when its install ID expires.
     pub awaiting_enrollment_until: Option<UnixMillis>,
+    pub labels: Labels,
 }
 
 /// What PATCH may change; `None` leaves a field as it is.
@@ -167,6 +176,10 @@ pub struct DevicePatch {
     pub name: Option<String>,
     pub description: Option<String>,
     pub enabled: Option<bool>,
+    /// A JSON merge patch of the labels: a value sets the key, `None`
+    /// removes it. Applied under the device's row lock; a result that
+    /// breaks the label rules is `StoreError::Invalid`.
+    pub labels: Option<std::collections::BTreeMap<String, Option<String>>>,
 }
 
 /// One version of a device's configuration.
@@ -383,6 +396,73 @@ pub struct EnrollmentCommit {
     pub cert: NewCert,
     pub device_api_key: NewApiKey,
     pub now: UnixMillis,
+    /// Set when the box enrolls with an enrollment token instead of an
+    /// install ID.
+    pub token: Option<TokenEnrollment>,
+}
+
+/// The enrollment-token part of an [`EnrollmentCommit`].
+#[derive(Debug, Clone)]
+pub struct TokenEnrollment {
+    pub token_id: String,
+    /// A first use: spend one use of the token (conditionally: `Conflict`
+    /// and nothing written when none is left, or the token was revoked or
+    /// expired), create this device, bind (token, key) → device. `None`: a
+    /// retry with a key already bound to `EnrollmentCommit::device_id`.
+    pub create: Option<NewDevice>,
+}
+
+/// An enrollment token as stored (never the token itself).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrollmentToken {
+    pub id: String,
+    pub workspace: String,
+    pub name: String,
+    pub max_uses: u64,
+    pub uses: u64,
+    pub expires_at: Option<UnixMillis>,
+    pub labels: Labels,
+    pub device_type: String,
+    pub created_at: UnixMillis,
+    pub revoked_at: Option<UnixMillis>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenState {
+    Active,
+    Exhausted,
+    Expired,
+    Revoked,
+}
+
+impl EnrollmentToken {
+    /// Revoked wins over expired, expired over exhausted.
+    pub fn state(&self, now: UnixMillis) -> TokenState {
+        if self.revoked_at.is_some() {
+            TokenState::Revoked
+        } else if self.expires_at.is_some_and(|e| now >= e) {
+            TokenState::Expired
+        } else if self.uses >= self.max_uses {
+            TokenState::Exhausted
+        } else {
+            TokenState::Active
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewEnrollmentToken {
+    pub id: String,
+    pub workspace: String,
+    /// SHA-256 of the token.
+    pub token_hash: String,
+    pub name: String,
+    pub max_uses: u64,
+    pub expires_at: Option<UnixMillis>,
+    pub labels: Labels,
+    pub device_type: String,
+    pub created_at: UnixMillis,
 }
 
 #[derive(Debug, Clone)]
@@ -499,6 +579,8 @@ pub struct DeviceListQuery {
     pub device_type: Option<String>,
     /// Only devices with exactly this name.
     pub name: Option<String>,
+    /// Every selector must match the device's labels.
+    pub labels: Vec<Selector>,
     /// The time `status` is judged at.
     pub now: UnixMillis,
 }
@@ -638,6 +720,24 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<TelemetryBucket>>;
 
     async fn find_enrollment(&self, install_id_hash: &str) -> StoreResult<Option<Enrollment>>;
+
+    async fn create_enrollment_token(&self, t: &NewEnrollmentToken) -> StoreResult<()>;
+    /// A workspace's tokens, newest first, revoked ones included.
+    async fn list_enrollment_tokens(&self, workspace: &str) -> StoreResult<Vec<EnrollmentToken>>;
+    /// Revokes a token (idempotent); `None` when the workspace has no such
+    /// token, else the token as it is now.
+    async fn revoke_enrollment_token(
+        &self,
+        workspace: &str,
+        id: &str,
+        now: UnixMillis,
+    ) -> StoreResult<Option<EnrollmentToken>>;
+    /// A token by the SHA-256 of its plaintext, whatever its state.
+    async fn find_enrollment_token(&self, token_hash: &str)
+    -> StoreResult<Option<EnrollmentToken>>;
+    /// The device a use of the token created for this key (deleted devices
+    /// included), if any.
+    async fn token_binding(&self, token_id: &str, key_sha256: &str) -> StoreResult<Option<String>>;
     /// Binds the install ID to the key (if unbound), records the certificate
     /// and replaces the device API key, atomically. `Conflict` if the install
     /// ID was spent or bound to another key meanwhile.

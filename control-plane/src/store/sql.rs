@@ -176,6 +176,11 @@ where
     /// An enrollment's writes inside `tx`: `Conflict` (and nothing written)
     /// if the install ID was spent or bound to another key meanwhile.
     async fn enroll_in(tx: &mut Transaction<'static, D>, c: &EnrollmentCommit) -> StoreResult<()> {
+        if let Some(t) = &c.token
+            && let Some(device) = &t.create
+        {
+            Self::spend_token_in(tx, &t.token_id, &c.key_sha256, device, c.now).await?;
+        }
         // The bind is one conditional UPDATE. Two replicas enrolling with
         // different keys: the second waits for the first's row lock, then
         // re-checks the WHERE clause against the committed binding and
@@ -212,9 +217,146 @@ where
             &k.workspace,
             c.now,
             "enrolled",
-            &serde_json::json!({}),
+            &match &c.token {
+                Some(t) => serde_json::json!({ "token_id": t.token_id }),
+                None => serde_json::json!({}),
+            },
         )
         .await
+    }
+
+    /// A token enrollment's first use inside `tx`: `Conflict`, with nothing
+    /// written, when this key was bound meanwhile or the token has no use
+    /// left (exhausted, expired, revoked); else one use is spent, the device
+    /// created and (token, key) bound to it.
+    async fn spend_token_in(
+        tx: &mut Transaction<'static, D>,
+        token_id: &str,
+        key_sha256: &str,
+        device: &NewDevice,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        // SQLite (one writer, maybe a group in one transaction) sees every
+        // earlier binding here; on PostgreSQL a concurrent attempt with the
+        // same key fails on the binding's primary key below instead.
+        let bound: Option<String> = sqlx::query_scalar(
+            "SELECT device_id FROM enrollment_token_bindings \
+             WHERE token_id = $1 AND key_sha256 = $2",
+        )
+        .bind(token_id)
+        .bind(key_sha256)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if bound.is_some() {
+            return Err(StoreError::Conflict(
+                "this key was bound to a device by a concurrent attempt".into(),
+            ));
+        }
+        // The budget: one conditional UPDATE. PostgreSQL row-locks the token
+        // and re-checks the WHERE clause against the newest committed
+        // version, so concurrent uses (any replica) queue on the row and
+        // exactly max_uses of them succeed; SQLite has one writer.
+        let spent = sqlx::query(
+            "UPDATE enrollment_tokens SET uses = uses + 1 \
+             WHERE id = $1 AND uses < max_uses AND revoked_at IS NULL \
+             AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(token_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        if D::rows_affected(&spent) != 1 {
+            return Err(StoreError::Conflict(
+                "the enrollment token has no use left".into(),
+            ));
+        }
+        Self::insert_device_in(tx, device).await?;
+        let bind = sqlx::query(
+            "INSERT INTO enrollment_token_bindings (token_id, key_sha256, device_id, created_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_id)
+        .bind(key_sha256)
+        .bind(&device.id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await;
+        match bind {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
+                "this key was bound to a device by a concurrent attempt".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Inserts a device, its config version 1, its labels and its
+    /// `created` event.
+    async fn insert_device_in(tx: &mut Transaction<'static, D>, d: &NewDevice) -> StoreResult<()> {
+        // A token-made device has no install ID: NULL hash and expiry.
+        let (hash, expires) = if d.install_id_hash.is_empty() {
+            (None, None)
+        } else {
+            (
+                Some(d.install_id_hash.as_str()),
+                Some(d.install_id_expires_at),
+            )
+        };
+        sqlx::query(
+            "INSERT INTO devices (id, workspace, name, description, device_type, created_at, \
+             install_id_hash, install_id_expires_at, workflow_id, offline_mode, config_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1)",
+        )
+        .bind(&d.id)
+        .bind(&d.workspace)
+        .bind(&d.name)
+        .bind(&d.description)
+        .bind(&d.device_type)
+        .bind(d.created_at)
+        .bind(hash)
+        .bind(expires)
+        .bind(&d.workflow_id)
+        .bind(d.offline_mode)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO device_configs (device_id, version, config, created_at) \
+             VALUES ($1, 1, $2, $3)",
+        )
+        .bind(&d.id)
+        .bind(to_json(&d.config))
+        .bind(d.created_at)
+        .execute(&mut **tx)
+        .await?;
+        Self::set_labels_in(tx, &d.id, &d.labels).await?;
+        let created = serde_json::json!({});
+        Self::insert_event(tx, &d.id, &d.workspace, d.created_at, "created", &created).await
+    }
+
+    /// Replaces a device's labels: the JSON column and the rows filters use.
+    async fn set_labels_in(
+        tx: &mut Transaction<'static, D>,
+        device_id: &str,
+        labels: &crate::labels::Labels,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE devices SET labels = $1 WHERE id = $2")
+            .bind(to_json(labels))
+            .bind(device_id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM device_labels WHERE device_id = $1")
+            .bind(device_id)
+            .execute(&mut **tx)
+            .await?;
+        for (k, v) in labels {
+            sqlx::query("INSERT INTO device_labels (device_id, key, value) VALUES ($1, $2, $3)")
+                .bind(device_id)
+                .bind(k)
+                .bind(v)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn insert_cert(
@@ -442,42 +584,7 @@ where
 
     async fn create_device(&self, d: &NewDevice) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO devices (id, workspace, name, description, device_type, created_at, \
-             install_id_hash, install_id_expires_at, workflow_id, offline_mode, config_version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1)",
-        )
-        .bind(&d.id)
-        .bind(&d.workspace)
-        .bind(&d.name)
-        .bind(&d.description)
-        .bind(&d.device_type)
-        .bind(d.created_at)
-        .bind(&d.install_id_hash)
-        .bind(d.install_id_expires_at)
-        .bind(&d.workflow_id)
-        .bind(d.offline_mode)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO device_configs (device_id, version, config, created_at) \
-             VALUES ($1, 1, $2, $3)",
-        )
-        .bind(&d.id)
-        .bind(to_json(&d.config))
-        .bind(d.created_at)
-        .execute(&mut *tx)
-        .await?;
-        let created = serde_json::json!({});
-        Self::insert_event(
-            &mut tx,
-            &d.id,
-            &d.workspace,
-            d.created_at,
-            "created",
-            &created,
-        )
-        .await?;
+        Self::insert_device_in(&mut tx, d).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -514,14 +621,31 @@ where
                       AND NOT (session_id IS NOT NULL AND last_heartbeat > $6)) \
                   OR ($5 = 'unknown' AND last_heartbeat IS NULL)) \
              AND ($7 IS NULL OR device_type = $7) \
-             AND ($8 IS NULL OR name = $8) \
-             ORDER BY created_at, id LIMIT $4"
+             AND ($8 IS NULL OR name = $8)"
         );
+        // One EXISTS per label selector, its key (and value) bound from $9.
+        let mut sql = String::from(Q);
+        let mut n = 9;
+        for sel in &q.labels {
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM device_labels l \
+                 WHERE l.device_id = devices.id AND l.key = ${n}"
+            ));
+            n += 1;
+            if sel.value.is_some() {
+                sql.push_str(&format!(" AND l.value = ${n}"));
+                n += 1;
+            }
+            sql.push(')');
+        }
+        sql.push_str(" ORDER BY created_at, id LIMIT $4");
         let (after_ts, after_id) = match &q.after {
             Some((ts, id)) => (Some(*ts), Some(id.as_str())),
             None => (None, None),
         };
-        let rows = sqlx::query(Q)
+        // Only constant text and placeholder numbers went into `sql`; every
+        // key and value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&q.workspace)
             .bind(after_ts)
             .bind(after_id)
@@ -529,9 +653,14 @@ where
             .bind(q.status.map(status_name))
             .bind(q.now - ONLINE_WINDOW_MS)
             .bind(&q.device_type)
-            .bind(&q.name)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(&q.name);
+        for sel in &q.labels {
+            query = query.bind(&sel.key);
+            if let Some(v) = &sel.value {
+                query = query.bind(v);
+            }
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(device_from_row).collect()
     }
 
@@ -568,7 +697,14 @@ where
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        for (kind, detail) in patch_events(&before, patch) {
+        let mut labels_after = None;
+        if let Some(merge) = &patch.labels {
+            let labels = crate::labels::merge(&before.labels, merge)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            Self::set_labels_in(&mut tx, id, &labels).await?;
+            labels_after = Some(labels);
+        }
+        for (kind, detail) in patch_events(&before, patch, labels_after.as_ref()) {
             Self::insert_event(&mut tx, id, workspace, now, kind, &detail).await?;
         }
         let after = sqlx::query(DEVICE_LIVE)
@@ -872,6 +1008,84 @@ where
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(enrollment_from_row).transpose()
+    }
+
+    async fn create_enrollment_token(&self, t: &NewEnrollmentToken) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO enrollment_tokens (id, workspace, token_hash, name, max_uses, \
+             expires_at, labels, device_type, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&t.id)
+        .bind(&t.workspace)
+        .bind(&t.token_hash)
+        .bind(&t.name)
+        .bind(i(t.max_uses))
+        .bind(t.expires_at)
+        .bind(to_json(&t.labels))
+        .bind(&t.device_type)
+        .bind(t.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_enrollment_tokens(&self, workspace: &str) -> StoreResult<Vec<EnrollmentToken>> {
+        let rows = sqlx::query(
+            "SELECT * FROM enrollment_tokens WHERE workspace = $1 \
+             ORDER BY created_at DESC, id",
+        )
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(enrollment_token_from_row).collect()
+    }
+
+    async fn revoke_enrollment_token(
+        &self,
+        workspace: &str,
+        id: &str,
+        now: UnixMillis,
+    ) -> StoreResult<Option<EnrollmentToken>> {
+        // Conditional: a second revocation keeps the first's time. A use
+        // racing the revocation is ordered by the token's row lock.
+        sqlx::query(
+            "UPDATE enrollment_tokens SET revoked_at = $1 \
+             WHERE workspace = $2 AND id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(workspace)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT * FROM enrollment_tokens WHERE workspace = $1 AND id = $2")
+            .bind(workspace)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(enrollment_token_from_row).transpose()
+    }
+
+    async fn find_enrollment_token(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<EnrollmentToken>> {
+        let row = sqlx::query("SELECT * FROM enrollment_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(enrollment_token_from_row).transpose()
+    }
+
+    async fn token_binding(&self, token_id: &str, key_sha256: &str) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT device_id FROM enrollment_token_bindings \
+             WHERE token_id = $1 AND key_sha256 = $2",
+        )
+        .bind(token_id)
+        .bind(key_sha256)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn complete_enrollment(&self, c: &EnrollmentCommit) -> StoreResult<()> {

@@ -134,9 +134,13 @@ store_tests!(
     list_filters_by_exact_name,
     the_first_ca_fingerprint_recorded_stays,
     audit_entries_filter_page_and_prune,
+    enrollment_tokens_spend_bind_and_refuse,
+    a_group_of_token_enrollments_refuses_only_those_over_budget,
+    labels_are_stored_filtered_and_merged,
 );
 
 replica_tests!(
+    replicas_spend_a_token_within_its_budget,
     replicas_bind_an_install_id_to_one_key,
     replicas_number_config_versions_uniquely,
     replicas_serialize_rotations,
@@ -164,6 +168,7 @@ fn new_device(id: &str, created_at: i64) -> NewDevice {
         offline_mode: false,
         config: serde_json::json!({"k": id}),
         created_at,
+        labels: Default::default(),
     }
 }
 
@@ -185,6 +190,7 @@ fn commit(device: &str, key: &str, serial: &str) -> EnrollmentCommit {
             created_at: 1,
         },
         now: 5,
+        token: None,
     }
 }
 
@@ -519,6 +525,7 @@ async fn devices_list_in_pages_within_their_workspace(s: Arc<dyn Store>) {
             status: None,
             device_type: None,
             name: None,
+            labels: Vec::new(),
             now: 0,
         })
         .await
@@ -535,6 +542,7 @@ async fn devices_list_in_pages_within_their_workspace(s: Arc<dyn Store>) {
             status: None,
             device_type: None,
             name: None,
+            labels: Vec::new(),
             now: 0,
         })
         .await
@@ -573,6 +581,7 @@ fn list_query(
         status,
         device_type: device_type.map(String::from),
         name: None,
+        labels: Vec::new(),
         now,
     }
 }
@@ -1733,4 +1742,360 @@ async fn replicas_page_audit_entries_without_gaps(stores: Vec<Arc<dyn Store>>) {
     let mut times: Vec<i64> = seen.iter().map(|e| e.entry.timestamp).collect();
     times.sort();
     assert_eq!(times, (0..(WRITERS * EACH) as i64).collect::<Vec<_>>());
+}
+
+fn new_token(id: &str, max_uses: u64, expires_at: Option<i64>) -> NewEnrollmentToken {
+    NewEnrollmentToken {
+        id: id.into(),
+        workspace: "acme".into(),
+        token_hash: format!("th-{id}"),
+        name: format!("token {id}"),
+        max_uses,
+        expires_at,
+        labels: [("site".to_string(), "berlin".to_string())].into(),
+        device_type: "edge".into(),
+        created_at: 1,
+    }
+}
+
+/// A token enrollment of `device` with `key`; `create`: a first use.
+fn token_commit(
+    token: &str,
+    device: &str,
+    key: &str,
+    serial: &str,
+    create: bool,
+) -> EnrollmentCommit {
+    let mut c = commit(device, key, serial);
+    c.token = Some(TokenEnrollment {
+        token_id: token.into(),
+        create: create.then(|| {
+            let mut d = new_device(device, 5);
+            d.install_id_hash = String::new();
+            d.labels = [("site".to_string(), "berlin".to_string())].into();
+            d
+        }),
+    });
+    c
+}
+
+async fn enrollment_tokens_spend_bind_and_refuse(s: Arc<dyn Store>) {
+    s.create_enrollment_token(&new_token("t1", 2, None))
+        .await
+        .unwrap();
+    let t = s.find_enrollment_token("th-t1").await.unwrap().unwrap();
+    assert_eq!(
+        (t.uses, t.max_uses, t.state(10)),
+        (0, 2, TokenState::Active)
+    );
+    assert!(s.find_enrollment_token("th-nope").await.unwrap().is_none());
+
+    // First use: the device exists with the token's labels, bound to the key.
+    s.complete_enrollment(&token_commit("t1", "d1", "k1", "s1", true))
+        .await
+        .unwrap();
+    let d = s.get_device("acme", "d1").await.unwrap().unwrap();
+    assert_eq!(d.labels.get("site").map(String::as_str), Some("berlin"));
+    assert_eq!(
+        s.token_binding("t1", "k1").await.unwrap().as_deref(),
+        Some("d1")
+    );
+    assert_eq!(
+        s.find_enrollment_token("th-t1")
+            .await
+            .unwrap()
+            .unwrap()
+            .uses,
+        1
+    );
+    let events = s
+        .list_events(&EventQuery {
+            device_id: "d1".into(),
+            after_id: None,
+            direction: Direction::Forward,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["created", "enrolled"]);
+    assert_eq!(events[1].detail["token_id"], "t1");
+
+    // A retry with the same key: a new cert for the same device, no use.
+    s.complete_enrollment(&token_commit("t1", "d1", "k1", "s1b", false))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.find_enrollment_token("th-t1")
+            .await
+            .unwrap()
+            .unwrap()
+            .uses,
+        1
+    );
+    assert!(s.get_cert("s1").await.unwrap().unwrap().revoked);
+    assert!(!s.get_cert("s1b").await.unwrap().unwrap().revoked);
+    // A second first use of a bound key (a raced attempt): refused, nothing made.
+    let e = s
+        .complete_enrollment(&token_commit("t1", "dx", "k1", "sx", true))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    assert!(s.get_device("acme", "dx").await.unwrap().is_none());
+
+    // The budget: the second key gets the last use, the third none.
+    s.complete_enrollment(&token_commit("t1", "d2", "k2", "s2", true))
+        .await
+        .unwrap();
+    let e = s
+        .complete_enrollment(&token_commit("t1", "d3", "k3", "s3", true))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    assert!(s.get_device("acme", "d3").await.unwrap().is_none());
+    assert!(s.get_cert("s3").await.unwrap().is_none());
+    let t = s.find_enrollment_token("th-t1").await.unwrap().unwrap();
+    assert_eq!((t.uses, t.state(10)), (2, TokenState::Exhausted));
+
+    // Expired and revoked tokens spend nothing.
+    s.create_enrollment_token(&new_token("t2", 5, Some(3)))
+        .await
+        .unwrap();
+    let e = s
+        .complete_enrollment(&token_commit("t2", "d4", "k4", "s4", true))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    assert_eq!(
+        s.find_enrollment_token("th-t2")
+            .await
+            .unwrap()
+            .unwrap()
+            .state(5),
+        TokenState::Expired
+    );
+    s.create_enrollment_token(&new_token("t3", 5, None))
+        .await
+        .unwrap();
+    let r = s
+        .revoke_enrollment_token("acme", "t3", 4)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.revoked_at, r.state(5)), (Some(4), TokenState::Revoked));
+    // Idempotent: the first revocation's time stays.
+    let r = s
+        .revoke_enrollment_token("acme", "t3", 9)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.revoked_at, Some(4));
+    assert!(
+        s.revoke_enrollment_token("other", "t3", 9)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let e = s
+        .complete_enrollment(&token_commit("t3", "d5", "k5", "s5", true))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    assert!(s.get_device("acme", "d5").await.unwrap().is_none());
+    assert!(s.get_device("acme", "d4").await.unwrap().is_none());
+
+    let listed = s.list_enrollment_tokens("acme").await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(s.list_enrollment_tokens("other").await.unwrap().is_empty());
+}
+
+async fn a_group_of_token_enrollments_refuses_only_those_over_budget(s: Arc<dyn Store>) {
+    s.create_enrollment_token(&new_token("t1", 2, None))
+        .await
+        .unwrap();
+    let group: Vec<EnrollmentCommit> = (0..4)
+        .map(|k| {
+            token_commit(
+                "t1",
+                &format!("g{k}"),
+                &format!("k{k}"),
+                &format!("s{k}"),
+                true,
+            )
+        })
+        .collect();
+    let each = s.complete_enrollments(&group).await.unwrap();
+    let ok: Vec<usize> = (0..4).filter(|k| each[*k].is_ok()).collect();
+    assert_eq!(ok.len(), 2, "{each:?}");
+    for (k, result) in each.iter().enumerate() {
+        let stored = s
+            .get_device("acme", &format!("g{k}"))
+            .await
+            .unwrap()
+            .is_some();
+        assert_eq!(stored, ok.contains(&k));
+        if !ok.contains(&k) {
+            assert!(matches!(result, Err(StoreError::Conflict(_))));
+            assert!(
+                s.token_binding("t1", &format!("k{k}"))
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
+    }
+    assert_eq!(
+        s.find_enrollment_token("th-t1")
+            .await
+            .unwrap()
+            .unwrap()
+            .uses,
+        2
+    );
+}
+
+async fn labels_are_stored_filtered_and_merged(s: Arc<dyn Store>) {
+    use crate::labels::Selector;
+    let with = |id: &str, at: i64, l: &[(&str, &str)]| {
+        let mut d = new_device(id, at);
+        d.labels = l
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        d
+    };
+    s.create_device(&with("a", 1, &[("site", "berlin"), ("gpu", "")]))
+        .await
+        .unwrap();
+    s.create_device(&with("b", 2, &[("site", "paris")]))
+        .await
+        .unwrap();
+    s.create_device(&with("c", 3, &[])).await.unwrap();
+    let ids = |sel: &[&str]| {
+        let s = s.clone();
+        let mut q = list_query(None, None, 0);
+        q.labels = sel.iter().map(|x| Selector::parse(x).unwrap()).collect();
+        async move {
+            s.list_devices(&q)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| d.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(ids(&[]).await, ["a", "b", "c"]);
+    assert_eq!(ids(&["site"]).await, ["a", "b"]);
+    assert_eq!(ids(&["site=paris"]).await, ["b"]);
+    assert_eq!(ids(&["site=berlin", "gpu"]).await, ["a"]);
+    assert_eq!(ids(&["site=paris", "gpu"]).await, Vec::<String>::new());
+    assert_eq!(ids(&["gpu="]).await, ["a"]);
+
+    // Merge patch: set, replace, remove; other keys stay.
+    let patch = DevicePatch {
+        labels: Some(
+            [
+                ("site".to_string(), Some("rome".to_string())),
+                ("gpu".to_string(), None),
+                ("tier".to_string(), Some("1".to_string())),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let d = s
+        .update_device("acme", "a", &patch, 5)
+        .await
+        .unwrap()
+        .unwrap();
+    let want: crate::labels::Labels = [
+        ("site".to_string(), "rome".to_string()),
+        ("tier".to_string(), "1".to_string()),
+    ]
+    .into();
+    assert_eq!(d.labels, want);
+    assert_eq!(
+        s.get_device("acme", "a").await.unwrap().unwrap().labels,
+        want
+    );
+    let events = s
+        .list_events(&EventQuery {
+            device_id: "a".into(),
+            after_id: None,
+            direction: Direction::Backward,
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(events[0].kind, "updated");
+    assert_eq!(events[0].detail["labels"]["to"]["site"], "rome");
+    assert_eq!(events[0].detail["labels"]["from"]["site"], "berlin");
+    assert_eq!(ids(&["gpu"]).await, Vec::<String>::new());
+    assert_eq!(ids(&["site=rome", "tier=1"]).await, ["a"]);
+
+    // Over 32 after the merge: refused, nothing changed.
+    let many = DevicePatch {
+        labels: Some(
+            (0..31)
+                .map(|i| (format!("k{i}"), Some(String::new())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let e = s.update_device("acme", "a", &many, 6).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Invalid(ref m) if m.contains("32")),
+        "{e:?}"
+    );
+    assert_eq!(
+        s.get_device("acme", "a").await.unwrap().unwrap().labels,
+        want
+    );
+}
+
+async fn replicas_spend_a_token_within_its_budget(stores: Vec<Arc<dyn Store>>) {
+    stores[0]
+        .create_enrollment_token(&new_token("t1", 10, None))
+        .await
+        .unwrap();
+    let results = race(&stores, 50, |s, k| async move {
+        s.complete_enrollment(&token_commit(
+            "t1",
+            &format!("r{k}"),
+            &format!("key{k}"),
+            &format!("s{k}"),
+            true,
+        ))
+        .await
+    })
+    .await;
+    let won: Vec<usize> = (0..50).filter(|k| results[*k].is_ok()).collect();
+    assert_eq!(won.len(), 10, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || matches!(r, Err(StoreError::Conflict(_)))),
+        "{results:?}"
+    );
+    let all = stores[1]
+        .list_devices(&list_query(None, None, 0))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 10);
+    assert_eq!(
+        stores[1]
+            .find_enrollment_token("th-t1")
+            .await
+            .unwrap()
+            .unwrap()
+            .uses,
+        10
+    );
+    for k in 0..50 {
+        let bound = stores[0]
+            .token_binding("t1", &format!("key{k}"))
+            .await
+            .unwrap();
+        assert_eq!(bound.is_some(), won.contains(&k));
+    }
 }

@@ -203,7 +203,11 @@ async fn request_certificate(
     }
     if !response.ca_bundle_der.iter().any(|ca| trust.accepts_ca(ca)) {
         return Err(EnrollError::BadResponse(
-            "the CA bundle does not contain the CA this agent was told to trust".into(),
+            "the control plane's CA bundle does not contain the CA this agent was told to \
+             trust; when the control plane signs device certificates with an intermediate CA, \
+             give the agent that intermediate (its certificate with --ca-file, or its \
+             fingerprint), not the root above it (certs/README.md)"
+                .into(),
         ));
     }
     // Check that the certificate is really for our key before storing it.

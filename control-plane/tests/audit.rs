@@ -268,6 +268,21 @@ async fn no_audit_entry_holds_a_secret() {
     let v: Value = serde_json::from_str(&body).unwrap();
     secrets.push(v["apiKey"].as_str().unwrap().to_string());
     secrets.push(v["installId"].as_str().unwrap().to_string());
+    // An enrollment token: shown once, never recorded (its id is the target).
+    let (status, body) = send(
+        &t.cp,
+        Method::POST,
+        "/acme/devices/v2/enrollment-tokens",
+        Some(&t.full.1),
+        "t-1",
+        Some(&json!({"name": "line 3", "max_uses": 5})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let token = v["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("oet_"), "{body}");
+    secrets.push(token);
     // A wrong key and a body with a marker.
     send(
         &t.cp,

@@ -975,6 +975,8 @@ async fn add_device_in_headless_chromium() {
     .await;
     b.type_into("dialog[open] input[name=name]", "dock cam 5")
         .await;
+    b.type_into("dialog[open] input[name=labels]", "site=berlin, role=gate")
+        .await;
     b.js(
         "const s = document.querySelector('dialog[open] select[name=type]'); s.value = 'ai1'; s.dispatchEvent(new Event('change', {bubbles: true}));",
         json!([]),
@@ -1008,6 +1010,11 @@ async fn add_device_in_headless_chromium() {
     let d = &list["data"][0];
     assert_eq!(d["type"], "ai1", "{list}");
     assert_eq!(d["enrollment"], "pending", "{list}");
+    assert_eq!(
+        d["labels"],
+        json!({"site": "berlin", "role": "gate"}),
+        "{list}"
+    );
     let id = d["id"].as_str().unwrap().to_string();
     let install_id = command
         .split_whitespace()
@@ -1069,6 +1076,95 @@ async fn add_device_in_headless_chromium() {
         json!([]),
     )
     .await;
+
+    // Many boxes: an enrollment token with a use budget, its command and QR.
+    b.post("/back", json!({})).await;
+    b.click("[data-action=add-device]").await;
+    b.wait_js(
+        "the add-device dialog again",
+        "return document.querySelector('dialog[open] form.add-device') !== null",
+        json!([]),
+    )
+    .await;
+    b.click("dialog[open] input[name=mode][value=token]").await;
+    b.type_into("dialog[open] input[name=name]", "line 3").await;
+    b.type_into("dialog[open] input[name=labels]", "site=hamburg")
+        .await;
+    b.js(
+        "const u = document.querySelector('dialog[open] input[name=max_uses]'); u.value = '2';",
+        json!([]),
+    )
+    .await;
+    b.click("dialog[open] [data-action=create]").await;
+    let shown = b
+        .wait_js(
+            "the token's install command and its QR code",
+            "const t = document.querySelector('dialog[open] [data-install-command] textarea');
+             const p = document.querySelector('dialog[open] svg.qr path');
+             const e = document.querySelector('dialog[open] .notice-error:not([hidden])');
+             if (e) return { error: e.textContent };
+             return t && p ? { command: t.value, path: p.getAttribute('d') } : null",
+            json!([]),
+        )
+        .await;
+    let command = shown["command"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert_eq!(decode_qr(shown["path"].as_str().unwrap()), command);
+    let token = command
+        .split_whitespace()
+        .skip_while(|w| *w != "--enroll-token")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no token in {command}"));
+    let (_, tokens) = cp
+        .get_json(&format!("/{WORKSPACE}/devices/v2/enrollment-tokens"), &key)
+        .await;
+    let t = &tokens["data"][0];
+    assert_eq!(
+        (t["name"].as_str(), t["max_uses"].as_u64()),
+        (Some("line 3"), Some(2)),
+        "{tokens}"
+    );
+    b.click("dialog[open] [data-action=done]").await;
+    // A box enrolls with it: a new device with the token's labels, which the
+    // fleet's filter finds by label.
+    let boxdir = tempfile::tempdir().unwrap();
+    let out = agent_cmd(&[
+        "enroll",
+        "--server",
+        &cp.grpc_url(),
+        "--enroll-token",
+        token,
+        "--device-name",
+        "line-3-box-1",
+        "--ca-file",
+    ])
+    .arg(cp.ca_path())
+    .arg("--state-dir")
+    .arg(boxdir.path())
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    b.wait_js(
+        "the token's device in the fleet",
+        "return [...document.querySelectorAll('tr[data-device-id] a.name')].some(a => a.textContent === 'line-3-box-1')",
+        json!([]),
+    )
+    .await;
+    b.type_into(".filter", "site=hamburg").await;
+    let shown = b
+        .wait_js(
+            "only the hamburg device",
+            "const rows = [...document.querySelectorAll('tr[data-device-id]')].filter(r => !r.hidden);
+             return rows.length === 1 ? rows.map(r => r.innerText) : null",
+            json!([]),
+        )
+        .await;
+    let row = shown[0].as_str().unwrap();
+    assert!(
+        row.contains("line-3-box-1") && row.contains("site=hamburg"),
+        "{row}"
+    );
 
     let console = b.console().await;
     let bad: Vec<&String> = console

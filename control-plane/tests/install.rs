@@ -585,3 +585,73 @@ async fn run_with_a_new_install_id_re_enrolls_a_revoked_box_in_place() {
     assert_eq!(status_json(&state)["certificate"]["serial"], serial);
     agent.terminate();
 }
+
+/// A root CA and an intermediate signed by it, PEM (certificate, key).
+fn root_and_intermediate() -> ((String, String), (String, String)) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let ca_params = |cn: &str, depth: u8| {
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(depth));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p
+    };
+    let root_key = KeyPair::generate().unwrap();
+    let root_params = ca_params("Test Root", 1);
+    let root = root_params.self_signed(&root_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&root_params, &root_key);
+    let mid_key = KeyPair::generate().unwrap();
+    let mid = ca_params("Test Intermediate", 0)
+        .signed_by(&mid_key, &issuer)
+        .unwrap();
+    (
+        (root.pem(), root_key.serialize_pem()),
+        (mid.pem(), mid_key.serialize_pem()),
+    )
+}
+
+/// A control plane run on an intermediate CA (certs/README): the agent
+/// enrolls when it trusts that intermediate; given the root above it, it
+/// says what to give instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_given_the_root_above_an_intermediate_ca_says_to_give_the_intermediate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let pki = data.join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ((root_pem, _), (mid_pem, mid_key)) = root_and_intermediate();
+    std::fs::write(pki.join("ca.crt"), &mid_pem).unwrap();
+    std::fs::write(pki.join("ca.key"), &mid_key).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(pki.join("ca.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let root_file = tmp.path().join("root.crt");
+    std::fs::write(&root_file, &root_pem).unwrap();
+    let cp = ControlPlane::start_in(&data, &[]);
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let (_, install_id) = cp.create_device("acme", &key, "behind-mid").await;
+
+    let state = tempfile::tempdir().unwrap();
+    let out = agent_cmd(&[
+        "enroll",
+        "--server",
+        &cp.grpc_url(),
+        "--install-id",
+        &install_id,
+        "--ca-file",
+    ])
+    .arg(&root_file)
+    .arg("--state-dir")
+    .arg(state.path())
+    .output()
+    .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("CA bundle does not contain") && said.contains("intermediate"),
+        "{said}"
+    );
+    // The intermediate itself: enrolled.
+    let out = enroll(&cp, &install_id, state.path());
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -194,8 +194,11 @@ fn list_table(devices: &[Value], now: SystemTime) -> Table {
 }
 
 /// The RFDM status, or where the device is in its enrollment while it has
-/// not enrolled (`pending`, `install ID expired`).
+/// not enrolled (`pending`, `install ID expired`); `disabled` wins.
 fn status(d: &Value) -> String {
+    if d["enabled"] == Value::Bool(false) {
+        return "disabled".into();
+    }
     match d["enrollment"].as_str() {
         Some("pending") => "pending".into(),
         Some("install_id_expired") => "install ID expired".into(),
@@ -259,6 +262,14 @@ fn detail(d: &Value, now: SystemTime) -> Vec<(&'static str, String)> {
                 show::until(&d["install_id_expires_at"], now),
             ),
         ));
+    }
+    if let Some(labels) = d["labels"].as_object().filter(|l| !l.is_empty()) {
+        let mut l: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", text(v)))
+            .collect();
+        l.sort();
+        p.push(("labels", l.join(", ")));
     }
     if let Some(tags) = d["tags"].as_array().filter(|t| !t.is_empty()) {
         let tags: Vec<String> = tags.iter().map(text).collect();
@@ -324,6 +335,24 @@ mod tests {
             t.rows[0],
             vec!["cam", "abc", "edge", "online", "5s ago", "0.1.0", "in 7d0h"]
         );
+    }
+
+    #[test]
+    fn status_says_disabled_and_pending() {
+        let d = json!({"status":"online","enabled":false,"enrollment":"enrolled"});
+        assert_eq!(status(&d), "disabled");
+        let d = json!({"status":"unknown","enabled":true,"enrollment":"install_id_expired"});
+        assert_eq!(status(&d), "install ID expired");
+        let d = json!({"status":"offline","enabled":true,"enrollment":"enrolled"});
+        assert_eq!(status(&d), "offline");
+    }
+
+    #[test]
+    fn detail_lists_labels_sorted() {
+        let d = json!({"labels":{"site":"berlin","app":"cam"}});
+        let p = detail(&d, SystemTime::now());
+        let (_, v) = p.iter().find(|(k, _)| *k == "labels").unwrap();
+        assert_eq!(v, "app=cam, site=berlin");
     }
 
     #[test]

@@ -78,6 +78,20 @@ export function installPanel({ command, expiresAt, hint, note }) {
   );
 }
 
+/**
+ * `key=value` pairs separated by commas or spaces into an object; the
+ * control plane checks the syntax and names a bad one.
+ */
+export function parseLabels(text) {
+  const out = {};
+  for (const pair of text.split(/[\s,]+/).filter(Boolean)) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw new Error(`label "${pair}" is not key=value`);
+    out[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  return out;
+}
+
 function field(label, input) {
   return h('label', { class: 'field' }, h('span', { class: 'label' }, label), input);
 }
@@ -92,6 +106,9 @@ export function addDeviceDialog({ onCreated }) {
     h('input', { type: 'radio', name: 'mode', value: v, checked }), ` ${text}`);
   const name = h('input', { type: 'text', name: 'name', required: true, maxlength: 128, autocomplete: 'off', spellcheck: 'false' });
   const type = h('select', { name: 'type' }, h('option', { value: 'edge' }, 'edge'), h('option', { value: 'ai1' }, 'ai1'));
+  const labels = h('input', {
+    type: 'text', name: 'labels', autocomplete: 'off', spellcheck: 'false', placeholder: 'site=berlin, role=gate',
+  });
   const uses = h('input', { type: 'number', name: 'max_uses', min: 1, max: 100000, value: 10 });
   const days = h('input', { type: 'number', name: 'expires_days', min: 1, max: 365, value: 7 });
   const tokenFields = h('div', { class: 'token-fields', hidden: true },
@@ -99,7 +116,7 @@ export function addDeviceDialog({ onCreated }) {
   const error = h('p', { class: 'notice notice-error', role: 'alert', hidden: true });
   const body = h('div', { class: 'add-body' },
     h('div', { class: 'modes', role: 'radiogroup' }, mode('device', 'One device', true), mode('token', 'Many devices (enrollment token)', false)),
-    field('Name', name), field('Type', type), tokenFields);
+    field('Name', name), field('Type', type), field('Labels (optional)', labels), tokenFields);
   const submit = h('button', { type: 'submit', class: 'btn btn-primary', 'data-action': 'create' }, 'Create');
   const cancel = h('button', { type: 'button', class: 'btn' }, 'Cancel');
   const actions = h('div', { class: 'dialog-actions' }, cancel, submit);
@@ -121,6 +138,7 @@ export function addDeviceDialog({ onCreated }) {
     submit.disabled = true;
     error.hidden = true;
     try {
+      const labelMap = parseLabels(labels.value);
       let panel;
       let created = null;
       if (isToken()) {
@@ -131,6 +149,7 @@ export function addDeviceDialog({ onCreated }) {
             max_uses: Number(uses.value),
             expires_in_secs: Number(days.value) * 86400,
             device_type: type.value,
+            labels: labelMap,
           },
         });
         panel = installPanel({
@@ -138,7 +157,10 @@ export function addDeviceDialog({ onCreated }) {
           note: `Token “${t.name}” enrolls up to ${t.max_uses} boxes; each becomes a device named after its hostname.`,
         });
       } else {
-        const d = await api('devices/v2', { method: 'POST', body: { device_name: name.value.trim(), device_type: type.value } });
+        const d = await api('devices/v2', {
+          method: 'POST',
+          body: { device_name: name.value.trim(), device_type: type.value, labels: labelMap },
+        });
         created = d.deviceId;
         panel = installPanel({ command: d.installCommand, expiresAt: d.installIdExpiresAt, hint: d.hint });
       }

@@ -755,6 +755,10 @@ async fn devices_by_name_install_ids_and_the_short_forms() {
             && err.contains(&twin_b),
         "{err}"
     );
+    // A name that is also a route's: still looked up as a name.
+    let audit = create("audit");
+    let d = json(&cp, &key, &["devices", "get", "audit"]);
+    assert_eq!(d["id"], audit.as_str(), "{d}");
     let (code, err) = fails(&cp, &key, &["devices", "get", "nobody"]);
     assert_eq!(code, 1, "{err}");
     assert!(

@@ -128,6 +128,11 @@ async fn invalid_bodies_are_400_naming_the_field() {
     assert_400_naming(s, &b, "nothing to update");
     let (s, _, b) = patch(json!({"name": ""})).await;
     assert_400_naming(s, &b, "name");
+    // Names reach terminals and pages: no control characters.
+    let (s, _, b) = patch(json!({"name": "cam\u{1b}[2J"})).await;
+    assert_400_naming(s, &b, "control characters");
+    let (s, b) = f.create(json!({"device_name": "cam\u{7}bell"})).await;
+    assert_400_naming(s, &b, "control characters");
     let put = |body: Value| {
         send(
             f.http

@@ -183,8 +183,10 @@ impl Api {
     /// in the workspace): its id.
     pub async fn device_id(&self, device: &str) -> Result<String> {
         match self.get(&[device], &[]).await {
-            Ok(_) => return Ok(device.to_string()),
-            Err(Error::Server { status: 404, .. }) => {}
+            // Only a device whose id it is: `audit`, `enrollment-tokens` or
+            // `.` are other routes that answer 200 too.
+            Ok(d) if d["id"].as_str() == Some(device) => return Ok(device.to_string()),
+            Ok(_) | Err(Error::Server { status: 404, .. }) => {}
             Err(e) => return Err(e),
         }
         let page = self

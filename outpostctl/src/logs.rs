@@ -128,7 +128,7 @@ fn print_line(l: &Value) -> Result<()> {
         text(&l["timestamp"]),
         text(&l["severity"]),
         text(&l["service"]),
-        l["message"].as_str().unwrap_or("")
+        show::safe(l["message"].as_str().unwrap_or(""))
     ))
 }
 

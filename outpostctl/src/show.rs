@@ -27,13 +27,45 @@ pub fn json_line(v: &Value) -> Result<()> {
     line(&v.to_string())
 }
 
-/// A text field, or `-` when absent, null or empty.
+/// A text field, or `-` when absent, null or empty. Control characters
+/// (escape sequences a hostile box could put in its name or logs) are shown
+/// escaped, never sent to the terminal.
 pub fn text(v: &Value) -> String {
     match v {
-        Value::String(s) if !s.is_empty() => s.clone(),
+        Value::String(s) if !s.is_empty() => safe(s),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
         _ => "-".to_string(),
+    }
+}
+
+/// `s` with its control characters but tab escaped (`\u{1b}`, `\n`).
+pub fn safe(s: &str) -> String {
+    let unsafe_char = |c: char| c.is_control() && c != '\t';
+    if !s.chars().any(unsafe_char) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if unsafe_char(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod safe_tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(text(&Value::from("cam\u{1b}[2J1")), "cam\\u{1b}[2J1");
+        assert_eq!(text(&Value::from("a\nb")), "a\\nb");
+        assert_eq!(text(&Value::from("Kamera 7 ü")), "Kamera 7 ü");
+        assert_eq!(safe("key\tvalue"), "key\tvalue");
     }
 }
 

@@ -71,6 +71,11 @@ fn device_name(req: &EnrollRequest, device_id: &str) -> Result<String, Status> {
                 "device_name must be at most 128 characters",
             ));
         }
+        if asked.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(
+                "device_name must not contain control characters",
+            ));
+        }
         return Ok(asked.to_string());
     }
     let host = req
@@ -78,7 +83,9 @@ fn device_name(req: &EnrollRequest, device_id: &str) -> Result<String, Status> {
         .as_ref()
         .map(|f| f.hostname.trim())
         .unwrap_or_default();
-    if !host.is_empty() && host.chars().count() <= 128 {
+    // The box's own hostname is data: a control character in it does not
+    // become part of a name that reaches operators' terminals.
+    if !host.is_empty() && host.chars().count() <= 128 && !host.chars().any(char::is_control) {
         return Ok(host.to_string());
     }
     Ok(format!("device-{device_id}"))
@@ -135,16 +142,23 @@ async fn attempt(
         // A retry: the same device, no second use (even if that use was
         // the last one, or the token expired since).
         Some(device_id) => {
-            if state
+            match state
                 .store
-                .device_workspace(&device_id)
+                .get_device(&t.workspace, &device_id)
                 .await
                 .map_err(store_status)?
-                .is_none()
             {
-                return Err(Status::permission_denied(
-                    "the device this box enrolled as has been deleted (decommissioned)",
-                ));
+                None => {
+                    return Err(Status::permission_denied(
+                        "the device this box enrolled as has been deleted (decommissioned)",
+                    ));
+                }
+                Some(d) if !d.enabled => {
+                    return Err(Status::permission_denied(
+                        "the device this box enrolled as is disabled",
+                    ));
+                }
+                Some(_) => {}
             }
             (device_id, None)
         }

@@ -324,6 +324,11 @@ pub async fn create(
             "device_name must be at most 128 characters",
         ));
     }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "device_name must not contain control characters",
+        ));
+    }
     let description = body.description.unwrap_or_default();
     if description.chars().count() > 1024 {
         return Err(ApiError::bad_request(
@@ -588,6 +593,14 @@ pub async fn update(
         .is_some_and(|n| n.is_empty() || n.chars().count() > 128)
     {
         return Err(ApiError::bad_request("name must be 1 to 128 characters"));
+    }
+    if name
+        .as_ref()
+        .is_some_and(|n| n.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "name must not contain control characters",
+        ));
     }
     if body
         .description

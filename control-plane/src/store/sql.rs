@@ -173,6 +173,18 @@ where
         Ok(())
     }
 
+    /// Forgets which box keys enrolled `device` with a token: once the
+    /// device's install ID is replaced (a new one, or a forced reset), a
+    /// token retry with an old key must not re-enroll it (it would undo the
+    /// reset and bind the device to the old key).
+    async fn unbind_token_keys(tx: &mut Transaction<'static, D>, device: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM enrollment_token_bindings WHERE device_id = $1")
+            .bind(device)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     /// An enrollment's writes inside `tx`: `Conflict` (and nothing written)
     /// if the install ID was spent or bound to another key meanwhile.
     async fn enroll_in(tx: &mut Transaction<'static, D>, c: &EnrollmentCommit) -> StoreResult<()> {
@@ -788,6 +800,7 @@ where
         if D::rows_affected(&res) != 1 {
             return Ok(false);
         }
+        Self::unbind_token_keys(&mut tx, id).await?;
         let detail = serde_json::json!({});
         Self::insert_event(&mut tx, id, workspace, now, "install_id_issued", &detail).await?;
         tx.commit().await?;
@@ -1212,6 +1225,7 @@ where
         if D::rows_affected(&res) != 1 {
             return Ok(false);
         }
+        Self::unbind_token_keys(&mut tx, id).await?;
         Self::revoke_device_certs(&mut tx, id, now).await?;
         Self::revoke_device_keys(&mut tx, id, now, i64::MAX).await?;
         let detail = serde_json::json!({"forced_reset": true});

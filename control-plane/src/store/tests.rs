@@ -135,6 +135,7 @@ store_tests!(
     the_first_ca_fingerprint_recorded_stays,
     audit_entries_filter_page_and_prune,
     enrollment_tokens_spend_bind_and_refuse,
+    a_new_install_id_or_a_forced_reset_forgets_token_bindings,
     a_group_of_token_enrollments_refuses_only_those_over_budget,
     labels_are_stored_filtered_and_merged,
 );
@@ -2098,4 +2099,34 @@ async fn replicas_spend_a_token_within_its_budget(stores: Vec<Arc<dyn Store>>) {
             .unwrap();
         assert_eq!(bound.is_some(), won.contains(&k));
     }
+}
+
+async fn a_new_install_id_or_a_forced_reset_forgets_token_bindings(s: Arc<dyn Store>) {
+    s.create_enrollment_token(&new_token("t1", 5, None))
+        .await
+        .unwrap();
+    for (d, k) in [("d1", "k1"), ("d2", "k2"), ("d3", "k3")] {
+        s.complete_enrollment(&token_commit("t1", d, k, &format!("s-{d}"), true))
+            .await
+            .unwrap();
+    }
+    // A forced reset: the old key no longer re-enrolls the device by retry.
+    assert!(
+        s.force_reset("acme", "d1", "hash-r1", i64::MAX, 10)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.token_binding("t1", "k1").await.unwrap(), None);
+    // A new install ID: the same.
+    assert!(
+        s.reissue_install_id("acme", "d2", "hash-r2", i64::MAX, 10)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.token_binding("t1", "k2").await.unwrap(), None);
+    // Others keep theirs (a lost response is still retry-safe).
+    assert_eq!(
+        s.token_binding("t1", "k3").await.unwrap().as_deref(),
+        Some("d3")
+    );
 }

@@ -285,7 +285,27 @@ fn check_public_rest_url(url: &str) -> Result<String, ConfigError> {
     {
         return Err(bad("holds characters other than a host, port and path"));
     }
+    if url.starts_with("http://") && !is_loopback_authority(rest) {
+        return Err(bad(
+            "must be https:// (the install command pipes the script it serves into `sudo sh`: \
+             over plain HTTP anyone on the way could run code as root on the box); http:// is \
+             taken for loopback only",
+        ));
+    }
     Ok(url.trim_end_matches('/').to_string())
+}
+
+/// Whether `host[:port][/path]` names this machine (localhost, 127/8, ::1).
+fn is_loopback_authority(rest: &str) -> bool {
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn default_server_names() -> Vec<String> {
@@ -330,6 +350,29 @@ pub async fn open_store(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_rest_url_is_https_unless_loopback() {
+        for ok in [
+            "https://outpost.example.com",
+            "https://outpost.example.com:8443/outpost/",
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+        ] {
+            assert!(check_public_rest_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://outpost.example.com",
+            "http://10.0.0.5:8080",
+            "http://localhost.evil.example",
+            "ftp://x",
+        ] {
+            assert!(check_public_rest_url(bad).is_err(), "{bad}");
+        }
+        let e = check_public_rest_url("http://10.0.0.5").unwrap_err().to_string();
+        assert!(e.contains("must be https://"), "{e}");
+    }
 
     #[test]
     fn flags_override_file_and_file_overrides_defaults() {

@@ -21,9 +21,30 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std:
         f.sync_all()?;
     }
     drop(f);
+    give_to_dir_owner(&tmp)?;
     std::fs::rename(&tmp, path)?;
     if durable && let Some(Ok(dir)) = path.parent().map(std::fs::File::open) {
         dir.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A file written into a directory another user owns (root running
+/// `outpost-agent enroll` or an admin command in a service's state
+/// directory) goes to the directory's owner, so the service can still read
+/// its own key. Only root can give files away: for anyone else (writing
+/// into a group-writable directory) the file stays theirs, as before.
+fn give_to_dir_owner(file: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = file.parent() else {
+        return Ok(());
+    };
+    let (d, f) = (std::fs::metadata(dir)?, std::fs::metadata(file)?);
+    if d.uid() != f.uid() {
+        match std::os::unix::fs::chown(file, Some(d.uid()), Some(d.gid())) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+            other => other?,
+        }
     }
     Ok(())
 }
@@ -65,6 +86,23 @@ pub fn ensure_private(path: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_file_written_into_another_users_directory_is_theirs() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("state");
+        create_private_dir(&sub).unwrap();
+        if std::os::unix::fs::chown(&sub, Some(4242), Some(4343)).is_err() {
+            eprintln!("skipped: giving a directory away needs root");
+            return;
+        }
+        let p = sub.join("device.key");
+        write_atomic(&p, b"secret", 0o600).unwrap();
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (4242, 4343));
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    }
 
     #[test]
     fn replaces_whole_files_with_the_given_mode() {

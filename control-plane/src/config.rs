@@ -370,7 +370,9 @@ mod tests {
         ] {
             assert!(check_public_rest_url(bad).is_err(), "{bad}");
         }
-        let e = check_public_rest_url("http://10.0.0.5").unwrap_err().to_string();
+        let e = check_public_rest_url("http://10.0.0.5")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must be https://"), "{e}");
     }
 

@@ -81,7 +81,7 @@ impl Metrics {
             audit_entries: IntCounterVec::new(
                 Opts::new(
                     "outpost_audit_entries_total",
-                    "Audit entries of mutating REST calls: result=stored, failed (store error; the request still succeeded), rate_limited (unauthenticated attempts over the limit).",
+                    "Audit entries of mutating REST calls: result=stored, failed (store error; the request still succeeded), rate_limited (unauthenticated attempts over the limit), unknown_workspace (unauthenticated attempts on a workspace that does not exist; not stored).",
                 ),
                 &["result"],
             )?,

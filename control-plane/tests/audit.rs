@@ -806,6 +806,21 @@ async fn a_failed_audit_write_is_counted_and_the_request_still_succeeds() {
         "{}",
         scrape().await
     );
+    // An unauthenticated attempt on a workspace that does not exist is
+    // counted, not stored.
+    let probe = reqwest::Client::new()
+        .post(format!("{}/ghost/devices/v2", cp.rest))
+        .json(&serde_json::json!({"device_name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 401);
+    let text = scrape().await;
+    assert!(
+        text.contains("outpost_audit_entries_total{result=\"unknown_workspace\"} 1")
+            && text.contains("outpost_audit_entries_total{result=\"stored\"} 1"),
+        "{text}"
+    );
 
     match test_database(&data_dir) {
         Some(url) => {

@@ -231,9 +231,21 @@ pub async fn record(
 
 async fn write(ctx: &AuditContext, entry: NewAuditEntry) {
     let counter = &ctx.state.metrics.audit_entries;
-    if entry.actor.is_none() && ctx.unattributed.check().is_err() {
-        counter.with_label_values(&["rate_limited"]).inc();
-        return;
+    if entry.actor.is_none() {
+        if ctx.unattributed.check().is_err() {
+            counter.with_label_values(&["rate_limited"]).inc();
+            return;
+        }
+        // Probing evidence is kept for workspaces that exist: made-up
+        // names in the path cannot fill the trail.
+        let known = match &entry.workspace {
+            Some(ws) => matches!(ctx.state.store.get_workspace(ws).await, Ok(Some(_))),
+            None => false,
+        };
+        if !known {
+            counter.with_label_values(&["unknown_workspace"]).inc();
+            return;
+        }
     }
     match ctx.state.store.insert_audit(&entry).await {
         Ok(()) => counter.with_label_values(&["stored"]).inc(),

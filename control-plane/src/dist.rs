@@ -68,14 +68,30 @@ pub fn parse_name(name: &str) -> Option<(&str, &str)> {
     (version_ok && arch_ok).then_some((version, arch))
 }
 
-/// Orders versions by their dot-separated parts, numbers as numbers.
-fn version_key(v: &str) -> Vec<(u64, String)> {
-    v.split(['.', '-', '+'])
-        .map(|p| match p.parse::<u64>() {
-            Ok(n) => (n, String::new()),
-            Err(_) => (0, p.to_string()),
+/// A pre-release identifier: numbers order as numbers, below words.
+type PreId = (bool, u64, String);
+
+/// Semantic-version precedence: the numeric core, then a release above its
+/// pre-releases (`1.2.0` > `1.2.0-rc.2` > `1.2.0-rc.1`); build metadata
+/// (`+…`) does not count.
+fn version_key(v: &str) -> (Vec<u64>, bool, Vec<PreId>) {
+    let v = v.split('+').next().unwrap_or(v);
+    let (core, pre) = match v.split_once('-') {
+        Some((c, p)) => (c, Some(p)),
+        None => (v, None),
+    };
+    let core = core.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    let pre_ids = pre
+        .map(|p| {
+            p.split('.')
+                .map(|id| match id.parse::<u64>() {
+                    Ok(n) => (false, n, String::new()),
+                    Err(_) => (true, 0, id.to_string()),
+                })
+                .collect()
         })
-        .collect()
+        .unwrap_or_default();
+    (core, pre.is_none(), pre_ids)
 }
 
 impl AgentDist {
@@ -203,6 +219,32 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_order_by_semver_precedence() {
+        let mut v = [
+            "1.2.0",
+            "1.2.0-rc.1",
+            "1.10.0",
+            "1.2.0-rc.2",
+            "1.2.0-alpha",
+            "1.2.0-rc.10",
+            "1.9.9+build.5",
+        ];
+        v.sort_by_key(|x| version_key(x));
+        assert_eq!(
+            v,
+            [
+                "1.2.0-alpha",
+                "1.2.0-rc.1",
+                "1.2.0-rc.2",
+                "1.2.0-rc.10",
+                "1.2.0",
+                "1.9.9+build.5",
+                "1.10.0"
+            ]
+        );
+    }
 
     #[test]
     fn only_release_names_are_taken() {

@@ -229,7 +229,11 @@ impl ServeConfig {
                 .or(file.grpc_listen)
                 .unwrap_or_else(|| parse(DEFAULT_GRPC_LISTEN)),
             server_names,
-            public_url: args.public_url.or(file.public_url),
+            public_url: args
+                .public_url
+                .or(file.public_url)
+                .map(|u| check_public_url(&u))
+                .transpose()?,
             device_cert_lifetime,
             install_id_ttl: args
                 .install_id_ttl
@@ -295,6 +299,24 @@ fn check_public_rest_url(url: &str) -> Result<String, ConfigError> {
     Ok(url.trim_end_matches('/').to_string())
 }
 
+/// `--public-url`: the device endpoint agents are sent to, written into
+/// install commands that run as root, so nothing but `https://HOST[:PORT]`.
+fn check_public_url(url: &str) -> Result<String, ConfigError> {
+    let rest = url.strip_prefix("https://").unwrap_or_default();
+    let authority = rest.trim_end_matches('/');
+    let ok = !authority.is_empty()
+        && authority
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._:[]".contains(c));
+    if !ok {
+        return Err(ConfigError::Invalid(format!(
+            "public-url {url:?} must be https://HOST[:PORT], the address boxes reach the device \
+             service at (e.g. https://outpost.example.com:8443)"
+        )));
+    }
+    Ok(format!("https://{authority}"))
+}
+
 /// Whether `host[:port][/path]` names this machine (localhost, 127/8, ::1).
 fn is_loopback_authority(rest: &str) -> bool {
     let authority = rest.split('/').next().unwrap_or_default();
@@ -350,6 +372,25 @@ pub async fn open_store(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_url_is_an_https_host_and_port() {
+        assert_eq!(
+            check_public_url("https://cp.example.com:8443/").unwrap(),
+            "https://cp.example.com:8443"
+        );
+        assert!(check_public_url("https://[::1]:8443").is_ok());
+        for bad in [
+            "http://cp.example.com:8443",
+            "https://",
+            "https://cp.example.com/path",
+            "https://cp;reboot",
+            "https://cp$(id)",
+            "cp.example.com:8443",
+        ] {
+            assert!(check_public_url(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn public_rest_url_is_https_unless_loopback() {

@@ -154,7 +154,7 @@ export function addDeviceDialog({ onCreated }) {
         });
         panel = installPanel({
           command: t.installCommand, expiresAt: t.expires_at, hint: t.hint,
-          note: `Token “${t.name}” enrolls up to ${t.max_uses} boxes; each becomes a device named after its hostname.`,
+          note: `Token “${t.name}” enrolls up to ${t.max_uses} boxes; each becomes a device named after its host name (or the agent's --device-name).`,
         });
       } else {
         const d = await api('devices/v2', {

@@ -134,19 +134,26 @@ pub async fn file(
         .await
         .map_err(|e| ApiError::Internal(format!("download index: {e}")))?
         .ok_or_else(|| ApiError::not_found(format!("no download named {file:?}")))?;
-    // Tarballs are a few MB: read whole rather than streamed.
-    let body = tokio::fs::read(&path).await.map_err(|e| {
+    let f = tokio::fs::File::open(&path).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             ApiError::not_found(format!("no download named {file:?}"))
         } else {
             ApiError::Internal(format!("{}: {e}", path.display()))
         }
     })?;
+    let len = f
+        .metadata()
+        .await
+        .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?
+        .len();
+    // Streamed from the file: a download costs a buffer, not the tarball.
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(f));
     Ok((
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, "application/gzip"),
-            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_TYPE, "application/gzip".to_string()),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
         ],
         body,
     )

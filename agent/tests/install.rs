@@ -30,6 +30,7 @@ fn mode(p: &Path) -> u32 {
 
 const FP: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 const ID: &str = "inst_0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "oet_0123456789abcdef0123456789abcdef";
 
 #[test]
 fn install_writes_config_unit_and_binary_and_is_idempotent() {
@@ -355,18 +356,18 @@ fn install_passes_an_enrollment_token_through() {
         env!("CARGO_BIN_EXE_outpost-agent"),
     ];
     let mut args = base.to_vec();
-    args.extend(["--enroll-token", "oet_abc", "--device-name", "line-3"]);
+    args.extend(["--enroll-token", TOKEN, "--device-name", "line-3"]);
     let out = install(&args);
     assert!(out.status.success(), "{}", text(&out));
     let env_file = root.path().join("etc/outpost/agent.env");
     let env = std::fs::read_to_string(&env_file).unwrap();
-    assert!(env.contains("OUTPOST_ENROLL_TOKEN=oet_abc"), "{env}");
+    assert!(env.contains(&format!("OUTPOST_ENROLL_TOKEN={TOKEN}")), "{env}");
     assert!(env.contains("OUTPOST_DEVICE_NAME=line-3"), "{env}");
     assert!(!env.contains("OUTPOST_INSTALL_ID"), "{env}");
     assert_eq!(mode(&env_file), 0o600, "the token is a secret");
 
     let mut both = base.to_vec();
-    both.extend(["--enroll-token", "oet_abc", "--install-id", "inst_x"]);
+    both.extend(["--enroll-token", TOKEN, "--install-id", ID]);
     let out = install(&both);
     assert!(!out.status.success());
     assert!(text(&out).contains("not both"), "{}", text(&out));

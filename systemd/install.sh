@@ -31,8 +31,9 @@ WAIT=auto
 WAIT_SECS=60
 USER_NAME=outpost-agent
 
-die() { echo "$PROG: error: $*" >&2; exit 1; }
-say() { echo "$PROG: $*"; }
+# printf, not echo: dash's echo would read backslashes in user input.
+die() { printf '%s\n' "$PROG: error: $*" >&2; exit 1; }
+say() { printf '%s\n' "$PROG: $*"; }
 
 usage() {
     cat <<'EOF'
@@ -62,7 +63,16 @@ EOF
     exit "${1:-0}"
 }
 
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
+# Every option value passes here first. A newline (or any control
+# character) is refused outright: the format checks below match line by
+# line, and a second line would become a second variable in agent.env or a
+# second key in agent.toml. The value itself is not printed back.
+need_arg() {
+    [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"
+    case "$2" in
+        *[[:cntrl:]]*) die "$1 must not contain a control character (newline, carriage return, tab, escape…)" ;;
+    esac
+}
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -92,14 +102,14 @@ done
 # Runs a command, or shows it (dry run, or a --root install for system commands).
 run() {
     if [ "$DRY_RUN" = 1 ]; then
-        echo "would run: $*"
+        printf '%s\n' "would run: $*"
     else
         "$@"
     fi
 }
 system() {
     if [ "$DRY_RUN" = 1 ] || [ -n "$ROOT" ]; then
-        echo "would run: $*"
+        printf '%s\n' "would run: $*"
     else
         "$@"
     fi
@@ -108,7 +118,7 @@ system() {
 write_file() {
     _path=$1 _mode=$2
     if [ "$DRY_RUN" = 1 ]; then
-        echo "would write $_path (mode $_mode):"
+        printf '%s\n' "would write $_path (mode $_mode):"
         sed 's/^/    /'
         return
     fi
@@ -151,7 +161,13 @@ if [ ! -f "$STATE/identity.json" ]; then
 fi
 # Formats first: a typo found now costs nothing; found by the service, it is
 # a unit that exits 2 and is never restarted.
-matches() { printf '%s\n' "$1" | grep -Eq "$2"; }
+# The whole value must match: one that spans lines never does (need_arg
+# refuses those already; this keeps the check sound on its own).
+matches() {
+    case "$1" in *"
+"*) return 1 ;; esac
+    printf '%s\n' "$1" | grep -Eq "$2"
+}
 if [ -n "$SERVER" ]; then
     matches "$SERVER" '^https://([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$' ||
         die "--server must be https://HOST:PORT, the control plane's device URL (got '$SERVER')"
@@ -164,6 +180,17 @@ fi
 if [ -n "$ENROLL_TOKEN" ]; then
     matches "$ENROLL_TOKEN" '^oet_[A-Za-z0-9_-]{16,128}$' ||
         die "--enroll-token must be oet_ and the token's characters, as the create-token answer shows it"
+fi
+if [ -n "$DEVICE_NAME" ]; then
+    # Written double-quoted into agent.env: none of the characters that a
+    # quoted EnvironmentFile value (or a shell) reads specially.
+    case "$DEVICE_NAME" in
+        *[\"\'\\\$\`]*) _bad_name=1 ;;
+        *) _bad_name=0 ;;
+    esac
+    if [ "$_bad_name" = 1 ] || [ "${#DEVICE_NAME}" -gt 128 ]; then
+        die "--device-name must be 1-128 characters without quotes, backslashes, \$ or backticks (got '$DEVICE_NAME')"
+    fi
 fi
 if [ -n "$CA_FP" ]; then
     # sha256:<64 hex>, or openssl's AB:CD:… form; written as the first.
@@ -205,8 +232,8 @@ download_release() {
         _have=$(printf '%s\n' "$DOWNLOAD_INDEX" | awk 'NF { printf "%s%s", (n++ ? ", " : ""), $2 }')
         die "the control plane has no agent for $_arch (it has: ${_have:-none}); build one with scripts/release.sh (TARGET=…) into its --agent-dist directory"
     fi
-    _file=$(echo "$_line" | cut -d' ' -f1)
-    _want=$(echo "$_line" | cut -d' ' -f4)
+    _file=$(printf '%s\n' "$_line" | cut -d' ' -f1)
+    _want=$(printf '%s\n' "$_line" | cut -d' ' -f4)
     command -v curl >/dev/null 2>&1 || die "curl is needed to download the agent"
     WORK=$(mktemp -d)
     trap 'rm -rf "$WORK"' EXIT
@@ -268,12 +295,13 @@ toml_list() {
 
 if [ -n "$INSTALL_ID$ENROLL_TOKEN" ]; then
     # The install ID (or enrollment token) is a secret until the box has
-    # enrolled: root-only file.
+    # enrolled: root-only file. Every value was checked above (no control
+    # characters; the device name, the one free-form value, is quoted).
     {
         echo "OUTPOST_SERVER=$SERVER"
         [ -z "$INSTALL_ID" ] || echo "OUTPOST_INSTALL_ID=$INSTALL_ID"
         [ -z "$ENROLL_TOKEN" ] || echo "OUTPOST_ENROLL_TOKEN=$ENROLL_TOKEN"
-        [ -z "$DEVICE_NAME" ] || echo "OUTPOST_DEVICE_NAME=$DEVICE_NAME"
+        [ -z "$DEVICE_NAME" ] || printf 'OUTPOST_DEVICE_NAME="%s"\n' "$DEVICE_NAME"
         echo "OUTPOST_CA_FINGERPRINT=$CA_FP"
     } | write_file "$ETC/agent.env" 0600
 fi

@@ -362,7 +362,7 @@ fn install_passes_an_enrollment_token_through() {
     let env_file = root.path().join("etc/outpost/agent.env");
     let env = std::fs::read_to_string(&env_file).unwrap();
     assert!(env.contains(&format!("OUTPOST_ENROLL_TOKEN={TOKEN}")), "{env}");
-    assert!(env.contains("OUTPOST_DEVICE_NAME=line-3"), "{env}");
+    assert!(env.contains("OUTPOST_DEVICE_NAME=\"line-3\""), "{env}");
     assert!(!env.contains("OUTPOST_INSTALL_ID"), "{env}");
     assert_eq!(mode(&env_file), 0o600, "the token is a secret");
 
@@ -376,4 +376,106 @@ fn install_passes_an_enrollment_token_through() {
     let out = install(&bad);
     assert!(!out.status.success());
     assert!(text(&out).contains("oet_"), "{}", text(&out));
+}
+
+/// The base arguments of a `--root` install with the built agent.
+fn base_args(root: &str) -> Vec<String> {
+    [
+        "--root",
+        root,
+        "--server",
+        "https://cp.example.com:8443",
+        "--ca-fingerprint",
+        FP,
+        "--binary",
+        env!("CARGO_BIN_EXE_outpost-agent"),
+        "--no-wait",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn install_owned(args: &[String]) -> Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    install(&args)
+}
+
+/// A value with a newline (or any control character) is refused before
+/// anything is written, naming the option: grep matches line by line, so
+/// `inst_…\nLD_PRELOAD=…` used to pass the format check and put a second
+/// variable into agent.env (systemd's EnvironmentFile).
+#[test]
+fn argument_values_with_control_characters_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    let smuggled = format!("{ID}\nLD_PRELOAD=/tmp/x.so");
+    for (opt, value) in [
+        ("--install-id", smuggled.as_str()),
+        ("--enroll-token", &format!("{TOKEN}\nLD_PRELOAD=/tmp/x.so")),
+        ("--device-name", "box\nLD_PRELOAD=/tmp/x.so"),
+        ("--device-name", "box\rx"),
+        ("--interval", "10s\nlog-level = \"trace\""),
+        ("--journal-unit", "a.service\tb"),
+        ("--log-file", "/var/log/a\u{1b}[2J"),
+        ("--binary", "/tmp/a\nb"),
+    ] {
+        let mut args = base_args(r);
+        if opt != "--install-id" && opt != "--enroll-token" {
+            args.extend(["--install-id".into(), ID.into()]);
+        }
+        args.extend([opt.to_string(), value.to_string()]);
+        let out = install_owned(&args);
+        assert_eq!(out.status.code(), Some(1), "{opt} {value:?}: {}", text(&out));
+        let t = text(&out);
+        assert!(
+            t.contains(&format!("{opt} must not contain a control character")),
+            "{opt} {value:?}: {t}"
+        );
+        assert!(!t.contains("LD_PRELOAD"), "the value is not echoed: {t}");
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            0,
+            "{opt}: nothing written"
+        );
+    }
+}
+
+/// --device-name has a format (1-128 characters, none of the characters a
+/// shell or EnvironmentFile would read specially) and is written quoted, so
+/// a name with a space arrives whole; error lines print the user's text as
+/// is (dash's echo would turn `\c`, `\n` into escapes).
+#[test]
+fn device_name_is_checked_and_written_safely() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    let long = "n".repeat(129);
+    for bad in ["a\"b", "a'b", "a\\b", "$(id)", "`id`", "a$HOME", long.as_str()] {
+        let mut args = base_args(r);
+        args.extend(["--enroll-token".into(), TOKEN.into()]);
+        args.extend(["--device-name".into(), bad.into()]);
+        let out = install_owned(&args);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {}", text(&out));
+        assert!(text(&out).contains("--device-name must be"), "{bad:?}: {}", text(&out));
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "{bad:?}");
+    }
+    let mut args = base_args(r);
+    args.extend(["--enroll-token".into(), TOKEN.into()]);
+    args.extend(["--device-name".into(), "line 3 # east".into()]);
+    let out = install_owned(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let env = std::fs::read_to_string(root.path().join("etc/outpost/agent.env")).unwrap();
+    assert!(env.contains("\nOUTPOST_DEVICE_NAME=\"line 3 # east\"\n"), "{env}");
+
+    // printf, not echo: a backslash in a refused value is printed as given.
+    let mut args = base_args(r);
+    args.extend(["--install-id".into(), ID.into()]);
+    args.extend(["--interval".into(), "1\\c0s".into()]);
+    let out = install_owned(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("(got '1\\c0s')"),
+        "{}",
+        text(&out)
+    );
 }

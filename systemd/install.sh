@@ -1,9 +1,12 @@
 #!/bin/sh
 # Installs the Outpost agent as a systemd service, or removes it (see usage()).
 # Served by a control plane at GET /install.sh, DOWNLOAD_URL and
-# DOWNLOAD_INDEX below are filled in: with no --binary and no outpost-agent
-# next to this script, the tarball for `uname -m` is downloaded from there and
-# its SHA-256 checked against that index before anything is installed.
+# DOWNLOAD_INDEX below are filled in: the tarball for `uname -m` is then
+# always downloaded from there and its SHA-256 checked against that index
+# before anything is installed; its binary (unless --binary names another)
+# and its unit are installed. Otherwise both come from the directory of this
+# script when it was run as a file from an unpacked release; piped (`sh -s`)
+# nothing is ever taken from the current directory.
 # A box enrolls with --install-id, or with --enroll-token (and --device-name)
 # for a fleet token.
 set -eu
@@ -137,7 +140,19 @@ ETC="$ROOT/etc/outpost"
 UNIT_DIR="$ROOT/etc/systemd/system"
 BIN="$ROOT/usr/bin/outpost-agent"
 STATE="$ROOT/var/lib/outpost-agent"
-SCRIPT_DIR=$(cd "$(dirname "$0")" 2>/dev/null && pwd || echo .)
+# The directory of this script when it was run as a file (sudo sh
+# install.sh from an unpacked release); empty when it was piped (curl … |
+# sudo sh -s --): then $0 is the shell's name, and the current directory is
+# wherever root happened to be, e.g. a world-writable /tmp.
+SCRIPT_DIR=""
+case "${0##*/}" in
+    sh|dash|bash|ash|ksh|mksh|zsh|busybox|-*) ;;
+    *)
+        if [ -f "$0" ]; then
+            SCRIPT_DIR=$(cd "$(dirname "$0")" 2>/dev/null && pwd) || SCRIPT_DIR=""
+        fi
+        ;;
+esac
 
 if [ "$UNINSTALL" = 1 ]; then
     system systemctl disable --now outpost-agent.service || true
@@ -245,22 +260,36 @@ download_release() {
     tar -xzf "$WORK/$_file" -C "$WORK" || die "could not unpack $_file"
     _dir="$WORK/${_file%.tar.gz}"
     [ -x "$_dir/outpost-agent" ] || die "$_file holds no ${_file%.tar.gz}/outpost-agent"
-    BINARY="$_dir/outpost-agent"
-    SCRIPT_DIR=$_dir
+    [ -f "$_dir/outpost-agent.service" ] || die "$_file holds no ${_file%.tar.gz}/outpost-agent.service"
+    RELEASE_DIR=$_dir
 }
 
-# The binary: a path, a URL, or outpost-agent next to this script.
-if [ -z "$BINARY" ]; then
-    if [ -x "$SCRIPT_DIR/outpost-agent" ]; then
+# Where the binary and the unit come from, settled before anything is
+# written. Served by a control plane: its SHA-256-checked tarball (the
+# binary unless --binary names one, and always the unit). Otherwise: the
+# directory this script was run from, when it was run as a file.
+UNIT_SRC=""
+if [ -n "$DOWNLOAD_INDEX" ]; then
+    download_release
+    [ -n "$BINARY" ] || BINARY="$RELEASE_DIR/outpost-agent"
+    UNIT_SRC="$RELEASE_DIR/outpost-agent.service"
+elif [ -n "$SCRIPT_DIR" ]; then
+    if [ -z "$BINARY" ] && [ -x "$SCRIPT_DIR/outpost-agent" ]; then
         BINARY="$SCRIPT_DIR/outpost-agent"
-    elif [ -n "$DOWNLOAD_INDEX" ]; then
-        download_release
-    elif [ -x "$BIN" ]; then
-        BINARY=""  # already installed: keep it
-    else
-        die "no agent binary: run the 'curl … | sudo sh' install command of a control plane with agent downloads, or give --binary PATH or URL (a release build of outpost-agent for $(uname -m))"
     fi
+    [ ! -f "$SCRIPT_DIR/outpost-agent.service" ] || UNIT_SRC="$SCRIPT_DIR/outpost-agent.service"
 fi
+if [ -z "$UNIT_SRC" ]; then
+    # The .deb's unit (root-owned, installed by the package).
+    for _u in "$ROOT/lib/systemd/system/outpost-agent.service" "$ROOT/usr/lib/systemd/system/outpost-agent.service"; do
+        if [ -f "$_u" ]; then UNIT_SRC=$_u; break; fi
+    done
+fi
+if [ -z "$BINARY" ] && [ ! -x "$BIN" ]; then
+    die "no agent binary: run the 'curl … | sudo sh' install command of a control plane with agent downloads, or install.sh from an unpacked release tarball (sudo sh install.sh …), or give --binary PATH or URL (a release build of outpost-agent for $(uname -m)); piped, files in the current directory are not used"
+fi
+[ -n "$UNIT_SRC" ] ||
+    die "no outpost-agent.service to install: run install.sh from the unpacked release tarball (sudo sh install.sh …), where it sits next to it, or the 'curl … | sudo sh' command of a control plane with agent downloads; piped, files in the current directory are not used"
 
 run mkdir -p "$ETC" "$UNIT_DIR" "$ROOT/usr/bin"
 case "$BINARY" in
@@ -306,12 +335,7 @@ if [ -n "$INSTALL_ID$ENROLL_TOKEN" ]; then
     } | write_file "$ETC/agent.env" 0600
 fi
 
-UNIT_SRC="$SCRIPT_DIR/outpost-agent.service"
-if [ -f "$UNIT_SRC" ]; then
-    write_file "$UNIT_DIR/outpost-agent.service" 0644 < "$UNIT_SRC"
-else
-    die "outpost-agent.service must sit next to $PROG"
-fi
+write_file "$UNIT_DIR/outpost-agent.service" 0644 < "$UNIT_SRC"
 
 if ! id "$USER_NAME" >/dev/null 2>&1 || [ -n "$ROOT" ]; then
     system useradd --system --no-create-home --home-dir /var/lib/outpost-agent \

@@ -479,3 +479,183 @@ fn device_name_is_checked_and_written_safely() {
         text(&out)
     );
 }
+
+/// A directory as an attacker would leave it where root runs the piped
+/// one-liner (/tmp, say): an `outpost-agent`, a unit, and a file named `sh`
+/// (so that `[ -f "$0" ]` holds for `sh -s`).
+fn booby_trapped_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let evil = dir.path().join("outpost-agent");
+    std::fs::write(&evil, "#!/bin/sh\necho evil\n").unwrap();
+    std::fs::set_permissions(&evil, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.path().join("outpost-agent.service"),
+        "[Service]\nExecStart=/tmp/evil\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("sh"), "").unwrap();
+    dir
+}
+
+/// `install.sh` as a control plane serves it: DOWNLOAD_URL (here a file://
+/// URL, which curl reads the same way) and a one-line DOWNLOAD_INDEX naming
+/// a release tarball (scripts/release.sh's layout) with its SHA-256.
+fn served_script(dist: &Path) -> String {
+    let arch = String::from_utf8(Command::new("uname").arg("-m").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let name = format!("outpost-agent-0.0.1-{arch}");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_outpost-agent"), dir.join("outpost-agent")).unwrap();
+    for f in ["install.sh", "outpost-agent.service"] {
+        std::fs::copy(repo().join("systemd").join(f), dir.join(f)).unwrap();
+    }
+    let tarball = dist.join(format!("{name}.tar.gz"));
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(work.path())
+        .args(["-I", "gzip -1", "-cf"])
+        .arg(&tarball)
+        .arg(&name)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let sha = Command::new("sha256sum").arg(&tarball).output().unwrap();
+    let sha = String::from_utf8(sha.stdout).unwrap();
+    let sha = sha.split_whitespace().next().unwrap();
+    let script = std::fs::read_to_string(repo().join("systemd/install.sh")).unwrap();
+    assert!(script.contains("\nDOWNLOAD_URL=\"\"\n") && script.contains("\nDOWNLOAD_INDEX=\"\"\n"));
+    script
+        .replacen(
+            "\nDOWNLOAD_URL=\"\"\n",
+            &format!("\nDOWNLOAD_URL='file://{}'\n", dist.display()),
+            1,
+        )
+        .replacen(
+            "\nDOWNLOAD_INDEX=\"\"\n",
+            &format!("\nDOWNLOAD_INDEX='{name}.tar.gz {arch} 0.0.1 {sha}'\n"),
+            1,
+        )
+}
+
+/// Runs `script` as `curl … | sh -s -- ARGS` does, from `cwd`.
+fn piped(script: &str, cwd: &Path, args: &[String]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("sh")
+        .arg("-s")
+        .arg("--")
+        .args(args)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Piped (`$0` is the shell), the script never takes `outpost-agent` or the
+/// unit from the current directory: not piped bare (it refuses, naming what
+/// to do), and not as a control plane serves it (the SHA-256-checked
+/// tarball's binary and unit are installed). `--binary` still works piped
+/// from a control plane: that binary, the tarball's unit.
+#[test]
+fn the_piped_script_ignores_files_in_the_current_directory() {
+    let trap = booby_trapped_dir();
+    let evil = std::fs::read(trap.path().join("outpost-agent")).unwrap();
+    let agent = std::fs::read(env!("CARGO_BIN_EXE_outpost-agent")).unwrap();
+    let unit = std::fs::read(repo().join("systemd/outpost-agent.service")).unwrap();
+    let args = |root: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--root",
+            root.to_str().unwrap(),
+            "--server",
+            "https://cp.example.com:8443",
+            "--install-id",
+            ID,
+            "--ca-fingerprint",
+            FP,
+            "--no-wait",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+
+    // The bare script, piped: nothing to install from, and it says so.
+    let root = tempfile::tempdir().unwrap();
+    let bare = std::fs::read_to_string(repo().join("systemd/install.sh")).unwrap();
+    let out = piped(&bare, trap.path(), &args(root.path(), &[]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no agent binary"), "{}", text(&out));
+    assert!(!root.path().join("usr/bin/outpost-agent").exists());
+
+    // Served by a control plane: the tarball's binary and unit.
+    let dist = tempfile::tempdir().unwrap();
+    let served = served_script(dist.path());
+    let root = tempfile::tempdir().unwrap();
+    let out = piped(&served, trap.path(), &args(root.path(), &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    let installed = std::fs::read(root.path().join("usr/bin/outpost-agent")).unwrap();
+    assert!(installed != evil, "installed the current directory's binary");
+    assert!(installed == agent, "not the tarball's binary");
+    let installed_unit =
+        std::fs::read(root.path().join("etc/systemd/system/outpost-agent.service")).unwrap();
+    assert_eq!(installed_unit, unit, "not the tarball's unit");
+
+    // Served, with --binary PATH: that binary, the tarball's unit.
+    let other = tempfile::tempdir().unwrap();
+    let mine = other.path().join("my-agent");
+    std::fs::write(&mine, "#!/bin/sh\necho mine\n").unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let out = piped(
+        &served,
+        trap.path(),
+        &args(root.path(), &["--binary", mine.to_str().unwrap()]),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(root.path().join("usr/bin/outpost-agent")).unwrap(),
+        b"#!/bin/sh\necho mine\n"
+    );
+    assert_eq!(
+        std::fs::read(root.path().join("etc/systemd/system/outpost-agent.service")).unwrap(),
+        unit
+    );
+
+    // Served, with --binary URL (dry run: nothing is fetched but the
+    // tarball for the unit): the URL is downloaded, the tarball's unit used.
+    let root = tempfile::tempdir().unwrap();
+    let out = piped(
+        &served,
+        trap.path(),
+        &args(
+            root.path(),
+            &["--dry-run", "--binary", "https://example.invalid/outpost-agent"],
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("would run: curl -fsSL -o"), "{t}");
+    assert!(t.contains("https://example.invalid/outpost-agent"), "{t}");
+    assert!(!t.contains("/tmp/evil"), "{t}");
+    assert!(t.contains("ExecStart=/usr/bin/outpost-agent"), "{t}");
+
+    // The bare script piped with --binary: no unit to install, said so.
+    let root = tempfile::tempdir().unwrap();
+    let out = piped(
+        &bare,
+        trap.path(),
+        &args(root.path(), &["--binary", mine.to_str().unwrap()]),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("outpost-agent.service"), "{}", text(&out));
+    assert!(!root.path().join("etc/systemd/system/outpost-agent.service").exists());
+    assert!(!root.path().join("usr/bin/outpost-agent").exists(), "nothing installed");
+}

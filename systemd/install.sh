@@ -353,8 +353,19 @@ json_field() {
 if [ "$WAIT" = auto ]; then
     if [ -n "$ROOT" ] || [ "$DRY_RUN" = 1 ]; then WAIT=0; else WAIT=1; fi
 fi
+# The fleet enrollment token enrolls many boxes and is not spent by one: once
+# this box has its certificate it needs the token no more, so the token does
+# not stay on disk (agent.env rewritten without its line, atomically).
+forget_token() {
+    [ -f "$ETC/agent.env" ] && grep -q '^OUTPOST_ENROLL_TOKEN=' "$ETC/agent.env" || return 0
+    grep -v '^OUTPOST_ENROLL_TOKEN=' "$ETC/agent.env" | write_file "$ETC/agent.env" 0600
+    say "removed the enrollment token from $ETC/agent.env: the agent has its certificate and needs it no more"
+}
 if [ "$WAIT" = 0 ] || [ "$DRY_RUN" = 1 ]; then
     say "installed; 'systemctl status outpost-agent' and 'outpost-agent status --state-dir /var/lib/outpost-agent' show how it is doing"
+    if [ "$DRY_RUN" = 0 ] && [ -f "$ETC/agent.env" ] && grep -q '^OUTPOST_ENROLL_TOKEN=' "$ETC/agent.env"; then
+        printf '%s\n' "$PROG: warning: the enrollment token stays in $ETC/agent.env (it enrolls any number of boxes) until you delete its OUTPOST_ENROLL_TOKEN line once the agent has enrolled, or run this again without --no-wait, which waits for the enrollment and then removes it" >&2
+    fi
     exit 0
 fi
 say "installed; waiting up to ${WAIT_SECS}s for the agent to enroll and connect (--no-wait skips this)"
@@ -365,6 +376,7 @@ while :; do
     _err=$(json_field last_error "$_json")
     if [ "$(json_field link "$_json")" = connected ]; then
         say "enrolled as $(json_field device_id "$_json"), connected"
+        forget_token
         exit 0
     fi
     if [ -z "$ROOT" ] && ! systemctl is-active --quiet outpost-agent.service; then

@@ -659,3 +659,78 @@ fn the_piped_script_ignores_files_in_the_current_directory() {
     assert!(!root.path().join("etc/systemd/system/outpost-agent.service").exists());
     assert!(!root.path().join("usr/bin/outpost-agent").exists(), "nothing installed");
 }
+
+/// A stand-in agent whose `status --json` says it has enrolled and
+/// connected, in the layout `outpost-agent status --json` prints.
+fn connected_agent(dir: &Path) -> PathBuf {
+    let p = dir.join("fake-agent");
+    std::fs::write(
+        &p,
+        "#!/bin/sh\nprintf '{\\n  \"device_id\": \"dev_fake\",\\n  \"link\": \"connected\",\\n  \"last_error\": \"\"\\n}\\n'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    p
+}
+
+/// The fleet enrollment token is multi-use: once the wait has seen the box
+/// enrolled, its line leaves agent.env (the rest stays, still 0600); with
+/// --no-wait it stays and the script says so.
+#[test]
+fn the_enrollment_token_is_removed_once_enrolled() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    let bins = tempfile::tempdir().unwrap();
+    let fake = connected_agent(bins.path());
+    let args = |wait: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--root",
+            r,
+            "--server",
+            "https://cp.example.com:8443",
+            "--ca-fingerprint",
+            FP,
+            "--enroll-token",
+            TOKEN,
+            "--device-name",
+            "line-3",
+            "--binary",
+            fake.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(wait.iter().map(|s| s.to_string()));
+        a
+    };
+    let env_file = root.path().join("etc/outpost/agent.env");
+
+    let out = install_owned(&args(&["--no-wait"]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("the enrollment token stays in"),
+        "{}",
+        text(&out)
+    );
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(env.contains(&format!("OUTPOST_ENROLL_TOKEN={TOKEN}")), "{env}");
+
+    let out = install_owned(&args(&["--wait", "--wait-timeout", "5"]));
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("enrolled as dev_fake, connected"), "{t}");
+    assert!(t.contains("removed the enrollment token"), "{t}");
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(!env.contains("OUTPOST_ENROLL_TOKEN"), "{env}");
+    assert!(!env.contains(TOKEN), "{env}");
+    assert!(env.contains("OUTPOST_SERVER=https://cp.example.com:8443\n"), "{env}");
+    assert!(env.contains("OUTPOST_DEVICE_NAME=\"line-3\"\n"), "{env}");
+    assert!(env.contains("OUTPOST_CA_FINGERPRINT=sha256:"), "{env}");
+    assert_eq!(mode(&env_file), 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(root.path().join("etc/outpost"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "agent.env" && n != "agent.toml")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -50,10 +50,17 @@ Installs the Outpost agent as a systemd service, or removes it.
   a fleet token that enrolls many boxes)
   sudo sh install.sh --uninstall [--purge]
 
-Every argument's format is checked before anything changes. After starting
-the service it waits (60 s; --wait-timeout, --no-wait) until the agent has
-enrolled and connected, and prints "enrolled as DEVICE, connected" or the
-agent's error (exit status 1).
+Every argument's format is checked before anything changes (no value may
+hold a control character). After starting the service it waits (60 s;
+--wait-timeout, --no-wait) until the agent has enrolled and connected, and
+prints "enrolled as DEVICE, connected" or the agent's error (exit status 1);
+once enrolled, an --enroll-token is removed from /etc/outpost/agent.env
+(with --no-wait it stays there, and a warning says so).
+
+The binary and unit come from the directory of install.sh (an unpacked
+release), or, as a control plane serves it (curl … | sudo sh -s --), from
+its SHA-256-checked tarball; --binary replaces only the binary. Piped, files
+in the current directory are never used.
 
 Idempotent: running it again rewrites the configuration and restarts the
 agent; the agent's state (key, certificate, spool) is kept.

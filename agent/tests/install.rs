@@ -361,7 +361,10 @@ fn install_passes_an_enrollment_token_through() {
     assert!(out.status.success(), "{}", text(&out));
     let env_file = root.path().join("etc/outpost/agent.env");
     let env = std::fs::read_to_string(&env_file).unwrap();
-    assert!(env.contains(&format!("OUTPOST_ENROLL_TOKEN={TOKEN}")), "{env}");
+    assert!(
+        env.contains(&format!("OUTPOST_ENROLL_TOKEN={TOKEN}")),
+        "{env}"
+    );
     assert!(env.contains("OUTPOST_DEVICE_NAME=\"line-3\""), "{env}");
     assert!(!env.contains("OUTPOST_INSTALL_ID"), "{env}");
     assert_eq!(mode(&env_file), 0o600, "the token is a secret");
@@ -426,7 +429,12 @@ fn argument_values_with_control_characters_are_refused() {
         }
         args.extend([opt.to_string(), value.to_string()]);
         let out = install_owned(&args);
-        assert_eq!(out.status.code(), Some(1), "{opt} {value:?}: {}", text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{opt} {value:?}: {}",
+            text(&out)
+        );
         let t = text(&out);
         assert!(
             t.contains(&format!("{opt} must not contain a control character")),
@@ -450,14 +458,30 @@ fn device_name_is_checked_and_written_safely() {
     let root = tempfile::tempdir().unwrap();
     let r = root.path().to_str().unwrap();
     let long = "n".repeat(129);
-    for bad in ["a\"b", "a'b", "a\\b", "$(id)", "`id`", "a$HOME", long.as_str()] {
+    for bad in [
+        "a\"b",
+        "a'b",
+        "a\\b",
+        "$(id)",
+        "`id`",
+        "a$HOME",
+        long.as_str(),
+    ] {
         let mut args = base_args(r);
         args.extend(["--enroll-token".into(), TOKEN.into()]);
         args.extend(["--device-name".into(), bad.into()]);
         let out = install_owned(&args);
         assert_eq!(out.status.code(), Some(1), "{bad:?}: {}", text(&out));
-        assert!(text(&out).contains("--device-name must be"), "{bad:?}: {}", text(&out));
-        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "{bad:?}");
+        assert!(
+            text(&out).contains("--device-name must be"),
+            "{bad:?}: {}",
+            text(&out)
+        );
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            0,
+            "{bad:?}"
+        );
     }
     let mut args = base_args(r);
     args.extend(["--enroll-token".into(), TOKEN.into()]);
@@ -465,7 +489,10 @@ fn device_name_is_checked_and_written_safely() {
     let out = install_owned(&args);
     assert!(out.status.success(), "{}", text(&out));
     let env = std::fs::read_to_string(root.path().join("etc/outpost/agent.env")).unwrap();
-    assert!(env.contains("\nOUTPOST_DEVICE_NAME=\"line 3 # east\"\n"), "{env}");
+    assert!(
+        env.contains("\nOUTPOST_DEVICE_NAME=\"line 3 # east\"\n"),
+        "{env}"
+    );
 
     // printf, not echo: a backslash in a refused value is printed as given.
     let mut args = base_args(r);
@@ -473,11 +500,7 @@ fn device_name_is_checked_and_written_safely() {
     args.extend(["--interval".into(), "1\\c0s".into()]);
     let out = install_owned(&args);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out).contains("(got '1\\c0s')"),
-        "{}",
-        text(&out)
-    );
+    assert!(text(&out).contains("(got '1\\c0s')"), "{}", text(&out));
 }
 
 /// A directory as an attacker would leave it where root runs the piped
@@ -509,7 +532,11 @@ fn served_script(dist: &Path) -> String {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join(&name);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_outpost-agent"), dir.join("outpost-agent")).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_outpost-agent"),
+        dir.join("outpost-agent"),
+    )
+    .unwrap();
     for f in ["install.sh", "outpost-agent.service"] {
         std::fs::copy(repo().join("systemd").join(f), dir.join(f)).unwrap();
     }
@@ -554,7 +581,12 @@ fn piped(script: &str, cwd: &Path, args: &[String]) -> Output {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -603,7 +635,10 @@ fn the_piped_script_ignores_files_in_the_current_directory() {
     let out = piped(&served, trap.path(), &args(root.path(), &[]));
     assert!(out.status.success(), "{}", text(&out));
     let installed = std::fs::read(root.path().join("usr/bin/outpost-agent")).unwrap();
-    assert!(installed != evil, "installed the current directory's binary");
+    assert!(
+        installed != evil,
+        "installed the current directory's binary"
+    );
     assert!(installed == agent, "not the tarball's binary");
     let installed_unit =
         std::fs::read(root.path().join("etc/systemd/system/outpost-agent.service")).unwrap();
@@ -637,7 +672,11 @@ fn the_piped_script_ignores_files_in_the_current_directory() {
         trap.path(),
         &args(
             root.path(),
-            &["--dry-run", "--binary", "https://example.invalid/outpost-agent"],
+            &[
+                "--dry-run",
+                "--binary",
+                "https://example.invalid/outpost-agent",
+            ],
         ),
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -655,9 +694,21 @@ fn the_piped_script_ignores_files_in_the_current_directory() {
         &args(root.path(), &["--binary", mine.to_str().unwrap()]),
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("outpost-agent.service"), "{}", text(&out));
-    assert!(!root.path().join("etc/systemd/system/outpost-agent.service").exists());
-    assert!(!root.path().join("usr/bin/outpost-agent").exists(), "nothing installed");
+    assert!(
+        text(&out).contains("outpost-agent.service"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !root
+            .path()
+            .join("etc/systemd/system/outpost-agent.service")
+            .exists()
+    );
+    assert!(
+        !root.path().join("usr/bin/outpost-agent").exists(),
+        "nothing installed"
+    );
 }
 
 /// A stand-in agent whose `status --json` says it has enrolled and
@@ -713,7 +764,10 @@ fn the_enrollment_token_is_removed_once_enrolled() {
         text(&out)
     );
     let env = std::fs::read_to_string(&env_file).unwrap();
-    assert!(env.contains(&format!("OUTPOST_ENROLL_TOKEN={TOKEN}")), "{env}");
+    assert!(
+        env.contains(&format!("OUTPOST_ENROLL_TOKEN={TOKEN}")),
+        "{env}"
+    );
 
     let out = install_owned(&args(&["--wait", "--wait-timeout", "5"]));
     assert!(out.status.success(), "{}", text(&out));
@@ -723,7 +777,10 @@ fn the_enrollment_token_is_removed_once_enrolled() {
     let env = std::fs::read_to_string(&env_file).unwrap();
     assert!(!env.contains("OUTPOST_ENROLL_TOKEN"), "{env}");
     assert!(!env.contains(TOKEN), "{env}");
-    assert!(env.contains("OUTPOST_SERVER=https://cp.example.com:8443\n"), "{env}");
+    assert!(
+        env.contains("OUTPOST_SERVER=https://cp.example.com:8443\n"),
+        "{env}"
+    );
     assert!(env.contains("OUTPOST_DEVICE_NAME=\"line-3\"\n"), "{env}");
     assert!(env.contains("OUTPOST_CA_FINGERPRINT=sha256:"), "{env}");
     assert_eq!(mode(&env_file), 0o600);

@@ -1,9 +1,12 @@
 #!/bin/sh
 # Installs the Outpost agent as a systemd service, or removes it (see usage()).
 # Served by a control plane at GET /install.sh, DOWNLOAD_URL and
-# DOWNLOAD_INDEX below are filled in: with no --binary and no outpost-agent
-# next to this script, the tarball for `uname -m` is downloaded from there and
-# its SHA-256 checked against that index before anything is installed.
+# DOWNLOAD_INDEX below are filled in: the tarball for `uname -m` is then
+# always downloaded from there and its SHA-256 checked against that index
+# before anything is installed; its binary (unless --binary names another)
+# and its unit are installed. Otherwise both come from the directory of this
+# script when it was run as a file from an unpacked release; piped (`sh -s`)
+# nothing is ever taken from the current directory.
 # A box enrolls with --install-id, or with --enroll-token (and --device-name)
 # for a fleet token.
 set -eu
@@ -31,8 +34,9 @@ WAIT=auto
 WAIT_SECS=60
 USER_NAME=outpost-agent
 
-die() { echo "$PROG: error: $*" >&2; exit 1; }
-say() { echo "$PROG: $*"; }
+# printf, not echo: dash's echo would read backslashes in user input.
+die() { printf '%s\n' "$PROG: error: $*" >&2; exit 1; }
+say() { printf '%s\n' "$PROG: $*"; }
 
 usage() {
     cat <<'EOF'
@@ -46,10 +50,17 @@ Installs the Outpost agent as a systemd service, or removes it.
   a fleet token that enrolls many boxes)
   sudo sh install.sh --uninstall [--purge]
 
-Every argument's format is checked before anything changes. After starting
-the service it waits (60 s; --wait-timeout, --no-wait) until the agent has
-enrolled and connected, and prints "enrolled as DEVICE, connected" or the
-agent's error (exit status 1).
+Every argument's format is checked before anything changes (no value may
+hold a control character). After starting the service it waits (60 s;
+--wait-timeout, --no-wait) until the agent has enrolled and connected, and
+prints "enrolled as DEVICE, connected" or the agent's error (exit status 1);
+once enrolled, an --enroll-token is removed from /etc/outpost/agent.env
+(with --no-wait it stays there, and a warning says so).
+
+The binary and unit come from the directory of install.sh (an unpacked
+release), or, as a control plane serves it (curl … | sudo sh -s --), from
+its SHA-256-checked tarball; --binary replaces only the binary. Piped, files
+in the current directory are never used.
 
 Idempotent: running it again rewrites the configuration and restarts the
 agent; the agent's state (key, certificate, spool) is kept.
@@ -62,7 +73,16 @@ EOF
     exit "${1:-0}"
 }
 
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
+# Every option value passes here first. A newline (or any control
+# character) is refused outright: the format checks below match line by
+# line, and a second line would become a second variable in agent.env or a
+# second key in agent.toml. The value itself is not printed back.
+need_arg() {
+    [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"
+    case "$2" in
+        *[[:cntrl:]]*) die "$1 must not contain a control character (newline, carriage return, tab, escape…)" ;;
+    esac
+}
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -92,14 +112,14 @@ done
 # Runs a command, or shows it (dry run, or a --root install for system commands).
 run() {
     if [ "$DRY_RUN" = 1 ]; then
-        echo "would run: $*"
+        printf '%s\n' "would run: $*"
     else
         "$@"
     fi
 }
 system() {
     if [ "$DRY_RUN" = 1 ] || [ -n "$ROOT" ]; then
-        echo "would run: $*"
+        printf '%s\n' "would run: $*"
     else
         "$@"
     fi
@@ -108,7 +128,7 @@ system() {
 write_file() {
     _path=$1 _mode=$2
     if [ "$DRY_RUN" = 1 ]; then
-        echo "would write $_path (mode $_mode):"
+        printf '%s\n' "would write $_path (mode $_mode):"
         sed 's/^/    /'
         return
     fi
@@ -127,7 +147,19 @@ ETC="$ROOT/etc/outpost"
 UNIT_DIR="$ROOT/etc/systemd/system"
 BIN="$ROOT/usr/bin/outpost-agent"
 STATE="$ROOT/var/lib/outpost-agent"
-SCRIPT_DIR=$(cd "$(dirname "$0")" 2>/dev/null && pwd || echo .)
+# The directory of this script when it was run as a file (sudo sh
+# install.sh from an unpacked release); empty when it was piped (curl … |
+# sudo sh -s --): then $0 is the shell's name, and the current directory is
+# wherever root happened to be, e.g. a world-writable /tmp.
+SCRIPT_DIR=""
+case "${0##*/}" in
+    sh|dash|bash|ash|ksh|mksh|zsh|busybox|-*) ;;
+    *)
+        if [ -f "$0" ]; then
+            SCRIPT_DIR=$(cd "$(dirname "$0")" 2>/dev/null && pwd) || SCRIPT_DIR=""
+        fi
+        ;;
+esac
 
 if [ "$UNINSTALL" = 1 ]; then
     system systemctl disable --now outpost-agent.service || true
@@ -151,7 +183,13 @@ if [ ! -f "$STATE/identity.json" ]; then
 fi
 # Formats first: a typo found now costs nothing; found by the service, it is
 # a unit that exits 2 and is never restarted.
-matches() { printf '%s\n' "$1" | grep -Eq "$2"; }
+# The whole value must match: one that spans lines never does (need_arg
+# refuses those already; this keeps the check sound on its own).
+matches() {
+    case "$1" in *"
+"*) return 1 ;; esac
+    printf '%s\n' "$1" | grep -Eq "$2"
+}
 if [ -n "$SERVER" ]; then
     matches "$SERVER" '^https://([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$' ||
         die "--server must be https://HOST:PORT, the control plane's device URL (got '$SERVER')"
@@ -164,6 +202,17 @@ fi
 if [ -n "$ENROLL_TOKEN" ]; then
     matches "$ENROLL_TOKEN" '^oet_[A-Za-z0-9_-]{16,128}$' ||
         die "--enroll-token must be oet_ and the token's characters, as the create-token answer shows it"
+fi
+if [ -n "$DEVICE_NAME" ]; then
+    # Written double-quoted into agent.env: none of the characters that a
+    # quoted EnvironmentFile value (or a shell) reads specially.
+    case "$DEVICE_NAME" in
+        *[\"\'\\\$\`]*) _bad_name=1 ;;
+        *) _bad_name=0 ;;
+    esac
+    if [ "$_bad_name" = 1 ] || [ "${#DEVICE_NAME}" -gt 128 ]; then
+        die "--device-name must be 1-128 characters without quotes, backslashes, \$ or backticks (got '$DEVICE_NAME')"
+    fi
 fi
 if [ -n "$CA_FP" ]; then
     # sha256:<64 hex>, or openssl's AB:CD:… form; written as the first.
@@ -205,8 +254,8 @@ download_release() {
         _have=$(printf '%s\n' "$DOWNLOAD_INDEX" | awk 'NF { printf "%s%s", (n++ ? ", " : ""), $2 }')
         die "the control plane has no agent for $_arch (it has: ${_have:-none}); build one with scripts/release.sh (TARGET=…) into its --agent-dist directory"
     fi
-    _file=$(echo "$_line" | cut -d' ' -f1)
-    _want=$(echo "$_line" | cut -d' ' -f4)
+    _file=$(printf '%s\n' "$_line" | cut -d' ' -f1)
+    _want=$(printf '%s\n' "$_line" | cut -d' ' -f4)
     command -v curl >/dev/null 2>&1 || die "curl is needed to download the agent"
     WORK=$(mktemp -d)
     trap 'rm -rf "$WORK"' EXIT
@@ -218,22 +267,36 @@ download_release() {
     tar -xzf "$WORK/$_file" -C "$WORK" || die "could not unpack $_file"
     _dir="$WORK/${_file%.tar.gz}"
     [ -x "$_dir/outpost-agent" ] || die "$_file holds no ${_file%.tar.gz}/outpost-agent"
-    BINARY="$_dir/outpost-agent"
-    SCRIPT_DIR=$_dir
+    [ -f "$_dir/outpost-agent.service" ] || die "$_file holds no ${_file%.tar.gz}/outpost-agent.service"
+    RELEASE_DIR=$_dir
 }
 
-# The binary: a path, a URL, or outpost-agent next to this script.
-if [ -z "$BINARY" ]; then
-    if [ -x "$SCRIPT_DIR/outpost-agent" ]; then
+# Where the binary and the unit come from, settled before anything is
+# written. Served by a control plane: its SHA-256-checked tarball (the
+# binary unless --binary names one, and always the unit). Otherwise: the
+# directory this script was run from, when it was run as a file.
+UNIT_SRC=""
+if [ -n "$DOWNLOAD_INDEX" ]; then
+    download_release
+    [ -n "$BINARY" ] || BINARY="$RELEASE_DIR/outpost-agent"
+    UNIT_SRC="$RELEASE_DIR/outpost-agent.service"
+elif [ -n "$SCRIPT_DIR" ]; then
+    if [ -z "$BINARY" ] && [ -x "$SCRIPT_DIR/outpost-agent" ]; then
         BINARY="$SCRIPT_DIR/outpost-agent"
-    elif [ -n "$DOWNLOAD_INDEX" ]; then
-        download_release
-    elif [ -x "$BIN" ]; then
-        BINARY=""  # already installed: keep it
-    else
-        die "no agent binary: run the 'curl … | sudo sh' install command of a control plane with agent downloads, or give --binary PATH or URL (a release build of outpost-agent for $(uname -m))"
     fi
+    [ ! -f "$SCRIPT_DIR/outpost-agent.service" ] || UNIT_SRC="$SCRIPT_DIR/outpost-agent.service"
 fi
+if [ -z "$UNIT_SRC" ]; then
+    # The .deb's unit (root-owned, installed by the package).
+    for _u in "$ROOT/lib/systemd/system/outpost-agent.service" "$ROOT/usr/lib/systemd/system/outpost-agent.service"; do
+        if [ -f "$_u" ]; then UNIT_SRC=$_u; break; fi
+    done
+fi
+if [ -z "$BINARY" ] && [ ! -x "$BIN" ]; then
+    die "no agent binary: run the 'curl … | sudo sh' install command of a control plane with agent downloads, or install.sh from an unpacked release tarball (sudo sh install.sh …), or give --binary PATH or URL (a release build of outpost-agent for $(uname -m)); piped, files in the current directory are not used"
+fi
+[ -n "$UNIT_SRC" ] ||
+    die "no outpost-agent.service to install: run install.sh from the unpacked release tarball (sudo sh install.sh …), where it sits next to it, or the 'curl … | sudo sh' command of a control plane with agent downloads; piped, files in the current directory are not used"
 
 run mkdir -p "$ETC" "$UNIT_DIR" "$ROOT/usr/bin"
 case "$BINARY" in
@@ -268,22 +331,18 @@ toml_list() {
 
 if [ -n "$INSTALL_ID$ENROLL_TOKEN" ]; then
     # The install ID (or enrollment token) is a secret until the box has
-    # enrolled: root-only file.
+    # enrolled: root-only file. Every value was checked above (no control
+    # characters; the device name, the one free-form value, is quoted).
     {
         echo "OUTPOST_SERVER=$SERVER"
         [ -z "$INSTALL_ID" ] || echo "OUTPOST_INSTALL_ID=$INSTALL_ID"
         [ -z "$ENROLL_TOKEN" ] || echo "OUTPOST_ENROLL_TOKEN=$ENROLL_TOKEN"
-        [ -z "$DEVICE_NAME" ] || echo "OUTPOST_DEVICE_NAME=$DEVICE_NAME"
+        [ -z "$DEVICE_NAME" ] || printf 'OUTPOST_DEVICE_NAME="%s"\n' "$DEVICE_NAME"
         echo "OUTPOST_CA_FINGERPRINT=$CA_FP"
     } | write_file "$ETC/agent.env" 0600
 fi
 
-UNIT_SRC="$SCRIPT_DIR/outpost-agent.service"
-if [ -f "$UNIT_SRC" ]; then
-    write_file "$UNIT_DIR/outpost-agent.service" 0644 < "$UNIT_SRC"
-else
-    die "outpost-agent.service must sit next to $PROG"
-fi
+write_file "$UNIT_DIR/outpost-agent.service" 0644 < "$UNIT_SRC"
 
 if ! id "$USER_NAME" >/dev/null 2>&1 || [ -n "$ROOT" ]; then
     system useradd --system --no-create-home --home-dir /var/lib/outpost-agent \
@@ -301,8 +360,19 @@ json_field() {
 if [ "$WAIT" = auto ]; then
     if [ -n "$ROOT" ] || [ "$DRY_RUN" = 1 ]; then WAIT=0; else WAIT=1; fi
 fi
+# The fleet enrollment token enrolls many boxes and is not spent by one: once
+# this box has its certificate it needs the token no more, so the token does
+# not stay on disk (agent.env rewritten without its line, atomically).
+forget_token() {
+    [ -f "$ETC/agent.env" ] && grep -q '^OUTPOST_ENROLL_TOKEN=' "$ETC/agent.env" || return 0
+    grep -v '^OUTPOST_ENROLL_TOKEN=' "$ETC/agent.env" | write_file "$ETC/agent.env" 0600
+    say "removed the enrollment token from $ETC/agent.env: the agent has its certificate and needs it no more"
+}
 if [ "$WAIT" = 0 ] || [ "$DRY_RUN" = 1 ]; then
     say "installed; 'systemctl status outpost-agent' and 'outpost-agent status --state-dir /var/lib/outpost-agent' show how it is doing"
+    if [ "$DRY_RUN" = 0 ] && [ -f "$ETC/agent.env" ] && grep -q '^OUTPOST_ENROLL_TOKEN=' "$ETC/agent.env"; then
+        printf '%s\n' "$PROG: warning: the enrollment token stays in $ETC/agent.env (it enrolls any number of boxes) until you delete its OUTPOST_ENROLL_TOKEN line once the agent has enrolled, or run this again without --no-wait, which waits for the enrollment and then removes it" >&2
+    fi
     exit 0
 fi
 say "installed; waiting up to ${WAIT_SECS}s for the agent to enroll and connect (--no-wait skips this)"
@@ -313,6 +383,7 @@ while :; do
     _err=$(json_field last_error "$_json")
     if [ "$(json_field link "$_json")" = connected ]; then
         say "enrolled as $(json_field device_id "$_json"), connected"
+        forget_token
         exit 0
     fi
     if [ -z "$ROOT" ] && ! systemctl is-active --quiet outpost-agent.service; then

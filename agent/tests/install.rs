@@ -30,6 +30,7 @@ fn mode(p: &Path) -> u32 {
 
 const FP: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 const ID: &str = "inst_0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "oet_0123456789abcdef0123456789abcdef";
 
 #[test]
 fn install_writes_config_unit_and_binary_and_is_idempotent() {
@@ -355,18 +356,21 @@ fn install_passes_an_enrollment_token_through() {
         env!("CARGO_BIN_EXE_outpost-agent"),
     ];
     let mut args = base.to_vec();
-    args.extend(["--enroll-token", "oet_abc", "--device-name", "line-3"]);
+    args.extend(["--enroll-token", TOKEN, "--device-name", "line-3"]);
     let out = install(&args);
     assert!(out.status.success(), "{}", text(&out));
     let env_file = root.path().join("etc/outpost/agent.env");
     let env = std::fs::read_to_string(&env_file).unwrap();
-    assert!(env.contains("OUTPOST_ENROLL_TOKEN=oet_abc"), "{env}");
-    assert!(env.contains("OUTPOST_DEVICE_NAME=line-3"), "{env}");
+    assert!(
+        env.contains(&format!("OUTPOST_ENROLL_TOKEN={TOKEN}")),
+        "{env}"
+    );
+    assert!(env.contains("OUTPOST_DEVICE_NAME=\"line-3\""), "{env}");
     assert!(!env.contains("OUTPOST_INSTALL_ID"), "{env}");
     assert_eq!(mode(&env_file), 0o600, "the token is a secret");
 
     let mut both = base.to_vec();
-    both.extend(["--enroll-token", "oet_abc", "--install-id", "inst_x"]);
+    both.extend(["--enroll-token", TOKEN, "--install-id", ID]);
     let out = install(&both);
     assert!(!out.status.success());
     assert!(text(&out).contains("not both"), "{}", text(&out));
@@ -375,4 +379,415 @@ fn install_passes_an_enrollment_token_through() {
     let out = install(&bad);
     assert!(!out.status.success());
     assert!(text(&out).contains("oet_"), "{}", text(&out));
+}
+
+/// The base arguments of a `--root` install with the built agent.
+fn base_args(root: &str) -> Vec<String> {
+    [
+        "--root",
+        root,
+        "--server",
+        "https://cp.example.com:8443",
+        "--ca-fingerprint",
+        FP,
+        "--binary",
+        env!("CARGO_BIN_EXE_outpost-agent"),
+        "--no-wait",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn install_owned(args: &[String]) -> Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    install(&args)
+}
+
+/// A value with a newline (or any control character) is refused before
+/// anything is written, naming the option: grep matches line by line, so
+/// `inst_…\nLD_PRELOAD=…` used to pass the format check and put a second
+/// variable into agent.env (systemd's EnvironmentFile).
+#[test]
+fn argument_values_with_control_characters_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    let smuggled = format!("{ID}\nLD_PRELOAD=/tmp/x.so");
+    for (opt, value) in [
+        ("--install-id", smuggled.as_str()),
+        ("--enroll-token", &format!("{TOKEN}\nLD_PRELOAD=/tmp/x.so")),
+        ("--device-name", "box\nLD_PRELOAD=/tmp/x.so"),
+        ("--device-name", "box\rx"),
+        ("--interval", "10s\nlog-level = \"trace\""),
+        ("--journal-unit", "a.service\tb"),
+        ("--log-file", "/var/log/a\u{1b}[2J"),
+        ("--binary", "/tmp/a\nb"),
+    ] {
+        let mut args = base_args(r);
+        if opt != "--install-id" && opt != "--enroll-token" {
+            args.extend(["--install-id".into(), ID.into()]);
+        }
+        args.extend([opt.to_string(), value.to_string()]);
+        let out = install_owned(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{opt} {value:?}: {}",
+            text(&out)
+        );
+        let t = text(&out);
+        assert!(
+            t.contains(&format!("{opt} must not contain a control character")),
+            "{opt} {value:?}: {t}"
+        );
+        assert!(!t.contains("LD_PRELOAD"), "the value is not echoed: {t}");
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            0,
+            "{opt}: nothing written"
+        );
+    }
+}
+
+/// --device-name has a format (1-128 characters, none of the characters a
+/// shell or EnvironmentFile would read specially) and is written quoted, so
+/// a name with a space arrives whole; error lines print the user's text as
+/// is (dash's echo would turn `\c`, `\n` into escapes).
+#[test]
+fn device_name_is_checked_and_written_safely() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    let long = "n".repeat(129);
+    for bad in [
+        "a\"b",
+        "a'b",
+        "a\\b",
+        "$(id)",
+        "`id`",
+        "a$HOME",
+        long.as_str(),
+    ] {
+        let mut args = base_args(r);
+        args.extend(["--enroll-token".into(), TOKEN.into()]);
+        args.extend(["--device-name".into(), bad.into()]);
+        let out = install_owned(&args);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("--device-name must be"),
+            "{bad:?}: {}",
+            text(&out)
+        );
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            0,
+            "{bad:?}"
+        );
+    }
+    let mut args = base_args(r);
+    args.extend(["--enroll-token".into(), TOKEN.into()]);
+    args.extend(["--device-name".into(), "line 3 # east".into()]);
+    let out = install_owned(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let env = std::fs::read_to_string(root.path().join("etc/outpost/agent.env")).unwrap();
+    assert!(
+        env.contains("\nOUTPOST_DEVICE_NAME=\"line 3 # east\"\n"),
+        "{env}"
+    );
+
+    // printf, not echo: a backslash in a refused value is printed as given.
+    let mut args = base_args(r);
+    args.extend(["--install-id".into(), ID.into()]);
+    args.extend(["--interval".into(), "1\\c0s".into()]);
+    let out = install_owned(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("(got '1\\c0s')"), "{}", text(&out));
+}
+
+/// A directory as an attacker would leave it where root runs the piped
+/// one-liner (/tmp, say): an `outpost-agent`, a unit, and a file named `sh`
+/// (so that `[ -f "$0" ]` holds for `sh -s`).
+fn booby_trapped_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let evil = dir.path().join("outpost-agent");
+    std::fs::write(&evil, "#!/bin/sh\necho evil\n").unwrap();
+    std::fs::set_permissions(&evil, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.path().join("outpost-agent.service"),
+        "[Service]\nExecStart=/tmp/evil\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("sh"), "").unwrap();
+    dir
+}
+
+/// `install.sh` as a control plane serves it: DOWNLOAD_URL (here a file://
+/// URL, which curl reads the same way) and a one-line DOWNLOAD_INDEX naming
+/// a release tarball (scripts/release.sh's layout) with its SHA-256.
+fn served_script(dist: &Path) -> String {
+    let arch = String::from_utf8(Command::new("uname").arg("-m").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let name = format!("outpost-agent-0.0.1-{arch}");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_outpost-agent"),
+        dir.join("outpost-agent"),
+    )
+    .unwrap();
+    for f in ["install.sh", "outpost-agent.service"] {
+        std::fs::copy(repo().join("systemd").join(f), dir.join(f)).unwrap();
+    }
+    let tarball = dist.join(format!("{name}.tar.gz"));
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(work.path())
+        .args(["-I", "gzip -1", "-cf"])
+        .arg(&tarball)
+        .arg(&name)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let sha = Command::new("sha256sum").arg(&tarball).output().unwrap();
+    let sha = String::from_utf8(sha.stdout).unwrap();
+    let sha = sha.split_whitespace().next().unwrap();
+    let script = std::fs::read_to_string(repo().join("systemd/install.sh")).unwrap();
+    assert!(script.contains("\nDOWNLOAD_URL=\"\"\n") && script.contains("\nDOWNLOAD_INDEX=\"\"\n"));
+    script
+        .replacen(
+            "\nDOWNLOAD_URL=\"\"\n",
+            &format!("\nDOWNLOAD_URL='file://{}'\n", dist.display()),
+            1,
+        )
+        .replacen(
+            "\nDOWNLOAD_INDEX=\"\"\n",
+            &format!("\nDOWNLOAD_INDEX='{name}.tar.gz {arch} 0.0.1 {sha}'\n"),
+            1,
+        )
+}
+
+/// Runs `script` as `curl … | sh -s -- ARGS` does, from `cwd`.
+fn piped(script: &str, cwd: &Path, args: &[String]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("sh")
+        .arg("-s")
+        .arg("--")
+        .args(args)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Piped (`$0` is the shell), the script never takes `outpost-agent` or the
+/// unit from the current directory: not piped bare (it refuses, naming what
+/// to do), and not as a control plane serves it (the SHA-256-checked
+/// tarball's binary and unit are installed). `--binary` still works piped
+/// from a control plane: that binary, the tarball's unit.
+#[test]
+fn the_piped_script_ignores_files_in_the_current_directory() {
+    let trap = booby_trapped_dir();
+    let evil = std::fs::read(trap.path().join("outpost-agent")).unwrap();
+    let agent = std::fs::read(env!("CARGO_BIN_EXE_outpost-agent")).unwrap();
+    let unit = std::fs::read(repo().join("systemd/outpost-agent.service")).unwrap();
+    let args = |root: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--root",
+            root.to_str().unwrap(),
+            "--server",
+            "https://cp.example.com:8443",
+            "--install-id",
+            ID,
+            "--ca-fingerprint",
+            FP,
+            "--no-wait",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+
+    // The bare script, piped: nothing to install from, and it says so.
+    let root = tempfile::tempdir().unwrap();
+    let bare = std::fs::read_to_string(repo().join("systemd/install.sh")).unwrap();
+    let out = piped(&bare, trap.path(), &args(root.path(), &[]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no agent binary"), "{}", text(&out));
+    assert!(!root.path().join("usr/bin/outpost-agent").exists());
+
+    // Served by a control plane: the tarball's binary and unit.
+    let dist = tempfile::tempdir().unwrap();
+    let served = served_script(dist.path());
+    let root = tempfile::tempdir().unwrap();
+    let out = piped(&served, trap.path(), &args(root.path(), &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    let installed = std::fs::read(root.path().join("usr/bin/outpost-agent")).unwrap();
+    assert!(
+        installed != evil,
+        "installed the current directory's binary"
+    );
+    assert!(installed == agent, "not the tarball's binary");
+    let installed_unit =
+        std::fs::read(root.path().join("etc/systemd/system/outpost-agent.service")).unwrap();
+    assert_eq!(installed_unit, unit, "not the tarball's unit");
+
+    // Served, with --binary PATH: that binary, the tarball's unit.
+    let other = tempfile::tempdir().unwrap();
+    let mine = other.path().join("my-agent");
+    std::fs::write(&mine, "#!/bin/sh\necho mine\n").unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let out = piped(
+        &served,
+        trap.path(),
+        &args(root.path(), &["--binary", mine.to_str().unwrap()]),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(root.path().join("usr/bin/outpost-agent")).unwrap(),
+        b"#!/bin/sh\necho mine\n"
+    );
+    assert_eq!(
+        std::fs::read(root.path().join("etc/systemd/system/outpost-agent.service")).unwrap(),
+        unit
+    );
+
+    // Served, with --binary URL (dry run: nothing is fetched but the
+    // tarball for the unit): the URL is downloaded, the tarball's unit used.
+    let root = tempfile::tempdir().unwrap();
+    let out = piped(
+        &served,
+        trap.path(),
+        &args(
+            root.path(),
+            &[
+                "--dry-run",
+                "--binary",
+                "https://example.invalid/outpost-agent",
+            ],
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("would run: curl -fsSL -o"), "{t}");
+    assert!(t.contains("https://example.invalid/outpost-agent"), "{t}");
+    assert!(!t.contains("/tmp/evil"), "{t}");
+    assert!(t.contains("ExecStart=/usr/bin/outpost-agent"), "{t}");
+
+    // The bare script piped with --binary: no unit to install, said so.
+    let root = tempfile::tempdir().unwrap();
+    let out = piped(
+        &bare,
+        trap.path(),
+        &args(root.path(), &["--binary", mine.to_str().unwrap()]),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("outpost-agent.service"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !root
+            .path()
+            .join("etc/systemd/system/outpost-agent.service")
+            .exists()
+    );
+    assert!(
+        !root.path().join("usr/bin/outpost-agent").exists(),
+        "nothing installed"
+    );
+}
+
+/// A stand-in agent whose `status --json` says it has enrolled and
+/// connected, in the layout `outpost-agent status --json` prints.
+fn connected_agent(dir: &Path) -> PathBuf {
+    let p = dir.join("fake-agent");
+    std::fs::write(
+        &p,
+        "#!/bin/sh\nprintf '{\\n  \"device_id\": \"dev_fake\",\\n  \"link\": \"connected\",\\n  \"last_error\": \"\"\\n}\\n'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    p
+}
+
+/// The fleet enrollment token is multi-use: once the wait has seen the box
+/// enrolled, its line leaves agent.env (the rest stays, still 0600); with
+/// --no-wait it stays and the script says so.
+#[test]
+fn the_enrollment_token_is_removed_once_enrolled() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    let bins = tempfile::tempdir().unwrap();
+    let fake = connected_agent(bins.path());
+    let args = |wait: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--root",
+            r,
+            "--server",
+            "https://cp.example.com:8443",
+            "--ca-fingerprint",
+            FP,
+            "--enroll-token",
+            TOKEN,
+            "--device-name",
+            "line-3",
+            "--binary",
+            fake.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(wait.iter().map(|s| s.to_string()));
+        a
+    };
+    let env_file = root.path().join("etc/outpost/agent.env");
+
+    let out = install_owned(&args(&["--no-wait"]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("the enrollment token stays in"),
+        "{}",
+        text(&out)
+    );
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(
+        env.contains(&format!("OUTPOST_ENROLL_TOKEN={TOKEN}")),
+        "{env}"
+    );
+
+    let out = install_owned(&args(&["--wait", "--wait-timeout", "5"]));
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("enrolled as dev_fake, connected"), "{t}");
+    assert!(t.contains("removed the enrollment token"), "{t}");
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(!env.contains("OUTPOST_ENROLL_TOKEN"), "{env}");
+    assert!(!env.contains(TOKEN), "{env}");
+    assert!(
+        env.contains("OUTPOST_SERVER=https://cp.example.com:8443\n"),
+        "{env}"
+    );
+    assert!(env.contains("OUTPOST_DEVICE_NAME=\"line-3\"\n"), "{env}");
+    assert!(env.contains("OUTPOST_CA_FINGERPRINT=sha256:"), "{env}");
+    assert_eq!(mode(&env_file), 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(root.path().join("etc/outpost"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "agent.env" && n != "agent.toml")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

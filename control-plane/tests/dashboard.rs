@@ -930,6 +930,27 @@ fn decode_qr(path: &str) -> String {
     grids[0].decode().unwrap().1
 }
 
+/// The install command an open dialog shows (the server's error, if it
+/// shows one instead, fails the test), checked against its QR code.
+async fn shown_install_command(b: &Browser, what: &str) -> String {
+    let shown = b
+        .wait_js(
+            what,
+            "const t = document.querySelector('dialog[open] [data-install-command] textarea');
+             const p = document.querySelector('dialog[open] svg.qr path');
+             const e = document.querySelector('dialog[open] .notice-error:not([hidden])');
+             if (e) return { error: e.textContent };
+             return t && p ? { command: t.value, path: p.getAttribute('d') } : null",
+            json!([]),
+        )
+        .await;
+    let command = shown["command"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert_eq!(decode_qr(shown["path"].as_str().unwrap()), command);
+    command.to_string()
+}
+
 /// "Add device" in the real browser: the dialog creates a device and shows
 /// its install command once, with a QR code that decodes to the same
 /// command; the fleet lists it as pending; its page offers a new install ID.
@@ -983,23 +1004,9 @@ async fn add_device_in_headless_chromium() {
     )
     .await;
     b.click("dialog[open] [data-action=create]").await;
-    let shown = b
-        .wait_js(
-            "the install command and its QR code",
-            "const t = document.querySelector('dialog[open] [data-install-command] textarea');
-             const p = document.querySelector('dialog[open] svg.qr path');
-             const e = document.querySelector('dialog[open] .notice-error:not([hidden])');
-             if (e) return { error: e.textContent };
-             return t && p ? { command: t.value, path: p.getAttribute('d') } : null",
-            json!([]),
-        )
-        .await;
-    let command = shown["command"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{shown}"));
+    let command = &shown_install_command(&b, "the install command and its QR code").await;
     assert!(command.contains("--install-id inst_"), "{command}");
     assert!(command.contains(&cp.fingerprint), "{command}");
-    assert_eq!(decode_qr(shown["path"].as_str().unwrap()), command);
     // The device exists as asked, waiting for its box.
     let (_, list) = cp
         .get_json(
@@ -1096,21 +1103,7 @@ async fn add_device_in_headless_chromium() {
     )
     .await;
     b.click("dialog[open] [data-action=create]").await;
-    let shown = b
-        .wait_js(
-            "the token's install command and its QR code",
-            "const t = document.querySelector('dialog[open] [data-install-command] textarea');
-             const p = document.querySelector('dialog[open] svg.qr path');
-             const e = document.querySelector('dialog[open] .notice-error:not([hidden])');
-             if (e) return { error: e.textContent };
-             return t && p ? { command: t.value, path: p.getAttribute('d') } : null",
-            json!([]),
-        )
-        .await;
-    let command = shown["command"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{shown}"));
-    assert_eq!(decode_qr(shown["path"].as_str().unwrap()), command);
+    let command = &shown_install_command(&b, "the token's install command and its QR code").await;
     let token = command
         .split_whitespace()
         .skip_while(|w| *w != "--enroll-token")

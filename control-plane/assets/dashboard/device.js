@@ -4,7 +4,7 @@
 
 import { ApiError, LiveStream, api, serverNow } from './api.js';
 import { Chart } from './chart.js';
-import { newInstallIdDialog, statusBadge } from './enroll.js';
+import { copyField, newInstallIdDialog, statusBadge } from './enroll.js';
 import { certState, labelTexts } from './fleet.js';
 import {
   badge, fmtBytes, fmtCelsius, fmtDateTime, fmtDuration, fmtNumber, fmtPercent, fmtRate, fmtRelative, fmtTimeShort, h,
@@ -672,23 +672,7 @@ function showSecret(token) {
         ? 'The connected agent was asked to rotate its certificate.'
         : 'The agent is not connected; it rotates at its next connection.'),
     h('p', {}, 'These are shown only once:'),
-    ...rows.map(([label, value]) => {
-      const field = h('input', { type: 'text', readonly: true, value, class: 'mono secret', 'aria-label': label, spellcheck: 'false' });
-      const copy = h('button', {
-        type: 'button',
-        class: 'btn btn-quiet',
-        async onclick() {
-          field.select();
-          try {
-            await navigator.clipboard.writeText(value);
-            setText(copy, 'Copied');
-          } catch {
-            setText(copy, 'Press Ctrl+C');
-          }
-        },
-      }, 'Copy');
-      return h('div', { class: 'secret-row' }, h('span', { class: 'label' }, label), h('div', { class: 'secret-field' }, field, copy));
-    }),
+    ...rows.map(([label, value]) => copyField(label, value)),
     h('div', { class: 'dialog-actions' }, close),
   ));
   dialog.addEventListener('close', () => dialog.remove());

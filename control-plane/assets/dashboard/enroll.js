@@ -40,8 +40,13 @@ export function qrSvg(text, label) {
   );
 }
 
-function copyField(label, value) {
-  const field = h('textarea', { readonly: true, rows: 3, class: 'mono secret', 'aria-label': label, spellcheck: 'false' });
+/**
+ * A read-only secret with its label and a Copy button: a one-line input
+ * (keys) or, `multiline`, a textarea (install commands).
+ */
+export function copyField(label, value, { multiline = false } = {}) {
+  const attrs = { readonly: true, class: 'mono secret', 'aria-label': label, spellcheck: 'false' };
+  const field = multiline ? h('textarea', { ...attrs, rows: 3 }) : h('input', { ...attrs, type: 'text' });
   field.value = value;
   const copy = h('button', {
     type: 'button',
@@ -71,7 +76,7 @@ export function installPanel({ command, expiresAt, hint, note }) {
     { class: 'install-panel', 'data-install-command': '' },
     note ? h('p', {}, note) : null,
     h('p', {}, 'Run this on the box (shown only once):'),
-    copyField('Install command', command),
+    copyField('Install command', command, { multiline: true }),
     h('div', { class: 'qr-wrap' }, qrSvg(command, 'QR code of the install command')),
     expires !== null ? h('p', { class: 'foot' }, `Valid until ${fmtDateTime(expires)}.`) : null,
     hint ? h('p', { class: 'notice', role: 'note' }, hint) : null,
@@ -97,6 +102,51 @@ function field(label, input) {
 }
 
 /**
+ * A dialog that asks (`fields`), runs `run()` on submit — which returns the
+ * panel to show in their place — and then offers only "Done". The server's
+ * error stays in the dialog for another try; a 401 closes it (the sign-in
+ * takes over).
+ */
+function showOnceDialog({ title, formClass, fields, submitLabel, action, run }) {
+  const error = h('p', { class: 'notice notice-error', role: 'alert', hidden: true });
+  const submit = h('button', { type: 'submit', class: 'btn btn-primary', 'data-action': action }, submitLabel);
+  const cancel = h('button', { type: 'button', class: 'btn' }, 'Cancel');
+  const form = h('form', { method: 'dialog', class: formClass },
+    h('h2', {}, title), fields, error, h('div', { class: 'dialog-actions' }, cancel, submit));
+  const dialog = h('dialog', { class: 'dialog' }, form);
+  cancel.addEventListener('click', () => dialog.close());
+  dialog.addEventListener('close', () => dialog.remove());
+  let done = false;
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    if (done) {
+      dialog.close();
+      return;
+    }
+    submit.disabled = true;
+    error.hidden = true;
+    try {
+      fields.replaceChildren(await run());
+      cancel.remove();
+      setText(submit, 'Done');
+      submit.dataset.action = 'done';
+      done = true;
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) {
+        dialog.close();
+        return;
+      }
+      setText(error, err.message || String(err));
+      error.hidden = false;
+    }
+    submit.disabled = false;
+  });
+  document.body.append(dialog);
+  dialog.showModal();
+  return { dialog, form };
+}
+
+/**
  * "Add device": one device (name and type → its install ID) or an
  * enrollment token (name, use budget, expiry → one command for many boxes).
  * `onCreated(deviceId | null)` after success.
@@ -113,34 +163,19 @@ export function addDeviceDialog({ onCreated }) {
   const days = h('input', { type: 'number', name: 'expires_days', min: 1, max: 365, value: 7 });
   const tokenFields = h('div', { class: 'token-fields', hidden: true },
     field('Boxes it may enroll', uses), field('Valid for (days)', days));
-  const error = h('p', { class: 'notice notice-error', role: 'alert', hidden: true });
-  const body = h('div', { class: 'add-body' },
-    h('div', { class: 'modes', role: 'radiogroup' }, mode('device', 'One device', true), mode('token', 'Many devices (enrollment token)', false)),
-    field('Name', name), field('Type', type), field('Labels (optional)', labels), tokenFields);
-  const submit = h('button', { type: 'submit', class: 'btn btn-primary', 'data-action': 'create' }, 'Create');
-  const cancel = h('button', { type: 'button', class: 'btn' }, 'Cancel');
-  const actions = h('div', { class: 'dialog-actions' }, cancel, submit);
-  const form = h('form', { method: 'dialog', class: 'add-device' }, h('h2', {}, 'Add device'), body, error, actions);
-  const dialog = h('dialog', { class: 'dialog' }, form);
-  const isToken = () => form.querySelector('input[name=mode]:checked').value === 'token';
-  form.addEventListener('change', () => {
-    tokenFields.hidden = !isToken();
-  });
-  cancel.addEventListener('click', () => dialog.close());
-  dialog.addEventListener('close', () => dialog.remove());
-  let done = false;
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    if (done) {
-      dialog.close();
-      return;
-    }
-    submit.disabled = true;
-    error.hidden = true;
-    try {
+  const modes = h('div', { class: 'modes', role: 'radiogroup' },
+    mode('device', 'One device', true), mode('token', 'Many devices (enrollment token)', false));
+  const isToken = () => modes.querySelector('input[name=mode]:checked').value === 'token';
+  const fields = h('div', { class: 'add-body' },
+    modes, field('Name', name), field('Type', type), field('Labels (optional)', labels), tokenFields);
+  const { dialog, form } = showOnceDialog({
+    title: 'Add device',
+    formClass: 'add-device',
+    fields,
+    submitLabel: 'Create',
+    action: 'create',
+    async run() {
       const labelMap = parseLabels(labels.value);
-      let panel;
-      let created = null;
       if (isToken()) {
         const t = await api('devices/v2/enrollment-tokens', {
           method: 'POST',
@@ -152,77 +187,38 @@ export function addDeviceDialog({ onCreated }) {
             labels: labelMap,
           },
         });
-        panel = installPanel({
+        if (onCreated) onCreated(null);
+        return installPanel({
           command: t.installCommand, expiresAt: t.expires_at, hint: t.hint,
           note: `Token “${t.name}” enrolls up to ${t.max_uses} boxes; each becomes a device named after its host name (or the agent's --device-name).`,
         });
-      } else {
-        const d = await api('devices/v2', {
-          method: 'POST',
-          body: { device_name: name.value.trim(), device_type: type.value, labels: labelMap },
-        });
-        created = d.deviceId;
-        panel = installPanel({ command: d.installCommand, expiresAt: d.installIdExpiresAt, hint: d.hint });
       }
-      body.replaceChildren(panel);
-      cancel.remove();
-      setText(submit, 'Done');
-      submit.dataset.action = 'done';
-      done = true;
-      if (onCreated) onCreated(created);
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 401) {
-        dialog.close();
-        return;
-      }
-      setText(error, err.message || String(err));
-      error.hidden = false;
-    }
-    submit.disabled = false;
+      const d = await api('devices/v2', {
+        method: 'POST',
+        body: { device_name: name.value.trim(), device_type: type.value, labels: labelMap },
+      });
+      if (onCreated) onCreated(d.deviceId);
+      return installPanel({ command: d.installCommand, expiresAt: d.installIdExpiresAt, hint: d.hint });
+    },
   });
-  document.body.append(dialog);
-  dialog.showModal();
+  form.addEventListener('change', () => {
+    tokenFields.hidden = !isToken();
+  });
   name.focus();
   return dialog;
 }
 
 /** A new install ID for a device that has not enrolled: the command, once. */
 export function newInstallIdDialog(deviceId, onDone) {
-  const error = h('p', { class: 'notice notice-error', role: 'alert', hidden: true });
-  const body = h('div', {}, h('p', {}, 'A new install ID replaces the current one (which stops working).'));
-  const submit = h('button', { type: 'submit', class: 'btn btn-primary', 'data-action': 'issue' }, 'Issue install ID');
-  const cancel = h('button', { type: 'button', class: 'btn' }, 'Cancel');
-  const form = h('form', { method: 'dialog' }, h('h2', {}, 'New install ID'), body, error, h('div', { class: 'dialog-actions' }, cancel, submit));
-  const dialog = h('dialog', { class: 'dialog' }, form);
-  cancel.addEventListener('click', () => dialog.close());
-  dialog.addEventListener('close', () => dialog.remove());
-  let done = false;
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    if (done) {
-      dialog.close();
-      return;
-    }
-    submit.disabled = true;
-    try {
+  return showOnceDialog({
+    title: 'New install ID',
+    fields: h('div', {}, h('p', {}, 'A new install ID replaces the current one (which stops working).')),
+    submitLabel: 'Issue install ID',
+    action: 'issue',
+    async run() {
       const t = await api(`devices/v2/${encodeURIComponent(deviceId)}/install-id`, { method: 'POST' });
-      body.replaceChildren(installPanel({ command: t.installCommand, expiresAt: t.installIdExpiresAt, hint: t.hint }));
-      cancel.remove();
-      setText(submit, 'Done');
-      submit.dataset.action = 'done';
-      done = true;
       if (onDone) onDone();
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 401) {
-        dialog.close();
-        return;
-      }
-      setText(error, err.message || String(err));
-      error.hidden = false;
-    }
-    submit.disabled = false;
-  });
-  document.body.append(dialog);
-  dialog.showModal();
-  return dialog;
+      return installPanel({ command: t.installCommand, expiresAt: t.installIdExpiresAt, hint: t.hint });
+    },
+  }).dialog;
 }

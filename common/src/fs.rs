@@ -8,6 +8,18 @@ use std::path::Path;
 /// `durable`, the file and the directory entry are fsynced: after a crash or
 /// power loss the path holds either the old or the new content.
 pub fn replace_file(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
+    replace(path, bytes, mode, durable, false)
+}
+
+/// [`replace_file`]; `give_away`: the new file goes to the directory's
+/// owner before it takes `path`'s place.
+fn replace(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    durable: bool,
+    give_away: bool,
+) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
@@ -21,7 +33,9 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std:
         f.sync_all()?;
     }
     drop(f);
-    give_to_dir_owner(&tmp)?;
+    if give_away {
+        give_to_dir_owner(&tmp)?;
+    }
     std::fs::rename(&tmp, path)?;
     if durable && let Some(Ok(dir)) = path.parent().map(std::fs::File::open) {
         dir.sync_all()?;
@@ -49,9 +63,11 @@ fn give_to_dir_owner(file: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Durable [`replace_file`].
+/// Durable [`replace_file`], for identity files (keys, certificates): a file
+/// written into a directory another user owns goes to that owner. (Not in
+/// [`replace_file`] itself: the spool's ledger is rewritten on every ack.)
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    replace_file(path, bytes, mode, true)
+    replace(path, bytes, mode, true, true)
 }
 
 /// Creates `dir` and its parents; a directory created here gets mode 0700.

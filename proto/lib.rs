@@ -90,4 +90,7 @@ pub mod reason {
     pub const TOKEN_EXPIRED: &str = "token-expired";
     /// Enrollment with a token refused: an operator revoked it.
     pub const TOKEN_REVOKED: &str = "token-revoked";
+    /// The control plane is shedding load (artifact downloads): retry
+    /// later with backoff; nothing failed.
+    pub const BUSY: &str = "busy";
 }

@@ -86,7 +86,10 @@ pub async fn open(
 ) -> Result<OpenLink, LinkError> {
     let (session_tx, session_rx) = mpsc::channel::<AgentMessage>(SESSION_QUEUE);
     let hello = AgentMessage {
-        kind: Some(AgentKind::Hello(Hello { facts: Some(facts) })),
+        kind: Some(AgentKind::Hello(Hello {
+            facts: Some(facts),
+            installed: Vec::new(),
+        })),
     };
     session_tx
         .try_send(hello)

@@ -3,6 +3,7 @@
 //! unknown keys, process start-up (crypto provider, logging) and stop signals.
 #![forbid(unsafe_code)]
 
+pub mod artifact;
 pub mod fs;
 
 use std::path::{Path, PathBuf};

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use outpost_proto::v1::device_service_server::{DeviceService, DeviceServiceServer};
 use outpost_proto::v1::{
-    AgentMessage, CheckEnrollmentRequest, CheckEnrollmentResponse, EnrollRequest, EnrollResponse,
-    LogAck, LogBatch, ResetConnectionRequest, ResetConnectionResponse, ServerMessage, TelemetryAck,
-    TelemetryBatch,
+    AgentMessage, ArtifactChunk, CheckEnrollmentRequest, CheckEnrollmentResponse, EnrollRequest,
+    EnrollResponse, FetchArtifactRequest, LogAck, LogBatch, ResetConnectionRequest,
+    ResetConnectionResponse, ServerMessage, TelemetryAck, TelemetryBatch,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
@@ -82,6 +82,19 @@ impl DeviceService for DeviceServiceImpl {
         rotate::reset_connection(&self.state, &identity, request.into_inner())
             .await
             .map(Response::new)
+    }
+
+    type FetchArtifactStream = ReceiverStream<Result<ArtifactChunk, Status>>;
+
+    async fn fetch_artifact(
+        &self,
+        request: Request<FetchArtifactRequest>,
+    ) -> Result<Response<Self::FetchArtifactStream>, Status> {
+        let _identity = auth::authenticate(&self.state, &request, auth::Expired::Refuse).await?;
+        // Issue 20, in progress: served from the artifact store.
+        Err(Status::unimplemented(
+            "artifact downloads are not served yet",
+        ))
     }
 
     type PushLogsStream = ReceiverStream<Result<LogAck, Status>>;

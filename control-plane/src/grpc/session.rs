@@ -174,6 +174,7 @@ async fn session_start(state: &AppState, id: &DeviceIdentity) -> Result<ServerMe
         .map(|c| config_update(&c));
     Ok(ServerMessage {
         kind: Some(ServerKind::Start(SessionStart {
+            desired: None,
             settings: Some(Settings {
                 telemetry_interval_secs: config
                     .as_ref()

@@ -842,6 +842,10 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_audit(&self, before: UnixMillis) -> StoreResult<u64>;
     /// The workspace of an API key (revoked or not) by id.
     async fn api_key_workspace(&self, id: &str) -> StoreResult<Option<String>>;
+
+    // ---- artifacts and publisher keys (issue 20, docs/artifacts.md) ----
+
+    // ---- rollouts and what runs on devices (issue 20, docs/artifacts.md) ----
 }
 
 /// [`Store::complete_enrollments`]' default: different devices' enrollments

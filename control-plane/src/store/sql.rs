@@ -1525,6 +1525,10 @@ where
                 .await?,
         )
     }
+
+    // ---- artifacts and publisher keys (issue 20) ----
+
+    // ---- rollouts and what runs on devices (issue 20) ----
 }
 
 /// The event-lock key of the audit log: a space is in no device id.

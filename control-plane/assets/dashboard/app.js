@@ -1,9 +1,10 @@
 // The Outpost dashboard: sign-in, routing (#/ is the fleet, #/devices/ID a
-// device) and the session bar. Plain ES modules, no build step.
+// device, #/rollouts and #/rollouts/ID the rollouts) and the session bar. Plain ES modules, no build step.
 
 import { api, session, setUnauthorizedHandler } from './api.js';
 import { deviceView } from './device.js';
 import { fleetView } from './fleet.js';
+import { rolloutView, rolloutsView } from './rollouts.js';
 import { h, setText } from './util.js';
 
 const app = document.getElementById('app');
@@ -38,9 +39,19 @@ function route() {
     return;
   }
   const m = /^#\/devices\/([^/?]+)(?:\?(.*))?$/.exec(location.hash);
-  current = m
-    ? deviceView(app, { id: decodeURIComponent(m[1]), params: new URLSearchParams(m[2] || ''), navigate, setFlash })
-    : fleetView(app, { navigate, workspace: s.workspace });
+  const r = /^#\/rollouts(?:\/([^/?]+))?$/.exec(location.hash);
+  if (m) {
+    current = deviceView(app, { id: decodeURIComponent(m[1]), params: new URLSearchParams(m[2] || ''), navigate, setFlash });
+  } else if (r && r[1]) {
+    current = rolloutView(app, { id: decodeURIComponent(r[1]), navigate });
+  } else if (r) {
+    current = rolloutsView(app, { navigate });
+  } else {
+    current = fleetView(app, { navigate, workspace: s.workspace });
+  }
+  for (const a of document.querySelectorAll('.nav a')) {
+    a.setAttribute('aria-current', String(a.getAttribute('href') === (r ? '#/rollouts' : '#/')));
+  }
   if (notice) app.querySelector('.page').prepend(notice);
 }
 

@@ -282,6 +282,7 @@ export function deviceView(root, { id, params, navigate, setFlash }) {
       ['Last heartbeat', fmtRelative(parseTime(d.last_heartbeat), now)],
       ['Certificate', cert.text, `level-${cert.level}`],
       ['Config', `version ${d.config_applied_version} applied of ${d.config_version}`],
+      ['Artifacts', Object.entries(d.artifacts || {}).sort().map(([n, v]) => `${n}@${v}`).join(', ') || null, 'mono artifacts'],
       ['Created', fmtDateTime(parseTime(d.created_at))],
     ];
     const labels = labelTexts(d);

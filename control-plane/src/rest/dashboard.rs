@@ -59,6 +59,7 @@ const ASSETS: &[Asset] = &[
     asset!("fleet.js", JS),
     asset!("device.js", JS),
     asset!("enroll.js", JS),
+    asset!("rollouts.js", JS),
     asset!("qrcode.js", JS),
     asset!("favicon.svg", "image/svg+xml"),
 ];

@@ -75,6 +75,13 @@ struct Args {
     /// (first lost link → last link back), connection errors by kind.
     #[arg(long)]
     reconnect: bool,
+    /// Instead of streaming: once every device is enrolled and connected,
+    /// all of them download the artifact `NAME@VERSION` (FetchArtifact, as
+    /// the agent does: resumed from the bytes received after a refusal or a
+    /// dropped stream, with jittered backoff) and discard the bytes. The
+    /// summary reports bytes, seconds, throughput and refusals.
+    #[arg(long, value_name = "NAME@VERSION")]
+    fetch_artifact: Option<String>,
 }
 
 struct Counters {
@@ -225,6 +232,10 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
     }
     let enroll_secs = started.elapsed().as_secs_f64();
     tracing::info!(devices = args.devices, "all devices enrolled; connecting");
+
+    if let Some(id) = &args.fetch_artifact {
+        return fetch_all(&args, id, states, &server, &trust, enroll_secs).await;
+    }
 
     // 3. Connect every device, then stream for `duration`.
     let counters = Arc::new(Counters::default());
@@ -613,4 +624,129 @@ async fn device(state: StateDir, ctx: DeviceCtx) -> Result<(), Error> {
         Ok(_) => Ok(()),
         Err(never) => match never {},
     }
+}
+
+/// `--fetch-artifact`: every device connects (paced by `--concurrency`),
+/// then all download `id` at once; bytes are counted and discarded.
+async fn fetch_all(
+    args: &Args,
+    id: &str,
+    states: Vec<StateDir>,
+    server: &ServerUrl,
+    trust: &Trust,
+    enroll_secs: f64,
+) -> Result<serde_json::Value, Error> {
+    let (name, version) = outpost_common::artifact::parse_id(id)?;
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let all_connected = Arc::new(tokio::sync::Barrier::new(states.len() + 1));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let busy = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
+    let mut devices = tokio::task::JoinSet::new();
+    for state in states {
+        let (gate, connected, server, trust) = (
+            gate.clone(),
+            all_connected.clone(),
+            server.clone(),
+            trust.clone(),
+        );
+        let (name, version) = (name.clone(), version.clone());
+        let (bytes, busy, retries) = (bytes.clone(), busy.clone(), retries.clone());
+        devices.spawn(async move {
+            let channel = async {
+                let _permit = gate.acquire().await?;
+                let identity = outpost_agent::enroll::load_client_identity(&state)?;
+                let tls = link::client_config(&trust, Some(identity))?;
+                Ok::<_, Error>(link::connect(&server, tls).await?)
+            }
+            .await;
+            connected.wait().await;
+            let mut client = link::client(channel?);
+            let started = Instant::now();
+            let mut offset = 0u64;
+            let mut attempt = 0u32;
+            loop {
+                let req = outpost_proto::v1::FetchArtifactRequest {
+                    name: name.clone(),
+                    version: version.clone(),
+                    offset,
+                };
+                let result = async {
+                    let mut stream = client.fetch_artifact(req).await?.into_inner();
+                    while let Some(chunk) = stream.message().await? {
+                        offset += chunk.data.len() as u64;
+                        bytes.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
+                    }
+                    Ok::<_, tonic::Status>(())
+                }
+                .await;
+                match result {
+                    Ok(()) => break,
+                    Err(status) => {
+                        if status.code() == tonic::Code::ResourceExhausted {
+                            busy.fetch_add(1, Ordering::Relaxed);
+                        } else if matches!(
+                            status.code(),
+                            tonic::Code::NotFound
+                                | tonic::Code::PermissionDenied
+                                | tonic::Code::Unauthenticated
+                        ) {
+                            return Err::<(u64, f64), Error>(status.into());
+                        }
+                        retries.fetch_add(1, Ordering::Relaxed);
+                        attempt = (attempt + 1).min(6);
+                        let base = 100u64 << attempt;
+                        let jitter = rand::random::<u64>() % base;
+                        tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
+                    }
+                }
+            }
+            Ok((offset, started.elapsed().as_secs_f64()))
+        });
+    }
+    all_connected.wait().await;
+    tracing::info!(devices = args.devices, "all devices connected; fetching");
+    let started = Instant::now();
+    let (mut done, mut failed) = (0u64, 0u64);
+    let mut secs: Vec<f64> = Vec::new();
+    while let Some(r) = devices.join_next().await {
+        match r {
+            Ok(Ok((_, s))) => {
+                done += 1;
+                secs.push(s);
+            }
+            Ok(Err(e)) => {
+                failed += 1;
+                tracing::warn!("fetch failed: {e}");
+            }
+            Err(e) => {
+                failed += 1;
+                tracing::warn!("device task: {e}");
+            }
+        }
+    }
+    let total_secs = started.elapsed().as_secs_f64();
+    secs.sort_by(f64::total_cmp);
+    let pct = |p: f64| -> f64 {
+        if secs.is_empty() {
+            return 0.0;
+        }
+        let i = ((secs.len() as f64 * p).ceil() as usize).clamp(1, secs.len()) - 1;
+        (secs[i] * 1000.0).round() / 1000.0
+    };
+    let total = bytes.load(Ordering::Relaxed);
+    Ok(serde_json::json!({
+        "devices": args.devices,
+        "artifact": id,
+        "downloads_completed": done,
+        "downloads_failed": failed,
+        "bytes_received": total,
+        "fetch_all_secs": (total_secs * 1000.0).round() / 1000.0,
+        "throughput_mib_per_sec": ((total as f64 / total_secs / 1048576.0) * 10.0).round() / 10.0,
+        "device_secs_p50": pct(0.5),
+        "device_secs_max": pct(1.0),
+        "refused_busy": busy.load(Ordering::Relaxed),
+        "retries": retries.load(Ordering::Relaxed),
+        "enroll_per_sec": (args.devices as f64 / enroll_secs).round(),
+    }))
 }

@@ -249,6 +249,8 @@ impl Installer {
 
     fn fail(&self, d: &DesiredArtifact, step: Step, previous: Option<String>, error: String) -> Outcome {
         tracing::warn!(artifact = %d.name, version = %d.version, "install failed: {error}");
+        // A bad payload is not resumed from by a later try.
+        let _ = std::fs::remove_file(self.part(&d.name, &d.version));
         let _ = self.save_journal(
             &d.name,
             &Journal {

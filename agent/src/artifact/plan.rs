@@ -283,7 +283,6 @@ impl Plan {
                         .insert((d.version.clone(), d.rollout_id.clone()), r.clone());
                     e.work = Work::Idle;
                     self.out.push_back(Action::Report(r));
-                    self.reconcile(&name, now);
                 }
             }
             Event::Stage { name, state } => {
@@ -316,7 +315,14 @@ impl Plan {
                         .insert((d.version.clone(), d.rollout_id.clone()), r.clone());
                 }
                 self.out.push_back(Action::Report(r));
-                self.reconcile(&name, now);
+                // Something newer was asked for while this one installed.
+                let newer = e
+                    .desired
+                    .as_ref()
+                    .is_some_and(|w| w.version != d.version || w.rollout_id != d.rollout_id);
+                if newer {
+                    self.reconcile(&name, now);
+                }
             }
         }
     }

@@ -530,12 +530,15 @@ impl<D: Delivery> Core<D> {
         // The first report of every session goes even if unchanged: the
         // control plane compares running totals per session.
         self.reported = None;
-        // The control plane catches up with every artifact's latest state,
-        // then the worker hears what is desired now.
+        // The worker hears what is desired now (a start without a desired
+        // set changes nothing), and the control plane catches up with the
+        // latest state of every desired artifact.
+        if let Some(d) = started.desired {
+            self.on_desired(d);
+        }
         for r in self.artifacts.values() {
             self.out.push_back(Output::SendArtifact(r.clone()));
         }
-        self.on_desired(started.desired.unwrap_or_default());
         self.set_link(LinkState::Connected, None, now);
     }
 

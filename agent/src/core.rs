@@ -17,8 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use outpost_proto::v1::{
-    ArtifactReport, ConfigUpdate, DesiredArtifacts, LogBatch, Settings, SpoolReport,
-    TelemetryBatch,
+    ArtifactReport, ConfigUpdate, DesiredArtifacts, LogBatch, Settings, SpoolReport, TelemetryBatch,
 };
 use tokio::time::Instant;
 

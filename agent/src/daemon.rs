@@ -313,11 +313,13 @@ impl AgentHost {
                 severity: l.severity.to_string(),
                 message: l.message,
             };
-            Some(prost::Message::encode_to_vec(&crate::logship::SpooledLine {
-                record: Some(record),
-                source: format!("artifact/{}", l.name),
-                position: String::new(),
-            }))
+            Some(prost::Message::encode_to_vec(
+                &crate::logship::SpooledLine {
+                    record: Some(record),
+                    source: format!("artifact/{}", l.name),
+                    position: String::new(),
+                },
+            ))
         });
         if let Err(e) = pushed {
             tracing::error!("artifact command output could not be spooled (lost): {e}");
@@ -485,9 +487,12 @@ impl Host for AgentHost {
             }
             Output::ReloadIdentity => self.reload_tls()?,
             Output::Desired(d) => {
-                let _ = self.artifacts.tx.send(crate::artifact::worker::ToWorker::Desired(
-                    d.artifacts.clone(),
-                ));
+                let _ = self
+                    .artifacts
+                    .tx
+                    .send(crate::artifact::worker::ToWorker::Desired(
+                        d.artifacts.clone(),
+                    ));
             }
             Output::WipeCredentials => self.state.wipe_credentials()?,
             // The rest is the driver's; the spools are flushed by `run`

@@ -10,7 +10,8 @@ use outpost_proto::v1::agent_message::Kind as AgentKind;
 use outpost_proto::v1::device_service_client::DeviceServiceClient;
 use outpost_proto::v1::server_message::Kind as ServerKind;
 use outpost_proto::v1::{
-    AgentMessage, DeviceFacts, Hello, InstalledArtifact, LogBatch, ServerMessage, SessionStart, TelemetryBatch,
+    AgentMessage, DeviceFacts, Hello, InstalledArtifact, LogBatch, ServerMessage, SessionStart,
+    TelemetryBatch,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

@@ -109,7 +109,13 @@ fn io(what: &str, p: &Path, e: std::io::Error) -> String {
 }
 
 impl Installer {
-    pub fn new(dir: PathBuf, staging: PathBuf, keys: Vec<PublicKey>, budget: u64, sink: LineSink) -> Self {
+    pub fn new(
+        dir: PathBuf,
+        staging: PathBuf,
+        keys: Vec<PublicKey>,
+        budget: u64,
+        sink: LineSink,
+    ) -> Self {
         Self {
             dir,
             staging,
@@ -189,7 +195,10 @@ impl Installer {
             .as_ref()
             .ok_or("the desired artifact carries no signature")?;
         let sig = Signature {
-            public_key: sig.public_key.parse().map_err(|e| format!("signature: {e}"))?,
+            public_key: sig
+                .public_key
+                .parse()
+                .map_err(|e| format!("signature: {e}"))?,
             signature: sig.signature.clone(),
         };
         let m = outpost_common::artifact::verify(&d.manifest_json, &sig, &self.keys)
@@ -220,13 +229,13 @@ impl Installer {
             .map(|md| md.len().min(m.size))
             .unwrap_or(0);
         let need_now = need - have;
-        if let Some(free) = free_space(&self.dir) {
-            if need_now > free {
-                return Err(format!(
-                    "{} needs {need_now} more bytes (payload plus unpacked), the filesystem has {free} bytes free",
-                    m.id()
-                ));
-            }
+        if let Some(free) = free_space(&self.dir)
+            && need_now > free
+        {
+            return Err(format!(
+                "{} needs {need_now} more bytes (payload plus unpacked), the filesystem has {free} bytes free",
+                m.id()
+            ));
         }
         Ok(())
     }
@@ -247,7 +256,13 @@ impl Installer {
         )
     }
 
-    fn fail(&self, d: &DesiredArtifact, step: Step, previous: Option<String>, error: String) -> Outcome {
+    fn fail(
+        &self,
+        d: &DesiredArtifact,
+        step: Step,
+        previous: Option<String>,
+        error: String,
+    ) -> Outcome {
         tracing::warn!(artifact = %d.name, version = %d.version, "install failed: {error}");
         // A bad payload is not resumed from by a later try.
         let _ = std::fs::remove_file(self.part(&d.name, &d.version));
@@ -352,7 +367,12 @@ impl Installer {
 
     /// Back to `previous` (or no `current` at all on a first install), its
     /// post-install run again; the failed release is removed.
-    async fn rollback(&self, d: &DesiredArtifact, previous: Option<String>, reason: String) -> Outcome {
+    async fn rollback(
+        &self,
+        d: &DesiredArtifact,
+        previous: Option<String>,
+        reason: String,
+    ) -> Outcome {
         tracing::warn!(artifact = %d.name, version = %d.version, ?previous, "rolling back: {reason}");
         let mut reason = reason;
         if let Err(e) = self.switch(&d.name, previous.as_deref()) {
@@ -361,7 +381,13 @@ impl Installer {
             && let Some(m) = self.kept_manifest(&d.name, prev)
             && let Some(cmd) = &m.post_install
             && let Err(e) = self
-                .run(&m, "post-install", cmd, &self.release(&d.name, prev), POST_INSTALL_TIMEOUT)
+                .run(
+                    &m,
+                    "post-install",
+                    cmd,
+                    &self.release(&d.name, prev),
+                    POST_INSTALL_TIMEOUT,
+                )
                 .await
         {
             reason = format!("{reason}; the previous release's post-install failed: {e}");
@@ -447,7 +473,10 @@ impl Installer {
             ctx.update(&buf[..n]);
         }
         if len != m.size {
-            return Err(format!("payload is {len} bytes, the manifest says {}", m.size));
+            return Err(format!(
+                "payload is {len} bytes, the manifest says {}",
+                m.size
+            ));
         }
         let got = hex::encode(ctx.finish());
         if got != m.sha256 {
@@ -500,7 +529,8 @@ impl Installer {
                 let _ = std::fs::remove_file(&tmp);
                 std::os::unix::fs::symlink(Path::new("releases").join(v), &tmp)
                     .map_err(|e| io("cannot create", &tmp, e))?;
-                std::fs::rename(&tmp, &current).map_err(|e| io("cannot rename over", &current, e))?;
+                std::fs::rename(&tmp, &current)
+                    .map_err(|e| io("cannot rename over", &current, e))?;
             }
             None => match std::fs::remove_file(&current) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -539,7 +569,14 @@ impl Installer {
 
     /// Runs `cmd` with `sh -c` in `cwd` within `limit`; its output lines go
     /// to the sink. On timeout the process group is killed.
-    async fn run(&self, m: &Manifest, what: &str, cmd: &str, cwd: &Path, limit: Duration) -> Result<(), String> {
+    async fn run(
+        &self,
+        m: &Manifest,
+        what: &str,
+        cmd: &str,
+        cwd: &Path,
+        limit: Duration,
+    ) -> Result<(), String> {
         tracing::info!(artifact = %m.name, version = %m.version, "running the {what}: {cmd}");
         let mut c = tokio::process::Command::new("sh");
         c.arg("-c")
@@ -552,10 +589,18 @@ impl Installer {
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = c.spawn().map_err(|e| format!("the {what} did not start: {e}"))?;
+        let mut child = c
+            .spawn()
+            .map_err(|e| format!("the {what} did not start: {e}"))?;
         let mut readers = Vec::new();
-        let out = child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
-        let err = child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
+        let out = child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
+        let err = child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
         for (stream, severity) in [(out, "info"), (err, "warning")] {
             let Some(stream) = stream else { continue };
             let sink = self.sink.clone();
@@ -576,7 +621,10 @@ impl Installer {
                 for r in readers {
                     r.abort();
                 }
-                return Err(format!("the {what} did not finish within {}s", limit.as_secs()));
+                return Err(format!(
+                    "the {what} did not finish within {}s",
+                    limit.as_secs()
+                ));
             }
         };
         // The group ends with its leader (a daemonised grandchild holding the
@@ -635,7 +683,10 @@ pub fn check_tar(path: &Path) -> Result<(), String> {
     let mut links: Vec<PathBuf> = Vec::new();
     for entry in ar.entries().map_err(|e| format!("not a tar: {e}"))? {
         let entry = entry.map_err(|e| format!("not a tar: {e}"))?;
-        let raw = entry.path().map_err(|e| format!("bad entry path: {e}"))?.into_owned();
+        let raw = entry
+            .path()
+            .map_err(|e| format!("bad entry path: {e}"))?
+            .into_owned();
         let shown = raw.display().to_string();
         let refuse = |why: &str| Err(format!("tar entry {shown:?}: {why}"));
         let mut depth: Vec<&std::ffi::OsStr> = Vec::new();

@@ -88,7 +88,10 @@ pub enum Action {
     /// by `Progress`, then `Downloaded`, `TransferError` or `Refused`.
     Fetch(DesiredArtifact),
     /// Stop the download of `name@version` (a newer version is wanted).
-    Cancel { name: String, version: String },
+    Cancel {
+        name: String,
+        version: String,
+    },
     /// Verify, unpack, switch, post-install, health; answered by `Installed`.
     Install(DesiredArtifact),
     Report(Report),
@@ -155,13 +158,15 @@ impl Plan {
 
     fn entry(&mut self, name: &str) -> &mut Entry {
         let seed = self.seed.wrapping_add(self.entries.len() as u64);
-        self.entries.entry(name.to_string()).or_insert_with(|| Entry {
-            desired: None,
-            current: None,
-            work: Work::Idle,
-            failed: BTreeMap::new(),
-            backoff: Reconnect::with_seed(seed),
-        })
+        self.entries
+            .entry(name.to_string())
+            .or_insert_with(|| Entry {
+                desired: None,
+                current: None,
+                work: Work::Idle,
+                failed: BTreeMap::new(),
+                backoff: Reconnect::with_seed(seed),
+            })
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -240,7 +245,8 @@ impl Plan {
                 if let Work::Fetching { d, reported_at } = &mut e.work {
                     // Bytes arrived: the transfer works again.
                     e.backoff.reset();
-                    if reported_at.is_none_or(|t| now.saturating_duration_since(t) >= PROGRESS_EVERY)
+                    if reported_at
+                        .is_none_or(|t| now.saturating_duration_since(t) >= PROGRESS_EVERY)
                     {
                         *reported_at = Some(now);
                         let r = report(d, "downloading", String::new(), bytes);
@@ -372,8 +378,12 @@ impl Plan {
             d: want.clone(),
             reported_at: Some(now),
         };
-        self.out
-            .push_back(Action::Report(report(&want, "downloading", String::new(), 0)));
+        self.out.push_back(Action::Report(report(
+            &want,
+            "downloading",
+            String::new(),
+            0,
+        )));
         self.out.push_back(Action::Fetch(want));
     }
 }
@@ -427,22 +437,46 @@ mod tests {
         p.handle(Event::Desired(vec![want("det", "1.0", "r1")]), t0);
         assert_eq!(states(&drain(&mut p)), ["downloading 1.0 0", "fetch 1.0"]);
         // Progress inside the throttle window is not reported; later it is.
-        p.handle(Event::Progress { name: "det".into(), bytes: 10 }, t0 + SEC);
+        p.handle(
+            Event::Progress {
+                name: "det".into(),
+                bytes: 10,
+            },
+            t0 + SEC,
+        );
         assert!(drain(&mut p).is_empty());
-        p.handle(Event::Progress { name: "det".into(), bytes: 20 }, t0 + 6 * SEC);
+        p.handle(
+            Event::Progress {
+                name: "det".into(),
+                bytes: 20,
+            },
+            t0 + 6 * SEC,
+        );
         assert_eq!(states(&drain(&mut p)), ["downloading 1.0 20"]);
         p.handle(Event::Downloaded { name: "det".into() }, t0 + 7 * SEC);
         assert_eq!(states(&drain(&mut p)), ["installing 1.0 0", "install 1.0"]);
-        p.handle(Event::Stage { name: "det".into(), state: "verifying" }, t0 + 8 * SEC);
+        p.handle(
+            Event::Stage {
+                name: "det".into(),
+                state: "verifying",
+            },
+            t0 + 8 * SEC,
+        );
         assert_eq!(states(&drain(&mut p)), ["verifying 1.0 0"]);
         p.handle(
-            Event::Installed { name: "det".into(), outcome: Outcome::Succeeded },
+            Event::Installed {
+                name: "det".into(),
+                outcome: Outcome::Succeeded,
+            },
             t0 + 9 * SEC,
         );
         assert_eq!(states(&drain(&mut p)), ["succeeded 1.0 0"]);
         assert_eq!(p.current("det"), Some("1.0"));
         // The same desired set again (a new session): succeeded at once.
-        p.handle(Event::Desired(vec![want("det", "1.0", "r1")]), t0 + 10 * SEC);
+        p.handle(
+            Event::Desired(vec![want("det", "1.0", "r1")]),
+            t0 + 10 * SEC,
+        );
         assert_eq!(states(&drain(&mut p)), ["succeeded 1.0 0"]);
     }
 
@@ -451,7 +485,10 @@ mod tests {
         let t0 = Instant::now();
         let known = BTreeMap::from([(
             "det".to_string(),
-            Known { current: Some("2.0".into()), failed: vec![] },
+            Known {
+                current: Some("2.0".into()),
+                failed: vec![],
+            },
         )]);
         let mut p = Plan::new(known, 1);
         p.handle(Event::Desired(vec![want("det", "2.0", "r9")]), t0);
@@ -469,8 +506,17 @@ mod tests {
         let mut now = t0;
         let mut waits = Vec::new();
         for _ in 0..30 {
-            p.handle(Event::TransferError { name: "det".into(), error: "busy".into() }, now);
-            assert!(drain(&mut p).is_empty(), "a transfer error is never reported");
+            p.handle(
+                Event::TransferError {
+                    name: "det".into(),
+                    error: "busy".into(),
+                },
+                now,
+            );
+            assert!(
+                drain(&mut p).is_empty(),
+                "a transfer error is never reported"
+            );
             let at = p.poll_timeout().expect("a retry is scheduled");
             assert!(at > now);
             waits.push(at - now);
@@ -484,9 +530,21 @@ mod tests {
         assert!(waits[12] >= 60 * SEC, "grows to the ceiling: {waits:?}");
         assert!(waits.iter().all(|w| *w <= 120 * SEC), "{waits:?}");
         // Bytes arriving reset the backoff.
-        p.handle(Event::Progress { name: "det".into(), bytes: 1 }, now);
+        p.handle(
+            Event::Progress {
+                name: "det".into(),
+                bytes: 1,
+            },
+            now,
+        );
         drain(&mut p);
-        p.handle(Event::TransferError { name: "det".into(), error: "x".into() }, now);
+        p.handle(
+            Event::TransferError {
+                name: "det".into(),
+                error: "x".into(),
+            },
+            now,
+        );
         assert!(p.poll_timeout().unwrap() - now <= 2 * SEC);
         // A new link: retry at once.
         p.handle(Event::LinkUp, now + SEC / 10);
@@ -517,7 +575,13 @@ mod tests {
         p.handle(Event::Desired(vec![want("det", "1.0", "r2")]), t0 + 3 * SEC);
         assert_eq!(states(&drain(&mut p)), ["downloading 1.0 0", "fetch 1.0"]);
         // A refusal before the switch is `failed`, and not retried either.
-        p.handle(Event::Refused { name: "det".into(), error: "no room".into() }, t0 + 4 * SEC);
+        p.handle(
+            Event::Refused {
+                name: "det".into(),
+                error: "no room".into(),
+            },
+            t0 + 4 * SEC,
+        );
         assert_eq!(states(&drain(&mut p)), ["failed 1.0 0"]);
         p.handle(Event::Desired(vec![want("det", "1.0", "r2")]), t0 + 5 * SEC);
         assert_eq!(states(&drain(&mut p)), ["failed 1.0 0"]);
@@ -536,7 +600,10 @@ mod tests {
         };
         let known = BTreeMap::from([(
             "det".to_string(),
-            Known { current: Some("1.0".into()), failed: vec![r] },
+            Known {
+                current: Some("1.0".into()),
+                failed: vec![r],
+            },
         )]);
         let mut p = Plan::new(known, 1);
         p.handle(Event::Desired(vec![want("det", "1.1", "r1")]), t0);
@@ -561,7 +628,10 @@ mod tests {
         p.handle(Event::Desired(vec![want("det", "3.0", "r3")]), t0 + 3 * SEC);
         assert!(drain(&mut p).is_empty());
         p.handle(
-            Event::Installed { name: "det".into(), outcome: Outcome::Succeeded },
+            Event::Installed {
+                name: "det".into(),
+                outcome: Outcome::Succeeded,
+            },
             t0 + 4 * SEC,
         );
         assert_eq!(

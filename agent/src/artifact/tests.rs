@@ -42,7 +42,11 @@ fn tar(entries: &[E]) -> Vec<u8> {
         }
         h.set_entry_type(kind);
         h.set_size(data.len() as u64);
-        h.set_mode(if matches!(kind, tar::EntryType::Directory) { 0o755 } else { 0o644 });
+        h.set_mode(if matches!(kind, tar::EntryType::Directory) {
+            0o755
+        } else {
+            0o644
+        });
         h.set_cksum();
         b.append(&h, data).unwrap();
     }
@@ -169,24 +173,48 @@ fn releases(inst: &Installer) -> Vec<String> {
 async fn installs_switch_current_and_keep_one_previous_release() {
     let b = Box_::new();
     let inst = Arc::new(b.installer());
-    assert_eq!(b.install(&inst, "1.0", Some("test -f bin/app && echo healthy")).await, Outcome::Succeeded);
+    assert_eq!(
+        b.install(&inst, "1.0", Some("test -f bin/app && echo healthy"))
+            .await,
+        Outcome::Succeeded
+    );
     assert_current(&inst, "1.0");
-    assert_eq!(b.install(&inst, "2.0", Some("true")).await, Outcome::Succeeded);
+    assert_eq!(
+        b.install(&inst, "2.0", Some("true")).await,
+        Outcome::Succeeded
+    );
     assert_current(&inst, "2.0");
-    assert_eq!(releases(&inst), ["1.0", "2.0"], "the previous release is kept");
+    assert_eq!(
+        releases(&inst),
+        ["1.0", "2.0"],
+        "the previous release is kept"
+    );
     assert_eq!(b.install(&inst, "3.0", None).await, Outcome::Succeeded);
-    assert_eq!(releases(&inst), ["2.0", "3.0"], "older releases are removed");
+    assert_eq!(
+        releases(&inst),
+        ["2.0", "3.0"],
+        "older releases are removed"
+    );
     assert!(dir(&inst).join("manifests/3.0.json").is_file());
     assert!(!dir(&inst).join("manifests/1.0.json").exists());
-    assert!(!inst.part("det", "3.0").exists(), "the staging file is removed");
+    assert!(
+        !inst.part("det", "3.0").exists(),
+        "the staging file is removed"
+    );
     assert_eq!(b.post_installs(), "1.0\n2.0\n3.0\n");
     let j = inst.journal("det").unwrap();
-    assert_eq!((j.step, j.version.as_str(), j.previous.as_deref()), (Step::Succeeded, "3.0", Some("2.0")));
+    assert_eq!(
+        (j.step, j.version.as_str(), j.previous.as_deref()),
+        (Step::Succeeded, "3.0", Some("2.0"))
+    );
     assert_eq!(inst.installed(), [("det".to_string(), "3.0".to_string())]);
     // Command output went to the sink (the device's logs).
     let lines = b.lines.lock().unwrap().clone();
     assert!(lines.contains(&"det info healthy".to_string()), "{lines:?}");
-    assert!(lines.contains(&"det info post-install 2.0".to_string()), "{lines:?}");
+    assert!(
+        lines.contains(&"det info post-install 2.0".to_string()),
+        "{lines:?}"
+    );
     // Private: the journal and the artifacts directory.
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -201,12 +229,17 @@ async fn untrusted_keys_and_no_keys_are_refused_before_anything_is_unpacked() {
     let other = SigningKey::generate().unwrap().0;
     let d = b.stage(&inst, &other, "1.0", &good_tar("1.0"), None);
     let out = inst.install(&d, |_| {}).await.unwrap();
-    assert!(matches!(&out, Outcome::Failed(e) if e.contains("not signed by a trusted")), "{out:?}");
+    assert!(
+        matches!(&out, Outcome::Failed(e) if e.contains("not signed by a trusted")),
+        "{out:?}"
+    );
     assert!(releases(&inst).is_empty());
     assert_eq!(inst.current("det"), None);
     let mut none = b.installer();
     none.keys.clear();
-    let err = none.check(&b.stage(&inst, &b.key, "1.0", &good_tar("1.0"), None)).unwrap_err();
+    let err = none
+        .check(&b.stage(&inst, &b.key, "1.0", &good_tar("1.0"), None))
+        .unwrap_err();
     assert_eq!(err, "no publisher key configured");
 }
 
@@ -220,21 +253,36 @@ async fn a_payload_that_does_not_match_its_hash_is_refused() {
     bytes[600] ^= 1;
     std::fs::write(inst.part("det", "2.0"), &bytes).unwrap();
     let out = inst.install(&d, |_| {}).await.unwrap();
-    assert!(matches!(&out, Outcome::Failed(e) if e.contains("SHA-256")), "{out:?}");
+    assert!(
+        matches!(&out, Outcome::Failed(e) if e.contains("SHA-256")),
+        "{out:?}"
+    );
     assert_current(&inst, "1.0");
     assert_eq!(releases(&inst), ["1.0"]);
-    assert!(!inst.part("det", "2.0").exists(), "a bad payload is not resumed from");
+    assert!(
+        !inst.part("det", "2.0").exists(),
+        "a bad payload is not resumed from"
+    );
 }
 
 #[tokio::test]
 async fn bundles_that_reach_outside_the_release_are_refused_naming_the_entry() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (tar(&[E::File("ok", b"1"), E::File("../x", b"evil")]), "\"../x\""),
+        (
+            tar(&[E::File("ok", b"1"), E::File("../x", b"evil")]),
+            "\"../x\"",
+        ),
         (tar(&[E::File("/tmp/outpost-evil-x", b"evil")]), "absolute"),
         (tar(&[E::Dir("a"), E::Symlink("a/l", "../../x")]), "\"a/l\""),
-        (tar(&[E::File("ok", b"1"), E::Hardlink("h", "ok")]), "hard link"),
+        (
+            tar(&[E::File("ok", b"1"), E::Hardlink("h", "ok")]),
+            "hard link",
+        ),
         (tar(&[E::Symlink("d", "/etc")]), "\"d\""),
-        (tar(&[E::Symlink("d", "."), E::File("d/y", b"1")]), "\"d/y\""),
+        (
+            tar(&[E::Symlink("d", "."), E::File("d/y", b"1")]),
+            "\"d/y\"",
+        ),
     ];
     for (payload, named) in cases {
         let b = Box_::new();
@@ -242,7 +290,10 @@ async fn bundles_that_reach_outside_the_release_are_refused_naming_the_entry() {
         assert_eq!(b.install(&inst, "1.0", None).await, Outcome::Succeeded);
         let d = b.stage(&inst, &b.key, "2.0", &payload, None);
         let out = inst.install(&d, |_| {}).await.unwrap();
-        assert!(matches!(&out, Outcome::Failed(e) if e.contains(named)), "{named}: {out:?}");
+        assert!(
+            matches!(&out, Outcome::Failed(e) if e.contains(named)),
+            "{named}: {out:?}"
+        );
         assert_current(&inst, "1.0");
         assert_eq!(releases(&inst), ["1.0"], "{named}: nothing unpacked");
         assert!(!b.root.join("artifacts/det/releases/x").exists());
@@ -257,15 +308,30 @@ async fn bundles_that_reach_outside_the_release_are_refused_naming_the_entry() {
 async fn a_failed_health_check_rolls_back_and_reruns_the_old_post_install() {
     let b = Box_::new();
     let inst = Arc::new(b.installer());
-    assert_eq!(b.install(&inst, "1.0", Some("true")).await, Outcome::Succeeded);
+    assert_eq!(
+        b.install(&inst, "1.0", Some("true")).await,
+        Outcome::Succeeded
+    );
     let out = b.install(&inst, "2.0", Some("echo sick >&2; exit 3")).await;
-    assert!(matches!(&out, Outcome::RolledBack(e) if e.contains("health check")), "{out:?}");
+    assert!(
+        matches!(&out, Outcome::RolledBack(e) if e.contains("health check")),
+        "{out:?}"
+    );
     assert_current(&inst, "1.0");
-    assert_eq!(b.post_installs(), "1.0\n2.0\n1.0\n", "the old post-install ran again");
+    assert_eq!(
+        b.post_installs(),
+        "1.0\n2.0\n1.0\n",
+        "the old post-install ran again"
+    );
     assert_eq!(releases(&inst), ["1.0"]);
     let j = inst.journal("det").unwrap();
     assert_eq!(j.step, Step::RolledBack);
-    assert!(b.lines.lock().unwrap().contains(&"det warning sick".to_string()));
+    assert!(
+        b.lines
+            .lock()
+            .unwrap()
+            .contains(&"det warning sick".to_string())
+    );
     // A health command past its window is killed and rolled back.
     let mut slow = b.stage(&inst, &b.key, "3.0", &good_tar("3.0"), None);
     let mut m = Manifest::parse(&slow.manifest_json).unwrap();
@@ -279,7 +345,10 @@ async fn a_failed_health_check_rolls_back_and_reruns_the_old_post_install() {
     });
     let t = std::time::Instant::now();
     let out = inst.install(&slow, |_| {}).await.unwrap();
-    assert!(matches!(&out, Outcome::RolledBack(e) if e.contains("within 1s")), "{out:?}");
+    assert!(
+        matches!(&out, Outcome::RolledBack(e) if e.contains("within 1s")),
+        "{out:?}"
+    );
     assert!(t.elapsed() < std::time::Duration::from_secs(20));
     assert_current(&inst, "1.0");
 }
@@ -302,7 +371,10 @@ async fn the_disk_budget_refuses_with_both_numbers() {
     let d = b.stage(&inst, &b.key, "1.0", &good_tar("1.0"), None);
     let m = inst.check(&d).unwrap();
     let err = inst.check_room(&m).unwrap_err();
-    assert!(err.contains(&format!("{}", m.size * 2)) && err.contains("1000"), "{err}");
+    assert!(
+        err.contains(&format!("{}", m.size * 2)) && err.contains("1000"),
+        "{err}"
+    );
     inst.budget = m.size * 2;
     inst.check_room(&m).unwrap();
 }
@@ -312,7 +384,10 @@ async fn a_crash_at_any_step_recovers_to_a_complete_release() {
     for (k, point) in install::POINTS.iter().enumerate() {
         let b = Box_::new();
         let inst = Arc::new(b.installer());
-        assert_eq!(b.install(&inst, "1.0", Some("true")).await, Outcome::Succeeded);
+        assert_eq!(
+            b.install(&inst, "1.0", Some("true")).await,
+            Outcome::Succeeded
+        );
         let mut crashing = b.installer();
         crashing.stop_after = Some(point);
         let crashing = Arc::new(crashing);
@@ -329,9 +404,16 @@ async fn a_crash_at_any_step_recovers_to_a_complete_release() {
             assert_eq!(j.error.as_deref(), Some("interrupted by a restart"));
             assert_current(&restarted, "1.0");
             assert_eq!(releases(&restarted), ["1.0"], "{point}");
-            assert!(b.post_installs().ends_with("1.0\n"), "{point}: {}", b.post_installs());
+            assert!(
+                b.post_installs().ends_with("1.0\n"),
+                "{point}: {}",
+                b.post_installs()
+            );
         } else {
-            assert!(matches!(j.step, Step::Succeeded | Step::Unpacking), "{point}: {j:?}");
+            assert!(
+                matches!(j.step, Step::Succeeded | Step::Unpacking),
+                "{point}: {j:?}"
+            );
             assert_current(&restarted, "1.0");
             // Before the switch: the install resumes (unpacking from scratch).
             let out = restarted.install(&d, |_| {}).await.unwrap();

@@ -99,7 +99,11 @@ async fn run(
                 name: name.clone(),
                 version: j.version.clone(),
                 rollout_id: j.rollout_id.clone(),
-                state: if j.step == Step::Failed { "failed" } else { "rolled_back" },
+                state: if j.step == Step::Failed {
+                    "failed"
+                } else {
+                    "rolled_back"
+                },
                 error: j.error.clone().unwrap_or_default(),
                 bytes_done: 0,
             };
@@ -251,7 +255,9 @@ pub async fn download(
         }
         if len + chunk.data.len() as u64 > size {
             f.set_len(0).await.map_err(|e| e.to_string())?;
-            return Err(format!("the payload runs past its {size} bytes; starting over"));
+            return Err(format!(
+                "the payload runs past its {size} bytes; starting over"
+            ));
         }
         f.write_all(&chunk.data).await.map_err(|e| e.to_string())?;
         len += chunk.data.len() as u64;

@@ -818,8 +818,15 @@ fn artifact_reports_go_out_while_connected_and_the_latest_is_resent_on_reconnect
     let outs = s.connect(30);
     assert_eq!(sent_artifacts(&outs), [("det".into(), "failed".into())]);
     let outs = s.event(Event::Server(FromServer::Desired(desired(&["det", "cam"]))));
-    assert!(outs.iter().any(|o| matches!(o, Output::Desired(d) if d.artifacts.len() == 2)));
-    for (name, state) in [("det", "downloading"), ("det", "succeeded"), ("cam", "installing")] {
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Desired(d) if d.artifacts.len() == 2))
+    );
+    for (name, state) in [
+        ("det", "downloading"),
+        ("det", "succeeded"),
+        ("cam", "installing"),
+    ] {
         let outs = s.event(Event::ArtifactReport(artifact_report(name, state)));
         assert_eq!(sent_artifacts(&outs), [(name.into(), state.into())]);
     }
@@ -830,7 +837,10 @@ fn artifact_reports_go_out_while_connected_and_the_latest_is_resent_on_reconnect
     let outs = s.connect(30);
     assert_eq!(
         sent_artifacts(&outs),
-        [("cam".into(), "verifying".into()), ("det".into(), "succeeded".into())],
+        [
+            ("cam".into(), "verifying".into()),
+            ("det".into(), "succeeded".into())
+        ],
         "the latest of each, once"
     );
     // No longer desired: not resent.
@@ -847,6 +857,12 @@ fn artifact_reports_go_out_while_connected_and_the_latest_is_resent_on_reconnect
         desired: Some(desired(&[])),
         ..Default::default()
     }));
-    assert!(outs.iter().any(|o| matches!(o, Output::Desired(d) if d.artifacts.is_empty())));
-    assert!(sent_artifacts(&outs).is_empty(), "nothing desired, nothing resent");
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Desired(d) if d.artifacts.is_empty()))
+    );
+    assert!(
+        sent_artifacts(&outs).is_empty(),
+        "nothing desired, nothing resent"
+    );
 }

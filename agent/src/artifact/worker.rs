@@ -9,7 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use outpost_proto::v1::device_service_client::DeviceServiceClient;
-use outpost_proto::v1::{ArtifactReport, DesiredArtifact, FetchArtifactRequest, InstalledArtifact};
+use outpost_proto::v1::{
+    ArtifactChunk, ArtifactReport, DesiredArtifact, FetchArtifactRequest, InstalledArtifact,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -224,7 +226,27 @@ pub async fn download(
     size: u64,
     progress: impl Fn(u64),
 ) -> Result<(), String> {
-    let mut f = tokio::fs::OpenOptions::new()
+    let (mut f, len) = open_part(part, size).await?;
+    if len == size {
+        return Ok(());
+    }
+    tracing::info!(artifact = %name, %version, from = len, size, "downloading");
+    let stream = client
+        .fetch_artifact(FetchArtifactRequest {
+            name: name.to_string(),
+            version: version.to_string(),
+            offset: len,
+        })
+        .await
+        .map_err(|s| fetch_error(&s))?
+        .into_inner();
+    append_chunks(&mut f, len, size, stream, progress).await
+}
+
+/// Opens (creates, 0600) the staging file for appending; a file longer than
+/// the payload starts over. Returns it and the bytes it holds.
+pub async fn open_part(part: &Path, size: u64) -> Result<(tokio::fs::File, u64), String> {
+    let f = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
@@ -236,20 +258,21 @@ pub async fn download(
         f.set_len(0).await.map_err(|e| e.to_string())?;
         len = 0;
     }
-    if len == size {
-        return Ok(());
-    }
-    tracing::info!(artifact = %name, %version, from = len, size, "downloading");
-    let mut stream = client
-        .fetch_artifact(FetchArtifactRequest {
-            name: name.to_string(),
-            version: version.to_string(),
-            offset: len,
-        })
-        .await
-        .map_err(|s| fetch_error(&s))?
-        .into_inner();
-    while let Some(chunk) = stream.message().await.map_err(|s| fetch_error(&s))? {
+    Ok((f, len))
+}
+
+/// Appends chunks that must start at `len` and continue without a gap, up
+/// to `size` bytes.
+pub async fn append_chunks(
+    f: &mut tokio::fs::File,
+    mut len: u64,
+    size: u64,
+    mut stream: impl futures_util::Stream<Item = Result<ArtifactChunk, tonic::Status>> + Unpin,
+    progress: impl Fn(u64),
+) -> Result<(), String> {
+    use futures_util::StreamExt;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|s| fetch_error(&s))?;
         if chunk.offset != len {
             return Err(format!("a chunk at {}, expected {len}", chunk.offset));
         }
@@ -279,5 +302,84 @@ fn fetch_error(s: &tonic::Status) -> String {
         "the control plane is busy".into()
     } else {
         format!("{:?}: {}", s.code(), s.message())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+
+    fn chunk(offset: u64, data: &[u8]) -> Result<ArtifactChunk, tonic::Status> {
+        Ok(ArtifactChunk {
+            offset,
+            data: data.to_vec(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_download_resumes_from_the_bytes_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("det@1.part");
+        // A first try: cut after 4 bytes (the link dropped).
+        let (mut f, len) = open_part(&part, 10).await.unwrap();
+        assert_eq!(len, 0);
+        let cut = stream::iter(vec![
+            chunk(0, b"0123"),
+            Err(tonic::Status::unavailable("link dropped")),
+        ]);
+        let err = append_chunks(&mut f, len, 10, cut, |_| {})
+            .await
+            .unwrap_err();
+        assert!(err.contains("link dropped"), "{err}");
+        drop(f);
+        // The retry asks from the file's length and completes it.
+        let (mut f, len) = open_part(&part, 10).await.unwrap();
+        assert_eq!(len, 4);
+        let seen = std::sync::Mutex::new(Vec::new());
+        let rest = stream::iter(vec![chunk(4, b"456"), chunk(7, b"789")]);
+        append_chunks(&mut f, len, 10, rest, |n| seen.lock().unwrap().push(n))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&part).unwrap(), b"0123456789");
+        assert_eq!(*seen.lock().unwrap(), [7, 10]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&part).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[tokio::test]
+    async fn gaps_overruns_short_streams_and_busy_are_transfer_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("det@1.part");
+        let (mut f, _) = open_part(&part, 10).await.unwrap();
+        let gap = stream::iter(vec![chunk(2, b"23")]);
+        let err = append_chunks(&mut f, 0, 10, gap, |_| {}).await.unwrap_err();
+        assert!(err.contains("a chunk at 2, expected 0"), "{err}");
+        let short = stream::iter(vec![chunk(0, b"0123")]);
+        let err = append_chunks(&mut f, 0, 10, short, |_| {})
+            .await
+            .unwrap_err();
+        assert!(err.contains("ended at 4 of 10"), "{err}");
+        let over = stream::iter(vec![chunk(4, b"45678901234")]);
+        let err = append_chunks(&mut f, 4, 10, over, |_| {})
+            .await
+            .unwrap_err();
+        assert!(err.contains("starting over"), "{err}");
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), 0);
+        let mut busy = tonic::Status::resource_exhausted("shedding");
+        busy.metadata_mut().insert(
+            outpost_proto::reason::METADATA_KEY,
+            outpost_proto::reason::BUSY.parse().unwrap(),
+        );
+        let err = append_chunks(&mut f, 0, 10, stream::iter(vec![Err(busy)]), |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(err, "the control plane is busy");
+        // A staging file longer than the payload starts over.
+        std::fs::write(&part, b"0123456789ABC").unwrap();
+        let (_, len) = open_part(&part, 10).await.unwrap();
+        assert_eq!(len, 0);
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), 0);
     }
 }

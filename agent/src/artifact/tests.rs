@@ -425,3 +425,72 @@ async fn a_crash_at_any_step_recovers_to_a_complete_release() {
         assert!(releases(&restarted).iter().all(|r| !r.ends_with(".tmp")));
     }
 }
+
+async fn next_report(h: &mut super::worker::Handle) -> outpost_proto::v1::ArtifactReport {
+    tokio::time::timeout(std::time::Duration::from_secs(10), h.reports.recv())
+        .await
+        .expect("a report within 10 s")
+        .expect("the worker runs")
+}
+
+#[tokio::test]
+async fn the_worker_recovers_at_start_and_reports_what_it_decides() {
+    use super::worker::{self, ToWorker};
+    let b = Box_::new();
+    let inst = Arc::new(b.installer());
+    assert_eq!(
+        b.install(&inst, "1.0", Some("true")).await,
+        Outcome::Succeeded
+    );
+    // A crash during the health window of 2.0.
+    let mut crashing = b.installer();
+    crashing.stop_after = Some(install::HEALTH);
+    let crashing = Arc::new(crashing);
+    let d2 = b.stage(&crashing, &b.key, "2.0", &good_tar("2.0"), Some("true"));
+    assert!(crashing.install(&d2, |_| {}).await.is_err());
+    // The restarted agent: recovery rolls back and says so.
+    let (sink, lines) = worker::line_channel();
+    let mut w = b.installer();
+    w.sink = sink;
+    let mut h = worker::spawn(w, lines);
+    let r = next_report(&mut h).await;
+    assert_eq!(
+        (r.state.as_str(), r.version.as_str()),
+        ("rolled_back", "2.0")
+    );
+    assert_eq!(r.error, "interrupted by a restart");
+    assert_eq!(r.installed.len(), 1);
+    assert_eq!(r.installed[0].version, "1.0");
+    assert_current(&inst, "1.0");
+    // 2.0 for the same rollout is not tried again; 1.0 is current.
+    let d1 = b.stage(&inst, &b.key, "1.0", &good_tar("1.0"), None);
+    h.tx.send(ToWorker::Desired(vec![d2.clone()])).unwrap();
+    let r = next_report(&mut h).await;
+    assert_eq!(
+        (r.state.as_str(), r.version.as_str()),
+        ("rolled_back", "2.0")
+    );
+    h.tx.send(ToWorker::Desired(vec![d1])).unwrap();
+    let r = next_report(&mut h).await;
+    assert_eq!((r.state.as_str(), r.version.as_str()), ("succeeded", "1.0"));
+}
+
+#[tokio::test]
+async fn the_worker_without_a_publisher_key_reports_failed() {
+    use super::worker::{self, ToWorker};
+    let b = Box_::new();
+    let inst = b.installer();
+    let d = b.stage(&inst, &b.key, "1.0", &good_tar("1.0"), None);
+    let (sink, lines) = worker::line_channel();
+    let mut w = b.installer();
+    w.sink = sink;
+    w.keys.clear();
+    let mut h = worker::spawn(w, lines);
+    h.tx.send(ToWorker::Desired(vec![d])).unwrap();
+    let r = next_report(&mut h).await;
+    assert_eq!(r.state, "downloading");
+    let r = next_report(&mut h).await;
+    assert_eq!(r.state, "failed");
+    assert_eq!(r.error, "no publisher key configured");
+    assert_eq!(r.rollout_id, "r-1.0");
+}

@@ -332,6 +332,19 @@ async fn a_failed_health_check_rolls_back_and_reruns_the_old_post_install() {
             .unwrap()
             .contains(&"det warning sick".to_string())
     );
+    // `outpost-agent status` shows it.
+    let st = crate::status::artifacts(&inst.dir);
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0].current.as_deref(), Some("1.0"));
+    assert_eq!(st[0].last_version.as_deref(), Some("2.0"));
+    assert_eq!(st[0].last_step.as_deref(), Some("rolled_back"));
+    assert!(
+        st[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("health check")
+    );
     // A health command past its window is killed and rolled back.
     let mut slow = b.stage(&inst, &b.key, "3.0", &good_tar("3.0"), None);
     let mut m = Manifest::parse(&slow.manifest_json).unwrap();

@@ -42,10 +42,10 @@ fn tar(entries: &[E]) -> Vec<u8> {
         }
         h.set_entry_type(kind);
         h.set_size(data.len() as u64);
-        h.set_mode(if matches!(kind, tar::EntryType::Directory) {
-            0o755
-        } else {
-            0o644
+        h.set_mode(match kind {
+            tar::EntryType::Directory => 0o755,
+            _ if name.ends_with(".sh") => 0o755,
+            _ => 0o644,
         });
         h.set_cksum();
         b.append(&h, data).unwrap();
@@ -60,6 +60,7 @@ fn good_tar(version: &str) -> Vec<u8> {
         E::File("bin/app", app.as_bytes()),
         E::Symlink("bin/run", "app"),
         E::Symlink("top", "bin/../bin/app"),
+        E::File("health.sh", b"#!/bin/sh\necho healthy from the script\n"),
     ])
 }
 
@@ -180,7 +181,7 @@ async fn installs_switch_current_and_keep_one_previous_release() {
     );
     assert_current(&inst, "1.0");
     assert_eq!(
-        b.install(&inst, "2.0", Some("true")).await,
+        b.install(&inst, "2.0", Some("./health.sh")).await,
         Outcome::Succeeded
     );
     assert_current(&inst, "2.0");
@@ -211,6 +212,10 @@ async fn installs_switch_current_and_keep_one_previous_release() {
     // Command output went to the sink (the device's logs).
     let lines = b.lines.lock().unwrap().clone();
     assert!(lines.contains(&"det info healthy".to_string()), "{lines:?}");
+    assert!(
+        lines.contains(&"det info healthy from the script".to_string()),
+        "an executable in the bundle stays executable: {lines:?}"
+    );
     assert!(
         lines.contains(&"det info post-install 2.0".to_string()),
         "{lines:?}"

@@ -287,9 +287,14 @@ impl AgentHost {
         let restart_needed = cfg.server != self.cfg.server
             || cfg.state_dir != self.cfg.state_dir
             || cfg.spool_max_bytes != self.cfg.spool_max_bytes
-            || cfg.spool_fsync != self.cfg.spool_fsync;
+            || cfg.spool_fsync != self.cfg.spool_fsync
+            || cfg.publisher_keys != self.cfg.publisher_keys
+            || cfg.artifacts_dir != self.cfg.artifacts_dir
+            || cfg.artifact_disk_budget != self.cfg.artifact_disk_budget;
         if restart_needed {
-            tracing::warn!("server, state dir and spool settings change only with a restart");
+            tracing::warn!(
+                "server, state dir, spool and artifact settings (publisher keys, artifacts dir, disk budget) change only with a restart"
+            );
         }
         self.cfg = cfg;
         tracing::info!("configuration reloaded");

@@ -55,20 +55,28 @@ pub enum Event {
     LinkUp,
     Progress {
         name: String,
+        /// The download this is about (a cancelled one's late events are ignored).
+        version: String,
         bytes: u64,
     },
     /// The payload is complete on disk.
     Downloaded {
         name: String,
+        /// The download this is about (a cancelled one's late events are ignored).
+        version: String,
     },
     /// Link dropped, control plane busy, short stream: retry later.
     TransferError {
         name: String,
+        /// The download this is about (a cancelled one's late events are ignored).
+        version: String,
         error: String,
     },
     /// Refused before anything was switched (signature, room, keys).
     Refused {
         name: String,
+        /// The download this is about (a cancelled one's late events are ignored).
+        version: String,
         error: String,
     },
     /// The install reached a step the control plane sees ("verifying").
@@ -238,11 +246,17 @@ impl Plan {
                 }
                 self.handle_timeout(now);
             }
-            Event::Progress { name, bytes } => {
+            Event::Progress {
+                name,
+                version,
+                bytes,
+            } => {
                 let Some(e) = self.entries.get_mut(&name) else {
                     return;
                 };
-                if let Work::Fetching { d, reported_at } = &mut e.work {
+                if let Work::Fetching { d, reported_at } = &mut e.work
+                    && d.version == version
+                {
                     // Bytes arrived: the transfer works again.
                     e.backoff.reset();
                     if reported_at
@@ -254,11 +268,13 @@ impl Plan {
                     }
                 }
             }
-            Event::Downloaded { name } => {
+            Event::Downloaded { name, version } => {
                 let Some(e) = self.entries.get_mut(&name) else {
                     return;
                 };
-                if let Work::Fetching { d, .. } = &e.work {
+                if let Work::Fetching { d, .. } = &e.work
+                    && d.version == version
+                {
                     let d = d.clone();
                     self.out
                         .push_back(Action::Report(report(&d, "installing", String::new(), 0)));
@@ -266,11 +282,17 @@ impl Plan {
                     e.work = Work::Installing { d };
                 }
             }
-            Event::TransferError { name, error } => {
+            Event::TransferError {
+                name,
+                version,
+                error,
+            } => {
                 let Some(e) = self.entries.get_mut(&name) else {
                     return;
                 };
-                if let Work::Fetching { d, .. } = &e.work {
+                if let Work::Fetching { d, .. } = &e.work
+                    && d.version == version
+                {
                     let delay = e.backoff.next_delay();
                     tracing::info!(artifact = %name, version = %d.version, "download interrupted ({error}); retrying in {:.1}s", delay.as_secs_f64());
                     e.work = Work::Waiting {
@@ -279,11 +301,17 @@ impl Plan {
                     };
                 }
             }
-            Event::Refused { name, error } => {
+            Event::Refused {
+                name,
+                version,
+                error,
+            } => {
                 let Some(e) = self.entries.get_mut(&name) else {
                     return;
                 };
-                if let Work::Fetching { d, .. } = &e.work {
+                if let Work::Fetching { d, .. } = &e.work
+                    && d.version == version
+                {
                     let r = report(d, "failed", error, 0);
                     e.failed
                         .insert((d.version.clone(), d.rollout_id.clone()), r.clone());
@@ -440,6 +468,7 @@ mod tests {
         p.handle(
             Event::Progress {
                 name: "det".into(),
+                version: "1.0".into(),
                 bytes: 10,
             },
             t0 + SEC,
@@ -448,12 +477,19 @@ mod tests {
         p.handle(
             Event::Progress {
                 name: "det".into(),
+                version: "1.0".into(),
                 bytes: 20,
             },
             t0 + 6 * SEC,
         );
         assert_eq!(states(&drain(&mut p)), ["downloading 1.0 20"]);
-        p.handle(Event::Downloaded { name: "det".into() }, t0 + 7 * SEC);
+        p.handle(
+            Event::Downloaded {
+                name: "det".into(),
+                version: "1.0".into(),
+            },
+            t0 + 7 * SEC,
+        );
         assert_eq!(states(&drain(&mut p)), ["installing 1.0 0", "install 1.0"]);
         p.handle(
             Event::Stage {
@@ -509,6 +545,7 @@ mod tests {
             p.handle(
                 Event::TransferError {
                     name: "det".into(),
+                    version: "1.0".into(),
                     error: "busy".into(),
                 },
                 now,
@@ -533,6 +570,7 @@ mod tests {
         p.handle(
             Event::Progress {
                 name: "det".into(),
+                version: "1.0".into(),
                 bytes: 1,
             },
             now,
@@ -541,6 +579,7 @@ mod tests {
         p.handle(
             Event::TransferError {
                 name: "det".into(),
+                version: "1.0".into(),
                 error: "x".into(),
             },
             now,
@@ -557,7 +596,13 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Plan::new(BTreeMap::new(), 1);
         p.handle(Event::Desired(vec![want("det", "1.0", "r1")]), t0);
-        p.handle(Event::Downloaded { name: "det".into() }, t0);
+        p.handle(
+            Event::Downloaded {
+                name: "det".into(),
+                version: "1.0".into(),
+            },
+            t0,
+        );
         drain(&mut p);
         p.handle(
             Event::Installed {
@@ -578,6 +623,7 @@ mod tests {
         p.handle(
             Event::Refused {
                 name: "det".into(),
+                version: "1.0".into(),
                 error: "no room".into(),
             },
             t0 + 4 * SEC,
@@ -622,7 +668,21 @@ mod tests {
             ["cancel 1.0", "downloading 2.0 0", "fetch 2.0"]
         );
         // The cancelled download's late events are ignored.
-        p.handle(Event::Downloaded { name: "det".into() }, t0 + 2 * SEC);
+        p.handle(
+            Event::Downloaded {
+                name: "det".into(),
+                version: "1.0".into(),
+            },
+            t0 + 2 * SEC,
+        );
+        assert!(drain(&mut p).is_empty());
+        p.handle(
+            Event::Downloaded {
+                name: "det".into(),
+                version: "2.0".into(),
+            },
+            t0 + 2 * SEC,
+        );
         assert_eq!(states(&drain(&mut p)), ["installing 2.0 0", "install 2.0"]);
         // 3.0 arrives while 2.0 installs: 2.0 finishes first.
         p.handle(Event::Desired(vec![want("det", "3.0", "r3")]), t0 + 3 * SEC);

@@ -193,26 +193,44 @@ async fn fetch(
     let m = match checked {
         Ok(m) => m,
         Err(error) => {
-            let _ = ev.send(Event::Refused { name, error });
+            let version = d.version.clone();
+            let _ = ev.send(Event::Refused {
+                name,
+                version,
+                error,
+            });
             return;
         }
     };
     let Some(mut client) = client else {
         let error = "no link to the control plane".to_string();
-        let _ = ev.send(Event::TransferError { name, error });
+        let version = d.version.clone();
+        let _ = ev.send(Event::TransferError {
+            name,
+            version,
+            error,
+        });
         return;
     };
     let part = installer.part(&d.name, &d.version);
     let progress = |bytes| {
         let _ = ev.send(Event::Progress {
             name: name.clone(),
+            version: d.version.clone(),
             bytes,
         });
     };
     let r = download(&mut client, &d.name, &d.version, &part, m.size, progress).await;
     let _ = ev.send(match r {
-        Ok(()) => Event::Downloaded { name },
-        Err(error) => Event::TransferError { name, error },
+        Ok(()) => Event::Downloaded {
+            name,
+            version: d.version.clone(),
+        },
+        Err(error) => Event::TransferError {
+            name,
+            version: d.version.clone(),
+            error,
+        },
     });
 }
 

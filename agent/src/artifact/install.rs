@@ -407,7 +407,7 @@ impl Installer {
         let _ = std::fs::remove_file(dir.join("current.tmp"));
         if let Ok(rd) = std::fs::read_dir(dir.join("releases")) {
             for e in rd.flatten() {
-                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                if e.file_name().to_string_lossy().starts_with('.') {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
@@ -488,7 +488,7 @@ impl Installer {
         Ok(())
     }
 
-    /// Checks every entry, then unpacks into `releases/V.tmp` and renames it
+    /// Checks every entry, then unpacks into `releases/.V.tmp` and renames it
     /// to `releases/V`; keeps the manifest as `manifests/V.json`.
     pub fn unpack(&self, m: &Manifest) -> Result<(), String> {
         let part = self.part(&m.name, &m.version);
@@ -496,7 +496,9 @@ impl Installer {
         let releases = self.artifact_dir(&m.name).join("releases");
         outpost_common::fs::create_private_dir(&releases)
             .map_err(|e| io("cannot create", &releases, e))?;
-        let tmp = releases.join(format!("{}.tmp", m.version));
+        // `.V.tmp`: a version starts with [A-Za-z0-9], so no release is
+        // ever named like an unpack in progress.
+        let tmp = releases.join(format!(".{}.tmp", m.version));
         let _ = std::fs::remove_dir_all(&tmp);
         outpost_common::fs::create_private_dir(&tmp).map_err(|e| io("cannot create", &tmp, e))?;
         let f = std::fs::File::open(&part).map_err(|e| io("cannot open", &part, e))?;

@@ -440,7 +440,7 @@ async fn a_crash_at_any_step_recovers_to_a_complete_release() {
             assert_eq!(releases(&restarted), ["1.0", "2.0"]);
         }
         assert!(!dir(&restarted).join("current.tmp").exists());
-        assert!(releases(&restarted).iter().all(|r| !r.ends_with(".tmp")));
+        assert!(releases(&restarted).iter().all(|r| !r.starts_with('.')));
     }
 }
 
@@ -511,4 +511,37 @@ async fn the_worker_without_a_publisher_key_reports_failed() {
     assert_eq!(r.state, "failed");
     assert_eq!(r.error, "no publisher key configured");
     assert_eq!(r.rollout_id, "r-1.0");
+}
+
+#[tokio::test]
+async fn a_crash_inside_the_unpack_or_the_switch_leaves_nothing_half_done() {
+    let b = Box_::new();
+    let inst = Arc::new(b.installer());
+    assert_eq!(b.install(&inst, "1.0", None).await, Outcome::Succeeded);
+    // Killed mid-unpack: a partial `.2.0.tmp`, the journal in `unpacking`;
+    // and mid-switch: a `current.tmp` not yet renamed.
+    let partial = dir(&inst).join("releases/.2.0.tmp/bin");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("app"), b"half").unwrap();
+    std::os::unix::fs::symlink("releases/.2.0.tmp", dir(&inst).join("current.tmp")).unwrap();
+    let j = install::Journal {
+        version: "2.0".into(),
+        rollout_id: "r".into(),
+        step: Step::Unpacking,
+        previous: None,
+        error: None,
+    };
+    std::fs::write(
+        dir(&inst).join("state.json"),
+        serde_json::to_vec(&j).unwrap(),
+    )
+    .unwrap();
+    let restarted = b.installer();
+    assert_eq!(restarted.recover("det").await, Some(j));
+    assert_eq!(releases(&restarted), ["1.0"]);
+    assert!(
+        std::fs::symlink_metadata(dir(&restarted).join("current.tmp")).is_err(),
+        "the half-made link is gone"
+    );
+    assert_current(&restarted, "1.0");
 }

@@ -215,6 +215,19 @@ impl Plan {
     pub fn handle(&mut self, event: Event, now: Instant) {
         match event {
             Event::Desired(list) => {
+                // Names and versions become paths on the box: anything else is
+                // ignored (the signed manifest must match them too).
+                let list: Vec<DesiredArtifact> = list
+                    .into_iter()
+                    .filter(|d| {
+                        let ok = outpost_common::artifact::check_name(&d.name).is_ok()
+                            && outpost_common::artifact::check_version(&d.version).is_ok();
+                        if !ok {
+                            tracing::warn!(name = ?d.name, version = ?d.version, "desired artifact ignored: not a valid name and version");
+                        }
+                        ok
+                    })
+                    .collect();
                 let names: Vec<String> = list.iter().map(|d| d.name.clone()).collect();
                 for d in list {
                     let name = d.name.clone();
@@ -514,6 +527,22 @@ mod tests {
             t0 + 10 * SEC,
         );
         assert_eq!(states(&drain(&mut p)), ["succeeded 1.0 0"]);
+    }
+
+    #[test]
+    fn names_and_versions_that_are_not_path_components_are_ignored() {
+        let t0 = Instant::now();
+        let mut p = Plan::new(BTreeMap::new(), 1);
+        p.handle(
+            Event::Desired(vec![
+                want("det", "../../etc/x", "r1"),
+                want("../x", "1.0", "r1"),
+                want("cam", "1.0", "r1"),
+            ]),
+            t0,
+        );
+        assert_eq!(states(&drain(&mut p)), ["downloading 1.0 0", "fetch 1.0"]);
+        assert!(p.entries.keys().eq(["cam"]));
     }
 
     #[test]

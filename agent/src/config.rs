@@ -66,6 +66,20 @@ pub struct AgentArgs {
     /// `outpost_agent=debug,info` [default: info, or OUTPOST_LOG].
     #[arg(long, env = "OUTPOST_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Trust artifacts signed by this publisher key, ed25519:<base64> (repeatable;
+    /// `OUTPOST_PUBLISHER_KEYS` comma-separated). Without one, no artifact is installed.
+    #[arg(
+        long = "publisher-key",
+        env = "OUTPOST_PUBLISHER_KEYS",
+        value_delimiter = ','
+    )]
+    pub publisher_keys: Vec<String>,
+    /// Where artifacts are installed [default: STATE_DIR/artifacts].
+    #[arg(long, env = "OUTPOST_ARTIFACTS_DIR")]
+    pub artifacts_dir: Option<PathBuf>,
+    /// Disk an artifact may take (payload plus unpacked copy), e.g. 2GiB [default: 2GiB].
+    #[arg(long, env = "OUTPOST_ARTIFACT_DISK_BUDGET")]
+    pub artifact_disk_budget: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +99,9 @@ struct FileConfig {
     spool_fsync: Option<String>,
     log_rate_limit: Option<u32>,
     log_level: Option<String>,
+    publisher_keys: Option<Vec<String>>,
+    artifacts_dir: Option<PathBuf>,
+    artifact_disk_budget: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +132,13 @@ pub struct AgentConfig {
     pub spool_fsync: Fsync,
     pub log_rate_limit: u32,
     pub log_level: Option<String>,
+    /// Publisher keys whose signed artifacts this box installs.
+    pub publisher_keys: Vec<outpost_common::artifact::PublicKey>,
+    pub artifacts_dir: PathBuf,
+    pub artifact_disk_budget: u64,
 }
+
+pub const DEFAULT_ARTIFACT_DISK_BUDGET: u64 = 2 << 30;
 
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
 pub const DEFAULT_LOG_RATE_LIMIT: u32 = 100;
@@ -291,7 +314,36 @@ impl AgentConfig {
             .or(file.device_name)
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
+        let publisher_keys = if args.publisher_keys.is_empty() {
+            file.publisher_keys.unwrap_or_default()
+        } else {
+            args.publisher_keys
+        };
+        let publisher_keys = publisher_keys
+            .iter()
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| {
+                k.parse::<outpost_common::artifact::PublicKey>()
+                    .map_err(|e| ConfigError::Invalid(format!("publisher key {k:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let artifact_disk_budget = match args.artifact_disk_budget.or(file.artifact_disk_budget) {
+            Some(s) => parse_bytes(&s)
+                .map_err(|e| ConfigError::Invalid(format!("artifact-disk-budget: {e}")))?,
+            None => DEFAULT_ARTIFACT_DISK_BUDGET,
+        };
+        let state_dir = args
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let artifacts_dir = args
+            .artifacts_dir
+            .or(file.artifacts_dir)
+            .unwrap_or_else(|| state_dir.join("artifacts"));
         Ok(Self {
+            publisher_keys,
+            artifacts_dir,
+            artifact_disk_budget,
             install_id,
             enroll_token,
             device_name,
@@ -301,10 +353,7 @@ impl AgentConfig {
             spool_max_bytes,
             spool_fsync,
             log_rate_limit,
-            state_dir: args
-                .state_dir
-                .or(file.state_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            state_dir,
             server,
             trust,
             interval,
@@ -417,6 +466,46 @@ mod tests {
         }
         assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
         assert_eq!(parse_bytes("65536"), Ok(65536));
+    }
+
+    #[test]
+    fn publisher_keys_artifacts_dir_and_budget() {
+        let key = outpost_common::artifact::SigningKey::generate()
+            .unwrap()
+            .0
+            .public_key()
+            .to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!("publisher-keys = [\"{key}\"]\nstate-dir = \"/srv/a\"\nartifact-disk-budget = \"1GiB\"\n"),
+        )
+        .unwrap();
+        let cfg = AgentConfig::resolve(AgentArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.publisher_keys.len(), 1);
+        assert_eq!(cfg.publisher_keys[0].to_string(), key);
+        assert_eq!(cfg.artifacts_dir, PathBuf::from("/srv/a/artifacts"));
+        assert_eq!(cfg.artifact_disk_budget, 1 << 30);
+        let cfg = AgentConfig::resolve(AgentArgs {
+            state_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(cfg.publisher_keys.is_empty());
+        assert_eq!(cfg.artifact_disk_budget, DEFAULT_ARTIFACT_DISK_BUDGET);
+        let err = AgentConfig::resolve(AgentArgs {
+            state_dir: Some("/tmp/x".into()),
+            publisher_keys: vec![key.clone(), "ed25519:short".into()],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ed25519:short"), "{err}");
     }
 
     #[test]

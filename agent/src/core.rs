@@ -13,10 +13,12 @@
 //! simulator's an in-memory queue); the core asks it for batches while a link
 //! is up and tells it about acks.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use outpost_proto::v1::{ConfigUpdate, LogBatch, Settings, SpoolReport, TelemetryBatch};
+use outpost_proto::v1::{
+    ArtifactReport, ConfigUpdate, DesiredArtifacts, LogBatch, Settings, SpoolReport, TelemetryBatch,
+};
 use tokio::time::Instant;
 
 use crate::backoff::Reconnect;
@@ -105,6 +107,8 @@ pub struct Started {
     /// The certificate in use; `None` when it cannot be read (rotation is
     /// then tried every [`Rules::rotation_retry`]).
     pub cert: Option<CertLife>,
+    /// What the device should run (`SessionStart.desired`).
+    pub desired: Option<DesiredArtifacts>,
 }
 
 /// What a failed link or connection attempt means.
@@ -127,6 +131,8 @@ pub enum FromServer {
     Settings(Settings),
     Config(ConfigUpdate),
     RotateNow,
+    /// What the device should run now (replaces the previous set).
+    Desired(DesiredArtifacts),
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +151,8 @@ pub enum Event {
     Rotated(Result<(), String>),
     /// Records were added to the delivery's spool (a sample, log lines).
     Spooled,
+    /// The artifact worker's latest state of one artifact.
+    ArtifactReport(ArtifactReport),
     /// The local configuration was reloaded (SIGHUP).
     Reloaded {
         interval: Duration,
@@ -200,6 +208,11 @@ pub enum Output {
     Heartbeat,
     ConfigApplied(u64),
     LossReport(SpoolReport),
+    /// An artifact report on the session stream.
+    SendArtifact(ArtifactReport),
+    /// The desired artifacts changed (session start, or pushed): hand them
+    /// to the artifact worker.
+    Desired(DesiredArtifacts),
     /// Read a sample into the spool (then [`Event::Spooled`]).
     TakeSample,
     /// Rotate the key: over the current link, or (`new_link`) over a
@@ -274,6 +287,8 @@ pub struct Core<D> {
     reported: Option<SpoolReport>,
     status_dirty_since: Option<Instant>,
     status_written: Option<Instant>,
+    /// The latest report of each artifact, resent on every new session.
+    artifacts: BTreeMap<String, ArtifactReport>,
     out: VecDeque<Output>,
 }
 
@@ -303,6 +318,7 @@ impl<D: Delivery> Core<D> {
             reported: None,
             status_dirty_since: None,
             status_written: None,
+            artifacts: BTreeMap::new(),
             out: VecDeque::new(),
         }
     }
@@ -451,6 +467,13 @@ impl<D: Delivery> Core<D> {
                     }
                 }
             }
+            Event::Server(FromServer::Desired(d)) => self.on_desired(d),
+            Event::ArtifactReport(r) => {
+                if matches!(self.link, Link::Up(_) | Link::Draining { .. }) {
+                    self.out.push_back(Output::SendArtifact(r.clone()));
+                }
+                self.artifacts.insert(r.name.clone(), r);
+            }
             Event::Rotated(result) => self.on_rotated(result, now),
             Event::Spooled => self.status_changed(now),
             Event::Reloaded { interval } => {
@@ -506,7 +529,24 @@ impl<D: Delivery> Core<D> {
         // The first report of every session goes even if unchanged: the
         // control plane compares running totals per session.
         self.reported = None;
+        // The worker hears what is desired now (a start without a desired
+        // set changes nothing), and the control plane catches up with the
+        // latest state of every desired artifact.
+        if let Some(d) = started.desired {
+            self.on_desired(d);
+        }
+        for r in self.artifacts.values() {
+            self.out.push_back(Output::SendArtifact(r.clone()));
+        }
         self.set_link(LinkState::Connected, None, now);
+    }
+
+    /// Reports of artifacts no longer desired are not resent; the worker
+    /// gets the set.
+    fn on_desired(&mut self, d: DesiredArtifacts) {
+        self.artifacts
+            .retain(|name, _| d.artifacts.iter().any(|a| &a.name == name));
+        self.out.push_back(Output::Desired(d));
     }
 
     fn on_failure(&mut self, failure: Failure, message: String, now: Instant) {

@@ -158,6 +158,10 @@ impl Delivery for Spools {
 /// What the agent's loop waits for besides the link and the timers.
 pub enum Input {
     Lines(Vec<SourcedLine>),
+    /// The artifact worker's latest state of one artifact.
+    ArtifactReport(outpost_proto::v1::ArtifactReport),
+    /// Output lines of artifact commands (service `artifact/NAME`).
+    ArtifactLines(Vec<crate::artifact::worker::ArtifactLine>),
     Reload(Box<AgentConfig>),
     Stop,
 }
@@ -183,6 +187,9 @@ struct AgentHost {
     /// The stop was handed to the core (a watch stays "true": waiting on
     /// it again would not wait).
     stop_seen: bool,
+    artifacts: crate::artifact::worker::Handle,
+    /// For `Hello.installed` (the worker owns the installs).
+    artifact_view: crate::artifact::install::Installer,
 }
 
 impl AgentHost {
@@ -280,13 +287,48 @@ impl AgentHost {
         let restart_needed = cfg.server != self.cfg.server
             || cfg.state_dir != self.cfg.state_dir
             || cfg.spool_max_bytes != self.cfg.spool_max_bytes
-            || cfg.spool_fsync != self.cfg.spool_fsync;
+            || cfg.spool_fsync != self.cfg.spool_fsync
+            || cfg.publisher_keys != self.cfg.publisher_keys
+            || cfg.artifacts_dir != self.cfg.artifacts_dir
+            || cfg.artifact_disk_budget != self.cfg.artifact_disk_budget;
         if restart_needed {
-            tracing::warn!("server, state dir and spool settings change only with a restart");
+            tracing::warn!(
+                "server, state dir, spool and artifact settings (publisher keys, artifacts dir, disk budget) change only with a restart"
+            );
         }
         self.cfg = cfg;
         tracing::info!("configuration reloaded");
         crate::notify::reloaded();
+    }
+
+    /// Spools output lines of artifact commands as log lines of service
+    /// `artifact/NAME` (no source position: they are not read again).
+    fn spool_artifact_lines(
+        &mut self,
+        spools: &mut Spools,
+        lines: Vec<crate::artifact::worker::ArtifactLine>,
+    ) {
+        let mut it = lines.into_iter();
+        let pushed = spools.logs.push_all(|seq| {
+            let l = it.next()?;
+            let record = outpost_proto::v1::LogRecord {
+                seq,
+                timestamp_unix_ms: l.timestamp_ms,
+                service: format!("artifact/{}", l.name),
+                severity: l.severity.to_string(),
+                message: l.message,
+            };
+            Some(prost::Message::encode_to_vec(
+                &crate::logship::SpooledLine {
+                    record: Some(record),
+                    source: format!("artifact/{}", l.name),
+                    position: String::new(),
+                },
+            ))
+        });
+        if let Err(e) = pushed {
+            tracing::error!("artifact command output could not be spooled (lost): {e}");
+        }
     }
 
     /// Writes status.json with the spools' counts.
@@ -331,10 +373,11 @@ impl Host for AgentHost {
             self.tls.clone(),
             self.collector.facts(),
         );
+        let installed = crate::artifact::worker::installed(&self.artifact_view);
         Box::pin(async move {
             let channel = link::connect(&server, tls).await?;
             let window = OutboxLimits::telemetry().max_in_flight;
-            crate::session::open(link::client(channel), facts, true, window).await
+            crate::session::open(link::client(channel), facts, installed, true, window).await
         })
     }
 
@@ -352,7 +395,15 @@ impl Host for AgentHost {
             config: start.config.clone(),
             wall_ms: self.clock.now_ms(),
             cert: self.cert_life(),
+            desired: start.desired.clone(),
         }
+    }
+
+    fn link_changed(&mut self, client: Option<&DeviceServiceClient<Channel>>) {
+        let _ = self
+            .artifacts
+            .tx
+            .send(crate::artifact::worker::ToWorker::Link(client.cloned()));
     }
 
     fn rotate(
@@ -390,6 +441,14 @@ impl Host for AgentHost {
         let mut lines = Vec::new();
         tokio::select! {
             _ = self.log_sources.recv(&mut lines) => Input::Lines(lines),
+            Some(r) = self.artifacts.reports.recv() => Input::ArtifactReport(r),
+            Some(l) = self.artifacts.lines.recv() => {
+                let mut all = vec![l];
+                while let Ok(l) = self.artifacts.lines.try_recv() {
+                    all.push(l);
+                }
+                Input::ArtifactLines(all)
+            }
             cfg = reloaded(&mut self.signals.reload) => Input::Reload(Box::new(cfg)),
             _ = stopping(&mut self.signals.stop), if !self.stop_seen => {
                 self.stop_seen = true;
@@ -402,6 +461,11 @@ impl Host for AgentHost {
         match input {
             Input::Lines(lines) => {
                 self.take_log_lines(core.delivery_mut(), lines);
+                core.handle(Event::Spooled, now);
+            }
+            Input::ArtifactReport(r) => core.handle(Event::ArtifactReport(r), now),
+            Input::ArtifactLines(lines) => {
+                self.spool_artifact_lines(core.delivery_mut(), lines);
                 core.handle(Event::Spooled, now);
             }
             Input::Reload(cfg) => self.reload(*cfg, core, now),
@@ -427,6 +491,14 @@ impl Host for AgentHost {
                 tracing::info!(interval = ?every, "telemetry interval changed")
             }
             Output::ReloadIdentity => self.reload_tls()?,
+            Output::Desired(d) => {
+                let _ = self
+                    .artifacts
+                    .tx
+                    .send(crate::artifact::worker::ToWorker::Desired(
+                        d.artifacts.clone(),
+                    ));
+            }
             Output::WipeCredentials => self.state.wipe_credentials()?,
             // The rest is the driver's; the spools are flushed by `run`
             // once the driver returns.
@@ -575,8 +647,18 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
         rand::random_range(-1.0..=1.0),
         Instant::now(),
     );
+    let artifacts = start_artifacts(&cfg, &state);
+    let artifact_view = crate::artifact::install::Installer::new(
+        cfg.artifacts_dir.clone(),
+        state.root().join("staging"),
+        Vec::new(),
+        0,
+        std::sync::Arc::new(|_: &str, _, _| {}),
+    );
     let tls_cert_saved_ms = state.cert_saved_ms();
     let mut host = AgentHost {
+        artifacts,
+        artifact_view,
         tls_cert_saved_ms,
         state,
         server,
@@ -608,6 +690,26 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
         Exit::CredentialsExpired => Err(AgentError::CredentialsExpired),
         Exit::Decommissioned => Err(AgentError::Decommissioned),
     }
+}
+
+/// Starts the artifact worker (it first recovers installs a restart
+/// interrupted).
+fn start_artifacts(cfg: &AgentConfig, state: &StateDir) -> crate::artifact::worker::Handle {
+    if cfg.publisher_keys.is_empty() {
+        tracing::warn!(
+            "no publisher key configured: every desired artifact will be reported failed"
+        );
+    }
+    let (sink, lines) = crate::artifact::worker::line_channel();
+    let installer = crate::artifact::install::Installer::new(
+        cfg.artifacts_dir.clone(),
+        state.root().join("staging"),
+        cfg.publisher_keys.clone(),
+        cfg.artifact_disk_budget,
+        sink,
+    );
+    tracing::info!(dir = %cfg.artifacts_dir.display(), keys = cfg.publisher_keys.len(), budget = cfg.artifact_disk_budget, "artifacts");
+    crate::artifact::worker::spawn(installer, lines)
 }
 
 /// Enrolls, retrying transient failures with backoff. `None`: stopped.

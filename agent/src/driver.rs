@@ -46,6 +46,9 @@ pub trait Host {
     fn on_input(&mut self, input: Self::Input, core: &mut Core<Self::Delivery>, now: Instant);
     /// Carries out the outputs that touch only the host (status, identity).
     fn on_output(&mut self, output: &Output, delivery: &Self::Delivery) -> Result<(), Self::Error>;
+    /// A session link opened (its client, for RPCs beside the session such
+    /// as artifact downloads) or closed (`None`).
+    fn link_changed(&mut self, _client: Option<&DeviceServiceClient<Channel>>) {}
     /// Housekeeping of every turn (watchdog stamp, spool sync)…
     fn chores(&mut self, _delivery: &mut Self::Delivery) {}
     /// …and when a turn is needed for it at the latest.
@@ -98,13 +101,16 @@ pub async fn drive<H: Host>(
                 Output::Connect => match first.take() {
                     Some(l) => {
                         let started = host.started(&l.start);
+                        host.link_changed(Some(&l.client));
                         link = Some(l);
                         core.handle(Event::Connected(started), now);
                     }
                     None => connecting = Some(host.connect()),
                 },
                 Output::Disconnect => {
-                    link = None;
+                    if link.take().is_some() {
+                        host.link_changed(None);
+                    }
                     connecting = None;
                 }
                 Output::SendTelemetry(batch) => {
@@ -138,6 +144,9 @@ pub async fn drive<H: Host>(
                 }
                 Output::LossReport(report) => {
                     send_session(core, &link, AgentKind::Spool(report));
+                }
+                Output::SendArtifact(report) => {
+                    send_session(core, &link, AgentKind::Artifact(report));
                 }
                 Output::TakeSample => {
                     host.take_sample(core.delivery_mut());
@@ -177,6 +186,7 @@ pub async fn drive<H: Host>(
                 match r {
                     Ok(l) => {
                         let started = host.started(&l.start);
+                        host.link_changed(Some(&l.client));
                         link = Some(l);
                         core.handle(Event::Connected(started), now);
                     }
@@ -191,6 +201,7 @@ pub async fn drive<H: Host>(
                     Inbound::Server(m) => core.handle(Event::Server(m), now),
                     Inbound::Failed(e) => {
                         link = None;
+                        host.link_changed(None);
                         core.handle(failed(&e), now);
                     }
                 }

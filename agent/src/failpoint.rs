@@ -2,6 +2,7 @@
 //! `OUTPOST_AGENT_CRASH_AT=<name>` in its environment the agent aborts (no
 //! destructors, no flushing, like a power cut or SIGKILL) when it reaches the
 //! named point. Inert otherwise; the rotation's names are listed in [`POINTS`],
+//! an artifact install's in [`crate::artifact::install::POINTS`],
 //! and [`ENROLL_RESPONSE_RECEIVED`] is enrollment's.
 
 use std::sync::OnceLock;

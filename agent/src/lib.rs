@@ -11,6 +11,7 @@
 //! - [`state`]: the state directory
 #![forbid(unsafe_code)]
 
+pub mod artifact;
 pub mod backoff;
 pub mod check;
 pub mod clock;

@@ -291,7 +291,10 @@ fn status(cfg: &AgentConfig, json: bool) -> ExitCode {
         }
     };
     let report = match outpost_agent::status::report(&state) {
-        Ok(r) => r,
+        Ok(mut r) => {
+            r.artifacts = outpost_agent::status::artifacts(&cfg.artifacts_dir);
+            r
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;

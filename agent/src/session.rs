@@ -10,7 +10,8 @@ use outpost_proto::v1::agent_message::Kind as AgentKind;
 use outpost_proto::v1::device_service_client::DeviceServiceClient;
 use outpost_proto::v1::server_message::Kind as ServerKind;
 use outpost_proto::v1::{
-    AgentMessage, DeviceFacts, Hello, LogBatch, ServerMessage, SessionStart, TelemetryBatch,
+    AgentMessage, DeviceFacts, Hello, InstalledArtifact, LogBatch, ServerMessage, SessionStart,
+    TelemetryBatch,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,8 +24,9 @@ use crate::link::LinkError;
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Session messages queued and not yet on the wire at most (heartbeats,
-/// config acks, loss reports: a few a minute).
-const SESSION_QUEUE: usize = 8;
+/// config acks, loss reports, artifact reports: a few a minute, a burst of
+/// one report per artifact at session start).
+const SESSION_QUEUE: usize = 64;
 
 /// What arrives on an open link, in arrival order per stream.
 #[derive(Debug)]
@@ -75,12 +77,13 @@ impl OpenLink {
     }
 }
 
-/// Opens a session on `client`: hello with `facts`, the control plane's
+/// Opens a session on `client`: hello with `facts` and what is `installed`, the control plane's
 /// start, then the telemetry stream and (with `logs`) the log stream, each
 /// queueing up to `window` batches (the delivery's in-flight bound).
 pub async fn open(
     mut client: DeviceServiceClient<Channel>,
     facts: DeviceFacts,
+    installed: Vec<InstalledArtifact>,
     logs: bool,
     window: usize,
 ) -> Result<OpenLink, LinkError> {
@@ -88,7 +91,7 @@ pub async fn open(
     let hello = AgentMessage {
         kind: Some(AgentKind::Hello(Hello {
             facts: Some(facts),
-            installed: Vec::new(),
+            installed,
         })),
     };
     session_tx
@@ -174,6 +177,7 @@ fn from_server(m: ServerMessage) -> Option<FromServer> {
         ServerKind::Settings(s) => Some(FromServer::Settings(s)),
         ServerKind::Config(c) => Some(FromServer::Config(c)),
         ServerKind::Rotate(_) => Some(FromServer::RotateNow),
+        ServerKind::Desired(d) => Some(FromServer::Desired(d)),
         // A second start, or a kind this agent does not know yet.
         _ => None,
     }

@@ -36,8 +36,59 @@ pub struct Report {
     pub acked_seq: u64,
     pub next_seq: u64,
     pub spool: Spool,
+    /// Installed artifacts and their latest install (`outpost-agent status`
+    /// fills this from the artifacts directory).
+    pub artifacts: Vec<ArtifactStatus>,
     /// Things that are wrong with the state directory.
     pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ArtifactStatus {
+    pub name: String,
+    /// The version `current` points at.
+    pub current: Option<String>,
+    /// The latest install: its version, step (journal) and error.
+    pub last_version: Option<String>,
+    pub last_step: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// Every artifact under `dir`, by name.
+pub fn artifacts(dir: &std::path::Path) -> Vec<ArtifactStatus> {
+    let view = crate::artifact::install::Installer::new(
+        dir.to_path_buf(),
+        dir.to_path_buf(),
+        Vec::new(),
+        0,
+        std::sync::Arc::new(|_: &str, _, _| {}),
+    );
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let j = view.journal(&name);
+            ArtifactStatus {
+                current: view.current(&name),
+                last_version: j.as_ref().map(|j| j.version.clone()),
+                last_step: j.as_ref().and_then(|j| {
+                    serde_json::to_value(j.step)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                }),
+                last_error: j.and_then(|j| j.error),
+                name,
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -140,6 +191,7 @@ pub fn report(state: &StateDir) -> Result<Report, StateError> {
             logs_rate_limited: rt.rate_limited_logs,
             corrupt: rt.corrupt_records,
         },
+        artifacts: Vec::new(),
         problems,
     })
 }
@@ -210,6 +262,17 @@ impl Report {
             ),
         );
         line("next seq", &self.next_seq.to_string());
+        for a in &self.artifacts {
+            let mut v = format!("{} {}", a.name, a.current.as_deref().unwrap_or("(none)"));
+            if let (Some(ver), Some(step)) = (&a.last_version, &a.last_step) {
+                v.push_str(&format!(" (last: {ver} {step}"));
+                if let Some(e) = &a.last_error {
+                    v.push_str(&format!(": {e}"));
+                }
+                v.push(')');
+            }
+            line("artifact", &v);
+        }
         for p in &self.problems {
             line("problem", p);
         }

@@ -450,6 +450,7 @@ impl Host for SimHost {
             config: start.config.clone(),
             wall_ms: outpost_agent::clock::system_ms(),
             cert: None,
+            desired: None,
         }
     }
 
@@ -534,7 +535,7 @@ async fn open_link(
         hostname: "sim".into(),
         ..Default::default()
     };
-    session::open(link::client(channel), facts, false, WINDOW).await
+    session::open(link::client(channel), facts, Vec::new(), false, WINDOW).await
 }
 
 /// Counts a failed connection attempt by kind, logging the first few.

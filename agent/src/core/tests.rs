@@ -777,3 +777,92 @@ fn an_idle_disconnected_core_wakes_only_for_samples_and_the_retry() {
     // status writes of the samples: well under a hundred wake-ups.
     assert!(wakes < 50, "{wakes} wake-ups in 10 minutes");
 }
+
+fn desired(names: &[&str]) -> DesiredArtifacts {
+    DesiredArtifacts {
+        artifacts: names
+            .iter()
+            .map(|n| outpost_proto::v1::DesiredArtifact {
+                name: n.to_string(),
+                version: "1.0".into(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+fn artifact_report(name: &str, state: &str) -> ArtifactReport {
+    ArtifactReport {
+        name: name.into(),
+        version: "1.0".into(),
+        state: state.into(),
+        ..Default::default()
+    }
+}
+
+fn sent_artifacts(outs: &[Output]) -> Vec<(String, String)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::SendArtifact(r) => Some((r.name.clone(), r.state.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn artifact_reports_go_out_while_connected_and_the_latest_is_resent_on_reconnect() {
+    let mut s = Sim::agent();
+    // Before any link: kept, not sent.
+    let outs = s.event(Event::ArtifactReport(artifact_report("det", "failed")));
+    assert!(sent_artifacts(&outs).is_empty());
+    let outs = s.connect(30);
+    assert_eq!(sent_artifacts(&outs), [("det".into(), "failed".into())]);
+    let outs = s.event(Event::Server(FromServer::Desired(desired(&["det", "cam"]))));
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Desired(d) if d.artifacts.len() == 2))
+    );
+    for (name, state) in [
+        ("det", "downloading"),
+        ("det", "succeeded"),
+        ("cam", "installing"),
+    ] {
+        let outs = s.event(Event::ArtifactReport(artifact_report(name, state)));
+        assert_eq!(sent_artifacts(&outs), [(name.into(), state.into())]);
+    }
+    s.fail(Failure::Transient);
+    let outs = s.event(Event::ArtifactReport(artifact_report("cam", "verifying")));
+    assert!(sent_artifacts(&outs).is_empty(), "no link: kept for later");
+    s.now += 120 * SEC;
+    let outs = s.connect(30);
+    assert_eq!(
+        sent_artifacts(&outs),
+        [
+            ("cam".into(), "verifying".into()),
+            ("det".into(), "succeeded".into())
+        ],
+        "the latest of each, once"
+    );
+    // No longer desired: not resent.
+    s.event(Event::Server(FromServer::Desired(desired(&["cam"]))));
+    s.fail(Failure::Transient);
+    s.now += 240 * SEC;
+    let outs = s.connect(30);
+    assert_eq!(sent_artifacts(&outs), [("cam".into(), "verifying".into())]);
+    // A session start's desired set reaches the worker before the resend.
+    s.fail(Failure::Transient);
+    s.now += 480 * SEC;
+    s.run_until(s.at());
+    let outs = s.event(Event::Connected(Started {
+        desired: Some(desired(&[])),
+        ..Default::default()
+    }));
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Desired(d) if d.artifacts.is_empty()))
+    );
+    assert!(
+        sent_artifacts(&outs).is_empty(),
+        "nothing desired, nothing resent"
+    );
+}

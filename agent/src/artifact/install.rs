@@ -34,6 +34,9 @@ pub const POINTS: &[&str] = &[
     POST_INSTALLED,
     HEALTH,
 ];
+/// Half the payload is in staging (a download cut half-way: not in
+/// [`POINTS`], which are the steps after the download).
+pub const DOWNLOAD_HALF: &str = "artifact-download-half";
 /// The payload is complete in staging; nothing checked yet.
 pub const DOWNLOADED: &str = "artifact-downloaded";
 /// Signature and SHA-256 checked; nothing unpacked.

@@ -301,7 +301,13 @@ pub async fn append_chunks(
             ));
         }
         f.write_all(&chunk.data).await.map_err(|e| e.to_string())?;
+        let before = len;
         len += chunk.data.len() as u64;
+        if before < size / 2 && len >= size / 2 {
+            // What was written reaches the file before a test's crash.
+            f.flush().await.map_err(|e| e.to_string())?;
+            crate::failpoint::hit(super::install::DOWNLOAD_HALF);
+        }
         progress(len);
     }
     f.sync_all().await.map_err(|e| e.to_string())?;

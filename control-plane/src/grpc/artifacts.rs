@@ -77,9 +77,12 @@ pub(super) async fn fetch(
     let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
     let in_progress = InProgress::new(state.clone());
     tokio::spawn(async move {
-        let _permit = permit;
-        let _in_progress = in_progress;
         send_from(&state, &artifact, req.offset, &tx).await;
+        // The slot is free and the gauge down before the device sees the
+        // end of the stream.
+        drop(in_progress);
+        drop(permit);
+        drop(tx);
     });
     Ok(ReceiverStream::new(rx))
 }

@@ -402,11 +402,14 @@ mod tests {
         let out2 = dir.path().join("2.tar");
         std::fs::write(&out1, "").unwrap();
         std::fs::write(&out2, "").unwrap();
-        let (size, sha, n) = pack(&[model.clone()], &out1).unwrap();
+        let (size, sha, n) = pack(std::slice::from_ref(&model), &out1).unwrap();
         assert_eq!(n, 5);
         // Touching mtimes changes nothing: the same tree, the same bytes.
         std::fs::write(model.join("b.txt"), "bee").unwrap();
-        assert_eq!(pack(&[model.clone()], &out2).unwrap(), (size, sha, n));
+        assert_eq!(
+            pack(std::slice::from_ref(&model), &out2).unwrap(),
+            (size, sha, n)
+        );
         assert_eq!(std::fs::read(&out1).unwrap(), std::fs::read(&out2).unwrap());
         let mut archive = tar::Archive::new(File::open(&out1).unwrap());
         let names: Vec<String> = archive
@@ -431,7 +434,9 @@ mod tests {
         );
 
         std::os::unix::fs::symlink("/etc/passwd", model.join("escape")).unwrap();
-        let e = pack(&[model.clone()], &out1).unwrap_err().to_string();
+        let e = pack(std::slice::from_ref(&model), &out1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/etc/passwd"), "{e}");
         std::fs::remove_file(model.join("escape")).unwrap();
         let e = pack(&[model.clone(), model.clone()], &out1)

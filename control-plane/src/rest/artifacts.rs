@@ -234,7 +234,6 @@ pub async fn upload_payload(
     caller.require(Scope::DeviceUpdate, Target::Workspace)?;
     let ws = caller.workspace.clone();
     let a = get_record(&state, &ws, &name, &version).await?;
-    caller.audit_target(&format!("{name}@{version}"));
     if a.state == ARTIFACT_READY {
         return Err(ApiError::Conflict(format!(
             "{name}@{version} has its payload already"
@@ -434,7 +433,6 @@ pub async fn delete(
     if artifact::check_name(&name).is_err() || artifact::check_version(&version).is_err() {
         return Err(not_found(&name, &version));
     }
-    caller.audit_target(&format!("{name}@{version}"));
     match state
         .store
         .delete_artifact(&caller.workspace, &name, &version)

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod artifacts;
 pub mod bus;
 pub mod config;
 pub mod device_config;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub metrics_token_hash: Option<String>,
     /// REST rate limits.
     pub limits: rest::limits::Limits,
+    /// Artifact limits, uploads in progress and the chunk cache.
+    pub artifacts: Arc<artifacts::Artifacts>,
 }
 
 /// Resolves once the server starts stopping.

@@ -188,6 +188,10 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         metrics,
         metrics_token_hash,
         limits: Default::default(),
+        artifacts: Arc::new(crate::artifacts::Artifacts::new(
+            cfg.max_artifact_size,
+            cfg.max_artifact_downloads,
+        )),
     });
 
     if let Some(url) = cfg.database_url.as_deref() {

@@ -84,6 +84,36 @@ fn routes() -> Vec<Route> {
             200,
         ),
         ("POST", "/{id}/install-id", None, Need::Update, true, 200),
+        // Artifacts: workspace routes. The scope is checked before the body
+        // or the artifact is looked at, so an authorised caller's answer
+        // (400 for an empty body, 404 for a missing artifact) stands for
+        // "let through".
+        ("GET", "/artifacts", None, Need::Read, false, 200),
+        (
+            "POST",
+            "/artifacts",
+            Some(json!({})),
+            Need::Update,
+            false,
+            400,
+        ),
+        ("GET", "/artifacts/nope/1.0", None, Need::Read, false, 404),
+        (
+            "PUT",
+            "/artifacts/nope/1.0/payload",
+            None,
+            Need::Update,
+            false,
+            404,
+        ),
+        (
+            "DELETE",
+            "/artifacts/nope/1.0",
+            None,
+            Need::Update,
+            false,
+            404,
+        ),
     ]
 }
 

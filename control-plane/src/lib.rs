@@ -22,6 +22,7 @@ pub mod live;
 pub mod metrics;
 pub mod pki;
 pub mod rest;
+pub mod rollout;
 pub mod server;
 pub mod store;
 

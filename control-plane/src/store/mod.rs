@@ -699,6 +699,38 @@ pub struct RolloutCounts {
     pub devices: Vec<(String, String, String, u64)>,
 }
 
+/// Size of a payload chunk in `artifact_chunks` (the last one is shorter).
+pub const ARTIFACT_CHUNK_SIZE: usize = 256 * 1024;
+/// An artifact waiting for its payload.
+pub const ARTIFACT_AWAITING_PAYLOAD: &str = "awaiting_payload";
+/// An artifact whose payload matched its manifest: devices may fetch it.
+pub const ARTIFACT_READY: &str = "ready";
+
+/// One artifact version as stored (docs/artifacts.md). `manifest_json` is
+/// the manifest exactly as signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArtifactRecord {
+    pub workspace: String,
+    pub name: String,
+    pub version: String,
+    pub manifest_json: String,
+    pub public_key: String,
+    pub signature: String,
+    pub size: u64,
+    pub sha256: String,
+    /// [`ARTIFACT_AWAITING_PAYLOAD`] or [`ARTIFACT_READY`].
+    pub state: String,
+    pub created_at: UnixMillis,
+    pub uploaded_at: Option<UnixMillis>,
+}
+
+/// A publisher key a workspace trusts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PublisherKeyRecord {
+    pub public_key: String,
+    pub added_at: UnixMillis,
+}
+
 /// The persistence seam. All methods are safe to call concurrently from
 /// several tasks and (for shared backends) several replicas.
 #[async_trait::async_trait]
@@ -958,6 +990,79 @@ pub trait Store: Send + Sync + 'static {
     async fn api_key_workspace(&self, id: &str) -> StoreResult<Option<String>>;
 
     // ---- artifacts and publisher keys (issue 20, docs/artifacts.md) ----
+
+    /// Trusts `public_key` (canonical `ed25519:…` text) in the workspace;
+    /// false when it was trusted already.
+    async fn add_publisher_key(
+        &self,
+        workspace: &str,
+        public_key: &str,
+        now: UnixMillis,
+    ) -> StoreResult<bool>;
+    /// false when the workspace did not trust that key.
+    async fn remove_publisher_key(&self, workspace: &str, public_key: &str) -> StoreResult<bool>;
+    /// Oldest first.
+    async fn list_publisher_keys(&self, workspace: &str) -> StoreResult<Vec<PublisherKeyRecord>>;
+
+    /// Stores a new artifact version (its state as given, normally
+    /// `awaiting_payload`). true: created; false: the same manifest was
+    /// stored already (nothing changed). `Conflict` when `name@version`
+    /// exists with another manifest.
+    async fn create_artifact(&self, a: &ArtifactRecord) -> StoreResult<bool>;
+    async fn get_artifact(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: &str,
+    ) -> StoreResult<Option<ArtifactRecord>>;
+    /// By name, then creation time.
+    async fn list_artifacts(&self, workspace: &str) -> StoreResult<Vec<ArtifactRecord>>;
+    /// Writes payload chunk `idx` (replacing one there) of an artifact that
+    /// awaits its payload; `Conflict` when it is ready, `NotFound` when it
+    /// does not exist.
+    async fn put_artifact_chunk(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: &str,
+        idx: u64,
+        data: &[u8],
+    ) -> StoreResult<()>;
+    /// Forgets the chunks of an artifact that still awaits its payload (an
+    /// upload that did not match); a ready artifact keeps them.
+    async fn discard_artifact_chunks(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: &str,
+    ) -> StoreResult<()>;
+    /// `awaiting_payload` → `ready`, when the stored chunks are exactly
+    /// `size` bytes in `ceil(size / ARTIFACT_CHUNK_SIZE)` chunks. `Conflict`
+    /// when it is ready already or the chunks do not add up, `NotFound`
+    /// when it does not exist.
+    async fn mark_artifact_ready(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: &str,
+        now: UnixMillis,
+    ) -> StoreResult<()>;
+    /// Payload chunk `idx`; `None` past the end or when there is none.
+    async fn read_artifact_chunk(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: &str,
+        idx: u64,
+    ) -> StoreResult<Option<Vec<u8>>>;
+    /// Deletes the version and its payload. false when it does not exist;
+    /// `Conflict` while a running or paused rollout uses it.
+    async fn delete_artifact(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: &str,
+    ) -> StoreResult<bool>;
 
     // ---- rollouts and what runs on devices (issue 20, docs/artifacts.md) ----
     /// Creates a rollout with its devices in one transaction. `Conflict`

@@ -98,6 +98,8 @@ pub struct Texts {
     telemetry_buckets: String,
     /// What runs on the devices of the id list `$1`.
     device_artifacts: String,
+    /// An artifact's row, locked.
+    artifact_locked: String,
 }
 
 impl Texts {
@@ -114,6 +116,9 @@ impl Texts {
             loss_locked: format!(
                 "SELECT telemetry_dropped, logs_dropped, spool_corrupt, logs_rate_limited \
                  FROM devices WHERE id = $1{lock}"
+            ),
+            artifact_locked: format!(
+                "SELECT * FROM artifacts WHERE workspace = $1 AND name = $2 AND version = $3{lock}"
             ),
             lock_device: D::ROW_LOCK.map(|l| format!("SELECT 1 FROM devices WHERE id = $1{l}")),
             // AVG and SUM of BIGINT give NUMERIC on PostgreSQL, hence the
@@ -169,6 +174,51 @@ where
 {
     async fn begin(&self) -> Result<Transaction<'static, D>, sqlx::Error> {
         self.pool.begin_with(D::BEGIN).await
+    }
+
+    /// An artifact's row, locked (where rows are locked) until `tx` ends.
+    async fn artifact_locked(
+        tx: &mut Transaction<'static, D>,
+        workspace: &str,
+        name: &str,
+        version: &str,
+    ) -> StoreResult<Option<ArtifactRecord>> {
+        let row = sqlx::query(D::texts().artifact_locked.as_str())
+            .bind(workspace)
+            .bind(name)
+            .bind(version)
+            .fetch_optional(&mut **tx)
+            .await?;
+        row.as_ref().map(artifact_from_row).transpose()
+    }
+
+    /// The state of an artifact, its row locked as [`Self::artifact_locked`].
+    async fn artifact_state_locked(
+        tx: &mut Transaction<'static, D>,
+        workspace: &str,
+        name: &str,
+        version: &str,
+    ) -> StoreResult<Option<String>> {
+        Ok(Self::artifact_locked(tx, workspace, name, version)
+            .await?
+            .map(|a| a.state))
+    }
+
+    async fn delete_chunks_in(
+        tx: &mut Transaction<'static, D>,
+        workspace: &str,
+        name: &str,
+        version: &str,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "DELETE FROM artifact_chunks WHERE workspace = $1 AND name = $2 AND version = $3",
+        )
+        .bind(workspace)
+        .bind(name)
+        .bind(version)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// Takes the device's row lock for the rest of the transaction, where
@@ -535,6 +585,8 @@ where
     for<'q> Option<&'q str>: Encode<'q, D>,
     for<'q> &'q str: ColumnIndex<D::Row>,
     usize: ColumnIndex<D::Row>,
+    for<'q> Vec<u8>: Decode<'q, D> + Type<D>,
+    for<'q> &'q [u8]: Encode<'q, D> + Type<D>,
 {
     async fn create_workspace(&self, ws: &Workspace) -> StoreResult<()> {
         let res =
@@ -1577,6 +1629,276 @@ where
 
     // ---- artifacts and publisher keys (issue 20) ----
 
+    async fn add_publisher_key(
+        &self,
+        workspace: &str,
+        public_key: &str,
+        now: UnixMillis,
+    ) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "INSERT INTO publisher_keys (workspace, public_key, added_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (workspace, public_key) DO NOTHING",
+        )
+        .bind(workspace)
+        .bind(public_key)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(D::rows_affected(&res) == 1)
+    }
+
+    async fn remove_publisher_key(&self, workspace: &str, public_key: &str) -> StoreResult<bool> {
+        let res =
+            sqlx::query("DELETE FROM publisher_keys WHERE workspace = $1 AND public_key = $2")
+                .bind(workspace)
+                .bind(public_key)
+                .execute(&self.pool)
+                .await?;
+        Ok(D::rows_affected(&res) == 1)
+    }
+
+    async fn list_publisher_keys(&self, workspace: &str) -> StoreResult<Vec<PublisherKeyRecord>> {
+        let rows = sqlx::query(
+            "SELECT public_key, added_at FROM publisher_keys WHERE workspace = $1 \
+             ORDER BY added_at, public_key",
+        )
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PublisherKeyRecord {
+                    public_key: r.text("public_key")?,
+                    added_at: r.int("added_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_artifact(&self, a: &ArtifactRecord) -> StoreResult<bool> {
+        // One conditional INSERT: with several replicas, one of two equal
+        // creations inserts and the other finds the row.
+        let res = sqlx::query(
+            "INSERT INTO artifacts (workspace, name, version, manifest_json, public_key, \
+             signature, size, sha256, state, created_at, uploaded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (workspace, name, version) DO NOTHING",
+        )
+        .bind(&a.workspace)
+        .bind(&a.name)
+        .bind(&a.version)
+        .bind(&a.manifest_json)
+        .bind(&a.public_key)
+        .bind(&a.signature)
+        .bind(i(a.size))
+        .bind(&a.sha256)
+        .bind(&a.state)
+        .bind(a.created_at)
+        .bind(a.uploaded_at)
+        .execute(&self.pool)
+        .await?;
+        if D::rows_affected(&res) == 1 {
+            return Ok(true);
+        }
+        match self.get_artifact(&a.workspace, &a.name, &a.version).await? {
+            Some(old) if old.manifest_json == a.manifest_json => Ok(false),
+            Some(_) => Err(StoreError::Conflict(format!(
+                "{}@{} exists with another manifest",
+                a.name, a.version
+            ))),
+            // Deleted in between: the caller may retry.
+            None => Err(StoreError::Conflict(format!(
+                "{}@{} was deleted meanwhile",
+                a.name, a.version
+            ))),
+        }
+    }
+
+    async fn get_artifact(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: &str,
+    ) -> StoreResult<Option<ArtifactRecord>> {
+        let row = sqlx::query(
+            "SELECT * FROM artifacts WHERE workspace = $1 AND name = $2 AND version = $3",
+        )
+        .bind(workspace)
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(artifact_from_row).transpose()
+    }
+
+    async fn list_artifacts(&self, workspace: &str) -> StoreResult<Vec<ArtifactRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM artifacts WHERE workspace = $1 ORDER BY name, created_at, version",
+        )
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(artifact_from_row).collect()
+    }
+
+    async fn put_artifact_chunk(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: &str,
+        idx: u64,
+        data: &[u8],
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        let state = Self::artifact_state_locked(&mut tx, workspace, name, version).await?;
+        match state.as_deref() {
+            None => return Err(StoreError::NotFound),
+            Some(ARTIFACT_AWAITING_PAYLOAD) => {}
+            Some(_) => {
+                return Err(StoreError::Conflict(format!(
+                    "{name}@{version} has its payload already"
+                )));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO artifact_chunks (workspace, name, version, idx, data) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (workspace, name, version, idx) DO UPDATE SET data = excluded.data",
+        )
+        .bind(workspace)
+        .bind(name)
+        .bind(version)
+        .bind(i(idx))
+        .bind(data)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn discard_artifact_chunks(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: &str,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        let state = Self::artifact_state_locked(&mut tx, workspace, name, version).await?;
+        if state.as_deref() == Some(ARTIFACT_AWAITING_PAYLOAD) {
+            Self::delete_chunks_in(&mut tx, workspace, name, version).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn mark_artifact_ready(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: &str,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        let Some(a) = Self::artifact_locked(&mut tx, workspace, name, version).await? else {
+            return Err(StoreError::NotFound);
+        };
+        if a.state != ARTIFACT_AWAITING_PAYLOAD {
+            return Err(StoreError::Conflict(format!(
+                "{name}@{version} has its payload already"
+            )));
+        }
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(LENGTH(data)), 0) AS BIGINT) AS bytes \
+             FROM artifact_chunks WHERE workspace = $1 AND name = $2 AND version = $3",
+        )
+        .bind(workspace)
+        .bind(name)
+        .bind(version)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (n, bytes) = (row.int("n")?, row.int("bytes")?);
+        let want_chunks = a.size.div_ceil(ARTIFACT_CHUNK_SIZE as u64);
+        if n != i(want_chunks) || bytes != i(a.size) {
+            return Err(StoreError::Conflict(format!(
+                "the stored payload of {name}@{version} is {bytes} bytes in {n} chunks, \
+                 the manifest says {} bytes",
+                a.size
+            )));
+        }
+        sqlx::query(
+            "UPDATE artifacts SET state = $4, uploaded_at = $5 \
+             WHERE workspace = $1 AND name = $2 AND version = $3",
+        )
+        .bind(workspace)
+        .bind(name)
+        .bind(version)
+        .bind(ARTIFACT_READY)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn read_artifact_chunk(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: &str,
+        idx: u64,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT data FROM artifact_chunks \
+             WHERE workspace = $1 AND name = $2 AND version = $3 AND idx = $4",
+        )
+        .bind(workspace)
+        .bind(name)
+        .bind(version)
+        .bind(i(idx))
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn delete_artifact(
+        &self,
+        workspace: &str,
+        name: &str,
+        version: &str,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        // The artifact's row lock first: a rollout being created for it
+        // (which reads the artifact the same way) waits or is waited for.
+        if Self::artifact_state_locked(&mut tx, workspace, name, version)
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        let in_use: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM rollouts WHERE workspace = $1 AND artifact_name = $2 \
+             AND artifact_version = $3 AND state IN ('running', 'paused')",
+        )
+        .bind(workspace)
+        .bind(name)
+        .bind(version)
+        .fetch_one(&mut *tx)
+        .await?;
+        if in_use > 0 {
+            return Err(StoreError::Conflict(format!(
+                "{name}@{version} is used by a running or paused rollout"
+            )));
+        }
+        Self::delete_chunks_in(&mut tx, workspace, name, version).await?;
+        sqlx::query("DELETE FROM artifacts WHERE workspace = $1 AND name = $2 AND version = $3")
+            .bind(workspace)
+            .bind(name)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     // ---- rollouts and what runs on devices (issue 20) ----
 
     async fn create_rollout(&self, r: &NewRollout) -> StoreResult<()> {
@@ -1855,6 +2177,25 @@ where
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
+}
+
+fn artifact_from_row<R>(r: &R) -> StoreResult<ArtifactRecord>
+where
+    R: Cols,
+{
+    Ok(ArtifactRecord {
+        workspace: r.text("workspace")?,
+        name: r.text("name")?,
+        version: r.text("version")?,
+        manifest_json: r.text("manifest_json")?,
+        public_key: r.text("public_key")?,
+        signature: r.text("signature")?,
+        size: r.int("size")?.max(0) as u64,
+        sha256: r.text("sha256")?,
+        state: r.text("state")?,
+        created_at: r.int("created_at")?,
+        uploaded_at: r.opt_int("uploaded_at")?,
+    })
 }
 
 /// The event-lock key of the audit log: a space is in no device id.

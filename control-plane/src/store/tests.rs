@@ -138,6 +138,10 @@ store_tests!(
     a_new_install_id_or_a_forced_reset_forgets_token_bindings,
     a_group_of_token_enrollments_refuses_only_those_over_budget,
     labels_are_stored_filtered_and_merged,
+    publisher_keys_are_added_once_listed_and_removed,
+    artifacts_are_created_once_and_refuse_other_bytes,
+    artifact_payload_chunks_make_it_ready_only_when_complete,
+    discarded_chunks_leave_the_artifact_awaiting_and_deletes_take_everything,
 );
 
 replica_tests!(
@@ -2128,5 +2132,202 @@ async fn a_new_install_id_or_a_forced_reset_forgets_token_bindings(s: Arc<dyn St
     assert_eq!(
         s.token_binding("t1", "k3").await.unwrap().as_deref(),
         Some("d3")
+    );
+}
+
+// ---- artifacts and publisher keys ----
+
+fn artifact(name: &str, version: &str, manifest: &str, size: u64) -> ArtifactRecord {
+    ArtifactRecord {
+        workspace: "acme".into(),
+        name: name.into(),
+        version: version.into(),
+        manifest_json: manifest.into(),
+        public_key: "ed25519:AAAA".into(),
+        signature: "sig".into(),
+        size,
+        sha256: "00".repeat(32),
+        state: ARTIFACT_AWAITING_PAYLOAD.into(),
+        created_at: 7,
+        uploaded_at: None,
+    }
+}
+
+async fn publisher_keys_are_added_once_listed_and_removed(s: Arc<dyn Store>) {
+    s.create_workspace(&Workspace {
+        name: "other".into(),
+        features: vec![],
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    assert!(s.add_publisher_key("acme", "ed25519:k1", 10).await.unwrap());
+    assert!(!s.add_publisher_key("acme", "ed25519:k1", 11).await.unwrap());
+    assert!(s.add_publisher_key("acme", "ed25519:k2", 12).await.unwrap());
+    assert!(
+        s.add_publisher_key("other", "ed25519:k3", 13)
+            .await
+            .unwrap()
+    );
+    let keys = s.list_publisher_keys("acme").await.unwrap();
+    assert_eq!(
+        keys,
+        vec![
+            PublisherKeyRecord {
+                public_key: "ed25519:k1".into(),
+                added_at: 10
+            },
+            PublisherKeyRecord {
+                public_key: "ed25519:k2".into(),
+                added_at: 12
+            },
+        ]
+    );
+    assert!(s.remove_publisher_key("acme", "ed25519:k1").await.unwrap());
+    assert!(!s.remove_publisher_key("acme", "ed25519:k1").await.unwrap());
+    assert!(!s.remove_publisher_key("acme", "ed25519:k3").await.unwrap());
+    let keys: Vec<_> = s
+        .list_publisher_keys("acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.public_key)
+        .collect();
+    assert_eq!(keys, vec!["ed25519:k2".to_string()]);
+    assert_eq!(s.list_publisher_keys("other").await.unwrap().len(), 1);
+}
+
+async fn artifacts_are_created_once_and_refuse_other_bytes(s: Arc<dyn Store>) {
+    let a = artifact("model", "1.0", r#"{"v":1}"#, 10);
+    assert!(s.create_artifact(&a).await.unwrap());
+    // The same manifest again: retry-safe, nothing changes.
+    let mut again = a.clone();
+    again.created_at = 99;
+    assert!(!s.create_artifact(&again).await.unwrap());
+    assert_eq!(
+        s.get_artifact("acme", "model", "1.0").await.unwrap(),
+        Some(a.clone())
+    );
+    let other = artifact("model", "1.0", r#"{"v":2}"#, 10);
+    assert!(matches!(
+        s.create_artifact(&other).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let b = artifact("model", "1.1", r#"{"v":3}"#, 10);
+    let c = artifact("alpha", "0.1", r#"{"v":4}"#, 10);
+    s.create_artifact(&b).await.unwrap();
+    s.create_artifact(&c).await.unwrap();
+    let listed: Vec<String> = s
+        .list_artifacts("acme")
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| format!("{}@{}", a.name, a.version))
+        .collect();
+    assert_eq!(listed, vec!["alpha@0.1", "model@1.0", "model@1.1"]);
+    assert!(s.list_artifacts("nope").await.unwrap().is_empty());
+    assert_eq!(s.get_artifact("nope", "model", "1.0").await.unwrap(), None);
+}
+
+async fn artifact_payload_chunks_make_it_ready_only_when_complete(s: Arc<dyn Store>) {
+    let size = ARTIFACT_CHUNK_SIZE as u64 * 2 + 5;
+    s.create_artifact(&artifact("m", "1", "{}", size))
+        .await
+        .unwrap();
+    let chunk0 = vec![1u8; ARTIFACT_CHUNK_SIZE];
+    let chunk1 = vec![2u8; ARTIFACT_CHUNK_SIZE];
+    let chunk2 = vec![3u8; 5];
+    s.put_artifact_chunk("acme", "m", "1", 0, &chunk0)
+        .await
+        .unwrap();
+    s.put_artifact_chunk("acme", "m", "1", 1, &chunk1)
+        .await
+        .unwrap();
+    // Incomplete: refused, still awaiting.
+    assert!(matches!(
+        s.mark_artifact_ready("acme", "m", "1", 50).await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.put_artifact_chunk("acme", "m", "1", 2, &chunk2)
+        .await
+        .unwrap();
+    s.mark_artifact_ready("acme", "m", "1", 50).await.unwrap();
+    let a = s.get_artifact("acme", "m", "1").await.unwrap().unwrap();
+    assert_eq!(a.state, ARTIFACT_READY);
+    assert_eq!(a.uploaded_at, Some(50));
+    assert_eq!(
+        s.read_artifact_chunk("acme", "m", "1", 1).await.unwrap(),
+        Some(chunk1)
+    );
+    assert_eq!(
+        s.read_artifact_chunk("acme", "m", "1", 2).await.unwrap(),
+        Some(chunk2)
+    );
+    assert_eq!(
+        s.read_artifact_chunk("acme", "m", "1", 3).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.read_artifact_chunk("other", "m", "1", 0).await.unwrap(),
+        None
+    );
+    // Ready: no more writes, no second ready.
+    assert!(matches!(
+        s.put_artifact_chunk("acme", "m", "1", 0, b"x").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.mark_artifact_ready("acme", "m", "1", 60).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // A discard does not touch a ready payload.
+    s.discard_artifact_chunks("acme", "m", "1").await.unwrap();
+    assert_eq!(
+        s.read_artifact_chunk("acme", "m", "1", 0).await.unwrap(),
+        Some(chunk0)
+    );
+    assert!(matches!(
+        s.put_artifact_chunk("acme", "nope", "1", 0, b"x").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.mark_artifact_ready("acme", "nope", "1", 60).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn discarded_chunks_leave_the_artifact_awaiting_and_deletes_take_everything(
+    s: Arc<dyn Store>,
+) {
+    s.create_artifact(&artifact("m", "1", "{}", 3))
+        .await
+        .unwrap();
+    s.put_artifact_chunk("acme", "m", "1", 0, b"abc")
+        .await
+        .unwrap();
+    s.discard_artifact_chunks("acme", "m", "1").await.unwrap();
+    assert_eq!(
+        s.read_artifact_chunk("acme", "m", "1", 0).await.unwrap(),
+        None
+    );
+    let a = s.get_artifact("acme", "m", "1").await.unwrap().unwrap();
+    assert_eq!(a.state, ARTIFACT_AWAITING_PAYLOAD);
+    // Uploaded again, ready, deleted: the chunks go with it.
+    s.put_artifact_chunk("acme", "m", "1", 0, b"abc")
+        .await
+        .unwrap();
+    s.mark_artifact_ready("acme", "m", "1", 9).await.unwrap();
+    assert!(s.delete_artifact("acme", "m", "1").await.unwrap());
+    assert!(!s.delete_artifact("acme", "m", "1").await.unwrap());
+    assert_eq!(s.get_artifact("acme", "m", "1").await.unwrap(), None);
+    assert_eq!(
+        s.read_artifact_chunk("acme", "m", "1", 0).await.unwrap(),
+        None
+    );
+    // The same name@version can be published again after a delete.
+    assert!(
+        s.create_artifact(&artifact("m", "1", r#"{"new":1}"#, 3))
+            .await
+            .unwrap()
     );
 }

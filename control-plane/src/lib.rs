@@ -58,6 +58,9 @@ pub struct AppState {
     pub metrics_token_hash: Option<String>,
     /// REST rate limits.
     pub limits: rest::limits::Limits,
+    /// Wakes this replica's rollout driver (a report arrived, an operator
+    /// acted) before its next tick.
+    pub rollout_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Resolves once the server starts stopping.

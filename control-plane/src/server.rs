@@ -188,6 +188,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         metrics,
         metrics_token_hash,
         limits: Default::default(),
+        rollout_wake: Arc::new(tokio::sync::Notify::new()),
     });
 
     if let Some(url) = cfg.database_url.as_deref() {
@@ -210,6 +211,11 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     let retention = tokio::spawn(retention(
         state.clone(),
         cfg.retention,
+        stopped(stop_rx.clone()),
+    ));
+    // The rollout driver ends with the server (it watches the stop signal).
+    tokio::spawn(crate::rollout::driver::run(
+        state.clone(),
         stopped(stop_rx.clone()),
     ));
     Ok(RunningServer {

@@ -22,6 +22,7 @@ INSTALL_ID=""
 ENROLL_TOKEN=""
 DEVICE_NAME=""
 CA_FP=""
+PUBLISHER_KEYS=""
 BINARY=""
 INTERVAL=""
 LOG_FILES=""
@@ -45,7 +46,7 @@ Installs the Outpost agent as a systemd service, or removes it.
   sudo sh install.sh --server https://cp.example.com:8443 \
       --install-id inst_… --ca-fingerprint sha256:… [--binary PATH|URL] \
       [--interval 10s] [--log-file PATH]... [--journal-unit UNIT]... \
-      [--no-wait | --wait-timeout SECS]
+      [--publisher-key ed25519:…]... [--no-wait | --wait-timeout SECS]
   (or --enroll-token oet_… [--device-name NAME] instead of --install-id:
   a fleet token that enrolls many boxes)
   sudo sh install.sh --uninstall [--purge]
@@ -56,6 +57,11 @@ hold a control character). After starting the service it waits (60 s;
 prints "enrolled as DEVICE, connected" or the agent's error (exit status 1);
 once enrolled, an --enroll-token is removed from /etc/outpost/agent.env
 (with --no-wait it stays there, and a warning says so).
+
+--publisher-key (repeatable) names an artifact publisher key the agent
+trusts (OUTPOST_PUBLISHER_KEYS in /etc/outpost/agent.env); an agent with
+none installs no artifact. Given on an enrolled box without --install-id,
+it replaces just that line.
 
 The binary and unit come from the directory of install.sh (an unpacked
 release), or, as a control plane serves it (curl … | sudo sh -s --), from
@@ -91,6 +97,7 @@ while [ $# -gt 0 ]; do
         --enroll-token) need_arg "$@"; ENROLL_TOKEN=$2; shift 2 ;;
         --device-name) need_arg "$@"; DEVICE_NAME=$2; shift 2 ;;
         --ca-fingerprint) need_arg "$@"; CA_FP=$2; shift 2 ;;
+        --publisher-key) need_arg "$@"; PUBLISHER_KEYS="${PUBLISHER_KEYS:+$PUBLISHER_KEYS,}$2"; shift 2 ;;
         --binary) need_arg "$@"; BINARY=$2; shift 2 ;;
         --interval) need_arg "$@"; INTERVAL=$2; shift 2 ;;
         --log-file) need_arg "$@"; LOG_FILES="$LOG_FILES
@@ -222,6 +229,13 @@ if [ -n "$CA_FP" ]; then
     fi
     CA_FP="sha256:$_hex"
 fi
+if [ -n "$PUBLISHER_KEYS" ]; then
+    # Comma-joined above; each is ed25519: and the base64 of 32 bytes.
+    printf '%s\n' "$PUBLISHER_KEYS" | tr ',' '\n' | while IFS= read -r _k; do
+        matches "$_k" '^ed25519:[A-Za-z0-9+/]{43}=$' ||
+            die "--publisher-key must be ed25519: and the base64 of a 32-byte key, as 'outpostctl artifact keygen' prints it (got '$_k')"
+    done || exit 1
+fi
 if [ -n "$INTERVAL" ]; then
     matches "$INTERVAL" '^([0-9]+ ?[a-z]+ ?)+$' ||
         die "--interval must be a duration such as 10s or 1m (got '$INTERVAL')"
@@ -339,6 +353,13 @@ if [ -n "$INSTALL_ID$ENROLL_TOKEN" ]; then
         [ -z "$ENROLL_TOKEN" ] || echo "OUTPOST_ENROLL_TOKEN=$ENROLL_TOKEN"
         [ -z "$DEVICE_NAME" ] || printf 'OUTPOST_DEVICE_NAME="%s"\n' "$DEVICE_NAME"
         echo "OUTPOST_CA_FINGERPRINT=$CA_FP"
+        [ -z "$PUBLISHER_KEYS" ] || echo "OUTPOST_PUBLISHER_KEYS=$PUBLISHER_KEYS"
+    } | write_file "$ETC/agent.env" 0600
+elif [ -n "$PUBLISHER_KEYS" ]; then
+    # An enrolled box: its env file stays, with the new key list.
+    {
+        [ ! -f "$ETC/agent.env" ] || grep -v '^OUTPOST_PUBLISHER_KEYS=' "$ETC/agent.env" || true
+        echo "OUTPOST_PUBLISHER_KEYS=$PUBLISHER_KEYS"
     } | write_file "$ETC/agent.env" 0600
 fi
 

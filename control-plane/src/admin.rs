@@ -8,8 +8,8 @@ use std::path::Path;
 
 use crate::ids;
 use crate::store::{
-    AUDIT_ACTOR_ADMIN_CLI, ApiKeyInfo, KNOWN_FEATURES, NewApiKey, NewAuditEntry, Store, StoreError,
-    Workspace, now_ms,
+    AUDIT_ACTOR_ADMIN_CLI, ApiKeyInfo, KNOWN_FEATURES, NewApiKey, NewAuditEntry,
+    PublisherKeyRecord, Store, StoreError, Workspace, now_ms,
 };
 
 /// Scopes an API key may carry (reference/000).
@@ -217,6 +217,67 @@ impl Admin {
         res
     }
 
+    /// Trusts a publisher key in the workspace (docs/artifacts.md); returns
+    /// the key in canonical form and whether it is new.
+    pub async fn add_publisher_key(
+        &self,
+        workspace: &str,
+        key: &str,
+    ) -> AdminResult<(String, bool)> {
+        let res = self.add_publisher_key_unaudited(workspace, key).await;
+        let ws = ids::is_valid_workspace_name(workspace).then_some(workspace);
+        let target = res.as_ref().ok().map(|(k, _)| k.as_str());
+        self.audit("addPublisherKey", ws, target, &res).await;
+        res
+    }
+
+    async fn add_publisher_key_unaudited(
+        &self,
+        workspace: &str,
+        key: &str,
+    ) -> AdminResult<(String, bool)> {
+        let key = parse_publisher_key(key)?;
+        self.workspace(workspace).await?;
+        let added = self
+            .store
+            .add_publisher_key(workspace, &key, now_ms())
+            .await?;
+        Ok((key, added))
+    }
+
+    /// Stops trusting a publisher key; an error when it was not trusted.
+    pub async fn remove_publisher_key(&self, workspace: &str, key: &str) -> AdminResult<String> {
+        let res = self.remove_publisher_key_unaudited(workspace, key).await;
+        let ws = ids::is_valid_workspace_name(workspace).then_some(workspace);
+        let target = res.as_ref().ok().map(String::as_str);
+        self.audit("removePublisherKey", ws, target, &res).await;
+        res
+    }
+
+    async fn remove_publisher_key_unaudited(
+        &self,
+        workspace: &str,
+        key: &str,
+    ) -> AdminResult<String> {
+        let key = parse_publisher_key(key)?;
+        self.workspace(workspace).await?;
+        if !self.store.remove_publisher_key(workspace, &key).await? {
+            return Err(format!(
+                "workspace {workspace} does not trust {key} (see `publisher-key list`)"
+            )
+            .into());
+        }
+        Ok(key)
+    }
+
+    pub async fn list_publisher_keys(
+        &self,
+        workspace: &str,
+    ) -> AdminResult<Vec<PublisherKeyRecord>> {
+        self.workspace(workspace).await?;
+        Ok(self.store.list_publisher_keys(workspace).await?)
+    }
+
     /// Records an admin action. A failed write is reported on stderr (via
     /// the log) but does not undo or fail the action, which is done.
     async fn audit<T>(
@@ -240,6 +301,15 @@ impl Admin {
             tracing::warn!(action, "audit entry not stored: {e}");
         }
     }
+}
+
+/// A publisher key as given on the command line, in canonical text.
+fn parse_publisher_key(key: &str) -> AdminResult<String> {
+    key.parse::<outpost_common::artifact::PublicKey>()
+        .map(|k| k.to_string())
+        .map_err(|e| {
+            format!("{e} (a publisher key reads ed25519:<base64>, as `outpostctl artifact keygen` prints it)").into()
+        })
 }
 
 /// An admin action's result as an HTTP-like status: 200 done; refused: 409

@@ -83,6 +83,63 @@ pub struct ServeArgs {
     /// takes a workspace API key with the device:read scope.
     #[arg(long, env = "OUTPOST_METRICS_TOKEN_FILE")]
     pub metrics_token_file: Option<PathBuf>,
+    /// Largest artifact payload accepted, e.g. `4GiB`, `500MiB`, or bytes
+    /// [default: 4GiB].
+    #[arg(long, env = "OUTPOST_MAX_ARTIFACT_SIZE", value_parser = parse_byte_size)]
+    pub max_artifact_size: Option<u64>,
+    /// Artifact downloads (FetchArtifact) served at once by this replica;
+    /// more are refused as busy and retried by the agents [default: 64].
+    #[arg(long, env = "OUTPOST_MAX_ARTIFACT_DOWNLOADS")]
+    pub max_artifact_downloads: Option<usize>,
+}
+
+/// Default of `--max-artifact-size`.
+pub const DEFAULT_MAX_ARTIFACT_SIZE: u64 = 4 << 30;
+/// Default of `--max-artifact-downloads`.
+pub const DEFAULT_MAX_ARTIFACT_DOWNLOADS: usize = 64;
+
+/// `4GiB`, `500MiB`, `64KiB`, `4G`, `1048576`: binary units.
+pub fn parse_byte_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 4GiB, 500MiB, 1048576)"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" | "k" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?} (B, KiB, MiB, GiB, TiB)"
+            ));
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+mod opt_byte_size {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Size {
+            Bytes(u64),
+            Text(String),
+        }
+        match Option::<Size>::deserialize(d)? {
+            None => Ok(None),
+            Some(Size::Bytes(n)) => Ok(Some(n)),
+            Some(Size::Text(t)) => super::parse_byte_size(&t)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// The same options as they appear in the TOML file.
@@ -112,6 +169,9 @@ struct FileConfig {
     #[serde(default, with = "opt_duration")]
     audit_retention: Option<Duration>,
     metrics_token_file: Option<PathBuf>,
+    #[serde(default, with = "opt_byte_size")]
+    max_artifact_size: Option<u64>,
+    max_artifact_downloads: Option<usize>,
 }
 
 mod opt_duration {
@@ -143,6 +203,10 @@ pub struct ServeConfig {
     pub retention: RetentionConfig,
     pub database_url: Option<String>,
     pub metrics_token_file: Option<PathBuf>,
+    /// Largest artifact payload accepted (`--max-artifact-size`).
+    pub max_artifact_size: u64,
+    /// Concurrent artifact downloads (`--max-artifact-downloads`).
+    pub max_artifact_downloads: usize,
 }
 
 /// How long stored data is kept.
@@ -213,7 +277,27 @@ impl ServeConfig {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let max_artifact_size = args
+            .max_artifact_size
+            .or(file.max_artifact_size)
+            .unwrap_or(DEFAULT_MAX_ARTIFACT_SIZE);
+        if max_artifact_size == 0 {
+            return Err(ConfigError::Invalid(
+                "max-artifact-size must be at least 1 byte".into(),
+            ));
+        }
+        let max_artifact_downloads = args
+            .max_artifact_downloads
+            .or(file.max_artifact_downloads)
+            .unwrap_or(DEFAULT_MAX_ARTIFACT_DOWNLOADS);
+        if max_artifact_downloads == 0 {
+            return Err(ConfigError::Invalid(
+                "max-artifact-downloads must be at least 1".into(),
+            ));
+        }
         Ok(Self {
+            max_artifact_size,
+            max_artifact_downloads,
             agent_dist: args
                 .agent_dist
                 .or(file.agent_dist)
@@ -466,6 +550,27 @@ mod tests {
             .unwrap_err();
             assert!(err.to_string().contains("public-rest-url"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn byte_sizes_take_binary_units() {
+        assert_eq!(parse_byte_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_byte_size("500MiB").unwrap(), 500 << 20);
+        assert_eq!(parse_byte_size("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_byte_size("1048576").unwrap(), 1 << 20);
+        for bad in ["", "GiB", "4 parsecs", "-1", "99999999999TiB"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.toml");
+        std::fs::write(&path, "max-artifact-size = \"1GiB\"\n").unwrap();
+        let cfg = ServeConfig::resolve(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.max_artifact_size, 1 << 30);
+        assert_eq!(cfg.max_artifact_downloads, DEFAULT_MAX_ARTIFACT_DOWNLOADS);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod artifacts;
 pub mod bus;
 pub mod config;
 pub mod device_config;
@@ -61,6 +62,8 @@ pub struct AppState {
     /// Wakes this replica's rollout driver (a report arrived, an operator
     /// acted) before its next tick.
     pub rollout_wake: Arc<tokio::sync::Notify>,
+    /// Artifact limits, uploads in progress and the chunk cache.
+    pub artifacts: Arc<artifacts::Artifacts>,
 }
 
 /// Resolves once the server starts stopping.

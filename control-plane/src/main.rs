@@ -29,6 +29,38 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// Manage the artifact publisher keys a workspace trusts (on this host).
+    PublisherKey {
+        #[command(subcommand)]
+        command: PublisherKeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PublisherKeyCommand {
+    /// Trust a publisher key (ed25519:<base64>, as `outpostctl artifact keygen` prints it).
+    Add {
+        #[arg(long)]
+        workspace: String,
+        key: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// List the publisher keys a workspace trusts.
+    List {
+        #[arg(long)]
+        workspace: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Stop trusting a publisher key (artifacts it signed stay stored).
+    Remove {
+        #[arg(long)]
+        workspace: String,
+        key: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
 }
 
 /// The data directory the admin commands work on (also while `serve` runs).
@@ -124,6 +156,7 @@ fn main() -> ExitCode {
             }
             Command::Workspace { command } => workspace(command).await,
             Command::ApiKey { command } => api_key(command).await,
+            Command::PublisherKey { command } => publisher_key(command).await,
         }
     });
     match result {
@@ -282,6 +315,48 @@ async fn api_key(command: ApiKeyCommand) -> CliResult {
                 .revoke_api_key(&id)
                 .await?;
             println!("revoked API key {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn publisher_key(command: PublisherKeyCommand) -> CliResult {
+    match command {
+        PublisherKeyCommand::Add {
+            workspace,
+            key,
+            dir,
+        } => {
+            let (key, added) = Admin::open(&dir.data_dir, dir.database_url.as_deref())
+                .await?
+                .add_publisher_key(&workspace, &key)
+                .await?;
+            if added {
+                println!("workspace {workspace} trusts {key}");
+            } else {
+                println!("workspace {workspace} trusted {key} already");
+            }
+        }
+        PublisherKeyCommand::List { workspace, dir } => {
+            let keys = Admin::open(&dir.data_dir, dir.database_url.as_deref())
+                .await?
+                .list_publisher_keys(&workspace)
+                .await?;
+            println!("# publisher keys {workspace} trusts");
+            for k in keys {
+                println!("{}\tadded {}", k.public_key, time_text(k.added_at));
+            }
+        }
+        PublisherKeyCommand::Remove {
+            workspace,
+            key,
+            dir,
+        } => {
+            let key = Admin::open(&dir.data_dir, dir.database_url.as_deref())
+                .await?
+                .remove_publisher_key(&workspace, &key)
+                .await?;
+            println!("workspace {workspace} no longer trusts {key}");
         }
     }
     Ok(())

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+};
 
 /// Ack latency buckets: from a sub-millisecond commit to a congested store.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -33,6 +35,12 @@ pub struct Metrics {
     /// Audit entries by result: stored, failed (store error), rate_limited
     /// (unauthenticated attempts over the limit).
     pub audit_entries: IntCounterVec,
+    /// Artifact payload bytes sent to devices (FetchArtifact).
+    pub artifact_bytes_served: IntCounter,
+    /// FetchArtifact calls refused because every download slot was taken.
+    pub artifact_downloads_refused_busy: IntCounter,
+    /// FetchArtifact streams in progress on this replica.
+    pub artifact_downloads_in_progress: IntGauge,
 }
 
 impl Metrics {
@@ -85,6 +93,18 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            artifact_bytes_served: IntCounter::new(
+                "outpost_artifact_bytes_served_total",
+                "Artifact payload bytes sent to devices (FetchArtifact).",
+            )?,
+            artifact_downloads_refused_busy: IntCounter::new(
+                "outpost_artifact_downloads_refused_busy_total",
+                "Artifact downloads refused with RESOURCE_EXHAUSTED (busy): --max-artifact-downloads were in progress.",
+            )?,
+            artifact_downloads_in_progress: IntGauge::new(
+                "outpost_artifact_downloads_in_progress",
+                "Artifact downloads (FetchArtifact streams) in progress on this replica.",
+            )?,
         })
     }
 
@@ -98,6 +118,9 @@ impl Metrics {
             Box::new(self.store_seconds.clone()),
             Box::new(self.commit_group_batches.clone()),
             Box::new(self.audit_entries.clone()),
+            Box::new(self.artifact_bytes_served.clone()),
+            Box::new(self.artifact_downloads_refused_busy.clone()),
+            Box::new(self.artifact_downloads_in_progress.clone()),
         ]
     }
 

@@ -189,6 +189,10 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         metrics_token_hash,
         limits: Default::default(),
         rollout_wake: Arc::new(tokio::sync::Notify::new()),
+        artifacts: Arc::new(crate::artifacts::Artifacts::new(
+            cfg.max_artifact_size,
+            cfg.max_artifact_downloads,
+        )),
     });
 
     if let Some(url) = cfg.database_url.as_deref() {

@@ -94,3 +94,100 @@ async fn workspaces_features_and_keys_are_managed_on_the_host() {
     let out = cp.admin(&["api-key", "create", "--workspace", "nope"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publisher_keys_are_managed_on_the_host_and_reach_install_commands() {
+    let cp = ControlPlane::in_process().await;
+    cp.create_workspace("acme", &[]);
+    let api = cp.api_key("acme", &[]);
+    let (signing, _) = outpost_common::artifact::SigningKey::generate().unwrap();
+    let key = signing.public_key().to_string();
+
+    // Malformed keys and unknown workspaces: a clear error, exit non-zero.
+    for bad in ["rsa:AAAA", "ed25519:short", "ed25519:!!"] {
+        let out = cp.admin(&["publisher-key", "add", "--workspace", "acme", bad]);
+        assert!(!out.status.success(), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("invalid public key"), "{bad}: {err}");
+    }
+    let out = cp.admin(&["publisher-key", "add", "--workspace", "nope", &key]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+
+    let out = ok(&cp.admin(&["publisher-key", "add", "--workspace", "acme", &key]));
+    assert!(out.contains(&format!("trusts {key}")), "{out}");
+    let out = ok(&cp.admin(&["publisher-key", "add", "--workspace", "acme", &key]));
+    assert!(out.contains("already"), "{out}");
+    let list = ok(&cp.admin(&["publisher-key", "list", "--workspace", "acme"]));
+    assert!(list.lines().any(|l| l.starts_with(&key)), "{list}");
+
+    // Install commands carry the keys the workspace trusts now.
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/acme/devices/v2", cp.rest))
+        .bearer_auth(&api)
+        .json(&json!({"device_name": "box"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let command = created["installCommand"].as_str().unwrap();
+    assert!(
+        command.ends_with(&format!(" --publisher-key {key}")),
+        "{command}"
+    );
+    let token: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/acme/devices/v2/enrollment-tokens", cp.rest))
+        .bearer_auth(&api)
+        .json(&json!({"name": "fleet", "max_uses": 5}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let command = token["installCommand"].as_str().unwrap();
+    assert!(
+        command.contains(&format!("--publisher-key {key}")),
+        "{command}"
+    );
+
+    ok(&cp.admin(&["publisher-key", "remove", "--workspace", "acme", &key]));
+    let out = cp.admin(&["publisher-key", "remove", "--workspace", "acme", &key]);
+    assert!(!out.status.success(), "removing twice is an error");
+    let list = ok(&cp.admin(&["publisher-key", "list", "--workspace", "acme"]));
+    assert!(!list.contains(&key), "{list}");
+
+    // Changes are audited as the admin's, refusals too.
+    let (s, audit) = cp
+        .get_json("/acme/devices/v2/audit?direction=forward&limit=100", &api)
+        .await;
+    assert_eq!(s, 200, "{audit}");
+    let entries: Vec<(String, u64)> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"] == "admin-cli")
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .filter(|(a, _)| a.contains("PublisherKey"))
+        .collect();
+    let want: Vec<(String, u64)> = [
+        ("addPublisherKey", 400),
+        ("addPublisherKey", 400),
+        ("addPublisherKey", 400),
+        ("addPublisherKey", 200),
+        ("addPublisherKey", 200),
+        ("removePublisherKey", 200),
+        ("removePublisherKey", 400),
+    ]
+    .iter()
+    .map(|(a, s)| (a.to_string(), *s))
+    .collect();
+    assert_eq!(entries, want, "{audit}");
+}

@@ -1,6 +1,7 @@
 //! The device side: `outpost.device.v1.DeviceService` over TLS, client
 //! certificates required for everything but enrollment.
 
+mod artifacts;
 pub(crate) mod auth;
 pub mod commit;
 mod convert;
@@ -90,11 +91,10 @@ impl DeviceService for DeviceServiceImpl {
         &self,
         request: Request<FetchArtifactRequest>,
     ) -> Result<Response<Self::FetchArtifactStream>, Status> {
-        let _identity = auth::authenticate(&self.state, &request, auth::Expired::Refuse).await?;
-        // Issue 20, in progress: served from the artifact store.
-        Err(Status::unimplemented(
-            "artifact downloads are not served yet",
-        ))
+        let identity = auth::authenticate(&self.state, &request, auth::Expired::Refuse).await?;
+        artifacts::fetch(self.state.clone(), &identity, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type PushLogsStream = ReceiverStream<Result<LogAck, Status>>;

@@ -412,7 +412,7 @@ pub async fn create(
         .await?;
     let offline_provisioning_qr_payload = (device_type == "ai1" && offline_mode)
         .then(|| qr_payload(&state, &caller.workspace, &id, &install_id));
-    let (install_command, hint) = install_command(&state, &install_id).await;
+    let (install_command, hint) = install_command(&state, &caller.workspace, &install_id).await;
     Ok((
         StatusCode::CREATED,
         Json(CreatedDevice {
@@ -475,23 +475,38 @@ fn fresh_install_id(state: &AppState, now: UnixMillis) -> InstallId {
 /// agent release (`systemd/install.sh`, docs/install.md).
 pub(super) async fn install_command(
     state: &AppState,
+    workspace: &str,
     install_id: &str,
 ) -> (String, Option<String>) {
-    grant_install_command(state, "--install-id", install_id).await
+    grant_install_command(state, workspace, "--install-id", install_id).await
 }
 
 /// As [`install_command`], for a grant given as `flag secret`
-/// (`--install-id inst_…` or `--enroll-token oet_…`).
+/// (`--install-id inst_…` or `--enroll-token oet_…`). One `--publisher-key`
+/// per publisher key the workspace trusts now (docs/artifacts.md).
 pub(super) async fn grant_install_command(
     state: &AppState,
+    workspace: &str,
     flag: &str,
     secret: &str,
 ) -> (String, Option<String>) {
-    let args = format!(
+    let mut args = format!(
         "--server {} {flag} {secret} --ca-fingerprint {}",
         state.public_url,
         state.ca.fingerprint()
     );
+    match state.store.list_publisher_keys(workspace).await {
+        Ok(keys) => {
+            for k in keys {
+                // Re-rendered from the parsed key: only `ed25519:` and
+                // base64 characters reach the shell command.
+                if let Ok(k) = k.public_key.parse::<outpost_common::artifact::PublicKey>() {
+                    args.push_str(&format!(" --publisher-key {k}"));
+                }
+            }
+        }
+        Err(e) => tracing::warn!("install command without publisher keys: {e}"),
+    }
     let dist = state.dist.clone();
     let tarballs = tokio::task::spawn_blocking(move || dist.index().len())
         .await
@@ -749,7 +764,7 @@ pub async fn reset_connection(
             return Err(ApiError::not_found("device not found"));
         }
         state.live.disconnect(&device_id, Cut::Revoked);
-        let (command, hint) = install_command(&state, &install_id).await;
+        let (command, hint) = install_command(&state, &caller.workspace, &install_id).await;
         token.install_command = Some(command);
         token.hint = hint;
         token.install_id_expires_at = Some(format_time(expires));
@@ -805,7 +820,7 @@ pub async fn new_install_id(
     {
         return Err(ApiError::not_found("device not found"));
     }
-    let (install_command, hint) = install_command(&state, &install_id).await;
+    let (install_command, hint) = install_command(&state, &caller.workspace, &install_id).await;
     Ok(Json(NewInstallId {
         install_command,
         hint,

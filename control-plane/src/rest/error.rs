@@ -18,6 +18,8 @@ pub enum ApiError {
     BadRequest(String),
     Forbidden(String),
     NotFound(String),
+    /// 409: the resource's state does not allow it (the message says why).
+    Conflict(String),
     /// 429. `plain`: the logs limiter answers with a plain-string body.
     TooManyRequests {
         message: String,
@@ -96,6 +98,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({"error": m})),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({"error": m})),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": m})),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({"error": m})),
             ApiError::TooManyRequests { .. } => unreachable_429(),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!({"error": m})),
             ApiError::Internal(detail) => {

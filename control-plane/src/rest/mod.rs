@@ -1,6 +1,7 @@
 //! The operator side: the Deployment Manager compatible REST API under
 //! `/{workspace}/devices/v2`, plus health probes.
 
+mod artifacts;
 pub mod audit;
 mod auth;
 mod config;
@@ -42,6 +43,18 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Every documented route; the OpenAPI document is collected from here.
 pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
+    limited_routes().merge(streamed_routes())
+}
+
+/// Routes whose request bodies are streamed, large, and slow to arrive:
+/// outside the body limit and the request timeout of the others (they
+/// bound their bodies and idle time themselves).
+fn streamed_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(artifacts::upload_payload))
+}
+
+/// The routes under [`MAX_BODY_BYTES`] and the request timeout.
+fn limited_routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -63,10 +76,14 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(audit::list))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
+        .routes(routes!(artifacts::list, artifacts::create))
+        .routes(routes!(artifacts::get_one, artifacts::delete))
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let (router, doc) = routes().split_for_parts();
+    let doc = openapi::document();
+    let (router, _) = limited_routes().split_for_parts();
+    let (streamed, _) = streamed_routes().split_for_parts();
     let audit = Arc::new(audit::AuditContext::new(state.clone(), &doc));
     let doc = Arc::new(doc);
     router
@@ -79,12 +96,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/metrics", get(metrics::metrics))
         .merge(dashboard::router())
-        .fallback(|| async { ApiError::not_found("no such route") })
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),
         ))
+        .merge(streamed)
+        .fallback(|| async { ApiError::not_found("no such route") })
         // Spans carry the path only: a query string may hold `api_key=`.
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())

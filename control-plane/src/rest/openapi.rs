@@ -29,7 +29,7 @@ use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToResponse, ToSchema};
     ),
     components(
         schemas(ErrorBody, AuthErrorBody),
-        responses(BadRequest, Unauthorized, Forbidden, NotFound, TelemetryRateLimited, LogsRateLimited)
+        responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict, TelemetryRateLimited, LogsRateLimited)
     ),
     modifiers(&Security),
     security(("api_key" = []), ("bearer" = [])),
@@ -39,6 +39,7 @@ use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToResponse, ToSchema};
         (name = "logs", description = "Device logs (5/min per client IP, 50/min overall)"),
         (name = "config", description = "Versioned device configuration"),
         (name = "audit", description = "The operator audit trail"),
+        (name = "artifacts", description = "Signed artifacts devices install (docs/artifacts.md)"),
         (name = "health", description = "Probes (no authentication)"),
         (name = "downloads", description = "The agent installer and release tarballs (no authentication)")
     )
@@ -121,6 +122,10 @@ shared_response! {
 shared_response! {
     /// Device (or source/config version) not found, or in another workspace
     "404" => NotFound(ErrorBody)
+}
+shared_response! {
+    /// The resource's state does not allow it (exists with other content, in use, already done)
+    "409" => Conflict(ErrorBody)
 }
 shared_response! {
     /// Telemetry rate limit; see Retry-After
@@ -364,6 +369,27 @@ mod tests {
             "delete",
             "/{workspace}/devices/v2/enrollment-tokens/{token_id}",
             "revokeEnrollmentToken",
+        ),
+        ("get", "/{workspace}/devices/v2/artifacts", "listArtifacts"),
+        (
+            "post",
+            "/{workspace}/devices/v2/artifacts",
+            "createArtifact",
+        ),
+        (
+            "get",
+            "/{workspace}/devices/v2/artifacts/{name}/{version}",
+            "getArtifact",
+        ),
+        (
+            "delete",
+            "/{workspace}/devices/v2/artifacts/{name}/{version}",
+            "deleteArtifact",
+        ),
+        (
+            "put",
+            "/{workspace}/devices/v2/artifacts/{name}/{version}/payload",
+            "uploadArtifactPayload",
         ),
     ];
 

@@ -178,7 +178,8 @@ pub async fn create(
     state.store.create_enrollment_token(&t).await?;
     caller.audit_target(&t.id);
     let (install_command, hint) =
-        super::devices::grant_install_command(&state, "--enroll-token", &token).await;
+        super::devices::grant_install_command(&state, &caller.workspace, "--enroll-token", &token)
+            .await;
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {

@@ -137,19 +137,27 @@ impl ControlPlane {
     /// in place). Workspaces and keys are made through `admin::Admin` on the
     /// same store, as the admin commands do.
     pub async fn in_process() -> Self {
+        Self::in_process_with(|_| {}).await
+    }
+
+    /// As [`ControlPlane::in_process`], with `tune` setting more options.
+    pub async fn in_process_with(
+        tune: impl FnOnce(&mut outpost_control_plane::config::ServeArgs),
+    ) -> Self {
         use outpost_control_plane::config::{ServeArgs, ServeConfig};
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
         let any_port = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         let database_url = test_database(&data_dir);
-        let cfg = ServeConfig::resolve(ServeArgs {
+        let mut args = ServeArgs {
             data_dir: Some(data_dir.clone()),
             rest_listen: any_port,
             grpc_listen: any_port,
             database_url: database_url.clone(),
             ..Default::default()
-        })
-        .expect("a valid config");
+        };
+        tune(&mut args);
+        let cfg = ServeConfig::resolve(args).expect("a valid config");
         let server = outpost_control_plane::server::start(cfg)
             .await
             .expect("the control plane starts");
@@ -286,6 +294,21 @@ impl ControlPlane {
             .last()
             .unwrap()
             .to_string()
+    }
+
+    /// Trusts an artifact publisher key in the workspace, as
+    /// `publisher-key add` does.
+    pub fn add_publisher_key(&self, workspace: &str, key: &str) {
+        if let Some((_, admin)) = &self.server {
+            block_on(admin.add_publisher_key(workspace, key)).expect("publisher key added");
+            return;
+        }
+        let out = self.admin(&["publisher-key", "add", "--workspace", workspace, key]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Creates a device over REST; returns (deviceId, installId).

@@ -1,0 +1,219 @@
+//! What the REST upload and the gRPC download of artifacts share on one
+//! replica (docs/artifacts.md): the size and concurrency limits, the uploads
+//! in progress, and a small cache of recently read payload chunks, so that a
+//! fleet fetching the same artifact does not read each chunk from the store
+//! once per box.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Bytes of payload chunks the cache keeps at most.
+pub const CACHE_BYTES: usize = 64 << 20;
+
+/// `(workspace, name, version)`.
+type ArtifactKey = (String, String, String);
+/// `(workspace, name, version, sha256, idx)`: the payload's hash tells a
+/// version deleted and published again with other bytes from the old one.
+type ChunkKey = (String, String, String, String, u64);
+
+/// One replica's artifact limits and caches.
+pub struct Artifacts {
+    /// Largest payload accepted (`--max-artifact-size`).
+    pub max_size: u64,
+    downloads: Arc<Semaphore>,
+    uploads: Mutex<HashSet<ArtifactKey>>,
+    cache: ChunkCache,
+}
+
+impl Artifacts {
+    pub fn new(max_size: u64, max_downloads: usize) -> Self {
+        Self {
+            max_size,
+            downloads: Arc::new(Semaphore::new(max_downloads)),
+            uploads: Mutex::new(HashSet::new()),
+            cache: ChunkCache::new(CACHE_BYTES),
+        }
+    }
+
+    /// A download slot, or `None` when every one is taken.
+    pub fn try_download(&self) -> Option<OwnedSemaphorePermit> {
+        self.downloads.clone().try_acquire_owned().ok()
+    }
+
+    /// Marks an upload of the artifact as in progress on this replica;
+    /// `None` when one is already.
+    pub fn begin_upload(self: &Arc<Self>, ws: &str, name: &str, version: &str) -> Option<Upload> {
+        let key = (ws.to_string(), name.to_string(), version.to_string());
+        if !lock(&self.uploads).insert(key.clone()) {
+            return None;
+        }
+        Some(Upload {
+            owner: self.clone(),
+            key,
+        })
+    }
+
+    pub fn cached_chunk(
+        &self,
+        ws: &str,
+        name: &str,
+        version: &str,
+        sha256: &str,
+        idx: u64,
+    ) -> Option<Arc<Vec<u8>>> {
+        self.cache.get(&(
+            ws.to_string(),
+            name.to_string(),
+            version.to_string(),
+            sha256.to_string(),
+            idx,
+        ))
+    }
+
+    pub fn cache_chunk(
+        &self,
+        ws: &str,
+        name: &str,
+        version: &str,
+        sha256: &str,
+        idx: u64,
+        data: Arc<Vec<u8>>,
+    ) {
+        self.cache.insert(
+            (
+                ws.to_string(),
+                name.to_string(),
+                version.to_string(),
+                sha256.to_string(),
+                idx,
+            ),
+            data,
+        );
+    }
+
+    /// Drops the cached chunks of a deleted artifact.
+    pub fn forget(&self, ws: &str, name: &str, version: &str) {
+        self.cache
+            .retain(|k| !(k.0 == ws && k.1 == name && k.2 == version));
+    }
+}
+
+/// An upload in progress; ends when dropped.
+pub struct Upload {
+    owner: Arc<Artifacts>,
+    key: ArtifactKey,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        lock(&self.owner.uploads).remove(&self.key);
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the
+/// sets and maps here stay consistent between statements, so go on.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Recently read chunks, first in first out, at most `max_bytes` of data.
+struct ChunkCache {
+    max_bytes: usize,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    map: HashMap<ChunkKey, Arc<Vec<u8>>>,
+    order: VecDeque<ChunkKey>,
+    bytes: usize,
+}
+
+impl ChunkCache {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            inner: Mutex::new(CacheInner::default()),
+        }
+    }
+
+    fn get(&self, key: &ChunkKey) -> Option<Arc<Vec<u8>>> {
+        lock(&self.inner).map.get(key).cloned()
+    }
+
+    fn insert(&self, key: ChunkKey, data: Arc<Vec<u8>>) {
+        if data.len() > self.max_bytes {
+            return;
+        }
+        let mut c = lock(&self.inner);
+        if c.map.contains_key(&key) {
+            return;
+        }
+        c.bytes += data.len();
+        c.order.push_back(key.clone());
+        c.map.insert(key, data);
+        while c.bytes > self.max_bytes {
+            let Some(old) = c.order.pop_front() else {
+                break;
+            };
+            if let Some(d) = c.map.remove(&old) {
+                c.bytes -= d.len();
+            }
+        }
+    }
+
+    fn retain(&self, keep: impl Fn(&ChunkKey) -> bool) {
+        let mut c = lock(&self.inner);
+        let CacheInner { map, order, bytes } = &mut *c;
+        order.retain(|k| {
+            if keep(k) {
+                return true;
+            }
+            if let Some(d) = map.remove(k) {
+                *bytes -= d.len();
+            }
+            false
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(idx: u64) -> ChunkKey {
+        ("ws".into(), "m".into(), "1".into(), "h".into(), idx)
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_bytes_and_drops_the_oldest() {
+        let c = ChunkCache::new(10);
+        c.insert(key(0), Arc::new(vec![0; 4]));
+        c.insert(key(1), Arc::new(vec![1; 4]));
+        c.insert(key(2), Arc::new(vec![2; 4]));
+        assert!(c.get(&key(0)).is_none());
+        assert_eq!(c.get(&key(2)).unwrap().as_slice(), &[2; 4]);
+        assert!(lock(&c.inner).bytes <= 10);
+        c.insert(key(3), Arc::new(vec![3; 11]));
+        assert!(c.get(&key(3)).is_none(), "larger than the whole cache");
+        c.retain(|k| k.4 != 1);
+        assert!(c.get(&key(1)).is_none());
+        assert_eq!(lock(&c.inner).bytes, 4);
+    }
+
+    #[test]
+    fn one_upload_per_artifact_at_a_time() {
+        let a = Arc::new(Artifacts::new(10, 1));
+        let first = a.begin_upload("ws", "m", "1").unwrap();
+        assert!(a.begin_upload("ws", "m", "1").is_none());
+        assert!(a.begin_upload("ws", "m", "2").is_some());
+        drop(first);
+        assert!(a.begin_upload("ws", "m", "1").is_some());
+        let slot = a.try_download().unwrap();
+        assert!(a.try_download().is_none());
+        drop(slot);
+        assert!(a.try_download().is_some());
+    }
+}

@@ -175,7 +175,7 @@ fn conflict(m: impl Into<String>) -> ApiError {
         BadRequest,
         Unauthorized,
         Forbidden,
-        (status = 409, description = "Another running or paused rollout of this artifact name", body = ErrorBody),
+        Conflict,
     )
 )]
 pub async fn create(
@@ -380,58 +380,98 @@ async fn act(
     Err(conflict("the rollout keeps changing; try again"))
 }
 
-macro_rules! action_route {
-    ($fn:ident, $action:expr, $path:literal, $op:literal, $doc:literal) => {
-        #[doc = $doc]
-        #[utoipa::path(
-            post,
-            path = $path,
-            operation_id = $op,
-            tag = "artifacts",
-            params(RolloutPath),
-            responses(
-                (status = 200, description = "Done", body = RolloutView),
-                Unauthorized,
-                Forbidden,
-                NotFound,
-                (status = 409, description = "Not allowed in the rollout's state (named in the message)", body = ErrorBody),
-            )
-        )]
-        pub async fn $fn(
-            State(state): State<Arc<AppState>>,
-            caller: Caller,
-            Path((_, id)): Path<(String, String)>,
-        ) -> Result<Json<RolloutView>, ApiError> {
-            act(&state, &caller, &id, $action).await
-        }
-    };
+/// Pauses a running rollout (no new wave starts; devices already asked go on).
+/// 409 when the rollout's state does not allow it (the message names it).
+#[utoipa::path(
+    post,
+    path = "/{workspace}/devices/v2/rollouts/{rollout_id}/pause",
+    operation_id = "pauseRollout",
+    tag = "artifacts",
+    params(RolloutPath),
+    responses(
+        (status = 200, description = "Done", body = RolloutView),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+    )
+)]
+pub async fn pause(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<RolloutView>, ApiError> {
+    act(&state, &caller, &id, Action::Pause).await
 }
 
-action_route!(
-    pause,
-    Action::Pause,
-    "/{workspace}/devices/v2/rollouts/{rollout_id}/pause",
-    "pauseRollout",
-    "Pauses a running rollout (no new wave starts; devices already asked go on)."
-);
-action_route!(
-    resume,
-    Action::Resume,
-    "/{workspace}/devices/v2/rollouts/{rollout_id}/resume",
-    "resumeRollout",
-    "Resumes a paused rollout, accepting the current wave's failures so far."
-);
-action_route!(
-    abort,
-    Action::Abort,
-    "/{workspace}/devices/v2/rollouts/{rollout_id}/abort",
-    "abortRollout",
-    "Aborts a running or paused rollout (devices that started keep the artifact)."
-);
-action_route!(
-    approve,
-    Action::Approve,
-    "/{workspace}/devices/v2/rollouts/{rollout_id}/approve",
-    "approveRollout",
-    "Starts the next wave of a rollout paused awaiting approval."
-);
+/// Resumes a paused rollout, accepting the current wave's failures so far.
+/// 409 when the rollout's state does not allow it (the message names it).
+#[utoipa::path(
+    post,
+    path = "/{workspace}/devices/v2/rollouts/{rollout_id}/resume",
+    operation_id = "resumeRollout",
+    tag = "artifacts",
+    params(RolloutPath),
+    responses(
+        (status = 200, description = "Done", body = RolloutView),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+    )
+)]
+pub async fn resume(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<RolloutView>, ApiError> {
+    act(&state, &caller, &id, Action::Resume).await
+}
+
+/// Aborts a running or paused rollout (devices that started keep the artifact).
+/// 409 when the rollout's state does not allow it (the message names it).
+#[utoipa::path(
+    post,
+    path = "/{workspace}/devices/v2/rollouts/{rollout_id}/abort",
+    operation_id = "abortRollout",
+    tag = "artifacts",
+    params(RolloutPath),
+    responses(
+        (status = 200, description = "Done", body = RolloutView),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+    )
+)]
+pub async fn abort(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<RolloutView>, ApiError> {
+    act(&state, &caller, &id, Action::Abort).await
+}
+
+/// Starts the next wave of a rollout paused awaiting approval.
+/// 409 when the rollout's state does not allow it (the message names it).
+#[utoipa::path(
+    post,
+    path = "/{workspace}/devices/v2/rollouts/{rollout_id}/approve",
+    operation_id = "approveRollout",
+    tag = "artifacts",
+    params(RolloutPath),
+    responses(
+        (status = 200, description = "Done", body = RolloutView),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+    )
+)]
+pub async fn approve(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<RolloutView>, ApiError> {
+    act(&state, &caller, &id, Action::Approve).await
+}

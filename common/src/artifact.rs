@@ -242,12 +242,12 @@ impl Manifest {
             ("post_install", &self.post_install),
             ("health_command", &self.health_command),
         ] {
-            if let Some(c) = cmd {
-                if c.trim().is_empty() || c.len() > MAX_COMMAND_LEN || c.contains('\0') {
-                    return bad(format!(
-                        "{what} must be non-empty, at most {MAX_COMMAND_LEN} bytes, without NUL"
-                    ));
-                }
+            if let Some(c) = cmd
+                && (c.trim().is_empty() || c.len() > MAX_COMMAND_LEN || c.contains('\0'))
+            {
+                return bad(format!(
+                    "{what} must be non-empty, at most {MAX_COMMAND_LEN} bytes, without NUL"
+                ));
             }
         }
         if self.health_window_secs == 0 || self.health_window_secs > MAX_HEALTH_WINDOW_SECS {

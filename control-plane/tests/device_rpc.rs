@@ -70,7 +70,10 @@ fn identity_of(resp: &EnrollResponse, key: &KeyPair) -> Identity {
 /// Opens a session and returns the server's SessionStart.
 async fn open_session(c: &mut DeviceServiceClient<Channel>) -> Result<SessionStart, Status> {
     let hello = AgentMessage {
-        kind: Some(AgentKind::Hello(Hello { facts: None })),
+        kind: Some(AgentKind::Hello(Hello {
+            facts: None,
+            ..Default::default()
+        })),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(hello).await.unwrap();

@@ -805,3 +805,89 @@ async fn devices_by_name_install_ids_and_the_short_forms() {
     let (code, _) = fails(&cp, &key, &["devices", "get", &gate]);
     assert_eq!(code, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn artifact_keygen_publish_and_list() {
+    use std::os::unix::fs::PermissionsExt;
+    let cp = ControlPlane::in_process().await;
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("publisher.pem");
+    let pem_arg = pem.to_str().unwrap();
+
+    // keygen needs no control plane; the key file is 0600 and never overwritten.
+    let out = Command::new(ctl_bin())
+        .args(["artifact", "keygen", "--out", pem_arg])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let public = stdout.lines().last().unwrap().to_string();
+    assert!(public.starts_with("ed25519:"), "{stdout}");
+    let mode = std::fs::metadata(&pem).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let (code, err) = fails(&cp, &key, &["artifact", "keygen", "--out", pem_arg]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("refusing to overwrite"), "{err}");
+
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(model.join("weights")).unwrap();
+    std::fs::write(model.join("weights/w.bin"), vec![7u8; 300_000]).unwrap();
+    std::fs::write(model.join("health.sh"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::os::unix::fs::symlink("weights/w.bin", model.join("current.bin")).unwrap();
+    let publish = [
+        "artifact",
+        "publish",
+        "--name",
+        "detector",
+        "--version",
+        "1.0.0",
+        "--sign-key",
+        pem_arg,
+        "--health-command",
+        "./health.sh",
+        "--health-window",
+        "15s",
+        "--post-install",
+        "true",
+        model.to_str().unwrap(),
+    ];
+
+    // Not trusted yet: the server's refusal, exit 1.
+    let (code, err) = fails(&cp, &key, &publish);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("not a publisher key this workspace trusts"),
+        "{err}"
+    );
+
+    cp.add_publisher_key("acme", &public);
+    let out = ok(&cp, &key, &publish);
+    assert_eq!(out.lines().last(), Some("detector@1.0.0"), "{out}");
+
+    let list = json(&cp, &key, &["artifact", "list"]);
+    let a = &list["data"][0];
+    assert_eq!(a["name"], "detector", "{list}");
+    assert_eq!(a["version"], "1.0.0");
+    assert_eq!(a["state"], "ready");
+    assert_eq!(a["health_command"], "./health.sh");
+    assert_eq!(a["health_window_secs"], 15);
+    assert_eq!(a["post_install"], "true");
+    assert_eq!(a["public_key"], public.as_str());
+    assert!(a["size"].as_u64().unwrap() > 300_000, "{a}");
+    let table = ok(&cp, &key, &["artifact", "list"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("detector"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("1.0.0") && row.contains("ready"), "{table}");
+
+    // The same version with other contents: 409, and nothing changes.
+    std::fs::write(model.join("health.sh"), "#!/bin/sh\nexit 1\n").unwrap();
+    let (code, err) = fails(&cp, &key, &publish);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("409"), "{err}");
+    assert_eq!(json(&cp, &key, &["artifact", "list"])["data"], list["data"]);
+}

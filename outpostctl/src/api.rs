@@ -260,6 +260,33 @@ impl Api {
         }
     }
 
+    /// PUTs the file at `path` (`len` bytes) as `application/octet-stream`,
+    /// streamed from disk (never whole in memory); no overall timeout, as
+    /// a large payload takes as long as the link needs.
+    pub async fn put_file(&self, segments: &[&str], path: &Path, len: u64) -> Result<Value> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            file,
+            64 * 1024,
+        ));
+        let resp = self
+            .http
+            .put(self.url(segments, &[]))
+            .bearer_auth(&self.key)
+            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Error::Connection(describe(&e)))?;
+        read_answer(resp)
+            .await?
+            .ok_or_else(|| Error::Protocol("an empty answer where JSON was expected".into()))
+    }
+
     /// Opens a Server-Sent Events stream (no overall timeout: it is meant
     /// to stay open). `last_event_id` resumes after that event.
     pub async fn open_stream(

@@ -80,6 +80,54 @@ pub enum Command {
     /// The workspace's operator audit trail.
     #[command(subcommand)]
     Audit(Audit),
+    /// Signed artifacts: publisher keys, publishing, listing (docs/artifacts.md).
+    #[command(subcommand)]
+    Artifact(Artifact),
+}
+
+#[derive(Subcommand)]
+pub enum Artifact {
+    /// A new publisher key pair: the private key to FILE (PKCS#8 PEM, mode
+    /// 0600, never over an existing file), the public key (ed25519:…) as the
+    /// last line of standard output. Needs no control plane.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Pack PATHs into an uncompressed tar, sign its manifest and upload
+    /// both; the last line of standard output is NAME@VERSION.
+    Publish(PublishArgs),
+    /// The workspace's artifacts.
+    #[command(visible_alias = "ls")]
+    List,
+}
+
+#[derive(Args)]
+pub struct PublishArgs {
+    /// Artifact name: [a-z0-9][a-z0-9._-]{0,63}.
+    #[arg(long)]
+    pub name: String,
+    /// Version: [A-Za-z0-9][A-Za-z0-9._+-]{0,63}.
+    #[arg(long)]
+    pub version: String,
+    /// The private key from `artifact keygen`.
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: PathBuf,
+    /// Run in the release directory once it is current; must exit 0 within
+    /// --health-window, or the box rolls back.
+    #[arg(long, value_name = "CMD")]
+    pub health_command: Option<String>,
+    /// How long the health command may take [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub health_window: Option<Duration>,
+    /// Run in the release directory after the switch (and again for the
+    /// previous release on rollback).
+    #[arg(long, value_name = "CMD")]
+    pub post_install: Option<String>,
+    /// Files and directories to publish; each becomes its own name at the
+    /// top of the artifact (`./model` → `model/…`).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]

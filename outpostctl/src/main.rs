@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod artifact;
 mod audit;
 mod cli;
 mod devices;
@@ -46,6 +47,10 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     let format = cli.output;
+    // The one command that needs no control plane.
+    if let Command::Artifact(cli::Artifact::Keygen { out }) = &cli.command {
+        return artifact::keygen(out);
+    }
     let mut api = connect(cli.conn)?;
     match cli.command {
         Command::Devices(cmd) => devices::run(&api, cmd, format).await,
@@ -59,6 +64,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Watch(args) => watch::run(&api, args, format).await,
         Command::Audit(cli::Audit::Export(args)) => audit::export(&api, args).await,
+        Command::Artifact(cli::Artifact::Keygen { out }) => artifact::keygen(&out),
+        Command::Artifact(cli::Artifact::Publish(args)) => {
+            artifact::publish(&api, args, format).await
+        }
+        Command::Artifact(cli::Artifact::List) => artifact::list(&api, format).await,
     }
 }
 

@@ -214,7 +214,7 @@ mod tests {
             lines[1]
         );
         assert!(!lines.concat().contains('\u{1b}'));
-        let lines = list_table(&[r.clone()]).lines();
+        let lines = list_table(std::slice::from_ref(&r)).lines();
         assert!(
             lines[1].contains("1/2") && lines[1].contains("1 failed, 2 pending"),
             "{}",

@@ -301,6 +301,16 @@ async fn enrolled(
     api: &str,
     site: &str,
 ) -> (String, DeviceServiceClient<Channel>) {
+    enrolled_to(cp, cp, api, site).await
+}
+
+/// As [`enrolled`], the client connected to `to` (another replica).
+async fn enrolled_to(
+    cp: &ControlPlane,
+    to: &ControlPlane,
+    api: &str,
+    site: &str,
+) -> (String, DeviceServiceClient<Channel>) {
     let (id, install_id) = cp.create_device("acme", api, "box").await;
     label(cp, api, &id, site).await;
     let key = KeyPair::generate().unwrap();
@@ -327,7 +337,7 @@ async fn enrolled(
             .collect(),
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
     );
-    (id, client(cp, Some(identity)).await)
+    (id, client(to, Some(identity)).await)
 }
 
 struct Session {
@@ -534,4 +544,98 @@ async fn sessions_get_desired_artifacts_and_reports_move_the_rollout() {
         versions(&again.start),
         vec![format!("detector@1.0:{rollout}")]
     );
+}
+
+fn report(rollout: &str, state: &str) -> AgentMessage {
+    AgentMessage {
+        kind: Some(AgentKind::Artifact(ArtifactReport {
+            name: "detector".into(),
+            version: "1.0".into(),
+            rollout_id: rollout.into(),
+            state: state.into(),
+            error: String::new(),
+            bytes_done: 0,
+            installed: vec![],
+        })),
+    }
+}
+
+/// Two replicas on one PostgreSQL database: a wave that starts on one
+/// replica reaches a session on the other (over the bus), and a report on
+/// either moves the rollout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wave_started_on_one_replica_reaches_sessions_on_the_other() {
+    if std::env::var("OUTPOST_TEST_DATABASE_URL").is_err() {
+        eprintln!("skipped: OUTPOST_TEST_DATABASE_URL is not set (no PostgreSQL)");
+        return;
+    }
+    let (a, api, publisher) = setup().await;
+    let shared = std::fs::read_to_string(a.data_dir.join(".test-database-url")).unwrap();
+    let a_pki = a.data_dir.join("pki");
+    // Replica B: the same database and CA.
+    let b = ControlPlane::in_process_with(|args| {
+        let pki = args.data_dir.clone().unwrap().join("pki");
+        std::fs::create_dir_all(&pki).unwrap();
+        for (f, mode) in [("ca.crt", 0o644), ("ca.key", 0o600)] {
+            std::fs::copy(a_pki.join(f), pki.join(f)).unwrap();
+            std::fs::set_permissions(
+                pki.join(f),
+                std::os::unix::fs::PermissionsExt::from_mode(mode),
+            )
+            .unwrap();
+        }
+        args.database_url = Some(shared);
+    })
+    .await;
+    assert_eq!(a.fingerprint, b.fingerprint, "one CA");
+    publish(&a, &api, &publisher, "detector", "1.0", true).await;
+    // One device connected to each replica.
+    let (id_a, mut ca) = enrolled(&a, &api, "a").await;
+    let (_, mut cb) = enrolled_to(&a, &b, &api, "a").await;
+    let mut on_a = open(&mut ca, &[]).await;
+    let mut on_b = open(&mut cb, &[]).await;
+    let (s, r) = post(
+        &a,
+        "/acme/devices/v2/rollouts",
+        &api,
+        json!({"artifact": "detector@1.0", "selector": ["site=a"], "waves": ["1", "100%"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    let rollout = r["id"].as_str().unwrap().to_string();
+    let first = r["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["wave"] == 1)
+        .unwrap()["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (first_s, second_s) = if first == id_a {
+        (&mut on_a, &mut on_b)
+    } else {
+        (&mut on_b, &mut on_a)
+    };
+    let d = next_desired(first_s, Duration::from_secs(5)).await;
+    assert_eq!(versions(&d), vec![format!("detector@1.0:{rollout}")]);
+    first_s
+        .tx
+        .send(report(&rollout, "succeeded"))
+        .await
+        .unwrap();
+    let d = next_desired(second_s, Duration::from_secs(5)).await;
+    assert_eq!(versions(&d), vec![format!("detector@1.0:{rollout}")]);
+    second_s
+        .tx
+        .send(report(&rollout, "succeeded"))
+        .await
+        .unwrap();
+    wait_until("the rollout completes", Duration::from_secs(5), || async {
+        let (_, r) = b
+            .get_json(&format!("/acme/devices/v2/rollouts/{rollout}"), &api)
+            .await;
+        (r["state"] == "completed").then_some(())
+    })
+    .await;
 }

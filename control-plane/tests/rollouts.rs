@@ -639,3 +639,62 @@ async fn a_wave_started_on_one_replica_reaches_sessions_on_the_other() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_rollouts_and_their_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("scrape-token");
+    std::fs::write(&token, "scrape-token-for-the-rollout-tests").unwrap();
+    let cp = ControlPlane::in_process_with(|a| a.metrics_token_file = Some(token)).await;
+    cp.create_workspace("acme", &[]);
+    let api = cp.api_key("acme", &[]);
+    let (publisher, _) = SigningKey::generate().unwrap();
+    cp.add_publisher_key("acme", &publisher.public_key().to_string());
+    publish(&cp, &api, &publisher, "detector", "1.0", true).await;
+    for _ in 0..2 {
+        let (id, _) = cp.create_device("acme", &api, "box").await;
+        label(&cp, &api, &id, "a").await;
+    }
+    let (s, r) = post(
+        &cp,
+        "/acme/devices/v2/rollouts",
+        &api,
+        json!({"artifact": "detector@1.0", "selector": ["site=a"], "waves": ["1", "100%"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    let id = r["id"].as_str().unwrap();
+    let (s, text) = cp
+        .get_json("/metrics", "scrape-token-for-the-rollout-tests")
+        .await;
+    assert_eq!(s, 200, "{text}");
+    let text = text.as_str().unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "outpost_rollouts{state=\"running\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == "outpost_rollouts{state=\"aborted\"} 0"),
+        "{text}"
+    );
+    let devices = text
+        .lines()
+        .find(|l| l.starts_with("outpost_rollout_devices{"))
+        .unwrap_or_else(|| panic!("{text}"));
+    for part in [
+        format!("rollout=\"{id}\""),
+        "artifact=\"detector@1.0\"".into(),
+        "state=\"pending\"".into(),
+    ] {
+        assert!(devices.contains(&part), "{devices}");
+    }
+    assert!(devices.ends_with(" 2"), "{devices}");
+    // A workspace key sees no cross-workspace figures.
+    let (_, text) = cp.get_json("/metrics", &api).await;
+    assert!(
+        !text.as_str().unwrap_or("").contains("outpost_rollouts"),
+        "{text}"
+    );
+}

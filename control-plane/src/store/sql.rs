@@ -2062,6 +2062,10 @@ where
     ) -> StoreResult<bool> {
         use crate::rollout::DeviceState;
         let mut tx = self.begin().await?;
+        // The device row first (the store's lock order), as the hello's
+        // replacement of `device_artifacts` takes it: two sessions of one
+        // device cannot interleave their writes of its artifacts.
+        Self::lock_device(&mut tx, device_id).await?;
         // Only forward: the row moves when its state ranks below the
         // report's (one conditional UPDATE, safe across replicas).
         let res = sqlx::query(

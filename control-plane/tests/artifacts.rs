@@ -92,6 +92,42 @@ async fn put_payload(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// PUTs `data` with `Transfer-Encoding: chunked` (no Content-Length), in
+/// 64 KiB chunks, over a plain HTTP/1.1 connection; (status, body).
+async fn put_chunked(cp: &ControlPlane, key: &str, path: &str, data: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = cp.rest.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    for piece in data.chunks(64 * 1024) {
+        // The server may answer and close before the whole body is sent.
+        if conn
+            .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+            .await
+            .is_err()
+            || conn.write_all(piece).await.is_err()
+            || conn.write_all(b"\r\n").await.is_err()
+        {
+            break;
+        }
+    }
+    let _ = conn.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"));
+    (status, answer)
+}
+
 /// Publishes `name@version` with `data` (manifest, then payload): ready.
 async fn publish(
     cp: &ControlPlane,
@@ -222,9 +258,22 @@ async fn publishing_needs_a_trusted_signature_and_a_payload_that_matches() {
     );
     let mut longer = data.clone();
     longer.push(0);
-    let (s, body) = put_payload(&cp, "acme", &api, id, longer).await;
+    let (s, body) = put_payload(&cp, "acme", &api, id, longer.clone()).await;
     assert_eq!(s, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("longer"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("Content-Length"),
+        "{body}"
+    );
+    // Streamed without a length: refused at the first byte too many.
+    let (s, body) = put_chunked(
+        &cp,
+        &api,
+        "/acme/devices/v2/artifacts/detector/1.4.0/payload",
+        &longer,
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("longer than the manifest"), "{body}");
     let (s, body) = put_payload(&cp, "acme", &api, id, data[..1000].to_vec()).await;
     assert_eq!(s, 400, "{body}");
     let (s, body) = cp

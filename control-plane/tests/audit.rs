@@ -151,20 +151,24 @@ async fn every_mutating_operation_is_audited_with_its_operation_id() {
     for ((method, template), op) in &ops {
         let (device, _) = t.cp.create_device("acme", &t.full.1, "target").await;
         let mut path = String::new();
-        let mut expect_target = None;
+        let mut params = Vec::new();
         for seg in template.split('/').filter(|s| !s.is_empty()) {
             let value = match seg {
                 "{workspace}" => "acme".to_string(),
                 "{device_id}" => device.clone(),
+                "{version}" => "1.0".to_string(),
                 s if s.starts_with('{') => "unknownid0000000000x".to_string(),
                 s => s.to_string(),
             };
             if seg.starts_with('{') && seg != "{workspace}" {
-                expect_target = Some(value.clone());
+                params.push(value.clone());
             }
             path.push('/');
             path.push_str(&value);
         }
+        // Several parameters (an artifact's name and version) name the
+        // target together: `name@version`.
+        let expect_target = (!params.is_empty()).then(|| params.join("@"));
         let rid = format!("test-{op}");
         let (status, body) = send(
             &t.cp,

@@ -655,3 +655,92 @@ async fn an_agent_given_the_root_above_an_intermediate_ca_says_to_give_the_inter
     let out = enroll(&cp, &install_id, state.path());
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// The install command of a workspace that trusts publisher keys carries
+/// them; install.sh checks each and writes them to agent.env for the agent
+/// (`OUTPOST_PUBLISHER_KEYS`), and on an enrolled box replaces just that line.
+#[tokio::test(flavor = "multi_thread")]
+async fn publisher_keys_travel_from_the_workspace_to_the_box() {
+    let cp = ControlPlane::in_process().await;
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let (k1, _) = outpost_common::artifact::SigningKey::generate().unwrap();
+    let (k2, _) = outpost_common::artifact::SigningKey::generate().unwrap();
+    let (k1, k2) = (k1.public_key().to_string(), k2.public_key().to_string());
+    cp.add_publisher_key("acme", &k1);
+    cp.add_publisher_key("acme", &k2);
+    let created = create(&cp, &key, "box").await;
+    let command = created["installCommand"].as_str().unwrap();
+    assert!(command.starts_with("sudo sh install.sh "), "{command}");
+    let args: Vec<&str> = command["sudo sh install.sh ".len()..].split(' ').collect();
+    let keys: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "--publisher-key")
+        .map(|w| w[1])
+        .collect();
+    let mut want = vec![k1.as_str(), k2.as_str()];
+    want.sort();
+    let mut got = keys.clone();
+    got.sort();
+    assert_eq!(got, want, "{command}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let script = repo().join("systemd/install.sh");
+    let install = |extra: &[&str]| {
+        Command::new("sh")
+            .arg(&script)
+            .args(["--root", root.to_str().unwrap(), "--no-wait", "--binary"])
+            .arg(agent_bin())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = install(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let env_file = root.join("etc/outpost/agent.env");
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(
+        env.lines()
+            .any(|l| l == format!("OUTPOST_PUBLISHER_KEYS={}", keys.join(","))),
+        "{env}"
+    );
+
+    // Enrolled (an identity in the state dir): the key list alone changes.
+    let state = root.join("var/lib/outpost-agent");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("identity.json"), "{}").unwrap();
+    let out = install(&["--publisher-key", &k2]);
+    assert!(out.status.success(), "{}", text(&out));
+    let after = std::fs::read_to_string(&env_file).unwrap();
+    assert!(
+        after.contains(&format!("OUTPOST_PUBLISHER_KEYS={k2}\n")),
+        "{after}"
+    );
+    assert_eq!(
+        after.matches("OUTPOST_PUBLISHER_KEYS=").count(),
+        1,
+        "{after}"
+    );
+    assert!(
+        after.contains("OUTPOST_INSTALL_ID="),
+        "the rest stays: {after}"
+    );
+
+    // Malformed or smuggling keys: refused by name, nothing written.
+    for bad in [
+        "ed25519:short".to_string(),
+        "rsa:AAAA".to_string(),
+        format!("{k1},OUTPOST_SERVER=https://evil.example"),
+        format!("{k1}\nLD_PRELOAD=/tmp/x.so"),
+    ] {
+        let out = install(&["--publisher-key", &bad]);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {}", text(&out));
+        assert!(text(&out).contains("--publisher-key"), "{}", text(&out));
+        assert_eq!(
+            std::fs::read_to_string(&env_file).unwrap(),
+            after,
+            "{bad:?}"
+        );
+    }
+}

@@ -84,6 +84,80 @@ fn routes() -> Vec<Route> {
             200,
         ),
         ("POST", "/{id}/install-id", None, Need::Update, true, 200),
+        // Artifacts: workspace routes. The scope is checked before the body
+        // or the artifact is looked at, so an authorised caller's answer
+        // (400 for an empty body, 404 for a missing artifact) stands for
+        // "let through".
+        ("GET", "/artifacts", None, Need::Read, false, 200),
+        (
+            "POST",
+            "/artifacts",
+            Some(json!({})),
+            Need::Update,
+            false,
+            400,
+        ),
+        ("GET", "/artifacts/nope/1.0", None, Need::Read, false, 404),
+        (
+            "PUT",
+            "/artifacts/nope/1.0/payload",
+            None,
+            Need::Update,
+            false,
+            404,
+        ),
+        (
+            "DELETE",
+            "/artifacts/nope/1.0",
+            None,
+            Need::Update,
+            false,
+            404,
+        ),
+        // Rollouts: workspace routes, scope before validation (a well-formed
+        // body naming a missing artifact is 400 once let through).
+        ("GET", "/rollouts", None, Need::Read, false, 200),
+        (
+            "POST",
+            "/rollouts",
+            Some(json!({"artifact": "nope@1.0", "selector": ["site=a"]})),
+            Need::Update,
+            false,
+            400,
+        ),
+        ("GET", "/rollouts/ro_nope", None, Need::Read, false, 404),
+        (
+            "POST",
+            "/rollouts/ro_nope/pause",
+            None,
+            Need::Update,
+            false,
+            404,
+        ),
+        (
+            "POST",
+            "/rollouts/ro_nope/resume",
+            None,
+            Need::Update,
+            false,
+            404,
+        ),
+        (
+            "POST",
+            "/rollouts/ro_nope/abort",
+            None,
+            Need::Update,
+            false,
+            404,
+        ),
+        (
+            "POST",
+            "/rollouts/ro_nope/approve",
+            None,
+            Need::Update,
+            false,
+            404,
+        ),
     ]
 }
 

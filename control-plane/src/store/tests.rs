@@ -2818,3 +2818,102 @@ async fn replicas_apply_a_rollout_step_once(s: Vec<Arc<dyn Store>>) {
     let r = s[0].get_rollout("acme", "ro_1").await.unwrap().unwrap();
     assert_eq!(r.current_wave, 1);
 }
+
+/// Raw SQL on a store's own pool, for rows no [`Store`] method writes here
+/// (the rollouts are the rollout engineer's).
+enum Raw {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Raw {
+    /// Runs `sql` with `$1` bound to `arg`.
+    async fn exec(&self, sql: &'static str, arg: &str) {
+        match self {
+            Raw::Sqlite(p) => {
+                sqlx::query(sql).bind(arg).execute(p).await.unwrap();
+            }
+            Raw::Postgres(p) => {
+                sqlx::query(sql).bind(arg).execute(p).await.unwrap();
+            }
+        }
+    }
+}
+
+async fn deleting_an_artifact_in_use_by_a_rollout_is_refused(s: Arc<dyn Store>, raw: Raw) {
+    s.create_artifact(&artifact("m", "1", "{}", 3))
+        .await
+        .unwrap();
+    s.create_artifact(&artifact("m", "2", r#"{"v":2}"#, 3))
+        .await
+        .unwrap();
+    raw.exec(
+        "INSERT INTO rollouts (id, workspace, artifact_name, artifact_version, selector, waves, \
+         max_failures, wave_timeout_ms, approve_waves, state, current_wave, wave_started_at, \
+         created_at, updated_at) \
+         VALUES ('r1', 'acme', 'm', '1', '[]', '[\"100%\"]', 0, 600000, false, $1, 0, 0, 1, 1)",
+        "running",
+    )
+    .await;
+    for state in ["running", "paused"] {
+        raw.exec("UPDATE rollouts SET state = $1 WHERE id = 'r1'", state)
+            .await;
+        assert!(
+            matches!(
+                s.delete_artifact("acme", "m", "1").await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{state}"
+        );
+        assert!(s.get_artifact("acme", "m", "1").await.unwrap().is_some());
+    }
+    // Another version of the same name is free to go.
+    assert!(s.delete_artifact("acme", "m", "2").await.unwrap());
+    for state in ["completed", "aborted"] {
+        raw.exec("UPDATE rollouts SET state = $1 WHERE id = 'r1'", state)
+            .await;
+    }
+    assert!(s.delete_artifact("acme", "m", "1").await.unwrap());
+}
+
+mod deleting_an_artifact_in_use_by_a_rollout_is_refused {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        store
+            .create_workspace(&Workspace {
+                name: "acme".into(),
+                features: vec![],
+                created_at: 1,
+            })
+            .await
+            .unwrap();
+        let raw = Raw::Sqlite(store.pool.clone());
+        super::deleting_an_artifact_in_use_by_a_rollout_is_refused(Arc::new(store), raw).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        let Some(base) = std::env::var(PG_ENV).ok().filter(|u| !u.is_empty()) else {
+            eprintln!("{PG_ENV} is not set: skipping the PostgreSQL run");
+            return;
+        };
+        let url = postgres::fresh_test_database(&base).await;
+        let store = Arc::new(PgStore::connect(&url).await.unwrap());
+        store
+            .create_workspace(&Workspace {
+                name: "acme".into(),
+                features: vec![],
+                created_at: 1,
+            })
+            .await
+            .unwrap();
+        let raw = Raw::Postgres(store.pool.clone());
+        super::deleting_an_artifact_in_use_by_a_rollout_is_refused(store.clone(), raw).await;
+        store.close().await;
+        postgres::drop_test_database(&base, &url).await.unwrap();
+    }
+}

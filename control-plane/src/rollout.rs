@@ -218,8 +218,9 @@ pub fn parse_waves(specs: &[String]) -> Result<Vec<WaveSpec>, String> {
 
 /// The cumulative end of each wave for `total` devices. Each wave brings at
 /// least one more device while any remain; waves that would be empty (fewer
-/// devices than waves) are left out, with their specs: returns the specs
-/// kept and their cumulative ends (the last is `total`).
+/// devices than waves) are left out, and the wave that reaches every device
+/// carries the last spec (`100%`): returns the specs kept and their
+/// cumulative ends (the last is `total`).
 pub fn wave_ends(specs: &[WaveSpec], total: u64) -> Vec<(WaveSpec, u64)> {
     let mut out: Vec<(WaveSpec, u64)> = Vec::new();
     let mut prev = 0u64;
@@ -230,6 +231,11 @@ pub fn wave_ends(specs: &[WaveSpec], total: u64) -> Vec<(WaveSpec, u64)> {
             end = end.max(prev + 1);
         }
         let end = end.min(total);
+        if end == total && end > prev {
+            // The wave that reaches every device carries the last spec.
+            out.push((specs.last().copied().unwrap_or(*spec), end));
+            break;
+        }
         if end > prev {
             out.push((*spec, end));
             prev = end;
@@ -591,15 +597,28 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![5]
         );
-        // the spec that made the kept wave is reported
+        // the wave that reaches every device carries the last spec
         let w = parse_waves(&specs(&["1", "25%", "100%"])).unwrap();
-        assert_eq!(
-            wave_ends(&w, 2)
+        let kept = |w: &[WaveSpec], n| {
+            wave_ends(w, n)
                 .into_iter()
                 .map(|(s, _)| s)
-                .collect::<Vec<_>>(),
-            vec![WaveSpec::Count(1), WaveSpec::Percent(25)]
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kept(&w, 2),
+            vec![WaveSpec::Count(1), WaveSpec::Percent(100)]
         );
+        assert_eq!(
+            kept(&w, 100),
+            vec![
+                WaveSpec::Count(1),
+                WaveSpec::Percent(25),
+                WaveSpec::Percent(100)
+            ]
+        );
+        let w = parse_waves(&specs(&["10", "100%"])).unwrap();
+        assert_eq!(kept(&w, 5), vec![WaveSpec::Percent(100)]);
     }
 
     #[test]

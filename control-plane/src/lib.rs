@@ -23,6 +23,7 @@ pub mod live;
 pub mod metrics;
 pub mod pki;
 pub mod rest;
+pub mod rollout;
 pub mod server;
 pub mod store;
 
@@ -58,6 +59,9 @@ pub struct AppState {
     pub metrics_token_hash: Option<String>,
     /// REST rate limits.
     pub limits: rest::limits::Limits,
+    /// Wakes this replica's rollout driver (a report arrived, an operator
+    /// acted) before its next tick.
+    pub rollout_wake: Arc<tokio::sync::Notify>,
     /// Artifact limits, uploads in progress and the chunk cache.
     pub artifacts: Arc<artifacts::Artifacts>,
 }

@@ -43,6 +43,9 @@ pub enum Push {
     Config(ConfigVersion),
     /// Rotate the key now.
     Rotate,
+    /// The device's desired artifacts changed (a rollout's wave started):
+    /// the session reads them from the store and sends them.
+    Desired,
 }
 
 struct Stream {
@@ -72,6 +75,10 @@ pub enum LiveEvent {
     /// Telemetry committed: per device, the highest seq now durable.
     Committed {
         devices: Vec<(String, u64)>,
+    },
+    /// These devices' desired artifacts changed (a rollout wave started).
+    Desired {
+        devices: Vec<String>,
     },
 }
 
@@ -193,6 +200,11 @@ impl LiveDevices {
                 self.push_rotate_local(device);
             }
             LiveEvent::Config { .. } => {}
+            LiveEvent::Desired { devices } => {
+                for device in devices {
+                    self.push_desired_local(device);
+                }
+            }
             LiveEvent::Committed { devices } => {
                 for (device, seq) in devices {
                     self.feed.committed(device, *seq);
@@ -277,6 +289,31 @@ impl LiveDevices {
         self.push_config_local(device_id, config);
     }
 
+    /// Tells every live session of these devices, on every replica, that
+    /// their desired artifacts changed.
+    pub fn push_desired(&self, devices: &[String]) {
+        for device in devices {
+            self.push_desired_local(device);
+        }
+        if self.publish.get().is_some() {
+            for chunk in devices.chunks(COMMITTED_PER_EVENT) {
+                self.publish(LiveEvent::Desired {
+                    devices: chunk.to_vec(),
+                });
+            }
+        }
+    }
+
+    fn push_desired_local(&self, device_id: &str) {
+        if let Some(streams) = self.lock().get(device_id) {
+            for tx in streams.values().filter_map(|s| s.push.as_ref()) {
+                if tx.try_send(Push::Desired).is_err() {
+                    tracing::warn!(device = %device_id, "session queue full; desired artifacts reach it on reconnect");
+                }
+            }
+        }
+    }
+
     pub fn push_config_local(&self, device_id: &str, config: &ConfigVersion) {
         if let Some(streams) = self.lock().get(device_id) {
             for tx in streams.values().filter_map(|s| s.push.as_ref()) {
@@ -308,6 +345,15 @@ mod tests {
         for r in [&mut a, &mut b] {
             assert_eq!(r.inbox.try_recv().unwrap(), Push::Config(cfg.clone()));
         }
+        live.push_desired(&["d1".to_string(), "d2".to_string()]);
+        for r in [&mut a, &mut b] {
+            assert_eq!(r.inbox.try_recv().unwrap(), Push::Desired);
+        }
+        live.apply(&LiveEvent::Desired {
+            devices: vec!["d1".into()],
+        });
+        assert_eq!(a.inbox.try_recv().unwrap(), Push::Desired);
+        assert_eq!(b.inbox.try_recv().unwrap(), Push::Desired);
         assert!(live.push_rotate("d1"));
         for r in [&mut a, &mut b] {
             assert_eq!(r.inbox.try_recv().unwrap(), Push::Rotate);

@@ -188,6 +188,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         metrics,
         metrics_token_hash,
         limits: Default::default(),
+        rollout_wake: Arc::new(tokio::sync::Notify::new()),
         artifacts: Arc::new(crate::artifacts::Artifacts::new(
             cfg.max_artifact_size,
             cfg.max_artifact_downloads,
@@ -214,6 +215,11 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     let retention = tokio::spawn(retention(
         state.clone(),
         cfg.retention,
+        stopped(stop_rx.clone()),
+    ));
+    // The rollout driver ends with the server (it watches the stop signal).
+    tokio::spawn(crate::rollout::driver::run(
+        state.clone(),
         stopped(stop_rx.clone()),
     ));
     Ok(RunningServer {

@@ -891,3 +891,99 @@ async fn artifact_keygen_publish_and_list() {
     assert!(err.contains("409"), "{err}");
     assert_eq!(json(&cp, &key, &["artifact", "list"])["data"], list["data"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollout_create_get_list_and_actions() {
+    let cp = ControlPlane::in_process().await;
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("publisher.pem");
+    let out = ok(
+        &cp,
+        &key,
+        &["artifact", "keygen", "--out", pem.to_str().unwrap()],
+    );
+    cp.add_publisher_key("acme", out.lines().last().unwrap());
+    let payload = dir.path().join("model.bin");
+    std::fs::write(&payload, b"weights").unwrap();
+    ok(
+        &cp,
+        &key,
+        &[
+            "artifact",
+            "publish",
+            "--name",
+            "detector",
+            "--version",
+            "1.0",
+            "--sign-key",
+            pem.to_str().unwrap(),
+            payload.to_str().unwrap(),
+        ],
+    );
+    for name in ["cam1", "cam2"] {
+        let (id, _) = cp.create_device("acme", &key, name).await;
+        let resp = reqwest::Client::new()
+            .patch(format!("{}/acme/devices/v2/{id}", cp.rest))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({"labels": {"site": "a"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let create = [
+        "rollout",
+        "create",
+        "--artifact",
+        "detector@1.0",
+        "--selector",
+        "site=a",
+        "--waves",
+        "1,100%",
+        "--approve-waves",
+        "--wave-timeout",
+        "5m",
+    ];
+    let out = ok(&cp, &key, &create);
+    let id = out.lines().last().unwrap().to_string();
+    assert!(id.starts_with("ro_"), "{out}");
+    assert!(
+        out.contains("detector@1.0") && out.contains("running"),
+        "{out}"
+    );
+    // Another of the same artifact: the server's 409, exit 1.
+    let (code, err) = fails(&cp, &key, &create);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("409"), "{err}");
+
+    // -o json is the REST answer unchanged.
+    let got = json(&cp, &key, &["rollout", "get", &id]);
+    let (_, rest) = cp
+        .get_json(&format!("/acme/devices/v2/rollouts/{id}"), &key)
+        .await;
+    assert_eq!(got, rest);
+    assert_eq!(got["wave_timeout"], "5m");
+    let table = ok(&cp, &key, &["rollout", "get", &id]);
+    assert!(table.contains("cam1") && table.contains("cam2"), "{table}");
+    assert!(table.contains("2 pending"), "{table}");
+    let list = ok(&cp, &key, &["rollout", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&id) && l.contains("1/2")),
+        "{list}"
+    );
+
+    let (code, err) = fails(&cp, &key, &["rollout", "approve", &id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("running"), "{err}");
+    assert!(ok(&cp, &key, &["rollout", "pause", &id]).contains("paused"));
+    assert!(ok(&cp, &key, &["rollout", "resume", &id]).contains("running"));
+    assert_eq!(
+        json(&cp, &key, &["rollout", "abort", &id])["state"],
+        "aborted"
+    );
+    let (code, _) = fails(&cp, &key, &["rollout", "get", "ro_unknown"]);
+    assert_eq!(code, 1);
+}

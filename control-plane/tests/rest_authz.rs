@@ -114,6 +114,50 @@ fn routes() -> Vec<Route> {
             false,
             404,
         ),
+        // Rollouts: workspace routes, scope before validation (a well-formed
+        // body naming a missing artifact is 400 once let through).
+        ("GET", "/rollouts", None, Need::Read, false, 200),
+        (
+            "POST",
+            "/rollouts",
+            Some(json!({"artifact": "nope@1.0", "selector": ["site=a"]})),
+            Need::Update,
+            false,
+            400,
+        ),
+        ("GET", "/rollouts/ro_nope", None, Need::Read, false, 404),
+        (
+            "POST",
+            "/rollouts/ro_nope/pause",
+            None,
+            Need::Update,
+            false,
+            404,
+        ),
+        (
+            "POST",
+            "/rollouts/ro_nope/resume",
+            None,
+            Need::Update,
+            false,
+            404,
+        ),
+        (
+            "POST",
+            "/rollouts/ro_nope/abort",
+            None,
+            Need::Update,
+            false,
+            404,
+        ),
+        (
+            "POST",
+            "/rollouts/ro_nope/approve",
+            None,
+            Need::Update,
+            false,
+            404,
+        ),
     ]
 }
 

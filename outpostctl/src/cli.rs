@@ -83,6 +83,51 @@ pub enum Command {
     /// Signed artifacts: publisher keys, publishing, listing (docs/artifacts.md).
     #[command(subcommand)]
     Artifact(Artifact),
+    /// Release an artifact version to matching devices, wave by wave.
+    #[command(subcommand)]
+    Rollout(Rollout),
+}
+
+#[derive(Subcommand)]
+pub enum Rollout {
+    /// Start a rollout; the last line of standard output is its id.
+    Create(RolloutCreateArgs),
+    /// A rollout, its waves and devices.
+    Get { id: String },
+    /// The workspace's rollouts, newest first.
+    #[command(visible_alias = "ls")]
+    List,
+    /// No new wave starts until resume.
+    Pause { id: String },
+    /// Go on, accepting the current wave's failures so far.
+    Resume { id: String },
+    /// Stop for good (devices that started keep the artifact).
+    Abort { id: String },
+    /// Start the next wave of a rollout awaiting approval.
+    Approve { id: String },
+}
+
+#[derive(Args)]
+pub struct RolloutCreateArgs {
+    /// NAME@VERSION of a published (ready) artifact.
+    #[arg(long)]
+    pub artifact: String,
+    /// A label selector, key=value or key (repeatable: all must match).
+    #[arg(long, required = true, value_name = "SELECTOR")]
+    pub selector: Vec<String>,
+    /// Cumulative wave sizes, comma-separated; the last must be 100%.
+    #[arg(long, default_value = "1,25%,100%")]
+    pub waves: String,
+    /// Failures a wave may have before the rollout pauses.
+    #[arg(long, default_value_t = 0)]
+    pub max_failures: u32,
+    /// How long a wave may take before the next starts without its
+    /// unfinished devices [server default: 10m].
+    #[arg(long, value_name = "DURATION")]
+    pub wave_timeout: Option<String>,
+    /// Pause for `rollout approve` after each wave but the last.
+    #[arg(long)]
+    pub approve_waves: bool,
 }
 
 #[derive(Subcommand)]

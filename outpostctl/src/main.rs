@@ -11,6 +11,7 @@ mod cli;
 mod devices;
 mod error;
 mod logs;
+mod rollout;
 mod show;
 mod telemetry;
 mod watch;
@@ -69,6 +70,7 @@ async fn run(cli: Cli) -> Result<()> {
             artifact::publish(&api, args, format).await
         }
         Command::Artifact(cli::Artifact::List) => artifact::list(&api, format).await,
+        Command::Rollout(cmd) => rollout::run(&api, cmd, format).await,
     }
 }
 

@@ -57,6 +57,10 @@ CREATE TABLE rollouts (
 );
 CREATE INDEX rollouts_workspace ON rollouts(workspace, created_at);
 CREATE INDEX rollouts_active ON rollouts(state);
+-- One running or paused rollout per artifact name and workspace: racing
+-- replicas' inserts are decided by this index.
+CREATE UNIQUE INDEX rollouts_one_active ON rollouts(workspace, artifact_name)
+    WHERE state IN ('running', 'paused');
 
 CREATE TABLE rollout_devices (
     rollout_id  TEXT NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,

@@ -7,7 +7,8 @@ use std::time::Duration;
 use outpost_proto::v1::agent_message::Kind as AgentKind;
 use outpost_proto::v1::server_message::Kind as ServerKind;
 use outpost_proto::v1::{
-    AgentMessage, ConfigUpdate, Hello, RotateNow, ServerMessage, SessionStart, Settings,
+    AgentMessage, ArtifactSignature, ConfigUpdate, DesiredArtifact, DesiredArtifacts, Hello,
+    InstalledArtifact, RotateNow, ServerMessage, SessionStart, Settings,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -47,6 +48,7 @@ async fn run(
             return;
         }
     };
+    let installed = installed_artifacts(&hello.installed);
     let facts = convert::facts(hello.facts);
     let session_id = ids::new_internal_id();
     if let Err(e) = state
@@ -58,6 +60,13 @@ async fn run(
         return;
     }
     tracing::info!(device = %id.device_id, hostname = %facts.hostname, "device connected");
+    if let Err(e) = state
+        .store
+        .set_device_artifacts(&id.device_id, &installed, now_ms())
+        .await
+    {
+        tracing::warn!(device = %id.device_id, "installed artifacts not recorded: {e}");
+    }
     // The current certificate is in use: certificates it replaced retire now.
     // A superseded one in use means the agent lost the certificate a rotation
     // issued (it crashed before saving it): it is asked to rotate again below.
@@ -108,12 +117,34 @@ async fn run(
                             Err(e) => tracing::warn!(device = %id.device_id, "loss report not recorded: {e}"),
                         }
                     }
+                    Ok(Some(AgentMessage { kind: Some(AgentKind::Artifact(r)) })) => {
+                        match artifact_report(r) {
+                            Ok(report) => match state.store.record_artifact_report(&id.device_id, &id.workspace, &report, now_ms()).await {
+                                Ok(true) => state.rollout_wake.notify_one(),
+                                Ok(false) => {}
+                                Err(e) => tracing::warn!(device = %id.device_id, "artifact report not recorded: {e}"),
+                            },
+                            // A bad report is dropped, not answered with a
+                            // cut: the agent would reconnect and send it again.
+                            Err(why) => tracing::warn!(device = %id.device_id, "artifact report refused: {why}"),
+                        }
+                    }
                     // Newer agents may send kinds we do not know yet.
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,
                 },
                 Some(push) = registration.inbox.recv() => {
-                    if tx.send(Ok(server_message(push))).await.is_err() {
+                    let msg = match push {
+                        Push::Desired => match desired(&state, &id.device_id).await {
+                            Ok(d) => ServerMessage { kind: Some(ServerKind::Desired(d)) },
+                            Err(e) => {
+                                tracing::warn!(device = %id.device_id, "desired artifacts not read: {e}");
+                                continue;
+                            }
+                        },
+                        other => server_message(other),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
                         break;
                     }
                 }
@@ -172,9 +203,10 @@ async fn session_start(state: &AppState, id: &DeviceIdentity) -> Result<ServerMe
         .await
         .map_err(store_status)?
         .map(|c| config_update(&c));
+    let desired = desired(state, &id.device_id).await.map_err(store_status)?;
     Ok(ServerMessage {
         kind: Some(ServerKind::Start(SessionStart {
-            desired: None,
+            desired: Some(desired),
             settings: Some(Settings {
                 telemetry_interval_secs: config
                     .as_ref()
@@ -198,7 +230,102 @@ fn server_message(push: Push) -> ServerMessage {
             kind: Some(ServerKind::Config(config_update(&c))),
         },
         Push::Rotate => rotate_now(),
+        // Read from the store by the session loop; an empty list here.
+        Push::Desired => ServerMessage {
+            kind: Some(ServerKind::Desired(DesiredArtifacts::default())),
+        },
     }
+}
+
+/// The device's desired artifacts, as the wire message.
+async fn desired(
+    state: &AppState,
+    device_id: &str,
+) -> Result<DesiredArtifacts, crate::store::StoreError> {
+    let list = state.store.desired_artifacts(device_id).await?;
+    Ok(DesiredArtifacts {
+        artifacts: list
+            .into_iter()
+            .map(|d| DesiredArtifact {
+                name: d.name,
+                version: d.version,
+                manifest_json: d.manifest_json,
+                signature: Some(ArtifactSignature {
+                    public_key: d.public_key,
+                    signature: d.signature,
+                }),
+                rollout_id: d.rollout_id,
+            })
+            .collect(),
+    })
+}
+
+/// Longest error text kept from a report (longer ones are cut, marked `…`).
+pub const MAX_REPORT_ERROR: usize = 1024;
+/// Most installed artifacts taken from one message.
+const MAX_INSTALLED: usize = 256;
+/// Longest rollout id taken from a report (ours are far shorter).
+const MAX_ROLLOUT_ID: usize = 64;
+
+/// The valid `installed` entries (a bad one is left out and logged).
+fn installed_artifacts(list: &[InstalledArtifact]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for a in list.iter().take(MAX_INSTALLED) {
+        match (
+            outpost_common::artifact::check_name(&a.name),
+            outpost_common::artifact::check_version(&a.version),
+        ) {
+            (Ok(()), Ok(())) => {
+                if !out.iter().any(|(n, _)| *n == a.name) {
+                    out.push((a.name.clone(), a.version.clone()));
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("installed artifact left out: {e}");
+            }
+        }
+    }
+    out
+}
+
+/// Checks an agent's report: name and version as artifacts have them, a
+/// known state other than `pending`; the error is kept as data (control
+/// characters included) but cut to [`MAX_REPORT_ERROR`] bytes.
+fn artifact_report(
+    r: outpost_proto::v1::ArtifactReport,
+) -> Result<crate::store::ArtifactReport, String> {
+    use crate::rollout::DeviceState;
+    outpost_common::artifact::check_name(&r.name)?;
+    outpost_common::artifact::check_version(&r.version)?;
+    let state = DeviceState::parse(&r.state)
+        .filter(|s| *s != DeviceState::Pending)
+        .ok_or_else(|| format!("unknown artifact state {:?}", truncate(&r.state, 32)))?;
+    let error = (!r.error.is_empty()).then(|| truncate(&r.error, MAX_REPORT_ERROR));
+    let rollout_id = if r.rollout_id.len() > MAX_ROLLOUT_ID {
+        String::new()
+    } else {
+        r.rollout_id
+    };
+    Ok(crate::store::ArtifactReport {
+        name: r.name,
+        version: r.version,
+        rollout_id,
+        state,
+        error,
+        installed: installed_artifacts(&r.installed),
+    })
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, `…` marking a cut.
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// The wire form of a config version, with the settings derived from it.
@@ -258,6 +385,67 @@ mod tests {
             server_message(Push::Rotate).kind,
             Some(ServerKind::Rotate(_))
         ));
+    }
+
+    #[test]
+    fn artifact_reports_are_checked_and_bounded() {
+        let ok = outpost_proto::v1::ArtifactReport {
+            name: "detector".into(),
+            version: "1.4.0".into(),
+            rollout_id: "ro_1".into(),
+            state: "rolled_back".into(),
+            error: format!("line1\n\u{1b}[31m{}", "é".repeat(2000)),
+            bytes_done: 0,
+            installed: vec![
+                InstalledArtifact {
+                    name: "detector".into(),
+                    version: "1.3.0".into(),
+                },
+                InstalledArtifact {
+                    name: "../x".into(),
+                    version: "1".into(),
+                },
+            ],
+        };
+        let r = artifact_report(ok.clone()).unwrap();
+        assert_eq!(r.state, crate::rollout::DeviceState::RolledBack);
+        let err = r.error.unwrap();
+        assert!(err.len() <= MAX_REPORT_ERROR && err.ends_with('…'));
+        assert!(
+            err.starts_with("line1\n\u{1b}[31m"),
+            "control characters kept as data"
+        );
+        assert_eq!(
+            r.installed,
+            vec![("detector".to_string(), "1.3.0".to_string())]
+        );
+        for bad in [
+            outpost_proto::v1::ArtifactReport {
+                name: "../etc".into(),
+                ..ok.clone()
+            },
+            outpost_proto::v1::ArtifactReport {
+                version: "a/b".into(),
+                ..ok.clone()
+            },
+            outpost_proto::v1::ArtifactReport {
+                state: "done".into(),
+                ..ok.clone()
+            },
+            outpost_proto::v1::ArtifactReport {
+                state: "pending".into(),
+                ..ok.clone()
+            },
+        ] {
+            assert!(artifact_report(bad).is_err());
+        }
+        let long_id = outpost_proto::v1::ArtifactReport {
+            rollout_id: "r".repeat(65),
+            error: String::new(),
+            ..ok
+        };
+        let r = artifact_report(long_id).unwrap();
+        assert_eq!((r.rollout_id.as_str(), r.error), ("", None));
     }
 
     fn msg(kind: AgentKind) -> Result<AgentMessage, Status> {

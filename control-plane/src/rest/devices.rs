@@ -62,6 +62,9 @@ pub struct DeviceView {
     /// The newest stored sample (an Outpost extension: the fleet table's
     /// CPU, memory and disk). Only on list and get; null before the first.
     pub latest_telemetry: Option<SampleView>,
+    /// What runs on the box, artifact name → version, as its agent last
+    /// said (docs/artifacts.md). Only on list and get.
+    pub artifacts: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -120,6 +123,7 @@ impl DeviceView {
             config_version: d.config_version,
             config_applied_version: d.config_applied_version,
             latest_telemetry: None,
+            artifacts: Default::default(),
         }
     }
 }
@@ -149,7 +153,8 @@ pub async fn get_one(
     Ok(Json(view))
 }
 
-/// Fills each view's `latest_telemetry` (one store query for all).
+/// Fills each view's `latest_telemetry` and `artifacts` (one store query
+/// each for all).
 async fn with_latest_telemetry(state: &AppState, views: &mut [DeviceView]) -> Result<(), ApiError> {
     let ids: Vec<String> = views.iter().map(|v| v.id.clone()).collect();
     let mut latest: std::collections::HashMap<String, _> = state
@@ -158,8 +163,13 @@ async fn with_latest_telemetry(state: &AppState, views: &mut [DeviceView]) -> Re
         .await?
         .into_iter()
         .collect();
-    for v in views {
+    for v in views.iter_mut() {
         v.latest_telemetry = latest.remove(&v.id).map(SampleView::from);
+    }
+    for (device, name, version) in state.store.device_artifacts(&ids).await? {
+        if let Some(v) = views.iter_mut().find(|v| v.id == device) {
+            v.artifacts.insert(name, version);
+        }
     }
     Ok(())
 }

@@ -151,6 +151,8 @@ pub async fn metrics(
     let mut collectors = fleet.collectors().map_err(internal)?;
     if own_metrics {
         collectors.extend(own(&state).map_err(internal)?);
+        let counts = state.store.rollout_counts().await?;
+        collectors.extend(rollouts(&counts).map_err(internal)?);
     }
     for c in collectors {
         registry.register(c).map_err(internal)?;
@@ -188,6 +190,39 @@ fn own(state: &AppState) -> Result<Vec<Box<dyn Collector>>, prometheus::Error> {
         vec![Box::new(connected), Box::new(streams), Box::new(info)];
     all.extend(state.metrics.collectors());
     Ok(all)
+}
+
+/// `outpost_rollouts{state}` (every state, zeros included) and
+/// `outpost_rollout_devices{rollout,artifact,state}` of running and paused
+/// rollouts. Across workspaces: scrape token only.
+fn rollouts(
+    counts: &crate::store::RolloutCounts,
+) -> Result<Vec<Box<dyn Collector>>, prometheus::Error> {
+    let by_state = prometheus::IntGaugeVec::new(
+        Opts::new("outpost_rollouts", "Rollouts per state."),
+        &["state"],
+    )?;
+    for s in crate::rollout::RolloutState::ALL {
+        let n = counts
+            .rollouts
+            .iter()
+            .find(|(state, _)| state == s.as_str())
+            .map_or(0, |(_, n)| *n);
+        by_state.with_label_values(&[s.as_str()]).set(n as i64);
+    }
+    let devices = prometheus::IntGaugeVec::new(
+        Opts::new(
+            "outpost_rollout_devices",
+            "Devices of each running or paused rollout per state.",
+        ),
+        &["rollout", "artifact", "state"],
+    )?;
+    for (rollout, artifact, state, n) in &counts.devices {
+        devices
+            .with_label_values(&[rollout.as_str(), artifact.as_str(), state.as_str()])
+            .set(*n as i64);
+    }
+    Ok(vec![Box::new(by_state), Box::new(devices)])
 }
 
 /// The per-device families of one scrape.

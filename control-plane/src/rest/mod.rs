@@ -16,6 +16,7 @@ mod metrics;
 pub mod openapi;
 mod pagination;
 mod params;
+mod rollouts;
 mod stream;
 mod telemetry;
 mod tokens;
@@ -78,6 +79,12 @@ fn limited_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(tokens::revoke))
         .routes(routes!(artifacts::list, artifacts::create))
         .routes(routes!(artifacts::get_one, artifacts::delete))
+        .routes(routes!(rollouts::list, rollouts::create))
+        .routes(routes!(rollouts::get_one))
+        .routes(routes!(rollouts::pause))
+        .routes(routes!(rollouts::resume))
+        .routes(routes!(rollouts::abort))
+        .routes(routes!(rollouts::approve))
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -391,6 +391,33 @@ mod tests {
             "/{workspace}/devices/v2/artifacts/{name}/{version}/payload",
             "uploadArtifactPayload",
         ),
+        ("get", "/{workspace}/devices/v2/rollouts", "listRollouts"),
+        ("post", "/{workspace}/devices/v2/rollouts", "createRollout"),
+        (
+            "get",
+            "/{workspace}/devices/v2/rollouts/{rollout_id}",
+            "getRollout",
+        ),
+        (
+            "post",
+            "/{workspace}/devices/v2/rollouts/{rollout_id}/pause",
+            "pauseRollout",
+        ),
+        (
+            "post",
+            "/{workspace}/devices/v2/rollouts/{rollout_id}/resume",
+            "resumeRollout",
+        ),
+        (
+            "post",
+            "/{workspace}/devices/v2/rollouts/{rollout_id}/abort",
+            "abortRollout",
+        ),
+        (
+            "post",
+            "/{workspace}/devices/v2/rollouts/{rollout_id}/approve",
+            "approveRollout",
+        ),
     ];
 
     const METHODS: &[&str] = &[

@@ -443,3 +443,54 @@ pub(super) fn bucket_from_row(r: &impl Cols) -> StoreResult<TelemetryBucket> {
         gpu_memory_used_bytes_avg: r.opt_float("gpu_mem")?,
     })
 }
+
+/// `SELECT <rollout columns> FROM rollouts`, for `concat!`.
+macro_rules! rollout_select {
+    () => {
+        "SELECT id, workspace, artifact_name, artifact_version, selector, waves, max_failures, \
+         wave_timeout_ms, approve_waves, state, reason, current_wave, wave_started_at, \
+         accepted_failures, created_at, updated_at FROM rollouts"
+    };
+}
+pub(super) use rollout_select;
+
+fn count32(r: &impl Cols, col: &str) -> StoreResult<u32> {
+    u32::try_from(r.int(col)?).map_err(|_| StoreError::Corrupt(format!("{col} out of range")))
+}
+
+pub(super) fn rollout_from_row(r: &impl Cols) -> StoreResult<Rollout> {
+    let state = r.text("state")?;
+    Ok(Rollout {
+        id: r.text("id")?,
+        workspace: r.text("workspace")?,
+        artifact_name: r.text("artifact_name")?,
+        artifact_version: r.text("artifact_version")?,
+        selector: json_vec(&r.text("selector")?, "rollout selector")?,
+        waves: json_vec(&r.text("waves")?, "rollout waves")?,
+        max_failures: count32(r, "max_failures")?,
+        wave_timeout_ms: r.int("wave_timeout_ms")?,
+        approve_waves: r.flag("approve_waves")?,
+        state: crate::rollout::RolloutState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("rollout state {state:?}")))?,
+        reason: r.opt_text("reason")?,
+        current_wave: count32(r, "current_wave")?,
+        wave_started_at: r.int("wave_started_at")?,
+        accepted_failures: count32(r, "accepted_failures")?,
+        created_at: r.int("created_at")?,
+        updated_at: r.int("updated_at")?,
+        devices: Vec::new(),
+    })
+}
+
+pub(super) fn rollout_device_from_row(r: &impl Cols) -> StoreResult<RolloutDevice> {
+    let state = r.text("state")?;
+    Ok(RolloutDevice {
+        device_id: r.text("device_id")?,
+        name: r.text("name")?,
+        wave: count32(r, "wave")?,
+        state: crate::rollout::DeviceState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("rollout device state {state:?}")))?,
+        error: r.opt_text("error")?,
+        updated_at: r.int("updated_at")?,
+    })
+}

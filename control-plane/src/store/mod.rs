@@ -585,6 +585,120 @@ pub struct DeviceListQuery {
     pub now: UnixMillis,
 }
 
+/// A rollout to create (devices already assigned to waves).
+#[derive(Debug, Clone)]
+pub struct NewRollout {
+    pub id: String,
+    pub workspace: String,
+    pub artifact_name: String,
+    pub artifact_version: String,
+    pub selector: Vec<String>,
+    /// The wave specs kept (as given, e.g. `"25%"`).
+    pub waves: Vec<String>,
+    pub max_failures: u32,
+    pub wave_timeout_ms: i64,
+    pub approve_waves: bool,
+    pub created_at: UnixMillis,
+    /// (device id, 0-based wave).
+    pub devices: Vec<(String, u32)>,
+}
+
+/// A rollout and its devices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    pub id: String,
+    pub workspace: String,
+    pub artifact_name: String,
+    pub artifact_version: String,
+    pub selector: Vec<String>,
+    pub waves: Vec<String>,
+    pub max_failures: u32,
+    pub wave_timeout_ms: i64,
+    pub approve_waves: bool,
+    pub state: crate::rollout::RolloutState,
+    pub reason: Option<String>,
+    pub current_wave: u32,
+    pub wave_started_at: UnixMillis,
+    pub accepted_failures: u32,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+    /// In wave order, then by device id.
+    pub devices: Vec<RolloutDevice>,
+}
+
+impl Rollout {
+    /// What the rollout rules need of it.
+    pub fn view(&self) -> crate::rollout::RolloutView {
+        crate::rollout::RolloutView {
+            state: self.state,
+            reason: self.reason.clone(),
+            current_wave: self.current_wave,
+            wave_count: self.waves.len() as u32,
+            wave_started_at: self.wave_started_at,
+            wave_timeout_ms: self.wave_timeout_ms,
+            max_failures: self.max_failures,
+            accepted_failures: self.accepted_failures,
+            approve_waves: self.approve_waves,
+        }
+    }
+
+    pub fn device_views(&self) -> Vec<crate::rollout::DeviceView> {
+        self.devices
+            .iter()
+            .map(|d| crate::rollout::DeviceView {
+                device_id: d.device_id.clone(),
+                wave: d.wave,
+                state: d.state,
+                error: d.error.clone(),
+                updated_at: d.updated_at,
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutDevice {
+    pub device_id: String,
+    pub name: String,
+    pub wave: u32,
+    pub state: crate::rollout::DeviceState,
+    pub error: Option<String>,
+    pub updated_at: UnixMillis,
+}
+
+/// An agent's report on one artifact (validated).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArtifactReport {
+    pub name: String,
+    pub version: String,
+    pub rollout_id: String,
+    pub state: crate::rollout::DeviceState,
+    pub error: Option<String>,
+    /// Every artifact's current version after this step (name, version).
+    pub installed: Vec<(String, String)>,
+}
+
+/// One artifact a device should run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredArtifact {
+    pub name: String,
+    pub version: String,
+    pub manifest_json: String,
+    pub public_key: String,
+    pub signature: String,
+    pub rollout_id: String,
+}
+
+/// For `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RolloutCounts {
+    /// (state, count).
+    pub rollouts: Vec<(String, u64)>,
+    /// (rollout id, `N@V`, device state, count) of running and paused
+    /// rollouts.
+    pub devices: Vec<(String, String, String, u64)>,
+}
+
 /// Size of a payload chunk in `artifact_chunks` (the last one is shorter).
 pub const ARTIFACT_CHUNK_SIZE: usize = 256 * 1024;
 /// An artifact waiting for its payload.
@@ -951,6 +1065,56 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
 
     // ---- rollouts and what runs on devices (issue 20, docs/artifacts.md) ----
+    /// Creates a rollout with its devices in one transaction. `Conflict`
+    /// when another running or paused rollout of the same artifact name
+    /// exists in the workspace (a partial unique index decides between
+    /// racing replicas).
+    async fn create_rollout(&self, r: &NewRollout) -> StoreResult<()>;
+    /// A rollout of the workspace with its devices.
+    async fn get_rollout(&self, workspace: &str, id: &str) -> StoreResult<Option<Rollout>>;
+    /// A workspace's rollouts, newest first, with their devices.
+    async fn list_rollouts(&self, workspace: &str) -> StoreResult<Vec<Rollout>>;
+    /// Every running rollout of every workspace, with its devices (the
+    /// driver's work).
+    async fn running_rollouts(&self) -> StoreResult<Vec<Rollout>>;
+    /// Counts of rollouts per state, and of each active or recent
+    /// rollout's devices per state (for `/metrics`): (rollout id, artifact
+    /// `N@V`, device state, count).
+    async fn rollout_counts(&self) -> StoreResult<RolloutCounts>;
+    /// Applies `t` as one conditional `UPDATE` (`WHERE id AND state AND
+    /// current_wave` as `t` expects them); returns whether it applied.
+    async fn apply_rollout_transition(
+        &self,
+        id: &str,
+        t: &crate::rollout::Transition,
+        now: UnixMillis,
+    ) -> StoreResult<bool>;
+    /// Records an agent's report: the device's state in the rollout (only
+    /// forward, and only for a rollout of that `name@version` the device is
+    /// in), its event on such a move to an outcome, and what runs on it.
+    /// Returns whether the rollout's device moved.
+    async fn record_artifact_report(
+        &self,
+        device_id: &str,
+        workspace: &str,
+        report: &ArtifactReport,
+        now: UnixMillis,
+    ) -> StoreResult<bool>;
+    /// Replaces what runs on the device (its hello's `installed`).
+    async fn set_device_artifacts(
+        &self,
+        device_id: &str,
+        installed: &[(String, String)],
+        now: UnixMillis,
+    ) -> StoreResult<()>;
+    /// What runs on these devices: (device id, name, version).
+    async fn device_artifacts(
+        &self,
+        device_ids: &[String],
+    ) -> StoreResult<Vec<(String, String, String)>>;
+    /// The desired state of a device: per artifact name, the version of
+    /// the newest rollout that released it to the device (docs/artifacts.md).
+    async fn desired_artifacts(&self, device_id: &str) -> StoreResult<Vec<DesiredArtifact>>;
 }
 
 /// [`Store::complete_enrollments`]' default: different devices' enrollments

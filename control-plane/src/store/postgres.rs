@@ -129,6 +129,7 @@ fn with_database(url: &str, database: &str) -> String {
 impl Dialect for Postgres {
     const BEGIN: &'static str = "BEGIN";
     const ROW_LOCK: Option<&'static str> = Some(" FOR NO KEY UPDATE");
+    const ID_LIST: &'static str = "SELECT unnest($1::TEXT[]) AS id";
     const LATEST_TELEMETRY: &'static str = "SELECT t.* FROM unnest($1::TEXT[]) AS l(id) \
          CROSS JOIN LATERAL (SELECT * FROM telemetry WHERE device_id = l.id \
          ORDER BY seq DESC LIMIT 1) t";

@@ -41,6 +41,9 @@ pub trait Dialect: Database {
     /// the newest telemetry row of each device id in the list bound by
     /// [`Dialect::bind_ids`] as `$1`.
     const LATEST_TELEMETRY: &'static str;
+    /// A subquery of the ids in the list bound by [`Dialect::bind_ids`] as
+    /// `$1`, one `id` column.
+    const ID_LIST: &'static str;
 
     /// The statement texts built from this dialect ([`Texts::new`]), built
     /// once so sqlx's statement cache keeps their prepared forms.
@@ -93,6 +96,8 @@ pub struct Texts {
     /// Locks a device's row, where rows are locked.
     lock_device: Option<String>,
     telemetry_buckets: String,
+    /// What runs on the devices of the id list `$1`.
+    device_artifacts: String,
     /// An artifact's row, locked.
     artifact_locked: String,
 }
@@ -102,6 +107,11 @@ impl Texts {
         let lock = D::ROW_LOCK.unwrap_or("");
         let json = D::json_array_agg;
         Texts {
+            device_artifacts: format!(
+                "SELECT device_id, name, version FROM device_artifacts \
+                 WHERE device_id IN ({}) ORDER BY device_id, name",
+                D::ID_LIST
+            ),
             device_locked: format!("{DEVICE_LIVE}{lock}"),
             loss_locked: format!(
                 "SELECT telemetry_dropped, logs_dropped, spool_corrupt, logs_rate_limited \
@@ -490,6 +500,45 @@ where
     }
 
     /// Appends an event, under the dialect's event lock.
+    /// A rollout row with its devices.
+    async fn rollout_with_devices(&self, row: &D::Row) -> StoreResult<Rollout> {
+        let mut r = rollout_from_row(row)?;
+        let rows = sqlx::query(
+            "SELECT rd.device_id, COALESCE(d.name, '') AS name, rd.wave, rd.state, rd.error, \
+             rd.updated_at FROM rollout_devices rd LEFT JOIN devices d ON d.id = rd.device_id \
+             WHERE rd.rollout_id = $1 ORDER BY rd.wave, rd.device_id",
+        )
+        .bind(&r.id)
+        .fetch_all(&self.pool)
+        .await?;
+        r.devices = rows
+            .iter()
+            .map(rollout_device_from_row)
+            .collect::<StoreResult<_>>()?;
+        Ok(r)
+    }
+
+    async fn upsert_device_artifact(
+        tx: &mut Transaction<'static, D>,
+        device_id: &str,
+        name: &str,
+        version: &str,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO device_artifacts (device_id, name, version, updated_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (device_id, name) \
+             DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+        )
+        .bind(device_id)
+        .bind(name)
+        .bind(version)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     async fn insert_event(
         tx: &mut Transaction<'static, D>,
         device_id: &str,
@@ -1851,6 +1900,287 @@ where
     }
 
     // ---- rollouts and what runs on devices (issue 20) ----
+
+    async fn create_rollout(&self, r: &NewRollout) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        // The partial unique index `rollouts_one_active` holds one running
+        // or paused rollout per (workspace, artifact name): of two replicas
+        // creating at once, the second waits for the first and fails here.
+        let res = sqlx::query(
+            "INSERT INTO rollouts (id, workspace, artifact_name, artifact_version, selector, \
+             waves, max_failures, wave_timeout_ms, approve_waves, state, reason, current_wave, \
+             wave_started_at, accepted_failures, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'running', NULL, 0, $10, 0, $10, $10)",
+        )
+        .bind(&r.id)
+        .bind(&r.workspace)
+        .bind(&r.artifact_name)
+        .bind(&r.artifact_version)
+        .bind(to_json(&r.selector))
+        .bind(to_json(&r.waves))
+        .bind(i64::from(r.max_failures))
+        .bind(r.wave_timeout_ms)
+        .bind(r.approve_waves)
+        .bind(r.created_at)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::Conflict(format!(
+                    "another rollout of {} is running or paused",
+                    r.artifact_name
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        for (device, wave) in &r.devices {
+            sqlx::query(
+                "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, error, updated_at) \
+                 VALUES ($1, $2, $3, 'pending', NULL, $4)",
+            )
+            .bind(&r.id)
+            .bind(device)
+            .bind(i64::from(*wave))
+            .bind(r.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_rollout(&self, workspace: &str, id: &str) -> StoreResult<Option<Rollout>> {
+        let row = sqlx::query(concat!(
+            rollout_select!(),
+            " WHERE workspace = $1 AND id = $2"
+        ))
+        .bind(workspace)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(self.rollout_with_devices(&row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_rollouts(&self, workspace: &str) -> StoreResult<Vec<Rollout>> {
+        let rows = sqlx::query(concat!(
+            rollout_select!(),
+            " WHERE workspace = $1 ORDER BY created_at DESC, id DESC"
+        ))
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(self.rollout_with_devices(row).await?);
+        }
+        Ok(out)
+    }
+
+    async fn running_rollouts(&self) -> StoreResult<Vec<Rollout>> {
+        let rows = sqlx::query(concat!(
+            rollout_select!(),
+            " WHERE state = 'running' ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(self.rollout_with_devices(row).await?);
+        }
+        Ok(out)
+    }
+
+    async fn rollout_counts(&self) -> StoreResult<RolloutCounts> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM rollouts GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts = RolloutCounts::default();
+        for r in &rows {
+            counts
+                .rollouts
+                .push((r.text("state")?, r.int("n")?.max(0) as u64));
+        }
+        let rows = sqlx::query(
+            "SELECT r.id, r.artifact_name, r.artifact_version, d.state, COUNT(*) AS n \
+             FROM rollouts r JOIN rollout_devices d ON d.rollout_id = r.id \
+             WHERE r.state IN ('running', 'paused') \
+             GROUP BY r.id, r.artifact_name, r.artifact_version, d.state \
+             ORDER BY r.id, d.state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            counts.devices.push((
+                r.text("id")?,
+                format!(
+                    "{}@{}",
+                    r.text("artifact_name")?,
+                    r.text("artifact_version")?
+                ),
+                r.text("state")?,
+                r.int("n")?.max(0) as u64,
+            ));
+        }
+        Ok(counts)
+    }
+
+    async fn apply_rollout_transition(
+        &self,
+        id: &str,
+        t: &crate::rollout::Transition,
+        now: UnixMillis,
+    ) -> StoreResult<bool> {
+        let res = sqlx::query(
+            "UPDATE rollouts SET state = $1, reason = $2, current_wave = $3, \
+             wave_started_at = $4, accepted_failures = $5, updated_at = $6 \
+             WHERE id = $7 AND state = $8 AND current_wave = $9",
+        )
+        .bind(t.state.as_str())
+        .bind(t.reason.as_deref())
+        .bind(i64::from(t.current_wave))
+        .bind(t.wave_started_at)
+        .bind(i64::from(t.accepted_failures))
+        .bind(now)
+        .bind(id)
+        .bind(t.from_state.as_str())
+        .bind(i64::from(t.from_wave))
+        .execute(&self.pool)
+        .await?;
+        Ok(D::rows_affected(&res) == 1)
+    }
+
+    async fn record_artifact_report(
+        &self,
+        device_id: &str,
+        workspace: &str,
+        report: &ArtifactReport,
+        now: UnixMillis,
+    ) -> StoreResult<bool> {
+        use crate::rollout::DeviceState;
+        let mut tx = self.begin().await?;
+        // The device row first (the store's lock order), as the hello's
+        // replacement of `device_artifacts` takes it: two sessions of one
+        // device cannot interleave their writes of its artifacts.
+        Self::lock_device(&mut tx, device_id).await?;
+        // Only forward: the row moves when its state ranks below the
+        // report's (one conditional UPDATE, safe across replicas).
+        let res = sqlx::query(
+            "UPDATE rollout_devices SET state = $1, error = $2, updated_at = $3 \
+             WHERE rollout_id = $4 AND device_id = $5 \
+             AND (CASE state WHEN 'pending' THEN 0 WHEN 'downloading' THEN 1 \
+                  WHEN 'installing' THEN 2 WHEN 'verifying' THEN 3 ELSE 4 END) < $6 \
+             AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = $4 AND r.workspace = $7 \
+                  AND r.artifact_name = $8 AND r.artifact_version = $9)",
+        )
+        .bind(report.state.as_str())
+        .bind(report.error.as_deref())
+        .bind(now)
+        .bind(&report.rollout_id)
+        .bind(device_id)
+        .bind(i64::from(report.state.rank()))
+        .bind(workspace)
+        .bind(&report.name)
+        .bind(&report.version)
+        .execute(&mut *tx)
+        .await?;
+        let moved = D::rows_affected(&res) == 1;
+        let kind = match report.state {
+            DeviceState::Succeeded => Some("artifact_installed"),
+            DeviceState::Failed => Some("artifact_failed"),
+            DeviceState::RolledBack => Some("artifact_rolled_back"),
+            _ => None,
+        };
+        if moved && let Some(kind) = kind {
+            let detail = serde_json::json!({
+                "artifact": format!("{}@{}", report.name, report.version),
+                "rollout_id": report.rollout_id,
+                "error": report.error,
+            });
+            Self::insert_event(&mut tx, device_id, workspace, now, kind, &detail).await?;
+        }
+        for (name, version) in &report.installed {
+            Self::upsert_device_artifact(&mut tx, device_id, name, version, now).await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    async fn set_device_artifacts(
+        &self,
+        device_id: &str,
+        installed: &[(String, String)],
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        Self::lock_device(&mut tx, device_id).await?;
+        sqlx::query("DELETE FROM device_artifacts WHERE device_id = $1")
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?;
+        for (name, version) in installed {
+            Self::upsert_device_artifact(&mut tx, device_id, name, version, now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn device_artifacts(
+        &self,
+        device_ids: &[String],
+    ) -> StoreResult<Vec<(String, String, String)>> {
+        if device_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = D::bind_ids(
+            sqlx::query(D::texts().device_artifacts.as_str()),
+            device_ids,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.text("device_id")?, r.text("name")?, r.text("version")?)))
+            .collect()
+    }
+
+    async fn desired_artifacts(&self, device_id: &str) -> StoreResult<Vec<DesiredArtifact>> {
+        // Released to the device: its wave started and the rollout is not
+        // aborted, or the device started on it already (an abort does not
+        // take back what a device has). Newest rollout first per name.
+        let rows = sqlx::query(
+            "SELECT r.id, r.artifact_name, r.artifact_version, a.manifest_json, a.public_key, \
+             a.signature FROM rollout_devices d \
+             JOIN rollouts r ON r.id = d.rollout_id \
+             JOIN artifacts a ON a.workspace = r.workspace AND a.name = r.artifact_name \
+                  AND a.version = r.artifact_version \
+             WHERE d.device_id = $1 \
+             AND ((d.wave <= r.current_wave AND r.state <> 'aborted') OR d.state <> 'pending') \
+             ORDER BY r.created_at DESC, r.id DESC",
+        )
+        .bind(device_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<DesiredArtifact> = Vec::new();
+        for r in &rows {
+            let name = r.text("artifact_name")?;
+            if out.iter().any(|d| d.name == name) {
+                continue;
+            }
+            out.push(DesiredArtifact {
+                name,
+                version: r.text("artifact_version")?,
+                manifest_json: r.text("manifest_json")?,
+                public_key: r.text("public_key")?,
+                signature: r.text("signature")?,
+                rollout_id: r.text("id")?,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
 }
 
 fn artifact_from_row<R>(r: &R) -> StoreResult<ArtifactRecord>

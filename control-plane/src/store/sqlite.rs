@@ -66,6 +66,7 @@ impl Dialect for Sqlite {
     /// writer in between.
     const ROW_LOCK: Option<&'static str> = None;
     /// The max seq per device first (a PK probe each), then that row.
+    const ID_LIST: &'static str = "SELECT value AS id FROM json_each($1)";
     const LATEST_TELEMETRY: &'static str = "SELECT t.* FROM \
          (SELECT value AS id, (SELECT MAX(seq) FROM telemetry WHERE device_id = value) AS top \
           FROM json_each($1)) l \

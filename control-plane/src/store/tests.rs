@@ -142,6 +142,14 @@ store_tests!(
     artifacts_are_created_once_and_refuse_other_bytes,
     artifact_payload_chunks_make_it_ready_only_when_complete,
     discarded_chunks_leave_the_artifact_awaiting_and_deletes_take_everything,
+    rollouts_are_created_read_and_one_is_active_per_artifact,
+    rollout_steps_apply_conditionally_and_reports_only_move_forward,
+    desired_state_follows_released_waves_and_survives_an_abort,
+);
+
+replica_tests!(
+    replicas_create_one_active_rollout_per_artifact,
+    replicas_apply_a_rollout_step_once,
 );
 
 replica_tests!(
@@ -2330,6 +2338,485 @@ async fn discarded_chunks_leave_the_artifact_awaiting_and_deletes_take_everythin
             .await
             .unwrap()
     );
+}
+
+// ---- rollouts ----
+
+use crate::rollout::{DeviceState, RolloutState, Transition};
+
+fn new_rollout(id: &str, version: &str, devices: &[(&str, u32)], created_at: i64) -> NewRollout {
+    let waves = devices.iter().map(|(_, w)| *w).max().unwrap_or(0) + 1;
+    NewRollout {
+        id: id.into(),
+        workspace: "acme".into(),
+        artifact_name: "model".into(),
+        artifact_version: version.into(),
+        selector: vec!["site=a".into()],
+        waves: (0..waves)
+            .map(|w| {
+                if w + 1 == waves {
+                    "100%".into()
+                } else {
+                    format!("{}", w + 1)
+                }
+            })
+            .collect(),
+        max_failures: 0,
+        wave_timeout_ms: 60_000,
+        approve_waves: false,
+        created_at,
+        devices: devices.iter().map(|(d, w)| (d.to_string(), *w)).collect(),
+    }
+}
+
+async fn rollout_fleet(s: &Arc<dyn Store>, devices: &[&str]) {
+    for (i, d) in devices.iter().enumerate() {
+        s.create_device(&new_device(d, i as i64 + 1)).await.unwrap();
+    }
+    for v in ["1", "2"] {
+        s.create_artifact(&artifact("model", v, &format!("{{\"v\":\"{v}\"}}"), 10))
+            .await
+            .unwrap();
+    }
+}
+
+fn step(r: &Rollout, state: RolloutState, wave: u32, now: i64) -> Transition {
+    Transition {
+        from_state: r.state,
+        from_wave: r.current_wave,
+        state,
+        reason: None,
+        current_wave: wave,
+        wave_started_at: now,
+        accepted_failures: 0,
+    }
+}
+
+fn report(rollout: &str, version: &str, state: DeviceState) -> ArtifactReport {
+    ArtifactReport {
+        name: "model".into(),
+        version: version.into(),
+        rollout_id: rollout.into(),
+        state,
+        error: state
+            .is_failure()
+            .then(|| "health check exited 1".to_string()),
+        installed: vec![],
+    }
+}
+
+async fn rollouts_are_created_read_and_one_is_active_per_artifact(s: Arc<dyn Store>) {
+    rollout_fleet(&s, &["d1", "d2", "d3"]).await;
+    let r1 = new_rollout("ro_1", "1", &[("d2", 0), ("d1", 1), ("d3", 1)], 100);
+    s.create_rollout(&r1).await.unwrap();
+    let got = s.get_rollout("acme", "ro_1").await.unwrap().unwrap();
+    assert_eq!(got.state, RolloutState::Running);
+    assert_eq!(
+        (got.current_wave, got.wave_started_at, got.accepted_failures),
+        (0, 100, 0)
+    );
+    assert_eq!(got.waves, vec!["1", "100%"]);
+    assert_eq!(got.selector, vec!["site=a"]);
+    let devs: Vec<(&str, u32, DeviceState)> = got
+        .devices
+        .iter()
+        .map(|d| (d.device_id.as_str(), d.wave, d.state))
+        .collect();
+    assert_eq!(
+        devs,
+        vec![
+            ("d2", 0, DeviceState::Pending),
+            ("d1", 1, DeviceState::Pending),
+            ("d3", 1, DeviceState::Pending)
+        ]
+    );
+    assert_eq!(got.devices[0].name, "dev d2");
+    assert_eq!(s.get_rollout("other", "ro_1").await.unwrap(), None);
+    // Another active rollout of the same artifact name: refused, nothing kept.
+    let r2 = new_rollout("ro_2", "2", &[("d1", 0)], 200);
+    assert!(matches!(
+        s.create_rollout(&r2).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.get_rollout("acme", "ro_2").await.unwrap(), None);
+    // Paused still holds the name; aborted frees it.
+    assert!(
+        s.apply_rollout_transition("ro_1", &step(&got, RolloutState::Paused, 0, 100), 150)
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        s.create_rollout(&r2).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let paused = s.get_rollout("acme", "ro_1").await.unwrap().unwrap();
+    assert!(
+        s.apply_rollout_transition("ro_1", &step(&paused, RolloutState::Aborted, 0, 100), 160)
+            .await
+            .unwrap()
+    );
+    s.create_rollout(&r2).await.unwrap();
+    let listed: Vec<(String, RolloutState)> = s
+        .list_rollouts("acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.state))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("ro_2".into(), RolloutState::Running),
+            ("ro_1".into(), RolloutState::Aborted)
+        ]
+    );
+    let running: Vec<String> = s
+        .running_rollouts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(running, vec!["ro_2"]);
+    let counts = s.rollout_counts().await.unwrap();
+    let mut states = counts.rollouts.clone();
+    states.sort();
+    assert_eq!(states, vec![("aborted".into(), 1), ("running".into(), 1)]);
+    assert_eq!(
+        counts.devices,
+        vec![("ro_2".into(), "model@2".into(), "pending".into(), 1)]
+    );
+}
+
+async fn rollout_steps_apply_conditionally_and_reports_only_move_forward(s: Arc<dyn Store>) {
+    rollout_fleet(&s, &["d1", "d2"]).await;
+    s.create_rollout(&new_rollout("ro_1", "1", &[("d1", 0), ("d2", 1)], 100))
+        .await
+        .unwrap();
+    let r = s.get_rollout("acme", "ro_1").await.unwrap().unwrap();
+    // A step decided from a stale row does not apply.
+    let mut stale = step(&r, RolloutState::Running, 1, 500);
+    stale.from_wave = 1;
+    assert!(
+        !s.apply_rollout_transition("ro_1", &stale, 500)
+            .await
+            .unwrap()
+    );
+    let mut stale = step(&r, RolloutState::Running, 1, 500);
+    stale.from_state = RolloutState::Paused;
+    assert!(
+        !s.apply_rollout_transition("ro_1", &stale, 500)
+            .await
+            .unwrap()
+    );
+
+    assert!(
+        s.record_artifact_report(
+            "d1",
+            "acme",
+            &report("ro_1", "1", DeviceState::Downloading),
+            200
+        )
+        .await
+        .unwrap()
+    );
+    // Not again, and not backwards.
+    assert!(
+        !s.record_artifact_report(
+            "d1",
+            "acme",
+            &report("ro_1", "1", DeviceState::Downloading),
+            210
+        )
+        .await
+        .unwrap()
+    );
+    let mut done = report("ro_1", "1", DeviceState::Succeeded);
+    done.installed = vec![("model".into(), "1".into()), ("other".into(), "0.1".into())];
+    assert!(
+        s.record_artifact_report("d1", "acme", &done, 300)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.record_artifact_report(
+            "d1",
+            "acme",
+            &report("ro_1", "1", DeviceState::Verifying),
+            310
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        !s.record_artifact_report("d1", "acme", &report("ro_1", "1", DeviceState::Failed), 320)
+            .await
+            .unwrap(),
+        "an outcome is final"
+    );
+    // Another version, another rollout, another device, another workspace: nothing moves.
+    assert!(
+        !s.record_artifact_report("d2", "acme", &report("ro_1", "2", DeviceState::Failed), 330)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.record_artifact_report("d2", "acme", &report("ro_9", "1", DeviceState::Failed), 330)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.record_artifact_report(
+            "d2",
+            "other",
+            &report("ro_1", "1", DeviceState::Failed),
+            330
+        )
+        .await
+        .unwrap()
+    );
+    // An unknown rollout still records what runs.
+    let mut unknown = report("ro_9", "1", DeviceState::Succeeded);
+    unknown.installed = vec![("model".into(), "1".into())];
+    assert!(
+        !s.record_artifact_report("d2", "acme", &unknown, 340)
+            .await
+            .unwrap()
+    );
+    let assert_states = |r: &Rollout, want: &[(&str, DeviceState)]| {
+        let got: Vec<(&str, DeviceState)> = r
+            .devices
+            .iter()
+            .map(|d| (d.device_id.as_str(), d.state))
+            .collect();
+        assert_eq!(got, want);
+    };
+    let r = s.get_rollout("acme", "ro_1").await.unwrap().unwrap();
+    assert_states(
+        &r,
+        &[("d1", DeviceState::Succeeded), ("d2", DeviceState::Pending)],
+    );
+    assert_eq!(r.devices[0].updated_at, 300);
+    let kinds = events_of(s.list_events(&all_events("d1")).await.unwrap());
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| k.starts_with("artifact_"))
+            .collect::<Vec<_>>(),
+        vec!["artifact_installed"]
+    );
+
+    // The step to wave 2 applies once.
+    let next = step(&r, RolloutState::Running, 1, 400);
+    assert!(
+        s.apply_rollout_transition("ro_1", &next, 400)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.apply_rollout_transition("ro_1", &next, 400)
+            .await
+            .unwrap()
+    );
+    let r = s.get_rollout("acme", "ro_1").await.unwrap().unwrap();
+    assert_eq!(
+        (r.current_wave, r.wave_started_at, r.updated_at),
+        (1, 400, 400)
+    );
+    assert!(
+        s.record_artifact_report(
+            "d2",
+            "acme",
+            &report("ro_1", "1", DeviceState::RolledBack),
+            450
+        )
+        .await
+        .unwrap()
+    );
+    let r = s.get_rollout("acme", "ro_1").await.unwrap().unwrap();
+    assert_eq!(r.devices[1].error.as_deref(), Some("health check exited 1"));
+    let kinds = events_of(s.list_events(&all_events("d2")).await.unwrap());
+    assert!(
+        kinds.contains(&"artifact_rolled_back".to_string()),
+        "{kinds:?}"
+    );
+
+    let mut ran = s
+        .device_artifacts(&["d1".into(), "d2".into(), "d9".into()])
+        .await
+        .unwrap();
+    ran.sort();
+    assert_eq!(
+        ran,
+        vec![
+            ("d1".into(), "model".into(), "1".into()),
+            ("d1".into(), "other".into(), "0.1".into()),
+            ("d2".into(), "model".into(), "1".into()),
+        ]
+    );
+    // A hello replaces the list.
+    s.set_device_artifacts("d1", &[("model".into(), "0.9".into())], 500)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.device_artifacts(&["d1".into()]).await.unwrap(),
+        vec![("d1".into(), "model".into(), "0.9".into())]
+    );
+    assert!(s.device_artifacts(&[]).await.unwrap().is_empty());
+}
+
+async fn desired_state_follows_released_waves_and_survives_an_abort(s: Arc<dyn Store>) {
+    rollout_fleet(&s, &["d1", "d2", "d3"]).await;
+    s.create_rollout(&new_rollout(
+        "ro_1",
+        "1",
+        &[("d1", 0), ("d2", 1), ("d3", 1)],
+        100,
+    ))
+    .await
+    .unwrap();
+    let versions = |v: Vec<DesiredArtifact>| {
+        v.into_iter()
+            .map(|d| format!("{}@{}:{}", d.name, d.version, d.rollout_id))
+            .collect::<Vec<_>>()
+    };
+    let d1 = s.desired_artifacts("d1").await.unwrap();
+    assert_eq!(versions(d1.clone()), vec!["model@1:ro_1"]);
+    assert_eq!(d1[0].manifest_json, r#"{"v":"1"}"#);
+    assert_eq!(
+        (d1[0].public_key.as_str(), d1[0].signature.as_str()),
+        ("ed25519:AAAA", "sig")
+    );
+    assert!(
+        s.desired_artifacts("d2").await.unwrap().is_empty(),
+        "wave 2 has not started"
+    );
+    let r = s.get_rollout("acme", "ro_1").await.unwrap().unwrap();
+    assert!(
+        s.apply_rollout_transition("ro_1", &step(&r, RolloutState::Running, 1, 200), 200)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        versions(s.desired_artifacts("d2").await.unwrap()),
+        vec!["model@1:ro_1"]
+    );
+    let r = s.get_rollout("acme", "ro_1").await.unwrap().unwrap();
+    assert!(
+        s.apply_rollout_transition("ro_1", &step(&r, RolloutState::Completed, 1, 200), 300)
+            .await
+            .unwrap()
+    );
+
+    // Version 2: d2 in wave 1, d1 and d3 in wave 2 (not started).
+    s.create_rollout(&new_rollout(
+        "ro_2",
+        "2",
+        &[("d2", 0), ("d1", 1), ("d3", 1)],
+        400,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        versions(s.desired_artifacts("d2").await.unwrap()),
+        vec!["model@2:ro_2"]
+    );
+    assert_eq!(
+        versions(s.desired_artifacts("d1").await.unwrap()),
+        vec!["model@1:ro_1"]
+    );
+    // d3 started on ro_2 (it was asked by an earlier push): an abort keeps
+    // what started, and takes back nothing from the others.
+    let r = s.get_rollout("acme", "ro_2").await.unwrap().unwrap();
+    assert!(
+        s.apply_rollout_transition("ro_2", &step(&r, RolloutState::Running, 1, 500), 500)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.record_artifact_report(
+            "d3",
+            "acme",
+            &report("ro_2", "2", DeviceState::Downloading),
+            510
+        )
+        .await
+        .unwrap()
+    );
+    let r = s.get_rollout("acme", "ro_2").await.unwrap().unwrap();
+    assert!(
+        s.apply_rollout_transition("ro_2", &step(&r, RolloutState::Aborted, 1, 500), 520)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        versions(s.desired_artifacts("d3").await.unwrap()),
+        vec!["model@2:ro_2"]
+    );
+    assert_eq!(
+        versions(s.desired_artifacts("d1").await.unwrap()),
+        vec!["model@1:ro_1"],
+        "pending on an aborted rollout: the older release"
+    );
+    assert_eq!(
+        versions(s.desired_artifacts("d2").await.unwrap()),
+        vec!["model@1:ro_1"],
+        "its wave of ro_2 started but it never began, and ro_2 is aborted"
+    );
+    assert!(s.desired_artifacts("d9").await.unwrap().is_empty());
+}
+
+async fn replicas_create_one_active_rollout_per_artifact(s: Vec<Arc<dyn Store>>) {
+    rollout_fleet(&s[0], &["d1", "d2"]).await;
+    for round in 0..5 {
+        let a = new_rollout(
+            &format!("ro_a{round}"),
+            "1",
+            &[("d1", 0), ("d2", 0)],
+            100 + round,
+        );
+        let b = new_rollout(
+            &format!("ro_b{round}"),
+            "2",
+            &[("d1", 0), ("d2", 0)],
+            100 + round,
+        );
+        let (ra, rb) = tokio::join!(s[0].create_rollout(&a), s[1].create_rollout(&b));
+        let won: Vec<&str> = [(&ra, a.id.as_str()), (&rb, b.id.as_str())]
+            .iter()
+            .filter(|(r, _)| r.is_ok())
+            .map(|(_, id)| *id)
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: {ra:?} {rb:?}");
+        for r in [&ra, &rb] {
+            if let Err(e) = r {
+                assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+            }
+        }
+        let r = s[0].get_rollout("acme", won[0]).await.unwrap().unwrap();
+        assert_eq!(r.devices.len(), 2);
+        assert!(
+            s[0].apply_rollout_transition(won[0], &step(&r, RolloutState::Aborted, 0, 0), 1)
+                .await
+                .unwrap()
+        );
+    }
+}
+
+async fn replicas_apply_a_rollout_step_once(s: Vec<Arc<dyn Store>>) {
+    rollout_fleet(&s[0], &["d1", "d2"]).await;
+    s[0].create_rollout(&new_rollout("ro_1", "1", &[("d1", 0), ("d2", 1)], 100))
+        .await
+        .unwrap();
+    let r = s[1].get_rollout("acme", "ro_1").await.unwrap().unwrap();
+    let next = step(&r, RolloutState::Running, 1, 500);
+    let (a, b) = tokio::join!(
+        s[0].apply_rollout_transition("ro_1", &next, 500),
+        s[1].apply_rollout_transition("ro_1", &next, 501)
+    );
+    assert_eq!([a.unwrap(), b.unwrap()].iter().filter(|x| **x).count(), 1);
+    let r = s[0].get_rollout("acme", "ro_1").await.unwrap().unwrap();
+    assert_eq!(r.current_wave, 1);
 }
 
 /// Raw SQL on a store's own pool, for rows no [`Store`] method writes here

@@ -1,0 +1,477 @@
+//! `/{workspace}/devices/v2/rollouts`: releasing an artifact version to the
+//! devices a label selector matches, wave by wave (docs/artifacts.md). The
+//! rules are `crate::rollout`; the driver moves running rollouts on.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use crate::labels::{MAX_LABELS, Selector};
+use crate::rollout::{self, Action, RolloutState};
+use crate::store::{ARTIFACT_READY, DeviceListQuery, NewRollout, Rollout, StoreError, now_ms};
+use crate::{AppState, ids};
+
+use super::auth::{Caller, Scope, Target};
+use super::error::ApiError;
+#[allow(unused_imports)]
+use super::openapi::*;
+use super::params::{ApiJson, format_time};
+
+/// Devices one rollout may hold.
+const MAX_ROLLOUT_DEVICES: usize = 100_000;
+/// Devices read per store page while matching the selector.
+const PAGE: u32 = 500;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRollout {
+    /// `name@version` of a ready artifact.
+    artifact: String,
+    /// Label selectors (`key=value` or `key`), all must match; at least one.
+    selector: Vec<String>,
+    /// Cumulative wave sizes (`1`, `25%`); the last must be `100%`.
+    /// Default `["100%"]`.
+    waves: Option<Vec<String>>,
+    /// Failures (`failed`, `rolled_back`) a wave may have before the
+    /// rollout pauses. Default 0.
+    max_failures: Option<u32>,
+    /// How long a wave may take before the next starts without its
+    /// unfinished devices (`10m`, `90s`). Default `10m`.
+    wave_timeout: Option<String>,
+    /// Pause for `approve` after each wave but the last.
+    approve_waves: Option<bool>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WaveView {
+    /// 1-based.
+    index: u32,
+    /// The spec as given (`1`, `25%`).
+    spec: String,
+    /// Devices in this wave.
+    size: u64,
+    /// `done`, `current`, `waiting` or `skipped` (after an abort).
+    state: &'static str,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RolloutDeviceView {
+    device_id: String,
+    name: String,
+    /// 1-based.
+    wave: u32,
+    /// `pending`, `downloading`, `installing`, `verifying`, `succeeded`,
+    /// `failed` or `rolled_back`.
+    state: String,
+    error: Option<String>,
+    updated_at: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RolloutView {
+    id: String,
+    /// `name@version`.
+    artifact: String,
+    /// `running`, `paused`, `completed` or `aborted`.
+    state: String,
+    /// Why it is paused (`awaiting approval`, the failures) or aborted.
+    reason: Option<String>,
+    selector: Vec<String>,
+    waves: Vec<WaveView>,
+    max_failures: u32,
+    wave_timeout: String,
+    approve_waves: bool,
+    /// 1-based index of the newest started wave.
+    current_wave: u32,
+    created_at: String,
+    updated_at: String,
+    devices: Vec<RolloutDeviceView>,
+}
+
+impl RolloutView {
+    fn new(r: Rollout) -> Self {
+        let waves = r
+            .waves
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let i = i as u32;
+                let state = if i < r.current_wave || r.state == RolloutState::Completed {
+                    "done"
+                } else if i == r.current_wave {
+                    "current"
+                } else if r.state == RolloutState::Aborted {
+                    "skipped"
+                } else {
+                    "waiting"
+                };
+                WaveView {
+                    index: i + 1,
+                    spec: spec.clone(),
+                    size: r.devices.iter().filter(|d| d.wave == i).count() as u64,
+                    state,
+                }
+            })
+            .collect();
+        RolloutView {
+            artifact: format!("{}@{}", r.artifact_name, r.artifact_version),
+            state: r.state.as_str().to_string(),
+            waves,
+            max_failures: r.max_failures,
+            wave_timeout: rollout::format_wave_timeout(r.wave_timeout_ms),
+            approve_waves: r.approve_waves,
+            current_wave: r.current_wave + 1,
+            created_at: format_time(r.created_at),
+            updated_at: format_time(r.updated_at),
+            devices: r
+                .devices
+                .into_iter()
+                .map(|d| RolloutDeviceView {
+                    device_id: d.device_id,
+                    name: d.name,
+                    wave: d.wave + 1,
+                    state: d.state.as_str().to_string(),
+                    error: d.error,
+                    updated_at: format_time(d.updated_at),
+                })
+                .collect(),
+            id: r.id,
+            reason: r.reason,
+            selector: r.selector,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RolloutList {
+    data: Vec<RolloutView>,
+}
+
+/// A rollout's path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct RolloutPath {
+    workspace: String,
+    rollout_id: String,
+}
+
+fn conflict(m: impl Into<String>) -> ApiError {
+    ApiError::Conflict(m.into())
+}
+
+#[utoipa::path(
+    post,
+    path = "/{workspace}/devices/v2/rollouts",
+    operation_id = "createRollout",
+    tag = "artifacts",
+    params(WorkspacePath),
+    request_body = CreateRollout,
+    responses(
+        (status = 201, description = "Created; its first wave has started", body = RolloutView),
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        Conflict,
+    )
+)]
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateRollout>,
+) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
+    caller.require(Scope::DeviceUpdate, Target::Workspace)?;
+    let (name, version) = outpost_common::artifact::parse_id(&body.artifact)
+        .map_err(|e| ApiError::bad_request(format!("artifact: {e}")))?;
+    if body.selector.is_empty() {
+        return Err(ApiError::bad_request(
+            "selector: at least one label selector (key=value or key)",
+        ));
+    }
+    if body.selector.len() > MAX_LABELS {
+        return Err(ApiError::bad_request(format!(
+            "selector: at most {MAX_LABELS} label selectors"
+        )));
+    }
+    let selectors = body
+        .selector
+        .iter()
+        .map(|s| Selector::parse(s).map_err(|e| ApiError::bad_request(format!("selector: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let wave_specs = body.waves.unwrap_or_else(|| vec!["100%".into()]);
+    let specs = rollout::parse_waves(&wave_specs).map_err(ApiError::bad_request)?;
+    let wave_timeout_ms = match body.wave_timeout.as_deref() {
+        Some(t) => rollout::parse_wave_timeout(t).map_err(ApiError::bad_request)?,
+        None => rollout::DEFAULT_WAVE_TIMEOUT_MS,
+    };
+    let artifact = state
+        .store
+        .get_artifact(&caller.workspace, &name, &version)
+        .await?
+        .ok_or_else(|| ApiError::bad_request(format!("artifact {name}@{version} not found")))?;
+    if artifact.state != ARTIFACT_READY {
+        return Err(ApiError::bad_request(format!(
+            "artifact {name}@{version} is not ready (its payload has not been uploaded)"
+        )));
+    }
+    let now = now_ms();
+    let devices = matching_devices(&state, &caller.workspace, selectors, now).await?;
+    if devices.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "no device matches the selector {}",
+            body.selector.join(",")
+        )));
+    }
+    let id = format!("ro_{}", ids::new_device_id());
+    let (kept, assigned) = rollout::assign_waves(&id, &devices, &specs);
+    let new = NewRollout {
+        id: id.clone(),
+        workspace: caller.workspace.clone(),
+        artifact_name: name,
+        artifact_version: version,
+        selector: body.selector,
+        waves: kept.iter().map(|s| s.to_string()).collect(),
+        max_failures: body.max_failures.unwrap_or(0),
+        wave_timeout_ms,
+        approve_waves: body.approve_waves.unwrap_or(false),
+        created_at: now,
+        devices: assigned,
+    };
+    match state.store.create_rollout(&new).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict(m)) => return Err(conflict(m)),
+        Err(e) => return Err(e.into()),
+    }
+    caller.audit_target(&id);
+    let r = load(&state, &caller.workspace, &id).await?;
+    rollout::driver::release(&state, &r, 0);
+    state.rollout_wake.notify_one();
+    Ok((StatusCode::CREATED, Json(RolloutView::new(r))))
+}
+
+/// Every live device of the workspace the selectors match, at `now`.
+async fn matching_devices(
+    state: &AppState,
+    workspace: &str,
+    labels: Vec<Selector>,
+    now: i64,
+) -> Result<Vec<String>, ApiError> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = state
+            .store
+            .list_devices(&DeviceListQuery {
+                workspace: workspace.to_string(),
+                after: after.clone(),
+                limit: PAGE,
+                status: None,
+                device_type: None,
+                name: None,
+                labels: labels.clone(),
+                now,
+            })
+            .await?;
+        let full = page.len() as u32 == PAGE;
+        after = page.last().map(|d| (d.created_at, d.id.clone()));
+        out.extend(page.into_iter().map(|d| d.id));
+        if out.len() > MAX_ROLLOUT_DEVICES {
+            return Err(ApiError::bad_request(format!(
+                "the selector matches more than {MAX_ROLLOUT_DEVICES} devices"
+            )));
+        }
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+async fn load(state: &AppState, workspace: &str, id: &str) -> Result<Rollout, ApiError> {
+    let valid = id.len() <= 64 && id.strip_prefix("ro_").is_some_and(ids::is_valid_device_id);
+    if !valid {
+        return Err(ApiError::not_found("rollout not found"));
+    }
+    state
+        .store
+        .get_rollout(workspace, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("rollout not found"))
+}
+
+#[utoipa::path(
+    get,
+    path = "/{workspace}/devices/v2/rollouts",
+    operation_id = "listRollouts",
+    tag = "artifacts",
+    params(WorkspacePath),
+    responses(
+        (status = 200, description = "Success, newest first", body = RolloutList),
+        Unauthorized,
+        Forbidden,
+    )
+)]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<RolloutList>, ApiError> {
+    caller.require(Scope::DeviceRead, Target::Workspace)?;
+    let data = state
+        .store
+        .list_rollouts(&caller.workspace)
+        .await?
+        .into_iter()
+        .map(RolloutView::new)
+        .collect();
+    Ok(Json(RolloutList { data }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/{workspace}/devices/v2/rollouts/{rollout_id}",
+    operation_id = "getRollout",
+    tag = "artifacts",
+    params(RolloutPath),
+    responses(
+        (status = 200, description = "Success", body = RolloutView),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+    )
+)]
+pub async fn get_one(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<RolloutView>, ApiError> {
+    caller.require(Scope::DeviceRead, Target::Workspace)?;
+    Ok(Json(RolloutView::new(
+        load(&state, &caller.workspace, &id).await?,
+    )))
+}
+
+/// An operator action: decided by the rules from the stored rollout, then
+/// applied conditionally (a rollout that moved meanwhile is decided again).
+async fn act(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    action: Action,
+) -> Result<Json<RolloutView>, ApiError> {
+    caller.require(Scope::DeviceUpdate, Target::Workspace)?;
+    for _ in 0..3 {
+        let r = load(state, &caller.workspace, id).await?;
+        let now = now_ms();
+        let t =
+            rollout::act(&r.view(), &r.device_views(), action, now).map_err(|e| conflict(e.0))?;
+        if state.store.apply_rollout_transition(id, &t, now).await? {
+            caller.audit_target(id);
+            if let Some(wave) = t.starts_wave() {
+                rollout::driver::release(state, &r, wave);
+            }
+            state.rollout_wake.notify_one();
+            return Ok(Json(RolloutView::new(
+                load(state, &caller.workspace, id).await?,
+            )));
+        }
+    }
+    Err(conflict("the rollout keeps changing; try again"))
+}
+
+/// Pauses a running rollout (no new wave starts; devices already asked go on).
+/// 409 when the rollout's state does not allow it (the message names it).
+#[utoipa::path(
+    post,
+    path = "/{workspace}/devices/v2/rollouts/{rollout_id}/pause",
+    operation_id = "pauseRollout",
+    tag = "artifacts",
+    params(RolloutPath),
+    responses(
+        (status = 200, description = "Done", body = RolloutView),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+    )
+)]
+pub async fn pause(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<RolloutView>, ApiError> {
+    act(&state, &caller, &id, Action::Pause).await
+}
+
+/// Resumes a paused rollout, accepting the current wave's failures so far.
+/// 409 when the rollout's state does not allow it (the message names it).
+#[utoipa::path(
+    post,
+    path = "/{workspace}/devices/v2/rollouts/{rollout_id}/resume",
+    operation_id = "resumeRollout",
+    tag = "artifacts",
+    params(RolloutPath),
+    responses(
+        (status = 200, description = "Done", body = RolloutView),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+    )
+)]
+pub async fn resume(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<RolloutView>, ApiError> {
+    act(&state, &caller, &id, Action::Resume).await
+}
+
+/// Aborts a running or paused rollout (devices that started keep the artifact).
+/// 409 when the rollout's state does not allow it (the message names it).
+#[utoipa::path(
+    post,
+    path = "/{workspace}/devices/v2/rollouts/{rollout_id}/abort",
+    operation_id = "abortRollout",
+    tag = "artifacts",
+    params(RolloutPath),
+    responses(
+        (status = 200, description = "Done", body = RolloutView),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+    )
+)]
+pub async fn abort(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<RolloutView>, ApiError> {
+    act(&state, &caller, &id, Action::Abort).await
+}
+
+/// Starts the next wave of a rollout paused awaiting approval.
+/// 409 when the rollout's state does not allow it (the message names it).
+#[utoipa::path(
+    post,
+    path = "/{workspace}/devices/v2/rollouts/{rollout_id}/approve",
+    operation_id = "approveRollout",
+    tag = "artifacts",
+    params(RolloutPath),
+    responses(
+        (status = 200, description = "Done", body = RolloutView),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+    )
+)]
+pub async fn approve(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Json<RolloutView>, ApiError> {
+    act(&state, &caller, &id, Action::Approve).await
+}

@@ -129,7 +129,7 @@ export function rolloutsView(root, { navigate }) {
         h('td', { 'data-label': 'Rollout' }, h('a', { class: 'name mono', href }, r.id)),
         h('td', { 'data-label': 'Artifact', class: 'mono' }, r.artifact),
         h('td', { 'data-label': 'State' }, stateBadge(r.state), r.reason ? h('span', { class: 'sub' }, r.reason) : ''),
-        h('td', { 'data-label': 'Wave' }, waves.length ? `${Math.min((r.current_wave ?? 0) + 1, waves.length)} of ${waves.length}` : '–'),
+        h('td', { 'data-label': 'Wave' }, waves.length ? `${Math.min(r.current_wave || 1, waves.length)} of ${waves.length}` : '–'),
         h('td', { 'data-label': 'Devices' }, total ? `${counts.succeeded || 0} of ${total} succeeded` : '–'),
         h('td', { 'data-label': 'Created', title: fmtDateTime(parseTime(r.created_at)) }, fmtRelative(parseTime(r.created_at), now)),
       );
@@ -232,13 +232,13 @@ export function rolloutView(root, { id, navigate }) {
     )));
     const devices = r.devices || [];
     waves.replaceChildren(...(r.waves || []).map((w, i) => {
-      const idx = w.index ?? i;
+      const idx = w.index ?? i + 1; // waves are numbered from 1
       const inWave = devices.filter((d) => d.wave === idx);
       const done = inWave.filter((d) => d.state === 'succeeded').length;
       return h(
         'li',
         { class: 'wave', 'data-wave': String(idx), 'data-state': w.state || '' },
-        h('strong', {}, `Wave ${idx + 1}`),
+        h('strong', {}, `Wave ${idx}`),
         h('span', { class: 'sub' }, w.spec ? ` (${w.spec})` : ''),
         ' ',
         w.state ? stateBadge(w.state) : '',
@@ -249,7 +249,7 @@ export function rolloutView(root, { id, navigate }) {
       'tr',
       { 'data-device-id': d.device_id, 'data-state': d.state },
       h('td', { 'data-label': 'Device' }, h('a', { class: 'name', href: `#/devices/${encodeURIComponent(d.device_id)}` }, d.name || d.device_id)),
-      h('td', { 'data-label': 'Wave' }, String((d.wave ?? 0) + 1)),
+      h('td', { 'data-label': 'Wave' }, String(d.wave ?? '–')),
       h('td', { 'data-label': 'State' }, stateBadge(d.state)),
       h('td', { 'data-label': 'Error', class: 'error-text' }, d.error || ''),
       h('td', { 'data-label': 'Updated', title: fmtDateTime(parseTime(d.updated_at)) }, fmtRelative(parseTime(d.updated_at), now)),

@@ -374,7 +374,10 @@ mod tests {
         let json = manifest().to_json();
         let sig = key.sign(&json);
         let pk = key.public_key();
-        assert_eq!(verify(&json, &sig, &[pk.clone()]).unwrap(), manifest());
+        assert_eq!(
+            verify(&json, &sig, std::slice::from_ref(&pk)).unwrap(),
+            manifest()
+        );
 
         let (other, _) = SigningKey::generate().unwrap();
         assert_eq!(
@@ -384,7 +387,7 @@ mod tests {
         // The same meaning in other bytes is not what was signed.
         let spaced = json.replace(",", ", ");
         assert!(matches!(
-            verify(&spaced, &sig, &[pk.clone()]),
+            verify(&spaced, &sig, std::slice::from_ref(&pk)),
             Err(ArtifactError::Signature(_))
         ));
         // A signature made by another key, claiming a trusted one.

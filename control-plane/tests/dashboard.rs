@@ -3,7 +3,8 @@
 //! (a refused key first), the fleet table with the enrolled device online,
 //! the device page whose charts gain points from the live stream, the period
 //! selector, browser back, a phone-sized viewport without horizontal
-//! overflow, and the disable / delete dialogs. The API key must never appear
+//! overflow, the disable / delete dialogs, and the rollouts pages (a rollout
+//! completing, pause / resume / abort, a device's installed artifacts). The API key must never appear
 //! in a URL, neither the page's nor any request's.
 //!
 //! The agent reads a fake Jetson GPU (`OUTPOST_SYSFS_ROOT`) whose load the
@@ -1165,5 +1166,253 @@ async fn add_device_in_headless_chromium() {
         .filter(|m| m.contains("Refused to") || m.contains("Uncaught") || m.contains("TypeError"))
         .collect();
     assert!(bad.is_empty(), "console: {console:#?}");
+    b.quit().await;
+}
+
+/// A signed artifact `name@version` (a tar of one VERSION file) published
+/// over REST with `key`, signed by `publisher`.
+async fn publish_over_rest(
+    cp: &ControlPlane,
+    api_key: &str,
+    publisher: &outpost_common::artifact::SigningKey,
+    name: &str,
+    version: &str,
+) {
+    use outpost_common::artifact::{FORMAT_TAR, MANIFEST_SCHEMA, Manifest};
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    header.set_size(version.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "VERSION", version.as_bytes())
+        .unwrap();
+    let payload = tar.into_inner().unwrap();
+    let manifest = Manifest {
+        schema: MANIFEST_SCHEMA,
+        name: name.into(),
+        version: version.into(),
+        format: FORMAT_TAR.into(),
+        size: payload.len() as u64,
+        sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, &payload)),
+        post_install: None,
+        health_command: Some("test -f VERSION".into()),
+        health_window_secs: 10,
+        created_at: "2026-12-03T12:00:00Z".into(),
+    }
+    .to_json();
+    let http = reqwest::Client::new();
+    let base = format!("{}/{WORKSPACE}/devices/v2/artifacts", cp.rest);
+    let resp = http
+        .post(&base)
+        .bearer_auth(api_key)
+        .json(&json!({"manifest": manifest, "signature": publisher.sign(&manifest)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    let resp = http
+        .put(format!("{base}/{name}/{version}/payload"))
+        .bearer_auth(api_key)
+        .header("content-type", "application/octet-stream")
+        .body(payload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+}
+
+async fn rest(cp: &ControlPlane, key: &str, method: Method, path: &str, body: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .request(method, format!("{}/{WORKSPACE}/{path}", cp.rest))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap();
+    assert!(status.is_success(), "{path}: {status} {v}");
+    v
+}
+
+/// The rollouts pages in the real browser: a rollout to an enrolled agent
+/// completes and its device page lists what it runs; a rollout to a box
+/// that is not connected stays running and is paused, resumed and aborted
+/// through the page's dialogs.
+#[tokio::test(flavor = "multi_thread")]
+async fn rollouts_in_headless_chromium() {
+    let Some((chromium, chromedriver)) = browser_tools() else {
+        assert!(
+            std::env::var_os("OUTPOST_CI").is_none(),
+            "OUTPOST_CI is set but chromium/chromedriver are not installed"
+        );
+        eprintln!("skipped: chromium/chromedriver not installed");
+        return;
+    };
+    let cp = ControlPlane::in_process().await;
+    cp.create_workspace(WORKSPACE, &[]);
+    let key = cp.api_key(WORKSPACE, &[]);
+    let (publisher, _) = outpost_common::artifact::SigningKey::generate().unwrap();
+    let public = publisher.public_key().to_string();
+    cp.add_publisher_key(WORKSPACE, &public);
+
+    // One box that runs an agent, one that never connects.
+    let (online, install) = create(&cp, &key, "cam-online", "edge").await;
+    let (offline, _) = create(&cp, &key, "cam-offline", "edge").await;
+    for (id, site) in [(&online, "berlin"), (&offline, "depot")] {
+        rest(
+            &cp,
+            &key,
+            Method::PATCH,
+            &format!("devices/v2/{id}"),
+            json!({"labels": {"site": site}}),
+        )
+        .await;
+    }
+    let state = tempfile::tempdir().unwrap();
+    assert!(enroll(&cp, &install, state.path()).status.success());
+    let _agent = AgentProc::run_with(
+        state.path(),
+        "2s",
+        &["--publisher-key", &public],
+        &[("OUTPOST_NVML_LIBRARY", "off")],
+    );
+    publish_over_rest(&cp, &key, &publisher, "detector", "1.0.0").await;
+    // One running rollout per artifact: the other box waits for another.
+    publish_over_rest(&cp, &key, &publisher, "pipeline", "2.0").await;
+    let done = rest(
+        &cp,
+        &key,
+        Method::POST,
+        "devices/v2/rollouts",
+        json!({"artifact": "detector@1.0.0", "selector": ["site=berlin"]}),
+    )
+    .await;
+    let stuck = rest(
+        &cp,
+        &key,
+        Method::POST,
+        "devices/v2/rollouts",
+        json!({"artifact": "pipeline@2.0", "selector": ["site=depot"]}),
+    )
+    .await;
+    let (done, stuck) = (done["id"].as_str().unwrap(), stuck["id"].as_str().unwrap());
+
+    let driver = ChromeDriver::start(&chromedriver).await;
+    let b = Browser::open(&driver, &chromium).await;
+    b.goto(&format!("{}/", cp.rest)).await;
+    b.wait_js(
+        "the sign-in form",
+        "return document.querySelector('#signin') !== null",
+        json!([]),
+    )
+    .await;
+    b.type_into("#workspace", WORKSPACE).await;
+    b.type_into("#api-key", &key).await;
+    b.click("#signin button[type=submit]").await;
+    b.wait_js(
+        "the fleet",
+        "return document.querySelector('tr[data-device-id]') !== null",
+        json!([]),
+    )
+    .await;
+
+    // The list, from the top bar: both rollouts; the first completes.
+    b.click(".nav a[href='#/rollouts']").await;
+    b.wait_js(
+        "both rollouts listed, the first completed",
+        "const rows = [...document.querySelectorAll('tr[data-rollout-id]')];
+         const s = id => (rows.find(r => r.dataset.rolloutId === id) || {}).dataset;
+         return rows.length === 2 && s(arguments[0]) && s(arguments[0]).state === 'completed'
+             && s(arguments[1]) && s(arguments[1]).state === 'running';",
+        json!([done, stuck]),
+    )
+    .await;
+
+    // The completed one: its wave done, its device succeeded, no actions left.
+    b.click(&format!("tr[data-rollout-id='{done}'] a.name"))
+        .await;
+    let page = b
+        .wait_js(
+            "the completed rollout's page",
+            "const p = document.querySelector('.rollout-page');
+             const d = p && p.querySelector('tr[data-device-id]');
+             if (!d || d.dataset.state !== 'succeeded') return null;
+             return { title: p.querySelector('h1').textContent,
+                      waves: [...p.querySelectorAll('.wave')].map(w => w.dataset.state),
+                      actions: p.querySelectorAll('.actions button').length,
+                      device: d.dataset.deviceId };",
+            json!([]),
+        )
+        .await;
+    assert_eq!(page["title"], "detector@1.0.0");
+    assert_eq!(page["device"], online.as_str());
+    assert_eq!(page["actions"], 0);
+    assert!(
+        page["waves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w == "done"),
+        "{page}"
+    );
+
+    // Its device page lists what the box runs.
+    b.click(&format!("tr[data-device-id='{online}'] a.name"))
+        .await;
+    let artifacts = b
+        .wait_js(
+            "the device's installed artifacts",
+            "const f = [...document.querySelectorAll('.fact')].find(f => f.querySelector('dt').textContent === 'Artifacts');
+             return f ? f.querySelector('dd').textContent : null;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(artifacts, "detector@1.0.0");
+
+    // The one waiting for an offline box: pause, resume, abort, each behind a dialog.
+    b.goto(&format!("{}/#/rollouts/{stuck}", cp.rest)).await;
+    for (action, state) in [
+        ("pause", "paused"),
+        ("resume", "running"),
+        ("abort", "aborted"),
+    ] {
+        b.wait_js(
+            &format!("the {action} button"),
+            "return document.querySelector(`.rollout-page [data-action=${arguments[0]}]`) !== null",
+            json!([action]),
+        )
+        .await;
+        b.click(&format!(".rollout-page [data-action={action}]"))
+            .await;
+        b.wait_js(
+            "the dialog",
+            "return document.querySelector('dialog[open]') !== null",
+            json!([]),
+        )
+        .await;
+        b.click("dialog[open] button[type=submit]").await;
+        b.wait_js(
+            &format!("the rollout {state}"),
+            "const b = document.querySelector('.rollout-page .device-title .badge');
+             return b && b.textContent === arguments[0] && !document.querySelector('dialog[open]');",
+            json!([state]),
+        )
+        .await;
+        let (_, r) = cp
+            .get_json(&format!("/{WORKSPACE}/devices/v2/rollouts/{stuck}"), &key)
+            .await;
+        assert_eq!(r["state"], state);
+    }
+    assert_eq!(
+        b.js(
+            "return document.querySelectorAll('.rollout-page .actions button').length",
+            json!([])
+        )
+        .await,
+        0
+    );
+    let errors = b.console().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
     b.quit().await;
 }

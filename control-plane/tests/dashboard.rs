@@ -4,8 +4,8 @@
 //! the device page whose charts gain points from the live stream, the period
 //! selector, browser back, a phone-sized viewport without horizontal
 //! overflow, the disable / delete dialogs, and the rollouts pages (a rollout
-//! completing, pause / resume / abort, a device's installed artifacts). The API key must never appear
-//! in a URL, neither the page's nor any request's.
+//! completing, pause / resume / abort, a device's installed artifacts). The
+//! API key must never appear in a URL, neither the page's nor any request's.
 //!
 //! The agent reads a fake Jetson GPU (`OUTPOST_SYSFS_ROOT`) whose load the
 //! test moves, so the GPU charts are exercised too.

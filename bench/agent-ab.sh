@@ -15,6 +15,7 @@ cp_bin=${CARGO_TARGET_DIR:-target}/release/outpost-control-plane
 work=$(mktemp -d /tmp/outpost-ab.XXXXXX); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
+mkdir -p "$work/cp"  # admin commands refuse a missing data directory (a typo must not start a new one)
 "$cp_bin" workspace create bench --data-dir "$work/cp" >/dev/null
 key=$("$cp_bin" api-key create --workspace bench --data-dir "$work/cp" | tail -n 1)
 OUTPOST_LOG=warn "$cp_bin" serve --data-dir "$work/cp" \

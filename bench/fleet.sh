@@ -16,6 +16,7 @@ cargo build --release --quiet --workspace --bins
 bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d /tmp/outpost-bench.XXXXXX); cp=""
 trap '[ -n "$cp" ] && kill $cp 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+mkdir -p "$work/cp"  # admin commands refuse a missing data directory (a typo must not start a new one)
 "$bin/outpost-control-plane" workspace create bench --data-dir "$work/cp" >/dev/null
 key=$("$bin/outpost-control-plane" api-key create --workspace bench --data-dir "$work/cp" | tail -n 1)
 OUTPOST_LOG=warn "$bin/outpost-control-plane" serve --data-dir "$work/cp" \

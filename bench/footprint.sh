@@ -29,6 +29,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 # The control plane the agent ships to (its cost is not measured here).
+mkdir -p "$work/cp"  # admin commands refuse a missing data directory (a typo must not start a new one)
 "$bin/outpost-control-plane" workspace create bench --data-dir "$work/cp" >/dev/null
 key=$("$bin/outpost-control-plane" api-key create --workspace bench --data-dir "$work/cp" | tail -n 1)
 OUTPOST_LOG=warn "$bin/outpost-control-plane" serve --data-dir "$work/cp" \

@@ -17,6 +17,7 @@ cargo build --release --quiet -p outpost-agent -p outpost-control-plane
 bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d /tmp/outpost-storm.XXXXXX); cp=""
 trap '[ -n "$cp" ] && kill $cp 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+mkdir -p "$work/cp"  # admin commands refuse a missing data directory (a typo must not start a new one)
 "$bin/outpost-control-plane" workspace create bench --data-dir "$work/cp" >/dev/null
 key=$("$bin/outpost-control-plane" api-key create --workspace bench --data-dir "$work/cp" | tail -n 1)
 start_cp() { # $1 rest addr, $2 grpc addr

@@ -681,11 +681,17 @@ fn free_space(dir: &Path) -> Option<u64> {
 
 /// Checks every entry of the tar at `path` before anything is written: only
 /// regular files, directories and symlinks whose target stays inside the
-/// release; relative paths without `..`; nothing under a symlink.
+/// release; relative paths without `..`; nothing under a symlink. All
+/// entries are collected first, so the order of the entries in the tar does
+/// not matter; symlink targets are resolved through the bundle's other
+/// symlinks ([`outpost_common::artifact::check_symlinks`]).
 pub fn check_tar(path: &Path) -> Result<(), String> {
+    use std::collections::BTreeMap;
     let f = std::fs::File::open(path).map_err(|e| io("cannot open", path, e))?;
     let mut ar = tar::Archive::new(f);
-    let mut links: Vec<PathBuf> = Vec::new();
+    // Clean path → (the entry's name as written, whether a directory).
+    let mut paths: BTreeMap<PathBuf, (String, bool)> = BTreeMap::new();
+    let mut links: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
     for entry in ar.entries().map_err(|e| format!("not a tar: {e}"))? {
         let entry = entry.map_err(|e| format!("not a tar: {e}"))?;
         let raw = entry
@@ -705,17 +711,14 @@ pub fn check_tar(path: &Path) -> Result<(), String> {
                 }
             }
         }
+        let kind = entry.header().entry_type();
         if depth.is_empty() {
-            if entry.header().entry_type().is_dir() {
+            if kind.is_dir() {
                 continue; // "./"
             }
             return refuse("an empty path is refused");
         }
         let clean: PathBuf = depth.iter().collect();
-        if links.iter().any(|l| clean.starts_with(l) && clean != *l) {
-            return refuse("a path through a symlink is refused");
-        }
-        let kind = entry.header().entry_type();
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Directory => {}
             tar::EntryType::Symlink => {
@@ -723,34 +726,31 @@ pub fn check_tar(path: &Path) -> Result<(), String> {
                     .link_name()
                     .map_err(|e| format!("tar entry {shown:?}: bad link target: {e}"))?
                     .ok_or_else(|| format!("tar entry {shown:?}: a symlink without a target"))?;
-                // Resolved from the link's directory, it must stay inside.
-                let mut level = depth.len() as i64 - 1;
-                for c in target.components() {
-                    match c {
-                        Component::Normal(_) => level += 1,
-                        Component::CurDir => {}
-                        Component::ParentDir => {
-                            level -= 1;
-                            if level < 0 {
-                                return refuse(&format!(
-                                    "a symlink to {} leaves the release",
-                                    target.display()
-                                ));
-                            }
-                        }
-                        Component::RootDir | Component::Prefix(_) => {
-                            return refuse(&format!(
-                                "a symlink to the absolute path {}",
-                                target.display()
-                            ));
-                        }
-                    }
-                }
-                links.push(clean);
+                links.insert(clean.clone(), target.into_owned());
             }
             tar::EntryType::Link => return refuse("hard links are refused"),
             other => return refuse(&format!("entry type {other:?} is refused")),
         }
+        // The same path twice: only a directory may repeat (a second entry
+        // could replace a checked one, e.g. a directory by a symlink).
+        let is_dir = kind.is_dir();
+        if let Some((_, was_dir)) = paths.insert(clean, (shown.clone(), is_dir))
+            && !(is_dir && was_dir)
+        {
+            return refuse("the same path twice is refused");
+        }
     }
-    Ok(())
+    for (clean, (shown, _)) in &paths {
+        if links.keys().any(|l| clean.starts_with(l) && clean != l) {
+            return Err(format!(
+                "tar entry {shown:?}: a path through a symlink is refused"
+            ));
+        }
+    }
+    outpost_common::artifact::check_symlinks(&links).map_err(|(link, why)| {
+        let shown = paths
+            .get(&link)
+            .map_or_else(|| link.display().to_string(), |(s, _)| s.clone());
+        format!("tar entry {shown:?}: {why}")
+    })
 }

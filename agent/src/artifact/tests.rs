@@ -288,6 +288,33 @@ async fn bundles_that_reach_outside_the_release_are_refused_naming_the_entry() {
             tar(&[E::Symlink("d", "."), E::File("d/y", b"1")]),
             "\"d/y\"",
         ),
+        // The symlink after the entry below it: still refused.
+        (
+            tar(&[E::File("d/y", b"1"), E::Symlink("d", ".")]),
+            "\"d/y\"",
+        ),
+        // Textually inside, but `a` is `.`: `a/..` is `releases/`.
+        (
+            tar(&[E::Symlink("a", "."), E::Symlink("b", "a/..")]),
+            "\"b\"",
+        ),
+        (
+            tar(&[E::Symlink("b", "a/.."), E::Symlink("a", ".")]),
+            "\"b\"",
+        ),
+        // … and to /etc, through ten `a/`.
+        (
+            tar(&[
+                E::Symlink("a", "."),
+                E::Symlink(
+                    "etc",
+                    "a/a/a/a/a/a/a/a/a/a/../../../../../../../../../../etc",
+                ),
+            ]),
+            "\"etc\"",
+        ),
+        // A directory replaced by a later entry of the same name.
+        (tar(&[E::Dir("d"), E::Symlink("d", "/etc")]), "\"d\""),
     ];
     for (payload, named) in cases {
         let b = Box_::new();

@@ -97,6 +97,17 @@ pub type LineSink = Arc<dyn Fn(&str, &'static str, String) + Send + Sync>;
 #[derive(Debug)]
 pub struct Interrupted;
 
+/// Tests: failures injected into the file work, which the kernel's ENOSPC
+/// or EIO would cause (hard to provoke reliably, as root even more so).
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Switching `current` to this version (`Some(None)`: removing
+    /// `current`) fails, as many times as the count.
+    pub switch_to: Option<(Option<String>, u32)>,
+    /// Saving a journal in this step fails, as many times as the count.
+    pub save: Option<(Step, u32)>,
+}
+
 pub struct Installer {
     pub dir: PathBuf,
     pub staging: PathBuf,
@@ -105,6 +116,8 @@ pub struct Installer {
     pub sink: LineSink,
     /// Tests: stop after this crash point (see [`Interrupted`]).
     pub stop_after: Option<&'static str>,
+    /// Tests: injected failures (see [`Faults`]); none by default.
+    pub faults: std::sync::Mutex<Faults>,
 }
 
 fn io(what: &str, p: &Path, e: std::io::Error) -> String {
@@ -126,6 +139,31 @@ impl Installer {
             budget,
             sink,
             stop_after: None,
+            faults: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Whether an injected fault says this switch fails (and counts it).
+    fn switch_fault(&self, version: Option<&str>) -> bool {
+        let mut f = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut f.switch_to {
+            Some((v, n)) if v.as_deref() == version && *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether an injected fault says saving this step fails (and counts it).
+    fn save_fault(&self, step: Step) -> bool {
+        let mut f = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut f.save {
+            Some((s, n)) if *s == step && *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -180,6 +218,9 @@ impl Installer {
         let dir = self.artifact_dir(name);
         outpost_common::fs::create_private_dir(&dir).map_err(|e| io("cannot create", &dir, e))?;
         let path = dir.join("state.json");
+        if self.save_fault(j.step) {
+            return Err(format!("cannot write {}: injected failure", path.display()));
+        }
         let bytes = serde_json::to_vec_pretty(j).map_err(|e| e.to_string())?;
         outpost_common::fs::replace_file(&path, &bytes, 0o600, true)
             .map_err(|e| io("cannot write", &path, e))?;
@@ -245,6 +286,7 @@ impl Installer {
 
     /// Records the download step (before the first byte is written).
     pub fn begin(&self, d: &DesiredArtifact) -> Result<(), String> {
+        self.no_pending_rollback(&d.name)?;
         outpost_common::fs::create_private_dir(&self.staging)
             .map_err(|e| io("cannot create", &self.staging, e))?;
         self.save_journal(
@@ -257,6 +299,21 @@ impl Installer {
                 error: None,
             },
         )
+    }
+
+    /// A journal still in a switched step outside an install is a rollback
+    /// whose switch back failed: it is retried at the next start, and its
+    /// journal must not be overwritten meanwhile (nor `previous` taken from a
+    /// `current` that names the release being rolled back).
+    fn no_pending_rollback(&self, name: &str) -> Result<(), String> {
+        match self.journal(name) {
+            Some(j) if j.step.switched() => Err(format!(
+                "the rollback of {name}@{} is pending (retried at the next start): {}",
+                j.version,
+                j.error.as_deref().unwrap_or("interrupted")
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn fail(
@@ -294,6 +351,9 @@ impl Installer {
         stage: impl Fn(&'static str),
     ) -> Result<Outcome, Interrupted> {
         self.point(DOWNLOADED)?;
+        if let Err(e) = self.no_pending_rollback(&d.name) {
+            return Ok(Outcome::Failed(e));
+        }
         let m = match self.check(d) {
             Ok(m) => m,
             Err(e) => return Ok(self.fail(d, Step::Failed, None, e)),
@@ -378,8 +438,30 @@ impl Installer {
     ) -> Outcome {
         tracing::warn!(artifact = %d.name, version = %d.version, ?previous, "rolling back: {reason}");
         let mut reason = reason;
-        if let Err(e) = self.switch(&d.name, previous.as_deref()) {
-            reason = format!("{reason}; switching back failed: {e}");
+        let back = self
+            .switch(&d.name, previous.as_deref())
+            .or_else(|_| self.switch(&d.name, previous.as_deref()));
+        if let Err(e) = back {
+            // Twice failed: `current` may still name the new release: it is kept, and the
+            // journal stays in a switched step so that the next start
+            // retries the rollback (nothing is reported rolled back).
+            let back = previous.as_deref().unwrap_or("no release");
+            let reason = format!(
+                "{reason}; switching back to {back} failed ({e}): the rollback is retried at the next start"
+            );
+            tracing::warn!(artifact = %d.name, version = %d.version, "{reason}");
+            let _ = std::fs::remove_file(self.part(&d.name, &d.version));
+            let _ = self.save_journal(
+                &d.name,
+                &Journal {
+                    version: d.version.clone(),
+                    rollout_id: d.rollout_id.clone(),
+                    step: Step::Switching,
+                    previous,
+                    error: Some(reason.clone()),
+                },
+            );
+            return Outcome::Failed(reason);
         } else if let Some(prev) = &previous
             && let Some(m) = self.kept_manifest(&d.name, prev)
             && let Some(cmd) = &m.post_install
@@ -419,14 +501,18 @@ impl Installer {
         if !j.step.switched() {
             return Some(j);
         }
+        // A rollback whose switch back failed says why it was rolling back.
+        let reason = match &j.error {
+            Some(e) => format!("{e} (rolled back at start)"),
+            None => "interrupted by a restart".into(),
+        };
         let d = DesiredArtifact {
             name: name.to_string(),
             version: j.version.clone(),
             rollout_id: j.rollout_id.clone(),
             ..Default::default()
         };
-        self.rollback(&d, j.previous.clone(), "interrupted by a restart".into())
-            .await;
+        self.rollback(&d, j.previous.clone(), reason).await;
         self.journal(name)
     }
 
@@ -528,6 +614,12 @@ impl Installer {
     pub fn switch(&self, name: &str, version: Option<&str>) -> Result<(), String> {
         let dir = self.artifact_dir(name);
         let current = dir.join("current");
+        if self.switch_fault(version) {
+            return Err(format!(
+                "cannot switch {}: injected failure",
+                current.display()
+            ));
+        }
         match version {
             Some(v) => {
                 let tmp = dir.join("current.tmp");

@@ -41,7 +41,9 @@ pub struct Report {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Succeeded,
-    /// Nothing was switched.
+    /// Nothing was switched; or switching back failed after a failure, and
+    /// `current` may still name the release until the next start retries
+    /// the rollback.
     Failed(String),
     /// Switched, then back to the previous release.
     RolledBack(String),

@@ -572,3 +572,89 @@ async fn a_crash_inside_the_unpack_or_the_switch_leaves_nothing_half_done() {
     );
     assert_current(&restarted, "1.0");
 }
+
+#[tokio::test]
+async fn a_failed_switch_back_keeps_the_release_and_retries_the_rollback_at_start() {
+    let b = Box_::new();
+    let inst = Arc::new(b.installer());
+    assert_eq!(
+        b.install(&inst, "1.0", Some("true")).await,
+        Outcome::Succeeded
+    );
+    // The health check fails, and so does switching back (twice: ENOSPC).
+    inst.faults.lock().unwrap().switch_to = Some((Some("1.0".into()), 2));
+    let out = b.install(&inst, "2.0", Some("exit 3")).await;
+    assert!(
+        matches!(&out, Outcome::Failed(e) if e.contains("health check")
+            && e.contains("switching back to 1.0 failed")
+            && e.contains("retried at the next start")),
+        "{out:?}"
+    );
+    // `current` still names 2.0: its release is kept, not deleted under it.
+    assert_current(&inst, "2.0");
+    assert_eq!(releases(&inst), ["1.0", "2.0"]);
+    assert!(dir(&inst).join("manifests/2.0.json").is_file());
+    let j = inst.journal("det").unwrap();
+    assert!(j.step.switched(), "{j:?}");
+    assert_eq!(j.previous.as_deref(), Some("1.0"));
+    // Nothing else is installed over a pending rollback.
+    let d3 = b.stage(&inst, &b.key, "3.0", &good_tar("3.0"), None);
+    let err = inst.begin(&d3).unwrap_err();
+    assert!(err.contains("rollback of det@2.0 is pending"), "{err}");
+    let out = inst.install(&d3, |_| {}).await.unwrap();
+    assert!(
+        matches!(&out, Outcome::Failed(e) if e.contains("pending")),
+        "{out:?}"
+    );
+    assert_current(&inst, "2.0");
+    assert!(inst.journal("det").unwrap().step.switched());
+    // The next start rolls back, saying why.
+    let restarted = b.installer();
+    let j = restarted.recover("det").await.unwrap();
+    assert_eq!(j.step, Step::RolledBack);
+    let e = j.error.unwrap();
+    assert!(
+        e.contains("health check") && e.contains("rolled back at start"),
+        "{e}"
+    );
+    assert_current(&restarted, "1.0");
+    assert_eq!(releases(&restarted), ["1.0"]);
+    assert!(
+        b.post_installs().ends_with("1.0\n2.0\n1.0\n"),
+        "{}",
+        b.post_installs()
+    );
+}
+
+#[tokio::test]
+async fn a_first_install_whose_current_cannot_be_removed_is_kept_for_the_next_start() {
+    let b = Box_::new();
+    let inst = Arc::new(b.installer());
+    inst.faults.lock().unwrap().switch_to = Some((None, 2));
+    let out = b.install(&inst, "1.0", Some("false")).await;
+    assert!(
+        matches!(&out, Outcome::Failed(e) if e.contains("switching back to no release failed")),
+        "{out:?}"
+    );
+    assert_current(&inst, "1.0");
+    assert_eq!(releases(&inst), ["1.0"]);
+    let restarted = b.installer();
+    assert_eq!(
+        restarted.recover("det").await.unwrap().step,
+        Step::RolledBack
+    );
+    assert_eq!(restarted.current("det"), None);
+    assert!(releases(&restarted).is_empty());
+}
+
+#[tokio::test]
+async fn one_failed_switch_back_is_retried_at_once() {
+    let b = Box_::new();
+    let inst = Arc::new(b.installer());
+    assert_eq!(b.install(&inst, "1.0", None).await, Outcome::Succeeded);
+    inst.faults.lock().unwrap().switch_to = Some((Some("1.0".into()), 1));
+    let out = b.install(&inst, "2.0", Some("false")).await;
+    assert!(matches!(out, Outcome::RolledBack(_)), "{out:?}");
+    assert_current(&inst, "1.0");
+    assert_eq!(releases(&inst), ["1.0"]);
+}

@@ -94,7 +94,9 @@ async fn run(
     reports: mpsc::Sender<ArtifactReport>,
 ) {
     let mut known: BTreeMap<String, Known> = BTreeMap::new();
-    for (name, j) in installer.recover_all().await {
+    let recovered = installer.recover_all().await;
+    for (name, j) in &recovered {
+        let (name, j) = (name.clone(), j.clone());
         let k = known.entry(name.clone()).or_default();
         if matches!(j.step, Step::Failed | Step::RolledBack) {
             let r = Report {
@@ -115,6 +117,25 @@ async fn run(
     }
     for (name, version) in installer.installed() {
         known.entry(name).or_default().current = Some(version);
+    }
+    // A rollback that could not switch back again: `current` names a
+    // release that did not prove healthy. It is not "already installed";
+    // the plan sees `previous` and the failure (retried at the next start).
+    for (name, j) in recovered {
+        if j.step.switched() {
+            let r = Report {
+                name: name.clone(),
+                version: j.version.clone(),
+                rollout_id: j.rollout_id.clone(),
+                state: "failed",
+                error: j.error.clone().unwrap_or_default(),
+                bytes_done: 0,
+            };
+            let _ = reports.try_send(to_report(&r, &installer));
+            let k = known.entry(name).or_default();
+            k.current = j.previous.clone();
+            k.failed.push(r);
+        }
     }
     let mut plan = Plan::new(known, rand::random());
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();

@@ -422,7 +422,17 @@ impl Installer {
                 return Ok(self.rollback(d, previous, e).await);
             }
         }
-        let _ = self.save_journal(&d.name, &journal(Step::Succeeded, previous.clone()));
+        // Reported succeeded only once journaled (else a restart would roll
+        // back what the control plane was told runs): one retry, then a
+        // rollback.
+        let done = journal(Step::Succeeded, previous.clone());
+        if let Err(e) = self.save_journal(&d.name, &done) {
+            tracing::warn!(artifact = %d.name, version = %d.version, "cannot record the success ({e}); trying again");
+            if let Err(e) = self.save_journal(&d.name, &done) {
+                let reason = format!("healthy, but the success could not be recorded: {e}");
+                return Ok(self.rollback(d, previous, reason).await);
+            }
+        }
         tracing::info!(artifact = %d.name, version = %d.version, "installed and healthy");
         self.clean(&d.name, &d.version, previous.as_deref());
         Ok(Outcome::Succeeded)

@@ -658,3 +658,31 @@ async fn one_failed_switch_back_is_retried_at_once() {
     assert_current(&inst, "1.0");
     assert_eq!(releases(&inst), ["1.0"]);
 }
+
+#[tokio::test]
+async fn success_is_reported_only_once_journaled() {
+    let b = Box_::new();
+    let inst = Arc::new(b.installer());
+    assert_eq!(b.install(&inst, "1.0", None).await, Outcome::Succeeded);
+    // One failed write of the journal: retried, succeeded.
+    inst.faults.lock().unwrap().save = Some((Step::Succeeded, 1));
+    assert_eq!(b.install(&inst, "2.0", None).await, Outcome::Succeeded);
+    assert_eq!(inst.journal("det").unwrap().step, Step::Succeeded);
+    assert_current(&inst, "2.0");
+    // Two: rolled back before anything is reported (a restart would have
+    // rolled back what the control plane was told runs).
+    inst.faults.lock().unwrap().save = Some((Step::Succeeded, 2));
+    let out = b.install(&inst, "3.0", None).await;
+    assert!(
+        matches!(&out, Outcome::RolledBack(e) if e.contains("success could not be recorded")),
+        "{out:?}"
+    );
+    assert_current(&inst, "2.0");
+    assert_eq!(releases(&inst), ["1.0", "2.0"]);
+    let j = inst.journal("det").unwrap();
+    assert_eq!((j.step, j.version.as_str()), (Step::RolledBack, "3.0"));
+    // A restart changes nothing.
+    let restarted = b.installer();
+    restarted.recover("det").await;
+    assert_current(&restarted, "2.0");
+}

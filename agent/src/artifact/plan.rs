@@ -57,28 +57,40 @@ pub enum Event {
     LinkUp,
     Progress {
         name: String,
-        /// The download this is about (a cancelled one's late events are ignored).
         version: String,
+        /// The download this is about ([`Action::Fetch`]'s): a cancelled
+        /// one's late events are ignored, even when the same version is
+        /// fetched again since.
+        download: u64,
         bytes: u64,
     },
     /// The payload is complete on disk.
     Downloaded {
         name: String,
-        /// The download this is about (a cancelled one's late events are ignored).
         version: String,
+        /// The download this is about ([`Action::Fetch`]'s): a cancelled
+        /// one's late events are ignored, even when the same version is
+        /// fetched again since.
+        download: u64,
     },
     /// Link dropped, control plane busy, short stream: retry later.
     TransferError {
         name: String,
-        /// The download this is about (a cancelled one's late events are ignored).
         version: String,
+        /// The download this is about ([`Action::Fetch`]'s): a cancelled
+        /// one's late events are ignored, even when the same version is
+        /// fetched again since.
+        download: u64,
         error: String,
     },
     /// Refused before anything was switched (signature, room, keys).
     Refused {
         name: String,
-        /// The download this is about (a cancelled one's late events are ignored).
         version: String,
+        /// The download this is about ([`Action::Fetch`]'s): a cancelled
+        /// one's late events are ignored, even when the same version is
+        /// fetched again since.
+        download: u64,
         error: String,
     },
     /// The install reached a step the control plane sees ("verifying").
@@ -96,7 +108,11 @@ pub enum Event {
 pub enum Action {
     /// Check (signature, room) and download (resuming) this artifact; answered
     /// by `Progress`, then `Downloaded`, `TransferError` or `Refused`.
-    Fetch(DesiredArtifact),
+    Fetch {
+        d: DesiredArtifact,
+        /// Names this download in its events (unique within the plan).
+        download: u64,
+    },
     /// Stop the download of `name@version` (a newer version is wanted).
     Cancel {
         name: String,
@@ -113,6 +129,7 @@ enum Work {
     Fetching {
         d: DesiredArtifact,
         reported_at: Option<Instant>,
+        download: u64,
     },
     Waiting {
         d: DesiredArtifact,
@@ -144,6 +161,8 @@ pub struct Plan {
     entries: BTreeMap<String, Entry>,
     out: VecDeque<Action>,
     seed: u64,
+    /// The last download's number ([`Action::Fetch`]).
+    downloads: u64,
 }
 
 impl Plan {
@@ -154,6 +173,7 @@ impl Plan {
             entries: BTreeMap::new(),
             out: VecDeque::new(),
             seed,
+            downloads: 0,
         };
         for (name, k) in known {
             let e = p.entry(&name);
@@ -205,10 +225,16 @@ impl Plan {
                 && now >= *retry_at
             {
                 let d = d.clone();
-                self.out.push_back(Action::Fetch(d.clone()));
+                self.downloads += 1;
+                let download = self.downloads;
+                self.out.push_back(Action::Fetch {
+                    d: d.clone(),
+                    download,
+                });
                 e.work = Work::Fetching {
                     d,
                     reported_at: Some(now),
+                    download,
                 };
             }
         }
@@ -264,13 +290,19 @@ impl Plan {
             Event::Progress {
                 name,
                 version,
+                download,
                 bytes,
             } => {
                 let Some(e) = self.entries.get_mut(&name) else {
                     return;
                 };
-                if let Work::Fetching { d, reported_at } = &mut e.work
+                if let Work::Fetching {
+                    d,
+                    reported_at,
+                    download: current,
+                } = &mut e.work
                     && d.version == version
+                    && *current == download
                 {
                     // Bytes arrived: the transfer works again.
                     e.backoff.reset();
@@ -283,12 +315,21 @@ impl Plan {
                     }
                 }
             }
-            Event::Downloaded { name, version } => {
+            Event::Downloaded {
+                name,
+                version,
+                download,
+            } => {
                 let Some(e) = self.entries.get_mut(&name) else {
                     return;
                 };
-                if let Work::Fetching { d, .. } = &e.work
+                if let Work::Fetching {
+                    d,
+                    download: current,
+                    ..
+                } = &e.work
                     && d.version == version
+                    && *current == download
                 {
                     let d = d.clone();
                     self.out
@@ -300,13 +341,19 @@ impl Plan {
             Event::TransferError {
                 name,
                 version,
+                download,
                 error,
             } => {
                 let Some(e) = self.entries.get_mut(&name) else {
                     return;
                 };
-                if let Work::Fetching { d, .. } = &e.work
+                if let Work::Fetching {
+                    d,
+                    download: current,
+                    ..
+                } = &e.work
                     && d.version == version
+                    && *current == download
                 {
                     let delay = e.backoff.next_delay();
                     tracing::info!(artifact = %name, version = %d.version, "download interrupted ({error}); retrying in {:.1}s", delay.as_secs_f64());
@@ -319,13 +366,19 @@ impl Plan {
             Event::Refused {
                 name,
                 version,
+                download,
                 error,
             } => {
                 let Some(e) = self.entries.get_mut(&name) else {
                     return;
                 };
-                if let Work::Fetching { d, .. } = &e.work
+                if let Work::Fetching {
+                    d,
+                    download: current,
+                    ..
+                } = &e.work
                     && d.version == version
+                    && *current == download
                 {
                     let r = report(d, "failed", error, 0);
                     e.failed
@@ -417,9 +470,13 @@ impl Plan {
             return;
         }
         e.backoff.reset();
+        self.downloads += 1;
+        let download = self.downloads;
+        let e = self.entry(name);
         e.work = Work::Fetching {
             d: want.clone(),
             reported_at: Some(now),
+            download,
         };
         self.out.push_back(Action::Report(report(
             &want,
@@ -427,7 +484,7 @@ impl Plan {
             String::new(),
             0,
         )));
-        self.out.push_back(Action::Fetch(want));
+        self.out.push_back(Action::Fetch { d: want, download });
     }
 }
 
@@ -457,6 +514,14 @@ mod tests {
         }
     }
 
+    /// The download under way for `name` (0: none).
+    fn fetching(p: &Plan, name: &str) -> u64 {
+        match p.entries.get(name).map(|e| &e.work) {
+            Some(Work::Fetching { download, .. }) => *download,
+            _ => 0,
+        }
+    }
+
     fn drain(p: &mut Plan) -> Vec<Action> {
         std::iter::from_fn(|| p.poll_action()).collect()
     }
@@ -465,7 +530,7 @@ mod tests {
         actions
             .iter()
             .map(|a| match a {
-                Action::Fetch(d) => format!("fetch {}", d.version),
+                Action::Fetch { d, .. } => format!("fetch {}", d.version),
                 Action::Cancel { version, .. } => format!("cancel {version}"),
                 Action::Install(d) => format!("install {}", d.version),
                 Action::Report(r) => format!("{} {} {}", r.state, r.version, r.bytes_done),
@@ -484,6 +549,7 @@ mod tests {
             Event::Progress {
                 name: "det".into(),
                 version: "1.0".into(),
+                download: fetching(&p, "det"),
                 bytes: 10,
             },
             t0 + SEC,
@@ -493,6 +559,7 @@ mod tests {
             Event::Progress {
                 name: "det".into(),
                 version: "1.0".into(),
+                download: fetching(&p, "det"),
                 bytes: 20,
             },
             t0 + 6 * SEC,
@@ -502,6 +569,7 @@ mod tests {
             Event::Downloaded {
                 name: "det".into(),
                 version: "1.0".into(),
+                download: fetching(&p, "det"),
             },
             t0 + 7 * SEC,
         );
@@ -577,6 +645,7 @@ mod tests {
                 Event::TransferError {
                     name: "det".into(),
                     version: "1.0".into(),
+                    download: fetching(&p, "det"),
                     error: "busy".into(),
                 },
                 now,
@@ -602,6 +671,7 @@ mod tests {
             Event::Progress {
                 name: "det".into(),
                 version: "1.0".into(),
+                download: fetching(&p, "det"),
                 bytes: 1,
             },
             now,
@@ -611,6 +681,7 @@ mod tests {
             Event::TransferError {
                 name: "det".into(),
                 version: "1.0".into(),
+                download: fetching(&p, "det"),
                 error: "x".into(),
             },
             now,
@@ -631,6 +702,7 @@ mod tests {
             Event::Downloaded {
                 name: "det".into(),
                 version: "1.0".into(),
+                download: fetching(&p, "det"),
             },
             t0,
         );
@@ -655,6 +727,7 @@ mod tests {
             Event::Refused {
                 name: "det".into(),
                 version: "1.0".into(),
+                download: fetching(&p, "det"),
                 error: "no room".into(),
             },
             t0 + 4 * SEC,
@@ -703,6 +776,7 @@ mod tests {
             Event::Downloaded {
                 name: "det".into(),
                 version: "1.0".into(),
+                download: fetching(&p, "det"),
             },
             t0 + 2 * SEC,
         );
@@ -711,6 +785,7 @@ mod tests {
             Event::Downloaded {
                 name: "det".into(),
                 version: "2.0".into(),
+                download: fetching(&p, "det"),
             },
             t0 + 2 * SEC,
         );
@@ -733,5 +808,66 @@ mod tests {
         p.handle(Event::Desired(vec![]), t0 + 5 * SEC);
         assert_eq!(states(&drain(&mut p)), ["cancel 3.0"]);
         assert_eq!(p.current("det"), Some("2.0"));
+    }
+
+    #[test]
+    fn a_cancelled_downloads_late_event_is_ignored_when_the_version_returns() {
+        let t0 = Instant::now();
+        let mut p = Plan::new(BTreeMap::new(), 1);
+        p.handle(Event::Desired(vec![want("det", "1.0", "r1")]), t0);
+        drain(&mut p);
+        let first = fetching(&p, "det");
+        // The name leaves the desired set (the download is cancelled, its
+        // staging file removed), then comes back at the same version.
+        p.handle(Event::Desired(vec![]), t0 + SEC);
+        assert_eq!(states(&drain(&mut p)), ["cancel 1.0"]);
+        p.handle(Event::Desired(vec![want("det", "1.0", "r1")]), t0 + 2 * SEC);
+        let a = drain(&mut p);
+        assert_eq!(states(&a), ["downloading 1.0 0", "fetch 1.0"]);
+        let second = fetching(&p, "det");
+        assert!(
+            matches!(&a[1], Action::Fetch { download, .. } if *download == second)
+                && second != first
+        );
+        // The first download's events, late: ignored (no install of a
+        // half-written payload, no failure).
+        for ev in [
+            Event::Progress {
+                name: "det".into(),
+                version: "1.0".into(),
+                download: first,
+                bytes: 5,
+            },
+            Event::Downloaded {
+                name: "det".into(),
+                version: "1.0".into(),
+                download: first,
+            },
+            Event::Refused {
+                name: "det".into(),
+                version: "1.0".into(),
+                download: first,
+                error: "x".into(),
+            },
+            Event::TransferError {
+                name: "det".into(),
+                version: "1.0".into(),
+                download: first,
+                error: "x".into(),
+            },
+        ] {
+            p.handle(ev, t0 + 10 * SEC);
+            assert!(drain(&mut p).is_empty());
+        }
+        assert_eq!(fetching(&p, "det"), second, "the new download goes on");
+        p.handle(
+            Event::Downloaded {
+                name: "det".into(),
+                version: "1.0".into(),
+                download: second,
+            },
+            t0 + 11 * SEC,
+        );
+        assert_eq!(states(&drain(&mut p)), ["installing 1.0 0", "install 1.0"]);
     }
 }

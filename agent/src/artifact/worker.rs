@@ -157,8 +157,14 @@ async fn run(
                     tracing::info!(artifact = %name, %version, "download cancelled (another version is wanted)");
                     let _ = std::fs::remove_file(installer.part(&name, &version));
                 }
-                Action::Fetch(d) => {
-                    let task = fetch(installer.clone(), client.clone(), d.clone(), ev_tx.clone());
+                Action::Fetch { d, download } => {
+                    let task = fetch(
+                        installer.clone(),
+                        client.clone(),
+                        d.clone(),
+                        download,
+                        ev_tx.clone(),
+                    );
                     if let Some(old) = downloads.insert(d.name.clone(), tokio::spawn(task)) {
                         old.abort();
                     }
@@ -204,6 +210,7 @@ async fn fetch(
     installer: Arc<Installer>,
     client: Option<DeviceServiceClient<Channel>>,
     d: DesiredArtifact,
+    id: u64,
     ev: mpsc::UnboundedSender<Event>,
 ) {
     let name = d.name.clone();
@@ -218,6 +225,7 @@ async fn fetch(
             let _ = ev.send(Event::Refused {
                 name,
                 version,
+                download: id,
                 error,
             });
             return;
@@ -229,6 +237,7 @@ async fn fetch(
         let _ = ev.send(Event::TransferError {
             name,
             version,
+            download: id,
             error,
         });
         return;
@@ -238,6 +247,7 @@ async fn fetch(
         let _ = ev.send(Event::Progress {
             name: name.clone(),
             version: d.version.clone(),
+            download: id,
             bytes,
         });
     };
@@ -246,10 +256,12 @@ async fn fetch(
         Ok(()) => Event::Downloaded {
             name,
             version: d.version.clone(),
+            download: id,
         },
         Err(error) => Event::TransferError {
             name,
             version: d.version.clone(),
+            download: id,
             error,
         },
     });

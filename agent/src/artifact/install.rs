@@ -50,6 +50,10 @@ pub const POST_INSTALLED: &str = "artifact-post-installed";
 /// The health command is running.
 pub const HEALTH: &str = "artifact-health";
 
+/// `PATH` of the post-install and health commands (their environment is
+/// this, `HOME=/`, `LANG=C.UTF-8` and the `OUTPOST_ARTIFACT_*` variables).
+pub const COMMAND_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// The longest a post-install may run (also on rollback).
 pub const POST_INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -686,11 +690,18 @@ impl Installer {
     ) -> Result<(), String> {
         tracing::info!(artifact = %m.name, version = %m.version, "running the {what}: {cmd}");
         let mut c = tokio::process::Command::new("sh");
+        // Not the agent's environment (agent.env holds the enrollment token
+        // and the install ID): a minimal one, and the artifact's own.
         c.arg("-c")
             .arg(cmd)
             .current_dir(cwd)
+            .env_clear()
+            .env("PATH", COMMAND_PATH)
+            .env("HOME", "/")
+            .env("LANG", "C.UTF-8")
             .env("OUTPOST_ARTIFACT_NAME", &m.name)
             .env("OUTPOST_ARTIFACT_VERSION", &m.version)
+            .env("OUTPOST_ARTIFACT_DIR", cwd)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

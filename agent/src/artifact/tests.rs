@@ -686,3 +686,52 @@ async fn success_is_reported_only_once_journaled() {
     restarted.recover("det").await;
     assert_current(&restarted, "2.0");
 }
+
+#[tokio::test]
+async fn commands_get_a_minimal_environment_not_the_agents() {
+    let b = Box_::new();
+    let inst = Arc::new(b.installer());
+    // The test binary runs with cargo's CARGO_* variables (as the agent runs
+    // with agent.env's OUTPOST_ENROLL_TOKEN): none of them may leak.
+    assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
+    assert_eq!(
+        b.install(&inst, "1.0", Some("env | sed 's/^/env /'")).await,
+        Outcome::Succeeded
+    );
+    let lines = b.lines.lock().unwrap().clone();
+    let vars: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("det info env "))
+        .collect();
+    let release = dir(&inst).join("releases/1.0");
+    for want in [
+        format!("PATH={}", install::COMMAND_PATH),
+        "HOME=/".into(),
+        "LANG=C.UTF-8".into(),
+        "OUTPOST_ARTIFACT_NAME=det".into(),
+        "OUTPOST_ARTIFACT_VERSION=1.0".into(),
+        format!("OUTPOST_ARTIFACT_DIR={}", release.display()),
+    ] {
+        assert!(vars.contains(&want.as_str()), "{want} in {vars:?}");
+    }
+    let names: Vec<&str> = vars.iter().filter_map(|v| v.split('=').next()).collect();
+    for name in &names {
+        assert!(
+            [
+                "PATH",
+                "HOME",
+                "LANG",
+                "OUTPOST_ARTIFACT_NAME",
+                "OUTPOST_ARTIFACT_VERSION",
+                "OUTPOST_ARTIFACT_DIR",
+                // What sh itself sets.
+                "PWD",
+                "SHLVL",
+                "_",
+                "OLDPWD",
+            ]
+            .contains(name),
+            "{name} leaked into the command's environment: {vars:?}"
+        );
+    }
+}

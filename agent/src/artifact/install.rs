@@ -608,6 +608,9 @@ impl Installer {
         let mut ar = tar::Archive::new(f);
         ar.set_overwrite(false);
         ar.unpack(&tmp).map_err(|e| format!("unpack: {e}"))?;
+        // On disk before the rename: after a power loss `current` must not
+        // name a release of empty or missing files.
+        sync_tree(&tmp)?;
         let dest = releases.join(&m.version);
         if dest.exists() {
             std::fs::remove_dir_all(&dest).map_err(|e| io("cannot remove", &dest, e))?;
@@ -768,6 +771,30 @@ fn kill_group(child: &tokio::process::Child) {
             .stderr(std::process::Stdio::null())
             .status();
     }
+}
+
+/// fsyncs every regular file and directory below `dir`, then `dir` itself
+/// (symlinks are written with their directory).
+fn sync_tree(dir: &Path) -> Result<(), String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| io("cannot read", dir, e))?;
+    for e in rd {
+        let e = e.map_err(|e| io("cannot read", dir, e))?;
+        let path = e.path();
+        let ft = e.file_type().map_err(|e| io("cannot stat", &path, e))?;
+        if ft.is_dir() {
+            sync_tree(&path)?;
+        } else if ft.is_file() {
+            match std::fs::File::open(&path).and_then(|f| f.sync_all()) {
+                // A file the bundle made unreadable (mode 0o111, an agent
+                // not running as root): the directory sync is all we can do.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                r => r.map_err(|e| io("cannot sync", &path, e))?,
+            }
+        }
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("cannot sync", dir, e))
 }
 
 fn sync_dir(dir: &Path) {

@@ -560,6 +560,11 @@ impl Installer {
         Manifest::parse(&s).ok()
     }
 
+    /// The payload SHA-256 a kept release was installed from.
+    pub fn kept_sha256(&self, name: &str, version: &str) -> Option<String> {
+        self.kept_manifest(name, version).map(|m| m.sha256)
+    }
+
     /// Size and SHA-256 of the complete payload.
     pub fn verify_payload(&self, m: &Manifest) -> Result<(), String> {
         let part = self.part(&m.name, &m.version);

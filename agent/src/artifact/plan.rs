@@ -5,7 +5,9 @@
 //! [`Action`]s.
 //!
 //! Rules (docs/artifacts.md, "The box"):
-//! - a desired version equal to `current` is reported `succeeded` at once;
+//! - a desired version equal to `current` is reported `succeeded` at once,
+//!   unless the desired manifest's SHA-256 differs from the one `current`
+//!   was installed from (other bytes under the same version): `failed`;
 //! - a `name@version` that failed (or was rolled back) for a rollout is not
 //!   tried again for that rollout; its report is repeated instead;
 //! - transfer errors are retried with jittered exponential backoff, forever
@@ -143,6 +145,8 @@ enum Work {
 struct Entry {
     desired: Option<DesiredArtifact>,
     current: Option<String>,
+    /// The payload SHA-256 `current` was installed from (its kept manifest).
+    current_sha256: Option<String>,
     work: Work,
     /// (version, rollout) → the failed or rolled_back report.
     failed: BTreeMap<(String, String), Report>,
@@ -153,6 +157,8 @@ struct Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Known {
     pub current: Option<String>,
+    /// The payload SHA-256 of `current`'s kept manifest.
+    pub current_sha256: Option<String>,
     /// Failed or rolled-back installs (from the journal, or recovery).
     pub failed: Vec<Report>,
 }
@@ -178,6 +184,7 @@ impl Plan {
         for (name, k) in known {
             let e = p.entry(&name);
             e.current = k.current;
+            e.current_sha256 = k.current_sha256;
             for r in k.failed {
                 e.failed
                     .insert((r.version.clone(), r.rollout_id.clone()), r);
@@ -193,6 +200,7 @@ impl Plan {
             .or_insert_with(|| Entry {
                 desired: None,
                 current: None,
+                current_sha256: None,
                 work: Work::Idle,
                 failed: BTreeMap::new(),
                 backoff: Reconnect::with_seed(seed),
@@ -407,6 +415,7 @@ impl Plan {
                 let r = match outcome {
                     Outcome::Succeeded => {
                         e.current = Some(d.version.clone());
+                        e.current_sha256 = manifest_sha256(&d);
                         report(&d, "succeeded", String::new(), 0)
                     }
                     Outcome::Failed(err) => report(&d, "failed", err, 0),
@@ -454,6 +463,20 @@ impl Plan {
         }
         let e = self.entry(name);
         if e.current.as_deref() == Some(want.version.as_str()) {
+            // The same version from other bytes (re-published under the same
+            // version on another control plane, or a reset store): neither
+            // "already installed" nor installed over the running release.
+            if let (Some(have), Some(wanted)) = (&e.current_sha256, manifest_sha256(&want))
+                && *have != wanted
+            {
+                let error = format!(
+                    "{}@{} runs here from a payload with SHA-256 {have}; the desired manifest says {wanted}: publish it as a new version",
+                    want.name, want.version
+                );
+                let r = report(&want, "failed", error, 0);
+                self.out.push_back(Action::Report(r));
+                return;
+            }
             let r = report(&want, "succeeded", String::new(), 0);
             self.out.push_back(Action::Report(r));
             return;
@@ -486,6 +509,14 @@ impl Plan {
         )));
         self.out.push_back(Action::Fetch { d: want, download });
     }
+}
+
+/// The payload SHA-256 a desired entry's manifest names (unchecked here: it
+/// is only compared; the install verifies the signature).
+fn manifest_sha256(d: &DesiredArtifact) -> Option<String> {
+    outpost_common::artifact::Manifest::parse(&d.manifest_json)
+        .ok()
+        .map(|m| m.sha256)
 }
 
 fn report(d: &DesiredArtifact, state: &'static str, error: String, bytes_done: u64) -> Report {
@@ -622,6 +653,7 @@ mod tests {
             "det".to_string(),
             Known {
                 current: Some("2.0".into()),
+                current_sha256: None,
                 failed: vec![],
             },
         )]);
@@ -752,6 +784,7 @@ mod tests {
             "det".to_string(),
             Known {
                 current: Some("1.0".into()),
+                current_sha256: None,
                 failed: vec![r],
             },
         )]);
@@ -869,5 +902,53 @@ mod tests {
             t0 + 11 * SEC,
         );
         assert_eq!(states(&drain(&mut p)), ["installing 1.0 0", "install 1.0"]);
+    }
+
+    #[test]
+    fn the_current_version_from_other_bytes_is_not_reported_succeeded() {
+        use outpost_common::artifact::{FORMAT_TAR, MANIFEST_SCHEMA, Manifest};
+        let signed = |sha: &str| {
+            let mut d = want("det", "2.0", "r9");
+            d.manifest_json = Manifest {
+                schema: MANIFEST_SCHEMA,
+                name: "det".into(),
+                version: "2.0".into(),
+                format: FORMAT_TAR.into(),
+                size: 10,
+                sha256: sha.repeat(32),
+                post_install: None,
+                health_command: None,
+                health_window_secs: 10,
+                created_at: "2026-12-03T10:00:00Z".into(),
+            }
+            .to_json();
+            d
+        };
+        let t0 = Instant::now();
+        let known = BTreeMap::from([(
+            "det".to_string(),
+            Known {
+                current: Some("2.0".into()),
+                current_sha256: Some("aa".repeat(32)),
+                failed: vec![],
+            },
+        )]);
+        let mut p = Plan::new(known, 1);
+        p.handle(Event::Desired(vec![signed("aa")]), t0);
+        assert_eq!(states(&drain(&mut p)), ["succeeded 2.0 0"]);
+        p.handle(Event::Desired(vec![signed("bb")]), t0 + SEC);
+        let a = drain(&mut p);
+        assert_eq!(
+            states(&a),
+            ["failed 2.0 0"],
+            "neither succeeded nor reinstalled"
+        );
+        assert!(
+            matches!(&a[0], Action::Report(r) if r.error.contains(&"aa".repeat(32))
+                && r.error.contains(&"bb".repeat(32))
+                && r.error.contains("new version")),
+            "{a:?}"
+        );
+        assert_eq!(p.current("det"), Some("2.0"));
     }
 }

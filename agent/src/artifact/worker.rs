@@ -137,6 +137,12 @@ async fn run(
             k.failed.push(r);
         }
     }
+    for (name, k) in known.iter_mut() {
+        k.current_sha256 = k
+            .current
+            .as_deref()
+            .and_then(|v| installer.kept_sha256(name, v));
+    }
     let mut plan = Plan::new(known, rand::random());
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
     let mut client: Option<DeviceServiceClient<Channel>> = None;

@@ -377,7 +377,8 @@ impl Installer {
             .map_err(|e| e.to_string())
             .and_then(|r| r);
         if let Err(e) = verified {
-            return Ok(self.fail(d, Step::Failed, None, e));
+            self.fail(d, Step::Failed, None, e.clone());
+            return Ok(Outcome::BadPayload(e));
         }
         self.point(VERIFIED)?;
         if let Err(e) = self.save_journal(&d.name, &journal(Step::Unpacking, None)) {

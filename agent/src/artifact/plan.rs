@@ -49,6 +49,10 @@ pub enum Outcome {
     Failed(String),
     /// Switched, then back to the previous release.
     RolledBack(String),
+    /// The payload did not match its manifest (size or SHA-256); nothing
+    /// was switched and the staging file is removed. After a resumed
+    /// download it is fetched once more from zero before this is `failed`.
+    BadPayload(String),
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +74,8 @@ pub enum Event {
     Downloaded {
         name: String,
         version: String,
+        /// Part of it was on disk before this download (resumed).
+        resumed: bool,
         /// The download this is about ([`Action::Fetch`]'s): a cancelled
         /// one's late events are ignored, even when the same version is
         /// fetched again since.
@@ -139,6 +145,8 @@ enum Work {
     },
     Installing {
         d: DesiredArtifact,
+        /// The payload came from a resumed download.
+        resumed: bool,
     },
 }
 
@@ -150,6 +158,8 @@ struct Entry {
     work: Work,
     /// (version, rollout) → the failed or rolled_back report.
     failed: BTreeMap<(String, String), Report>,
+    /// (version, rollout) fetched again from zero after a bad payload.
+    refetched: Option<(String, String)>,
     backoff: Reconnect,
 }
 
@@ -203,6 +213,7 @@ impl Plan {
                 current_sha256: None,
                 work: Work::Idle,
                 failed: BTreeMap::new(),
+                refetched: None,
                 backoff: Reconnect::with_seed(seed),
             })
     }
@@ -326,6 +337,7 @@ impl Plan {
             Event::Downloaded {
                 name,
                 version,
+                resumed,
                 download,
             } => {
                 let Some(e) = self.entries.get_mut(&name) else {
@@ -343,7 +355,7 @@ impl Plan {
                     self.out
                         .push_back(Action::Report(report(&d, "installing", String::new(), 0)));
                     self.out.push_back(Action::Install(d.clone()));
-                    e.work = Work::Installing { d };
+                    e.work = Work::Installing { d, resumed };
                 }
             }
             Event::TransferError {
@@ -397,7 +409,7 @@ impl Plan {
             }
             Event::Stage { name, state } => {
                 if let Some(Entry {
-                    work: Work::Installing { d },
+                    work: Work::Installing { d, .. },
                     ..
                 }) = self.entries.get(&name)
                 {
@@ -409,21 +421,38 @@ impl Plan {
                 let Some(e) = self.entries.get_mut(&name) else {
                     return;
                 };
-                let Work::Installing { d } = std::mem::replace(&mut e.work, Work::Idle) else {
+                let Work::Installing { d, resumed } = std::mem::replace(&mut e.work, Work::Idle)
+                else {
                     return;
                 };
+                let key = (d.version.clone(), d.rollout_id.clone());
+                let still_wanted = e
+                    .desired
+                    .as_ref()
+                    .is_some_and(|w| w.version == d.version && w.rollout_id == d.rollout_id);
+                if let Outcome::BadPayload(err) = &outcome
+                    && resumed
+                    && still_wanted
+                    && e.refetched.as_ref() != Some(&key)
+                {
+                    // Bytes appended to a stale staging file (another
+                    // upload of the version, a torn write): once from zero.
+                    tracing::warn!(artifact = %name, version = %d.version, "{err}; downloading it again from the start");
+                    e.refetched = Some(key);
+                    self.reconcile(&name, now);
+                    return;
+                }
                 let r = match outcome {
                     Outcome::Succeeded => {
                         e.current = Some(d.version.clone());
                         e.current_sha256 = manifest_sha256(&d);
                         report(&d, "succeeded", String::new(), 0)
                     }
-                    Outcome::Failed(err) => report(&d, "failed", err, 0),
+                    Outcome::Failed(err) | Outcome::BadPayload(err) => report(&d, "failed", err, 0),
                     Outcome::RolledBack(err) => report(&d, "rolled_back", err, 0),
                 };
                 if r.state != "succeeded" {
-                    e.failed
-                        .insert((d.version.clone(), d.rollout_id.clone()), r.clone());
+                    e.failed.insert(key, r.clone());
                 }
                 self.out.push_back(Action::Report(r));
                 // Something newer was asked for while this one installed.
@@ -600,6 +629,7 @@ mod tests {
             Event::Downloaded {
                 name: "det".into(),
                 version: "1.0".into(),
+                resumed: false,
                 download: fetching(&p, "det"),
             },
             t0 + 7 * SEC,
@@ -734,6 +764,7 @@ mod tests {
             Event::Downloaded {
                 name: "det".into(),
                 version: "1.0".into(),
+                resumed: false,
                 download: fetching(&p, "det"),
             },
             t0,
@@ -809,6 +840,7 @@ mod tests {
             Event::Downloaded {
                 name: "det".into(),
                 version: "1.0".into(),
+                resumed: false,
                 download: fetching(&p, "det"),
             },
             t0 + 2 * SEC,
@@ -818,6 +850,7 @@ mod tests {
             Event::Downloaded {
                 name: "det".into(),
                 version: "2.0".into(),
+                resumed: false,
                 download: fetching(&p, "det"),
             },
             t0 + 2 * SEC,
@@ -874,6 +907,7 @@ mod tests {
             Event::Downloaded {
                 name: "det".into(),
                 version: "1.0".into(),
+                resumed: false,
                 download: first,
             },
             Event::Refused {
@@ -897,6 +931,7 @@ mod tests {
             Event::Downloaded {
                 name: "det".into(),
                 version: "1.0".into(),
+                resumed: false,
                 download: second,
             },
             t0 + 11 * SEC,
@@ -950,5 +985,46 @@ mod tests {
             "{a:?}"
         );
         assert_eq!(p.current("det"), Some("2.0"));
+    }
+
+    #[test]
+    fn a_bad_payload_after_a_resumed_download_is_fetched_once_more_from_zero() {
+        let t0 = Instant::now();
+        let mut p = Plan::new(BTreeMap::new(), 1);
+        p.handle(Event::Desired(vec![want("det", "1.0", "r1")]), t0);
+        drain(&mut p);
+        let downloaded = |p: &Plan, resumed| Event::Downloaded {
+            name: "det".into(),
+            version: "1.0".into(),
+            resumed,
+            download: fetching(p, "det"),
+        };
+        let bad = || Event::Installed {
+            name: "det".into(),
+            outcome: Outcome::BadPayload("payload SHA-256 x does not match".into()),
+        };
+        p.handle(downloaded(&p, true), t0 + SEC);
+        assert_eq!(states(&drain(&mut p)), ["installing 1.0 0", "install 1.0"]);
+        p.handle(bad(), t0 + 2 * SEC);
+        assert_eq!(
+            states(&drain(&mut p)),
+            ["downloading 1.0 0", "fetch 1.0"],
+            "not failed: fetched again"
+        );
+        // The second try (from zero, the staging file was removed) is bad
+        // too: failed, and not retried again.
+        p.handle(downloaded(&p, true), t0 + 3 * SEC);
+        drain(&mut p);
+        p.handle(bad(), t0 + 4 * SEC);
+        let a = drain(&mut p);
+        assert_eq!(states(&a), ["failed 1.0 0"]);
+        assert!(matches!(&a[0], Action::Report(r) if r.error.contains("SHA-256")));
+        // A download that was not resumed fails at once.
+        p.handle(Event::Desired(vec![want("det", "1.0", "r2")]), t0 + 5 * SEC);
+        drain(&mut p);
+        p.handle(downloaded(&p, false), t0 + 6 * SEC);
+        drain(&mut p);
+        p.handle(bad(), t0 + 7 * SEC);
+        assert_eq!(states(&drain(&mut p)), ["failed 1.0 0"]);
     }
 }

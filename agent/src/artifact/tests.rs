@@ -259,7 +259,7 @@ async fn a_payload_that_does_not_match_its_hash_is_refused() {
     std::fs::write(inst.part("det", "2.0"), &bytes).unwrap();
     let out = inst.install(&d, |_| {}).await.unwrap();
     assert!(
-        matches!(&out, Outcome::Failed(e) if e.contains("SHA-256")),
+        matches!(&out, Outcome::BadPayload(e) if e.contains("SHA-256")),
         "{out:?}"
     );
     assert_current(&inst, "1.0");

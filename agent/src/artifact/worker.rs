@@ -259,9 +259,10 @@ async fn fetch(
     };
     let r = download(&mut client, &d.name, &d.version, &part, m.size, progress).await;
     let _ = ev.send(match r {
-        Ok(()) => Event::Downloaded {
+        Ok(resumed) => Event::Downloaded {
             name,
             version: d.version.clone(),
+            resumed,
             download: id,
         },
         Err(error) => Event::TransferError {
@@ -274,7 +275,8 @@ async fn fetch(
 }
 
 /// Appends the payload from the file's length on to `part` (a resumed
-/// download), until it holds `size` bytes.
+/// download), until it holds `size` bytes. Returns whether part of it was
+/// there before.
 pub async fn download(
     client: &mut DeviceServiceClient<Channel>,
     name: &str,
@@ -282,10 +284,10 @@ pub async fn download(
     part: &Path,
     size: u64,
     progress: impl Fn(u64),
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let (mut f, len) = open_part(part, size).await?;
     if len == size {
-        return Ok(());
+        return Ok(len > 0);
     }
     tracing::info!(artifact = %name, %version, from = len, size, "downloading");
     let stream = client
@@ -297,7 +299,9 @@ pub async fn download(
         .await
         .map_err(|s| fetch_error(&s))?
         .into_inner();
-    append_chunks(&mut f, len, size, stream, progress).await
+    append_chunks(&mut f, len, size, stream, progress)
+        .await
+        .map(|()| len > 0)
 }
 
 /// Opens (creates, 0600) the staging file for appending; a file longer than

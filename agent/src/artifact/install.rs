@@ -518,7 +518,14 @@ impl Installer {
         }
         // A rollback whose switch back failed says why it was rolling back.
         let reason = match &j.error {
-            Some(e) => format!("{e} (rolled back at start)"),
+            // The first reason only, however many starts failed to switch back.
+            Some(e) => {
+                let first = e.split("; switching back to").next().unwrap_or(e);
+                format!(
+                    "{} (rolled back at start)",
+                    first.trim_end_matches(" (rolled back at start)")
+                )
+            }
             None => "interrupted by a restart".into(),
         };
         let d = DesiredArtifact {

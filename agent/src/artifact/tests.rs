@@ -608,7 +608,14 @@ async fn a_failed_switch_back_keeps_the_release_and_retries_the_rollback_at_star
     );
     assert_current(&inst, "2.0");
     assert!(inst.journal("det").unwrap().step.switched());
-    // The next start rolls back, saying why.
+    // A start that fails to switch back too keeps it pending, again.
+    let failing = b.installer();
+    failing.faults.lock().unwrap().switch_to = Some((Some("1.0".into()), 2));
+    let j = failing.recover("det").await.unwrap();
+    assert!(j.step.switched(), "{j:?}");
+    assert_current(&failing, "2.0");
+    assert_eq!(releases(&failing), ["1.0", "2.0"]);
+    // The next start rolls back, saying why (once).
     let restarted = b.installer();
     let j = restarted.recover("det").await.unwrap();
     assert_eq!(j.step, Step::RolledBack);
@@ -617,6 +624,8 @@ async fn a_failed_switch_back_keeps_the_release_and_retries_the_rollback_at_star
         e.contains("health check") && e.contains("rolled back at start"),
         "{e}"
     );
+    assert_eq!(e.matches("rolled back at start").count(), 1, "{e}");
+    assert!(!e.contains("switching back"), "{e}");
     assert_current(&restarted, "1.0");
     assert_eq!(releases(&restarted), ["1.0"]);
     assert!(

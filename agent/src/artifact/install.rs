@@ -476,7 +476,7 @@ impl Installer {
                     error: Some(reason.clone()),
                 },
             );
-            return Outcome::Failed(reason);
+            return Outcome::RollbackPending(reason);
         } else if let Some(prev) = &previous
             && let Some(m) = self.kept_manifest(&d.name, prev)
             && let Some(cmd) = &m.post_install

@@ -43,10 +43,12 @@ pub struct Report {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Succeeded,
-    /// Nothing was switched; or switching back failed after a failure, and
-    /// `current` may still name the release until the next start retries
-    /// the rollback.
+    /// Nothing was switched.
     Failed(String),
+    /// A failure after the switch, and switching back failed too: `current`
+    /// may still name the failed release until the next start retries the
+    /// rollback (reported `failed`; what runs is unknown until then).
+    RollbackPending(String),
     /// Switched, then back to the previous release.
     RolledBack(String),
     /// The payload did not match its manifest (size or SHA-256); nothing
@@ -449,6 +451,14 @@ impl Plan {
                         report(&d, "succeeded", String::new(), 0)
                     }
                     Outcome::Failed(err) | Outcome::BadPayload(err) => report(&d, "failed", err, 0),
+                    Outcome::RollbackPending(err) => {
+                        // Not "already on the old version" for a later
+                        // desired entry: the install refuses until the
+                        // next start has rolled back.
+                        e.current = None;
+                        e.current_sha256 = None;
+                        report(&d, "failed", err, 0)
+                    }
                     Outcome::RolledBack(err) => report(&d, "rolled_back", err, 0),
                 };
                 if r.state != "succeeded" {
@@ -1026,5 +1036,42 @@ mod tests {
         drain(&mut p);
         p.handle(bad(), t0 + 7 * SEC);
         assert_eq!(states(&drain(&mut p)), ["failed 1.0 0"]);
+    }
+
+    #[test]
+    fn after_a_failed_switch_back_the_old_version_is_not_taken_as_running() {
+        let t0 = Instant::now();
+        let known = BTreeMap::from([(
+            "det".to_string(),
+            Known {
+                current: Some("1.0".into()),
+                ..Default::default()
+            },
+        )]);
+        let mut p = Plan::new(known, 1);
+        p.handle(Event::Desired(vec![want("det", "2.0", "r2")]), t0);
+        drain(&mut p);
+        p.handle(
+            Event::Downloaded {
+                name: "det".into(),
+                version: "2.0".into(),
+                resumed: false,
+                download: fetching(&p, "det"),
+            },
+            t0,
+        );
+        drain(&mut p);
+        p.handle(
+            Event::Installed {
+                name: "det".into(),
+                outcome: Outcome::RollbackPending("switching back to 1.0 failed".into()),
+            },
+            t0 + SEC,
+        );
+        assert_eq!(states(&drain(&mut p)), ["failed 2.0 0"]);
+        assert_eq!(p.current("det"), None);
+        // 1.0 asked for again: not "succeeded at once" (2.0 may still run).
+        p.handle(Event::Desired(vec![want("det", "1.0", "r3")]), t0 + 2 * SEC);
+        assert_eq!(states(&drain(&mut p)), ["downloading 1.0 0", "fetch 1.0"]);
     }
 }

@@ -585,7 +585,7 @@ async fn a_failed_switch_back_keeps_the_release_and_retries_the_rollback_at_star
     inst.faults.lock().unwrap().switch_to = Some((Some("1.0".into()), 2));
     let out = b.install(&inst, "2.0", Some("exit 3")).await;
     assert!(
-        matches!(&out, Outcome::Failed(e) if e.contains("health check")
+        matches!(&out, Outcome::RollbackPending(e) if e.contains("health check")
             && e.contains("switching back to 1.0 failed")
             && e.contains("retried at the next start")),
         "{out:?}"
@@ -642,7 +642,7 @@ async fn a_first_install_whose_current_cannot_be_removed_is_kept_for_the_next_st
     inst.faults.lock().unwrap().switch_to = Some((None, 2));
     let out = b.install(&inst, "1.0", Some("false")).await;
     assert!(
-        matches!(&out, Outcome::Failed(e) if e.contains("switching back to no release failed")),
+        matches!(&out, Outcome::RollbackPending(e) if e.contains("switching back to no release failed")),
         "{out:?}"
     );
     assert_current(&inst, "1.0");

@@ -119,8 +119,9 @@ async fn run(
         known.entry(name).or_default().current = Some(version);
     }
     // A rollback that could not switch back again: `current` names a
-    // release that did not prove healthy. It is not "already installed";
-    // the plan sees `previous` and the failure (retried at the next start).
+    // release that did not prove healthy. Nothing counts as installed (the
+    // installer refuses until the next start rolls back); the plan knows the
+    // failure.
     for (name, j) in recovered {
         if j.step.switched() {
             let r = Report {
@@ -133,7 +134,7 @@ async fn run(
             };
             let _ = reports.try_send(to_report(&r, &installer));
             let k = known.entry(name).or_default();
-            k.current = j.previous.clone();
+            k.current = None;
             k.failed.push(r);
         }
     }

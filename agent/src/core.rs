@@ -23,6 +23,10 @@ use tokio::time::Instant;
 
 use crate::backoff::Reconnect;
 
+/// Artifact reports the driver could not queue (the session queue's room is
+/// kept for heartbeats and acks) go again this much later.
+pub const ARTIFACT_RETRY: Duration = Duration::from_millis(250);
+
 /// The timing rules, with the agent's values in [`Rules::default`].
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -153,6 +157,11 @@ pub enum Event {
     Spooled,
     /// The artifact worker's latest state of one artifact.
     ArtifactReport(ArtifactReport),
+    /// The driver did not queue this artifact's report: the session queue
+    /// has no room for it beyond what heartbeats and acks need (a burst of
+    /// reports, a control plane reading slowly). The latest report of the
+    /// name goes again after [`ARTIFACT_RETRY`]; the link is not at fault.
+    ArtifactDeferred(String),
     /// The local configuration was reloaded (SIGHUP).
     Reloaded {
         interval: Duration,
@@ -289,6 +298,10 @@ pub struct Core<D> {
     status_written: Option<Instant>,
     /// The latest report of each artifact, resent on every new session.
     artifacts: BTreeMap<String, ArtifactReport>,
+    /// Names whose latest report waits for room in the session queue, in
+    /// order, and when they are handed out again.
+    deferred: VecDeque<String>,
+    deferred_retry_at: Option<Instant>,
     out: VecDeque<Output>,
 }
 
@@ -319,6 +332,8 @@ impl<D: Delivery> Core<D> {
             status_dirty_since: None,
             status_written: None,
             artifacts: BTreeMap::new(),
+            deferred: VecDeque::new(),
+            deferred_retry_at: None,
             out: VecDeque::new(),
         }
     }
@@ -373,7 +388,8 @@ impl<D: Delivery> Core<D> {
             } => None,
             _ => Some(self.next_sample),
         };
-        [sample, link, self.status_due()]
+        let deferred = self.deferred_retry_at.filter(|_| self.is_connected());
+        [sample, link, self.status_due(), deferred]
             .into_iter()
             .flatten()
             .min()
@@ -432,6 +448,15 @@ impl<D: Delivery> Core<D> {
             Link::Draining { deadline, then } if now >= deadline => self.after_drain(then, now),
             _ => {}
         }
+        if self.is_connected() && self.deferred_retry_at.is_some_and(|at| now >= at) {
+            self.deferred_retry_at = None;
+            // Those that still find no room come back as ArtifactDeferred.
+            for name in std::mem::take(&mut self.deferred) {
+                if let Some(r) = self.artifacts.get(&name) {
+                    self.out.push_back(Output::SendArtifact(r.clone()));
+                }
+            }
+        }
         if self.status_due().is_some_and(|due| now >= due) {
             self.status_dirty_since = None;
             self.status_written = Some(now);
@@ -469,10 +494,24 @@ impl<D: Delivery> Core<D> {
             }
             Event::Server(FromServer::Desired(d)) => self.on_desired(d),
             Event::ArtifactReport(r) => {
-                if matches!(self.link, Link::Up(_) | Link::Draining { .. }) {
-                    self.out.push_back(Output::SendArtifact(r.clone()));
+                if self.is_connected() {
+                    if self.deferred.is_empty() {
+                        self.out.push_back(Output::SendArtifact(r.clone()));
+                    } else if !self.deferred.contains(&r.name) {
+                        // Behind those waiting (their latest goes, in order).
+                        self.deferred.push_back(r.name.clone());
+                    }
                 }
                 self.artifacts.insert(r.name.clone(), r);
+            }
+            Event::ArtifactDeferred(name) => {
+                if self.is_connected()
+                    && self.artifacts.contains_key(&name)
+                    && !self.deferred.contains(&name)
+                {
+                    self.deferred.push_back(name);
+                    self.deferred_retry_at.get_or_insert(now + ARTIFACT_RETRY);
+                }
             }
             Event::Rotated(result) => self.on_rotated(result, now),
             Event::Spooled => self.status_changed(now),
@@ -535,6 +574,9 @@ impl<D: Delivery> Core<D> {
         if let Some(d) = started.desired {
             self.on_desired(d);
         }
+        // What a previous link deferred goes now with the rest.
+        self.deferred.clear();
+        self.deferred_retry_at = None;
         for r in self.artifacts.values() {
             self.out.push_back(Output::SendArtifact(r.clone()));
         }
@@ -546,6 +588,8 @@ impl<D: Delivery> Core<D> {
     fn on_desired(&mut self, d: DesiredArtifacts) {
         self.artifacts
             .retain(|name, _| d.artifacts.iter().any(|a| &a.name == name));
+        let artifacts = &self.artifacts;
+        self.deferred.retain(|name| artifacts.contains_key(name));
         self.out.push_back(Output::Desired(d));
     }
 

@@ -145,9 +145,14 @@ pub async fn drive<H: Host>(
                 Output::LossReport(report) => {
                     send_session(core, &link, AgentKind::Spool(report));
                 }
-                Output::SendArtifact(report) => {
-                    send_session(core, &link, AgentKind::Artifact(report));
-                }
+                Output::SendArtifact(report) => match &link {
+                    // A full queue of our own reports is no dead link: the
+                    // core sends the report again when there is room.
+                    Some(l) if !l.has_room_for_report() => {
+                        core.handle(Event::ArtifactDeferred(report.name), now);
+                    }
+                    _ => send_session(core, &link, AgentKind::Artifact(report)),
+                },
                 Output::TakeSample => {
                     host.take_sample(core.delivery_mut());
                     core.handle(Event::Spooled, now);

@@ -28,6 +28,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// one report per artifact at session start).
 const SESSION_QUEUE: usize = 64;
 
+/// Room in the session queue that artifact reports leave free (for
+/// heartbeats, config acks and loss reports): a burst of reports waits in the
+/// core ([`crate::core::Event::ArtifactDeferred`]) rather than filling the
+/// queue and being taken for a dead link.
+const SESSION_RESERVE: usize = 8;
+
 /// What arrives on an open link, in arrival order per stream.
 #[derive(Debug)]
 pub enum Inbound {
@@ -57,6 +63,12 @@ impl OpenLink {
         self.session
             .try_send(AgentMessage { kind: Some(kind) })
             .map_err(|_| LinkError::Protocol("the session stream is not moving".into()))
+    }
+
+    /// Whether an artifact report may be queued now: the session queue has
+    /// room beyond [`SESSION_RESERVE`].
+    pub fn has_room_for_report(&self) -> bool {
+        self.session.capacity() > SESSION_RESERVE
     }
 
     /// Queues a telemetry batch (the delivery window keeps the queue from

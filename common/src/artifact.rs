@@ -347,9 +347,126 @@ pub fn verify(
     Manifest::parse(manifest_json)
 }
 
+/// How many symlink expansions one target may take (as Linux's 40).
+const MAX_SYMLINK_EXPANSIONS: u32 = 40;
+
+/// Checks the symlinks of a bundle: `links` maps each symlink entry (a
+/// relative path inside the release, without `.` or `..`) to its target.
+/// Each target is resolved lexically from the link's directory, the way the
+/// kernel would once the bundle is unpacked: a component that names another
+/// symlink entry of the bundle is replaced by *its* target first (so `a -> .`
+/// with `b -> a/..` resolves to the release's parent and is refused). The
+/// result must stay inside the release root. Order-independent: every link
+/// is judged against all of them. Returns the first offending link (in path
+/// order) and why.
+pub fn check_symlinks(
+    links: &std::collections::BTreeMap<std::path::PathBuf, std::path::PathBuf>,
+) -> Result<(), (std::path::PathBuf, String)> {
+    for (link, target) in links {
+        let refuse = |why: String| Err((link.clone(), why));
+        if target.as_os_str().is_empty() {
+            return refuse("a symlink without a target".into());
+        }
+        if target.has_root() {
+            return refuse(format!(
+                "a symlink to the absolute path {}",
+                target.display()
+            ));
+        }
+        let mut budget = MAX_SYMLINK_EXPANSIONS;
+        let parent = link.parent().unwrap_or(std::path::Path::new(""));
+        let resolved = resolve(Vec::new(), parent, links, &mut budget)
+            .and_then(|dir| resolve(dir, target, links, &mut budget));
+        if let Err(why) = resolved {
+            return refuse(format!("a symlink to {}: {why}", target.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Walks `path` from `dir` (components below the release root), expanding
+/// the bundle's symlink entries as it meets them.
+fn resolve<'a>(
+    mut dir: Vec<std::ffi::OsString>,
+    path: &'a std::path::Path,
+    links: &'a std::collections::BTreeMap<std::path::PathBuf, std::path::PathBuf>,
+    budget: &mut u32,
+) -> Result<Vec<std::ffi::OsString>, String> {
+    use std::path::Component;
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if dir.pop().is_none() {
+                    return Err("it leaves the release".into());
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("it leaves the release (an absolute path)".into());
+            }
+            Component::Normal(s) => {
+                dir.push(s.to_os_string());
+                let here: std::path::PathBuf = dir.iter().collect();
+                if let Some(t) = links.get(&here) {
+                    if *budget == 0 {
+                        return Err("too many levels of symlinks (a loop?)".into());
+                    }
+                    *budget -= 1;
+                    dir.pop();
+                    dir = resolve(dir, t, links, budget)
+                        .map_err(|e| format!("through {}: {e}", here.display()))?;
+                }
+            }
+        }
+    }
+    Ok(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn links(
+        pairs: &[(&str, &str)],
+    ) -> std::collections::BTreeMap<std::path::PathBuf, std::path::PathBuf> {
+        pairs.iter().map(|(l, t)| (l.into(), t.into())).collect()
+    }
+
+    #[test]
+    fn symlinks_are_resolved_through_the_bundles_own_symlinks() {
+        // Plain links that stay inside.
+        check_symlinks(&links(&[
+            ("bin/run", "app"),
+            ("top", "bin/../bin/app"),
+            ("model/lib/current", "../../model"),
+            ("a", "."),
+            ("b", "a/a/bin"),
+            ("c", "b"),
+        ]))
+        .unwrap();
+        // Textually fine, but `a` is `.`: `a/..` is the release's parent.
+        let (l, why) = check_symlinks(&links(&[("a", "."), ("b", "a/..")])).unwrap_err();
+        assert_eq!(l, std::path::Path::new("b"));
+        assert!(why.contains("leaves the release"), "{why}");
+        // Order-independent: the link named first in the bundle can be the bad one.
+        let (l, _) = check_symlinks(&links(&[("z", "."), ("b", "z/..")])).unwrap_err();
+        assert_eq!(l, std::path::Path::new("b"));
+        // The same to /etc.
+        let deep = format!("{}{}etc", "a/".repeat(10), "../".repeat(10));
+        let (l, why) = check_symlinks(&links(&[("a", "."), ("etc", &deep)])).unwrap_err();
+        assert_eq!(l, std::path::Path::new("etc"));
+        assert!(why.contains("leaves the release"), "{why}");
+        // Through a link that itself climbs.
+        let (l, _) = check_symlinks(&links(&[("d/up", ".."), ("d/x", "up/../y")])).unwrap_err();
+        assert_eq!(l, std::path::Path::new("d/x"));
+        // Loops, absolute and empty targets, plain `..` escapes.
+        let (_, why) = check_symlinks(&links(&[("p", "q"), ("q", "p")])).unwrap_err();
+        assert!(why.contains("too many levels"), "{why}");
+        assert!(check_symlinks(&links(&[("d", "/etc")])).is_err());
+        assert!(check_symlinks(&links(&[("d", "")])).is_err());
+        assert!(check_symlinks(&links(&[("a/l", "../../x")])).is_err());
+        assert!(check_symlinks(&links(&[("model", "..")])).is_err());
+    }
 
     fn manifest() -> Manifest {
         Manifest {

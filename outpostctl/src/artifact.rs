@@ -6,11 +6,11 @@
 //! written to a temporary file, signs the manifest's exact JSON with the
 //! publisher key, stores the manifest, then streams the tar as the payload.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use outpost_common::artifact::{FORMAT_TAR, MANIFEST_SCHEMA, Manifest, SigningKey};
@@ -240,6 +240,7 @@ fn pack(paths: &[PathBuf], out: &Path) -> Result<(u64, String, usize)> {
     tar.follow_symlinks(false);
     let mut tops = HashSet::new();
     let mut entries = 0;
+    let mut links = BTreeMap::new();
     for p in paths {
         let name = top_name(p)?;
         if !tops.insert(name.clone()) {
@@ -247,8 +248,15 @@ fn pack(paths: &[PathBuf], out: &Path) -> Result<(u64, String, usize)> {
                 "two paths would both be {name:?} in the artifact"
             )));
         }
-        add(&mut tar, p, Path::new(&name), &mut entries)?;
+        add(&mut tar, p, Path::new(&name), &mut entries, &mut links)?;
     }
+    // Every symlink against all the others, as the box will judge them.
+    outpost_common::artifact::check_symlinks(&links).map_err(|(link, why)| {
+        Error::Usage(format!(
+            "{}: {why} (only relative links that stay inside the artifact)",
+            link.display()
+        ))
+    })?;
     let io = |e: std::io::Error| Error::Usage(format!("cannot write the archive: {e}"));
     let mut writer = tar.into_inner().map_err(io)?;
     writer.flush().map_err(io)?;
@@ -304,6 +312,7 @@ fn add<W: Write>(
     src: &Path,
     name: &Path,
     entries: &mut usize,
+    links: &mut BTreeMap<PathBuf, PathBuf>,
 ) -> Result<()> {
     let bad = |what: String| Error::Usage(format!("{}: {what}", src.display()));
     let io = |e: std::io::Error| Error::Usage(format!("{}: {e}", src.display()));
@@ -321,7 +330,7 @@ fn add<W: Write>(
             .map_err(io)?;
         children.sort();
         for c in children {
-            add(tar, &src.join(&c), &name.join(&c), entries)?;
+            add(tar, &src.join(&c), &name.join(&c), entries, links)?;
         }
     } else if ft.is_file() {
         let mut h = header(
@@ -333,12 +342,13 @@ fn add<W: Write>(
         tar.append_data(&mut h, name, f).map_err(io)?;
     } else if ft.is_symlink() {
         let target = std::fs::read_link(src).map_err(io)?;
-        if !stays_inside(name, &target) {
+        if target.has_root() {
             return Err(bad(format!(
                 "a symlink to {} (only relative links that stay inside the artifact)",
                 target.display()
             )));
         }
+        links.insert(name.to_path_buf(), target.clone());
         let mut h = header(tar::EntryType::Symlink, 0o777, 0);
         tar.append_link(&mut h, name, &target).map_err(io)?;
     } else {
@@ -350,44 +360,42 @@ fn add<W: Write>(
     Ok(())
 }
 
-/// Whether a symlink at `link` (a path inside the artifact) to `target`
-/// points inside the artifact: relative, and never above its root.
-fn stays_inside(link: &Path, target: &Path) -> bool {
-    if target.as_os_str().is_empty() {
-        return false;
-    }
-    // Where the link sits: its parent directory's depth.
-    let mut depth = link.components().count().saturating_sub(1) as i64;
-    for c in target.components() {
-        match c {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn symlinks_must_stay_inside_the_artifact() {
-        let link = Path::new("model/lib/current");
-        assert!(stays_inside(link, Path::new("v1")));
-        assert!(stays_inside(link, Path::new("../weights/a.bin")));
-        assert!(stays_inside(link, Path::new("../../model")));
-        assert!(!stays_inside(link, Path::new("../../..")));
-        assert!(!stays_inside(link, Path::new("/etc/passwd")));
-        assert!(!stays_inside(Path::new("model"), Path::new("..")));
-        assert!(!stays_inside(link, Path::new("")));
+    fn symlinks_must_stay_inside_the_artifact_through_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.tar");
+        std::fs::write(&out, "").unwrap();
+        let model = dir.path().join("model");
+        std::fs::create_dir_all(model.join("lib")).unwrap();
+        std::fs::write(model.join("w.bin"), "w").unwrap();
+        std::os::unix::fs::symlink("../w.bin", model.join("lib/w")).unwrap();
+        std::os::unix::fs::symlink("../../model", model.join("lib/top")).unwrap();
+        pack(std::slice::from_ref(&model), &out).unwrap();
+        let refused = |links: &[(&str, &str)], named: &str| {
+            let m = dir.path().join("m");
+            let _ = std::fs::remove_dir_all(&m);
+            std::fs::create_dir_all(&m).unwrap();
+            for (l, t) in links {
+                std::os::unix::fs::symlink(t, m.join(l)).unwrap();
+            }
+            let e = pack(std::slice::from_ref(&m), &out)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("{named}: a symlink")) && e.contains("leaves"),
+                "{e}"
+            );
+        };
+        refused(&[("up", "../..")], "m/up");
+        // Textually inside (m/b → a/../.. climbs two of its three levels),
+        // but `a` is `m` itself: `a/../..` is above the artifact.
+        refused(&[("a", "."), ("b", "a/../..")], "m/b");
+        let deep = format!("{}{}etc", "a/".repeat(10), "../".repeat(10));
+        refused(&[("a", "."), ("etc", &deep)], "m/etc");
     }
 
     #[test]

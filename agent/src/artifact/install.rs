@@ -50,6 +50,10 @@ pub const POST_INSTALLED: &str = "artifact-post-installed";
 /// The health command is running.
 pub const HEALTH: &str = "artifact-health";
 
+/// `PATH` of the post-install and health commands (their environment is
+/// this, `HOME=/`, `LANG=C.UTF-8` and the `OUTPOST_ARTIFACT_*` variables).
+pub const COMMAND_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// The longest a post-install may run (also on rollback).
 pub const POST_INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -97,6 +101,17 @@ pub type LineSink = Arc<dyn Fn(&str, &'static str, String) + Send + Sync>;
 #[derive(Debug)]
 pub struct Interrupted;
 
+/// Tests: failures injected into the file work, which the kernel's ENOSPC
+/// or EIO would cause (hard to provoke reliably, as root even more so).
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Switching `current` to this version (`Some(None)`: removing
+    /// `current`) fails, as many times as the count.
+    pub switch_to: Option<(Option<String>, u32)>,
+    /// Saving a journal in this step fails, as many times as the count.
+    pub save: Option<(Step, u32)>,
+}
+
 pub struct Installer {
     pub dir: PathBuf,
     pub staging: PathBuf,
@@ -105,6 +120,8 @@ pub struct Installer {
     pub sink: LineSink,
     /// Tests: stop after this crash point (see [`Interrupted`]).
     pub stop_after: Option<&'static str>,
+    /// Tests: injected failures (see [`Faults`]); none by default.
+    pub faults: std::sync::Mutex<Faults>,
 }
 
 fn io(what: &str, p: &Path, e: std::io::Error) -> String {
@@ -126,6 +143,31 @@ impl Installer {
             budget,
             sink,
             stop_after: None,
+            faults: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Whether an injected fault says this switch fails (and counts it).
+    fn switch_fault(&self, version: Option<&str>) -> bool {
+        let mut f = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut f.switch_to {
+            Some((v, n)) if v.as_deref() == version && *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether an injected fault says saving this step fails (and counts it).
+    fn save_fault(&self, step: Step) -> bool {
+        let mut f = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut f.save {
+            Some((s, n)) if *s == step && *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -180,6 +222,9 @@ impl Installer {
         let dir = self.artifact_dir(name);
         outpost_common::fs::create_private_dir(&dir).map_err(|e| io("cannot create", &dir, e))?;
         let path = dir.join("state.json");
+        if self.save_fault(j.step) {
+            return Err(format!("cannot write {}: injected failure", path.display()));
+        }
         let bytes = serde_json::to_vec_pretty(j).map_err(|e| e.to_string())?;
         outpost_common::fs::replace_file(&path, &bytes, 0o600, true)
             .map_err(|e| io("cannot write", &path, e))?;
@@ -245,6 +290,7 @@ impl Installer {
 
     /// Records the download step (before the first byte is written).
     pub fn begin(&self, d: &DesiredArtifact) -> Result<(), String> {
+        self.no_pending_rollback(&d.name)?;
         outpost_common::fs::create_private_dir(&self.staging)
             .map_err(|e| io("cannot create", &self.staging, e))?;
         self.save_journal(
@@ -257,6 +303,21 @@ impl Installer {
                 error: None,
             },
         )
+    }
+
+    /// A journal still in a switched step outside an install is a rollback
+    /// whose switch back failed: it is retried at the next start, and its
+    /// journal must not be overwritten meanwhile (nor `previous` taken from a
+    /// `current` that names the release being rolled back).
+    fn no_pending_rollback(&self, name: &str) -> Result<(), String> {
+        match self.journal(name) {
+            Some(j) if j.step.switched() => Err(format!(
+                "the rollback of {name}@{} is pending (retried at the next start): {}",
+                j.version,
+                j.error.as_deref().unwrap_or("interrupted")
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn fail(
@@ -294,6 +355,9 @@ impl Installer {
         stage: impl Fn(&'static str),
     ) -> Result<Outcome, Interrupted> {
         self.point(DOWNLOADED)?;
+        if let Err(e) = self.no_pending_rollback(&d.name) {
+            return Ok(Outcome::Failed(e));
+        }
         let m = match self.check(d) {
             Ok(m) => m,
             Err(e) => return Ok(self.fail(d, Step::Failed, None, e)),
@@ -313,7 +377,8 @@ impl Installer {
             .map_err(|e| e.to_string())
             .and_then(|r| r);
         if let Err(e) = verified {
-            return Ok(self.fail(d, Step::Failed, None, e));
+            self.fail(d, Step::Failed, None, e.clone());
+            return Ok(Outcome::BadPayload(e));
         }
         self.point(VERIFIED)?;
         if let Err(e) = self.save_journal(&d.name, &journal(Step::Unpacking, None)) {
@@ -362,7 +427,17 @@ impl Installer {
                 return Ok(self.rollback(d, previous, e).await);
             }
         }
-        let _ = self.save_journal(&d.name, &journal(Step::Succeeded, previous.clone()));
+        // Reported succeeded only once journaled (else a restart would roll
+        // back what the control plane was told runs): one retry, then a
+        // rollback.
+        let done = journal(Step::Succeeded, previous.clone());
+        if let Err(e) = self.save_journal(&d.name, &done) {
+            tracing::warn!(artifact = %d.name, version = %d.version, "cannot record the success ({e}); trying again");
+            if let Err(e) = self.save_journal(&d.name, &done) {
+                let reason = format!("healthy, but the success could not be recorded: {e}");
+                return Ok(self.rollback(d, previous, reason).await);
+            }
+        }
         tracing::info!(artifact = %d.name, version = %d.version, "installed and healthy");
         self.clean(&d.name, &d.version, previous.as_deref());
         Ok(Outcome::Succeeded)
@@ -378,8 +453,30 @@ impl Installer {
     ) -> Outcome {
         tracing::warn!(artifact = %d.name, version = %d.version, ?previous, "rolling back: {reason}");
         let mut reason = reason;
-        if let Err(e) = self.switch(&d.name, previous.as_deref()) {
-            reason = format!("{reason}; switching back failed: {e}");
+        let back = self
+            .switch(&d.name, previous.as_deref())
+            .or_else(|_| self.switch(&d.name, previous.as_deref()));
+        if let Err(e) = back {
+            // Twice failed: `current` may still name the new release: it is kept, and the
+            // journal stays in a switched step so that the next start
+            // retries the rollback (nothing is reported rolled back).
+            let back = previous.as_deref().unwrap_or("no release");
+            let reason = format!(
+                "{reason}; switching back to {back} failed ({e}): the rollback is retried at the next start"
+            );
+            tracing::warn!(artifact = %d.name, version = %d.version, "{reason}");
+            let _ = std::fs::remove_file(self.part(&d.name, &d.version));
+            let _ = self.save_journal(
+                &d.name,
+                &Journal {
+                    version: d.version.clone(),
+                    rollout_id: d.rollout_id.clone(),
+                    step: Step::Switching,
+                    previous,
+                    error: Some(reason.clone()),
+                },
+            );
+            return Outcome::RollbackPending(reason);
         } else if let Some(prev) = &previous
             && let Some(m) = self.kept_manifest(&d.name, prev)
             && let Some(cmd) = &m.post_install
@@ -419,14 +516,25 @@ impl Installer {
         if !j.step.switched() {
             return Some(j);
         }
+        // A rollback whose switch back failed says why it was rolling back.
+        let reason = match &j.error {
+            // The first reason only, however many starts failed to switch back.
+            Some(e) => {
+                let first = e.split("; switching back to").next().unwrap_or(e);
+                format!(
+                    "{} (rolled back at start)",
+                    first.trim_end_matches(" (rolled back at start)")
+                )
+            }
+            None => "interrupted by a restart".into(),
+        };
         let d = DesiredArtifact {
             name: name.to_string(),
             version: j.version.clone(),
             rollout_id: j.rollout_id.clone(),
             ..Default::default()
         };
-        self.rollback(&d, j.previous.clone(), "interrupted by a restart".into())
-            .await;
+        self.rollback(&d, j.previous.clone(), reason).await;
         self.journal(name)
     }
 
@@ -458,6 +566,11 @@ impl Installer {
     fn kept_manifest(&self, name: &str, version: &str) -> Option<Manifest> {
         let s = std::fs::read_to_string(self.manifest_path(name, version)).ok()?;
         Manifest::parse(&s).ok()
+    }
+
+    /// The payload SHA-256 a kept release was installed from.
+    pub fn kept_sha256(&self, name: &str, version: &str) -> Option<String> {
+        self.kept_manifest(name, version).map(|m| m.sha256)
     }
 
     /// Size and SHA-256 of the complete payload.
@@ -508,6 +621,9 @@ impl Installer {
         let mut ar = tar::Archive::new(f);
         ar.set_overwrite(false);
         ar.unpack(&tmp).map_err(|e| format!("unpack: {e}"))?;
+        // On disk before the rename: after a power loss `current` must not
+        // name a release of empty or missing files.
+        sync_tree(&tmp)?;
         let dest = releases.join(&m.version);
         if dest.exists() {
             std::fs::remove_dir_all(&dest).map_err(|e| io("cannot remove", &dest, e))?;
@@ -528,6 +644,12 @@ impl Installer {
     pub fn switch(&self, name: &str, version: Option<&str>) -> Result<(), String> {
         let dir = self.artifact_dir(name);
         let current = dir.join("current");
+        if self.switch_fault(version) {
+            return Err(format!(
+                "cannot switch {}: injected failure",
+                current.display()
+            ));
+        }
         match version {
             Some(v) => {
                 let tmp = dir.join("current.tmp");
@@ -584,11 +706,18 @@ impl Installer {
     ) -> Result<(), String> {
         tracing::info!(artifact = %m.name, version = %m.version, "running the {what}: {cmd}");
         let mut c = tokio::process::Command::new("sh");
+        // Not the agent's environment (agent.env holds the enrollment token
+        // and the install ID): a minimal one, and the artifact's own.
         c.arg("-c")
             .arg(cmd)
             .current_dir(cwd)
+            .env_clear()
+            .env("PATH", COMMAND_PATH)
+            .env("HOME", "/")
+            .env("LANG", "C.UTF-8")
             .env("OUTPOST_ARTIFACT_NAME", &m.name)
             .env("OUTPOST_ARTIFACT_VERSION", &m.version)
+            .env("OUTPOST_ARTIFACT_DIR", cwd)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -657,6 +786,30 @@ fn kill_group(child: &tokio::process::Child) {
     }
 }
 
+/// fsyncs every regular file and directory below `dir`, then `dir` itself
+/// (symlinks are written with their directory).
+fn sync_tree(dir: &Path) -> Result<(), String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| io("cannot read", dir, e))?;
+    for e in rd {
+        let e = e.map_err(|e| io("cannot read", dir, e))?;
+        let path = e.path();
+        let ft = e.file_type().map_err(|e| io("cannot stat", &path, e))?;
+        if ft.is_dir() {
+            sync_tree(&path)?;
+        } else if ft.is_file() {
+            match std::fs::File::open(&path).and_then(|f| f.sync_all()) {
+                // A file the bundle made unreadable (mode 0o111, an agent
+                // not running as root): the directory sync is all we can do.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                r => r.map_err(|e| io("cannot sync", &path, e))?,
+            }
+        }
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("cannot sync", dir, e))
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
@@ -681,11 +834,17 @@ fn free_space(dir: &Path) -> Option<u64> {
 
 /// Checks every entry of the tar at `path` before anything is written: only
 /// regular files, directories and symlinks whose target stays inside the
-/// release; relative paths without `..`; nothing under a symlink.
+/// release; relative paths without `..`; nothing under a symlink. All
+/// entries are collected first, so the order of the entries in the tar does
+/// not matter; symlink targets are resolved through the bundle's other
+/// symlinks ([`outpost_common::artifact::check_symlinks`]).
 pub fn check_tar(path: &Path) -> Result<(), String> {
+    use std::collections::BTreeMap;
     let f = std::fs::File::open(path).map_err(|e| io("cannot open", path, e))?;
     let mut ar = tar::Archive::new(f);
-    let mut links: Vec<PathBuf> = Vec::new();
+    // Clean path → (the entry's name as written, whether a directory).
+    let mut paths: BTreeMap<PathBuf, (String, bool)> = BTreeMap::new();
+    let mut links: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
     for entry in ar.entries().map_err(|e| format!("not a tar: {e}"))? {
         let entry = entry.map_err(|e| format!("not a tar: {e}"))?;
         let raw = entry
@@ -705,17 +864,14 @@ pub fn check_tar(path: &Path) -> Result<(), String> {
                 }
             }
         }
+        let kind = entry.header().entry_type();
         if depth.is_empty() {
-            if entry.header().entry_type().is_dir() {
+            if kind.is_dir() {
                 continue; // "./"
             }
             return refuse("an empty path is refused");
         }
         let clean: PathBuf = depth.iter().collect();
-        if links.iter().any(|l| clean.starts_with(l) && clean != *l) {
-            return refuse("a path through a symlink is refused");
-        }
-        let kind = entry.header().entry_type();
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Directory => {}
             tar::EntryType::Symlink => {
@@ -723,34 +879,31 @@ pub fn check_tar(path: &Path) -> Result<(), String> {
                     .link_name()
                     .map_err(|e| format!("tar entry {shown:?}: bad link target: {e}"))?
                     .ok_or_else(|| format!("tar entry {shown:?}: a symlink without a target"))?;
-                // Resolved from the link's directory, it must stay inside.
-                let mut level = depth.len() as i64 - 1;
-                for c in target.components() {
-                    match c {
-                        Component::Normal(_) => level += 1,
-                        Component::CurDir => {}
-                        Component::ParentDir => {
-                            level -= 1;
-                            if level < 0 {
-                                return refuse(&format!(
-                                    "a symlink to {} leaves the release",
-                                    target.display()
-                                ));
-                            }
-                        }
-                        Component::RootDir | Component::Prefix(_) => {
-                            return refuse(&format!(
-                                "a symlink to the absolute path {}",
-                                target.display()
-                            ));
-                        }
-                    }
-                }
-                links.push(clean);
+                links.insert(clean.clone(), target.into_owned());
             }
             tar::EntryType::Link => return refuse("hard links are refused"),
             other => return refuse(&format!("entry type {other:?} is refused")),
         }
+        // The same path twice: only a directory may repeat (a second entry
+        // could replace a checked one, e.g. a directory by a symlink).
+        let is_dir = kind.is_dir();
+        if let Some((_, was_dir)) = paths.insert(clean, (shown.clone(), is_dir))
+            && !(is_dir && was_dir)
+        {
+            return refuse("the same path twice is refused");
+        }
     }
-    Ok(())
+    for (clean, (shown, _)) in &paths {
+        if links.keys().any(|l| clean.starts_with(l) && clean != l) {
+            return Err(format!(
+                "tar entry {shown:?}: a path through a symlink is refused"
+            ));
+        }
+    }
+    outpost_common::artifact::check_symlinks(&links).map_err(|(link, why)| {
+        let shown = paths
+            .get(&link)
+            .map_or_else(|| link.display().to_string(), |(s, _)| s.clone());
+        format!("tar entry {shown:?}: {why}")
+    })
 }

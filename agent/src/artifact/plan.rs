@@ -5,7 +5,9 @@
 //! [`Action`]s.
 //!
 //! Rules (docs/artifacts.md, "The box"):
-//! - a desired version equal to `current` is reported `succeeded` at once;
+//! - a desired version equal to `current` is reported `succeeded` at once,
+//!   unless the desired manifest's SHA-256 differs from the one `current`
+//!   was installed from (other bytes under the same version): `failed`;
 //! - a `name@version` that failed (or was rolled back) for a rollout is not
 //!   tried again for that rollout; its report is repeated instead;
 //! - transfer errors are retried with jittered exponential backoff, forever
@@ -43,8 +45,16 @@ pub enum Outcome {
     Succeeded,
     /// Nothing was switched.
     Failed(String),
+    /// A failure after the switch, and switching back failed too: `current`
+    /// may still name the failed release until the next start retries the
+    /// rollback (reported `failed`; what runs is unknown until then).
+    RollbackPending(String),
     /// Switched, then back to the previous release.
     RolledBack(String),
+    /// The payload did not match its manifest (size or SHA-256); nothing
+    /// was switched and the staging file is removed. After a resumed
+    /// download it is fetched once more from zero before this is `failed`.
+    BadPayload(String),
 }
 
 #[derive(Debug, Clone)]
@@ -55,28 +65,42 @@ pub enum Event {
     LinkUp,
     Progress {
         name: String,
-        /// The download this is about (a cancelled one's late events are ignored).
         version: String,
+        /// The download this is about ([`Action::Fetch`]'s): a cancelled
+        /// one's late events are ignored, even when the same version is
+        /// fetched again since.
+        download: u64,
         bytes: u64,
     },
     /// The payload is complete on disk.
     Downloaded {
         name: String,
-        /// The download this is about (a cancelled one's late events are ignored).
         version: String,
+        /// Part of it was on disk before this download (resumed).
+        resumed: bool,
+        /// The download this is about ([`Action::Fetch`]'s): a cancelled
+        /// one's late events are ignored, even when the same version is
+        /// fetched again since.
+        download: u64,
     },
     /// Link dropped, control plane busy, short stream: retry later.
     TransferError {
         name: String,
-        /// The download this is about (a cancelled one's late events are ignored).
         version: String,
+        /// The download this is about ([`Action::Fetch`]'s): a cancelled
+        /// one's late events are ignored, even when the same version is
+        /// fetched again since.
+        download: u64,
         error: String,
     },
     /// Refused before anything was switched (signature, room, keys).
     Refused {
         name: String,
-        /// The download this is about (a cancelled one's late events are ignored).
         version: String,
+        /// The download this is about ([`Action::Fetch`]'s): a cancelled
+        /// one's late events are ignored, even when the same version is
+        /// fetched again since.
+        download: u64,
         error: String,
     },
     /// The install reached a step the control plane sees ("verifying").
@@ -94,7 +118,11 @@ pub enum Event {
 pub enum Action {
     /// Check (signature, room) and download (resuming) this artifact; answered
     /// by `Progress`, then `Downloaded`, `TransferError` or `Refused`.
-    Fetch(DesiredArtifact),
+    Fetch {
+        d: DesiredArtifact,
+        /// Names this download in its events (unique within the plan).
+        download: u64,
+    },
     /// Stop the download of `name@version` (a newer version is wanted).
     Cancel {
         name: String,
@@ -111,6 +139,7 @@ enum Work {
     Fetching {
         d: DesiredArtifact,
         reported_at: Option<Instant>,
+        download: u64,
     },
     Waiting {
         d: DesiredArtifact,
@@ -118,15 +147,21 @@ enum Work {
     },
     Installing {
         d: DesiredArtifact,
+        /// The payload came from a resumed download.
+        resumed: bool,
     },
 }
 
 struct Entry {
     desired: Option<DesiredArtifact>,
     current: Option<String>,
+    /// The payload SHA-256 `current` was installed from (its kept manifest).
+    current_sha256: Option<String>,
     work: Work,
     /// (version, rollout) → the failed or rolled_back report.
     failed: BTreeMap<(String, String), Report>,
+    /// (version, rollout) fetched again from zero after a bad payload.
+    refetched: Option<(String, String)>,
     backoff: Reconnect,
 }
 
@@ -134,6 +169,8 @@ struct Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Known {
     pub current: Option<String>,
+    /// The payload SHA-256 of `current`'s kept manifest.
+    pub current_sha256: Option<String>,
     /// Failed or rolled-back installs (from the journal, or recovery).
     pub failed: Vec<Report>,
 }
@@ -142,6 +179,8 @@ pub struct Plan {
     entries: BTreeMap<String, Entry>,
     out: VecDeque<Action>,
     seed: u64,
+    /// The last download's number ([`Action::Fetch`]).
+    downloads: u64,
 }
 
 impl Plan {
@@ -152,10 +191,12 @@ impl Plan {
             entries: BTreeMap::new(),
             out: VecDeque::new(),
             seed,
+            downloads: 0,
         };
         for (name, k) in known {
             let e = p.entry(&name);
             e.current = k.current;
+            e.current_sha256 = k.current_sha256;
             for r in k.failed {
                 e.failed
                     .insert((r.version.clone(), r.rollout_id.clone()), r);
@@ -171,8 +212,10 @@ impl Plan {
             .or_insert_with(|| Entry {
                 desired: None,
                 current: None,
+                current_sha256: None,
                 work: Work::Idle,
                 failed: BTreeMap::new(),
+                refetched: None,
                 backoff: Reconnect::with_seed(seed),
             })
     }
@@ -203,10 +246,16 @@ impl Plan {
                 && now >= *retry_at
             {
                 let d = d.clone();
-                self.out.push_back(Action::Fetch(d.clone()));
+                self.downloads += 1;
+                let download = self.downloads;
+                self.out.push_back(Action::Fetch {
+                    d: d.clone(),
+                    download,
+                });
                 e.work = Work::Fetching {
                     d,
                     reported_at: Some(now),
+                    download,
                 };
             }
         }
@@ -262,13 +311,19 @@ impl Plan {
             Event::Progress {
                 name,
                 version,
+                download,
                 bytes,
             } => {
                 let Some(e) = self.entries.get_mut(&name) else {
                     return;
                 };
-                if let Work::Fetching { d, reported_at } = &mut e.work
+                if let Work::Fetching {
+                    d,
+                    reported_at,
+                    download: current,
+                } = &mut e.work
                     && d.version == version
+                    && *current == download
                 {
                     // Bytes arrived: the transfer works again.
                     e.backoff.reset();
@@ -281,30 +336,46 @@ impl Plan {
                     }
                 }
             }
-            Event::Downloaded { name, version } => {
+            Event::Downloaded {
+                name,
+                version,
+                resumed,
+                download,
+            } => {
                 let Some(e) = self.entries.get_mut(&name) else {
                     return;
                 };
-                if let Work::Fetching { d, .. } = &e.work
+                if let Work::Fetching {
+                    d,
+                    download: current,
+                    ..
+                } = &e.work
                     && d.version == version
+                    && *current == download
                 {
                     let d = d.clone();
                     self.out
                         .push_back(Action::Report(report(&d, "installing", String::new(), 0)));
                     self.out.push_back(Action::Install(d.clone()));
-                    e.work = Work::Installing { d };
+                    e.work = Work::Installing { d, resumed };
                 }
             }
             Event::TransferError {
                 name,
                 version,
+                download,
                 error,
             } => {
                 let Some(e) = self.entries.get_mut(&name) else {
                     return;
                 };
-                if let Work::Fetching { d, .. } = &e.work
+                if let Work::Fetching {
+                    d,
+                    download: current,
+                    ..
+                } = &e.work
                     && d.version == version
+                    && *current == download
                 {
                     let delay = e.backoff.next_delay();
                     tracing::info!(artifact = %name, version = %d.version, "download interrupted ({error}); retrying in {:.1}s", delay.as_secs_f64());
@@ -317,13 +388,19 @@ impl Plan {
             Event::Refused {
                 name,
                 version,
+                download,
                 error,
             } => {
                 let Some(e) = self.entries.get_mut(&name) else {
                     return;
                 };
-                if let Work::Fetching { d, .. } = &e.work
+                if let Work::Fetching {
+                    d,
+                    download: current,
+                    ..
+                } = &e.work
                     && d.version == version
+                    && *current == download
                 {
                     let r = report(d, "failed", error, 0);
                     e.failed
@@ -334,7 +411,7 @@ impl Plan {
             }
             Event::Stage { name, state } => {
                 if let Some(Entry {
-                    work: Work::Installing { d },
+                    work: Work::Installing { d, .. },
                     ..
                 }) = self.entries.get(&name)
                 {
@@ -346,20 +423,46 @@ impl Plan {
                 let Some(e) = self.entries.get_mut(&name) else {
                     return;
                 };
-                let Work::Installing { d } = std::mem::replace(&mut e.work, Work::Idle) else {
+                let Work::Installing { d, resumed } = std::mem::replace(&mut e.work, Work::Idle)
+                else {
                     return;
                 };
+                let key = (d.version.clone(), d.rollout_id.clone());
+                let still_wanted = e
+                    .desired
+                    .as_ref()
+                    .is_some_and(|w| w.version == d.version && w.rollout_id == d.rollout_id);
+                if let Outcome::BadPayload(err) = &outcome
+                    && resumed
+                    && still_wanted
+                    && e.refetched.as_ref() != Some(&key)
+                {
+                    // Bytes appended to a stale staging file (another
+                    // upload of the version, a torn write): once from zero.
+                    tracing::warn!(artifact = %name, version = %d.version, "{err}; downloading it again from the start");
+                    e.refetched = Some(key);
+                    self.reconcile(&name, now);
+                    return;
+                }
                 let r = match outcome {
                     Outcome::Succeeded => {
                         e.current = Some(d.version.clone());
+                        e.current_sha256 = manifest_sha256(&d);
                         report(&d, "succeeded", String::new(), 0)
                     }
-                    Outcome::Failed(err) => report(&d, "failed", err, 0),
+                    Outcome::Failed(err) | Outcome::BadPayload(err) => report(&d, "failed", err, 0),
+                    Outcome::RollbackPending(err) => {
+                        // Not "already on the old version" for a later
+                        // desired entry: the install refuses until the
+                        // next start has rolled back.
+                        e.current = None;
+                        e.current_sha256 = None;
+                        report(&d, "failed", err, 0)
+                    }
                     Outcome::RolledBack(err) => report(&d, "rolled_back", err, 0),
                 };
                 if r.state != "succeeded" {
-                    e.failed
-                        .insert((d.version.clone(), d.rollout_id.clone()), r.clone());
+                    e.failed.insert(key, r.clone());
                 }
                 self.out.push_back(Action::Report(r));
                 // Something newer was asked for while this one installed.
@@ -399,6 +502,20 @@ impl Plan {
         }
         let e = self.entry(name);
         if e.current.as_deref() == Some(want.version.as_str()) {
+            // The same version from other bytes (re-published under the same
+            // version on another control plane, or a reset store): neither
+            // "already installed" nor installed over the running release.
+            if let (Some(have), Some(wanted)) = (&e.current_sha256, manifest_sha256(&want))
+                && *have != wanted
+            {
+                let error = format!(
+                    "{}@{} runs here from a payload with SHA-256 {have}; the desired manifest says {wanted}: publish it as a new version",
+                    want.name, want.version
+                );
+                let r = report(&want, "failed", error, 0);
+                self.out.push_back(Action::Report(r));
+                return;
+            }
             let r = report(&want, "succeeded", String::new(), 0);
             self.out.push_back(Action::Report(r));
             return;
@@ -415,9 +532,13 @@ impl Plan {
             return;
         }
         e.backoff.reset();
+        self.downloads += 1;
+        let download = self.downloads;
+        let e = self.entry(name);
         e.work = Work::Fetching {
             d: want.clone(),
             reported_at: Some(now),
+            download,
         };
         self.out.push_back(Action::Report(report(
             &want,
@@ -425,8 +546,16 @@ impl Plan {
             String::new(),
             0,
         )));
-        self.out.push_back(Action::Fetch(want));
+        self.out.push_back(Action::Fetch { d: want, download });
     }
+}
+
+/// The payload SHA-256 a desired entry's manifest names (unchecked here: it
+/// is only compared; the install verifies the signature).
+fn manifest_sha256(d: &DesiredArtifact) -> Option<String> {
+    outpost_common::artifact::Manifest::parse(&d.manifest_json)
+        .ok()
+        .map(|m| m.sha256)
 }
 
 fn report(d: &DesiredArtifact, state: &'static str, error: String, bytes_done: u64) -> Report {
@@ -455,6 +584,14 @@ mod tests {
         }
     }
 
+    /// The download under way for `name` (0: none).
+    fn fetching(p: &Plan, name: &str) -> u64 {
+        match p.entries.get(name).map(|e| &e.work) {
+            Some(Work::Fetching { download, .. }) => *download,
+            _ => 0,
+        }
+    }
+
     fn drain(p: &mut Plan) -> Vec<Action> {
         std::iter::from_fn(|| p.poll_action()).collect()
     }
@@ -463,7 +600,7 @@ mod tests {
         actions
             .iter()
             .map(|a| match a {
-                Action::Fetch(d) => format!("fetch {}", d.version),
+                Action::Fetch { d, .. } => format!("fetch {}", d.version),
                 Action::Cancel { version, .. } => format!("cancel {version}"),
                 Action::Install(d) => format!("install {}", d.version),
                 Action::Report(r) => format!("{} {} {}", r.state, r.version, r.bytes_done),
@@ -482,6 +619,7 @@ mod tests {
             Event::Progress {
                 name: "det".into(),
                 version: "1.0".into(),
+                download: fetching(&p, "det"),
                 bytes: 10,
             },
             t0 + SEC,
@@ -491,6 +629,7 @@ mod tests {
             Event::Progress {
                 name: "det".into(),
                 version: "1.0".into(),
+                download: fetching(&p, "det"),
                 bytes: 20,
             },
             t0 + 6 * SEC,
@@ -500,6 +639,8 @@ mod tests {
             Event::Downloaded {
                 name: "det".into(),
                 version: "1.0".into(),
+                resumed: false,
+                download: fetching(&p, "det"),
             },
             t0 + 7 * SEC,
         );
@@ -552,6 +693,7 @@ mod tests {
             "det".to_string(),
             Known {
                 current: Some("2.0".into()),
+                current_sha256: None,
                 failed: vec![],
             },
         )]);
@@ -575,6 +717,7 @@ mod tests {
                 Event::TransferError {
                     name: "det".into(),
                     version: "1.0".into(),
+                    download: fetching(&p, "det"),
                     error: "busy".into(),
                 },
                 now,
@@ -600,6 +743,7 @@ mod tests {
             Event::Progress {
                 name: "det".into(),
                 version: "1.0".into(),
+                download: fetching(&p, "det"),
                 bytes: 1,
             },
             now,
@@ -609,6 +753,7 @@ mod tests {
             Event::TransferError {
                 name: "det".into(),
                 version: "1.0".into(),
+                download: fetching(&p, "det"),
                 error: "x".into(),
             },
             now,
@@ -629,6 +774,8 @@ mod tests {
             Event::Downloaded {
                 name: "det".into(),
                 version: "1.0".into(),
+                resumed: false,
+                download: fetching(&p, "det"),
             },
             t0,
         );
@@ -653,6 +800,7 @@ mod tests {
             Event::Refused {
                 name: "det".into(),
                 version: "1.0".into(),
+                download: fetching(&p, "det"),
                 error: "no room".into(),
             },
             t0 + 4 * SEC,
@@ -677,6 +825,7 @@ mod tests {
             "det".to_string(),
             Known {
                 current: Some("1.0".into()),
+                current_sha256: None,
                 failed: vec![r],
             },
         )]);
@@ -701,6 +850,8 @@ mod tests {
             Event::Downloaded {
                 name: "det".into(),
                 version: "1.0".into(),
+                resumed: false,
+                download: fetching(&p, "det"),
             },
             t0 + 2 * SEC,
         );
@@ -709,6 +860,8 @@ mod tests {
             Event::Downloaded {
                 name: "det".into(),
                 version: "2.0".into(),
+                resumed: false,
+                download: fetching(&p, "det"),
             },
             t0 + 2 * SEC,
         );
@@ -731,5 +884,194 @@ mod tests {
         p.handle(Event::Desired(vec![]), t0 + 5 * SEC);
         assert_eq!(states(&drain(&mut p)), ["cancel 3.0"]);
         assert_eq!(p.current("det"), Some("2.0"));
+    }
+
+    #[test]
+    fn a_cancelled_downloads_late_event_is_ignored_when_the_version_returns() {
+        let t0 = Instant::now();
+        let mut p = Plan::new(BTreeMap::new(), 1);
+        p.handle(Event::Desired(vec![want("det", "1.0", "r1")]), t0);
+        drain(&mut p);
+        let first = fetching(&p, "det");
+        // The name leaves the desired set (the download is cancelled, its
+        // staging file removed), then comes back at the same version.
+        p.handle(Event::Desired(vec![]), t0 + SEC);
+        assert_eq!(states(&drain(&mut p)), ["cancel 1.0"]);
+        p.handle(Event::Desired(vec![want("det", "1.0", "r1")]), t0 + 2 * SEC);
+        let a = drain(&mut p);
+        assert_eq!(states(&a), ["downloading 1.0 0", "fetch 1.0"]);
+        let second = fetching(&p, "det");
+        assert!(
+            matches!(&a[1], Action::Fetch { download, .. } if *download == second)
+                && second != first
+        );
+        // The first download's events, late: ignored (no install of a
+        // half-written payload, no failure).
+        for ev in [
+            Event::Progress {
+                name: "det".into(),
+                version: "1.0".into(),
+                download: first,
+                bytes: 5,
+            },
+            Event::Downloaded {
+                name: "det".into(),
+                version: "1.0".into(),
+                resumed: false,
+                download: first,
+            },
+            Event::Refused {
+                name: "det".into(),
+                version: "1.0".into(),
+                download: first,
+                error: "x".into(),
+            },
+            Event::TransferError {
+                name: "det".into(),
+                version: "1.0".into(),
+                download: first,
+                error: "x".into(),
+            },
+        ] {
+            p.handle(ev, t0 + 10 * SEC);
+            assert!(drain(&mut p).is_empty());
+        }
+        assert_eq!(fetching(&p, "det"), second, "the new download goes on");
+        p.handle(
+            Event::Downloaded {
+                name: "det".into(),
+                version: "1.0".into(),
+                resumed: false,
+                download: second,
+            },
+            t0 + 11 * SEC,
+        );
+        assert_eq!(states(&drain(&mut p)), ["installing 1.0 0", "install 1.0"]);
+    }
+
+    #[test]
+    fn the_current_version_from_other_bytes_is_not_reported_succeeded() {
+        use outpost_common::artifact::{FORMAT_TAR, MANIFEST_SCHEMA, Manifest};
+        let signed = |sha: &str| {
+            let mut d = want("det", "2.0", "r9");
+            d.manifest_json = Manifest {
+                schema: MANIFEST_SCHEMA,
+                name: "det".into(),
+                version: "2.0".into(),
+                format: FORMAT_TAR.into(),
+                size: 10,
+                sha256: sha.repeat(32),
+                post_install: None,
+                health_command: None,
+                health_window_secs: 10,
+                created_at: "2026-12-03T10:00:00Z".into(),
+            }
+            .to_json();
+            d
+        };
+        let t0 = Instant::now();
+        let known = BTreeMap::from([(
+            "det".to_string(),
+            Known {
+                current: Some("2.0".into()),
+                current_sha256: Some("aa".repeat(32)),
+                failed: vec![],
+            },
+        )]);
+        let mut p = Plan::new(known, 1);
+        p.handle(Event::Desired(vec![signed("aa")]), t0);
+        assert_eq!(states(&drain(&mut p)), ["succeeded 2.0 0"]);
+        p.handle(Event::Desired(vec![signed("bb")]), t0 + SEC);
+        let a = drain(&mut p);
+        assert_eq!(
+            states(&a),
+            ["failed 2.0 0"],
+            "neither succeeded nor reinstalled"
+        );
+        assert!(
+            matches!(&a[0], Action::Report(r) if r.error.contains(&"aa".repeat(32))
+                && r.error.contains(&"bb".repeat(32))
+                && r.error.contains("new version")),
+            "{a:?}"
+        );
+        assert_eq!(p.current("det"), Some("2.0"));
+    }
+
+    #[test]
+    fn a_bad_payload_after_a_resumed_download_is_fetched_once_more_from_zero() {
+        let t0 = Instant::now();
+        let mut p = Plan::new(BTreeMap::new(), 1);
+        p.handle(Event::Desired(vec![want("det", "1.0", "r1")]), t0);
+        drain(&mut p);
+        let downloaded = |p: &Plan, resumed| Event::Downloaded {
+            name: "det".into(),
+            version: "1.0".into(),
+            resumed,
+            download: fetching(p, "det"),
+        };
+        let bad = || Event::Installed {
+            name: "det".into(),
+            outcome: Outcome::BadPayload("payload SHA-256 x does not match".into()),
+        };
+        p.handle(downloaded(&p, true), t0 + SEC);
+        assert_eq!(states(&drain(&mut p)), ["installing 1.0 0", "install 1.0"]);
+        p.handle(bad(), t0 + 2 * SEC);
+        assert_eq!(
+            states(&drain(&mut p)),
+            ["downloading 1.0 0", "fetch 1.0"],
+            "not failed: fetched again"
+        );
+        // The second try (from zero, the staging file was removed) is bad
+        // too: failed, and not retried again.
+        p.handle(downloaded(&p, true), t0 + 3 * SEC);
+        drain(&mut p);
+        p.handle(bad(), t0 + 4 * SEC);
+        let a = drain(&mut p);
+        assert_eq!(states(&a), ["failed 1.0 0"]);
+        assert!(matches!(&a[0], Action::Report(r) if r.error.contains("SHA-256")));
+        // A download that was not resumed fails at once.
+        p.handle(Event::Desired(vec![want("det", "1.0", "r2")]), t0 + 5 * SEC);
+        drain(&mut p);
+        p.handle(downloaded(&p, false), t0 + 6 * SEC);
+        drain(&mut p);
+        p.handle(bad(), t0 + 7 * SEC);
+        assert_eq!(states(&drain(&mut p)), ["failed 1.0 0"]);
+    }
+
+    #[test]
+    fn after_a_failed_switch_back_the_old_version_is_not_taken_as_running() {
+        let t0 = Instant::now();
+        let known = BTreeMap::from([(
+            "det".to_string(),
+            Known {
+                current: Some("1.0".into()),
+                ..Default::default()
+            },
+        )]);
+        let mut p = Plan::new(known, 1);
+        p.handle(Event::Desired(vec![want("det", "2.0", "r2")]), t0);
+        drain(&mut p);
+        p.handle(
+            Event::Downloaded {
+                name: "det".into(),
+                version: "2.0".into(),
+                resumed: false,
+                download: fetching(&p, "det"),
+            },
+            t0,
+        );
+        drain(&mut p);
+        p.handle(
+            Event::Installed {
+                name: "det".into(),
+                outcome: Outcome::RollbackPending("switching back to 1.0 failed".into()),
+            },
+            t0 + SEC,
+        );
+        assert_eq!(states(&drain(&mut p)), ["failed 2.0 0"]);
+        assert_eq!(p.current("det"), None);
+        // 1.0 asked for again: not "succeeded at once" (2.0 may still run).
+        p.handle(Event::Desired(vec![want("det", "1.0", "r3")]), t0 + 2 * SEC);
+        assert_eq!(states(&drain(&mut p)), ["downloading 1.0 0", "fetch 1.0"]);
     }
 }

@@ -259,7 +259,7 @@ async fn a_payload_that_does_not_match_its_hash_is_refused() {
     std::fs::write(inst.part("det", "2.0"), &bytes).unwrap();
     let out = inst.install(&d, |_| {}).await.unwrap();
     assert!(
-        matches!(&out, Outcome::Failed(e) if e.contains("SHA-256")),
+        matches!(&out, Outcome::BadPayload(e) if e.contains("SHA-256")),
         "{out:?}"
     );
     assert_current(&inst, "1.0");
@@ -288,6 +288,33 @@ async fn bundles_that_reach_outside_the_release_are_refused_naming_the_entry() {
             tar(&[E::Symlink("d", "."), E::File("d/y", b"1")]),
             "\"d/y\"",
         ),
+        // The symlink after the entry below it: still refused.
+        (
+            tar(&[E::File("d/y", b"1"), E::Symlink("d", ".")]),
+            "\"d/y\"",
+        ),
+        // Textually inside, but `a` is `.`: `a/..` is `releases/`.
+        (
+            tar(&[E::Symlink("a", "."), E::Symlink("b", "a/..")]),
+            "\"b\"",
+        ),
+        (
+            tar(&[E::Symlink("b", "a/.."), E::Symlink("a", ".")]),
+            "\"b\"",
+        ),
+        // … and to /etc, through ten `a/`.
+        (
+            tar(&[
+                E::Symlink("a", "."),
+                E::Symlink(
+                    "etc",
+                    "a/a/a/a/a/a/a/a/a/a/../../../../../../../../../../etc",
+                ),
+            ]),
+            "\"etc\"",
+        ),
+        // A directory replaced by a later entry of the same name.
+        (tar(&[E::Dir("d"), E::Symlink("d", "/etc")]), "\"d\""),
     ];
     for (payload, named) in cases {
         let b = Box_::new();
@@ -544,4 +571,176 @@ async fn a_crash_inside_the_unpack_or_the_switch_leaves_nothing_half_done() {
         "the half-made link is gone"
     );
     assert_current(&restarted, "1.0");
+}
+
+#[tokio::test]
+async fn a_failed_switch_back_keeps_the_release_and_retries_the_rollback_at_start() {
+    let b = Box_::new();
+    let inst = Arc::new(b.installer());
+    assert_eq!(
+        b.install(&inst, "1.0", Some("true")).await,
+        Outcome::Succeeded
+    );
+    // The health check fails, and so does switching back (twice: ENOSPC).
+    inst.faults.lock().unwrap().switch_to = Some((Some("1.0".into()), 2));
+    let out = b.install(&inst, "2.0", Some("exit 3")).await;
+    assert!(
+        matches!(&out, Outcome::RollbackPending(e) if e.contains("health check")
+            && e.contains("switching back to 1.0 failed")
+            && e.contains("retried at the next start")),
+        "{out:?}"
+    );
+    // `current` still names 2.0: its release is kept, not deleted under it.
+    assert_current(&inst, "2.0");
+    assert_eq!(releases(&inst), ["1.0", "2.0"]);
+    assert!(dir(&inst).join("manifests/2.0.json").is_file());
+    let j = inst.journal("det").unwrap();
+    assert!(j.step.switched(), "{j:?}");
+    assert_eq!(j.previous.as_deref(), Some("1.0"));
+    // Nothing else is installed over a pending rollback.
+    let d3 = b.stage(&inst, &b.key, "3.0", &good_tar("3.0"), None);
+    let err = inst.begin(&d3).unwrap_err();
+    assert!(err.contains("rollback of det@2.0 is pending"), "{err}");
+    let out = inst.install(&d3, |_| {}).await.unwrap();
+    assert!(
+        matches!(&out, Outcome::Failed(e) if e.contains("pending")),
+        "{out:?}"
+    );
+    assert_current(&inst, "2.0");
+    assert!(inst.journal("det").unwrap().step.switched());
+    // A start that fails to switch back too keeps it pending, again.
+    let failing = b.installer();
+    failing.faults.lock().unwrap().switch_to = Some((Some("1.0".into()), 2));
+    let j = failing.recover("det").await.unwrap();
+    assert!(j.step.switched(), "{j:?}");
+    assert_current(&failing, "2.0");
+    assert_eq!(releases(&failing), ["1.0", "2.0"]);
+    // The next start rolls back, saying why (once).
+    let restarted = b.installer();
+    let j = restarted.recover("det").await.unwrap();
+    assert_eq!(j.step, Step::RolledBack);
+    let e = j.error.unwrap();
+    assert!(
+        e.contains("health check") && e.contains("rolled back at start"),
+        "{e}"
+    );
+    assert_eq!(e.matches("rolled back at start").count(), 1, "{e}");
+    assert!(!e.contains("switching back"), "{e}");
+    assert_current(&restarted, "1.0");
+    assert_eq!(releases(&restarted), ["1.0"]);
+    assert!(
+        b.post_installs().ends_with("1.0\n2.0\n1.0\n"),
+        "{}",
+        b.post_installs()
+    );
+}
+
+#[tokio::test]
+async fn a_first_install_whose_current_cannot_be_removed_is_kept_for_the_next_start() {
+    let b = Box_::new();
+    let inst = Arc::new(b.installer());
+    inst.faults.lock().unwrap().switch_to = Some((None, 2));
+    let out = b.install(&inst, "1.0", Some("false")).await;
+    assert!(
+        matches!(&out, Outcome::RollbackPending(e) if e.contains("switching back to no release failed")),
+        "{out:?}"
+    );
+    assert_current(&inst, "1.0");
+    assert_eq!(releases(&inst), ["1.0"]);
+    let restarted = b.installer();
+    assert_eq!(
+        restarted.recover("det").await.unwrap().step,
+        Step::RolledBack
+    );
+    assert_eq!(restarted.current("det"), None);
+    assert!(releases(&restarted).is_empty());
+}
+
+#[tokio::test]
+async fn one_failed_switch_back_is_retried_at_once() {
+    let b = Box_::new();
+    let inst = Arc::new(b.installer());
+    assert_eq!(b.install(&inst, "1.0", None).await, Outcome::Succeeded);
+    inst.faults.lock().unwrap().switch_to = Some((Some("1.0".into()), 1));
+    let out = b.install(&inst, "2.0", Some("false")).await;
+    assert!(matches!(out, Outcome::RolledBack(_)), "{out:?}");
+    assert_current(&inst, "1.0");
+    assert_eq!(releases(&inst), ["1.0"]);
+}
+
+#[tokio::test]
+async fn success_is_reported_only_once_journaled() {
+    let b = Box_::new();
+    let inst = Arc::new(b.installer());
+    assert_eq!(b.install(&inst, "1.0", None).await, Outcome::Succeeded);
+    // One failed write of the journal: retried, succeeded.
+    inst.faults.lock().unwrap().save = Some((Step::Succeeded, 1));
+    assert_eq!(b.install(&inst, "2.0", None).await, Outcome::Succeeded);
+    assert_eq!(inst.journal("det").unwrap().step, Step::Succeeded);
+    assert_current(&inst, "2.0");
+    // Two: rolled back before anything is reported (a restart would have
+    // rolled back what the control plane was told runs).
+    inst.faults.lock().unwrap().save = Some((Step::Succeeded, 2));
+    let out = b.install(&inst, "3.0", None).await;
+    assert!(
+        matches!(&out, Outcome::RolledBack(e) if e.contains("success could not be recorded")),
+        "{out:?}"
+    );
+    assert_current(&inst, "2.0");
+    assert_eq!(releases(&inst), ["1.0", "2.0"]);
+    let j = inst.journal("det").unwrap();
+    assert_eq!((j.step, j.version.as_str()), (Step::RolledBack, "3.0"));
+    // A restart changes nothing.
+    let restarted = b.installer();
+    restarted.recover("det").await;
+    assert_current(&restarted, "2.0");
+}
+
+#[tokio::test]
+async fn commands_get_a_minimal_environment_not_the_agents() {
+    let b = Box_::new();
+    let inst = Arc::new(b.installer());
+    // The test binary runs with cargo's CARGO_* variables (as the agent runs
+    // with agent.env's OUTPOST_ENROLL_TOKEN): none of them may leak.
+    assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
+    assert_eq!(
+        b.install(&inst, "1.0", Some("env | sed 's/^/env /'")).await,
+        Outcome::Succeeded
+    );
+    let lines = b.lines.lock().unwrap().clone();
+    let vars: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("det info env "))
+        .collect();
+    let release = dir(&inst).join("releases/1.0");
+    for want in [
+        format!("PATH={}", install::COMMAND_PATH),
+        "HOME=/".into(),
+        "LANG=C.UTF-8".into(),
+        "OUTPOST_ARTIFACT_NAME=det".into(),
+        "OUTPOST_ARTIFACT_VERSION=1.0".into(),
+        format!("OUTPOST_ARTIFACT_DIR={}", release.display()),
+    ] {
+        assert!(vars.contains(&want.as_str()), "{want} in {vars:?}");
+    }
+    let names: Vec<&str> = vars.iter().filter_map(|v| v.split('=').next()).collect();
+    for name in &names {
+        assert!(
+            [
+                "PATH",
+                "HOME",
+                "LANG",
+                "OUTPOST_ARTIFACT_NAME",
+                "OUTPOST_ARTIFACT_VERSION",
+                "OUTPOST_ARTIFACT_DIR",
+                // What sh itself sets.
+                "PWD",
+                "SHLVL",
+                "_",
+                "OLDPWD",
+            ]
+            .contains(name),
+            "{name} leaked into the command's environment: {vars:?}"
+        );
+    }
 }

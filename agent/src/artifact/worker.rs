@@ -94,7 +94,9 @@ async fn run(
     reports: mpsc::Sender<ArtifactReport>,
 ) {
     let mut known: BTreeMap<String, Known> = BTreeMap::new();
-    for (name, j) in installer.recover_all().await {
+    let recovered = installer.recover_all().await;
+    for (name, j) in &recovered {
+        let (name, j) = (name.clone(), j.clone());
         let k = known.entry(name.clone()).or_default();
         if matches!(j.step, Step::Failed | Step::RolledBack) {
             let r = Report {
@@ -116,6 +118,32 @@ async fn run(
     for (name, version) in installer.installed() {
         known.entry(name).or_default().current = Some(version);
     }
+    // A rollback that could not switch back again: `current` names a
+    // release that did not prove healthy. Nothing counts as installed (the
+    // installer refuses until the next start rolls back); the plan knows the
+    // failure.
+    for (name, j) in recovered {
+        if j.step.switched() {
+            let r = Report {
+                name: name.clone(),
+                version: j.version.clone(),
+                rollout_id: j.rollout_id.clone(),
+                state: "failed",
+                error: j.error.clone().unwrap_or_default(),
+                bytes_done: 0,
+            };
+            let _ = reports.try_send(to_report(&r, &installer));
+            let k = known.entry(name).or_default();
+            k.current = None;
+            k.failed.push(r);
+        }
+    }
+    for (name, k) in known.iter_mut() {
+        k.current_sha256 = k
+            .current
+            .as_deref()
+            .and_then(|v| installer.kept_sha256(name, v));
+    }
     let mut plan = Plan::new(known, rand::random());
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
     let mut client: Option<DeviceServiceClient<Channel>> = None;
@@ -136,8 +164,14 @@ async fn run(
                     tracing::info!(artifact = %name, %version, "download cancelled (another version is wanted)");
                     let _ = std::fs::remove_file(installer.part(&name, &version));
                 }
-                Action::Fetch(d) => {
-                    let task = fetch(installer.clone(), client.clone(), d.clone(), ev_tx.clone());
+                Action::Fetch { d, download } => {
+                    let task = fetch(
+                        installer.clone(),
+                        client.clone(),
+                        d.clone(),
+                        download,
+                        ev_tx.clone(),
+                    );
                     if let Some(old) = downloads.insert(d.name.clone(), tokio::spawn(task)) {
                         old.abort();
                     }
@@ -183,6 +217,7 @@ async fn fetch(
     installer: Arc<Installer>,
     client: Option<DeviceServiceClient<Channel>>,
     d: DesiredArtifact,
+    id: u64,
     ev: mpsc::UnboundedSender<Event>,
 ) {
     let name = d.name.clone();
@@ -197,6 +232,7 @@ async fn fetch(
             let _ = ev.send(Event::Refused {
                 name,
                 version,
+                download: id,
                 error,
             });
             return;
@@ -208,6 +244,7 @@ async fn fetch(
         let _ = ev.send(Event::TransferError {
             name,
             version,
+            download: id,
             error,
         });
         return;
@@ -217,25 +254,30 @@ async fn fetch(
         let _ = ev.send(Event::Progress {
             name: name.clone(),
             version: d.version.clone(),
+            download: id,
             bytes,
         });
     };
     let r = download(&mut client, &d.name, &d.version, &part, m.size, progress).await;
     let _ = ev.send(match r {
-        Ok(()) => Event::Downloaded {
+        Ok(resumed) => Event::Downloaded {
             name,
             version: d.version.clone(),
+            resumed,
+            download: id,
         },
         Err(error) => Event::TransferError {
             name,
             version: d.version.clone(),
+            download: id,
             error,
         },
     });
 }
 
 /// Appends the payload from the file's length on to `part` (a resumed
-/// download), until it holds `size` bytes.
+/// download), until it holds `size` bytes. Returns whether part of it was
+/// there before.
 pub async fn download(
     client: &mut DeviceServiceClient<Channel>,
     name: &str,
@@ -243,10 +285,10 @@ pub async fn download(
     part: &Path,
     size: u64,
     progress: impl Fn(u64),
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let (mut f, len) = open_part(part, size).await?;
     if len == size {
-        return Ok(());
+        return Ok(len > 0);
     }
     tracing::info!(artifact = %name, %version, from = len, size, "downloading");
     let stream = client
@@ -258,7 +300,9 @@ pub async fn download(
         .await
         .map_err(|s| fetch_error(&s))?
         .into_inner();
-    append_chunks(&mut f, len, size, stream, progress).await
+    append_chunks(&mut f, len, size, stream, progress)
+        .await
+        .map(|()| len > 0)
 }
 
 /// Opens (creates, 0600) the staging file for appending; a file longer than

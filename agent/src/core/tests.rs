@@ -866,3 +866,84 @@ fn artifact_reports_go_out_while_connected_and_the_latest_is_resent_on_reconnect
         "nothing desired, nothing resent"
     );
 }
+
+/// The driver's side of the session queue in the test below: reports that
+/// find room are queued, the others are handed back as the driver does.
+fn feed(
+    s: &mut Sim,
+    outs: Vec<Output>,
+    queue: &mut std::collections::VecDeque<(String, String)>,
+    room: usize,
+) {
+    let mut work: std::collections::VecDeque<Output> = outs.into();
+    while let Some(o) = work.pop_front() {
+        assert!(
+            !matches!(o, Output::Disconnect),
+            "a burst of reports never drops the link"
+        );
+        if let Output::SendArtifact(r) = o {
+            if queue.len() < room {
+                queue.push_back((r.name, r.state));
+            } else {
+                work.extend(s.event(Event::ArtifactDeferred(r.name)));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_burst_of_artifact_reports_waits_for_room_in_the_session_queue() {
+    let mut s = Sim::agent();
+    let names: Vec<String> = (0..150).map(|i| format!("a{i:03}")).collect();
+    for n in &names {
+        s.event(Event::ArtifactReport(artifact_report(n, "failed")));
+    }
+    // Room for 20 reports; the control plane reads 10 every 250 ms.
+    let mut queue = std::collections::VecDeque::new();
+    let mut sent: Vec<(String, String)> = Vec::new();
+    let outs = s.connect(30);
+    feed(&mut s, outs, &mut queue, 20);
+    assert_eq!(queue.len(), 20);
+    // Newer reports meanwhile: one for a name still waiting (its latest
+    // goes, once), one for a new name (behind those waiting).
+    let outs = s.event(Event::ArtifactReport(artifact_report(
+        "a149",
+        "rolled_back",
+    )));
+    assert!(
+        sent_artifacts(&outs).is_empty(),
+        "not ahead of those waiting"
+    );
+    let outs = s.event(Event::ArtifactReport(artifact_report("new", "succeeded")));
+    assert!(sent_artifacts(&outs).is_empty());
+    let start = s.at();
+    while sent.len() < names.len() + 1 {
+        assert!(s.at() - start < 60 * SEC, "stuck: {} sent", sent.len());
+        for _ in 0..10 {
+            if let Some(r) = queue.pop_front() {
+                sent.push(r);
+            }
+        }
+        let outs: Vec<Output> = s
+            .run_until(s.at() + ARTIFACT_RETRY)
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect();
+        feed(&mut s, outs, &mut queue, 20);
+    }
+    assert!(queue.is_empty());
+    // Each name once, in order, with its latest state.
+    let mut want: Vec<(String, String)> = names
+        .iter()
+        .map(|n| (n.clone(), "failed".to_string()))
+        .collect();
+    want[149].1 = "rolled_back".into();
+    want.push(("new".into(), "succeeded".into()));
+    assert_eq!(sent, want);
+    // Nothing waits any more: the core wakes for its own timers only.
+    let outs = s.run_until(s.at() + 10 * SEC);
+    assert!(
+        outs.iter()
+            .all(|(_, o)| !matches!(o, Output::SendArtifact(_)))
+    );
+}

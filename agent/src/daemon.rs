@@ -696,8 +696,10 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
 /// interrupted).
 fn start_artifacts(cfg: &AgentConfig, state: &StateDir) -> crate::artifact::worker::Handle {
     if cfg.publisher_keys.is_empty() {
-        tracing::warn!(
-            "no publisher key configured: every desired artifact will be reported failed"
+        // Not a warning: most boxes never get an artifact. A rollout that
+        // reaches this box is refused with this reason, visible to operators.
+        tracing::info!(
+            "no publisher key configured: artifacts (docs/artifacts.md) will be refused"
         );
     }
     let (sink, lines) = crate::artifact::worker::line_channel();

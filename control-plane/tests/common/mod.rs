@@ -643,3 +643,57 @@ pub fn retry_after_secs(resp: &reqwest::Response) -> u64 {
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .unwrap_or(1)
 }
+
+/// Publishes `name@version` over REST with `api_key`: a tar holding a
+/// `VERSION` file, its manifest signed by `publisher` (health command: the
+/// file exists), then the payload.
+pub async fn publish_signed(
+    cp: &ControlPlane,
+    workspace: &str,
+    api_key: &str,
+    publisher: &outpost_common::artifact::SigningKey,
+    name: &str,
+    version: &str,
+) {
+    use outpost_common::artifact::{FORMAT_TAR, MANIFEST_SCHEMA, Manifest};
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    header.set_size(version.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "VERSION", version.as_bytes())
+        .unwrap();
+    let payload = tar.into_inner().unwrap();
+    let manifest = Manifest {
+        schema: MANIFEST_SCHEMA,
+        name: name.into(),
+        version: version.into(),
+        format: FORMAT_TAR.into(),
+        size: payload.len() as u64,
+        sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, &payload)),
+        post_install: None,
+        health_command: Some("test -f VERSION".into()),
+        health_window_secs: 10,
+        created_at: "2026-12-03T12:00:00Z".into(),
+    }
+    .to_json();
+    let http = reqwest::Client::new();
+    let base = format!("{}/{workspace}/devices/v2/artifacts", cp.rest);
+    let resp = http
+        .post(&base)
+        .bearer_auth(api_key)
+        .json(&json!({"manifest": manifest, "signature": publisher.sign(&manifest)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    let resp = http
+        .put(format!("{base}/{name}/{version}/payload"))
+        .bearer_auth(api_key)
+        .header("content-type", "application/octet-stream")
+        .body(payload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+}

@@ -764,3 +764,99 @@ async fn a_crash_at_every_install_step_leaves_a_complete_release_and_finishes_or
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waves_wait_for_approval_and_an_offline_box_installs_when_it_comes_back() {
+    let f = Fleet::start();
+    let pk = f.public_key.clone();
+    let a = f.device("cam-1", json!({"site": "berlin"}), &[&pk]).await;
+    let b = f.device("cam-2", json!({"site": "berlin"}), &[&pk]).await;
+    let mut c = f.device("cam-3", json!({"site": "depot"}), &[&pk]).await;
+    c.stop();
+    f.publish("detector", "1", &[]);
+
+    // With --approve-waves the rollout waits after the first wave.
+    let id = f.ctl_ok(&[
+        "rollout",
+        "create",
+        "--artifact",
+        "detector@1",
+        "--selector",
+        "site=berlin",
+        "--waves",
+        "1,100%",
+        "--approve-waves",
+    ]);
+    let r = f
+        .wait_rollout(&id, "the first wave done, awaiting approval", |r| {
+            r["state"] == "paused"
+        })
+        .await;
+    assert_eq!(r["reason"], "awaiting approval", "{r:#}");
+    let (first, second) = if device_wave(&r, &a.id) == 1 {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert_eq!(device_state(&r, &first.id), "succeeded");
+    assert_eq!(device_state(&r, &second.id), "pending");
+    assert_eq!(
+        second.current("detector"),
+        None,
+        "not released before approval"
+    );
+    // resume is not approve.
+    assert!(!f.ctl(&["rollout", "resume", &id]).status.success());
+    f.ctl_ok(&["rollout", "approve", &id]);
+    let r = f
+        .wait_rollout(&id, "the rollout completed", |r| r["state"] == "completed")
+        .await;
+    assert_eq!(device_state(&r, &second.id), "succeeded");
+    assert_eq!(second.current("detector").as_deref(), Some("1"));
+
+    // Boxes already on the version report it at once: nothing is installed again.
+    let again = f.ctl_ok(&[
+        "rollout",
+        "create",
+        "--artifact",
+        "detector@1",
+        "--selector",
+        "site=berlin",
+    ]);
+    let r = f
+        .wait_rollout(&again, "the same version again", |r| {
+            r["state"] == "completed"
+        })
+        .await;
+    assert_eq!(device_state(&r, &a.id), "succeeded");
+    let releases: Vec<_> = std::fs::read_dir(a.artifacts.join("detector/releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(releases, ["1"], "one release, installed once");
+
+    // An offline box: the wave times out and the rollout completes without
+    // it; the box installs when it comes back.
+    let id = f.ctl_ok(&[
+        "rollout",
+        "create",
+        "--artifact",
+        "detector@1",
+        "--selector",
+        "site=depot",
+        "--wave-timeout",
+        "1s",
+    ]);
+    let r = f
+        .wait_rollout(&id, "the rollout completed without the offline box", |r| {
+            r["state"] == "completed"
+        })
+        .await;
+    assert_eq!(device_state(&r, &c.id), "pending");
+    c.start(&[]);
+    f.wait_rollout(&id, "the box installed after coming back", |r| {
+        device_state(r, &c.id) == "succeeded"
+    })
+    .await;
+    assert_eq!(c.current("detector").as_deref(), Some("1"));
+}

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -181,9 +181,12 @@ fn conflict(m: impl Into<String>) -> ApiError {
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateRollout>,
+    request: Request,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
+    // Authorisation before the body is read: a key without the scope gets
+    // 403 whatever it sends, never a 400 about the body.
     caller.require(Scope::DeviceUpdate, Target::Workspace)?;
+    let ApiJson(body) = ApiJson::<CreateRollout>::from_request(request, &()).await?;
     let (name, version) = outpost_common::artifact::parse_id(&body.artifact)
         .map_err(|e| ApiError::bad_request(format!("artifact: {e}")))?;
     if body.selector.is_empty() {

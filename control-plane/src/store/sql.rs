@@ -2149,12 +2149,18 @@ where
     async fn desired_artifacts(&self, device_id: &str) -> StoreResult<Vec<DesiredArtifact>> {
         // Released to the device: its wave started and the rollout is not
         // aborted, or the device started on it already (an abort does not
-        // take back what a device has). Newest rollout first per name.
+        // take back what a device has). Per name, the newest such rollout
+        // decides, whether or not its artifact is still stored: the
+        // artifacts are LEFT JOINed so that deleting the newest released
+        // version leaves the name out (the device keeps what it has) rather
+        // than making an older rollout's version desired, which would
+        // downgrade every reconnecting device with no waves and no health
+        // gate (docs/artifacts.md).
         let rows = sqlx::query(
             "SELECT r.id, r.artifact_name, r.artifact_version, a.manifest_json, a.public_key, \
              a.signature FROM rollout_devices d \
              JOIN rollouts r ON r.id = d.rollout_id \
-             JOIN artifacts a ON a.workspace = r.workspace AND a.name = r.artifact_name \
+             LEFT JOIN artifacts a ON a.workspace = r.workspace AND a.name = r.artifact_name \
                   AND a.version = r.artifact_version \
              WHERE d.device_id = $1 \
              AND ((d.wave <= r.current_wave AND r.state <> 'aborted') OR d.state <> 'pending') \
@@ -2163,18 +2169,28 @@ where
         .bind(device_id)
         .fetch_all(&self.pool)
         .await?;
+        let mut seen: Vec<String> = Vec::new();
         let mut out: Vec<DesiredArtifact> = Vec::new();
         for r in &rows {
             let name = r.text("artifact_name")?;
-            if out.iter().any(|d| d.name == name) {
+            if seen.contains(&name) {
                 continue;
             }
+            seen.push(name.clone());
+            let (Some(manifest_json), Some(public_key), Some(signature)) = (
+                r.opt_text("manifest_json")?,
+                r.opt_text("public_key")?,
+                r.opt_text("signature")?,
+            ) else {
+                // The newest release of this name was deleted.
+                continue;
+            };
             out.push(DesiredArtifact {
                 name,
                 version: r.text("artifact_version")?,
-                manifest_json: r.text("manifest_json")?,
-                public_key: r.text("public_key")?,
-                signature: r.text("signature")?,
+                manifest_json,
+                public_key,
+                signature,
                 rollout_id: r.text("id")?,
             });
         }

@@ -145,6 +145,7 @@ store_tests!(
     rollouts_are_created_read_and_one_is_active_per_artifact,
     rollout_steps_apply_conditionally_and_reports_only_move_forward,
     desired_state_follows_released_waves_and_survives_an_abort,
+    deleting_the_released_version_leaves_the_name_out_rather_than_downgrading,
 );
 
 replica_tests!(
@@ -2764,6 +2765,64 @@ async fn desired_state_follows_released_waves_and_survives_an_abort(s: Arc<dyn S
         "its wave of ro_2 started but it never began, and ro_2 is aborted"
     );
     assert!(s.desired_artifacts("d9").await.unwrap().is_empty());
+}
+
+async fn deleting_the_released_version_leaves_the_name_out_rather_than_downgrading(
+    s: Arc<dyn Store>,
+) {
+    rollout_fleet(&s, &["d1", "d2"]).await;
+    s.create_artifact(&artifact("other", "1", "{}", 10))
+        .await
+        .unwrap();
+    let versions = |v: Vec<DesiredArtifact>| {
+        v.into_iter()
+            .map(|d| format!("{}@{}:{}", d.name, d.version, d.rollout_id))
+            .collect::<Vec<_>>()
+    };
+    let mut created = 100;
+    for (id, name, version) in [
+        ("ro_1", "model", "1"),
+        ("ro_2", "model", "2"),
+        ("ro_o", "other", "1"),
+    ] {
+        let mut new = new_rollout(id, version, &[("d1", 0), ("d2", 0)], created);
+        new.artifact_name = name.into();
+        s.create_rollout(&new).await.unwrap();
+        let r = s.get_rollout("acme", id).await.unwrap().unwrap();
+        assert!(
+            s.apply_rollout_transition(id, &step(&r, RolloutState::Completed, 0, created), created)
+                .await
+                .unwrap()
+        );
+        created += 100;
+    }
+    assert_eq!(
+        versions(s.desired_artifacts("d1").await.unwrap()),
+        vec!["model@2:ro_2", "other@1:ro_o"]
+    );
+    // model@2 (the newest release) goes: model@1 of the older rollout must
+    // not come back as desired; the devices keep what they have.
+    assert!(s.delete_artifact("acme", "model", "2").await.unwrap());
+    for d in ["d1", "d2"] {
+        assert_eq!(
+            versions(s.desired_artifacts(d).await.unwrap()),
+            vec!["other@1:ro_o"],
+            "{d}"
+        );
+    }
+    // A new rollout of model@1 releases it again, through its waves.
+    s.create_rollout(&new_rollout("ro_3", "1", &[("d1", 0), ("d2", 1)], 1000))
+        .await
+        .unwrap();
+    assert_eq!(
+        versions(s.desired_artifacts("d1").await.unwrap()),
+        vec!["model@1:ro_3", "other@1:ro_o"]
+    );
+    assert_eq!(
+        versions(s.desired_artifacts("d2").await.unwrap()),
+        vec!["other@1:ro_o"],
+        "its wave of ro_3 has not started"
+    );
 }
 
 async fn replicas_create_one_active_rollout_per_artifact(s: Vec<Arc<dyn Store>>) {

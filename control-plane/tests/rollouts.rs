@@ -232,9 +232,27 @@ async fn rollouts_over_rest_follow_their_states_and_scopes() {
     let (s, got) = cp.get_json(&format!("{url}/{id}"), &reader).await;
     assert_eq!(s, 200);
     assert_eq!(got["id"], id.as_str());
+    assert_eq!(got["devices_total"], 3);
+    assert_eq!(got["device_counts"]["pending"], 3);
     let (s, list) = cp.get_json(url, &reader).await;
     assert_eq!(s, 200);
     assert_eq!(list["data"][0]["id"], id.as_str());
+    // The list: counts per state instead of the devices, one page.
+    let listed = &list["data"][0];
+    assert!(listed.get("devices").is_none(), "{listed}");
+    assert_eq!(listed["devices_total"], 3);
+    assert_eq!(
+        listed["device_counts"],
+        json!({"pending": 3, "downloading": 0, "installing": 0, "verifying": 0,
+               "succeeded": 0, "failed": 0, "rolled_back": 0})
+    );
+    assert_eq!(listed["waves"][1]["size"], 2);
+    assert_eq!(list["pagination"]["has_more"], false);
+    assert_eq!(list["pagination"]["limit"], 50);
+    let (s, body) = cp.get_json(&format!("{url}?limit=501"), &reader).await;
+    assert_eq!(s, 400, "{body}");
+    let (s, body) = cp.get_json(&format!("{url}?cursor=garbage"), &reader).await;
+    assert_eq!(s, 400, "{body}");
     let (s, _) = cp.get_json(&format!("{url}/ro_nothere"), &reader).await;
     assert_eq!(s, 404);
 

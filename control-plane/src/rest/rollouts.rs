@@ -2,6 +2,7 @@
 //! devices a label selector matches, wave by wave (docs/artifacts.md). The
 //! rules are `crate::rollout`; the driver moves running rollouts on.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -10,15 +11,19 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::labels::{MAX_LABELS, Selector};
-use crate::rollout::{self, Action, RolloutState};
-use crate::store::{ARTIFACT_READY, DeviceListQuery, NewRollout, Rollout, StoreError, now_ms};
+use crate::rollout::{self, Action, DeviceState, RolloutState};
+use crate::store::{
+    ARTIFACT_READY, DeviceListQuery, NewRollout, Rollout, RolloutListQuery, RolloutSummary,
+    StoreError, now_ms,
+};
 use crate::{AppState, ids};
 
 use super::auth::{Caller, Scope, Target};
 use super::error::ApiError;
 #[allow(unused_imports)]
 use super::openapi::*;
-use super::params::{ApiJson, format_time};
+use super::pagination::{Page, decode_cursor, page, parse_limit};
+use super::params::{ApiJson, Params, format_time};
 
 /// Devices one rollout may hold.
 const MAX_ROLLOUT_DEVICES: usize = 100_000;
@@ -88,11 +93,24 @@ pub struct RolloutView {
     current_wave: u32,
     created_at: String,
     updated_at: String,
-    devices: Vec<RolloutDeviceView>,
+    /// Its devices per state: every device state, zeros included.
+    #[schema(value_type = std::collections::BTreeMap<String, u64>)]
+    device_counts: BTreeMap<&'static str, u64>,
+    /// Devices in the rollout.
+    devices_total: u64,
+    /// Every device, in wave order: in `GET rollouts/{id}` only (the list
+    /// has the counts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devices: Option<Vec<RolloutDeviceView>>,
 }
 
 impl RolloutView {
-    fn new(r: Rollout) -> Self {
+    /// `counts`: (0-based wave, state, devices).
+    fn build(
+        r: Rollout,
+        counts: &[(u32, DeviceState, u64)],
+        devices: Option<Vec<RolloutDeviceView>>,
+    ) -> Self {
         let waves = r
             .waves
             .iter()
@@ -111,11 +129,20 @@ impl RolloutView {
                 WaveView {
                     index: i + 1,
                     spec: spec.clone(),
-                    size: r.devices.iter().filter(|d| d.wave == i).count() as u64,
+                    size: counts
+                        .iter()
+                        .filter(|(w, _, _)| *w == i)
+                        .map(|(_, _, n)| n)
+                        .sum(),
                     state,
                 }
             })
             .collect();
+        let mut device_counts: BTreeMap<&'static str, u64> =
+            DeviceState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        for (_, state, n) in counts {
+            *device_counts.entry(state.as_str()).or_default() += n;
+        }
         RolloutView {
             artifact: format!("{}@{}", r.artifact_name, r.artifact_version),
             state: r.state.as_str().to_string(),
@@ -126,28 +153,45 @@ impl RolloutView {
             current_wave: r.current_wave + 1,
             created_at: format_time(r.created_at),
             updated_at: format_time(r.updated_at),
-            devices: r
-                .devices
-                .into_iter()
-                .map(|d| RolloutDeviceView {
-                    device_id: d.device_id,
-                    name: d.name,
-                    wave: d.wave + 1,
-                    state: d.state.as_str().to_string(),
-                    error: d.error,
-                    updated_at: format_time(d.updated_at),
-                })
-                .collect(),
+            devices_total: counts.iter().map(|(_, _, n)| n).sum(),
+            device_counts,
+            devices,
             id: r.id,
             reason: r.reason,
             selector: r.selector,
         }
     }
-}
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RolloutList {
-    data: Vec<RolloutView>,
+    /// A rollout with its devices (`GET rollouts/{id}`, the actions).
+    fn new(mut r: Rollout) -> Self {
+        let mut counts: Vec<(u32, DeviceState, u64)> = Vec::new();
+        for d in &r.devices {
+            match counts
+                .iter_mut()
+                .find(|(w, s, _)| *w == d.wave && *s == d.state)
+            {
+                Some(c) => c.2 += 1,
+                None => counts.push((d.wave, d.state, 1)),
+            }
+        }
+        let devices = std::mem::take(&mut r.devices)
+            .into_iter()
+            .map(|d| RolloutDeviceView {
+                device_id: d.device_id,
+                name: d.name,
+                wave: d.wave + 1,
+                state: d.state.as_str().to_string(),
+                error: d.error,
+                updated_at: format_time(d.updated_at),
+            })
+            .collect();
+        Self::build(r, &counts, Some(devices))
+    }
+
+    /// A listed rollout: the counts, not the devices.
+    fn summary(s: RolloutSummary) -> Self {
+        Self::build(s.rollout, &s.counts, None)
+    }
 }
 
 /// A rollout's path.
@@ -309,9 +353,11 @@ async fn load(state: &AppState, workspace: &str, id: &str) -> Result<Rollout, Ap
     path = "/{workspace}/devices/v2/rollouts",
     operation_id = "listRollouts",
     tag = "artifacts",
-    params(WorkspacePath),
+    params(WorkspacePath, PageQuery),
     responses(
-        (status = 200, description = "Success, newest first", body = RolloutList),
+        (status = 200, description = "Success, newest first; each rollout with its \
+            `device_counts` and `devices_total`, not its `devices`", body = Page<RolloutView>),
+        BadRequest,
         Unauthorized,
         Forbidden,
     )
@@ -319,16 +365,25 @@ async fn load(state: &AppState, workspace: &str, id: &str) -> Result<Rollout, Ap
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-) -> Result<Json<RolloutList>, ApiError> {
+    params: Params,
+) -> Result<Json<Page<RolloutView>>, ApiError> {
     caller.require(Scope::DeviceRead, Target::Workspace)?;
-    let data = state
+    let limit = parse_limit(params.get("limit"), 50, 500)?;
+    let before: Option<(i64, String)> = decode_cursor(params.get("cursor"))?;
+    let rows = state
         .store
-        .list_rollouts(&caller.workspace)
-        .await?
-        .into_iter()
-        .map(RolloutView::new)
-        .collect();
-    Ok(Json(RolloutList { data }))
+        .list_rollouts(&RolloutListQuery {
+            workspace: caller.workspace.clone(),
+            before,
+            limit: limit + 1,
+        })
+        .await?;
+    Ok(Json(page(
+        rows,
+        limit,
+        |s| (s.rollout.created_at, s.rollout.id.clone()),
+        RolloutView::summary,
+    )))
 }
 
 #[utoipa::path(

@@ -666,6 +666,23 @@ pub struct RolloutDevice {
     pub updated_at: UnixMillis,
 }
 
+/// A page of rollouts to list.
+#[derive(Debug, Clone)]
+pub struct RolloutListQuery {
+    pub workspace: String,
+    /// Continue with rollouts older than this (created_at, id) key.
+    pub before: Option<(UnixMillis, String)>,
+    pub limit: u32,
+}
+
+/// A listed rollout: its `devices` are empty; `counts` holds how many of
+/// its devices are in each (0-based wave, state), pairs with none left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutSummary {
+    pub rollout: Rollout,
+    pub counts: Vec<(u32, crate::rollout::DeviceState, u64)>,
+}
+
 /// An agent's report on one artifact (validated).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArtifactReport {
@@ -1072,8 +1089,10 @@ pub trait Store: Send + Sync + 'static {
     async fn create_rollout(&self, r: &NewRollout) -> StoreResult<()>;
     /// A rollout of the workspace with its devices.
     async fn get_rollout(&self, workspace: &str, id: &str) -> StoreResult<Option<Rollout>>;
-    /// A workspace's rollouts, newest first, with their devices.
-    async fn list_rollouts(&self, workspace: &str) -> StoreResult<Vec<Rollout>>;
+    /// A page of a workspace's rollouts, newest first (`created_at`, then
+    /// id, descending), each without its devices but with their counts
+    /// per wave and state (one GROUP BY, the devices are not loaded).
+    async fn list_rollouts(&self, q: &RolloutListQuery) -> StoreResult<Vec<RolloutSummary>>;
     /// Every running rollout of every workspace, with its devices (the
     /// driver's work).
     async fn running_rollouts(&self) -> StoreResult<Vec<Rollout>>;

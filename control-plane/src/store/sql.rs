@@ -1965,17 +1965,62 @@ where
         }
     }
 
-    async fn list_rollouts(&self, workspace: &str) -> StoreResult<Vec<Rollout>> {
+    async fn list_rollouts(&self, q: &RolloutListQuery) -> StoreResult<Vec<RolloutSummary>> {
+        // No cursor: before the end of time (no rollout is created then).
+        let (before_at, before_id) = q.before.clone().unwrap_or((i64::MAX, String::new()));
         let rows = sqlx::query(concat!(
             rollout_select!(),
-            " WHERE workspace = $1 ORDER BY created_at DESC, id DESC"
+            " WHERE workspace = $1 AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
+             ORDER BY created_at DESC, id DESC LIMIT $4"
         ))
-        .bind(workspace)
+        .bind(&q.workspace)
+        .bind(before_at)
+        .bind(&before_id)
+        .bind(i64::from(q.limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            out.push(self.rollout_with_devices(row).await?);
+        let mut out = rows
+            .iter()
+            .map(|row| {
+                Ok(RolloutSummary {
+                    rollout: rollout_from_row(row)?,
+                    counts: Vec::new(),
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let (Some(newest), Some(oldest)) = (out.first(), out.last()) else {
+            return Ok(out);
+        };
+        // The page's devices counted in one query: the page is the
+        // workspace's rollouts between its newest and oldest keys.
+        let rows = sqlx::query(
+            "SELECT rd.rollout_id, rd.wave, rd.state, COUNT(*) AS n \
+             FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
+             WHERE r.workspace = $1 \
+             AND (r.created_at < $2 OR (r.created_at = $2 AND r.id <= $3)) \
+             AND (r.created_at > $4 OR (r.created_at = $4 AND r.id >= $5)) \
+             GROUP BY rd.rollout_id, rd.wave, rd.state",
+        )
+        .bind(&q.workspace)
+        .bind(newest.rollout.created_at)
+        .bind(&newest.rollout.id)
+        .bind(oldest.rollout.created_at)
+        .bind(&oldest.rollout.id)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            let id = r.text("rollout_id")?;
+            let state = r.text("state")?;
+            let state = crate::rollout::DeviceState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("rollout device state {state}")))?;
+            if let Some(s) = out.iter_mut().find(|s| s.rollout.id == id) {
+                s.counts
+                    .push((count32(r, "wave")?, state, r.int("n")?.max(0) as u64));
+            }
+        }
+        for s in &mut out {
+            s.counts
+                .sort_by_key(|(wave, state, _)| (*wave, state.rank()));
         }
         Ok(out)
     }

@@ -146,6 +146,7 @@ store_tests!(
     rollout_steps_apply_conditionally_and_reports_only_move_forward,
     desired_state_follows_released_waves_and_survives_an_abort,
     deleting_the_released_version_leaves_the_name_out_rather_than_downgrading,
+    rollouts_list_in_pages_newest_first_with_device_counts,
 );
 
 replica_tests!(
@@ -2458,11 +2459,15 @@ async fn rollouts_are_created_read_and_one_is_active_per_artifact(s: Arc<dyn Sto
     );
     s.create_rollout(&r2).await.unwrap();
     let listed: Vec<(String, RolloutState)> = s
-        .list_rollouts("acme")
+        .list_rollouts(&RolloutListQuery {
+            workspace: "acme".into(),
+            before: None,
+            limit: 10,
+        })
         .await
         .unwrap()
         .into_iter()
-        .map(|r| (r.id, r.state))
+        .map(|r| (r.rollout.id, r.rollout.state))
         .collect();
     assert_eq!(
         listed,
@@ -2822,6 +2827,81 @@ async fn deleting_the_released_version_leaves_the_name_out_rather_than_downgradi
         versions(s.desired_artifacts("d2").await.unwrap()),
         vec!["other@1:ro_o"],
         "its wave of ro_3 has not started"
+    );
+}
+
+async fn rollouts_list_in_pages_newest_first_with_device_counts(s: Arc<dyn Store>) {
+    rollout_fleet(&s, &["d1", "d2", "d3"]).await;
+    // Five rollouts (each aborted, so the next may start); ro_3 and ro_4
+    // created at the same millisecond (the id breaks the tie).
+    let created = [100, 200, 300, 300, 400];
+    for (i, at) in created.iter().enumerate() {
+        let id = format!("ro_{i}");
+        s.create_rollout(&new_rollout(
+            &id,
+            "1",
+            &[("d1", 0), ("d2", 1), ("d3", 1)],
+            *at,
+        ))
+        .await
+        .unwrap();
+        let r = s.get_rollout("acme", &id).await.unwrap().unwrap();
+        assert!(
+            s.apply_rollout_transition(&id, &step(&r, RolloutState::Aborted, 0, *at), *at)
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        s.record_artifact_report(
+            "d1",
+            "acme",
+            &report("ro_3", "1", DeviceState::Succeeded),
+            500
+        )
+        .await
+        .unwrap()
+    );
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = s
+            .list_rollouts(&RolloutListQuery {
+                workspace: "acme".into(),
+                before: before.clone(),
+                limit: 2,
+            })
+            .await
+            .unwrap();
+        assert!(page.len() <= 2);
+        for r in &page {
+            assert!(r.rollout.devices.is_empty(), "devices are not loaded");
+            let expected = if r.rollout.id == "ro_3" {
+                vec![(0, DeviceState::Succeeded, 1), (1, DeviceState::Pending, 2)]
+            } else {
+                vec![(0, DeviceState::Pending, 1), (1, DeviceState::Pending, 2)]
+            };
+            assert_eq!(r.counts, expected, "{}", r.rollout.id);
+            seen.push(r.rollout.id.clone());
+        }
+        match page.last() {
+            Some(last) if page.len() == 2 => {
+                before = Some((last.rollout.created_at, last.rollout.id.clone()))
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(seen, vec!["ro_4", "ro_3", "ro_2", "ro_1", "ro_0"]);
+    // Another workspace's list is empty.
+    assert!(
+        s.list_rollouts(&RolloutListQuery {
+            workspace: "other".into(),
+            before: None,
+            limit: 50,
+        })
+        .await
+        .unwrap()
+        .is_empty()
     );
 }
 

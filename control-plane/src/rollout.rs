@@ -453,7 +453,7 @@ impl fmt::Display for Refused {
 /// What an operator's action does to a rollout at `now`:
 /// - `pause`: running → paused;
 /// - `resume`: paused (not awaiting approval) → running, accepting the
-///   failures of the current wave so far;
+///   failures of the current wave so far, its wave timer started again;
 /// - `abort`: running or paused → aborted (devices that started keep it);
 /// - `approve`: paused awaiting approval → the next wave starts.
 pub fn act(
@@ -494,6 +494,11 @@ pub fn act(
             t.state = RolloutState::Running;
             t.reason = None;
             t.accepted_failures = failures.max(r.accepted_failures);
+            // The wave's timer starts again: the time spent paused is not
+            // the wave's, or resuming after a long pause would time the
+            // wave out at once and start the next while its devices still
+            // install.
+            t.wave_started_at = now;
         }
         Action::Abort => {
             if !r.state.is_active() {
@@ -781,6 +786,43 @@ mod tests {
         // and its failures are counted afresh
         let t = decide(&r, &d, 5_000).unwrap();
         assert_eq!((t.starts_wave(), t.accepted_failures), (Some(1), 0));
+    }
+
+    #[test]
+    fn resume_and_approve_start_the_wave_timer_again() {
+        let mut r = rollout(3);
+        let d = vec![
+            dev("a", 0, Installing),
+            dev("b", 1, Pending),
+            dev("c", 2, Pending),
+        ];
+        // Paused by an operator a second into the wave, resumed an hour on.
+        let t = act(&r, &d, Action::Pause, 2_000).unwrap();
+        apply(&mut r, &t);
+        let resumed = 3_600_000;
+        let t = act(&r, &d, Action::Resume, resumed).unwrap();
+        assert_eq!(t.wave_started_at, resumed);
+        assert_eq!(t.starts_wave(), None);
+        apply(&mut r, &t);
+        assert_eq!(
+            decide(&r, &d, resumed + 1),
+            None,
+            "the wave is not timed out by the pause"
+        );
+        assert_eq!(decide(&r, &d, resumed + 59_999), None);
+        let t = decide(&r, &d, resumed + 60_000).unwrap();
+        assert_eq!(t.starts_wave(), Some(1));
+
+        // Approve starts the next wave with its own timer.
+        let mut r = rollout(3);
+        r.approve_waves = true;
+        r.state = RolloutState::Paused;
+        r.reason = Some(AWAITING_APPROVAL.into());
+        let approved = 7_200_000;
+        let t = act(&r, &d, Action::Approve, approved).unwrap();
+        assert_eq!((t.starts_wave(), t.wave_started_at), (Some(1), approved));
+        apply(&mut r, &t);
+        assert_eq!(decide(&r, &d, approved + 59_999), None);
     }
 
     #[test]

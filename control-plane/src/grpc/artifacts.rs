@@ -70,6 +70,21 @@ pub(super) async fn fetch(
                 req.name, req.version
             ))
         })?;
+    // Delivered only while the key that signed it is trusted: removing a
+    // publisher key stops delivery of what it signed.
+    let trusted = state
+        .store
+        .list_publisher_keys(&identity.workspace)
+        .await
+        .map_err(super::store_status)?
+        .iter()
+        .any(|k| k.public_key == artifact.public_key);
+    if !trusted {
+        return Err(Status::not_found(format!(
+            "{}@{} is signed by {}, which this device's workspace no longer trusts",
+            req.name, req.version, artifact.public_key
+        )));
+    }
     if req.offset > artifact.size {
         return Err(Status::out_of_range(format!(
             "offset {} is past the end of {}@{} ({} bytes)",

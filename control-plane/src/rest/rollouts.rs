@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
+use outpost_common::artifact::{self, PublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::labels::{MAX_LABELS, Selector};
@@ -264,6 +265,36 @@ pub async fn create(
             "artifact {name}@{version} is not ready (its payload has not been uploaded)"
         )));
     }
+    // Its signature again, against the keys trusted now: an artifact signed
+    // by a key removed since it was published is not released.
+    let trusted: Vec<PublicKey> = state
+        .store
+        .list_publisher_keys(&caller.workspace)
+        .await?
+        .into_iter()
+        .filter_map(|k| k.public_key.parse().ok())
+        .collect();
+    let no_longer = |why: String| {
+        ApiError::bad_request(format!(
+            "artifact {name}@{version} is signed by {}, which {why}",
+            artifact.public_key
+        ))
+    };
+    let sig = artifact::Signature {
+        public_key: artifact
+            .public_key
+            .parse()
+            .map_err(|e| no_longer(format!("is not a valid key: {e}")))?,
+        signature: artifact.signature.clone(),
+    };
+    artifact::verify(&artifact.manifest_json, &sig, &trusted).map_err(|e| match e {
+        artifact::ArtifactError::Untrusted => no_longer(format!(
+            "this workspace no longer trusts (publisher-key add --workspace {} KEY on the \
+             control plane's host trusts it again)",
+            caller.workspace
+        )),
+        e => no_longer(format!("does not verify its manifest: {e}")),
+    })?;
     let now = now_ms();
     let devices = matching_devices(&state, &caller.workspace, selectors, now).await?;
     if devices.is_empty() {

@@ -2200,13 +2200,17 @@ where
         // version leaves the name out (the device keeps what it has) rather
         // than making an older rollout's version desired, which would
         // downgrade every reconnecting device with no waves and no health
-        // gate (docs/artifacts.md).
+        // gate (docs/artifacts.md). Likewise when the key that signed it is
+        // no longer one of the workspace's publisher keys: a removed key
+        // stops delivery.
         let rows = sqlx::query(
-            "SELECT r.id, r.artifact_name, r.artifact_version, a.manifest_json, a.public_key, \
-             a.signature FROM rollout_devices d \
+            "SELECT r.id, r.artifact_name, r.artifact_version, a.manifest_json, \
+             k.public_key, a.signature FROM rollout_devices d \
              JOIN rollouts r ON r.id = d.rollout_id \
              LEFT JOIN artifacts a ON a.workspace = r.workspace AND a.name = r.artifact_name \
                   AND a.version = r.artifact_version \
+             LEFT JOIN publisher_keys k ON k.workspace = r.workspace \
+                  AND k.public_key = a.public_key \
              WHERE d.device_id = $1 \
              AND ((d.wave <= r.current_wave AND r.state <> 'aborted') OR d.state <> 'pending') \
              ORDER BY r.created_at DESC, r.id DESC",
@@ -2227,7 +2231,8 @@ where
                 r.opt_text("public_key")?,
                 r.opt_text("signature")?,
             ) else {
-                // The newest release of this name was deleted.
+                // The newest release of this name was deleted, or its key
+                // is no longer trusted.
                 continue;
             };
             out.push(DesiredArtifact {

@@ -147,6 +147,7 @@ store_tests!(
     desired_state_follows_released_waves_and_survives_an_abort,
     deleting_the_released_version_leaves_the_name_out_rather_than_downgrading,
     rollouts_list_in_pages_newest_first_with_device_counts,
+    artifacts_signed_by_a_removed_key_are_no_longer_desired,
 );
 
 replica_tests!(
@@ -2372,6 +2373,10 @@ fn new_rollout(id: &str, version: &str, devices: &[(&str, u32)], created_at: i64
 }
 
 async fn rollout_fleet(s: &Arc<dyn Store>, devices: &[&str]) {
+    // The key `artifact()` records as the signer's.
+    s.add_publisher_key("acme", "ed25519:AAAA", 1)
+        .await
+        .unwrap();
     for (i, d) in devices.iter().enumerate() {
         s.create_device(&new_device(d, i as i64 + 1)).await.unwrap();
     }
@@ -2902,6 +2907,54 @@ async fn rollouts_list_in_pages_newest_first_with_device_counts(s: Arc<dyn Store
         .await
         .unwrap()
         .is_empty()
+    );
+}
+
+async fn artifacts_signed_by_a_removed_key_are_no_longer_desired(s: Arc<dyn Store>) {
+    rollout_fleet(&s, &["d1"]).await;
+    let mut other = artifact("other", "1", "{}", 10);
+    other.public_key = "ed25519:BBBB".into();
+    s.create_artifact(&other).await.unwrap();
+    s.add_publisher_key("acme", "ed25519:BBBB", 2)
+        .await
+        .unwrap();
+    // The same key trusted in another workspace does not count.
+    s.create_workspace(&Workspace {
+        name: "globex".into(),
+        features: vec![],
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    s.add_publisher_key("globex", "ed25519:AAAA", 3)
+        .await
+        .unwrap();
+    for (id, name, at) in [("ro_m", "model", 100), ("ro_o", "other", 200)] {
+        let mut new = new_rollout(id, "1", &[("d1", 0)], at);
+        new.artifact_name = name.into();
+        s.create_rollout(&new).await.unwrap();
+    }
+    let names = |v: Vec<DesiredArtifact>| v.into_iter().map(|d| d.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(s.desired_artifacts("d1").await.unwrap()),
+        vec!["model", "other"]
+    );
+    assert!(
+        s.remove_publisher_key("acme", "ed25519:AAAA")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        names(s.desired_artifacts("d1").await.unwrap()),
+        vec!["other"]
+    );
+    // Trusted again: desired again.
+    s.add_publisher_key("acme", "ed25519:AAAA", 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        names(s.desired_artifacts("d1").await.unwrap()),
+        vec!["model", "other"]
     );
 }
 

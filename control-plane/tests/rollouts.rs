@@ -410,6 +410,37 @@ async fn next_desired(s: &mut Session, limit: Duration) -> DesiredArtifacts {
     .expect("desired artifacts pushed in time")
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abort_tells_released_devices_that_had_not_started() {
+    let (cp, api, publisher) = setup().await;
+    publish(&cp, &api, &publisher, "detector", "1.0", true).await;
+    let (_, mut c) = enrolled(&cp, &api, "a").await;
+    let mut s = open(&mut c, &[]).await;
+    let (st, r) = post(
+        &cp,
+        "/acme/devices/v2/rollouts",
+        &api,
+        json!({"artifact": "detector@1.0", "selector": ["site=a"]}),
+    )
+    .await;
+    assert_eq!(st, 201, "{r}");
+    let rollout = r["id"].as_str().unwrap().to_string();
+    let d = next_desired(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(versions(&d), vec![format!("detector@1.0:{rollout}")]);
+    // Aborted before the box reported anything: it is told at once that
+    // detector@1.0 is no longer desired.
+    let (st, r) = post(
+        &cp,
+        &format!("/acme/devices/v2/rollouts/{rollout}/abort"),
+        &api,
+        json!({}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    let d = next_desired(&mut s, Duration::from_secs(5)).await;
+    assert!(versions(&d).is_empty(), "{:?}", versions(&d));
+}
+
 fn versions(d: &DesiredArtifacts) -> Vec<String> {
     d.artifacts
         .iter()

@@ -460,6 +460,19 @@ async fn act(
             if let Some(wave) = t.starts_wave() {
                 rollout::driver::release(state, &r, wave);
             }
+            if t.state == RolloutState::Aborted {
+                // Released devices that had not started are no longer
+                // given this version (an older release, or nothing, is
+                // desired again): tell their live sessions now, before
+                // they start on it.
+                let devices: Vec<String> = r
+                    .devices
+                    .iter()
+                    .filter(|d| d.wave <= r.current_wave && d.state == DeviceState::Pending)
+                    .map(|d| d.device_id.clone())
+                    .collect();
+                state.live.push_desired(&devices);
+            }
             state.rollout_wake.notify_one();
             return Ok(Json(RolloutView::new(
                 load(state, &caller.workspace, id).await?,

@@ -79,6 +79,9 @@ pub trait Dialect: Database {
     ) -> impl Future<Output = StoreResult<u64>> + Send;
 }
 
+/// Devices per `INSERT` of a rollout's devices.
+const ROLLOUT_DEVICE_CHUNK: usize = 500;
+
 /// A [`Store`] on a SQL database of dialect `D`.
 pub struct SqlStore<D: Dialect> {
     pub(super) pool: Pool<D>,
@@ -1934,17 +1937,26 @@ where
             }
             Err(e) => return Err(e.into()),
         }
-        for (device, wave) in &r.devices {
-            sqlx::query(
-                "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, error, updated_at) \
-                 VALUES ($1, $2, $3, 'pending', NULL, $4)",
-            )
-            .bind(&r.id)
-            .bind(device)
-            .bind(i64::from(*wave))
-            .bind(r.created_at)
-            .execute(&mut *tx)
-            .await?;
+        // Multi-row inserts of ROLLOUT_DEVICE_CHUNK devices each (2 + 2 per
+        // device parameters, far below either backend's limit), not one
+        // statement per device: a rollout may hold 100 000 devices.
+        for chunk in r.devices.chunks(ROLLOUT_DEVICE_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("($1, ${}, ${}, 'pending', NULL, $2)", 3 + 2 * i, 4 + 2 * i))
+                .collect();
+            let sql = format!(
+                "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, error, \
+                 updated_at) VALUES {}",
+                values.join(", ")
+            );
+            // Only placeholders are formatted in; every value is bound.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&r.id)
+                .bind(r.created_at);
+            for (device, wave) in chunk {
+                q = q.bind(device).bind(i64::from(*wave));
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

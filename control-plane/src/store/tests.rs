@@ -148,6 +148,7 @@ store_tests!(
     deleting_the_released_version_leaves_the_name_out_rather_than_downgrading,
     rollouts_list_in_pages_newest_first_with_device_counts,
     artifacts_signed_by_a_removed_key_are_no_longer_desired,
+    a_large_rollout_stores_every_device_in_chunks_or_nothing,
 );
 
 replica_tests!(
@@ -2955,6 +2956,40 @@ async fn artifacts_signed_by_a_removed_key_are_no_longer_desired(s: Arc<dyn Stor
     assert_eq!(
         names(s.desired_artifacts("d1").await.unwrap()),
         vec!["model", "other"]
+    );
+}
+
+async fn a_large_rollout_stores_every_device_in_chunks_or_nothing(s: Arc<dyn Store>) {
+    // Two full chunks of 500 and one device more.
+    let ids: Vec<String> = (0..1001).map(|i| format!("d{i:04}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    rollout_fleet(&s, &refs).await;
+    let assigned: Vec<(&str, u32)> = refs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (*d, u32::from(i >= 10)))
+        .collect();
+    // One unknown device in the last chunk: nothing of the rollout stays.
+    let mut bad = new_rollout("ro_bad", "1", &assigned, 100);
+    bad.devices.push(("nope".into(), 1));
+    assert!(s.create_rollout(&bad).await.is_err());
+    assert_eq!(s.get_rollout("acme", "ro_bad").await.unwrap(), None);
+
+    s.create_rollout(&new_rollout("ro_big", "1", &assigned, 200))
+        .await
+        .unwrap();
+    let r = s.get_rollout("acme", "ro_big").await.unwrap().unwrap();
+    assert_eq!(r.devices.len(), 1001);
+    let got: Vec<(&str, u32)> = r
+        .devices
+        .iter()
+        .map(|d| (d.device_id.as_str(), d.wave))
+        .collect();
+    assert_eq!(got, assigned, "every device once, in its wave");
+    assert!(
+        r.devices
+            .iter()
+            .all(|d| d.state == DeviceState::Pending && d.updated_at == 200 && d.error.is_none())
     );
 }
 

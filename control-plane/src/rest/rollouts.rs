@@ -453,8 +453,7 @@ async fn act(
     for _ in 0..3 {
         let r = load(state, &caller.workspace, id).await?;
         let now = now_ms();
-        let t =
-            rollout::act(&r.view(), &r.device_views(), action, now).map_err(|e| conflict(e.0))?;
+        let t = rollout::act(&r.view(), &r.wave_tally(), action, now).map_err(|e| conflict(e.0))?;
         if state.store.apply_rollout_transition(id, &t, now).await? {
             caller.audit_target(id);
             if let Some(wave) = t.starts_wave() {

@@ -2037,16 +2037,66 @@ where
         Ok(out)
     }
 
-    async fn running_rollouts(&self) -> StoreResult<Vec<Rollout>> {
+    async fn running_rollouts(&self) -> StoreResult<Vec<RunningRollout>> {
+        use crate::rollout::{DeviceState, DeviceView, WaveTally};
         let rows = sqlx::query(concat!(
             rollout_select!(),
             " WHERE state = 'running' ORDER BY created_at, id"
         ))
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
+        let mut out = rows
+            .iter()
+            .map(|row| {
+                Ok(RunningRollout {
+                    rollout: rollout_from_row(row)?,
+                    wave: WaveTally::default(),
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        if out.is_empty() {
+            return Ok(out);
+        }
+        // The current waves' devices counted, not loaded: unfinished ones,
+        // and the failures (rare) read to name the newest.
+        let rows = sqlx::query(
+            "SELECT rd.rollout_id, rd.state, COUNT(*) AS n \
+             FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
+             WHERE r.state = 'running' AND rd.wave = r.current_wave \
+             AND rd.state NOT IN ('succeeded', 'failed', 'rolled_back') \
+             GROUP BY rd.rollout_id, rd.state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         for row in &rows {
-            out.push(self.rollout_with_devices(row).await?);
+            let id = row.text("rollout_id")?;
+            if let Some(r) = out.iter_mut().find(|r| r.rollout.id == id) {
+                r.wave.unfinished += row.int("n")?.max(0) as u64;
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT rd.rollout_id, rd.device_id, rd.wave, rd.state, rd.error, rd.updated_at \
+             FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
+             WHERE r.state = 'running' AND rd.wave = r.current_wave \
+             AND rd.state IN ('failed', 'rolled_back')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &rows {
+            let id = row.text("rollout_id")?;
+            let state = row.text("state")?;
+            let d = DeviceView {
+                device_id: row.text("device_id")?,
+                wave: count32(row, "wave")?,
+                state: DeviceState::parse(&state)
+                    .ok_or_else(|| StoreError::Corrupt(format!("rollout device state {state}")))?,
+                error: row.opt_text("error")?,
+                updated_at: row.int("updated_at")?,
+            };
+            if let Some(r) = out.iter_mut().find(|r| r.rollout.id == id) {
+                r.wave.failures += 1;
+                r.wave.note_failure(&d);
+            }
         }
         Ok(out)
     }

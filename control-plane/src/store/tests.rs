@@ -149,6 +149,7 @@ store_tests!(
     rollouts_list_in_pages_newest_first_with_device_counts,
     artifacts_signed_by_a_removed_key_are_no_longer_desired,
     a_large_rollout_stores_every_device_in_chunks_or_nothing,
+    running_rollouts_tally_their_current_wave_without_loading_devices,
 );
 
 replica_tests!(
@@ -2487,7 +2488,7 @@ async fn rollouts_are_created_read_and_one_is_active_per_artifact(s: Arc<dyn Sto
         .await
         .unwrap()
         .into_iter()
-        .map(|r| r.id)
+        .map(|r| r.rollout.id)
         .collect();
     assert_eq!(running, vec!["ro_2"]);
     let counts = s.rollout_counts().await.unwrap();
@@ -2991,6 +2992,83 @@ async fn a_large_rollout_stores_every_device_in_chunks_or_nothing(s: Arc<dyn Sto
             .iter()
             .all(|d| d.state == DeviceState::Pending && d.updated_at == 200 && d.error.is_none())
     );
+}
+
+async fn running_rollouts_tally_their_current_wave_without_loading_devices(s: Arc<dyn Store>) {
+    use crate::rollout::WaveTally;
+    rollout_fleet(&s, &["d1", "d2", "d3", "d4", "d5"]).await;
+    s.create_rollout(&new_rollout(
+        "ro_1",
+        "1",
+        &[("d1", 0), ("d2", 0), ("d3", 0), ("d4", 0), ("d5", 1)],
+        100,
+    ))
+    .await
+    .unwrap();
+    let tally = |s: Arc<dyn Store>| async move {
+        let mut all = s.running_rollouts().await.unwrap();
+        assert_eq!(all.len(), 1);
+        let r = all.remove(0);
+        assert!(r.rollout.devices.is_empty());
+        // The same as the rules would count from the loaded devices.
+        let full = s.get_rollout("acme", &r.rollout.id).await.unwrap().unwrap();
+        assert_eq!(r.wave, full.wave_tally());
+        r.wave
+    };
+    assert_eq!(
+        tally(s.clone()).await,
+        WaveTally {
+            unfinished: 4,
+            failures: 0,
+            newest_failure: None
+        }
+    );
+    let at = |d: &'static str, state, now| {
+        let s = s.clone();
+        async move {
+            assert!(
+                s.record_artifact_report(d, "acme", &report("ro_1", "1", state), now)
+                    .await
+                    .unwrap()
+            );
+        }
+    };
+    at("d1", DeviceState::Succeeded, 200).await;
+    at("d2", DeviceState::Installing, 200).await;
+    at("d3", DeviceState::Failed, 300).await;
+    at("d4", DeviceState::RolledBack, 300).await;
+    let t = tally(s.clone()).await;
+    assert_eq!((t.unfinished, t.failures), (1, 2));
+    // Same time: the smaller device id is named.
+    let newest = t.newest_failure.unwrap();
+    assert_eq!(
+        (newest.device_id.as_str(), newest.state),
+        ("d3", DeviceState::Failed)
+    );
+    assert_eq!(newest.error.as_deref(), Some("health check exited 1"));
+    // The next wave: its own tally.
+    let r = s.get_rollout("acme", "ro_1").await.unwrap().unwrap();
+    assert!(
+        s.apply_rollout_transition("ro_1", &step(&r, RolloutState::Running, 1, 400), 400)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        tally(s.clone()).await,
+        WaveTally {
+            unfinished: 1,
+            failures: 0,
+            newest_failure: None
+        }
+    );
+    // Not running: not the driver's.
+    let r = s.get_rollout("acme", "ro_1").await.unwrap().unwrap();
+    assert!(
+        s.apply_rollout_transition("ro_1", &step(&r, RolloutState::Paused, 1, 400), 500)
+            .await
+            .unwrap()
+    );
+    assert!(s.running_rollouts().await.unwrap().is_empty());
 }
 
 async fn replicas_create_one_active_rollout_per_artifact(s: Vec<Arc<dyn Store>>) {

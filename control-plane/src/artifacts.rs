@@ -6,11 +6,18 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Bytes of payload chunks the cache keeps at most.
 pub const CACHE_BYTES: usize = 64 << 20;
+/// Downloads one device may have in progress at once on a replica: one
+/// device cannot take every slot of `--max-artifact-downloads`.
+pub const MAX_DOWNLOADS_PER_DEVICE: usize = 2;
+/// How long sending one chunk of a download may wait on a device that does
+/// not read before the download is ended and its slot freed.
+pub const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `(workspace, name, version)`.
 type ArtifactKey = (String, String, String);
@@ -22,24 +29,64 @@ type ChunkKey = (String, String, String, String, u64);
 pub struct Artifacts {
     /// Largest payload accepted (`--max-artifact-size`).
     pub max_size: u64,
+    /// How long one chunk's send may wait ([`SEND_STALL_TIMEOUT`]; tests
+    /// shorten it).
+    pub send_stall_timeout: Duration,
     downloads: Arc<Semaphore>,
+    /// Downloads in progress per device id (entries at zero are removed).
+    per_device: Arc<Mutex<HashMap<String, usize>>>,
     uploads: Mutex<HashSet<ArtifactKey>>,
     cache: ChunkCache,
 }
 
+/// A download's slot: one of the replica's and one of its device's, both
+/// given back when dropped.
+pub struct DownloadSlot {
+    _permit: OwnedSemaphorePermit,
+    device_id: String,
+    per_device: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for DownloadSlot {
+    fn drop(&mut self) {
+        let mut map = lock(&self.per_device);
+        if let Some(n) = map.get_mut(&self.device_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.device_id);
+            }
+        }
+    }
+}
+
 impl Artifacts {
-    pub fn new(max_size: u64, max_downloads: usize) -> Self {
+    pub fn new(max_size: u64, max_downloads: usize, send_stall_timeout: Duration) -> Self {
         Self {
             max_size,
+            send_stall_timeout,
             downloads: Arc::new(Semaphore::new(max_downloads)),
+            per_device: Arc::new(Mutex::new(HashMap::new())),
             uploads: Mutex::new(HashSet::new()),
             cache: ChunkCache::new(CACHE_BYTES),
         }
     }
 
-    /// A download slot, or `None` when every one is taken.
-    pub fn try_download(&self) -> Option<OwnedSemaphorePermit> {
-        self.downloads.clone().try_acquire_owned().ok()
+    /// A download slot for `device_id`, or `None` when every slot of the
+    /// replica is taken or the device has [`MAX_DOWNLOADS_PER_DEVICE`] in
+    /// progress already.
+    pub fn try_download(&self, device_id: &str) -> Option<DownloadSlot> {
+        let mut map = lock(&self.per_device);
+        let n = map.get(device_id).copied().unwrap_or(0);
+        if n >= MAX_DOWNLOADS_PER_DEVICE {
+            return None;
+        }
+        let permit = self.downloads.clone().try_acquire_owned().ok()?;
+        map.insert(device_id.to_string(), n + 1);
+        Some(DownloadSlot {
+            _permit: permit,
+            device_id: device_id.to_string(),
+            per_device: self.per_device.clone(),
+        })
     }
 
     /// Marks an upload of the artifact as in progress on this replica;
@@ -205,15 +252,33 @@ mod tests {
 
     #[test]
     fn one_upload_per_artifact_at_a_time() {
-        let a = Arc::new(Artifacts::new(10, 1));
+        let a = Arc::new(Artifacts::new(10, 1, SEND_STALL_TIMEOUT));
         let first = a.begin_upload("ws", "m", "1").unwrap();
         assert!(a.begin_upload("ws", "m", "1").is_none());
         assert!(a.begin_upload("ws", "m", "2").is_some());
         drop(first);
         assert!(a.begin_upload("ws", "m", "1").is_some());
-        let slot = a.try_download().unwrap();
-        assert!(a.try_download().is_none());
+        let slot = a.try_download("d1").unwrap();
+        assert!(a.try_download("d2").is_none());
         drop(slot);
-        assert!(a.try_download().is_some());
+        assert!(a.try_download("d2").is_some());
+    }
+
+    #[test]
+    fn a_device_holds_at_most_its_share_of_the_download_slots() {
+        let a = Artifacts::new(10, 5, SEND_STALL_TIMEOUT);
+        let held: Vec<DownloadSlot> = (0..MAX_DOWNLOADS_PER_DEVICE)
+            .map(|_| a.try_download("d1").unwrap())
+            .collect();
+        assert!(a.try_download("d1").is_none(), "over the device's share");
+        let other = a.try_download("d2").unwrap();
+        drop(held);
+        assert!(lock(&a.per_device).get("d1").is_none(), "forgotten at zero");
+        let again: Vec<DownloadSlot> = (0..MAX_DOWNLOADS_PER_DEVICE)
+            .map(|_| a.try_download("d1").unwrap())
+            .collect();
+        // The replica's cap still holds: 2 + 1 + one more of d3 is 4 of 5.
+        assert!(a.try_download("d3").is_some());
+        drop((again, other));
     }
 }

@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// more are refused as busy and retried by the agents [default: 64].
     #[arg(long, env = "OUTPOST_MAX_ARTIFACT_DOWNLOADS")]
     pub max_artifact_downloads: Option<usize>,
+    /// Test hook: how long one chunk of a download may wait on a device
+    /// that does not read [default: 60s, `artifacts::SEND_STALL_TIMEOUT`].
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    pub artifact_send_stall_timeout: Option<Duration>,
 }
 
 /// Default of `--max-artifact-size`.
@@ -207,6 +211,8 @@ pub struct ServeConfig {
     pub max_artifact_size: u64,
     /// Concurrent artifact downloads (`--max-artifact-downloads`).
     pub max_artifact_downloads: usize,
+    /// How long a download's send may wait on its device.
+    pub artifact_send_stall_timeout: Duration,
 }
 
 /// How long stored data is kept.
@@ -298,6 +304,9 @@ impl ServeConfig {
         Ok(Self {
             max_artifact_size,
             max_artifact_downloads,
+            artifact_send_stall_timeout: args
+                .artifact_send_stall_timeout
+                .unwrap_or(crate::artifacts::SEND_STALL_TIMEOUT),
             agent_dist: args
                 .agent_dist
                 .or(file.agent_dist)

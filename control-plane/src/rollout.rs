@@ -303,6 +303,47 @@ pub struct DeviceView {
     pub updated_at: UnixMillis,
 }
 
+/// What the rules need of the current wave's devices: counted in the store
+/// for the driver (which then loads no devices), or from a loaded rollout.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WaveTally {
+    /// Devices of the wave without an outcome yet.
+    pub unfinished: u64,
+    /// Devices of the wave that failed (`failed`, `rolled_back`).
+    pub failures: u64,
+    /// The newest of those (a pause names it).
+    pub newest_failure: Option<DeviceView>,
+}
+
+impl WaveTally {
+    /// The tally of wave `wave` among `devices`.
+    pub fn of(devices: &[DeviceView], wave: u32) -> WaveTally {
+        let mut t = WaveTally::default();
+        for d in devices.iter().filter(|d| d.wave == wave) {
+            if !d.state.is_outcome() {
+                t.unfinished += 1;
+            }
+            if d.state.is_failure() {
+                t.failures += 1;
+                t.note_failure(d);
+            }
+        }
+        t
+    }
+
+    /// Keeps `d` as the newest failure if it is newer than the one kept:
+    /// the latest `updated_at`, then the smallest device id.
+    pub fn note_failure(&mut self, d: &DeviceView) {
+        let newer = match &self.newest_failure {
+            None => true,
+            Some(n) => (d.updated_at, &n.device_id) > (n.updated_at, &d.device_id),
+        };
+        if newer {
+            self.newest_failure = Some(d.clone());
+        }
+    }
+}
+
 /// A change of a rollout's row, applied only while the row is still in
 /// `from_state` at `from_wave` (so of two replicas deciding the same step,
 /// one applies it).
@@ -338,14 +379,7 @@ impl Transition {
     }
 }
 
-fn failures_in(devices: &[DeviceView], wave: u32) -> Vec<&DeviceView> {
-    devices
-        .iter()
-        .filter(|d| d.wave == wave && d.state.is_failure())
-        .collect()
-}
-
-fn plural(n: usize, one: &str, many: &str) -> String {
+fn plural(n: u64, one: &str, many: &str) -> String {
     if n == 1 {
         format!("{n} {one}")
     } else {
@@ -362,24 +396,19 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 ///   among them within the limit) or `wave_timeout` passed since it
 ///   started: complete after the last wave, else pause for approval
 ///   (`approve_waves`), else start the next wave.
-pub fn decide(r: &RolloutView, devices: &[DeviceView], now: UnixMillis) -> Option<Transition> {
+pub fn decide(r: &RolloutView, wave: &WaveTally, now: UnixMillis) -> Option<Transition> {
     if r.state != RolloutState::Running {
         return None;
     }
-    let failures = failures_in(devices, r.current_wave);
     let allowed = u64::from(r.accepted_failures) + u64::from(r.max_failures);
-    if failures.len() as u64 > allowed {
-        let newest = failures
-            .iter()
-            .max_by(|a, b| (a.updated_at, &b.device_id).cmp(&(b.updated_at, &a.device_id)))
-            .copied();
+    if wave.failures > allowed {
         let mut reason = format!(
             "wave {}: {} (max {})",
             r.current_wave + 1,
-            plural(failures.len(), "failure", "failures"),
+            plural(wave.failures, "failure", "failures"),
             r.max_failures
         );
-        if let Some(d) = newest {
+        if let Some(d) = &wave.newest_failure {
             reason.push_str(&format!(
                 ": {}: {}",
                 d.device_id,
@@ -391,10 +420,7 @@ pub fn decide(r: &RolloutView, devices: &[DeviceView], now: UnixMillis) -> Optio
         t.reason = Some(reason);
         return Some(t);
     }
-    let all_done = devices
-        .iter()
-        .filter(|d| d.wave == r.current_wave)
-        .all(|d| d.state.is_outcome());
+    let all_done = wave.unfinished == 0;
     let timed_out = now.saturating_sub(r.wave_started_at) >= r.wave_timeout_ms;
     if !all_done && !timed_out {
         return None;
@@ -453,12 +479,12 @@ impl fmt::Display for Refused {
 /// What an operator's action does to a rollout at `now`:
 /// - `pause`: running → paused;
 /// - `resume`: paused (not awaiting approval) → running, accepting the
-///   failures of the current wave so far;
+///   failures of the current wave so far, its wave timer started again;
 /// - `abort`: running or paused → aborted (devices that started keep it);
 /// - `approve`: paused awaiting approval → the next wave starts.
 pub fn act(
     r: &RolloutView,
-    devices: &[DeviceView],
+    wave: &WaveTally,
     action: Action,
     now: UnixMillis,
 ) -> Result<Transition, Refused> {
@@ -490,10 +516,15 @@ pub fn act(
             if r.state != RolloutState::Paused {
                 return Err(refuse());
             }
-            let failures = failures_in(devices, r.current_wave).len() as u32;
+            let failures = u32::try_from(wave.failures).unwrap_or(u32::MAX);
             t.state = RolloutState::Running;
             t.reason = None;
             t.accepted_failures = failures.max(r.accepted_failures);
+            // The wave's timer starts again: the time spent paused is not
+            // the wave's, or resuming after a long pause would time the
+            // wave out at once and start the next while its devices still
+            // install.
+            t.wave_started_at = now;
         }
         Action::Abort => {
             if !r.state.is_active() {
@@ -676,6 +707,21 @@ mod tests {
         }
     }
 
+    /// The rules on a list of devices (the tally made as the REST actions
+    /// make it).
+    fn decide(r: &RolloutView, d: &[DeviceView], now: UnixMillis) -> Option<Transition> {
+        super::decide(r, &WaveTally::of(d, r.current_wave), now)
+    }
+
+    fn act(
+        r: &RolloutView,
+        d: &[DeviceView],
+        action: Action,
+        now: UnixMillis,
+    ) -> Result<Transition, Refused> {
+        super::act(r, &WaveTally::of(d, r.current_wave), action, now)
+    }
+
     fn apply(r: &mut RolloutView, t: &Transition) {
         assert_eq!((r.state, r.current_wave), (t.from_state, t.from_wave));
         r.state = t.state;
@@ -781,6 +827,43 @@ mod tests {
         // and its failures are counted afresh
         let t = decide(&r, &d, 5_000).unwrap();
         assert_eq!((t.starts_wave(), t.accepted_failures), (Some(1), 0));
+    }
+
+    #[test]
+    fn resume_and_approve_start_the_wave_timer_again() {
+        let mut r = rollout(3);
+        let d = vec![
+            dev("a", 0, Installing),
+            dev("b", 1, Pending),
+            dev("c", 2, Pending),
+        ];
+        // Paused by an operator a second into the wave, resumed an hour on.
+        let t = act(&r, &d, Action::Pause, 2_000).unwrap();
+        apply(&mut r, &t);
+        let resumed = 3_600_000;
+        let t = act(&r, &d, Action::Resume, resumed).unwrap();
+        assert_eq!(t.wave_started_at, resumed);
+        assert_eq!(t.starts_wave(), None);
+        apply(&mut r, &t);
+        assert_eq!(
+            decide(&r, &d, resumed + 1),
+            None,
+            "the wave is not timed out by the pause"
+        );
+        assert_eq!(decide(&r, &d, resumed + 59_999), None);
+        let t = decide(&r, &d, resumed + 60_000).unwrap();
+        assert_eq!(t.starts_wave(), Some(1));
+
+        // Approve starts the next wave with its own timer.
+        let mut r = rollout(3);
+        r.approve_waves = true;
+        r.state = RolloutState::Paused;
+        r.reason = Some(AWAITING_APPROVAL.into());
+        let approved = 7_200_000;
+        let t = act(&r, &d, Action::Approve, approved).unwrap();
+        assert_eq!((t.starts_wave(), t.wave_started_at), (Some(1), approved));
+        apply(&mut r, &t);
+        assert_eq!(decide(&r, &d, approved + 59_999), None);
     }
 
     #[test]

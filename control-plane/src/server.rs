@@ -192,6 +192,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         artifacts: Arc::new(crate::artifacts::Artifacts::new(
             cfg.max_artifact_size,
             cfg.max_artifact_downloads,
+            cfg.artifact_send_stall_timeout,
         )),
     });
 

@@ -566,3 +566,169 @@ async fn downloads_beyond_the_cap_are_refused_as_busy() {
     assert_eq!(got.len(), data.len());
     assert!(got == data);
 }
+
+fn assert_busy(err: &tonic::Status) {
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(
+        err.metadata()
+            .get(outpost_proto::reason::METADATA_KEY)
+            .and_then(|v| v.to_str().ok()),
+        Some(outpost_proto::reason::BUSY)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_device_gets_at_most_two_downloads_at_once() {
+    let cp = ControlPlane::in_process().await;
+    cp.create_workspace("acme", &[]);
+    let api = cp.api_key("acme", &[]);
+    let (publisher, _) = SigningKey::generate().unwrap();
+    cp.add_publisher_key("acme", &publisher.public_key().to_string());
+    let data = payload(12 * 1024 * 1024);
+    publish(&cp, &api, &publisher, "big", "1", &data).await;
+
+    // Two streams the device never reads hold two slots of the 64…
+    let mut greedy = enrolled(&cp, "acme", &api).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = greedy
+            .fetch_artifact(fetch("big", "1", 0))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.message().await.unwrap().unwrap().offset, 0);
+        held.push(s);
+    }
+    // …and a third is refused as busy although the replica has room.
+    let err = download(&mut greedy, fetch("big", "1", 0))
+        .await
+        .unwrap_err();
+    assert_busy(&err);
+    // Another device is served.
+    let mut other = enrolled(&cp, "acme", &api).await;
+    assert!(download(&mut other, fetch("big", "1", 0)).await.unwrap() == data);
+    // One of its own ends: the device may start another.
+    held.pop();
+    let got = wait_until("the device's slot is free again", TIMEOUT, || {
+        let mut greedy = greedy.clone();
+        async move {
+            match download(&mut greedy, fetch("big", "1", 0)).await {
+                Ok(d) => Some(d),
+                Err(e) if e.code() == Code::ResourceExhausted => None,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(got == data);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_its_device_stops_reading_ends_and_frees_its_slot() {
+    let (cp, _token) = with_scrape_token(|a| {
+        a.max_artifact_downloads = Some(1);
+        a.artifact_send_stall_timeout = Some(std::time::Duration::from_secs(1));
+    })
+    .await;
+    cp.create_workspace("acme", &[]);
+    let api = cp.api_key("acme", &[]);
+    let (publisher, _) = SigningKey::generate().unwrap();
+    cp.add_publisher_key("acme", &publisher.public_key().to_string());
+    let data = payload(12 * 1024 * 1024);
+    publish(&cp, &api, &publisher, "big", "1", &data).await;
+
+    // The only slot, held by a stream read once and then never again (the
+    // stream stays open: the device neither reads nor goes away).
+    let mut stalled = enrolled(&cp, "acme", &api).await;
+    let mut held = stalled
+        .fetch_artifact(fetch("big", "1", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(held.message().await.unwrap().unwrap().offset, 0);
+
+    let other = enrolled(&cp, "acme", &api).await;
+    let got = wait_until("the stalled download's slot is freed", TIMEOUT, || {
+        let mut other = other.clone();
+        async move {
+            match download(&mut other, fetch("big", "1", 0)).await {
+                Ok(d) => Some(d),
+                Err(e) if e.code() == Code::ResourceExhausted => None,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(got == data);
+    let text = own_metrics(&cp).await;
+    assert!(
+        text.contains("outpost_artifact_downloads_in_progress 0"),
+        "{text}"
+    );
+    drop(held);
+}
+
+/// POST rollouts of `artifact` to `site=x` (which no device has).
+async fn rollout_of(cp: &ControlPlane, api: &str, artifact: &str) -> (u16, Value) {
+    let resp = Client::new()
+        .post(format!("{}/acme/devices/v2/rollouts", cp.rest))
+        .bearer_auth(api)
+        .json(&json!({"artifact": artifact, "selector": ["site=x"]}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_publisher_key_stops_rollouts_and_delivery_of_what_it_signed() {
+    let cp = ControlPlane::in_process().await;
+    cp.create_workspace("acme", &[]);
+    let api = cp.api_key("acme", &[]);
+    let (publisher, _) = SigningKey::generate().unwrap();
+    let key = publisher.public_key().to_string();
+    cp.add_publisher_key("acme", &key);
+    let data = payload(1000);
+    publish(&cp, &api, &publisher, "detector", "1.0", &data).await;
+    let mut dev = enrolled(&cp, "acme", &api).await;
+    assert!(
+        download(&mut dev, fetch("detector", "1.0", 0))
+            .await
+            .unwrap()
+            == data
+    );
+
+    cp.remove_publisher_key("acme", &key);
+    let err = download(&mut dev, fetch("detector", "1.0", 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("no longer trusts"), "{err:?}");
+    let (s, body) = rollout_of(&cp, &api, "detector@1.0").await;
+    assert_eq!(s, 400, "{body}");
+    let msg = body["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&key) && msg.contains("no longer trusts"),
+        "{body}"
+    );
+
+    // Trusted again: delivered again, and a rollout gets past the artifact
+    // (to the selector, which matches nothing here).
+    cp.add_publisher_key("acme", &key);
+    assert!(
+        download(&mut dev, fetch("detector", "1.0", 0))
+            .await
+            .unwrap()
+            == data
+    );
+    let (s, body) = rollout_of(&cp, &api, "detector@1.0").await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no device matches"),
+        "{body}"
+    );
+}

@@ -1328,6 +1328,15 @@ async fn rollouts_in_headless_chromium() {
         json!([done, stuck]),
     )
     .await;
+    // The list has device counts, not devices: the row shows them.
+    b.wait_js(
+        "the completed rollout's row counts its device",
+        "const row = document.querySelector(`tr[data-rollout-id='${arguments[0]}']`);
+         const cell = row && row.querySelector(\"td[data-label='Devices']\");
+         return cell && cell.textContent === '1 of 1 succeeded';",
+        json!([done]),
+    )
+    .await;
 
     // The completed one: its wave done, its device succeeded, no actions left.
     b.click(&format!("tr[data-rollout-id='{done}'] a.name"))

@@ -971,9 +971,14 @@ async fn rollout_create_get_list_and_actions() {
     let list = ok(&cp, &key, &["rollout", "list"]);
     assert!(
         list.lines()
-            .any(|l| l.starts_with(&id) && l.contains("1/2")),
+            .any(|l| l.starts_with(&id) && l.contains("1/2") && l.contains("2 pending")),
         "{list}"
     );
+    // The list's -o json: the REST items (device counts, no devices).
+    let listed = json(&cp, &key, &["rollout", "list", "--limit", "1"]);
+    let (_, rest) = cp.get_json("/acme/devices/v2/rollouts", &key).await;
+    assert_eq!(listed["data"][0], rest["data"][0]);
+    assert_eq!(listed["data"][0]["devices_total"], 2);
 
     let (code, err) = fails(&cp, &key, &["rollout", "approve", &id]);
     assert_eq!(code, 1);

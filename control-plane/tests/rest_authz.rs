@@ -125,6 +125,24 @@ fn routes() -> Vec<Route> {
             false,
             400,
         ),
+        // A malformed body is refused as 400 only once the scope let the
+        // caller through: a read or device key gets 403 for it too.
+        (
+            "POST",
+            "/rollouts",
+            Some(json!({})),
+            Need::Update,
+            false,
+            400,
+        ),
+        (
+            "POST",
+            "/rollouts",
+            Some(json!("not a rollout")),
+            Need::Update,
+            false,
+            400,
+        ),
         ("GET", "/rollouts/ro_nope", None, Need::Read, false, 404),
         (
             "POST",

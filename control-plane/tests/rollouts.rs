@@ -232,9 +232,27 @@ async fn rollouts_over_rest_follow_their_states_and_scopes() {
     let (s, got) = cp.get_json(&format!("{url}/{id}"), &reader).await;
     assert_eq!(s, 200);
     assert_eq!(got["id"], id.as_str());
+    assert_eq!(got["devices_total"], 3);
+    assert_eq!(got["device_counts"]["pending"], 3);
     let (s, list) = cp.get_json(url, &reader).await;
     assert_eq!(s, 200);
     assert_eq!(list["data"][0]["id"], id.as_str());
+    // The list: counts per state instead of the devices, one page.
+    let listed = &list["data"][0];
+    assert!(listed.get("devices").is_none(), "{listed}");
+    assert_eq!(listed["devices_total"], 3);
+    assert_eq!(
+        listed["device_counts"],
+        json!({"pending": 3, "downloading": 0, "installing": 0, "verifying": 0,
+               "succeeded": 0, "failed": 0, "rolled_back": 0})
+    );
+    assert_eq!(listed["waves"][1]["size"], 2);
+    assert_eq!(list["pagination"]["has_more"], false);
+    assert_eq!(list["pagination"]["limit"], 50);
+    let (s, body) = cp.get_json(&format!("{url}?limit=501"), &reader).await;
+    assert_eq!(s, 400, "{body}");
+    let (s, body) = cp.get_json(&format!("{url}?cursor=garbage"), &reader).await;
+    assert_eq!(s, 400, "{body}");
     let (s, _) = cp.get_json(&format!("{url}/ro_nothere"), &reader).await;
     assert_eq!(s, 404);
 
@@ -390,6 +408,37 @@ async fn next_desired(s: &mut Session, limit: Duration) -> DesiredArtifacts {
     })
     .await
     .expect("desired artifacts pushed in time")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abort_tells_released_devices_that_had_not_started() {
+    let (cp, api, publisher) = setup().await;
+    publish(&cp, &api, &publisher, "detector", "1.0", true).await;
+    let (_, mut c) = enrolled(&cp, &api, "a").await;
+    let mut s = open(&mut c, &[]).await;
+    let (st, r) = post(
+        &cp,
+        "/acme/devices/v2/rollouts",
+        &api,
+        json!({"artifact": "detector@1.0", "selector": ["site=a"]}),
+    )
+    .await;
+    assert_eq!(st, 201, "{r}");
+    let rollout = r["id"].as_str().unwrap().to_string();
+    let d = next_desired(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(versions(&d), vec![format!("detector@1.0:{rollout}")]);
+    // Aborted before the box reported anything: it is told at once that
+    // detector@1.0 is no longer desired.
+    let (st, r) = post(
+        &cp,
+        &format!("/acme/devices/v2/rollouts/{rollout}/abort"),
+        &api,
+        json!({}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    let d = next_desired(&mut s, Duration::from_secs(5)).await;
+    assert!(versions(&d).is_empty(), "{:?}", versions(&d));
 }
 
 fn versions(d: &DesiredArtifacts) -> Vec<String> {

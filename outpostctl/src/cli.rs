@@ -96,7 +96,11 @@ pub enum Rollout {
     Get { id: String },
     /// The workspace's rollouts, newest first.
     #[command(visible_alias = "ls")]
-    List,
+    List {
+        /// At most this many rollouts [default: all].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+    },
     /// No new wave starts until resume.
     Pause { id: String },
     /// Go on, accepting the current wave's failures so far.

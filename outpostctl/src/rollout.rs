@@ -13,7 +13,7 @@ pub async fn run(api: &Api, cmd: Rollout, format: Format) -> Result<()> {
     match cmd {
         Rollout::Create(args) => create(api, args, format).await,
         Rollout::Get { id } => get(api, &id, format).await,
-        Rollout::List => list(api, format).await,
+        Rollout::List { limit } => list(api, limit, format).await,
         Rollout::Pause { id } => act(api, &id, "pause", format).await,
         Rollout::Resume { id } => act(api, &id, "resume", format).await,
         Rollout::Abort { id } => act(api, &id, "abort", format).await,
@@ -64,14 +64,14 @@ async fn get(api: &Api, id: &str, format: Format) -> Result<()> {
     }
 }
 
-async fn list(api: &Api, format: Format) -> Result<()> {
-    let answer = api.get(&["rollouts"], &[]).await?;
-    let items = answer["data"]
-        .as_array()
-        .ok_or_else(|| Error::Protocol("a list without \"data\"".into()))?;
+/// Rollouts per request (the server's largest page).
+const MAX_PAGE: u32 = 500;
+
+async fn list(api: &Api, limit: Option<u32>, format: Format) -> Result<()> {
+    let (items, pagination) = api.pages(&["rollouts"], &[], limit, MAX_PAGE).await?;
     match format {
-        Format::Json => show::json(&answer),
-        Format::Table => list_table(items).print(),
+        Format::Json => show::json(&json!({"data": items, "pagination": pagination})),
+        Format::Table => list_table(&items).print(),
     }
 }
 
@@ -91,14 +91,24 @@ async fn act(api: &Api, id: &str, action: &str, format: Format) -> Result<()> {
     }
 }
 
-/// Devices per state, `3 succeeded, 1 failed`.
+/// Devices per state, `3 succeeded, 1 failed`: from `device_counts` (the
+/// list has no `devices`), else by counting the devices.
 fn tally(r: &Value) -> String {
-    let mut counts: Vec<(String, usize)> = Vec::new();
-    for d in r["devices"].as_array().into_iter().flatten() {
-        let s = show::text(&d["state"]);
-        match counts.iter_mut().find(|(k, _)| *k == s) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((s, 1)),
+    let mut counts: Vec<(String, u64)> = Vec::new();
+    if let Some(map) = r["device_counts"].as_object() {
+        for (state, n) in map {
+            let n = n.as_u64().unwrap_or(0);
+            if n > 0 {
+                counts.push((show::text(&Value::from(state.as_str())), n));
+            }
+        }
+    } else {
+        for d in r["devices"].as_array().into_iter().flatten() {
+            let s = show::text(&d["state"]);
+            match counts.iter_mut().find(|(k, _)| *k == s) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((s, 1)),
+            }
         }
     }
     counts.sort();
@@ -217,6 +227,20 @@ mod tests {
         let lines = list_table(std::slice::from_ref(&r)).lines();
         assert!(
             lines[1].contains("1/2") && lines[1].contains("1 failed, 2 pending"),
+            "{}",
+            lines[1]
+        );
+        assert!(!lines.concat().contains('\u{1b}'));
+        // A listed rollout: counts instead of devices.
+        let listed = json!({"id": "ro_2", "artifact": "a@1", "state": "running",
+                            "current_wave": 1, "waves": [{"index": 1}],
+                            "device_counts": {"pending": 2, "succeeded": 3, "failed": 0,
+                                              "rolled_back\u{1b}[2J": 1},
+                            "devices_total": 6});
+        let lines = list_table(std::slice::from_ref(&listed)).lines();
+        assert!(
+            lines[1].contains("1/1")
+                && lines[1].contains("2 pending, 1 rolled_back\\u{1b}[2J, 3 succeeded"),
             "{}",
             lines[1]
         );

@@ -24,11 +24,18 @@ const ACTION_TEXT = {
   abort: ['Abort', 'No device that has not started gets this version. Devices that have it keep it.'],
 };
 
-/** Per-state counts of a rollout's devices, e.g. {succeeded: 3, pending: 1}. */
+/** Per-state counts of a rollout's devices, e.g. {succeeded: 3, pending: 1}:
+ * the server's `device_counts` (the list has no `devices`), else counted. */
 export function deviceCounts(r) {
+  if (r.device_counts && typeof r.device_counts === 'object') return { ...r.device_counts };
   const counts = {};
   for (const d of r.devices || []) counts[d.state] = (counts[d.state] || 0) + 1;
   return counts;
+}
+
+/** How many devices a rollout has: `devices_total` when the server sent it. */
+export function deviceTotal(r) {
+  return typeof r.devices_total === 'number' ? r.devices_total : (r.devices || []).length;
 }
 
 function stateBadge(state) {
@@ -87,6 +94,8 @@ export function rolloutsView(root, { navigate }) {
       .map((c) => h('th', { scope: 'col' }, c)))),
     tbody,
   );
+  const more = h('p', { class: 'sub rollouts-more', hidden: true },
+    'Showing the newest rollouts; ', h('code', {}, 'outpostctl rollout list'), ' lists them all.');
   const empty = h('div', { class: 'empty-state', hidden: true },
     h('h2', {}, 'No rollouts yet'),
     h('p', {}, 'Publish an artifact with ', h('code', {}, 'outpostctl artifact publish'),
@@ -98,14 +107,18 @@ export function rolloutsView(root, { navigate }) {
     h('div', { class: 'page-head' }, h('h1', {}, 'Rollouts')),
     notice,
     h('div', { class: 'table-wrap' }, table),
+    more,
     empty,
   ));
 
   const p = poller(async (signal) => {
     try {
-      const list = listOf(await api('devices/v2/rollouts', { signal }));
+      // The newest page only (the list is newest first, 50 a page).
+      const body = await api('devices/v2/rollouts', { signal });
+      const list = listOf(body);
       notice.hidden = true;
       table.removeAttribute('data-loading');
+      more.hidden = !(body && body.pagination && body.pagination.has_more);
       render(list);
     } catch (e) {
       if (e.name !== 'AbortError') {
@@ -121,7 +134,7 @@ export function rolloutsView(root, { navigate }) {
     tbody.replaceChildren(...list.map((r) => {
       const href = `#/rollouts/${encodeURIComponent(r.id)}`;
       const counts = deviceCounts(r);
-      const total = (r.devices || []).length;
+      const total = deviceTotal(r);
       const waves = r.waves || [];
       const tr = h(
         'tr',

@@ -2,8 +2,10 @@
 //! workspace from a byte offset on (a resumed download), chunk by chunk from
 //! the store (docs/artifacts.md). A download holds at most a couple of
 //! chunks in memory whatever the artifact's size; the number of downloads
-//! at once is capped per replica (`--max-artifact-downloads`), and the ones
-//! beyond are refused as busy, which agents retry with backoff.
+//! at once is capped per replica (`--max-artifact-downloads`) and per device
+//! (`MAX_DOWNLOADS_PER_DEVICE`), and the ones beyond are refused as busy,
+//! which agents retry with backoff. A download whose device stops reading
+//! ends once a chunk's send has waited `SEND_STALL_TIMEOUT`, freeing its slot.
 
 use std::sync::Arc;
 
@@ -45,7 +47,7 @@ pub(super) async fn fetch(
 ) -> Result<ReceiverStream<Result<ArtifactChunk, Status>>, Status> {
     check_name(&req.name).map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
     check_version(&req.version).map_err(|e| Status::invalid_argument(format!("version: {e}")))?;
-    let Some(permit) = state.artifacts.try_download() else {
+    let Some(permit) = state.artifacts.try_download(&identity.device_id) else {
         state.metrics.artifact_downloads_refused_busy.inc();
         let mut status = Status::resource_exhausted(
             "the control plane serves as many artifact downloads as it may; retry later",
@@ -68,6 +70,21 @@ pub(super) async fn fetch(
                 req.name, req.version
             ))
         })?;
+    // Delivered only while the key that signed it is trusted: removing a
+    // publisher key stops delivery of what it signed.
+    let trusted = state
+        .store
+        .list_publisher_keys(&identity.workspace)
+        .await
+        .map_err(super::store_status)?
+        .iter()
+        .any(|k| k.public_key == artifact.public_key);
+    if !trusted {
+        return Err(Status::not_found(format!(
+            "{}@{} is signed by {}, which this device's workspace no longer trusts",
+            req.name, req.version, artifact.public_key
+        )));
+    }
     if req.offset > artifact.size {
         return Err(Status::out_of_range(format!(
             "offset {} is past the end of {}@{} ({} bytes)",
@@ -128,8 +145,20 @@ async fn send_from(
             offset: pos,
             data: part,
         };
-        if tx.send(Ok(msg)).await.is_err() {
-            return;
+        // A device that stops reading must not hold its slot forever.
+        match tokio::time::timeout(state.artifacts.send_stall_timeout, tx.send(Ok(msg))).await {
+            Ok(Ok(())) => {}
+            // The device went away.
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::info!(
+                    artifact = %format!("{}@{}", a.name, a.version),
+                    offset = pos,
+                    "a download made no progress for {:?}: ended (the device may resume it)",
+                    state.artifacts.send_stall_timeout
+                );
+                return;
+            }
         }
         state.metrics.artifact_bytes_served.inc_by(n);
         pos += n;

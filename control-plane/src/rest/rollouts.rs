@@ -2,23 +2,29 @@
 //! devices a label selector matches, wave by wave (docs/artifacts.md). The
 //! rules are `crate::rollout`; the driver moves running rollouts on.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
+use outpost_common::artifact::{self, PublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::labels::{MAX_LABELS, Selector};
-use crate::rollout::{self, Action, RolloutState};
-use crate::store::{ARTIFACT_READY, DeviceListQuery, NewRollout, Rollout, StoreError, now_ms};
+use crate::rollout::{self, Action, DeviceState, RolloutState};
+use crate::store::{
+    ARTIFACT_READY, DeviceListQuery, NewRollout, Rollout, RolloutListQuery, RolloutSummary,
+    StoreError, now_ms,
+};
 use crate::{AppState, ids};
 
 use super::auth::{Caller, Scope, Target};
 use super::error::ApiError;
 #[allow(unused_imports)]
 use super::openapi::*;
-use super::params::{ApiJson, format_time};
+use super::pagination::{Page, decode_cursor, page, parse_limit};
+use super::params::{ApiJson, Params, format_time};
 
 /// Devices one rollout may hold.
 const MAX_ROLLOUT_DEVICES: usize = 100_000;
@@ -88,11 +94,24 @@ pub struct RolloutView {
     current_wave: u32,
     created_at: String,
     updated_at: String,
-    devices: Vec<RolloutDeviceView>,
+    /// Its devices per state: every device state, zeros included.
+    #[schema(value_type = std::collections::BTreeMap<String, u64>)]
+    device_counts: BTreeMap<&'static str, u64>,
+    /// Devices in the rollout.
+    devices_total: u64,
+    /// Every device, in wave order: in `GET rollouts/{id}` only (the list
+    /// has the counts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devices: Option<Vec<RolloutDeviceView>>,
 }
 
 impl RolloutView {
-    fn new(r: Rollout) -> Self {
+    /// `counts`: (0-based wave, state, devices).
+    fn build(
+        r: Rollout,
+        counts: &[(u32, DeviceState, u64)],
+        devices: Option<Vec<RolloutDeviceView>>,
+    ) -> Self {
         let waves = r
             .waves
             .iter()
@@ -111,11 +130,20 @@ impl RolloutView {
                 WaveView {
                     index: i + 1,
                     spec: spec.clone(),
-                    size: r.devices.iter().filter(|d| d.wave == i).count() as u64,
+                    size: counts
+                        .iter()
+                        .filter(|(w, _, _)| *w == i)
+                        .map(|(_, _, n)| n)
+                        .sum(),
                     state,
                 }
             })
             .collect();
+        let mut device_counts: BTreeMap<&'static str, u64> =
+            DeviceState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        for (_, state, n) in counts {
+            *device_counts.entry(state.as_str()).or_default() += n;
+        }
         RolloutView {
             artifact: format!("{}@{}", r.artifact_name, r.artifact_version),
             state: r.state.as_str().to_string(),
@@ -126,28 +154,45 @@ impl RolloutView {
             current_wave: r.current_wave + 1,
             created_at: format_time(r.created_at),
             updated_at: format_time(r.updated_at),
-            devices: r
-                .devices
-                .into_iter()
-                .map(|d| RolloutDeviceView {
-                    device_id: d.device_id,
-                    name: d.name,
-                    wave: d.wave + 1,
-                    state: d.state.as_str().to_string(),
-                    error: d.error,
-                    updated_at: format_time(d.updated_at),
-                })
-                .collect(),
+            devices_total: counts.iter().map(|(_, _, n)| n).sum(),
+            device_counts,
+            devices,
             id: r.id,
             reason: r.reason,
             selector: r.selector,
         }
     }
-}
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RolloutList {
-    data: Vec<RolloutView>,
+    /// A rollout with its devices (`GET rollouts/{id}`, the actions).
+    fn new(mut r: Rollout) -> Self {
+        let mut counts: Vec<(u32, DeviceState, u64)> = Vec::new();
+        for d in &r.devices {
+            match counts
+                .iter_mut()
+                .find(|(w, s, _)| *w == d.wave && *s == d.state)
+            {
+                Some(c) => c.2 += 1,
+                None => counts.push((d.wave, d.state, 1)),
+            }
+        }
+        let devices = std::mem::take(&mut r.devices)
+            .into_iter()
+            .map(|d| RolloutDeviceView {
+                device_id: d.device_id,
+                name: d.name,
+                wave: d.wave + 1,
+                state: d.state.as_str().to_string(),
+                error: d.error,
+                updated_at: format_time(d.updated_at),
+            })
+            .collect();
+        Self::build(r, &counts, Some(devices))
+    }
+
+    /// A listed rollout: the counts, not the devices.
+    fn summary(s: RolloutSummary) -> Self {
+        Self::build(s.rollout, &s.counts, None)
+    }
 }
 
 /// A rollout's path.
@@ -181,9 +226,12 @@ fn conflict(m: impl Into<String>) -> ApiError {
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateRollout>,
+    request: Request,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
+    // Authorisation before the body is read: a key without the scope gets
+    // 403 whatever it sends, never a 400 about the body.
     caller.require(Scope::DeviceUpdate, Target::Workspace)?;
+    let ApiJson(body) = ApiJson::<CreateRollout>::from_request(request, &()).await?;
     let (name, version) = outpost_common::artifact::parse_id(&body.artifact)
         .map_err(|e| ApiError::bad_request(format!("artifact: {e}")))?;
     if body.selector.is_empty() {
@@ -217,6 +265,36 @@ pub async fn create(
             "artifact {name}@{version} is not ready (its payload has not been uploaded)"
         )));
     }
+    // Its signature again, against the keys trusted now: an artifact signed
+    // by a key removed since it was published is not released.
+    let trusted: Vec<PublicKey> = state
+        .store
+        .list_publisher_keys(&caller.workspace)
+        .await?
+        .into_iter()
+        .filter_map(|k| k.public_key.parse().ok())
+        .collect();
+    let no_longer = |why: String| {
+        ApiError::bad_request(format!(
+            "artifact {name}@{version} is signed by {}, which {why}",
+            artifact.public_key
+        ))
+    };
+    let sig = artifact::Signature {
+        public_key: artifact
+            .public_key
+            .parse()
+            .map_err(|e| no_longer(format!("is not a valid key: {e}")))?,
+        signature: artifact.signature.clone(),
+    };
+    artifact::verify(&artifact.manifest_json, &sig, &trusted).map_err(|e| match e {
+        artifact::ArtifactError::Untrusted => no_longer(format!(
+            "this workspace no longer trusts (publisher-key add --workspace {} KEY on the \
+             control plane's host trusts it again)",
+            caller.workspace
+        )),
+        e => no_longer(format!("does not verify its manifest: {e}")),
+    })?;
     let now = now_ms();
     let devices = matching_devices(&state, &caller.workspace, selectors, now).await?;
     if devices.is_empty() {
@@ -306,9 +384,11 @@ async fn load(state: &AppState, workspace: &str, id: &str) -> Result<Rollout, Ap
     path = "/{workspace}/devices/v2/rollouts",
     operation_id = "listRollouts",
     tag = "artifacts",
-    params(WorkspacePath),
+    params(WorkspacePath, PageQuery),
     responses(
-        (status = 200, description = "Success, newest first", body = RolloutList),
+        (status = 200, description = "Success, newest first; each rollout with its \
+            `device_counts` and `devices_total`, not its `devices`", body = Page<RolloutView>),
+        BadRequest,
         Unauthorized,
         Forbidden,
     )
@@ -316,16 +396,25 @@ async fn load(state: &AppState, workspace: &str, id: &str) -> Result<Rollout, Ap
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-) -> Result<Json<RolloutList>, ApiError> {
+    params: Params,
+) -> Result<Json<Page<RolloutView>>, ApiError> {
     caller.require(Scope::DeviceRead, Target::Workspace)?;
-    let data = state
+    let limit = parse_limit(params.get("limit"), 50, 500)?;
+    let before: Option<(i64, String)> = decode_cursor(params.get("cursor"))?;
+    let rows = state
         .store
-        .list_rollouts(&caller.workspace)
-        .await?
-        .into_iter()
-        .map(RolloutView::new)
-        .collect();
-    Ok(Json(RolloutList { data }))
+        .list_rollouts(&RolloutListQuery {
+            workspace: caller.workspace.clone(),
+            before,
+            limit: limit + 1,
+        })
+        .await?;
+    Ok(Json(page(
+        rows,
+        limit,
+        |s| (s.rollout.created_at, s.rollout.id.clone()),
+        RolloutView::summary,
+    )))
 }
 
 #[utoipa::path(
@@ -364,12 +453,24 @@ async fn act(
     for _ in 0..3 {
         let r = load(state, &caller.workspace, id).await?;
         let now = now_ms();
-        let t =
-            rollout::act(&r.view(), &r.device_views(), action, now).map_err(|e| conflict(e.0))?;
+        let t = rollout::act(&r.view(), &r.wave_tally(), action, now).map_err(|e| conflict(e.0))?;
         if state.store.apply_rollout_transition(id, &t, now).await? {
             caller.audit_target(id);
             if let Some(wave) = t.starts_wave() {
                 rollout::driver::release(state, &r, wave);
+            }
+            if t.state == RolloutState::Aborted {
+                // Released devices that had not started are no longer
+                // given this version (an older release, or nothing, is
+                // desired again): tell their live sessions now, before
+                // they start on it.
+                let devices: Vec<String> = r
+                    .devices
+                    .iter()
+                    .filter(|d| d.wave <= r.current_wave && d.state == DeviceState::Pending)
+                    .map(|d| d.device_id.clone())
+                    .collect();
+                state.live.push_desired(&devices);
             }
             state.rollout_wake.notify_one();
             return Ok(Json(RolloutView::new(

@@ -1,7 +1,8 @@
 //! The rollout driver: the thin I/O around the rules of `rollout.rs`. On
 //! every replica a task wakes on reports and operator actions
 //! ([`crate::AppState::rollout_wake`]) and at least every [`TICK`], loads
-//! the running rollouts, asks [`super::decide`] for each, and applies the
+//! the running rollouts with their current wave tallied in the store (no
+//! devices loaded), asks [`super::decide`] for each, and applies the
 //! step as one conditional `UPDATE` — when two replicas decide the same
 //! step, one applies it, and only that one pushes the newly released
 //! devices their desired artifacts (its own sessions directly, the other
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::AppState;
-use crate::store::{Rollout, StoreResult, now_ms};
+use crate::store::{Rollout, RunningRollout, StoreResult, now_ms};
 
 /// How often running rollouts are looked at without a wake-up (wave
 /// timeouts are judged at this resolution).
@@ -40,8 +41,8 @@ pub async fn run(state: Arc<AppState>, stop: impl Future<Output = ()>) {
 /// replica applied.
 pub async fn tick(state: &AppState, now: i64) -> StoreResult<usize> {
     let mut applied = 0;
-    for r in state.store.running_rollouts().await? {
-        let Some(t) = super::decide(&r.view(), &r.device_views(), now) else {
+    for RunningRollout { rollout: r, wave } in state.store.running_rollouts().await? {
+        let Some(t) = super::decide(&r.view(), &wave, now) else {
             continue;
         };
         if !state.store.apply_rollout_transition(&r.id, &t, now).await? {
@@ -58,7 +59,10 @@ pub async fn tick(state: &AppState, now: i64) -> StoreResult<usize> {
             "rollout step"
         );
         if let Some(wave) = t.starts_wave() {
-            release(state, &r, wave);
+            // The devices are read only now, to tell the new wave's.
+            if let Some(full) = state.store.get_rollout(&r.workspace, &r.id).await? {
+                release(state, &full, wave);
+            }
         }
     }
     Ok(applied)

@@ -454,7 +454,7 @@ macro_rules! rollout_select {
 }
 pub(super) use rollout_select;
 
-fn count32(r: &impl Cols, col: &str) -> StoreResult<u32> {
+pub(super) fn count32(r: &impl Cols, col: &str) -> StoreResult<u32> {
     u32::try_from(r.int(col)?).map_err(|_| StoreError::Corrupt(format!("{col} out of range")))
 }
 

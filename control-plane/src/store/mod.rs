@@ -642,6 +642,11 @@ impl Rollout {
         }
     }
 
+    /// Its current wave's tally, from its devices.
+    pub fn wave_tally(&self) -> crate::rollout::WaveTally {
+        crate::rollout::WaveTally::of(&self.device_views(), self.current_wave)
+    }
+
     pub fn device_views(&self) -> Vec<crate::rollout::DeviceView> {
         self.devices
             .iter()
@@ -664,6 +669,31 @@ pub struct RolloutDevice {
     pub state: crate::rollout::DeviceState,
     pub error: Option<String>,
     pub updated_at: UnixMillis,
+}
+
+/// A page of rollouts to list.
+#[derive(Debug, Clone)]
+pub struct RolloutListQuery {
+    pub workspace: String,
+    /// Continue with rollouts older than this (created_at, id) key.
+    pub before: Option<(UnixMillis, String)>,
+    pub limit: u32,
+}
+
+/// A listed rollout: its `devices` are empty; `counts` holds how many of
+/// its devices are in each (0-based wave, state), pairs with none left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutSummary {
+    pub rollout: Rollout,
+    pub counts: Vec<(u32, crate::rollout::DeviceState, u64)>,
+}
+
+/// A running rollout for the driver: `devices` empty, its current wave
+/// tallied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningRollout {
+    pub rollout: Rollout,
+    pub wave: crate::rollout::WaveTally,
 }
 
 /// An agent's report on one artifact (validated).
@@ -1072,11 +1102,14 @@ pub trait Store: Send + Sync + 'static {
     async fn create_rollout(&self, r: &NewRollout) -> StoreResult<()>;
     /// A rollout of the workspace with its devices.
     async fn get_rollout(&self, workspace: &str, id: &str) -> StoreResult<Option<Rollout>>;
-    /// A workspace's rollouts, newest first, with their devices.
-    async fn list_rollouts(&self, workspace: &str) -> StoreResult<Vec<Rollout>>;
-    /// Every running rollout of every workspace, with its devices (the
-    /// driver's work).
-    async fn running_rollouts(&self) -> StoreResult<Vec<Rollout>>;
+    /// A page of a workspace's rollouts, newest first (`created_at`, then
+    /// id, descending), each without its devices but with their counts
+    /// per wave and state (one GROUP BY, the devices are not loaded).
+    async fn list_rollouts(&self, q: &RolloutListQuery) -> StoreResult<Vec<RolloutSummary>>;
+    /// Every running rollout of every workspace (the driver's work), each
+    /// without its devices but with its current wave's tally (counted in
+    /// the store; only the wave's failures are read).
+    async fn running_rollouts(&self) -> StoreResult<Vec<RunningRollout>>;
     /// Counts of rollouts per state, and of each active or recent
     /// rollout's devices per state (for `/metrics`): (rollout id, artifact
     /// `N@V`, device state, count).

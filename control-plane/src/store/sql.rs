@@ -79,6 +79,9 @@ pub trait Dialect: Database {
     ) -> impl Future<Output = StoreResult<u64>> + Send;
 }
 
+/// Devices per `INSERT` of a rollout's devices.
+const ROLLOUT_DEVICE_CHUNK: usize = 500;
+
 /// A [`Store`] on a SQL database of dialect `D`.
 pub struct SqlStore<D: Dialect> {
     pub(super) pool: Pool<D>,
@@ -1934,17 +1937,26 @@ where
             }
             Err(e) => return Err(e.into()),
         }
-        for (device, wave) in &r.devices {
-            sqlx::query(
-                "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, error, updated_at) \
-                 VALUES ($1, $2, $3, 'pending', NULL, $4)",
-            )
-            .bind(&r.id)
-            .bind(device)
-            .bind(i64::from(*wave))
-            .bind(r.created_at)
-            .execute(&mut *tx)
-            .await?;
+        // Multi-row inserts of ROLLOUT_DEVICE_CHUNK devices each (2 + 2 per
+        // device parameters, far below either backend's limit), not one
+        // statement per device: a rollout may hold 100 000 devices.
+        for chunk in r.devices.chunks(ROLLOUT_DEVICE_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("($1, ${}, ${}, 'pending', NULL, $2)", 3 + 2 * i, 4 + 2 * i))
+                .collect();
+            let sql = format!(
+                "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, error, \
+                 updated_at) VALUES {}",
+                values.join(", ")
+            );
+            // Only placeholders are formatted in; every value is bound.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&r.id)
+                .bind(r.created_at);
+            for (device, wave) in chunk {
+                q = q.bind(device).bind(i64::from(*wave));
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -1965,31 +1977,126 @@ where
         }
     }
 
-    async fn list_rollouts(&self, workspace: &str) -> StoreResult<Vec<Rollout>> {
+    async fn list_rollouts(&self, q: &RolloutListQuery) -> StoreResult<Vec<RolloutSummary>> {
+        // No cursor: before the end of time (no rollout is created then).
+        let (before_at, before_id) = q.before.clone().unwrap_or((i64::MAX, String::new()));
         let rows = sqlx::query(concat!(
             rollout_select!(),
-            " WHERE workspace = $1 ORDER BY created_at DESC, id DESC"
+            " WHERE workspace = $1 AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
+             ORDER BY created_at DESC, id DESC LIMIT $4"
         ))
-        .bind(workspace)
+        .bind(&q.workspace)
+        .bind(before_at)
+        .bind(&before_id)
+        .bind(i64::from(q.limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            out.push(self.rollout_with_devices(row).await?);
+        let mut out = rows
+            .iter()
+            .map(|row| {
+                Ok(RolloutSummary {
+                    rollout: rollout_from_row(row)?,
+                    counts: Vec::new(),
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let (Some(newest), Some(oldest)) = (out.first(), out.last()) else {
+            return Ok(out);
+        };
+        // The page's devices counted in one query: the page is the
+        // workspace's rollouts between its newest and oldest keys.
+        let rows = sqlx::query(
+            "SELECT rd.rollout_id, rd.wave, rd.state, COUNT(*) AS n \
+             FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
+             WHERE r.workspace = $1 \
+             AND (r.created_at < $2 OR (r.created_at = $2 AND r.id <= $3)) \
+             AND (r.created_at > $4 OR (r.created_at = $4 AND r.id >= $5)) \
+             GROUP BY rd.rollout_id, rd.wave, rd.state",
+        )
+        .bind(&q.workspace)
+        .bind(newest.rollout.created_at)
+        .bind(&newest.rollout.id)
+        .bind(oldest.rollout.created_at)
+        .bind(&oldest.rollout.id)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            let id = r.text("rollout_id")?;
+            let state = r.text("state")?;
+            let state = crate::rollout::DeviceState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("rollout device state {state}")))?;
+            if let Some(s) = out.iter_mut().find(|s| s.rollout.id == id) {
+                s.counts
+                    .push((count32(r, "wave")?, state, r.int("n")?.max(0) as u64));
+            }
+        }
+        for s in &mut out {
+            s.counts
+                .sort_by_key(|(wave, state, _)| (*wave, state.rank()));
         }
         Ok(out)
     }
 
-    async fn running_rollouts(&self) -> StoreResult<Vec<Rollout>> {
+    async fn running_rollouts(&self) -> StoreResult<Vec<RunningRollout>> {
+        use crate::rollout::{DeviceState, DeviceView, WaveTally};
         let rows = sqlx::query(concat!(
             rollout_select!(),
             " WHERE state = 'running' ORDER BY created_at, id"
         ))
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
+        let mut out = rows
+            .iter()
+            .map(|row| {
+                Ok(RunningRollout {
+                    rollout: rollout_from_row(row)?,
+                    wave: WaveTally::default(),
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        if out.is_empty() {
+            return Ok(out);
+        }
+        // The current waves' devices counted, not loaded: unfinished ones,
+        // and the failures (rare) read to name the newest.
+        let rows = sqlx::query(
+            "SELECT rd.rollout_id, rd.state, COUNT(*) AS n \
+             FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
+             WHERE r.state = 'running' AND rd.wave = r.current_wave \
+             AND rd.state NOT IN ('succeeded', 'failed', 'rolled_back') \
+             GROUP BY rd.rollout_id, rd.state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         for row in &rows {
-            out.push(self.rollout_with_devices(row).await?);
+            let id = row.text("rollout_id")?;
+            if let Some(r) = out.iter_mut().find(|r| r.rollout.id == id) {
+                r.wave.unfinished += row.int("n")?.max(0) as u64;
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT rd.rollout_id, rd.device_id, rd.wave, rd.state, rd.error, rd.updated_at \
+             FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
+             WHERE r.state = 'running' AND rd.wave = r.current_wave \
+             AND rd.state IN ('failed', 'rolled_back')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &rows {
+            let id = row.text("rollout_id")?;
+            let state = row.text("state")?;
+            let d = DeviceView {
+                device_id: row.text("device_id")?,
+                wave: count32(row, "wave")?,
+                state: DeviceState::parse(&state)
+                    .ok_or_else(|| StoreError::Corrupt(format!("rollout device state {state}")))?,
+                error: row.opt_text("error")?,
+                updated_at: row.int("updated_at")?,
+            };
+            if let Some(r) = out.iter_mut().find(|r| r.rollout.id == id) {
+                r.wave.failures += 1;
+                r.wave.note_failure(&d);
+            }
         }
         Ok(out)
     }
@@ -2149,13 +2256,23 @@ where
     async fn desired_artifacts(&self, device_id: &str) -> StoreResult<Vec<DesiredArtifact>> {
         // Released to the device: its wave started and the rollout is not
         // aborted, or the device started on it already (an abort does not
-        // take back what a device has). Newest rollout first per name.
+        // take back what a device has). Per name, the newest such rollout
+        // decides, whether or not its artifact is still stored: the
+        // artifacts are LEFT JOINed so that deleting the newest released
+        // version leaves the name out (the device keeps what it has) rather
+        // than making an older rollout's version desired, which would
+        // downgrade every reconnecting device with no waves and no health
+        // gate (docs/artifacts.md). Likewise when the key that signed it is
+        // no longer one of the workspace's publisher keys: a removed key
+        // stops delivery.
         let rows = sqlx::query(
-            "SELECT r.id, r.artifact_name, r.artifact_version, a.manifest_json, a.public_key, \
-             a.signature FROM rollout_devices d \
+            "SELECT r.id, r.artifact_name, r.artifact_version, a.manifest_json, \
+             k.public_key, a.signature FROM rollout_devices d \
              JOIN rollouts r ON r.id = d.rollout_id \
-             JOIN artifacts a ON a.workspace = r.workspace AND a.name = r.artifact_name \
+             LEFT JOIN artifacts a ON a.workspace = r.workspace AND a.name = r.artifact_name \
                   AND a.version = r.artifact_version \
+             LEFT JOIN publisher_keys k ON k.workspace = r.workspace \
+                  AND k.public_key = a.public_key \
              WHERE d.device_id = $1 \
              AND ((d.wave <= r.current_wave AND r.state <> 'aborted') OR d.state <> 'pending') \
              ORDER BY r.created_at DESC, r.id DESC",
@@ -2163,18 +2280,29 @@ where
         .bind(device_id)
         .fetch_all(&self.pool)
         .await?;
+        let mut seen: Vec<String> = Vec::new();
         let mut out: Vec<DesiredArtifact> = Vec::new();
         for r in &rows {
             let name = r.text("artifact_name")?;
-            if out.iter().any(|d| d.name == name) {
+            if seen.contains(&name) {
                 continue;
             }
+            seen.push(name.clone());
+            let (Some(manifest_json), Some(public_key), Some(signature)) = (
+                r.opt_text("manifest_json")?,
+                r.opt_text("public_key")?,
+                r.opt_text("signature")?,
+            ) else {
+                // The newest release of this name was deleted, or its key
+                // is no longer trusted.
+                continue;
+            };
             out.push(DesiredArtifact {
                 name,
                 version: r.text("artifact_version")?,
-                manifest_json: r.text("manifest_json")?,
-                public_key: r.text("public_key")?,
-                signature: r.text("signature")?,
+                manifest_json,
+                public_key,
+                signature,
                 rollout_id: r.text("id")?,
             });
         }

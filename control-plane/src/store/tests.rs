@@ -145,6 +145,11 @@ store_tests!(
     rollouts_are_created_read_and_one_is_active_per_artifact,
     rollout_steps_apply_conditionally_and_reports_only_move_forward,
     desired_state_follows_released_waves_and_survives_an_abort,
+    deleting_the_released_version_leaves_the_name_out_rather_than_downgrading,
+    rollouts_list_in_pages_newest_first_with_device_counts,
+    artifacts_signed_by_a_removed_key_are_no_longer_desired,
+    a_large_rollout_stores_every_device_in_chunks_or_nothing,
+    running_rollouts_tally_their_current_wave_without_loading_devices,
 );
 
 replica_tests!(
@@ -2370,6 +2375,10 @@ fn new_rollout(id: &str, version: &str, devices: &[(&str, u32)], created_at: i64
 }
 
 async fn rollout_fleet(s: &Arc<dyn Store>, devices: &[&str]) {
+    // The key `artifact()` records as the signer's.
+    s.add_publisher_key("acme", "ed25519:AAAA", 1)
+        .await
+        .unwrap();
     for (i, d) in devices.iter().enumerate() {
         s.create_device(&new_device(d, i as i64 + 1)).await.unwrap();
     }
@@ -2457,11 +2466,15 @@ async fn rollouts_are_created_read_and_one_is_active_per_artifact(s: Arc<dyn Sto
     );
     s.create_rollout(&r2).await.unwrap();
     let listed: Vec<(String, RolloutState)> = s
-        .list_rollouts("acme")
+        .list_rollouts(&RolloutListQuery {
+            workspace: "acme".into(),
+            before: None,
+            limit: 10,
+        })
         .await
         .unwrap()
         .into_iter()
-        .map(|r| (r.id, r.state))
+        .map(|r| (r.rollout.id, r.rollout.state))
         .collect();
     assert_eq!(
         listed,
@@ -2475,7 +2488,7 @@ async fn rollouts_are_created_read_and_one_is_active_per_artifact(s: Arc<dyn Sto
         .await
         .unwrap()
         .into_iter()
-        .map(|r| r.id)
+        .map(|r| r.rollout.id)
         .collect();
     assert_eq!(running, vec!["ro_2"]);
     let counts = s.rollout_counts().await.unwrap();
@@ -2764,6 +2777,298 @@ async fn desired_state_follows_released_waves_and_survives_an_abort(s: Arc<dyn S
         "its wave of ro_2 started but it never began, and ro_2 is aborted"
     );
     assert!(s.desired_artifacts("d9").await.unwrap().is_empty());
+}
+
+async fn deleting_the_released_version_leaves_the_name_out_rather_than_downgrading(
+    s: Arc<dyn Store>,
+) {
+    rollout_fleet(&s, &["d1", "d2"]).await;
+    s.create_artifact(&artifact("other", "1", "{}", 10))
+        .await
+        .unwrap();
+    let versions = |v: Vec<DesiredArtifact>| {
+        v.into_iter()
+            .map(|d| format!("{}@{}:{}", d.name, d.version, d.rollout_id))
+            .collect::<Vec<_>>()
+    };
+    let mut created = 100;
+    for (id, name, version) in [
+        ("ro_1", "model", "1"),
+        ("ro_2", "model", "2"),
+        ("ro_o", "other", "1"),
+    ] {
+        let mut new = new_rollout(id, version, &[("d1", 0), ("d2", 0)], created);
+        new.artifact_name = name.into();
+        s.create_rollout(&new).await.unwrap();
+        let r = s.get_rollout("acme", id).await.unwrap().unwrap();
+        assert!(
+            s.apply_rollout_transition(id, &step(&r, RolloutState::Completed, 0, created), created)
+                .await
+                .unwrap()
+        );
+        created += 100;
+    }
+    assert_eq!(
+        versions(s.desired_artifacts("d1").await.unwrap()),
+        vec!["model@2:ro_2", "other@1:ro_o"]
+    );
+    // model@2 (the newest release) goes: model@1 of the older rollout must
+    // not come back as desired; the devices keep what they have.
+    assert!(s.delete_artifact("acme", "model", "2").await.unwrap());
+    for d in ["d1", "d2"] {
+        assert_eq!(
+            versions(s.desired_artifacts(d).await.unwrap()),
+            vec!["other@1:ro_o"],
+            "{d}"
+        );
+    }
+    // A new rollout of model@1 releases it again, through its waves.
+    s.create_rollout(&new_rollout("ro_3", "1", &[("d1", 0), ("d2", 1)], 1000))
+        .await
+        .unwrap();
+    assert_eq!(
+        versions(s.desired_artifacts("d1").await.unwrap()),
+        vec!["model@1:ro_3", "other@1:ro_o"]
+    );
+    assert_eq!(
+        versions(s.desired_artifacts("d2").await.unwrap()),
+        vec!["other@1:ro_o"],
+        "its wave of ro_3 has not started"
+    );
+}
+
+async fn rollouts_list_in_pages_newest_first_with_device_counts(s: Arc<dyn Store>) {
+    rollout_fleet(&s, &["d1", "d2", "d3"]).await;
+    // Five rollouts (each aborted, so the next may start); ro_3 and ro_4
+    // created at the same millisecond (the id breaks the tie).
+    let created = [100, 200, 300, 300, 400];
+    for (i, at) in created.iter().enumerate() {
+        let id = format!("ro_{i}");
+        s.create_rollout(&new_rollout(
+            &id,
+            "1",
+            &[("d1", 0), ("d2", 1), ("d3", 1)],
+            *at,
+        ))
+        .await
+        .unwrap();
+        let r = s.get_rollout("acme", &id).await.unwrap().unwrap();
+        assert!(
+            s.apply_rollout_transition(&id, &step(&r, RolloutState::Aborted, 0, *at), *at)
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        s.record_artifact_report(
+            "d1",
+            "acme",
+            &report("ro_3", "1", DeviceState::Succeeded),
+            500
+        )
+        .await
+        .unwrap()
+    );
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = s
+            .list_rollouts(&RolloutListQuery {
+                workspace: "acme".into(),
+                before: before.clone(),
+                limit: 2,
+            })
+            .await
+            .unwrap();
+        assert!(page.len() <= 2);
+        for r in &page {
+            assert!(r.rollout.devices.is_empty(), "devices are not loaded");
+            let expected = if r.rollout.id == "ro_3" {
+                vec![(0, DeviceState::Succeeded, 1), (1, DeviceState::Pending, 2)]
+            } else {
+                vec![(0, DeviceState::Pending, 1), (1, DeviceState::Pending, 2)]
+            };
+            assert_eq!(r.counts, expected, "{}", r.rollout.id);
+            seen.push(r.rollout.id.clone());
+        }
+        match page.last() {
+            Some(last) if page.len() == 2 => {
+                before = Some((last.rollout.created_at, last.rollout.id.clone()))
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(seen, vec!["ro_4", "ro_3", "ro_2", "ro_1", "ro_0"]);
+    // Another workspace's list is empty.
+    assert!(
+        s.list_rollouts(&RolloutListQuery {
+            workspace: "other".into(),
+            before: None,
+            limit: 50,
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+}
+
+async fn artifacts_signed_by_a_removed_key_are_no_longer_desired(s: Arc<dyn Store>) {
+    rollout_fleet(&s, &["d1"]).await;
+    let mut other = artifact("other", "1", "{}", 10);
+    other.public_key = "ed25519:BBBB".into();
+    s.create_artifact(&other).await.unwrap();
+    s.add_publisher_key("acme", "ed25519:BBBB", 2)
+        .await
+        .unwrap();
+    // The same key trusted in another workspace does not count.
+    s.create_workspace(&Workspace {
+        name: "globex".into(),
+        features: vec![],
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    s.add_publisher_key("globex", "ed25519:AAAA", 3)
+        .await
+        .unwrap();
+    for (id, name, at) in [("ro_m", "model", 100), ("ro_o", "other", 200)] {
+        let mut new = new_rollout(id, "1", &[("d1", 0)], at);
+        new.artifact_name = name.into();
+        s.create_rollout(&new).await.unwrap();
+    }
+    let names = |v: Vec<DesiredArtifact>| v.into_iter().map(|d| d.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(s.desired_artifacts("d1").await.unwrap()),
+        vec!["model", "other"]
+    );
+    assert!(
+        s.remove_publisher_key("acme", "ed25519:AAAA")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        names(s.desired_artifacts("d1").await.unwrap()),
+        vec!["other"]
+    );
+    // Trusted again: desired again.
+    s.add_publisher_key("acme", "ed25519:AAAA", 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        names(s.desired_artifacts("d1").await.unwrap()),
+        vec!["model", "other"]
+    );
+}
+
+async fn a_large_rollout_stores_every_device_in_chunks_or_nothing(s: Arc<dyn Store>) {
+    // Two full chunks of 500 and one device more.
+    let ids: Vec<String> = (0..1001).map(|i| format!("d{i:04}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    rollout_fleet(&s, &refs).await;
+    let assigned: Vec<(&str, u32)> = refs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (*d, u32::from(i >= 10)))
+        .collect();
+    // One unknown device in the last chunk: nothing of the rollout stays.
+    let mut bad = new_rollout("ro_bad", "1", &assigned, 100);
+    bad.devices.push(("nope".into(), 1));
+    assert!(s.create_rollout(&bad).await.is_err());
+    assert_eq!(s.get_rollout("acme", "ro_bad").await.unwrap(), None);
+
+    s.create_rollout(&new_rollout("ro_big", "1", &assigned, 200))
+        .await
+        .unwrap();
+    let r = s.get_rollout("acme", "ro_big").await.unwrap().unwrap();
+    assert_eq!(r.devices.len(), 1001);
+    let got: Vec<(&str, u32)> = r
+        .devices
+        .iter()
+        .map(|d| (d.device_id.as_str(), d.wave))
+        .collect();
+    assert_eq!(got, assigned, "every device once, in its wave");
+    assert!(
+        r.devices
+            .iter()
+            .all(|d| d.state == DeviceState::Pending && d.updated_at == 200 && d.error.is_none())
+    );
+}
+
+async fn running_rollouts_tally_their_current_wave_without_loading_devices(s: Arc<dyn Store>) {
+    use crate::rollout::WaveTally;
+    rollout_fleet(&s, &["d1", "d2", "d3", "d4", "d5"]).await;
+    s.create_rollout(&new_rollout(
+        "ro_1",
+        "1",
+        &[("d1", 0), ("d2", 0), ("d3", 0), ("d4", 0), ("d5", 1)],
+        100,
+    ))
+    .await
+    .unwrap();
+    let tally = |s: Arc<dyn Store>| async move {
+        let mut all = s.running_rollouts().await.unwrap();
+        assert_eq!(all.len(), 1);
+        let r = all.remove(0);
+        assert!(r.rollout.devices.is_empty());
+        // The same as the rules would count from the loaded devices.
+        let full = s.get_rollout("acme", &r.rollout.id).await.unwrap().unwrap();
+        assert_eq!(r.wave, full.wave_tally());
+        r.wave
+    };
+    assert_eq!(
+        tally(s.clone()).await,
+        WaveTally {
+            unfinished: 4,
+            failures: 0,
+            newest_failure: None
+        }
+    );
+    let at = |d: &'static str, state, now| {
+        let s = s.clone();
+        async move {
+            assert!(
+                s.record_artifact_report(d, "acme", &report("ro_1", "1", state), now)
+                    .await
+                    .unwrap()
+            );
+        }
+    };
+    at("d1", DeviceState::Succeeded, 200).await;
+    at("d2", DeviceState::Installing, 200).await;
+    at("d3", DeviceState::Failed, 300).await;
+    at("d4", DeviceState::RolledBack, 300).await;
+    let t = tally(s.clone()).await;
+    assert_eq!((t.unfinished, t.failures), (1, 2));
+    // Same time: the smaller device id is named.
+    let newest = t.newest_failure.unwrap();
+    assert_eq!(
+        (newest.device_id.as_str(), newest.state),
+        ("d3", DeviceState::Failed)
+    );
+    assert_eq!(newest.error.as_deref(), Some("health check exited 1"));
+    // The next wave: its own tally.
+    let r = s.get_rollout("acme", "ro_1").await.unwrap().unwrap();
+    assert!(
+        s.apply_rollout_transition("ro_1", &step(&r, RolloutState::Running, 1, 400), 400)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        tally(s.clone()).await,
+        WaveTally {
+            unfinished: 1,
+            failures: 0,
+            newest_failure: None
+        }
+    );
+    // Not running: not the driver's.
+    let r = s.get_rollout("acme", "ro_1").await.unwrap().unwrap();
+    assert!(
+        s.apply_rollout_transition("ro_1", &step(&r, RolloutState::Paused, 1, 400), 500)
+            .await
+            .unwrap()
+    );
+    assert!(s.running_rollouts().await.unwrap().is_empty());
 }
 
 async fn replicas_create_one_active_rollout_per_artifact(s: Vec<Arc<dyn Store>>) {

@@ -298,6 +298,19 @@ impl ControlPlane {
 
     /// Trusts an artifact publisher key in the workspace, as
     /// `publisher-key add` does.
+    pub fn remove_publisher_key(&self, workspace: &str, key: &str) {
+        if let Some((_, admin)) = &self.server {
+            block_on(admin.remove_publisher_key(workspace, key)).expect("publisher key removed");
+            return;
+        }
+        let out = self.admin(&["publisher-key", "remove", "--workspace", workspace, key]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn add_publisher_key(&self, workspace: &str, key: &str) {
         if let Some((_, admin)) = &self.server {
             block_on(admin.add_publisher_key(workspace, key)).expect("publisher key added");

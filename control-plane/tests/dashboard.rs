@@ -1169,58 +1169,6 @@ async fn add_device_in_headless_chromium() {
     b.quit().await;
 }
 
-/// A signed artifact `name@version` (a tar of one VERSION file) published
-/// over REST with `key`, signed by `publisher`.
-async fn publish_over_rest(
-    cp: &ControlPlane,
-    api_key: &str,
-    publisher: &outpost_common::artifact::SigningKey,
-    name: &str,
-    version: &str,
-) {
-    use outpost_common::artifact::{FORMAT_TAR, MANIFEST_SCHEMA, Manifest};
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_ustar();
-    header.set_size(version.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "VERSION", version.as_bytes())
-        .unwrap();
-    let payload = tar.into_inner().unwrap();
-    let manifest = Manifest {
-        schema: MANIFEST_SCHEMA,
-        name: name.into(),
-        version: version.into(),
-        format: FORMAT_TAR.into(),
-        size: payload.len() as u64,
-        sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, &payload)),
-        post_install: None,
-        health_command: Some("test -f VERSION".into()),
-        health_window_secs: 10,
-        created_at: "2026-12-03T12:00:00Z".into(),
-    }
-    .to_json();
-    let http = reqwest::Client::new();
-    let base = format!("{}/{WORKSPACE}/devices/v2/artifacts", cp.rest);
-    let resp = http
-        .post(&base)
-        .bearer_auth(api_key)
-        .json(&json!({"manifest": manifest, "signature": publisher.sign(&manifest)}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
-    let resp = http
-        .put(format!("{base}/{name}/{version}/payload"))
-        .bearer_auth(api_key)
-        .header("content-type", "application/octet-stream")
-        .body(payload)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-}
-
 async fn rest(cp: &ControlPlane, key: &str, method: Method, path: &str, body: Value) -> Value {
     let resp = reqwest::Client::new()
         .request(method, format!("{}/{WORKSPACE}/{path}", cp.rest))
@@ -1277,9 +1225,9 @@ async fn rollouts_in_headless_chromium() {
         &["--publisher-key", &public],
         &[("OUTPOST_NVML_LIBRARY", "off")],
     );
-    publish_over_rest(&cp, &key, &publisher, "detector", "1.0.0").await;
+    publish_signed(&cp, WORKSPACE, &key, &publisher, "detector", "1.0.0").await;
     // One running rollout per artifact: the other box waits for another.
-    publish_over_rest(&cp, &key, &publisher, "pipeline", "2.0").await;
+    publish_signed(&cp, WORKSPACE, &key, &publisher, "pipeline", "2.0").await;
     let done = rest(
         &cp,
         &key,

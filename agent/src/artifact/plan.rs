@@ -152,6 +152,19 @@ enum Work {
     },
 }
 
+/// The entry of `name` while download number `download` of `version` is the
+/// one under way (events of a cancelled or older download are ignored).
+fn fetching<'a>(
+    entries: &'a mut BTreeMap<String, Entry>,
+    name: &str,
+    version: &str,
+    download: u64,
+) -> Option<&'a mut Entry> {
+    let e = entries.get_mut(name)?;
+    matches!(&e.work, Work::Fetching { d, download: n, .. } if d.version == version && *n == download)
+        .then_some(e)
+}
+
 struct Entry {
     desired: Option<DesiredArtifact>,
     current: Option<String>,
@@ -314,17 +327,10 @@ impl Plan {
                 download,
                 bytes,
             } => {
-                let Some(e) = self.entries.get_mut(&name) else {
+                let Some(e) = fetching(&mut self.entries, &name, &version, download) else {
                     return;
                 };
-                if let Work::Fetching {
-                    d,
-                    reported_at,
-                    download: current,
-                } = &mut e.work
-                    && d.version == version
-                    && *current == download
-                {
+                if let Work::Fetching { d, reported_at, .. } = &mut e.work {
                     // Bytes arrived: the transfer works again.
                     e.backoff.reset();
                     if reported_at
@@ -342,17 +348,10 @@ impl Plan {
                 resumed,
                 download,
             } => {
-                let Some(e) = self.entries.get_mut(&name) else {
+                let Some(e) = fetching(&mut self.entries, &name, &version, download) else {
                     return;
                 };
-                if let Work::Fetching {
-                    d,
-                    download: current,
-                    ..
-                } = &e.work
-                    && d.version == version
-                    && *current == download
-                {
+                if let Work::Fetching { d, .. } = &e.work {
                     let d = d.clone();
                     self.out
                         .push_back(Action::Report(report(&d, "installing", String::new(), 0)));
@@ -366,17 +365,10 @@ impl Plan {
                 download,
                 error,
             } => {
-                let Some(e) = self.entries.get_mut(&name) else {
+                let Some(e) = fetching(&mut self.entries, &name, &version, download) else {
                     return;
                 };
-                if let Work::Fetching {
-                    d,
-                    download: current,
-                    ..
-                } = &e.work
-                    && d.version == version
-                    && *current == download
-                {
+                if let Work::Fetching { d, .. } = &e.work {
                     let delay = e.backoff.next_delay();
                     tracing::info!(artifact = %name, version = %d.version, "download interrupted ({error}); retrying in {:.1}s", delay.as_secs_f64());
                     e.work = Work::Waiting {
@@ -391,17 +383,10 @@ impl Plan {
                 download,
                 error,
             } => {
-                let Some(e) = self.entries.get_mut(&name) else {
+                let Some(e) = fetching(&mut self.entries, &name, &version, download) else {
                     return;
                 };
-                if let Work::Fetching {
-                    d,
-                    download: current,
-                    ..
-                } = &e.work
-                    && d.version == version
-                    && *current == download
-                {
+                if let Work::Fetching { d, .. } = &e.work {
                     let r = report(d, "failed", error, 0);
                     e.failed
                         .insert((d.version.clone(), d.rollout_id.clone()), r.clone());

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
@@ -645,16 +644,6 @@ async fn admin_cli_actions_are_recorded() {
             assert_eq!(e["client_address"], Value::Null);
         }
     }
-}
-
-fn ctl_bin() -> PathBuf {
-    let p = cp_bin().with_file_name("outpostctl");
-    assert!(
-        p.exists(),
-        "{} is missing: build it first (cargo build -p outpostctl, or run cargo test --workspace)",
-        p.display()
-    );
-    p
 }
 
 fn export(cp: &ControlPlane, key: &str, args: &[&str]) -> String {

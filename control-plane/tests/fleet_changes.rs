@@ -16,16 +16,6 @@ const WS: &str = "acme";
 /// Installing includes a health window; a rollout of two waves takes a few.
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn ctl_bin() -> PathBuf {
-    let p = cp_bin().with_file_name("outpostctl");
-    assert!(
-        p.exists(),
-        "{} is missing: build it first (cargo test --workspace builds it)",
-        p.display()
-    );
-    p
-}
-
 /// A control plane with workspace `acme`, an operator key, and a publisher
 /// key the workspace trusts.
 struct Fleet {
@@ -252,26 +242,22 @@ fn last_line(o: &Output) -> String {
         .to_string()
 }
 
-fn device_state<'a>(r: &'a Value, device: &str) -> &'a str {
+/// A device's entry in a rollout's JSON.
+fn device_of<'a>(r: &'a Value, device: &str) -> &'a Value {
     r["devices"]
         .as_array()
         .unwrap()
         .iter()
         .find(|d| d["device_id"] == device)
-        .unwrap_or_else(|| panic!("{device} is not in {r:#}"))["state"]
-        .as_str()
-        .unwrap()
+        .unwrap_or_else(|| panic!("{device} is not in {r:#}"))
+}
+
+fn device_state<'a>(r: &'a Value, device: &str) -> &'a str {
+    device_of(r, device)["state"].as_str().unwrap()
 }
 
 fn device_wave(r: &Value, device: &str) -> u64 {
-    r["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["device_id"] == device)
-        .unwrap()["wave"]
-        .as_u64()
-        .unwrap()
+    device_of(r, device)["wave"].as_u64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -408,13 +394,7 @@ async fn a_failing_health_check_rolls_the_first_box_back_and_pauses_before_the_s
     let log =
         std::fs::read_to_string(first_box.artifacts.join("detector/post-install.log")).unwrap();
     assert_eq!(log.lines().collect::<Vec<_>>(), ["1", "2", "1"], "{log}");
-    let err = r["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["device_id"] == first_box.id.as_str())
-        .unwrap()["error"]
-        .to_string();
+    let err = device_of(&r, &first_box.id)["error"].to_string();
     assert!(err.contains("health"), "{err}");
 
     // Aborting it leaves everything as it is.

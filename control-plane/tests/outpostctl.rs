@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -16,18 +16,6 @@ use serde_json::Value;
 /// Logs are limited to 5 requests a minute per client, and outpostctl waits
 /// out a 429: a follow can take a Retry-After (≤ 12 s) longer.
 const LOGS_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// outpostctl sits next to the control plane in the target directory;
-/// `cargo test --workspace` builds it (the crate has integration tests).
-fn ctl_bin() -> PathBuf {
-    let p = cp_bin().with_file_name("outpostctl");
-    assert!(
-        p.exists(),
-        "{} is missing: build it first (cargo build -p outpostctl, or run cargo test --workspace)",
-        p.display()
-    );
-    p
-}
 
 /// outpostctl configured from the environment, as an operator would.
 fn ctl(cp: &ControlPlane, key: &str, args: &[&str]) -> Command {

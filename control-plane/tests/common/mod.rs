@@ -30,6 +30,18 @@ pub fn agent_bin() -> PathBuf {
     p
 }
 
+/// outpostctl sits next to the control plane in the target directory;
+/// `cargo test --workspace` builds it (the crate has integration tests).
+pub fn ctl_bin() -> PathBuf {
+    let p = cp_bin().with_file_name("outpostctl");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build -p outpostctl, or run cargo test --workspace)",
+        p.display()
+    );
+    p
+}
+
 /// Polls `f` until it yields a value; panics naming `what` after `timeout`.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where

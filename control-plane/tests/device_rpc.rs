@@ -10,8 +10,8 @@ use outpost_proto::v1::agent_message::Kind as AgentKind;
 use outpost_proto::v1::device_service_client::DeviceServiceClient;
 use outpost_proto::v1::server_message::Kind as ServerKind;
 use outpost_proto::v1::{
-    AgentMessage, EnrollRequest, EnrollResponse, Hello, Sample, SessionStart, TelemetryAck,
-    TelemetryBatch, Temperature,
+    AgentMessage, DeviceFacts, EnrollRequest, EnrollResponse, Hello, Sample, SessionStart,
+    TelemetryAck, TelemetryBatch, Temperature,
 };
 use rcgen::KeyPair;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -69,9 +69,16 @@ fn identity_of(resp: &EnrollResponse, key: &KeyPair) -> Identity {
 
 /// Opens a session and returns the server's SessionStart.
 async fn open_session(c: &mut DeviceServiceClient<Channel>) -> Result<SessionStart, Status> {
+    open_session_with(c, None).await
+}
+
+async fn open_session_with(
+    c: &mut DeviceServiceClient<Channel>,
+    facts: Option<DeviceFacts>,
+) -> Result<SessionStart, Status> {
     let hello = AgentMessage {
         kind: Some(AgentKind::Hello(Hello {
-            facts: None,
+            facts,
             ..Default::default()
         })),
     };
@@ -409,6 +416,57 @@ async fn malformed_and_oversized_input_gets_a_status_not_a_crash() {
     let acks = push(&mut c, vec![batch(&[1])]).await.unwrap();
     assert_eq!(acks, vec![TelemetryAck { acked_seq: 1 }]);
     assert_eq!(all_samples(&f.cp, "acme", &f.key, &f.device).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn absurd_values_are_refused_naming_the_field_and_nothing_is_stored() {
+    let f = fixture().await;
+    let key = KeyPair::generate().unwrap();
+    let resp = enroll_raw(&f.cp, &f.install_id, &key).await.unwrap();
+    let mut c = client(&f.cp, Some(identity_of(&resp, &key))).await.unwrap();
+
+    let err = open_session_with(
+        &mut c,
+        Some(DeviceFacts {
+            memory_total_bytes: u64::MAX,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("memory_total_bytes"), "{err:?}");
+
+    let mut far = batch(&[1]);
+    far.samples[0].timestamp_unix_ms = i64::MAX;
+    let mut huge = batch(&[1]);
+    huge.samples[0].network_rx_bytes = u64::MAX;
+    for (bad, field) in [(far, "timestamp_unix_ms"), (huge, "network_rx_bytes")] {
+        let err = push(&mut c, vec![bad]).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().contains("sample 1") && err.message().contains(field),
+            "{err:?}"
+        );
+    }
+    assert!(
+        all_samples(&f.cp, "acme", &f.key, &f.device)
+            .await
+            .is_empty()
+    );
+
+    // Plausible values from the same box are still taken.
+    open_session_with(
+        &mut c,
+        Some(DeviceFacts {
+            memory_total_bytes: 8 << 30,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+    let acks = push(&mut c, vec![batch(&[1])]).await.unwrap();
+    assert_eq!(acks, vec![TelemetryAck { acked_seq: 1 }]);
 }
 
 fn nineteen_seventy() -> i64 {

@@ -49,7 +49,14 @@ async fn run(
         }
     };
     let installed = installed_artifacts(&hello.installed);
-    let facts = convert::facts(hello.facts);
+    let facts = match convert::facts(hello.facts) {
+        Ok(f) => f,
+        Err(why) => {
+            tracing::info!(device = %id.device_id, "refused hello: {why}");
+            let _ = tx.send(Err(Status::invalid_argument(why))).await;
+            return;
+        }
+    };
     let session_id = ids::new_internal_id();
     if let Err(e) = state
         .store

@@ -28,7 +28,7 @@ pub fn start(
             tx,
             "telemetry",
             |state, device, b| async move {
-                let samples = convert::batch(b).map_err(Status::invalid_argument)?;
+                let samples = convert::batch(b, now_ms()).map_err(Status::invalid_argument)?;
                 let last = samples.last().map_or(0, |s| s.seq);
                 // Group commit: shares one durable write with other streams.
                 let stored = state
@@ -59,7 +59,7 @@ pub fn start_logs(
             tx,
             "logs",
             |state, device, b| async move {
-                let lines = convert::log_batch(b).map_err(Status::invalid_argument)?;
+                let lines = convert::log_batch(b, now_ms()).map_err(Status::invalid_argument)?;
                 let last = lines.last().map_or(0, |l| l.seq);
                 let started = std::time::Instant::now();
                 let stored = state

@@ -476,3 +476,44 @@ async fn config_changes_reach_a_connected_agent_at_once() {
         "{kinds:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_files_are_private_whatever_the_umask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    if test_database(&dir).is_some() {
+        return; // PostgreSQL: no database files here.
+    }
+    // umask 000: files created without an explicit mode would be 0666.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "umask 000; exec \"$0\" \"$@\""])
+        .arg(cp_bin())
+        .args(["serve", "--data-dir"])
+        .arg(&dir)
+        .args([
+            "--rest-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ]);
+    let cp = ControlPlane::spawn(cmd, &dir);
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    cp.create_device("acme", &key, "cam-1").await;
+    let mode = |name: &str| {
+        std::fs::metadata(dir.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(""), 0o700, "the data dir");
+    for f in [
+        "outpost.db",
+        "outpost.db-wal",
+        "outpost.db-shm",
+        "pki/ca.key",
+    ] {
+        assert_eq!(mode(f), 0o600, "{f}");
+    }
+}

@@ -35,6 +35,7 @@ impl SqlStore<Sqlite> {
     /// Opens (creating if needed) `DATA_DIR/outpost.db` and runs migrations.
     pub async fn open(data_dir: &Path) -> StoreResult<Self> {
         let path = data_dir.join("outpost.db");
+        private_files(&path)?;
         let opts = SqliteConnectOptions::from_str("sqlite:")?
             .filename(&path)
             .create_if_missing(true)
@@ -55,6 +56,38 @@ impl SqlStore<Sqlite> {
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
     }
+}
+
+/// The database holds hashed secrets and every device's data: it is created
+/// 0600 whatever the umask (SQLite creates the `-wal` and `-shm` files with
+/// the database file's mode), and an existing one left more open by an older
+/// version is narrowed to 0600 with its `-wal`/`-shm`.
+fn private_files(db: &Path) -> StoreResult<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |what: &Path, e: std::io::Error| {
+        StoreError::Invalid(format!("cannot secure {}: {e}", what.display()))
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(db)
+        .map_err(|e| io(db, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let file = Path::new(&name);
+        match std::fs::metadata(file) {
+            Ok(m) if m.permissions().mode() & 0o777 != 0o600 => {
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| io(file, e))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(file, e)),
+        }
+    }
+    Ok(())
 }
 
 impl Dialect for Sqlite {
@@ -200,4 +233,34 @@ async fn insert_rows(
         }
     }
     Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn files_an_older_version_left_open_are_narrowed_to_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("outpost.db");
+        for f in ["outpost.db", "outpost.db-wal"] {
+            let path = dir.path().join(f);
+            std::fs::write(&path, b"").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        private_files(&db).unwrap();
+        for f in ["outpost.db", "outpost.db-wal"] {
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        assert!(!dir.path().join("outpost.db-shm").exists(), "none made up");
+        // And a store opened over it works.
+        std::fs::remove_file(dir.path().join("outpost.db-wal")).unwrap();
+        SqlStore::<Sqlite>::open(dir.path()).await.unwrap();
+    }
 }

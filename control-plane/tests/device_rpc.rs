@@ -360,6 +360,22 @@ async fn malformed_and_oversized_input_gets_a_status_not_a_crash() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("CSR"), "{}", err.message());
+    // A CSR of a key type TLS here cannot verify: named, not "bad signature".
+    let err = anon
+        .enroll(EnrollRequest {
+            install_id: f.install_id.clone(),
+            csr_der: include_bytes!("../src/pki/testdata/rsa1024.csr.der").to_vec(),
+            facts: None,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("RSA of 1024 bits") && err.message().contains("ECDSA P-256"),
+        "{}",
+        err.message()
+    );
 
     let key = KeyPair::generate().unwrap();
     let resp = enroll_raw(&f.cp, &f.install_id, &key).await.unwrap();

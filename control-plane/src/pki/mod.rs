@@ -126,8 +126,10 @@ pub struct VerifiedCsr {
 }
 
 impl VerifiedCsr {
-    /// Parses a DER CSR and checks its self-signature (proof of key possession).
+    /// Parses a DER CSR and checks its key type (see [`ACCEPTED_KEYS`]) and
+    /// its self-signature (proof of key possession).
     pub fn from_der(der: &[u8]) -> Result<Self, PkiError> {
+        check_csr_key(der)?;
         let csr_der = CertificateSigningRequestDer::from(der);
         let params = CertificateSigningRequestParams::from_der(&csr_der)
             .map_err(|e| PkiError::Invalid(format!("invalid CSR: {e}")))?;
@@ -136,6 +138,63 @@ impl VerifiedCsr {
             params,
             public_key_sha256,
         })
+    }
+}
+
+/// The device key types the control plane signs (and TLS verifies).
+pub const ACCEPTED_KEYS: &str =
+    "ECDSA P-256 (what the agent generates), ECDSA P-384, Ed25519, or RSA of 2048 to 8192 bits";
+
+/// Refuses a CSR whose key is of a type or size the device service cannot
+/// verify, naming it — before the signature check, which would otherwise
+/// fail on such a key as a bare "invalid signature". A CSR that does not
+/// parse is left to that check's message.
+fn check_csr_key(der: &[u8]) -> Result<(), PkiError> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::oid_registry::{
+        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+        OID_SIG_ED25519,
+    };
+    use x509_parser::prelude::FromDer;
+    let Ok((_, csr)) = X509CertificationRequest::from_der(der) else {
+        return Ok(());
+    };
+    let spki = &csr.certification_request_info.subject_pki;
+    let alg = &spki.algorithm.algorithm;
+    let refuse = |what: String| {
+        Err(PkiError::Invalid(format!(
+            "the CSR's key is {what}; accepted keys: {ACCEPTED_KEYS}"
+        )))
+    };
+    if *alg == OID_PKCS1_RSAENCRYPTION {
+        let bits = match spki.parsed() {
+            Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => {
+                let m = rsa.modulus;
+                let m = &m[m.iter().take_while(|b| **b == 0).count()..];
+                m.first()
+                    .map_or(0, |top| m.len() * 8 - top.leading_zeros() as usize)
+            }
+            _ => 0,
+        };
+        if !(2048..=8192).contains(&bits) {
+            return refuse(format!("RSA of {bits} bits"));
+        }
+        Ok(())
+    } else if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok());
+        match curve {
+            Some(c) if c == OID_EC_P256 || c == OID_NIST_EC_P384 => Ok(()),
+            Some(c) => refuse(format!("ECDSA on the curve {c}")),
+            None => refuse("ECDSA without a named curve".into()),
+        }
+    } else if *alg == OID_SIG_ED25519 {
+        Ok(())
+    } else {
+        refuse(format!("of the type {alg}"))
     }
 }
 
@@ -432,6 +491,26 @@ mod tests {
             issued.not_after.unix_timestamp(),
             (now + Duration::from_secs(3600)).unix_timestamp()
         );
+    }
+
+    /// CSRs made by `openssl req -new -newkey rsa:1024|rsa:2048|ec
+    /// (secp521r1)`: keys rcgen cannot make.
+    const RSA_1024: &[u8] = include_bytes!("testdata/rsa1024.csr.der");
+    const RSA_2048: &[u8] = include_bytes!("testdata/rsa2048.csr.der");
+    const P521: &[u8] = include_bytes!("testdata/p521.csr.der");
+
+    #[test]
+    fn csr_key_types_are_named_when_refused() {
+        let err = VerifiedCsr::from_der(RSA_1024).err().unwrap().to_string();
+        assert!(err.contains("RSA of 1024 bits"), "{err}");
+        assert!(err.contains("accepted keys: ECDSA P-256"), "{err}");
+        let err = VerifiedCsr::from_der(P521).err().unwrap().to_string();
+        assert!(err.contains("curve 1.3.132.0.35"), "{err}");
+        VerifiedCsr::from_der(RSA_2048).unwrap();
+        for alg in [&rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519] {
+            let key = KeyPair::generate_for(alg).unwrap();
+            VerifiedCsr::from_der(&csr_for(&key)).unwrap();
+        }
     }
 
     #[test]

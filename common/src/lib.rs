@@ -5,6 +5,7 @@
 
 pub mod artifact;
 pub mod fs;
+pub mod offline;
 
 use std::path::{Path, PathBuf};
 

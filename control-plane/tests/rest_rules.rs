@@ -210,6 +210,12 @@ async fn create_follows_reference_001() {
     assert_eq!(qr["deviceId"], b["deviceId"]);
     assert_eq!(qr["caFingerprint"], f.cp.fingerprint.as_str());
     assert!(qr["server"].as_str().unwrap().starts_with("https://"));
+    // …and the box's reader takes it.
+    let read = outpost_common::offline::OfflinePayload::parse(
+        b["offlineProvisioningQrPayload"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(read.install_id, b["installId"].as_str().unwrap());
     let cmd = b["installCommand"].as_str().unwrap();
     assert!(cmd.contains(&f.cp.fingerprint) && cmd.contains(b["installId"].as_str().unwrap()));
     let (_, dev) =

@@ -548,15 +548,15 @@ pub(super) async fn grant_install_command(
 /// What an offline AI1 box scans to enroll: compact JSON (see
 /// docs/provisioning.md).
 fn qr_payload(state: &AppState, workspace: &str, device_id: &str, install_id: &str) -> String {
-    json!({
-        "v": 1,
-        "server": state.public_url,
-        "workspace": workspace,
-        "deviceId": device_id,
-        "installId": install_id,
-        "caFingerprint": state.ca.fingerprint(),
-    })
-    .to_string()
+    outpost_common::offline::OfflinePayload {
+        v: outpost_common::offline::VERSION,
+        server: state.public_url.clone(),
+        workspace: workspace.to_string(),
+        device_id: device_id.to_string(),
+        install_id: install_id.to_string(),
+        ca_fingerprint: state.ca.fingerprint().to_string(),
+    }
+    .to_json()
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -16,6 +16,8 @@ pub mod config;
 pub mod device_config;
 pub mod dist;
 pub mod feed;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod ids;
 pub mod labels;

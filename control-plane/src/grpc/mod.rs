@@ -4,7 +4,7 @@
 mod artifacts;
 pub(crate) mod auth;
 pub mod commit;
-mod convert;
+pub(crate) mod convert;
 mod enroll;
 mod enroll_token;
 mod rotate;

@@ -7,7 +7,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::labels::{self, Labels, MAX_LABELS, Selector};
 use crate::live::Cut;

@@ -19,12 +19,19 @@ impl Params {
     }
 }
 
+impl Params {
+    /// The query string of `uri`, or `None` when it is malformed.
+    pub fn from_uri(uri: &axum::http::Uri) -> Option<Self> {
+        Query::<HashMap<String, String>>::try_from_uri(uri)
+            .ok()
+            .map(|q| Params(q.0))
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
-            .map(|q| Params(q.0))
-            .map_err(|_| ApiError::bad_request("malformed query string"))
+        Self::from_uri(&parts.uri).ok_or_else(|| ApiError::bad_request("malformed query string"))
     }
 }
 

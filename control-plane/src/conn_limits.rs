@@ -446,7 +446,11 @@ impl<IO> GuardedIo<IO> {
         deadlines: Deadlines,
         registration: Option<Box<dyn Send + Sync>>,
     ) -> Self {
-        let first = activity.start + deadlines.first_request;
+        // Whatever comes first: the first request's deadline or the end of
+        // life (a verdict on a fresh connection is never "close").
+        let first = activity
+            .verdict(activity.start, &deadlines)
+            .unwrap_or(activity.start);
         let metrics = permit.table().metrics().clone();
         Self {
             io,

@@ -489,3 +489,68 @@ async fn an_unauthenticated_connection_lives_no_longer_than_its_lifetime() {
     assert!(started.elapsed() >= Duration::from_secs(1));
     drop(c);
 }
+
+/// Sends one raw HTTP/1.1 request and returns the status code and body.
+async fn raw_http(cp: &ControlPlane, head: &str) -> (u16, String) {
+    let mut s = tcp_from([127, 0, 0, 1], rest_addr(cp)).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .ok();
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_request_heads_get_json_errors() {
+    let (cp, _dir) = with_limits(|_| {}).await;
+    let long_uri = format!("/healthz?{}", "a".repeat(20 * 1024));
+    let (status, body) = raw_http(
+        &cp,
+        &format!("GET {long_uri} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 414, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("request target"),
+        "{v}"
+    );
+
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (status, body) = raw_http(
+        &cp,
+        &format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 431, "{body}");
+    assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string());
+
+    let big = "b".repeat(70 * 1024);
+    let (status, body) = raw_http(
+        &cp,
+        &format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 431, "{body}");
+    assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string());
+
+    let (status, _) = raw_http(
+        &cp,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+}

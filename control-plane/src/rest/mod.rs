@@ -121,7 +121,54 @@ pub fn router(state: Arc<AppState>) -> Router {
         }))
         // Outermost: sees every answer (timeouts and body limits too).
         .layer(axum::middleware::from_fn_with_state(audit, audit::record))
+        // Before everything: request heads too large for us, refused in
+        // our JSON shape (hyper's own, larger limits answer with empty bodies).
+        .layer(axum::middleware::from_fn(head_limits))
         .with_state(state)
+}
+
+/// The longest request target (path and query) served: 414 beyond.
+pub const MAX_URI_BYTES: usize = 16 * 1024;
+/// Header lines per request: 431 beyond (hyper itself refuses more than
+/// [`HYPER_MAX_HEADERS`], with an empty body).
+pub const MAX_HEADERS: usize = 100;
+/// Header bytes (names and values) per request: 431 beyond.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// hyper's own HTTP/1 header count limit, above ours so that ours answers.
+const HYPER_MAX_HEADERS: usize = 200;
+
+/// Refuses request heads over [`MAX_URI_BYTES`], [`MAX_HEADERS`] or
+/// [`MAX_HEADER_BYTES`] with a `{"error": …}` body.
+async fn head_limits(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let headers = req.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    let refuse = |status: StatusCode, msg: String| {
+        (status, axum::Json(serde_json::json!({ "error": msg }))).into_response()
+    };
+    if uri > MAX_URI_BYTES {
+        return refuse(
+            StatusCode::URI_TOO_LONG,
+            format!("the request target is {uri} bytes; at most {MAX_URI_BYTES} are accepted"),
+        );
+    }
+    if headers.len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        return refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request has {} headers of {header_bytes} bytes; at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes are accepted",
+                headers.len()
+            ),
+        );
+    }
+    next.run(req).await
 }
 
 /// How the REST listener treats connections (from `--rest-max-connections`
@@ -159,7 +206,8 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(HYPER_MAX_HEADERS);
     builder.http2().timer(TokioTimer::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);

@@ -4,8 +4,8 @@ Holds up to N_GRPC TLS connections to the device port that complete the
 handshake without a client certificate and never send the HTTP/2 preface,
 and N_REST sockets to the REST port that send half a request head and stop,
 from many loopback source addresses; every connection the server drops is
-reopened at once (a sustained flood). Prints a JSON summary at the end and
-"ramped" on stderr once every slot has tried once.
+reopened at once (a sustained flood) for SECONDS after every slot has tried
+once (then "ramped" goes to stderr). Prints a JSON summary at the end.
 
     python3 flood.py GRPC_PORT REST_PORT N_GRPC N_REST GRPC_ADDRS REST_ADDRS SECONDS
 """
@@ -31,6 +31,7 @@ async def main():
         "rest_held", "rest_peak", "rest_opened", "rest_refused_503", "rest_refused_other",
         "rest_closed_by_server")}
     stop = asyncio.Event()
+    ramped = asyncio.Event()
     ramp = asyncio.Semaphore(256)  # connects in flight at once
     tried = 0
 
@@ -39,6 +40,7 @@ async def main():
         tried += 1
         if tried == n_grpc + n_rest:
             print("ramped", file=sys.stderr, flush=True)
+            ramped.set()
 
     async def grpc_slot(i):
         src = f"127.0.2.{1 + i % grpc_addrs}"
@@ -63,10 +65,13 @@ async def main():
                 first = False
                 mark_tried()
             try:
-                await r.read(1)  # until the server closes it
-                s["grpc_closed_by_server"] += 1
+                # The server's HTTP/2 SETTINGS arrive first; read (and never
+                # answer) until it closes the connection.
+                while await r.read(4096):
+                    pass
             except Exception:
-                s["grpc_closed_by_server"] += 1
+                pass
+            s["grpc_closed_by_server"] += 1
             s["grpc_held"] -= 1
             w.close()
 
@@ -108,6 +113,8 @@ async def main():
     tasks = [asyncio.create_task(grpc_slot(i)) for i in range(n_grpc)]
     tasks += [asyncio.create_task(rest_slot(i)) for i in range(n_rest)]
     t0 = time.monotonic()
+    await ramped.wait()
+    s["ramp_seconds"] = round(time.monotonic() - t0, 1)
     await asyncio.sleep(seconds)
     stop.set()
     for t in tasks:

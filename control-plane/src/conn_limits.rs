@@ -10,14 +10,15 @@
 //! its reads once the verdict says so (the HTTP server then drops it).
 //! Everything but `GuardedIo` is free of sockets and tested as such.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -108,6 +109,9 @@ struct PerIp {
 struct TableState {
     total: usize,
     by_ip: HashMap<IpAddr, PerIp>,
+    /// Connections that have not made a request yet, oldest first: the
+    /// ones a full listener evicts (see [`ConnTable::admit`]).
+    unproven: VecDeque<Weak<Activity>>,
 }
 
 /// The connections one listener holds, in total and per source address.
@@ -157,12 +161,20 @@ impl ConnTable {
     }
 
     /// Takes a connection slot for a peer at `ip`, or says why not (and
-    /// counts the refusal).
+    /// counts the refusal). A full listener first evicts its oldest
+    /// connection that has not made a request yet (a flood's, typically:
+    /// a real client makes its first request at once), so that a new
+    /// client still gets in; it refuses only when every connection has
+    /// made one, or when the evicted ones have not closed yet and
+    /// [`EVICTION_SLACK`] more are held already.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnPermit, Refused> {
         let key = source_key(ip);
         let per_ip = !self.exempt(ip);
         let mut st = self.lock();
-        let refused = if st.total >= self.caps.max_connections {
+        let max = self.caps.max_connections;
+        let full = st.total >= max
+            && (st.total >= max + (max / EVICTION_SLACK).max(1) || !evict_oldest(&mut st));
+        let refused = if full {
             Some(Refused::ListenerFull)
         } else if per_ip && st.by_ip.get(&key).map_or(0, |c| c.conns) >= self.caps.max_per_ip {
             Some(Refused::PerIp)
@@ -185,6 +197,12 @@ impl ConnTable {
         })
     }
 
+    /// Registers a connection that has not made a request yet as one a
+    /// full listener may evict.
+    pub fn track(&self, activity: &Arc<Activity>) {
+        self.lock().unproven.push_back(Arc::downgrade(activity));
+    }
+
     /// Connections held now, and from `ip`'s source key.
     pub fn counts(&self, ip: IpAddr) -> (usize, PerIpCounts) {
         let st = self.lock();
@@ -197,6 +215,27 @@ impl ConnTable {
             },
         )
     }
+}
+
+/// A full listener admits up to `max_connections / EVICTION_SLACK` more
+/// while the connections it evicted for them close.
+pub const EVICTION_SLACK: usize = 16;
+
+/// Evicts the oldest tracked connection that has still not made a
+/// request; drops the entries of connections that have (they never become
+/// evictable again) or are gone. Looks at most at 256 entries.
+fn evict_oldest(st: &mut TableState) -> bool {
+    for _ in 0..256 {
+        let Some(weak) = st.unproven.pop_front() else {
+            return false;
+        };
+        if let Some(a) = weak.upgrade()
+            && a.evict_if_unproven()
+        {
+            return true;
+        }
+    }
+    false
 }
 
 /// What one source address holds.
@@ -295,6 +334,8 @@ pub enum CloseReason {
     FirstRequestTimeout,
     IdleTimeout,
     Lifetime,
+    /// A full listener made room for a new connection.
+    Evicted,
 }
 
 impl CloseReason {
@@ -303,6 +344,7 @@ impl CloseReason {
             CloseReason::FirstRequestTimeout => "first_request_timeout",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::Lifetime => "unauthenticated_lifetime",
+            CloseReason::Evicted => "evicted",
         }
     }
 }
@@ -312,9 +354,12 @@ impl CloseReason {
 pub struct Activity {
     start: Instant,
     in_flight: AtomicUsize,
+    /// Requests begun so far, with [`EVICTED`] set once evicted.
     requests: AtomicU64,
     /// Milliseconds after `start` at which `in_flight` last fell to 0.
     idle_since_ms: AtomicU64,
+    /// The connection's task, woken on eviction.
+    waker: AtomicWaker,
 }
 
 impl Activity {
@@ -324,7 +369,30 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
+            waker: AtomicWaker::new(),
         })
+    }
+
+    /// Marks the connection evicted unless it has made a request (one
+    /// atomic step with [`Activity::begin`]'s count); whether it did.
+    fn evict_if_unproven(&self) -> bool {
+        let done = self
+            .requests
+            .compare_exchange(0, EVICTED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if done {
+            self.waker.wake();
+        }
+        done
+    }
+
+    fn evicted(&self) -> bool {
+        self.requests.load(Ordering::SeqCst) & EVICTED != 0
+    }
+
+    /// Requests begun so far.
+    fn request_count(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst) & !EVICTED
     }
 
     /// A request (stream) starts; it is in flight until the guard drops.
@@ -336,6 +404,9 @@ impl Activity {
 
     /// `Ok(when to look again)` or `Err(why it must close now)`.
     pub fn verdict(&self, now: Instant, d: &Deadlines) -> Result<Instant, CloseReason> {
+        if self.evicted() {
+            return Err(CloseReason::Evicted);
+        }
         let age = now.saturating_duration_since(self.start);
         let end_of_life = d.lifetime.map(|l| self.start + l);
         if let Some(l) = d.lifetime
@@ -346,7 +417,7 @@ impl Activity {
         let next = if self.in_flight.load(Ordering::SeqCst) > 0 {
             now + d.idle
         } else {
-            let (since, limit, reason) = if self.requests.load(Ordering::SeqCst) == 0 {
+            let (since, limit, reason) = if self.request_count() == 0 {
                 (
                     self.start,
                     d.first_request,
@@ -368,6 +439,9 @@ impl Activity {
         Ok(end_of_life.map_or(next, |e| e.min(next)))
     }
 }
+
+/// The bit of [`Activity`]'s request count that marks an eviction.
+const EVICTED: u64 = 1 << 63;
 
 /// A request in flight (see [`Activity::begin`]).
 pub struct InFlight(Arc<Activity>);
@@ -452,6 +526,7 @@ impl<IO> GuardedIo<IO> {
             .verdict(activity.start, &deadlines)
             .unwrap_or(activity.start);
         let metrics = permit.table().metrics().clone();
+        permit.table().track(&activity);
         Self {
             io,
             activity,
@@ -480,7 +555,9 @@ impl<IO> GuardedIo<IO> {
                     reason.label(),
                 ));
             }
-            if self.timer.as_mut().poll(cx).is_pending() {
+            self.activity.waker.register(cx.waker());
+            let evicted = self.activity.evicted();
+            if !evicted && self.timer.as_mut().poll(cx).is_pending() {
                 return Ok(());
             }
             match self.activity.verdict(Instant::now(), &self.deadlines) {
@@ -601,6 +678,46 @@ mod tests {
         let _c = t.admit(ip("10.0.0.3")).unwrap();
         assert_eq!(t.counts(ip("10.0.0.1")).0, 3);
         assert_eq!(t.counts(ip("10.0.0.1")).1.connections, 1);
+    }
+
+    #[test]
+    fn a_full_listener_evicts_its_oldest_connection_without_a_request() {
+        let t = ConnTable::new(caps(3, 10, 8), TableMetrics::detached());
+        let now = Instant::now();
+        let d = Deadlines {
+            first_request: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            lifetime: None,
+        };
+        let (p1, p2, p3) = (
+            t.admit(ip("10.0.0.1")).unwrap(),
+            t.admit(ip("10.0.0.2")).unwrap(),
+            t.admit(ip("10.0.0.3")).unwrap(),
+        );
+        let (a1, a2, a3) = (Activity::new(now), Activity::new(now), Activity::new(now));
+        for a in [&a1, &a2, &a3] {
+            t.track(a);
+        }
+        // The oldest has made a request: the next oldest goes.
+        let _busy = a1.begin();
+        let p4 = t.admit(ip("10.0.0.4")).unwrap();
+        assert_eq!(a1.verdict(now, &d), Ok(now + Duration::from_secs(60)));
+        assert_eq!(a2.verdict(now, &d), Err(CloseReason::Evicted));
+        assert!(a3.verdict(now, &d).is_ok());
+        // Until it closes the listener holds one more than its cap; the
+        // slack (at least 1) is used up, so the next is refused.
+        assert_eq!(t.admit(ip("10.0.0.5")).err(), Some(Refused::ListenerFull));
+        drop(p2);
+        let _p5 = t.admit(ip("10.0.0.5")).unwrap();
+        assert_eq!(a3.verdict(now, &d), Err(CloseReason::Evicted));
+        // Nothing left to evict: refused.
+        drop((p1, p3, p4));
+        let t = ConnTable::new(caps(1, 10, 8), TableMetrics::detached());
+        let _p = t.admit(ip("10.0.0.1")).unwrap();
+        let a = Activity::new(now);
+        t.track(&a);
+        let _g = a.begin();
+        assert_eq!(t.admit(ip("10.0.0.2")).err(), Some(Refused::ListenerFull));
     }
 
     #[test]

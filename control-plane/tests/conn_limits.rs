@@ -208,13 +208,14 @@ async fn idle_tls_floods_are_capped_and_closed_while_sessions_stream_and_devices
     let (cp, _dir) = with_limits(|a| {
         a.grpc_max_connections = Some(24);
         a.grpc_max_connections_per_ip = Some(10);
-        a.first_request_timeout = Some(Duration::from_secs(3));
+        a.first_request_timeout = Some(Duration::from_secs(5));
     })
     .await;
     cp.create_workspace("acme", &[]);
     let key = cp.api_key("acme", &[]);
     let (_, inst_a) = cp.create_device("acme", &key, "streaming").await;
     let (_, inst_b) = cp.create_device("acme", &key, "newcomer").await;
+    let (_, inst_c) = cp.create_device("acme", &key, "latecomer").await;
     let mut session = Session::open(&cp, &inst_a).await;
     session.push_one().await;
 
@@ -229,29 +230,30 @@ async fn idle_tls_floods_are_capped_and_closed_while_sessions_stream_and_devices
         }
     }
     assert_eq!(held.len(), 10, "held {} (refused {refused})", held.len());
-    // Other addresses fill the listener up to its cap.
+    // Other addresses fill the listener to its cap, and beyond: a full
+    // listener evicts its oldest connection that never made a request.
     let mut others = Vec::new();
     for i in 0..20u8 {
         if let Ok(s) = idle_tls(&cp, [127, 0, 1, 3 + i % 4]).await {
             others.push(s);
         }
     }
-    assert!(
-        metric(
-            &cp,
-            r#"outpost_connections_refused_total{listener="grpc",reason="per_ip"}"#
-        )
-        .await
-            >= 20.0
-    );
-    assert!(
-        metric(
-            &cp,
-            r#"outpost_connections_refused_total{listener="grpc",reason="listener_full"}"#
-        )
-        .await
-            >= 1.0
-    );
+    assert!(others.len() >= 13, "{}", others.len());
+    let per_ip = r#"outpost_connections_refused_total{listener="grpc",reason="per_ip"}"#;
+    assert!(metric(&cp, per_ip).await >= 20.0);
+    wait_until(
+        "connections evicted by the full listener",
+        TIMEOUT,
+        || async {
+            let n = metric(
+                &cp,
+                r#"outpost_connections_closed_total{listener="grpc",reason="evicted"}"#,
+            )
+            .await;
+            (n >= 1.0).then_some(())
+        },
+    )
+    .await;
     assert_eq!(
         metric(
             &cp,
@@ -277,31 +279,32 @@ async fn idle_tls_floods_are_capped_and_closed_while_sessions_stream_and_devices
         32.0
     );
     assert!(metric(&cp, r#"outpost_open_files_limit{kind="soft"}"#).await > 0.0);
-    assert_eq!(
-        metric(&cp, r#"outpost_connections_open{listener="grpc"}"#).await,
-        24.0
-    );
+    let open = metric(&cp, r#"outpost_connections_open{listener="grpc"}"#).await;
+    assert!((23.0..=25.0).contains(&open), "{open}");
 
-    // The session keeps streaming through the flood.
+    // The session keeps streaming through the flood, and a new device
+    // enrolls while the listener is full (an idle connection makes room).
     session.push_one().await;
+    let (resp, _) = enroll(&cp, &inst_b).await.expect("a new device enrolls");
+    assert!(!resp.device_id.is_empty());
 
     // Connections that never sent a request are closed after the
-    // first-request timeout; the freed room lets a new device enroll.
+    // first-request timeout (or were evicted).
     let started = Instant::now();
     for s in held.iter_mut().chain(others.iter_mut()) {
-        assert!(closed_within(s, Duration::from_secs(15)).await);
+        assert!(closed_within(s, Duration::from_secs(20)).await);
     }
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "closed too early"
     );
-    let closed = metric(
+    let timed_out = metric(
         &cp,
         r#"outpost_connections_closed_total{listener="grpc",reason="first_request_timeout"}"#,
     )
     .await;
-    assert!(closed >= 24.0 - 2.0, "{closed}");
-    let (resp, _) = enroll(&cp, &inst_b).await.expect("a new device enrolls");
+    assert!(timed_out >= 1.0, "{timed_out}");
+    let (resp, _) = enroll(&cp, &inst_c).await.expect("another device enrolls");
     assert!(!resp.device_id.is_empty());
     // The session's connection has a stream open: never idle.
     session.push_one().await;

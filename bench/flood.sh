@@ -72,7 +72,7 @@ point() { # label, device
 
 OUTPOST_LOG=info "$bin/outpost-fleet-sim" --rest "$rest" --server "https://localhost:$grpc" \
     --ca-file "$work/cp/pki/ca.crt" --workspace bench --api-key "$key" \
-    --devices "$devices" --rate 1 --duration "$((flood_secs + 60))s" --concurrency 16 \
+    --devices "$devices" --rate 1 --duration "$((flood_secs + 120))s" --concurrency 16 \
     > "$work/sim.out" 2> "$work/sim.err" &
 sim=$!
 while ! grep -q streaming "$work/sim.err" 2>/dev/null; do
@@ -116,3 +116,4 @@ curl -s -H "Authorization: Bearer $(cat "$work/scrape")" "$rest/metrics" |
     grep -E '^outpost_(connection|connections|tls_handshakes|open_files)' | sed 's/^/    /'
 wait $sim || true
 echo "simulator: $(tail -n 1 "$work/sim.out")"
+exit 0

@@ -786,6 +786,53 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_come_from_flags_and_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.toml");
+        std::fs::write(
+            &path,
+            "grpc-max-connections = 2000\nidle-connection-timeout = \"30s\"\nconnection-limits-on-loopback = true\n",
+        )
+        .unwrap();
+        let cfg = ServeConfig::resolve(ServeArgs {
+            config: Some(path),
+            grpc_max_connections: Some(3000),
+            ..Default::default()
+        })
+        .unwrap();
+        let c = cfg.connections;
+        assert_eq!(c.grpc_max_connections, 3000);
+        assert_eq!(c.idle_connection_timeout, Duration::from_secs(30));
+        assert!(c.limit_loopback);
+        assert_eq!(
+            c.rest_max_connections_per_ip,
+            ConnectionConfig::default().rest_max_connections_per_ip
+        );
+        assert!(
+            !ServeConfig::resolve(ServeArgs::default())
+                .unwrap()
+                .connections
+                .limit_loopback
+        );
+        for bad in [
+            ServeArgs {
+                rest_max_connections: Some(0),
+                ..Default::default()
+            },
+            ServeArgs {
+                first_request_timeout: Some(Duration::ZERO),
+                ..Default::default()
+            },
+            ServeArgs {
+                tls_client_hello_timeout: Some(Duration::from_secs(20)),
+                ..Default::default()
+            },
+        ] {
+            assert!(ServeConfig::resolve(bad).is_err());
+        }
+    }
+
+    #[test]
     fn unknown_file_keys_are_rejected_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cp.toml");

@@ -557,3 +557,34 @@ async fn oversized_request_heads_get_json_errors() {
     .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_device_connection_is_closed_but_one_with_a_session_is_not() {
+    let (cp, _dir) = with_limits(|a| {
+        a.idle_connection_timeout = Some(Duration::from_secs(2));
+    })
+    .await;
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let (_, inst_a) = cp.create_device("acme", &key, "session").await;
+    let (_, inst_b) = cp.create_device("acme", &key, "idle").await;
+    let mut session = Session::open(&cp, &inst_a).await;
+    // A device connection that makes one call and then nothing.
+    let (_, identity) = enroll(&cp, &inst_b).await.unwrap();
+    let mut idle = client(&cp, Some(identity)).await.unwrap();
+    let _ = idle
+        .check_enrollment(outpost_proto::v1::CheckEnrollmentRequest::default())
+        .await;
+    wait_until("the idle connection to be closed", TIMEOUT, || async {
+        let n = metric(
+            &cp,
+            r#"outpost_connections_closed_total{listener="grpc",reason="idle_timeout"}"#,
+        )
+        .await;
+        (n >= 1.0).then_some(())
+    })
+    .await;
+    // The session's connection outlived the idle timeout: it has a stream.
+    session.push_one().await;
+    drop(idle);
+}

@@ -91,6 +91,52 @@ pub struct ServeArgs {
     /// more are refused as busy and retried by the agents [default: 64].
     #[arg(long, env = "OUTPOST_MAX_ARTIFACT_DOWNLOADS")]
     pub max_artifact_downloads: Option<usize>,
+    /// Connections the device (gRPC) listener holds at once, TLS handshakes
+    /// included; lowered to fit the open-file limit [default: 50000].
+    #[arg(long, env = "OUTPOST_GRPC_MAX_CONNECTIONS")]
+    pub grpc_max_connections: Option<usize>,
+    /// Device-listener connections one source address (IPv6: one /64) holds
+    /// at once; boxes behind one NAT address share it [default: 1024].
+    #[arg(long, env = "OUTPOST_GRPC_MAX_CONNECTIONS_PER_IP")]
+    pub grpc_max_connections_per_ip: Option<usize>,
+    /// Connections the REST listener holds at once [default: 4096].
+    #[arg(long, env = "OUTPOST_REST_MAX_CONNECTIONS")]
+    pub rest_max_connections: Option<usize>,
+    /// REST connections one source address holds at once [default: 256].
+    #[arg(long, env = "OUTPOST_REST_MAX_CONNECTIONS_PER_IP")]
+    pub rest_max_connections_per_ip: Option<usize>,
+    /// TLS handshakes in progress at once from one source address on the
+    /// device listener [default: 32].
+    #[arg(long, env = "OUTPOST_MAX_PENDING_HANDSHAKES_PER_IP")]
+    pub max_pending_handshakes_per_ip: Option<usize>,
+    /// Apply the per-address caps to loopback peers too (by default the host
+    /// itself, and a reverse proxy on it, are exempt).
+    #[arg(long, env = "OUTPOST_CONNECTION_LIMITS_ON_LOOPBACK")]
+    pub connection_limits_on_loopback: bool,
+    /// How long a device-listener peer has to send its TLS ClientHello
+    /// [default: 5s].
+    #[arg(long, env = "OUTPOST_TLS_CLIENT_HELLO_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub tls_client_hello_timeout: Option<Duration>,
+    /// How long a whole TLS handshake may take [default: 10s].
+    #[arg(long, env = "OUTPOST_TLS_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub tls_handshake_timeout: Option<Duration>,
+    /// How long a new connection may go without its first request (gRPC:
+    /// the HTTP/2 preface and first stream, after the handshake) [default: 10s].
+    #[arg(long, env = "OUTPOST_FIRST_REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub first_request_timeout: Option<Duration>,
+    /// How long a connection may have no request or stream in flight (an
+    /// agent's session is one, for as long as it lasts) [default: 60s].
+    #[arg(long, env = "OUTPOST_IDLE_CONNECTION_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub idle_connection_timeout: Option<Duration>,
+    /// The longest a device-listener connection without a client
+    /// certificate (enrollment) lives [default: 60s].
+    #[arg(long, env = "OUTPOST_UNAUTHENTICATED_CONNECTION_LIFETIME", value_parser = humantime::parse_duration)]
+    pub unauthenticated_connection_lifetime: Option<Duration>,
+    /// How long a REST client has to send a request's line and headers (also
+    /// how long an HTTP/1 keep-alive connection may wait for its next
+    /// request) [default: 10s].
+    #[arg(long, env = "OUTPOST_HTTP_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub http_header_read_timeout: Option<Duration>,
     /// Test hook: how long one chunk of a download may wait on a device
     /// that does not read [default: 60s, `artifacts::SEND_STALL_TIMEOUT`].
     #[arg(long, hide = true, value_parser = humantime::parse_duration)]
@@ -176,6 +222,24 @@ struct FileConfig {
     #[serde(default, with = "opt_byte_size")]
     max_artifact_size: Option<u64>,
     max_artifact_downloads: Option<usize>,
+    grpc_max_connections: Option<usize>,
+    grpc_max_connections_per_ip: Option<usize>,
+    rest_max_connections: Option<usize>,
+    rest_max_connections_per_ip: Option<usize>,
+    max_pending_handshakes_per_ip: Option<usize>,
+    connection_limits_on_loopback: Option<bool>,
+    #[serde(default, with = "opt_duration")]
+    tls_client_hello_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    tls_handshake_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    first_request_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    idle_connection_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    unauthenticated_connection_lifetime: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    http_header_read_timeout: Option<Duration>,
 }
 
 mod opt_duration {
@@ -213,6 +277,143 @@ pub struct ServeConfig {
     pub max_artifact_downloads: usize,
     /// How long a download's send may wait on its device.
     pub artifact_send_stall_timeout: Duration,
+    /// Connection caps and timeouts of both listeners.
+    pub connections: ConnectionConfig,
+}
+
+/// Connection caps and timeouts of both listeners (docs/hardening.md); the
+/// defaults are [`ConnectionConfig::default`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    pub grpc_max_connections: usize,
+    pub grpc_max_connections_per_ip: usize,
+    pub rest_max_connections: usize,
+    pub rest_max_connections_per_ip: usize,
+    pub max_pending_handshakes_per_ip: usize,
+    /// Per-address caps apply to loopback peers too.
+    pub limit_loopback: bool,
+    pub tls_client_hello_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub first_request_timeout: Duration,
+    pub idle_connection_timeout: Duration,
+    pub unauthenticated_connection_lifetime: Duration,
+    pub http_header_read_timeout: Duration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        let s = Duration::from_secs;
+        Self {
+            grpc_max_connections: 50_000,
+            grpc_max_connections_per_ip: 1024,
+            rest_max_connections: 4096,
+            rest_max_connections_per_ip: 256,
+            max_pending_handshakes_per_ip: 32,
+            limit_loopback: false,
+            tls_client_hello_timeout: s(5),
+            tls_handshake_timeout: s(10),
+            first_request_timeout: s(10),
+            idle_connection_timeout: s(60),
+            unauthenticated_connection_lifetime: s(60),
+            http_header_read_timeout: s(10),
+        }
+    }
+}
+
+impl ConnectionConfig {
+    fn resolve(args: &ServeArgs, file: &FileConfig) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let count = |name: &str, a: Option<usize>, f: Option<usize>, def: usize| {
+            let v = a.or(f).unwrap_or(def);
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+            Ok(v)
+        };
+        let dur = |name: &str, a: Option<Duration>, f: Option<Duration>, def: Duration| {
+            let v = a.or(f).unwrap_or(def);
+            if v.is_zero() {
+                return Err(ConfigError::Invalid(format!("{name} must be more than 0")));
+            }
+            Ok(v)
+        };
+        let c = Self {
+            grpc_max_connections: count(
+                "grpc-max-connections",
+                args.grpc_max_connections,
+                file.grpc_max_connections,
+                d.grpc_max_connections,
+            )?,
+            grpc_max_connections_per_ip: count(
+                "grpc-max-connections-per-ip",
+                args.grpc_max_connections_per_ip,
+                file.grpc_max_connections_per_ip,
+                d.grpc_max_connections_per_ip,
+            )?,
+            rest_max_connections: count(
+                "rest-max-connections",
+                args.rest_max_connections,
+                file.rest_max_connections,
+                d.rest_max_connections,
+            )?,
+            rest_max_connections_per_ip: count(
+                "rest-max-connections-per-ip",
+                args.rest_max_connections_per_ip,
+                file.rest_max_connections_per_ip,
+                d.rest_max_connections_per_ip,
+            )?,
+            max_pending_handshakes_per_ip: count(
+                "max-pending-handshakes-per-ip",
+                args.max_pending_handshakes_per_ip,
+                file.max_pending_handshakes_per_ip,
+                d.max_pending_handshakes_per_ip,
+            )?,
+            limit_loopback: args.connection_limits_on_loopback
+                || file.connection_limits_on_loopback.unwrap_or(false),
+            tls_client_hello_timeout: dur(
+                "tls-client-hello-timeout",
+                args.tls_client_hello_timeout,
+                file.tls_client_hello_timeout,
+                d.tls_client_hello_timeout,
+            )?,
+            tls_handshake_timeout: dur(
+                "tls-handshake-timeout",
+                args.tls_handshake_timeout,
+                file.tls_handshake_timeout,
+                d.tls_handshake_timeout,
+            )?,
+            first_request_timeout: dur(
+                "first-request-timeout",
+                args.first_request_timeout,
+                file.first_request_timeout,
+                d.first_request_timeout,
+            )?,
+            idle_connection_timeout: dur(
+                "idle-connection-timeout",
+                args.idle_connection_timeout,
+                file.idle_connection_timeout,
+                d.idle_connection_timeout,
+            )?,
+            unauthenticated_connection_lifetime: dur(
+                "unauthenticated-connection-lifetime",
+                args.unauthenticated_connection_lifetime,
+                file.unauthenticated_connection_lifetime,
+                d.unauthenticated_connection_lifetime,
+            )?,
+            http_header_read_timeout: dur(
+                "http-header-read-timeout",
+                args.http_header_read_timeout,
+                file.http_header_read_timeout,
+                d.http_header_read_timeout,
+            )?,
+        };
+        if c.tls_client_hello_timeout > c.tls_handshake_timeout {
+            return Err(ConfigError::Invalid(
+                "tls-client-hello-timeout must not exceed tls-handshake-timeout".into(),
+            ));
+        }
+        Ok(c)
+    }
 }
 
 /// How long stored data is kept.
@@ -255,6 +456,7 @@ impl ServeConfig {
             s.parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
         };
+        let connections = ConnectionConfig::resolve(&args, &file)?;
         let server_names = if !args.server_names.is_empty() {
             args.server_names
         } else {
@@ -302,6 +504,7 @@ impl ServeConfig {
             ));
         }
         Ok(Self {
+            connections,
             max_artifact_size,
             max_artifact_downloads,
             artifact_send_stall_timeout: args
@@ -580,6 +783,53 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.max_artifact_size, 1 << 30);
         assert_eq!(cfg.max_artifact_downloads, DEFAULT_MAX_ARTIFACT_DOWNLOADS);
+    }
+
+    #[test]
+    fn connection_limits_come_from_flags_and_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.toml");
+        std::fs::write(
+            &path,
+            "grpc-max-connections = 2000\nidle-connection-timeout = \"30s\"\nconnection-limits-on-loopback = true\n",
+        )
+        .unwrap();
+        let cfg = ServeConfig::resolve(ServeArgs {
+            config: Some(path),
+            grpc_max_connections: Some(3000),
+            ..Default::default()
+        })
+        .unwrap();
+        let c = cfg.connections;
+        assert_eq!(c.grpc_max_connections, 3000);
+        assert_eq!(c.idle_connection_timeout, Duration::from_secs(30));
+        assert!(c.limit_loopback);
+        assert_eq!(
+            c.rest_max_connections_per_ip,
+            ConnectionConfig::default().rest_max_connections_per_ip
+        );
+        assert!(
+            !ServeConfig::resolve(ServeArgs::default())
+                .unwrap()
+                .connections
+                .limit_loopback
+        );
+        for bad in [
+            ServeArgs {
+                rest_max_connections: Some(0),
+                ..Default::default()
+            },
+            ServeArgs {
+                first_request_timeout: Some(Duration::ZERO),
+                ..Default::default()
+            },
+            ServeArgs {
+                tls_client_hello_timeout: Some(Duration::from_secs(20)),
+                ..Default::default()
+            },
+        ] {
+            assert!(ServeConfig::resolve(bad).is_err());
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod artifacts;
 pub mod bus;
 pub mod config;
+pub mod conn_limits;
 pub mod device_config;
 pub mod dist;
 pub mod feed;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
 };
 
 /// Ack latency buckets: from a sub-millisecond commit to a congested store.
@@ -41,6 +41,20 @@ pub struct Metrics {
     pub artifact_downloads_refused_busy: IntCounter,
     /// FetchArtifact streams in progress on this replica.
     pub artifact_downloads_in_progress: IntGauge,
+    /// Connections held, by listener (grpc, rest).
+    pub connections_open: IntGaugeVec,
+    /// Distinct source addresses (IPv6: /64s) holding connections, by listener.
+    pub connection_peers: IntGaugeVec,
+    /// The caps, by listener and scope (total, per_ip, pending_handshakes_per_ip).
+    pub connection_limits: IntGaugeVec,
+    /// Connections refused at accept, by listener and reason.
+    pub connections_refused: IntCounterVec,
+    /// Connections closed by a deadline, by listener and reason.
+    pub connections_closed: IntCounterVec,
+    /// TLS handshakes in progress (gRPC).
+    pub tls_handshakes_pending: IntGauge,
+    /// The process' open-file limit (soft, hard).
+    pub open_files_limit: IntGaugeVec,
 }
 
 impl Metrics {
@@ -105,6 +119,52 @@ impl Metrics {
                 "outpost_artifact_downloads_in_progress",
                 "Artifact downloads (FetchArtifact streams) in progress on this replica.",
             )?,
+            connections_open: IntGaugeVec::new(
+                Opts::new(
+                    "outpost_connections_open",
+                    "Connections held by a listener (listener=grpc, rest), TLS handshakes in progress included.",
+                ),
+                &["listener"],
+            )?,
+            connection_peers: IntGaugeVec::new(
+                Opts::new(
+                    "outpost_connection_peers",
+                    "Distinct source addresses (IPv6 by /64) holding connections or handshakes, by listener.",
+                ),
+                &["listener"],
+            )?,
+            connection_limits: IntGaugeVec::new(
+                Opts::new(
+                    "outpost_connection_limit",
+                    "Connection caps in force: scope=total (the listener), per_ip, pending_handshakes_per_ip (gRPC TLS handshakes).",
+                ),
+                &["listener", "scope"],
+            )?,
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "outpost_connections_refused_total",
+                    "Connections refused at accept: reason=listener_full, per_ip, pending_handshakes_per_ip.",
+                ),
+                &["listener", "reason"],
+            )?,
+            connections_closed: IntCounterVec::new(
+                Opts::new(
+                    "outpost_connections_closed_total",
+                    "Connections the control plane closed: reason=client_hello_timeout, handshake_timeout, first_request_timeout, idle_timeout, unauthenticated_lifetime, evicted (by a full listener, to admit a newer connection).",
+                ),
+                &["listener", "reason"],
+            )?,
+            tls_handshakes_pending: IntGauge::new(
+                "outpost_tls_handshakes_pending",
+                "TLS handshakes in progress on the device (gRPC) listener.",
+            )?,
+            open_files_limit: IntGaugeVec::new(
+                Opts::new(
+                    "outpost_open_files_limit",
+                    "The process' open-file limit (RLIMIT_NOFILE; kind=soft, hard), the soft one raised to the hard one at start.",
+                ),
+                &["kind"],
+            )?,
         })
     }
 
@@ -121,7 +181,48 @@ impl Metrics {
             Box::new(self.artifact_bytes_served.clone()),
             Box::new(self.artifact_downloads_refused_busy.clone()),
             Box::new(self.artifact_downloads_in_progress.clone()),
+            Box::new(self.connections_open.clone()),
+            Box::new(self.connection_peers.clone()),
+            Box::new(self.connection_limits.clone()),
+            Box::new(self.connections_refused.clone()),
+            Box::new(self.connections_closed.clone()),
+            Box::new(self.tls_handshakes_pending.clone()),
+            Box::new(self.open_files_limit.clone()),
         ]
+    }
+
+    /// The handles a listener's [`ConnTable`](crate::conn_limits::ConnTable)
+    /// keeps current, with its caps published.
+    pub fn listener(
+        &self,
+        listener: &'static str,
+        caps: &crate::conn_limits::Caps,
+    ) -> crate::conn_limits::TableMetrics {
+        let limit = |scope: &str, v: usize| {
+            self.connection_limits
+                .with_label_values(&[listener, scope])
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        limit("total", caps.max_connections);
+        limit("per_ip", caps.max_per_ip);
+        if listener == "grpc" {
+            limit(
+                "pending_handshakes_per_ip",
+                caps.max_pending_handshakes_per_ip,
+            );
+        }
+        // Pre-create the label sets so a scrape shows zeros before any refusal.
+        for r in ["listener_full", "per_ip", "pending_handshakes_per_ip"] {
+            self.connections_refused.with_label_values(&[listener, r]);
+        }
+        crate::conn_limits::TableMetrics {
+            listener,
+            open: self.connections_open.with_label_values(&[listener]),
+            peers: self.connection_peers.with_label_values(&[listener]),
+            pending_handshakes: self.tls_handshakes_pending.clone(),
+            refused: self.connections_refused.clone(),
+            closed: self.connections_closed.clone(),
+        }
     }
 
     pub fn observe_ack(&self, stream: &str, took: Duration) {

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::config::ServeConfig;
 use crate::store::Store;
-use crate::{AppState, grpc, pki, rest};
+use crate::{AppState, conn_limits, grpc, pki, rest};
 
 pub type ServerError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -166,9 +166,10 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         None => None,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = crate::metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+    let (grpc_limits, rest_limits) = listener_limits(&cfg.connections, &metrics);
     let feed = crate::feed::Feed::default();
     let live = Arc::new(crate::live::LiveDevices::new(feed.clone()));
-    let metrics = crate::metrics::Metrics::new().map_err(|e| format!("metrics: {e}"))?;
     let telemetry_writer =
         grpc::commit::TelemetryWriter::start(store.clone(), live.clone(), metrics.clone());
     let enrollment_writer = grpc::commit::EnrollmentWriter::start(store.clone(), metrics.clone());
@@ -206,11 +207,22 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         crate::stopping(&mut rx).await;
     };
     let grpc_task = tokio::spawn({
-        let serve = grpc::serve(grpc_listener, tls, state.clone(), stopped(stop_rx.clone()));
+        let serve = grpc::serve(
+            grpc_listener,
+            tls,
+            state.clone(),
+            grpc_limits,
+            stopped(stop_rx.clone()),
+        );
         async move { serve.await.map_err(|e| e.to_string()) }
     });
     let rest_task = tokio::spawn({
-        let serve = rest::serve(rest_listener, state.clone(), stopped(stop_rx.clone()));
+        let serve = rest::serve(
+            rest_listener,
+            state.clone(),
+            rest_limits,
+            stopped(stop_rx.clone()),
+        );
         async move { serve.await.map_err(|e| e.to_string()) }
     });
     let retention = tokio::spawn(retention(
@@ -265,6 +277,71 @@ impl Drop for RunningServer {
         let _ = self.stop_tx.send(true);
         self.retention.abort();
     }
+}
+
+/// Raises the open-file limit, fits the connection caps below it (logging
+/// both), and builds each listener's limits with their metrics.
+fn listener_limits(
+    c: &crate::config::ConnectionConfig,
+    metrics: &crate::metrics::Metrics,
+) -> (grpc::tls::Listening, rest::Listening) {
+    let (mut grpc_max, mut rest_max) = (c.grpc_max_connections, c.rest_max_connections);
+    match conn_limits::raise_nofile_limit() {
+        Some((soft, hard)) => {
+            metrics
+                .open_files_limit
+                .with_label_values(&["soft"])
+                .set(i64::try_from(soft).unwrap_or(i64::MAX));
+            metrics
+                .open_files_limit
+                .with_label_values(&["hard"])
+                .set(i64::try_from(hard).unwrap_or(i64::MAX));
+            (grpc_max, rest_max) = conn_limits::fit_to_fd_limit(grpc_max, rest_max, soft);
+            tracing::info!(
+                soft,
+                hard,
+                grpc_max_connections = grpc_max,
+                rest_max_connections = rest_max,
+                "open-file limit"
+            );
+            if (grpc_max, rest_max) != (c.grpc_max_connections, c.rest_max_connections) {
+                tracing::warn!(
+                    "the open-file limit ({soft}) is too low for {} gRPC and {} REST connections: \
+                     serving at most {grpc_max} and {rest_max} (raise LimitNOFILE= or ulimit -n)",
+                    c.grpc_max_connections,
+                    c.rest_max_connections
+                );
+            }
+        }
+        None => tracing::warn!("cannot read the open-file limit; connection caps as configured"),
+    }
+    let caps = |max, per_ip| conn_limits::Caps {
+        max_connections: max,
+        max_per_ip: per_ip,
+        max_pending_handshakes_per_ip: c.max_pending_handshakes_per_ip,
+        exempt_loopback: !c.limit_loopback,
+    };
+    let deadlines = conn_limits::Deadlines {
+        first_request: c.first_request_timeout,
+        idle: c.idle_connection_timeout,
+        lifetime: None,
+    };
+    let grpc_caps = caps(grpc_max, c.grpc_max_connections_per_ip);
+    let rest_caps = caps(rest_max, c.rest_max_connections_per_ip);
+    let grpc = grpc::tls::Listening {
+        table: conn_limits::ConnTable::new(grpc_caps, metrics.listener("grpc", &grpc_caps)),
+        client_hello_timeout: c.tls_client_hello_timeout,
+        handshake_timeout: c.tls_handshake_timeout,
+        deadlines,
+        unauthenticated_lifetime: c.unauthenticated_connection_lifetime,
+        connections: Default::default(),
+    };
+    let rest = rest::Listening {
+        table: conn_limits::ConnTable::new(rest_caps, metrics.listener("rest", &rest_caps)),
+        deadlines,
+        header_read_timeout: c.http_header_read_timeout,
+    };
+    (grpc, rest)
 }
 
 /// Reads the `/metrics` scrape token (trimmed; at least 16 characters) and

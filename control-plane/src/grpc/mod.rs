@@ -131,10 +131,12 @@ pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     state: Arc<AppState>,
+    limits: tls::Listening,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming = tls::incoming(listener, Arc::new(tls), shutdown_rx);
+    let connections = limits.connections.clone();
+    let incoming = tls::incoming(listener, Arc::new(tls), limits, shutdown_rx);
     let service = DeviceServiceServer::new(DeviceServiceImpl { state })
         .max_decoding_message_size(outpost_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(outpost_proto::MAX_MESSAGE_BYTES);
@@ -143,12 +145,61 @@ pub async fn serve(
         // the device turns offline even when no FIN ever arrives.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(tower::layer::layer_fn(move |inner| TrackStreams {
+            inner,
+            connections: connections.clone(),
+        }))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             let _ = shutdown_tx.send(());
         })
         .await
+}
+
+/// Counts each RPC as in flight on its connection (found by the peer
+/// address of tonic's connect info) until its response ends, for the idle
+/// timeout of [`crate::conn_limits`].
+#[derive(Clone)]
+struct TrackStreams<S> {
+    inner: S,
+    connections: Arc<tls::Connections>,
+}
+
+type TlsInfo = tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>;
+
+impl<S, B, RB> tower::Service<http::Request<B>> for TrackStreams<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    RB: http_body::Body + Unpin,
+{
+    type Response = http::Response<crate::conn_limits::TrackedBody<RB>>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let in_flight = req
+            .extensions()
+            .get::<TlsInfo>()
+            .and_then(|i| i.get_ref().remote_addr())
+            .and_then(|peer| self.connections.get(&peer))
+            .map(|a| a.begin());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await?;
+            Ok(res.map(|b| crate::conn_limits::TrackedBody::new(b, in_flight)))
+        })
+    }
 }
 
 /// Runs `task` with the sending half of a response stream and returns the

@@ -2,7 +2,9 @@
 //! certificates, which are optional at the handshake (enrollment has none)
 //! and required per RPC by [`super::auth`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -15,13 +17,14 @@ use rustls::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio_rustls::TlsAcceptor;
+use tokio::time::Instant;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::conn_limits::{Activity, ConnTable, Deadlines, GuardedIo};
 use crate::pki::{Ca, PkiError};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a refused connection is kept half-open so its alert arrives.
 const REFUSED_LINGER: Duration = Duration::from_secs(1);
 /// Handshakes in progress at once; more wait in the accept queue.
@@ -130,15 +133,84 @@ impl ClientCertVerifier for GraceVerifier {
     }
 }
 
-/// Accepts TCP connections and yields completed TLS sessions. Handshakes run
-/// concurrently with a timeout so a slow or silent peer cannot stall accept.
+/// How the device listener treats connections (from `--grpc-max-connections`
+/// and friends).
+#[derive(Clone)]
+pub struct Listening {
+    pub table: Arc<ConnTable>,
+    pub client_hello_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// Deadlines of a connection with a client certificate; one without
+    /// gets `unauthenticated_lifetime` as well.
+    pub deadlines: Deadlines,
+    pub unauthenticated_lifetime: Duration,
+    /// Where requests find their connection's [`Activity`].
+    pub connections: Arc<Connections>,
+}
+
+/// The open connections' [`Activity`] by peer address (unique among open
+/// connections of one listener), so that a request, which carries only
+/// tonic's connect info, can count itself in flight on its connection.
+#[derive(Default)]
+pub struct Connections(Mutex<HashMap<SocketAddr, Arc<Activity>>>);
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<Activity>>> {
+        // A map of plain inserts and removes stays usable after a panic.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, peer: &SocketAddr) -> Option<Arc<Activity>> {
+        self.lock().get(peer).cloned()
+    }
+
+    fn register(self: &Arc<Self>, peer: SocketAddr, a: Arc<Activity>) -> Registration {
+        self.lock().insert(peer, a);
+        Registration {
+            map: self.clone(),
+            peer,
+        }
+    }
+}
+
+/// Removes a connection from [`Connections`] when it closes.
+struct Registration {
+    map: Arc<Connections>,
+    peer: SocketAddr,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.map.lock().remove(&self.peer);
+    }
+}
+
+/// A device connection as tonic serves it: the TLS session, its permit and
+/// deadlines. Its connect info is the TLS session's, so
+/// `Request::peer_certs` works as for a bare `TlsStream`.
+pub type DeviceConn = GuardedIo<TlsStream<TcpStream>>;
+
+impl tonic::transport::server::Connected for DeviceConn {
+    type ConnectInfo = <TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.get_ref().connect_info()
+    }
+}
+
+/// Accepts TCP connections and yields completed TLS sessions. A connection
+/// is refused at once (closed) when the listener or its source address
+/// holds its cap of connections, or its address its cap of handshakes in
+/// progress; the ClientHello must arrive within `client_hello_timeout` and
+/// the whole handshake end within `handshake_timeout`. At most
+/// [`MAX_CONCURRENT_HANDSHAKES`] run at once; more wait in the accept queue.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
+    limits: Listening,
     mut shutdown: oneshot::Receiver<()>,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> ReceiverStream<Result<DeviceConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
-    let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
     tokio::spawn(async move {
         loop {
@@ -155,29 +227,92 @@ pub fn incoming(
                     continue;
                 }
             };
+            let accepted_at = Instant::now();
+            let conn = match limits.table.admit(peer.ip()) {
+                Ok(p) => p,
+                Err(why) => {
+                    tracing::debug!(%peer, reason = why.label(), "connection refused");
+                    continue;
+                }
+            };
+            let pending = match conn.begin_handshake() {
+                Ok(p) => p,
+                Err(why) => {
+                    tracing::debug!(%peer, reason = why.label(), "connection refused");
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
-            let acceptor = acceptor.clone();
+            let tls = tls.clone();
             let tx = tx.clone();
+            let limits = limits.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let handshake = acceptor.accept(tcp).into_fallible();
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err((e, tcp))) => {
-                        tracing::info!(%peer, "TLS handshake refused: {e}");
-                        close_refused(tcp).await;
-                    }
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                }
+                let Some(stream) = handshake(tcp, peer, tls, &limits, accepted_at).await else {
+                    return;
+                };
+                drop(pending);
+                let unauthenticated = stream.get_ref().1.peer_certificates().is_none();
+                let deadlines = Deadlines {
+                    lifetime: unauthenticated.then_some(limits.unauthenticated_lifetime),
+                    ..limits.deadlines
+                };
+                let activity = Activity::new(Instant::now());
+                let registration = limits.connections.register(peer, activity.clone());
+                let io = GuardedIo::new(
+                    stream,
+                    conn,
+                    activity,
+                    deadlines,
+                    Some(Box::new(registration)),
+                );
+                let _ = tx.send(Ok(io)).await;
             });
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// The TLS handshake of one connection: its ClientHello within
+/// `client_hello_timeout`, all of it within `handshake_timeout` of accept.
+async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<ServerConfig>,
+    limits: &Listening,
+    accepted_at: Instant,
+) -> Option<TlsStream<TcpStream>> {
+    let closed = |reason: &str| limits.table.metrics().closed(reason).inc();
+    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+    let start = match tokio::time::timeout(limits.client_hello_timeout, hello).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, "TLS handshake refused: {e}");
+            return None;
+        }
+        Err(_) => {
+            closed("client_hello_timeout");
+            tracing::info!(%peer, "TLS ClientHello timed out");
+            return None;
+        }
+    };
+    let rest = start.into_stream(tls).into_fallible();
+    match tokio::time::timeout_at(accepted_at + limits.handshake_timeout, rest).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err((e, tcp))) => {
+            tracing::info!(%peer, "TLS handshake refused: {e}");
+            close_refused(tcp).await;
+            None
+        }
+        Err(_) => {
+            closed("handshake_timeout");
+            tracing::info!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// Closes a connection whose handshake was refused so that the TLS alert

@@ -36,7 +36,12 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder as AutoBuilder;
+use hyper_util::service::TowerToHyperService;
+
 use crate::AppState;
+use crate::conn_limits::{Activity, ConnTable, Deadlines, GuardedIo, Refused, TrackedBody};
 use error::ApiError;
 
 /// Request bodies are small JSON documents.
@@ -116,12 +121,74 @@ pub fn router(state: Arc<AppState>) -> Router {
         }))
         // Outermost: sees every answer (timeouts and body limits too).
         .layer(axum::middleware::from_fn_with_state(audit, audit::record))
+        // Before everything: request heads too large for us, refused in
+        // our JSON shape (hyper's own, larger limits answer with empty bodies).
+        .layer(axum::middleware::from_fn(head_limits))
         .with_state(state)
 }
 
+/// The longest request target (path and query) served: 414 beyond.
+pub const MAX_URI_BYTES: usize = 16 * 1024;
+/// Header lines per request: 431 beyond (hyper itself refuses more than
+/// [`HYPER_MAX_HEADERS`], with an empty body).
+pub const MAX_HEADERS: usize = 100;
+/// Header bytes (names and values) per request: 431 beyond.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// hyper's own HTTP/1 header count limit, above ours so that ours answers.
+const HYPER_MAX_HEADERS: usize = 200;
+
+/// Refuses request heads over [`MAX_URI_BYTES`], [`MAX_HEADERS`] or
+/// [`MAX_HEADER_BYTES`] with a `{"error": …}` body.
+async fn head_limits(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let headers = req.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    let refuse = |status: StatusCode, msg: String| {
+        (status, axum::Json(serde_json::json!({ "error": msg }))).into_response()
+    };
+    if uri > MAX_URI_BYTES {
+        return refuse(
+            StatusCode::URI_TOO_LONG,
+            format!("the request target is {uri} bytes; at most {MAX_URI_BYTES} are accepted"),
+        );
+    }
+    if headers.len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        return refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request has {} headers of {header_bytes} bytes; at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes are accepted",
+                headers.len()
+            ),
+        );
+    }
+    next.run(req).await
+}
+
+/// How the REST listener treats connections (from `--rest-max-connections`
+/// and friends).
+#[derive(Clone)]
+pub struct Listening {
+    pub table: Arc<ConnTable>,
+    pub deadlines: Deadlines,
+    /// hyper's HTTP/1 header read timeout: the request line and headers
+    /// must arrive within it (also the keep-alive wait for the next request).
+    pub header_read_timeout: Duration,
+}
+
+/// Serves the REST API on `listener` until `shutdown` resolves, then lets
+/// the connections finish their requests (HTTP/2: GOAWAY) and returns when
+/// every one has closed.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    limits: Listening,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let pruner = {
@@ -134,13 +201,119 @@ pub async fn serve(
             }
         })
     };
-    // Connect info gives the logs limiter the client's address.
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let res = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let app = router(state);
+    let mut builder = AutoBuilder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(HYPER_MAX_HEADERS);
+    builder.http2().timer(TokioTimer::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            res = listener.accept() => match res {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let permit = match limits.table.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::debug!(%peer, reason = why.label(), "connection refused");
+                let _ = tcp.try_write(refusal(why).as_bytes());
+                continue;
+            }
+        };
+        let activity = Activity::new(tokio::time::Instant::now());
+        let io = GuardedIo::new(tcp, permit, activity.clone(), limits.deadlines, None);
+        let svc = ConnService {
+            app: app.clone(),
+            activity,
+            peer,
+        };
+        let builder = builder.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                    return;
+                }
+                _ = stop.wait_for(|stop| *stop) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(stop_rx);
+    // Every connection task holds a receiver until it ends.
+    stop_tx.closed().await;
     pruner.abort();
-    res
+    Ok(())
+}
+
+/// What a refused REST connection is told before it is closed.
+fn refusal(why: Refused) -> String {
+    let body = match why {
+        Refused::PerIp => "too many connections from this address; retry later",
+        _ => "too many connections; retry later",
+    };
+    let body = serde_json::json!({ "error": body }).to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// One connection's view of the router: every request carries the peer
+/// address as axum's `ConnectInfo<SocketAddr>` (the logs limiter and the
+/// audit trail read it) and counts as in flight until its response ends.
+#[derive(Clone)]
+struct ConnService {
+    app: Router,
+    activity: Arc<Activity>,
+    peer: std::net::SocketAddr,
+}
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for ConnService {
+    type Response = http::Response<TrackedBody<axum::body::Body>>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let in_flight = self.activity.begin();
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
+        let app = self.app.clone();
+        Box::pin(async move {
+            let res = tower::ServiceExt::oneshot(app, req).await?;
+            Ok(res.map(|b| TrackedBody::new(b, Some(in_flight))))
+        })
+    }
 }
 
 /// Liveness: the process answers.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -22,7 +22,7 @@ use super::error::ApiError;
 #[allow(unused_imports)]
 use super::openapi::*;
 use super::pagination::{Page, decode_cursor, page, parse_limit};
-use super::params::{ApiJson, Params, format_time};
+use super::params::{ApiJson, Params, check_text, format_time};
 use super::telemetry::SampleView;
 
 /// A device as the REST API shows it (RFDM field names).
@@ -319,9 +319,11 @@ pub fn slugify(name: &str) -> String {
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateDevice>,
+    request: Request,
 ) -> Result<(StatusCode, Json<CreatedDevice>), ApiError> {
     caller.require(Scope::DeviceUpdate, Target::Workspace)?;
+    // The body only once the caller may write (scope before validation).
+    let ApiJson(body) = ApiJson::<CreateDevice>::from_request(request, &()).await?;
     let labels = body.labels.unwrap_or_default();
     labels::validate(&labels).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let name = body
@@ -340,6 +342,7 @@ pub async fn create(
         ));
     }
     let description = body.description.unwrap_or_default();
+    check_text("description", &description)?;
     if description.chars().count() > 1024 {
         return Err(ApiError::bad_request(
             "description must be at most 1024 characters",
@@ -349,6 +352,9 @@ pub async fn create(
         .workflow_id
         .map(|w| w.trim().to_string())
         .filter(|w| !w.is_empty());
+    if let Some(w) = &workflow_id {
+        check_text("workflow_id", w)?;
+    }
     if workflow_id.as_ref().is_some_and(|w| w.len() > 256) {
         return Err(ApiError::bad_request(
             "workflow_id must be at most 256 characters",
@@ -590,9 +596,10 @@ pub async fn update(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((_, device_id)): Path<(String, String)>,
-    ApiJson(body): ApiJson<UpdateDevice>,
+    request: Request,
 ) -> Result<Json<DeviceView>, ApiError> {
     authorized_device(&state, &caller, Scope::DeviceUpdate, &device_id).await?;
+    let ApiJson(body) = ApiJson::<UpdateDevice>::from_request(request, &()).await?;
     if body.name.is_none()
         && body.description.is_none()
         && body.enabled.is_none()
@@ -626,6 +633,9 @@ pub async fn update(
         return Err(ApiError::bad_request(
             "name must not contain control characters",
         ));
+    }
+    if let Some(d) = &body.description {
+        check_text("description", d)?;
     }
     if body
         .description

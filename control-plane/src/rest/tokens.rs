@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +17,7 @@ use super::auth::{Caller, Scope, Target};
 use super::error::ApiError;
 #[allow(unused_imports)]
 use super::openapi::*;
-use super::params::{ApiJson, format_time};
+use super::params::{ApiJson, check_text, format_time};
 
 /// Uses per token at most.
 const MAX_USES: u64 = 100_000;
@@ -114,14 +114,16 @@ pub struct CreatedToken {
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateToken>,
+    request: Request,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     caller.require(Scope::DeviceUpdate, Target::Workspace)?;
+    let ApiJson(body) = ApiJson::<CreateToken>::from_request(request, &()).await?;
     let name = body
         .name
         .map(|n| n.trim().to_string())
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad_request("name is required"))?;
+    check_text("name", &name)?;
     if name.chars().count() > 128 {
         return Err(ApiError::bad_request("name must be at most 128 characters"));
     }

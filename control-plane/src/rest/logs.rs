@@ -48,7 +48,7 @@ impl From<LogRecord> for LogView {
     path = "/{workspace}/devices/v2/{device_id}/logs",
     operation_id = "listLogs",
     tag = "logs",
-    params(DevicePath, WindowQuery, LogFilterQuery, PageQuery),
+    params(DevicePath, WindowQuery, LogFilterQuery, LongPageQuery),
     responses(
         (status = 200, description = "Success", body = Page<LogView>),
         BadRequest,
@@ -61,12 +61,14 @@ impl From<LogRecord> for LogView {
 pub async fn list(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     caller: Caller,
     Path((_, device_id)): Path<(String, String)>,
     params: Params,
 ) -> Result<Json<Page<LogView>>, ApiError> {
     caller.require(Scope::DeviceRead, Target::Device(&device_id))?;
-    state.limits.check_logs(peer.ip())?;
+    let client = super::limits::client_ip(peer, &headers, &state.trusted_proxies);
+    state.limits.check_logs(client)?;
     let limit = parse_limit(params.get("limit"), 100, 1000)?;
     let (start, end) = parse_window(&params)?;
     let before: Option<(UnixMillis, u64)> = decode_cursor(params.get("cursor"))?;

@@ -156,28 +156,122 @@ pub struct DevicePath {
     device_id: String,
 }
 
-/// Cursor pagination.
+/// Cursor pagination, pages of 1 to 500 (default 50).
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct PageQuery {
     /// Page size.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `pagination.next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 
-/// Cursor pagination in either direction.
+/// Cursor pagination, pages of 1 to 100 (default 20).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ShortPageQuery {
+    /// Page size.
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    /// `pagination.next_cursor` of the previous page.
+    #[param(min_length = 1)]
+    cursor: Option<String>,
+}
+
+/// Cursor pagination, pages of 1 to 1000 (default 100).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct LongPageQuery {
+    /// Page size.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// `pagination.next_cursor` of the previous page.
+    #[param(min_length = 1)]
+    cursor: Option<String>,
+}
+
+/// `direction` of a paged list.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum DirectionParam {
+    Forward,
+    Backward,
+}
+
+/// Cursor pagination in either direction, pages of 1 to 500 (default 50).
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct DirectedPageQuery {
     /// Page size.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `pagination.next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
     /// `backward` (default, newest first) or `forward`.
-    direction: Option<String>,
+    #[param(inline)]
+    direction: Option<DirectionParam>,
+}
+
+/// Cursor pagination in either direction, pages of 1 to 1000 (default 100).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct LongDirectedPageQuery {
+    /// Page size.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// `pagination.next_cursor` of the previous page.
+    #[param(min_length = 1)]
+    cursor: Option<String>,
+    /// `backward` (default, newest first) or `forward`.
+    #[param(inline)]
+    direction: Option<DirectionParam>,
+}
+
+/// `status` filter of the device list.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum StatusParam {
+    Online,
+    Offline,
+    Unknown,
+}
+
+/// `type` filter of the device list.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub enum TypeParam {
+    #[serde(rename = "edge")]
+    Edge,
+    #[serde(rename = "ai1")]
+    Ai1,
+}
+
+/// `time_period` of bucketed telemetry.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub enum PeriodParam {
+    #[serde(rename = "1h")]
+    H1,
+    #[serde(rename = "6h")]
+    H6,
+    #[serde(rename = "12h")]
+    H12,
+    #[serde(rename = "24h")]
+    H24,
+    #[serde(rename = "7d")]
+    D7,
+    #[serde(rename = "30d")]
+    D30,
 }
 
 /// A time window: RFC 3339 date-time or unix seconds; start inclusive, end exclusive.
@@ -195,10 +289,11 @@ pub struct WindowQuery {
 #[allow(dead_code)]
 pub struct ListQuery {
     /// `online`, `offline` or `unknown`.
-    status: Option<String>,
+    #[param(inline)]
+    status: Option<StatusParam>,
     /// `edge` or `ai1`.
-    #[param(rename = "type")]
-    device_type: Option<String>,
+    #[param(rename = "type", inline)]
+    device_type: Option<TypeParam>,
     /// Only devices with exactly this name (names need not be unique).
     name: Option<String>,
     /// `key=value` (the label has that value) or `key` (the device has the
@@ -213,7 +308,8 @@ pub struct ListQuery {
 pub struct PeriodQuery {
     /// `1h` (1 MINUTE buckets), `6h` (5 MINUTE), `12h` (10 MINUTE), `24h` (15 MINUTE, default),
     /// `7d` (1 HOUR), `30d` (1 DAY).
-    time_period: Option<String>,
+    #[param(inline)]
+    time_period: Option<PeriodParam>,
 }
 
 /// Log filters.
@@ -235,6 +331,7 @@ pub struct LogFilterQuery {
 #[allow(dead_code)]
 pub struct VersionQuery {
     /// A past version; the current one when absent.
+    #[param(minimum = 1)]
     version: Option<u64>,
 }
 

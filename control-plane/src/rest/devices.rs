@@ -259,9 +259,18 @@ fn label_selectors(uri: &axum::http::Uri) -> Result<Vec<Selector>, ApiError> {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateDevice {
+    /// 1 to 128 characters, no control characters.
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 128)]
     device_name: Option<String>,
+    // `edge` (default) or `ai1` (the enum's description; a doc comment
+    // here would make utoipa wrap it in an allOf with an object).
+    #[schema(inline, value_type = Option<super::openapi::TypeParam>)]
     device_type: Option<String>,
+    /// At most 1024 characters, no control characters.
+    #[schema(max_length = 1024)]
     description: Option<String>,
+    /// At most 256 bytes, no control characters.
+    #[schema(max_length = 256)]
     workflow_id: Option<String>,
     offline_mode: Option<bool>,
     #[serde(rename = "sourceDeviceId")]
@@ -568,7 +577,11 @@ fn qr_payload(state: &AppState, workspace: &str, device_id: &str, install_id: &s
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateDevice {
+    /// 1 to 128 characters, no control characters.
+    #[schema(min_length = 1, max_length = 128)]
     name: Option<String>,
+    /// At most 1024 characters, no control characters.
+    #[schema(max_length = 1024)]
     description: Option<String>,
     enabled: Option<bool>,
     /// A JSON merge patch of the labels: `"key": "value"` sets, `"key":

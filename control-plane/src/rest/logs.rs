@@ -74,10 +74,7 @@ pub async fn list(
     let before: Option<(UnixMillis, u64)> = decode_cursor(params.get("cursor"))?;
     let after_seq = params
         .get("after_seq")
-        .map(|s| {
-            s.parse::<u64>()
-                .map_err(|_| ApiError::bad_request("after_seq must be a non-negative integer"))
-        })
+        .map(|s| super::params::parse_seq("after_seq", s))
         .transpose()?;
     if after_seq.is_some() && before.is_some() {
         return Err(ApiError::bad_request(

@@ -28,7 +28,7 @@ use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToResponse, ToSchema};
         license(name = "Apache-2.0")
     ),
     components(
-        schemas(ErrorBody, AuthErrorBody),
+        schemas(ErrorBody, AuthErrorBody, LabelSelector),
         responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict, TelemetryRateLimited, LogsRateLimited)
     ),
     modifiers(&Security),
@@ -236,6 +236,12 @@ pub struct LongDirectedPageQuery {
     direction: Option<DirectionParam>,
 }
 
+/// A label selector: `key=value` or `key`.
+#[derive(ToSchema)]
+#[schema(value_type = String, min_length = 1)]
+#[allow(dead_code)]
+pub struct LabelSelector(String);
+
 /// `status` filter of the device list.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -246,7 +252,7 @@ pub enum StatusParam {
     Unknown,
 }
 
-/// `type` filter of the device list.
+/// A device type: `edge` or `ai1`.
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)]
 pub enum TypeParam {
@@ -279,7 +285,9 @@ pub enum PeriodParam {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct WindowQuery {
+    #[param(min_length = 1)]
     start_time: Option<String>,
+    #[param(min_length = 1)]
     end_time: Option<String>,
 }
 
@@ -298,6 +306,7 @@ pub struct ListQuery {
     name: Option<String>,
     /// `key=value` (the label has that value) or `key` (the device has the
     /// label); repeatable, every one must match.
+    #[param(value_type = Option<Vec<LabelSelector>>)]
     label: Option<Vec<String>>,
 }
 
@@ -322,6 +331,7 @@ pub struct LogFilterQuery {
     /// This severity and above: debug, info, notice, warning, error, critical, alert, emergency.
     severity: Option<String>,
     /// Follow: the lines stored after this seq, oldest first (not with `cursor`).
+    #[param(maximum = 9223372036854775807_i64, nullable = false)]
     after_seq: Option<u64>,
 }
 
@@ -341,12 +351,45 @@ pub struct VersionQuery {
 #[allow(dead_code)]
 pub struct AuditFilterQuery {
     /// Only this action (an operationId such as `deleteDevice`, or an admin action).
+    #[param(pattern = "^[A-Za-z][A-Za-z0-9]{0,63}$")]
     action: Option<String>,
 }
 
 /// The document as served at `/openapi.json`.
 pub fn document() -> utoipa::openapi::OpenApi {
-    super::routes().into_openapi()
+    let mut doc = super::routes().into_openapi();
+    authenticated_operations_may_be_400(&mut doc);
+    doc
+}
+
+/// Every authenticated operation can answer 400 before its handler runs:
+/// the key extractor refuses a malformed query string or path and two
+/// different keys (`?api_key=` and `Authorization`) in one request.
+fn authenticated_operations_may_be_400(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            // `security(())` (an empty requirement) marks the open routes.
+            let open = op
+                .security
+                .as_ref()
+                .is_some_and(|s| s.iter().all(|r| r == &Default::default()));
+            if !open {
+                op.responses
+                    .responses
+                    .entry("400".to_string())
+                    .or_insert_with(|| RefOr::Ref(Ref::from_response_name("BadRequest")));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -60,6 +60,18 @@ pub fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Parses a sequence number (`after_seq`, `Last-Event-ID`): 0 to
+/// `i64::MAX`, as the store keeps them.
+pub fn parse_seq(name: &str, raw: &str) -> Result<u64, ApiError> {
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| i64::try_from(*n).is_ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("{name} must be an integer from 0 to {}", i64::MAX))
+        })
+}
+
 /// Parses a time parameter: RFC 3339 (`2026-11-23T10:00:00Z`) or unix seconds.
 pub fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
@@ -117,6 +129,21 @@ pub fn format_time(ms: UnixMillis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seqs_are_0_to_i64_max() {
+        assert_eq!(parse_seq("after_seq", "0").unwrap(), 0);
+        assert_eq!(
+            parse_seq("after_seq", "9223372036854775807").unwrap(),
+            i64::MAX as u64
+        );
+        for bad in ["9223372036854775808", "-1", "", "null", "1.5"] {
+            match parse_seq("after_seq", bad) {
+                Err(ApiError::BadRequest(m)) => assert!(m.starts_with("after_seq "), "{m}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn control_characters_are_refused() {

@@ -27,15 +27,20 @@ const MAX_EXPIRES_IN_SECS: u64 = 366 * 24 * 3600;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
+    /// 1 to 128 characters, no control characters.
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 128)]
     name: Option<String>,
     /// How many boxes may enroll with it (1 to 100000).
+    #[schema(required = true, nullable = false, minimum = 1, maximum = 100000)]
     max_uses: Option<u64>,
-    /// Seconds until it expires; never when absent.
+    /// Seconds until it expires (at most 366 days); never when absent.
+    #[schema(minimum = 1, maximum = 31622400)]
     expires_in_secs: Option<u64>,
     /// Labels every device enrolled with it gets.
     #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
     labels: Option<Labels>,
-    /// `edge` (default) or `ai1`.
+    // `edge` (default) or `ai1` (the enum's description).
+    #[schema(inline, value_type = Option<super::openapi::TypeParam>)]
     device_type: Option<String>,
 }
 

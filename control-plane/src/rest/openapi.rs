@@ -24,7 +24,10 @@ use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToResponse, ToSchema};
         description = "Deployment Manager compatible device API (see README). Authenticate with a \
             workspace API key as `?api_key=KEY` or `Authorization: Bearer KEY`. Scopes: \
             `device:read` for reads, `device:update` for writes; keys without a scopes list have \
-            both. Device-scoped keys reach only their own device.",
+            both. Device-scoped keys reach only their own device's routes and there only read: \
+            operator controls (PATCH, DELETE, install-id, connections/reset, config writes) need \
+            a workspace key. Two different keys in one request (query and header) are a 400. The \
+            key and its scope are checked before the path's resource, the query and the body.",
         license(name = "Apache-2.0")
     ),
     components(
@@ -116,7 +119,7 @@ shared_response! {
     "401" => Unauthorized(AuthErrorBody)
 }
 shared_response! {
-    /// Missing scope, device-scoped key elsewhere, or feature gate
+    /// Missing scope, device-scoped key elsewhere or writing, or feature gate
     "403" => Forbidden(ErrorBody)
 }
 shared_response! {

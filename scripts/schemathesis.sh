@@ -18,6 +18,7 @@ version="4.32.5"
 max_examples="${SCHEMATHESIS_MAX_EXAMPLES:-10}"
 workers="${SCHEMATHESIS_WORKERS:-1}"
 venv="${SCHEMATHESIS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/outpost/schemathesis-venv}"
+case "$venv" in /*) ;; *) venv="$PWD/$venv" ;; esac
 
 if ! "$venv/bin/st" --version 2>/dev/null | grep -qF "$version"; then
     echo "installing schemathesis $version into $venv"
@@ -93,7 +94,9 @@ status=0
 for who in read-only full; do
     if [ "$who" = full ]; then key="$full"; else key="$read_only"; fi
     echo "=== schemathesis with the $who key ($max_examples examples per operation)"
-    "$venv/bin/st" --config-file "$tmp/schemathesis.toml" run "$rest/openapi.json" \
+    # From the temp dir: schemathesis keeps its cache (.schemathesis/) in
+    # the working directory.
+    (cd "$tmp" && "$venv/bin/st" --config-file "$tmp/schemathesis.toml" run "$rest/openapi.json" \
         --checks all \
         --exclude-checks positive_data_acceptance \
         --max-examples "$max_examples" \
@@ -101,7 +104,7 @@ for who in read-only full; do
         --header "Authorization: Bearer $key" \
         --request-timeout 30 \
         --no-color \
-        "$@" || status=1
+        "$@") || status=1
 done
 if [ "$status" != 0 ]; then
     echo "schemathesis found problems; the control plane's log is in /tmp/outpost-schemathesis-serve.log" >&2

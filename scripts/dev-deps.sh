@@ -2,7 +2,8 @@
 # Installs the system tools the test suite uses besides the Rust toolchain
 # (Debian/Ubuntu): systemd-analyze (unit checks), Chromium + ChromeDriver
 # (the dashboard's browser test), promtool (the /metrics format check) and
-# PostgreSQL 15 (the second backend; CI starts a throwaway server).
+# PostgreSQL 15 (the second backend; CI starts a throwaway server), and
+# python3-venv + curl for scripts/schemathesis.sh.
 # Installs only what is missing; safe to rerun.
 set -euo pipefail
 need=()
@@ -11,6 +12,11 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
+# scripts/schemathesis.sh: python3 with venv (schemathesis itself comes from
+# PyPI into a virtual environment) and curl.
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi

@@ -141,6 +141,77 @@ pub struct ServeArgs {
     /// that does not read [default: 60s, `artifacts::SEND_STALL_TIMEOUT`].
     #[arg(long, hide = true, value_parser = humantime::parse_duration)]
     pub artifact_send_stall_timeout: Option<Duration>,
+    /// A reverse proxy's address or network (`10.0.0.5`, `10.0.0.0/8`,
+    /// `fd00::/8`; repeatable): REST requests from these peers are taken to
+    /// come from the right-most address of `X-Forwarded-For` that is not a
+    /// trusted proxy (rate limits, audit trail). From other peers the header
+    /// is ignored [default: none].
+    #[arg(
+        long = "trusted-proxy",
+        env = "OUTPOST_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// An IP network (`10.0.0.0/8`) or one address (`10.0.0.5`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts
+    /// as its IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an IP address or network (10.0.0.0/8, fd00::/8)");
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Default of `--max-artifact-size`.
@@ -240,6 +311,7 @@ struct FileConfig {
     unauthenticated_connection_lifetime: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     http_header_read_timeout: Option<Duration>,
+    trusted_proxies: Option<Vec<Cidr>>,
 }
 
 mod opt_duration {
@@ -279,9 +351,11 @@ pub struct ServeConfig {
     pub artifact_send_stall_timeout: Duration,
     /// Connection caps and timeouts of both listeners.
     pub connections: ConnectionConfig,
+    /// Reverse proxies whose `X-Forwarded-For` REST believes.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
-/// Connection caps and timeouts of both listeners (docs/hardening.md); the
+/// Connection caps and timeouts of both listeners (docs/connection-limits.md); the
 /// defaults are [`ConnectionConfig::default`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionConfig {
@@ -503,8 +577,14 @@ impl ServeConfig {
                 "max-artifact-downloads must be at least 1".into(),
             ));
         }
+        let trusted_proxies = if args.trusted_proxies.is_empty() {
+            file.trusted_proxies.unwrap_or_default()
+        } else {
+            args.trusted_proxies
+        };
         Ok(Self {
             connections,
+            trusted_proxies,
             max_artifact_size,
             max_artifact_downloads,
             artifact_send_stall_timeout: args

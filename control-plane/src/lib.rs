@@ -67,6 +67,9 @@ pub struct AppState {
     pub rollout_wake: Arc<tokio::sync::Notify>,
     /// Artifact limits, uploads in progress and the chunk cache.
     pub artifacts: Arc<artifacts::Artifacts>,
+    /// Reverse proxies whose `X-Forwarded-For` REST believes
+    /// (`--trusted-proxy`; see `rest::limits::client_ip`).
+    pub trusted_proxies: Vec<config::Cidr>,
 }
 
 /// Resolves once the server starts stopping.

@@ -195,6 +195,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
             cfg.max_artifact_downloads,
             cfg.artifact_send_stall_timeout,
         )),
+        trusted_proxies: cfg.trusted_proxies.clone(),
     });
 
     if let Some(url) = cfg.database_url.as_deref() {

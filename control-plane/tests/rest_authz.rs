@@ -180,7 +180,7 @@ fn routes() -> Vec<Route> {
 }
 
 /// What a caller gets: the success status, 401 (structured) or 403 (naming
-/// the scope or the device binding).
+/// the scope, the device binding, or that a device key only reads).
 fn expected(caller: Caller, need: Need, per_device: bool, ok: u16) -> u16 {
     match caller {
         NoKey | InvalidKey | OtherWorkspace => 401,
@@ -188,7 +188,9 @@ fn expected(caller: Caller, need: Need, per_device: bool, ok: u16) -> u16 {
         ReadOnly if need == Need::Read => ok,
         UpdateOnly if need == Need::Update => ok,
         ReadOnly | UpdateOnly => 403,
-        OwnDevice if per_device => ok,
+        // A device key reads its own device and changes nothing: operator
+        // controls need a workspace key (issue 21).
+        OwnDevice if per_device && need == Need::Read => ok,
         OwnDevice | OtherDevice => 403,
     }
 }

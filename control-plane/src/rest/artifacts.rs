@@ -153,6 +153,22 @@ pub async fn create(
         )),
         e => ApiError::bad_request(e.to_string()),
     })?;
+    // Commands are shown to operators (`outpostctl artifact list`, the
+    // dashboard): no terminal escapes; newlines and tabs of a multi-line
+    // script stay.
+    for (field, cmd) in [
+        ("post_install", &manifest.post_install),
+        ("health_command", &manifest.health_command),
+    ] {
+        if cmd.as_deref().is_some_and(|c| {
+            c.chars()
+                .any(|ch| ch.is_control() && ch != '\n' && ch != '\t')
+        }) {
+            return Err(ApiError::bad_request(format!(
+                "manifest {field} must not contain control characters other than newline and tab"
+            )));
+        }
+    }
     if manifest.size > state.artifacts.max_size {
         return Err(ApiError::bad_request(format!(
             "the payload is {} bytes; this control plane takes at most {} (--max-artifact-size)",

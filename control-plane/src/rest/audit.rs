@@ -186,10 +186,16 @@ pub async fn record(
         None => next.run(req).await,
         Some((action, template)) => {
             let (workspace, target) = path_params(&template, req.uri().path());
-            let client_addr = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.to_string());
+            // The peer (`ip:port`), or the client a trusted proxy forwarded
+            // (its address only: the proxy does not pass the port on).
+            let client_addr = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| {
+                let ip = super::limits::client_ip(c.0, req.headers(), &ctx.state.trusted_proxies);
+                if ip == c.0.ip() {
+                    c.0.to_string()
+                } else {
+                    ip.to_string()
+                }
+            });
             let slot = AuditSlot::default();
             req.extensions_mut().insert(slot.clone());
             let request_id = request_id.clone();

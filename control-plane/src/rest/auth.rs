@@ -59,7 +59,8 @@ impl Caller {
     }
 
     /// Checks scope, then device binding. A key with no scopes list has every
-    /// scope (legacy); a device-scoped key reaches only its own device.
+    /// scope (legacy); a device-scoped key reaches only its own device, and
+    /// there only reads: a box cannot undo what an operator did to it.
     pub fn require(&self, scope: Scope, target: Target<'_>) -> Result<(), ApiError> {
         if let Some(scopes) = &self.scopes
             && !scopes.iter().any(|s| s == scope.as_str())
@@ -81,12 +82,21 @@ impl Caller {
                         "a device-scoped API key can only access its own device",
                     ));
                 }
+                Target::Device(_) if scope == Scope::DeviceUpdate => {
+                    return Err(ApiError::forbidden(DEVICE_KEY_READS_ONLY));
+                }
                 Target::Device(_) => {}
             }
         }
         Ok(())
     }
 }
+
+/// The 403 of a device-scoped key on a write of its own device.
+pub const DEVICE_KEY_READS_ONLY: &str = "a device-scoped API key (the one a box keeps in \
+     STATE_DIR/api-key) only reads its own device; operator controls (enable/disable, rename, \
+     labels, delete, install ID, connection reset, config writes) need a workspace API key \
+     with the device:update scope";
 
 /// Checks scope and device binding, then looks the device up in the
 /// caller's workspace. Another workspace's device is indistinguishable from a
@@ -111,23 +121,34 @@ pub async fn authorized_device(
 const HINT: &str =
     "Pass a workspace API key as ?api_key=KEY or an Authorization: Bearer KEY header.";
 
-/// Reads the key from `?api_key=` or `Authorization: Bearer`.
+/// Reads the key from `?api_key=` or `Authorization: Bearer`. Two different
+/// keys (one each way) are a 400: which one is meant is not ours to guess.
 fn presented_key(parts: &Parts) -> Result<Option<String>, ApiError> {
-    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
-        let value = value
-            .to_str()
-            .map_err(|_| ApiError::unauthorized("Malformed Authorization header", HINT))?;
-        let key = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| {
-                ApiError::unauthorized("Authorization header must use the Bearer scheme", HINT)
-            })?;
-        return Ok(Some(key.trim().to_string()));
-    }
+    let header = match parts.headers.get(axum::http::header::AUTHORIZATION) {
+        Some(value) => {
+            let value = value
+                .to_str()
+                .map_err(|_| ApiError::unauthorized("Malformed Authorization header", HINT))?;
+            let key = value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+                .ok_or_else(|| {
+                    ApiError::unauthorized("Authorization header must use the Bearer scheme", HINT)
+                })?;
+            Some(key.trim().to_string())
+        }
+        None => None,
+    };
     let query: Query<HashMap<String, String>> = Query::try_from_uri(&parts.uri)
         .map_err(|_| ApiError::bad_request("malformed query string"))?;
-    Ok(query.0.get("api_key").cloned())
+    let in_query = query.0.get("api_key").cloned();
+    match (header, in_query) {
+        (Some(h), Some(q)) if h != q => Err(ApiError::bad_request(
+            "two different API keys: one in ?api_key= and one in the Authorization header; send one",
+        )),
+        (Some(h), _) => Ok(Some(h)),
+        (None, q) => Ok(q),
+    }
 }
 
 impl FromRequestParts<Arc<AppState>> for Caller {
@@ -219,5 +240,19 @@ mod tests {
             c.require(Scope::DeviceRead, Target::Workspace),
             Err(ApiError::Forbidden(_))
         ));
+    }
+
+    #[test]
+    fn device_scoped_key_only_reads_its_device() {
+        let c = caller(Some(&["device:read", "device:update"]), Some("d1"));
+        match c.require(Scope::DeviceUpdate, Target::Device("d1")) {
+            Err(ApiError::Forbidden(m)) => assert!(m.contains("workspace API key"), "{m}"),
+            other => panic!("expected 403, got {other:?}"),
+        }
+        // Another device's route still says so.
+        match c.require(Scope::DeviceUpdate, Target::Device("d2")) {
+            Err(ApiError::Forbidden(m)) => assert!(m.contains("its own device"), "{m}"),
+            other => panic!("expected 403, got {other:?}"),
+        }
     }
 }

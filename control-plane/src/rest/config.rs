@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use serde::Serialize;
 
 use crate::store::{ConfigVersion, now_ms};
@@ -113,9 +113,10 @@ pub async fn put(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((_, device_id)): Path<(String, String)>,
-    ApiJson(config): ApiJson<serde_json::Value>,
+    request: Request,
 ) -> Result<Json<WrittenConfig>, ApiError> {
     caller.require(Scope::DeviceUpdate, Target::Device(&device_id))?;
+    let ApiJson(config) = ApiJson::<serde_json::Value>::from_request(request, &()).await?;
     device_config::validate(&config).map_err(ApiError::bad_request)?;
     authorized_device(&state, &caller, Scope::DeviceUpdate, &device_id).await?;
     write(&state, &caller.workspace, &device_id, config).await
@@ -164,9 +165,10 @@ pub async fn patch(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((_, device_id)): Path<(String, String)>,
-    ApiJson(patch): ApiJson<serde_json::Value>,
+    request: Request,
 ) -> Result<Json<WrittenConfig>, ApiError> {
     caller.require(Scope::DeviceUpdate, Target::Device(&device_id))?;
+    let ApiJson(patch) = ApiJson::<serde_json::Value>::from_request(request, &()).await?;
     if !patch.is_object() {
         return Err(ApiError::bad_request(
             "a config patch must be a JSON object (RFC 7396 merge patch; null removes a key)",
@@ -189,7 +191,7 @@ pub async fn patch(
     path = "/{workspace}/devices/v2/{device_id}/config/versions",
     operation_id = "listDeviceConfigVersions",
     tag = "config",
-    params(DevicePath, PageQuery),
+    params(DevicePath, ShortPageQuery),
     responses(
         (status = 200, description = "Success", body = Page<ConfigView>),
         BadRequest,

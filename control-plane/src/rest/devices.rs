@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +21,7 @@ use super::error::ApiError;
 #[allow(unused_imports)]
 use super::openapi::*;
 use super::pagination::{Page, decode_cursor, page, parse_limit};
-use super::params::{ApiJson, Params, format_time};
+use super::params::{ApiJson, Params, check_text, format_time};
 use super::telemetry::SampleView;
 
 /// A device as the REST API shows it (RFDM field names).
@@ -258,9 +258,18 @@ fn label_selectors(uri: &axum::http::Uri) -> Result<Vec<Selector>, ApiError> {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateDevice {
+    /// 1 to 128 characters, no control characters.
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 128)]
     device_name: Option<String>,
+    // `edge` (default) or `ai1` (the enum's description; a doc comment
+    // here would make utoipa wrap it in an allOf with an object).
+    #[schema(inline, value_type = Option<super::openapi::TypeParam>)]
     device_type: Option<String>,
+    /// At most 1024 characters, no control characters.
+    #[schema(max_length = 1024)]
     description: Option<String>,
+    /// At most 256 bytes, no control characters.
+    #[schema(max_length = 256)]
     workflow_id: Option<String>,
     offline_mode: Option<bool>,
     #[serde(rename = "sourceDeviceId")]
@@ -318,9 +327,11 @@ pub fn slugify(name: &str) -> String {
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateDevice>,
+    request: Request,
 ) -> Result<(StatusCode, Json<CreatedDevice>), ApiError> {
     caller.require(Scope::DeviceUpdate, Target::Workspace)?;
+    // The body only once the caller may write (scope before validation).
+    let ApiJson(body) = ApiJson::<CreateDevice>::from_request(request, &()).await?;
     let labels = body.labels.unwrap_or_default();
     labels::validate(&labels).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let name = body
@@ -339,6 +350,7 @@ pub async fn create(
         ));
     }
     let description = body.description.unwrap_or_default();
+    check_text("description", &description)?;
     if description.chars().count() > 1024 {
         return Err(ApiError::bad_request(
             "description must be at most 1024 characters",
@@ -348,6 +360,9 @@ pub async fn create(
         .workflow_id
         .map(|w| w.trim().to_string())
         .filter(|w| !w.is_empty());
+    if let Some(w) = &workflow_id {
+        check_text("workflow_id", w)?;
+    }
     if workflow_id.as_ref().is_some_and(|w| w.len() > 256) {
         return Err(ApiError::bad_request(
             "workflow_id must be at most 256 characters",
@@ -561,7 +576,11 @@ fn qr_payload(state: &AppState, workspace: &str, device_id: &str, install_id: &s
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateDevice {
+    /// 1 to 128 characters, no control characters.
+    #[schema(min_length = 1, max_length = 128)]
     name: Option<String>,
+    /// At most 1024 characters, no control characters.
+    #[schema(max_length = 1024)]
     description: Option<String>,
     enabled: Option<bool>,
     /// A JSON merge patch of the labels: `"key": "value"` sets, `"key":
@@ -589,9 +608,10 @@ pub async fn update(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((_, device_id)): Path<(String, String)>,
-    ApiJson(body): ApiJson<UpdateDevice>,
+    request: Request,
 ) -> Result<Json<DeviceView>, ApiError> {
     authorized_device(&state, &caller, Scope::DeviceUpdate, &device_id).await?;
+    let ApiJson(body) = ApiJson::<UpdateDevice>::from_request(request, &()).await?;
     if body.name.is_none()
         && body.description.is_none()
         && body.enabled.is_none()
@@ -625,6 +645,9 @@ pub async fn update(
         return Err(ApiError::bad_request(
             "name must not contain control characters",
         ));
+    }
+    if let Some(d) = &body.description {
+        check_text("description", d)?;
     }
     if body
         .description

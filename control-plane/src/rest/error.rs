@@ -2,7 +2,10 @@
 //! shapes of reference/000.
 
 use axum::Json;
+use axum::extract::Request;
 use axum::http::StatusCode;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -80,7 +83,9 @@ impl IntoResponse for ApiError {
                 retry_after_secs.max(1).to_string(),
             )];
             return if plain {
-                (StatusCode::TOO_MANY_REQUESTS, retry, message).into_response()
+                let mut resp = (StatusCode::TOO_MANY_REQUESTS, retry, message).into_response();
+                resp.extensions_mut().insert(PlainErrorBody);
+                resp
             } else {
                 (
                     StatusCode::TOO_MANY_REQUESTS,
@@ -111,4 +116,52 @@ impl IntoResponse for ApiError {
         };
         (status, Json(body)).into_response()
     }
+}
+
+/// Marks the one error answered as plain text on purpose: the logs
+/// limiter's 429 (reference/000).
+#[derive(Debug, Clone, Copy)]
+pub struct PlainErrorBody;
+
+/// Errors made below the handlers (body limit 413, 405, timeouts, axum's
+/// extractor rejections) come as text or empty; this outermost layer gives
+/// them the documented shape `{"error": "<message>"}`, keeping status and
+/// headers (`Allow`, `Retry-After`, `x-request-id`). JSON errors and the
+/// marked plain 429 pass as they are.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error())
+        || is_json
+        || resp.extensions().get::<PlainErrorBody>().is_some()
+    {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    // These bodies are short messages; a longer one is replaced by the
+    // status's reason.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    let mut out = (status, Json(json!({ "error": message }))).into_response();
+    for (name, value) in &parts.headers {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+            out.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    out
 }

@@ -4,10 +4,11 @@
 //! - telemetry reads: 60/min per device as a sustained rate (one a second)
 //!   with bursts of up to 10, i.e. a burst refills over 10 seconds.
 //!
-//! The client IP is the TCP peer address; behind a reverse proxy every client
-//! shares the proxy's budget (documented in the README).
+//! The client IP is the TCP peer address, or, from a reverse proxy named by
+//! `--trusted-proxy`, the address that proxy saw ([`client_ip`]; the audit
+//! trail uses it too).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -15,6 +16,48 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::error::ApiError;
+
+/// The client's address: the TCP peer, unless the peer is a trusted proxy;
+/// then the right-most address of `X-Forwarded-For` (all such headers, in
+/// order) that is not a trusted proxy itself. Entries left of it are the
+/// client's own claims and never believed; an entry that is not an address
+/// ends the walk at the proxy that appended it. From peers that are not
+/// trusted proxies the header is ignored.
+pub fn client_ip(
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[crate::config::Cidr],
+) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    let mut client = peer.ip();
+    if !is_trusted(client) {
+        return client;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        let Some(ip) = parse_hop(hop) else {
+            return client;
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            return ip;
+        }
+    }
+    client
+}
+
+/// `203.0.113.7`, `2001:db8::1`, `203.0.113.7:4711`, `[2001:db8::1]:4711`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip()))
+}
 
 pub struct Limits {
     logs_per_ip: DefaultKeyedRateLimiter<IpAddr>,
@@ -132,5 +175,88 @@ mod tests {
             Err(ApiError::TooManyRequests { plain: false, .. })
         ));
         l.check_telemetry("acme", "d2").unwrap();
+    }
+}
+
+#[cfg(test)]
+mod client_ip_tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    fn cidrs(list: &[&str]) -> Vec<crate::config::Cidr> {
+        list.iter().map(|c| c.parse().unwrap()).collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn untrusted_peers_are_taken_as_they_are() {
+        let peer: SocketAddr = "198.51.100.9:5000".parse().unwrap();
+        let h = headers(&["203.0.113.7"]);
+        assert_eq!(client_ip(peer, &h, &[]), ip("198.51.100.9"));
+        assert_eq!(
+            client_ip(peer, &h, &cidrs(&["10.0.0.0/8"])),
+            ip("198.51.100.9")
+        );
+    }
+
+    #[test]
+    fn the_right_most_untrusted_hop_is_the_client() {
+        let peer: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let trusted = cidrs(&["10.0.0.0/8", "fd00::/8"]);
+        // The left-most entries are whatever the client sent.
+        let h = headers(&["6.6.6.6, 203.0.113.7, 10.1.2.3"]);
+        assert_eq!(client_ip(peer, &h, &trusted), ip("203.0.113.7"));
+        // Several headers are one list, in order.
+        let h = headers(&["6.6.6.6", "203.0.113.8", "10.9.9.9"]);
+        assert_eq!(client_ip(peer, &h, &trusted), ip("203.0.113.8"));
+        // IPv6 and ports.
+        let h = headers(&["[2001:db8::1]:4711, fd00::5"]);
+        assert_eq!(client_ip(peer, &h, &trusted), ip("2001:db8::1"));
+        let h = headers(&["203.0.113.9:80"]);
+        assert_eq!(client_ip(peer, &h, &trusted), ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn odd_headers_fall_back_to_the_last_trusted_hop() {
+        let peer: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let trusted = cidrs(&["10.0.0.0/8"]);
+        // No header: the proxy itself.
+        assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), ip("10.0.0.2"));
+        // Garbage right of the client: stop at the proxy that appended it.
+        let h = headers(&["203.0.113.7, not-an-ip"]);
+        assert_eq!(client_ip(peer, &h, &trusted), ip("10.0.0.2"));
+        let h = headers(&["203.0.113.7, unknown, 10.0.0.7"]);
+        assert_eq!(client_ip(peer, &h, &trusted), ip("10.0.0.7"));
+        // Every hop trusted: the left-most.
+        let h = headers(&["10.0.0.5, 10.0.0.6"]);
+        assert_eq!(client_ip(peer, &h, &trusted), ip("10.0.0.5"));
+    }
+
+    #[test]
+    fn networks_match_by_prefix() {
+        let c: crate::config::Cidr = "192.168.4.0/22".parse().unwrap();
+        assert!(c.contains(ip("192.168.7.255")));
+        assert!(!c.contains(ip("192.168.8.0")));
+        assert!(c.contains(ip("::ffff:192.168.5.1")));
+        let one: crate::config::Cidr = "127.0.0.1".parse().unwrap();
+        assert!(one.contains(ip("127.0.0.1")) && !one.contains(ip("127.0.0.2")));
+        let all: crate::config::Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("8.8.8.8")) && !all.contains(ip("::1")));
+        let v6: crate::config::Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains(ip("fdff::1")) && !v6.contains(ip("fe80::1")));
+        for bad in ["10.0.0.0/33", "fd00::/129", "nope", "10.0.0.0/x", ""] {
+            assert!(bad.parse::<crate::config::Cidr>().is_err(), "{bad}");
+        }
     }
 }

@@ -48,7 +48,7 @@ impl From<LogRecord> for LogView {
     path = "/{workspace}/devices/v2/{device_id}/logs",
     operation_id = "listLogs",
     tag = "logs",
-    params(DevicePath, WindowQuery, LogFilterQuery, PageQuery),
+    params(DevicePath, WindowQuery, LogFilterQuery, LongPageQuery),
     responses(
         (status = 200, description = "Success", body = Page<LogView>),
         BadRequest,
@@ -61,21 +61,20 @@ impl From<LogRecord> for LogView {
 pub async fn list(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     caller: Caller,
     Path((_, device_id)): Path<(String, String)>,
     params: Params,
 ) -> Result<Json<Page<LogView>>, ApiError> {
     caller.require(Scope::DeviceRead, Target::Device(&device_id))?;
-    state.limits.check_logs(peer.ip())?;
+    let client = super::limits::client_ip(peer, &headers, &state.trusted_proxies);
+    state.limits.check_logs(client)?;
     let limit = parse_limit(params.get("limit"), 100, 1000)?;
     let (start, end) = parse_window(&params)?;
     let before: Option<(UnixMillis, u64)> = decode_cursor(params.get("cursor"))?;
     let after_seq = params
         .get("after_seq")
-        .map(|s| {
-            s.parse::<u64>()
-                .map_err(|_| ApiError::bad_request("after_seq must be a non-negative integer"))
-        })
+        .map(|s| super::params::parse_seq("after_seq", s))
         .transpose()?;
     if after_seq.is_some() && before.is_some() {
         return Err(ApiError::bad_request(

@@ -119,8 +119,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
         }))
-        // Outermost: sees every answer (timeouts and body limits too).
+        // Sees every answer (timeouts and body limits too).
         .layer(axum::middleware::from_fn_with_state(audit, audit::record))
+        // Every error the REST port sends is `{"error": …}`.
+        .layer(axum::middleware::from_fn(error::json_errors))
         // Before everything: request heads too large for us, refused in
         // our JSON shape (hyper's own, larger limits answer with empty bodies).
         .layer(axum::middleware::from_fn(head_limits))
@@ -336,16 +338,16 @@ async fn healthz() -> &'static str {
     operation_id = "checkReadiness",
     tag = "health",
     security(()),
-    responses((status = 200, description = "Success", body = String), (status = 503, description = "Store unavailable", body = String))
+    responses((status = 200, description = "Success", body = String), (status = 503, description = "Store unavailable", body = openapi::ErrorBody))
 )]
 async fn readyz(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
-) -> Result<&'static str, (StatusCode, &'static str)> {
+) -> Result<&'static str, ApiError> {
     match state.store.get_workspace("").await {
         Ok(_) => Ok("ready"),
         Err(e) => {
             tracing::warn!("readiness check failed: {e}");
-            Err((StatusCode::SERVICE_UNAVAILABLE, "store unavailable"))
+            Err(ApiError::Unavailable("store unavailable".into()))
         }
     }
 }

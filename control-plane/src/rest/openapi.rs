@@ -24,11 +24,14 @@ use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToResponse, ToSchema};
         description = "Deployment Manager compatible device API (see README). Authenticate with a \
             workspace API key as `?api_key=KEY` or `Authorization: Bearer KEY`. Scopes: \
             `device:read` for reads, `device:update` for writes; keys without a scopes list have \
-            both. Device-scoped keys reach only their own device.",
+            both. Device-scoped keys reach only their own device's routes and there only read: \
+            operator controls (PATCH, DELETE, install-id, connections/reset, config writes) need \
+            a workspace key. Two different keys in one request (query and header) are a 400. The \
+            key and its scope are checked before the path's resource, the query and the body.",
         license(name = "Apache-2.0")
     ),
     components(
-        schemas(ErrorBody, AuthErrorBody),
+        schemas(ErrorBody, AuthErrorBody, LabelSelector),
         responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict, TelemetryRateLimited, LogsRateLimited)
     ),
     modifiers(&Security),
@@ -116,7 +119,7 @@ shared_response! {
     "401" => Unauthorized(AuthErrorBody)
 }
 shared_response! {
-    /// Missing scope, device-scoped key elsewhere, or feature gate
+    /// Missing scope, device-scoped key elsewhere or writing, or feature gate
     "403" => Forbidden(ErrorBody)
 }
 shared_response! {
@@ -156,28 +159,128 @@ pub struct DevicePath {
     device_id: String,
 }
 
-/// Cursor pagination.
+/// Cursor pagination, pages of 1 to 500 (default 50).
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct PageQuery {
     /// Page size.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `pagination.next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 
-/// Cursor pagination in either direction.
+/// Cursor pagination, pages of 1 to 100 (default 20).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ShortPageQuery {
+    /// Page size.
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    /// `pagination.next_cursor` of the previous page.
+    #[param(min_length = 1)]
+    cursor: Option<String>,
+}
+
+/// Cursor pagination, pages of 1 to 1000 (default 100).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct LongPageQuery {
+    /// Page size.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// `pagination.next_cursor` of the previous page.
+    #[param(min_length = 1)]
+    cursor: Option<String>,
+}
+
+/// `direction` of a paged list.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum DirectionParam {
+    Forward,
+    Backward,
+}
+
+/// Cursor pagination in either direction, pages of 1 to 500 (default 50).
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct DirectedPageQuery {
     /// Page size.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `pagination.next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
     /// `backward` (default, newest first) or `forward`.
-    direction: Option<String>,
+    #[param(inline)]
+    direction: Option<DirectionParam>,
+}
+
+/// Cursor pagination in either direction, pages of 1 to 1000 (default 100).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct LongDirectedPageQuery {
+    /// Page size.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// `pagination.next_cursor` of the previous page.
+    #[param(min_length = 1)]
+    cursor: Option<String>,
+    /// `backward` (default, newest first) or `forward`.
+    #[param(inline)]
+    direction: Option<DirectionParam>,
+}
+
+/// A label selector: `key=value` or `key`.
+#[derive(ToSchema)]
+#[schema(value_type = String, min_length = 1)]
+#[allow(dead_code)]
+pub struct LabelSelector(String);
+
+/// `status` filter of the device list.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum StatusParam {
+    Online,
+    Offline,
+    Unknown,
+}
+
+/// A device type: `edge` or `ai1`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub enum TypeParam {
+    #[serde(rename = "edge")]
+    Edge,
+    #[serde(rename = "ai1")]
+    Ai1,
+}
+
+/// `time_period` of bucketed telemetry.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub enum PeriodParam {
+    #[serde(rename = "1h")]
+    H1,
+    #[serde(rename = "6h")]
+    H6,
+    #[serde(rename = "12h")]
+    H12,
+    #[serde(rename = "24h")]
+    H24,
+    #[serde(rename = "7d")]
+    D7,
+    #[serde(rename = "30d")]
+    D30,
 }
 
 /// A time window: RFC 3339 date-time or unix seconds; start inclusive, end exclusive.
@@ -185,7 +288,9 @@ pub struct DirectedPageQuery {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct WindowQuery {
+    #[param(min_length = 1)]
     start_time: Option<String>,
+    #[param(min_length = 1)]
     end_time: Option<String>,
 }
 
@@ -195,14 +300,16 @@ pub struct WindowQuery {
 #[allow(dead_code)]
 pub struct ListQuery {
     /// `online`, `offline` or `unknown`.
-    status: Option<String>,
+    #[param(inline)]
+    status: Option<StatusParam>,
     /// `edge` or `ai1`.
-    #[param(rename = "type")]
-    device_type: Option<String>,
+    #[param(rename = "type", inline)]
+    device_type: Option<TypeParam>,
     /// Only devices with exactly this name (names need not be unique).
     name: Option<String>,
     /// `key=value` (the label has that value) or `key` (the device has the
     /// label); repeatable, every one must match.
+    #[param(value_type = Option<Vec<LabelSelector>>)]
     label: Option<Vec<String>>,
 }
 
@@ -213,7 +320,8 @@ pub struct ListQuery {
 pub struct PeriodQuery {
     /// `1h` (1 MINUTE buckets), `6h` (5 MINUTE), `12h` (10 MINUTE), `24h` (15 MINUTE, default),
     /// `7d` (1 HOUR), `30d` (1 DAY).
-    time_period: Option<String>,
+    #[param(inline)]
+    time_period: Option<PeriodParam>,
 }
 
 /// Log filters.
@@ -226,6 +334,7 @@ pub struct LogFilterQuery {
     /// This severity and above: debug, info, notice, warning, error, critical, alert, emergency.
     severity: Option<String>,
     /// Follow: the lines stored after this seq, oldest first (not with `cursor`).
+    #[param(maximum = 9223372036854775807_i64, nullable = false)]
     after_seq: Option<u64>,
 }
 
@@ -235,6 +344,7 @@ pub struct LogFilterQuery {
 #[allow(dead_code)]
 pub struct VersionQuery {
     /// A past version; the current one when absent.
+    #[param(minimum = 1)]
     version: Option<u64>,
 }
 
@@ -244,12 +354,45 @@ pub struct VersionQuery {
 #[allow(dead_code)]
 pub struct AuditFilterQuery {
     /// Only this action (an operationId such as `deleteDevice`, or an admin action).
+    #[param(pattern = "^[A-Za-z][A-Za-z0-9]{0,63}$")]
     action: Option<String>,
 }
 
 /// The document as served at `/openapi.json`.
 pub fn document() -> utoipa::openapi::OpenApi {
-    super::routes().into_openapi()
+    let mut doc = super::routes().into_openapi();
+    authenticated_operations_may_be_400(&mut doc);
+    doc
+}
+
+/// Every authenticated operation can answer 400 before its handler runs:
+/// the key extractor refuses a malformed query string or path and two
+/// different keys (`?api_key=` and `Authorization`) in one request.
+fn authenticated_operations_may_be_400(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            // `security(())` (an empty requirement) marks the open routes.
+            let open = op
+                .security
+                .as_ref()
+                .is_some_and(|s| s.iter().all(|r| r == &Default::default()));
+            if !open {
+                op.responses
+                    .responses
+                    .entry("400".to_string())
+                    .or_insert_with(|| RefOr::Ref(Ref::from_response_name("BadRequest")));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -54,6 +54,31 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
     }
 }
 
+/// Refuses control characters (C0 with NUL, ESC, newline and tab; DEL;
+/// C1) in a string an operator gives: names and descriptions end up on
+/// operators' terminals and pages, where ESC sequences rewrite the screen.
+/// 400 naming the field.
+pub fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "{field} must not contain control characters (U+0000-U+001F, U+007F-U+009F)"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses a sequence number (`after_seq`, `Last-Event-ID`): 0 to
+/// `i64::MAX`, as the store keeps them.
+pub fn parse_seq(name: &str, raw: &str) -> Result<u64, ApiError> {
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| i64::try_from(*n).is_ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("{name} must be an integer from 0 to {}", i64::MAX))
+        })
+}
+
 /// Parses a time parameter: RFC 3339 (`2026-11-23T10:00:00Z`) or unix seconds.
 pub fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<UnixMillis>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
@@ -111,6 +136,34 @@ pub fn format_time(ms: UnixMillis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seqs_are_0_to_i64_max() {
+        assert_eq!(parse_seq("after_seq", "0").unwrap(), 0);
+        assert_eq!(
+            parse_seq("after_seq", "9223372036854775807").unwrap(),
+            i64::MAX as u64
+        );
+        for bad in ["9223372036854775808", "-1", "", "null", "1.5"] {
+            match parse_seq("after_seq", bad) {
+                Err(ApiError::BadRequest(m)) => assert!(m.starts_with("after_seq "), "{m}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        for bad in ["\u{1b}[2J", "a\0", "\u{7f}", "\u{9b}", "a\nb", "\t", "\r"] {
+            match check_text("name", bad) {
+                Err(ApiError::BadRequest(m)) => assert!(m.starts_with("name "), "{m}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        for ok in ["", "Kamera Süd", "東京 ✓", "a\u{a0}b", "quote\"s"] {
+            assert!(check_text("name", ok).is_ok(), "{ok:?}");
+        }
+    }
 
     #[test]
     fn times_parse_and_format() {

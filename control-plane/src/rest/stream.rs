@@ -49,11 +49,11 @@ type Events = ReceiverStream<Result<Event, Infallible>>;
     tag = "telemetry",
     params(
         DevicePath,
-        ("after_seq" = Option<u64>, Query, description = "Replay stored samples after this seq first (as the `Last-Event-ID` header does); without either, only new samples are sent."),
-        ("Last-Event-ID" = Option<u64>, Header, description = "The last seq received: the stream resumes after it."),
+        ("after_seq" = Option<u64>, Query, maximum = 9223372036854775807_i64, nullable = false, description = "Replay stored samples after this seq first (as the `Last-Event-ID` header does); without either, only new samples are sent."),
+        ("Last-Event-ID" = Option<u64>, Header, maximum = 9223372036854775807_i64, nullable = false, description = "The last seq received: the stream resumes after it."),
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: `sample` events (id = seq, data = a sample as in telemetry/raw), keep-alive comments, and a final `end` event `{reason}`", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream`: `sample` events (id = seq, data = a sample as in telemetry/raw), keep-alive comments, and a final `end` event `{reason}`", content_type = "text/event-stream", body = StreamEvent),
         BadRequest,
         Unauthorized,
         Forbidden,
@@ -107,25 +107,47 @@ pub async fn stream(
     Ok(([("X-Accel-Buffering", "no")], sse))
 }
 
+/// One event of the stream, as an SSE client parses it (the schema of each
+/// event in the OpenAPI document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct StreamEvent {
+    // `sample` or `end` (the enum's description).
+    #[schema(inline, value_type = Option<StreamEventKind>, nullable = false)]
+    event: Option<String>,
+    /// `sample`: the sample's seq.
+    #[schema(nullable = false)]
+    id: Option<String>,
+    /// `sample`: a sample as in `telemetry/raw`, as JSON; `end`: `{"reason": …}`.
+    data: String,
+    /// Reconnect delay in milliseconds.
+    #[schema(nullable = false)]
+    retry: Option<u64>,
+}
+
+/// The `event` field of a stream event: `sample` or `end`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum StreamEventKind {
+    Sample,
+    End,
+}
+
 /// `Last-Event-ID` (what browsers send on reconnect) or `?after_seq=`.
 fn resume_point(headers: &HeaderMap, params: &Params) -> Result<Option<u64>, ApiError> {
     let header = headers
         .get("last-event-id")
         .map(|v| {
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request("Last-Event-ID must be a sample seq (an integer)")
-                })
+            let s = v.to_str().map_err(|_| {
+                ApiError::bad_request("Last-Event-ID must be a sample seq (an integer)")
+            })?;
+            super::params::parse_seq("Last-Event-ID", s)
         })
         .transpose()?;
     let query = params
         .get("after_seq")
-        .map(|s| {
-            s.parse::<u64>()
-                .map_err(|_| ApiError::bad_request("after_seq must be a non-negative integer"))
-        })
+        .map(|s| super::params::parse_seq("after_seq", s))
         .transpose()?;
     Ok(header.or(query))
 }

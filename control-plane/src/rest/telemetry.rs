@@ -92,7 +92,7 @@ impl From<TelemetrySample> for SampleView {
     path = "/{workspace}/devices/v2/{device_id}/telemetry/raw",
     operation_id = "getRawTelemetry",
     tag = "telemetry",
-    params(DevicePath, WindowQuery, DirectedPageQuery),
+    params(DevicePath, WindowQuery, LongDirectedPageQuery),
     responses(
         (status = 200, description = "Success", body = Page<SampleView>),
         BadRequest,

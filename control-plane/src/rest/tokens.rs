@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +17,7 @@ use super::auth::{Caller, Scope, Target};
 use super::error::ApiError;
 #[allow(unused_imports)]
 use super::openapi::*;
-use super::params::{ApiJson, format_time};
+use super::params::{ApiJson, check_text, format_time};
 
 /// Uses per token at most.
 const MAX_USES: u64 = 100_000;
@@ -27,15 +27,20 @@ const MAX_EXPIRES_IN_SECS: u64 = 366 * 24 * 3600;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
+    /// 1 to 128 characters, no control characters.
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 128)]
     name: Option<String>,
     /// How many boxes may enroll with it (1 to 100000).
+    #[schema(required = true, nullable = false, minimum = 1, maximum = 100000)]
     max_uses: Option<u64>,
-    /// Seconds until it expires; never when absent.
+    /// Seconds until it expires (at most 366 days); never when absent.
+    #[schema(minimum = 1, maximum = 31622400)]
     expires_in_secs: Option<u64>,
     /// Labels every device enrolled with it gets.
     #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
     labels: Option<Labels>,
-    /// `edge` (default) or `ai1`.
+    // `edge` (default) or `ai1` (the enum's description).
+    #[schema(inline, value_type = Option<super::openapi::TypeParam>)]
     device_type: Option<String>,
 }
 
@@ -114,14 +119,16 @@ pub struct CreatedToken {
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateToken>,
+    request: Request,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     caller.require(Scope::DeviceUpdate, Target::Workspace)?;
+    let ApiJson(body) = ApiJson::<CreateToken>::from_request(request, &()).await?;
     let name = body
         .name
         .map(|n| n.trim().to_string())
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad_request("name is required"))?;
+    check_text("name", &name)?;
     if name.chars().count() > 128 {
         return Err(ApiError::bad_request("name must be at most 128 characters"));
     }

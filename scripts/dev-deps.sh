@@ -2,7 +2,8 @@
 # Installs the system tools the test suite uses besides the Rust toolchain
 # (Debian/Ubuntu): systemd-analyze (unit checks), Chromium + ChromeDriver
 # (the dashboard's browser test), promtool (the /metrics format check) and
-# PostgreSQL 15 (the second backend; CI starts a throwaway server).
+# PostgreSQL 15 (the second backend; CI starts a throwaway server) and
+# tinyproxy (the agent's HTTP CONNECT proxy tests start their own).
 # Installs only what is missing; safe to rerun.
 set -euo pipefail
 need=()
@@ -11,6 +12,7 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
+command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi
@@ -22,4 +24,8 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recomme
 # the tests need only promtool.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
     $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+# The same for tinyproxy's service: the tests start their own proxies.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet tinyproxy 2>/dev/null; then
+    $SUDO systemctl disable --now tinyproxy >/dev/null 2>&1 || true
 fi

@@ -588,8 +588,7 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
             crate::notify::status("enrolling");
             let Some(id) = enroll_with_retry(
                 &state,
-                server,
-                &cfg.proxy,
+                (server, &cfg.proxy),
                 grant,
                 trust,
                 &collector,
@@ -791,8 +790,8 @@ async fn reenroll_if_void(
 
 async fn enroll_with_retry(
     state: &StateDir,
-    server: &ServerUrl,
-    proxy: &crate::proxy::ProxySettings,
+    // Where to: the control plane, and the proxy setting to reach it by.
+    (server, proxy): (&ServerUrl, &crate::proxy::ProxySettings),
     grant: enroll::Grant<'_>,
     trust: &Trust,
     collector: &Collector,

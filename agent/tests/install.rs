@@ -413,6 +413,9 @@ fn install_passes_a_proxy_through_the_env_file() {
     assert!(!text(&out).contains("pw%40x"), "{}", text(&out));
 
     // An enrolled box: a new proxy replaces the line, the rest stays.
+    let state = root.path().join("var/lib/outpost-agent");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("identity.json"), "{}").unwrap();
     let mut again = base_args(r);
     again.extend(["--proxy", "http://other:3128"].map(String::from));
     let out = install_owned(&again);

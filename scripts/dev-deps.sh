@@ -2,7 +2,8 @@
 # Installs the system tools the test suite uses besides the Rust toolchain
 # (Debian/Ubuntu): systemd-analyze (unit checks), Chromium + ChromeDriver
 # (the dashboard's browser test), promtool (the /metrics format check) and
-# PostgreSQL 15 (the second backend; CI starts a throwaway server), and
+# PostgreSQL 15 (the second backend; CI starts a throwaway server),
+# tinyproxy (the agent's HTTP CONNECT proxy tests start their own), and
 # python3-venv + curl for scripts/schemathesis.sh.
 # Installs only what is missing; safe to rerun.
 set -euo pipefail
@@ -17,6 +18,7 @@ ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi
@@ -28,4 +30,8 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recomme
 # the tests need only promtool.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
     $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+# The same for tinyproxy's service: the tests start their own proxies.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet tinyproxy 2>/dev/null; then
+    $SUDO systemctl disable --now tinyproxy >/dev/null 2>&1 || true
 fi

@@ -25,6 +25,8 @@ CA_FP=""
 PUBLISHER_KEYS=""
 BINARY=""
 INTERVAL=""
+PROXY=""
+NO_PROXY_LIST=""
 LOG_FILES=""
 UNITS=""
 ROOT=""
@@ -46,7 +48,8 @@ Installs the Outpost agent as a systemd service, or removes it.
   sudo sh install.sh --server https://cp.example.com:8443 \
       --install-id inst_… --ca-fingerprint sha256:… [--binary PATH|URL] \
       [--interval 10s] [--log-file PATH]... [--journal-unit UNIT]... \
-      [--publisher-key ed25519:…]... [--no-wait | --wait-timeout SECS]
+      [--publisher-key ed25519:…]... [--no-wait | --wait-timeout SECS] \
+      [--proxy http://[USER:PASS@]HOST:PORT [--no-proxy HOST,DOMAIN,CIDR…]]
   (or --enroll-token oet_… [--device-name NAME] instead of --install-id:
   a fleet token that enrolls many boxes)
   sudo sh install.sh --uninstall [--purge]
@@ -57,6 +60,13 @@ hold a control character). After starting the service it waits (60 s;
 prints "enrolled as DEVICE, connected" or the agent's error (exit status 1);
 once enrolled, an --enroll-token is removed from /etc/outpost/agent.env
 (with --no-wait it stays there, and a warning says so).
+
+--proxy makes the agent reach the control plane through an HTTP proxy
+(CONNECT; HTTPS_PROXY in /etc/outpost/agent.env, which is 0600: the
+password stays root's), and this script download through it; --no-proxy
+(NO_PROXY) lists the hosts reached directly. Percent-encode quotes,
+backslashes, spaces, @ and : in the user and password. Given on an enrolled
+box, they replace just those lines.
 
 --publisher-key (repeatable) names an artifact publisher key the agent
 trusts (OUTPOST_PUBLISHER_KEYS in /etc/outpost/agent.env); an agent with
@@ -100,6 +110,8 @@ while [ $# -gt 0 ]; do
         --publisher-key) need_arg "$@"; PUBLISHER_KEYS="${PUBLISHER_KEYS:+$PUBLISHER_KEYS,}$2"; shift 2 ;;
         --binary) need_arg "$@"; BINARY=$2; shift 2 ;;
         --interval) need_arg "$@"; INTERVAL=$2; shift 2 ;;
+        --proxy) need_arg "$@"; PROXY=$2; shift 2 ;;
+        --no-proxy) need_arg "$@"; NO_PROXY_LIST=$2; shift 2 ;;
         --log-file) need_arg "$@"; LOG_FILES="$LOG_FILES
 $2"; shift 2 ;;
         --journal-unit) need_arg "$@"; UNITS="$UNITS
@@ -247,6 +259,21 @@ printf '%s\n' "$UNITS" | while IFS= read -r _u; do
     [ -z "$_u" ] || matches "$_u" '^[A-Za-z0-9@._:-]+$' || die "--journal-unit must be a unit name (got '$_u')"
 done || exit 1
 matches "$WAIT_SECS" '^[0-9]+$' || die "--wait-timeout must be whole seconds (got '$WAIT_SECS')"
+if [ -n "$PROXY" ]; then
+    # Written unquoted into agent.env: nothing an EnvironmentFile reads
+    # specially. The value is not printed back (it may hold a password).
+    matches "$PROXY" '^(http://)?([^"'"'"'\\[:space:]/@]+@)?([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$' ||
+        die "--proxy must be http://[USER:PASS@]HOST:PORT, an HTTP proxy that takes CONNECT (percent-encode quotes, backslashes, spaces, / and @ in the user and password)"
+    # This script's own downloads go through it too.
+    https_proxy=$PROXY http_proxy=$PROXY
+    export https_proxy http_proxy
+fi
+if [ -n "$NO_PROXY_LIST" ]; then
+    matches "$NO_PROXY_LIST" '^[]A-Za-z0-9.,:/*[_-]+$' ||
+        die "--no-proxy must be a comma-separated list of host names, domains, IP addresses or CIDR blocks (got '$NO_PROXY_LIST')"
+    no_proxy=$NO_PROXY_LIST
+    export no_proxy
+fi
 
 # The agent's tarball from the control plane that served this script: the
 # one for this machine's arch in DOWNLOAD_INDEX, checked against its SHA-256,
@@ -354,12 +381,20 @@ if [ -n "$INSTALL_ID$ENROLL_TOKEN" ]; then
         [ -z "$DEVICE_NAME" ] || printf 'OUTPOST_DEVICE_NAME="%s"\n' "$DEVICE_NAME"
         echo "OUTPOST_CA_FINGERPRINT=$CA_FP"
         [ -z "$PUBLISHER_KEYS" ] || echo "OUTPOST_PUBLISHER_KEYS=$PUBLISHER_KEYS"
+        [ -z "$PROXY" ] || echo "HTTPS_PROXY=$PROXY"
+        [ -z "$NO_PROXY_LIST" ] || echo "NO_PROXY=$NO_PROXY_LIST"
     } | write_file "$ETC/agent.env" 0600
-elif [ -n "$PUBLISHER_KEYS" ]; then
-    # An enrolled box: its env file stays, with the new key list.
+elif [ -n "$PUBLISHER_KEYS$PROXY$NO_PROXY_LIST" ]; then
+    # An enrolled box: its env file stays, with the lines given replaced.
+    _drop='^$'
+    [ -z "$PUBLISHER_KEYS" ] || _drop="$_drop|^OUTPOST_PUBLISHER_KEYS="
+    [ -z "$PROXY" ] || _drop="$_drop|^HTTPS_PROXY="
+    [ -z "$NO_PROXY_LIST" ] || _drop="$_drop|^NO_PROXY="
     {
-        [ ! -f "$ETC/agent.env" ] || grep -v '^OUTPOST_PUBLISHER_KEYS=' "$ETC/agent.env" || true
-        echo "OUTPOST_PUBLISHER_KEYS=$PUBLISHER_KEYS"
+        [ ! -f "$ETC/agent.env" ] || grep -Ev "$_drop" "$ETC/agent.env" || true
+        [ -z "$PUBLISHER_KEYS" ] || echo "OUTPOST_PUBLISHER_KEYS=$PUBLISHER_KEYS"
+        [ -z "$PROXY" ] || echo "HTTPS_PROXY=$PROXY"
+        [ -z "$NO_PROXY_LIST" ] || echo "NO_PROXY=$NO_PROXY_LIST"
     } | write_file "$ETC/agent.env" 0600
 fi
 

@@ -170,13 +170,17 @@ pub async fn check(cfg: &AgentConfig) -> Findings {
         (Some(_), _) => crate::link::Trust::from_ca_file(&state.ca_path()).ok(),
         (None, t) => t.clone(),
     };
+    if let Some(server) = &server {
+        proxy_finding(&mut f, &cfg.proxy, server);
+    }
     match (server, trust) {
         (Some(server), Some(trust)) => {
             let clock = crate::clock::Clock::new(state.clock_floor());
             match crate::link::client_config_at(&trust, tls_identity, clock) {
                 Ok(tls) => match tokio::time::timeout(
-                    Duration::from_secs(15),
-                    crate::link::connect(&server, tls),
+                    // Past the proxy's own bound, which names it.
+                    Duration::from_secs(25),
+                    crate::link::connect_via(&server, &cfg.proxy, tls),
                 )
                 .await
                 {
@@ -185,8 +189,13 @@ pub async fn check(cfg: &AgentConfig) -> Findings {
                         ask_control_plane(&mut f, cfg, &state, identity.is_some(), &server, &trust)
                             .await;
                     }
+                    // The proxy's failure, named as such: the control
+                    // plane was not reached at all.
+                    Ok(Err(e @ crate::link::LinkError::Proxy { .. })) => {
+                        f.fail(format!("{e} (the control plane {server} was not reached)"))
+                    }
                     Ok(Err(e)) => f.fail(format!("control plane {server}: {e}")),
-                    Err(_) => f.fail(format!("control plane {server}: no answer within 15 s")),
+                    Err(_) => f.fail(format!("control plane {server}: no answer within 25 s")),
                 },
                 Err(e) => f.fail(format!("TLS setup: {e}")),
             }
@@ -209,6 +218,29 @@ pub async fn check(cfg: &AgentConfig) -> Findings {
     f
 }
 
+/// Which proxy, if any, the link to `server` goes through, and why.
+fn proxy_finding(
+    f: &mut Findings,
+    p: &crate::proxy::ProxySettings,
+    server: &crate::link::ServerUrl,
+) {
+    match (&p.proxy, p.for_target(&server.host, server.port)) {
+        (None, _) if p.source.is_empty() => f.ok("proxy: none configured; connecting directly"),
+        (None, _) => f.ok(format!(
+            "proxy: none ({} is empty); connecting directly",
+            p.source
+        )),
+        (Some(url), None) => f.ok(format!(
+            "proxy: {url} (from {}) bypassed for {server}: NO_PROXY {:?} names it",
+            p.source, p.no_proxy
+        )),
+        (Some(url), Some(_)) => f.ok(format!(
+            "proxy: {server} through {url} (from {}; HTTP CONNECT)",
+            p.source
+        )),
+    }
+}
+
 /// The control plane's word on this box's certificate and, when it matters
 /// (not enrolled, or the certificate is no longer taken), the configured
 /// install ID.
@@ -223,7 +255,7 @@ async fn ask_control_plane(
     let install_id = cfg.install_id.as_deref().unwrap_or("");
     let answer = match tokio::time::timeout(
         Duration::from_secs(15),
-        crate::enroll::check_enrollment(state, server, trust, install_id),
+        crate::enroll::check_enrollment(state, server, &cfg.proxy, trust, install_id),
     )
     .await
     {

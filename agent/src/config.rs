@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::link::{LinkError, ServerUrl, Trust};
+use crate::proxy::{ProxySettings, ProxyUrl};
 use crate::spool::Fsync;
 
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/outpost/agent.toml";
@@ -80,6 +81,11 @@ pub struct AgentArgs {
     /// Disk an artifact may take (payload plus unpacked copy), e.g. 2GiB [default: 2GiB].
     #[arg(long, env = "OUTPOST_ARTIFACT_DISK_BUDGET")]
     pub artifact_disk_budget: Option<String>,
+    /// Reach the control plane through this HTTP proxy (CONNECT),
+    /// http://[USER:PASS@]HOST:PORT; "" for none [default: https_proxy or
+    /// HTTPS_PROXY]. Hosts in no_proxy / NO_PROXY are reached directly.
+    #[arg(long)]
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +108,7 @@ struct FileConfig {
     publisher_keys: Option<Vec<String>>,
     artifacts_dir: Option<PathBuf>,
     artifact_disk_budget: Option<String>,
+    proxy: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +143,8 @@ pub struct AgentConfig {
     pub publisher_keys: Vec<outpost_common::artifact::PublicKey>,
     pub artifacts_dir: PathBuf,
     pub artifact_disk_budget: u64,
+    /// The HTTP CONNECT proxy for the link, and what bypasses it.
+    pub proxy: ProxySettings,
 }
 
 pub const DEFAULT_ARTIFACT_DISK_BUDGET: u64 = 2 << 30;
@@ -340,7 +349,18 @@ impl AgentConfig {
             .artifacts_dir
             .or(file.artifacts_dir)
             .unwrap_or_else(|| state_dir.join("artifacts"));
+        let file_source = match &args.config {
+            Some(p) => format!("proxy in {}", p.display()),
+            None => format!("proxy in {DEFAULT_CONFIG_FILE}"),
+        };
+        let proxy = resolve_proxy(
+            args.proxy,
+            ProxySettings::proxy_from_env(),
+            file.proxy.map(|p| (p, file_source)),
+            ProxySettings::no_proxy_from_env(),
+        )?;
         Ok(Self {
+            proxy,
             publisher_keys,
             artifacts_dir,
             artifact_disk_budget,
@@ -361,9 +381,80 @@ impl AgentConfig {
     }
 }
 
+/// The proxy setting: `--proxy` > `https_proxy`/`HTTPS_PROXY` > the file's
+/// `proxy`. An empty flag or file value means no proxy; an empty variable
+/// counts as unset.
+fn resolve_proxy(
+    flag: Option<String>,
+    env: Option<(String, &'static str)>,
+    file: Option<(String, String)>,
+    no_proxy: String,
+) -> Result<ProxySettings, ConfigError> {
+    let (raw, source) = match (flag, env, file) {
+        (Some(f), _, _) => (f, "--proxy".to_string()),
+        (None, Some((v, name)), _) => (v, format!("{name} (environment)")),
+        (None, None, Some((v, source))) => (v, source),
+        (None, None, None) => return Ok(ProxySettings::default()),
+    };
+    if raw.trim().is_empty() {
+        return Ok(ProxySettings {
+            proxy: None,
+            source,
+            no_proxy,
+        });
+    }
+    // The message must not echo the value: it may hold a password.
+    let proxy =
+        ProxyUrl::parse(&raw).map_err(|e| ConfigError::Invalid(format!("{source}: {e}")))?;
+    Ok(ProxySettings {
+        proxy: Some(proxy),
+        source,
+        no_proxy,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_proxy_comes_from_the_flag_the_environment_or_the_file() {
+        let env = || Some(("http://e:1".to_string(), "HTTPS_PROXY"));
+        let file = || Some(("http://f:1".to_string(), "proxy in a.toml".to_string()));
+        let host = |s: &ProxySettings| s.proxy.as_ref().map(|p| p.host.clone());
+        let s =
+            resolve_proxy(Some("http://u:pw@c:1".into()), env(), file(), String::new()).unwrap();
+        assert_eq!(
+            (host(&s).as_deref(), s.source.as_str()),
+            (Some("c"), "--proxy")
+        );
+        let s = resolve_proxy(None, env(), file(), "x.lan".into()).unwrap();
+        assert_eq!(host(&s).as_deref(), Some("e"));
+        assert_eq!(s.source, "HTTPS_PROXY (environment)");
+        assert_eq!(s.no_proxy, "x.lan");
+        let s = resolve_proxy(None, None, file(), String::new()).unwrap();
+        assert_eq!(
+            (host(&s).as_deref(), s.source.as_str()),
+            (Some("f"), "proxy in a.toml")
+        );
+        // "" on the command line: no proxy, whatever the environment says.
+        let s = resolve_proxy(Some(String::new()), env(), None, String::new()).unwrap();
+        assert_eq!((host(&s), s.source.as_str()), (None, "--proxy"));
+        assert_eq!(
+            resolve_proxy(None, None, None, String::new()).unwrap(),
+            ProxySettings::default()
+        );
+        // A bad value is named by where it came from, never echoed.
+        let e = resolve_proxy(
+            Some("socks5://u:hunter2@p:1".into()),
+            None,
+            None,
+            String::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("--proxy: ") && !e.contains("hunter2"), "{e}");
+    }
 
     #[test]
     fn file_values_apply_and_flags_win() {

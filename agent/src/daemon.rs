@@ -296,6 +296,9 @@ impl AgentHost {
                 "server, state dir, spool and artifact settings (publisher keys, artifacts dir, disk budget) change only with a restart"
             );
         }
+        if cfg.proxy != self.cfg.proxy {
+            tracing::info!(proxy = %proxy_text(&cfg.proxy), "proxy setting changed: used from the next connection");
+        }
         self.cfg = cfg;
         tracing::info!("configuration reloaded");
         crate::notify::reloaded();
@@ -373,9 +376,10 @@ impl Host for AgentHost {
             self.tls.clone(),
             self.collector.facts(),
         );
+        let proxy = self.cfg.proxy.clone();
         let installed = crate::artifact::worker::installed(&self.artifact_view);
         Box::pin(async move {
-            let channel = link::connect(&server, tls).await?;
+            let channel = link::connect_via(&server, &proxy, tls).await?;
             let window = OutboxLimits::telemetry().max_in_flight;
             crate::session::open(link::client(channel), facts, installed, true, window).await
         })
@@ -411,11 +415,12 @@ impl Host for AgentHost {
         client: Option<DeviceServiceClient<Channel>>,
     ) -> BoxFuture<'static, Result<(), String>> {
         let (state, server, tls) = (self.state.clone(), self.server.clone(), self.tls.clone());
+        let proxy = self.cfg.proxy.clone();
         Box::pin(async move {
             let mut client = match client {
                 Some(c) => c,
                 None => link::client(
-                    link::connect(&server, tls)
+                    link::connect_via(&server, &proxy, tls)
                         .await
                         .map_err(|e| e.to_string())?,
                 ),
@@ -532,6 +537,16 @@ fn journalctl() -> std::path::PathBuf {
         .unwrap_or_else(|| "journalctl".into())
 }
 
+/// The proxy setting for a log line: the URL with its password redacted
+/// and where it came from, or `none`.
+pub fn proxy_text(p: &crate::proxy::ProxySettings) -> String {
+    match &p.proxy {
+        Some(url) if p.no_proxy.is_empty() => format!("{url} (from {})", p.source),
+        Some(url) => format!("{url} (from {}; NO_PROXY {:?})", p.source, p.no_proxy),
+        None => "none".into(),
+    }
+}
+
 /// Resolves once `stop` flips to true (or its sender is gone).
 pub async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -573,7 +588,7 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
             crate::notify::status("enrolling");
             let Some(id) = enroll_with_retry(
                 &state,
-                server,
+                (server, &cfg.proxy),
                 grant,
                 trust,
                 &collector,
@@ -636,7 +651,7 @@ pub async fn run(cfg: AgentConfig, mut signals: Signals) -> Result<(), AgentErro
         acked_seq: 0,
         last_ack_unix_ms: None,
     };
-    tracing::info!(device = %identity.device_id, workspace = %identity.workspace, server = %server, "agent starting");
+    tracing::info!(device = %identity.device_id, workspace = %identity.workspace, server = %server, proxy = %proxy_text(&cfg.proxy), "agent starting");
     let mut core = Core::new(
         Rules::default(),
         spools,
@@ -739,7 +754,7 @@ async fn reenroll_if_void(
     };
     let asked = tokio::time::timeout(
         Duration::from_secs(15),
-        enroll::check_enrollment(state, &server, &trust, install_id),
+        enroll::check_enrollment(state, &server, &cfg.proxy, &trust, install_id),
     )
     .await;
     let void = match &asked {
@@ -751,7 +766,17 @@ async fn reenroll_if_void(
         return identity;
     }
     let facts = collector.facts();
-    match enroll::reenroll(state, Some(&server), install_id, Some(&trust), facts, true).await {
+    match enroll::reenroll(
+        state,
+        Some(&server),
+        &cfg.proxy,
+        install_id,
+        Some(&trust),
+        facts,
+        true,
+    )
+    .await
+    {
         Ok(id) => {
             tracing::info!(device = %id.device_id, "enrolled again with the configured install ID (the control plane no longer took the previous certificate)");
             id
@@ -765,7 +790,8 @@ async fn reenroll_if_void(
 
 async fn enroll_with_retry(
     state: &StateDir,
-    server: &ServerUrl,
+    // Where to: the control plane, and the proxy setting to reach it by.
+    (server, proxy): (&ServerUrl, &crate::proxy::ProxySettings),
     grant: enroll::Grant<'_>,
     trust: &Trust,
     collector: &Collector,
@@ -775,7 +801,7 @@ async fn enroll_with_retry(
     let mut backoff = Reconnect::new();
     loop {
         health.beat();
-        match enroll::enroll(state, server, grant, trust, collector.facts()).await {
+        match enroll::enroll(state, server, proxy, grant, trust, collector.facts()).await {
             Ok(id) => {
                 tracing::info!(device = %id.device_id, "enrolled");
                 return Ok(Some(id));

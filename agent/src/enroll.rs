@@ -9,6 +9,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use crate::link::{self, LinkError, ServerUrl, Trust};
+use crate::proxy::ProxySettings;
 use crate::state::{Identity, StateDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +101,7 @@ pub enum Grant<'a> {
 pub async fn enroll(
     state: &StateDir,
     server: &ServerUrl,
+    proxy: &ProxySettings,
     grant: Grant<'_>,
     trust: &Trust,
     facts: DeviceFacts,
@@ -111,7 +113,7 @@ pub async fn enroll(
         });
     }
     let key = state.load_or_create_key()?;
-    let issued = request_certificate(server, grant, trust, facts, &key, "").await?;
+    let issued = request_certificate(server, proxy, grant, trust, facts, &key, "").await?;
     let identity = Identity {
         device_id: issued.device_id,
         workspace: issued.workspace,
@@ -139,6 +141,7 @@ struct Issued {
 
 async fn request_certificate(
     server: &ServerUrl,
+    proxy: &ProxySettings,
     grant: Grant<'_>,
     trust: &Trust,
     facts: DeviceFacts,
@@ -157,7 +160,7 @@ async fn request_certificate(
         .map_err(|e| EnrollError::BadResponse(format!("cannot build CSR: {e}")))?;
 
     let tls = link::client_config(trust, None)?;
-    let channel = link::connect(server, tls).await?;
+    let channel = link::connect_via(server, proxy, tls).await?;
     let mut request = EnrollRequest {
         csr_der: csr.der().to_vec(),
         facts: Some(facts),
@@ -233,6 +236,7 @@ async fn request_certificate(
 pub async fn check_enrollment(
     state: &StateDir,
     server: &ServerUrl,
+    proxy: &ProxySettings,
     trust: &Trust,
     install_id: &str,
 ) -> Result<CheckEnrollmentResponse, EnrollError> {
@@ -242,7 +246,7 @@ pub async fn check_enrollment(
     };
     let clock = crate::clock::Clock::new(state.clock_floor());
     let tls = link::client_config_at(trust, identity, clock)?;
-    let channel = link::connect(server, tls).await?;
+    let channel = link::connect_via(server, proxy, tls).await?;
     Ok(link::client(channel)
         .check_enrollment(CheckEnrollmentRequest {
             install_id: install_id.trim().to_string(),
@@ -261,6 +265,7 @@ pub async fn check_enrollment(
 pub async fn reenroll(
     state: &StateDir,
     server: Option<&ServerUrl>,
+    proxy: &ProxySettings,
     install_id: &str,
     trust: Option<&Trust>,
     facts: DeviceFacts,
@@ -278,7 +283,7 @@ pub async fn reenroll(
         None => Trust::from_ca_file(&state.ca_path())?,
     };
     if !force {
-        match check_enrollment(state, &server, &trust, "").await {
+        match check_enrollment(state, &server, proxy, &trust, "").await {
             Ok(r) if r.certificate == "valid" => {
                 return Err(EnrollError::StillValid {
                     device_id: current.device_id,
@@ -293,6 +298,7 @@ pub async fn reenroll(
     let key = state.create_next_key()?;
     let issued = request_certificate(
         &server,
+        proxy,
         Grant::InstallId(install_id),
         &trust,
         facts,

@@ -7,7 +7,8 @@
 //!   [`daemon`]: the agent's host for it; [`session`]: opening a session
 //! - [`uplink`]: delivery state (seq, backlog, acks) over the disk spool
 //! - [`collect`]: sysinfo readings
-//! - [`link`]: server URL, TLS trust, gRPC channel
+//! - [`link`]: server URL, TLS trust, gRPC channel; [`proxy`]: the HTTP
+//!   CONNECT proxy it may go through
 //! - [`state`]: the state directory
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod link;
 pub mod logship;
 pub mod logsrc;
 pub mod notify;
+pub mod proxy;
 pub mod rotate;
 pub mod session;
 pub mod spool;

@@ -15,6 +15,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::proxy::{ProxyError, ProxySettings};
+
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("invalid server URL {url:?}: {reason}")]
@@ -23,6 +25,13 @@ pub enum LinkError {
     Trust(String),
     #[error("cannot connect to {server}: {detail}")]
     Connect { server: String, detail: String },
+    /// The proxy failed, not the control plane: `message` names the proxy
+    /// (password redacted); `status` is its answer to CONNECT, if any.
+    #[error("{message}")]
+    Proxy {
+        message: String,
+        status: Option<u16>,
+    },
     #[error("{}", rpc_text(.0))]
     Rpc(#[from] tonic::Status),
     #[error("{0}")]
@@ -320,11 +329,23 @@ impl ServerCertVerifier for PinnedCaVerifier {
     }
 }
 
-/// Opens a gRPC channel to `server` over TLS with `tls`.
+/// Opens a gRPC channel to `server` over TLS with `tls`, directly.
 pub async fn connect(server: &ServerUrl, tls: Arc<ClientConfig>) -> Result<Channel, LinkError> {
+    connect_via(server, &ProxySettings::default(), tls).await
+}
+
+/// Opens a gRPC channel to `server` over TLS with `tls`, through the proxy
+/// `proxy` names for it (an HTTP CONNECT tunnel; TLS is end to end inside
+/// it), or directly.
+pub async fn connect_via(
+    server: &ServerUrl,
+    proxy: &ProxySettings,
+    tls: Arc<ClientConfig>,
+) -> Result<Channel, LinkError> {
     let server_name = server.server_name()?;
     let host = server.host.clone();
     let port = server.port;
+    let via = proxy.for_target(&host, port).cloned();
     // The scheme here only labels HTTP/2 requests; TLS is done by our
     // connector below, with our verifier.
     let endpoint = Endpoint::from_shared(format!("http://{}", authority(&host, port)))
@@ -332,7 +353,12 @@ pub async fn connect(server: &ServerUrl, tls: Arc<ClientConfig>) -> Result<Chann
             url: server.to_string(),
             reason: e.to_string(),
         })?
-        .connect_timeout(Duration::from_secs(10))
+        // Through a proxy: its own bound (reaching it and its answer to
+        // CONNECT) comes first, then the TLS handshake's.
+        .connect_timeout(match via {
+            Some(_) => crate::proxy::HANDSHAKE_TIMEOUT + Duration::from_secs(10),
+            None => Duration::from_secs(10),
+        })
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
@@ -341,9 +367,18 @@ pub async fn connect(server: &ServerUrl, tls: Arc<ClientConfig>) -> Result<Chann
         let tls = tls.clone();
         let host = host.clone();
         let server_name = server_name.clone();
+        let via = via.clone();
         async move {
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
+            let tcp = match &via {
+                Some(p) => crate::proxy::tunnel(p, &host, port, crate::proxy::HANDSHAKE_TIMEOUT)
+                    .await
+                    .map_err(std::io::Error::other)?,
+                None => {
+                    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                    tcp.set_nodelay(true)?;
+                    tcp
+                }
+            };
             let stream = tokio_rustls::TlsConnector::from(tls)
                 .connect(server_name, tcp)
                 .await?;
@@ -353,10 +388,36 @@ pub async fn connect(server: &ServerUrl, tls: Arc<ClientConfig>) -> Result<Chann
     endpoint
         .connect_with_connector(connector)
         .await
-        .map_err(|e| LinkError::Connect {
-            server: server.to_string(),
-            detail: describe_transport_error(&e),
+        .map_err(|e| match find_proxy_error(&e) {
+            Some(p) => LinkError::Proxy {
+                message: p.to_string(),
+                status: p.status(),
+            },
+            None => LinkError::Connect {
+                server: server.to_string(),
+                detail: describe_transport_error(&e),
+            },
         })
+}
+
+/// The proxy's failure among an error's sources (inside an `io::Error`,
+/// which `source()` steps over).
+fn find_proxy_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ProxyError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(p) = err.downcast_ref::<ProxyError>() {
+            return Some(p);
+        }
+        if let Some(p) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<ProxyError>())
+        {
+            return Some(p);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 fn authority(host: &str, port: u16) -> String {

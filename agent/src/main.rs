@@ -152,7 +152,7 @@ async fn enroll_once(cfg: &AgentConfig, force: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match enroll::enroll(&state, server, grant, trust, facts).await {
+    match enroll::enroll(&state, server, &cfg.proxy, grant, trust, facts).await {
         Ok(id) => {
             println!(
                 "enrolled as device {} in workspace {}; state in {}",
@@ -196,6 +196,7 @@ async fn reenroll_once(cfg: &AgentConfig, state: &StateDir, force: bool) -> Exit
     match enroll::reenroll(
         state,
         cfg.server.as_ref(),
+        &cfg.proxy,
         install_id,
         cfg.trust.as_ref(),
         facts,

@@ -27,6 +27,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -585,9 +586,11 @@ impl Spool {
     fn roll(&mut self) -> Result<(), SpoolError> {
         self.sync_if_due(true)?;
         let path = self.dir.join(format!("{:020}.seg", self.next_seq));
+        // 0600 whatever the umask: segments hold the box's telemetry and logs.
         let f = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io(&path))?;
         if self.opts.fsync == Fsync::Always

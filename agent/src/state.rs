@@ -156,14 +156,14 @@ impl StateDir {
         ca_pem: &str,
         api_key: &str,
     ) -> Result<(), StateError> {
-        write_atomic(&self.ca_path(), ca_pem.as_bytes(), 0o644)?;
-        write_atomic(&self.cert_path(), chain_pem.as_bytes(), 0o644)?;
+        write_atomic(&self.ca_path(), ca_pem.as_bytes(), 0o600)?;
+        write_atomic(&self.cert_path(), chain_pem.as_bytes(), 0o600)?;
         write_atomic(&self.api_key_path(), api_key.as_bytes(), 0o600)?;
         let json = serde_json::to_vec_pretty(identity).map_err(|e| StateError::Invalid {
             path: self.identity_path(),
             message: e.to_string(),
         })?;
-        write_atomic(&self.identity_path(), &json, 0o644)
+        write_atomic(&self.identity_path(), &json, 0o600)
     }
 
     fn next_key_path(&self) -> PathBuf {
@@ -191,7 +191,7 @@ impl StateDir {
     /// to the old one, then key and certificate are renamed into place.
     /// [`StateDir::recover_rotation`] completes this after a crash.
     pub fn commit_rotation(&self, chain_pem: &str, api_key: &str) -> Result<(), StateError> {
-        write_atomic(&self.next_cert_path(), chain_pem.as_bytes(), 0o644)?;
+        write_atomic(&self.next_cert_path(), chain_pem.as_bytes(), 0o600)?;
         failpoint::hit(failpoint::ROTATE_CERT_WRITTEN);
         rename(&self.next_key_path(), &self.key_path())?;
         failpoint::hit(failpoint::ROTATE_KEY_SWAPPED);
@@ -256,7 +256,7 @@ impl StateDir {
     }
 
     pub fn save_clock_floor(&self, ms: i64) -> Result<(), StateError> {
-        write_atomic(&self.floor_path(), ms.to_string().as_bytes(), 0o644)
+        write_atomic(&self.floor_path(), ms.to_string().as_bytes(), 0o600)
     }
 
     /// Removes every credential (key, certificates, API key, identity): the
@@ -294,7 +294,7 @@ impl StateDir {
     }
 
     pub fn save_next_seq(&self, next: u64) -> Result<(), StateError> {
-        write_atomic(&self.seq_path(), next.to_string().as_bytes(), 0o644)
+        write_atomic(&self.seq_path(), next.to_string().as_bytes(), 0o600)
     }
 
     /// Status is informational and rewritten often: replaced atomically but
@@ -304,7 +304,7 @@ impl StateDir {
             path: self.status_path(),
             message: e.to_string(),
         })?;
-        replace_file(&self.status_path(), &json, 0o644, false)
+        replace_file(&self.status_path(), &json, 0o600, false)
     }
 
     pub fn status(&self) -> Option<RuntimeStatus> {

@@ -381,6 +381,72 @@ fn install_passes_an_enrollment_token_through() {
     assert!(text(&out).contains("oet_"), "{}", text(&out));
 }
 
+/// `--proxy` and `--no-proxy` reach the service as HTTPS_PROXY and NO_PROXY
+/// in the 0600 env file; a bad proxy URL is refused without being echoed;
+/// on an enrolled box (no install ID) they replace just their lines.
+#[test]
+fn install_passes_a_proxy_through_the_env_file() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    let mut args = base_args(r);
+    args.extend(
+        [
+            "--install-id",
+            ID,
+            "--proxy",
+            "http://edge:pw%40x@proxy.lan:3128",
+            "--no-proxy",
+            "localhost,.lan,10.0.0.0/8",
+        ]
+        .map(String::from),
+    );
+    let out = install_owned(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let env_file = root.path().join("etc/outpost/agent.env");
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(
+        env.contains("HTTPS_PROXY=http://edge:pw%40x@proxy.lan:3128\n")
+            && env.contains("NO_PROXY=localhost,.lan,10.0.0.0/8\n"),
+        "{env}"
+    );
+    assert_eq!(mode(&env_file), 0o600, "the proxy's password is a secret");
+    assert!(!text(&out).contains("pw%40x"), "{}", text(&out));
+
+    // An enrolled box: a new proxy replaces the line, the rest stays.
+    let state = root.path().join("var/lib/outpost-agent");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("identity.json"), "{}").unwrap();
+    let mut again = base_args(r);
+    again.extend(["--proxy", "http://other:3128"].map(String::from));
+    let out = install_owned(&again);
+    assert!(out.status.success(), "{}", text(&out));
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(env.contains("HTTPS_PROXY=http://other:3128\n"), "{env}");
+    assert_eq!(env.matches("HTTPS_PROXY=").count(), 1, "{env}");
+    assert!(env.contains(&format!("OUTPOST_INSTALL_ID={ID}")), "{env}");
+    assert!(env.contains("NO_PROXY=localhost,.lan,10.0.0.0/8"), "{env}");
+
+    for (flag, bad) in [
+        ("--proxy", "http://edge:pw\"x@proxy.lan:3128"),
+        ("--proxy", "http://proxy.lan:3128/path"),
+        ("--proxy", "http://edge:secret word@proxy:1"),
+        ("--no-proxy", "a b"),
+    ] {
+        let mut a = base_args(r);
+        a.extend([flag, bad].map(String::from));
+        let out = install_owned(&a);
+        assert!(!out.status.success(), "{bad}");
+        assert!(text(&out).contains(flag), "{}", text(&out));
+        if flag == "--proxy" {
+            assert!(
+                !text(&out).contains("pw") && !text(&out).contains("secret"),
+                "{}",
+                text(&out)
+            );
+        }
+    }
+}
+
 /// The base arguments of a `--root` install with the built agent.
 fn base_args(root: &str) -> Vec<String> {
     [

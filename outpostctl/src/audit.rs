@@ -75,20 +75,10 @@ pub async fn export(api: &Api, args: AuditExportArgs) -> Result<()> {
     }
 }
 
-/// Compact JSON with every control character escaped. serde_json escapes
-/// U+0000–U+001F; DEL and U+0080–U+009F (C1, e.g. CSI) it leaves raw. They
-/// can only occur inside strings, where `\uXXXX` means the same.
+/// Compact JSON with every control character escaped (`\uXXXX`: the value
+/// parses back exactly; see `show::json_text`).
 pub fn json_line(v: &Value) -> String {
-    let text = v.to_string();
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if ('\u{7f}'..='\u{9f}').contains(&c) {
-            out.push_str(&format!("\\u{:04x}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::show::json_text(&v.to_string())
 }
 
 /// One CSV record of an entry, in [`CSV_COLUMNS`] order.

@@ -40,7 +40,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) | Err(Error::OutputClosed) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("outpostctl: {e}");
+            // The server's messages may quote what a device sent.
+            eprintln!("outpostctl: {}", show::safe(&e.to_string()));
             e.exit_code()
         }
     }

@@ -219,7 +219,7 @@ mod tests {
         let lines = devices(&r).lines();
         assert_eq!(lines.len(), 4);
         assert!(
-            lines[1].contains("cam\\u{1b}[31m") && lines[1].contains("exit\\n1"),
+            lines[1].contains("cam\\x1b[31m") && lines[1].contains("exit\\n1"),
             "{}",
             lines[1]
         );
@@ -240,7 +240,7 @@ mod tests {
         let lines = list_table(std::slice::from_ref(&listed)).lines();
         assert!(
             lines[1].contains("1/1")
-                && lines[1].contains("2 pending, 1 rolled_back\\u{1b}[2J, 3 succeeded"),
+                && lines[1].contains("2 pending, 1 rolled_back\\x1b[2J, 3 succeeded"),
             "{}",
             lines[1]
         );

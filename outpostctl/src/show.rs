@@ -17,14 +17,16 @@ pub fn line(text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Pretty JSON on standard output.
+/// Pretty JSON on standard output (exact: see [`json_text`]).
 pub fn json(v: &Value) -> Result<()> {
-    line(&serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()))
+    line(&json_text(
+        &serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()),
+    ))
 }
 
 /// Compact JSON, one value a line (streams and follows).
 pub fn json_line(v: &Value) -> Result<()> {
-    line(&v.to_string())
+    line(&json_text(&v.to_string()))
 }
 
 /// A text field, or `-` when absent, null or empty. Control characters
@@ -39,21 +41,65 @@ pub fn text(v: &Value) -> String {
     }
 }
 
-/// `s` with its control characters but tab escaped (`\u{1b}`, `\n`).
+/// `s` as it may reach a terminal: every character that could move the
+/// cursor, start an escape sequence, cut the line or reorder the text is
+/// shown escaped — C0 (ESC, NUL, CR, BS, tab, newline, …), DEL, C1
+/// (U+0080–U+009F, e.g. the one-byte CSI), the bidirectional controls
+/// (U+061C, U+200E/F, U+202A–U+202E, U+2066–U+2069) and the line and
+/// paragraph separators (U+2028/9). `\n`, `\r`, `\t` for those three,
+/// `\x1b` for the rest below U+0100, `\u{202e}` above: one record stays one
+/// line, and nothing a device sends is obeyed by the operator's terminal.
+/// Every device-originated string outpostctl prints for humans goes
+/// through this (JSON output does not: it stays exact).
 pub fn safe(s: &str) -> String {
-    let unsafe_char = |c: char| c.is_control() && c != '\t';
-    if !s.chars().any(unsafe_char) {
+    if !s.chars().any(needs_escape) {
         return s.to_string();
     }
-    s.chars()
-        .map(|c| {
-            if unsafe_char(c) {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) && (c as u32) < 0x100 => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
             }
-        })
-        .collect()
+            c if needs_escape(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether [`safe`] escapes `c`.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
+}
+
+/// JSON text with what a terminal would obey escaped as `\uXXXX`: DEL, C1
+/// and the bidirectional controls (serde_json already escapes C0). They can
+/// only occur inside strings, where the escape means the same character:
+/// the value parses back exactly.
+pub fn json_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if (needs_escape(c) && !c.is_ascii_control()) || c == '\u{7f}' {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -62,10 +108,32 @@ mod safe_tests {
 
     #[test]
     fn control_characters_are_escaped() {
-        assert_eq!(text(&Value::from("cam\u{1b}[2J1")), "cam\\u{1b}[2J1");
+        assert_eq!(text(&Value::from("cam\u{1b}[2J1")), "cam\\x1b[2J1");
         assert_eq!(text(&Value::from("a\nb")), "a\\nb");
         assert_eq!(text(&Value::from("Kamera 7 ü")), "Kamera 7 ü");
-        assert_eq!(safe("key\tvalue"), "key\tvalue");
+        assert_eq!(
+            safe("nul\0 bs\x08 cr\r tab\t del\x7f csi\u{9b} osc\u{1b}]0;t\u{7}"),
+            "nul\\x00 bs\\x08 cr\\r tab\\t del\\x7f csi\\x9b osc\\x1b]0;t\\x07"
+        );
+        assert_eq!(
+            safe("evil\u{202e}gpj.exe \u{2066}x\u{2069} \u{200f}\u{2028}"),
+            "evil\\u{202e}gpj.exe \\u{2066}x\\u{2069} \\u{200f}\\u{2028}"
+        );
+        // Printable text outside ASCII is kept, as are backslashes.
+        assert_eq!(safe("温度 ≥ 80 °C, C:\\temp"), "温度 ≥ 80 °C, C:\\temp");
+        // Idempotent: what it prints has nothing left to escape.
+        let once = safe("a\u{1b}b\u{9b}\u{202e}");
+        assert_eq!(safe(&once), once);
+        assert!(!once.chars().any(needs_escape));
+    }
+
+    #[test]
+    fn json_text_escapes_what_serde_json_leaves_and_parses_back_exactly() {
+        let v = Value::from("a\u{1b}b\u{9b}c\u{7f}d\u{202e}e ü");
+        let text = json_text(&v.to_string());
+        assert_eq!(text, r#""a\u001bb\u009bc\u007fd\u202ee ü""#);
+        assert!(!text.chars().any(needs_escape));
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
     }
 }
 
@@ -91,7 +159,7 @@ impl Table {
         for row in &self.rows {
             for (i, cell) in row.iter().enumerate() {
                 if let Some(x) = w.get_mut(i) {
-                    *x = (*x).max(cell.chars().count());
+                    *x = (*x).max(safe(cell).chars().count());
                 }
             }
         }
@@ -112,6 +180,7 @@ impl Table {
     }
 
     fn render_row(&self, widths: &[usize], cells: &[String]) -> String {
+        let cells: Vec<String> = cells.iter().map(|c| safe(c)).collect();
         let mut out = String::new();
         for (i, w) in widths.iter().enumerate() {
             let cell = cells.get(i).map(String::as_str).unwrap_or("");
@@ -149,11 +218,11 @@ impl Table {
     }
 }
 
-/// Key/value lines, keys padded to the longest.
+/// Key/value lines, keys padded to the longest; values through [`safe`].
 pub fn pairs(pairs: &[(&str, String)]) -> Result<()> {
     let w = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     for (k, v) in pairs {
-        line(&format!("{:<w$} {v}", format!("{k}:")))?;
+        line(&format!("{:<w$} {}", format!("{k}:"), safe(v)))?;
     }
     Ok(())
 }

@@ -66,7 +66,7 @@ pub async fn run(api: &Api, args: TelemetryArgs, format: Format) -> Result<()> {
                 }
                 match outcome {
                     Outcome::End(reason) => {
-                        eprintln!("outpostctl: stream ended: {reason}");
+                        eprintln!("outpostctl: stream ended: {}", show::safe(&reason));
                         return Ok(());
                     }
                     Outcome::Dropped(why) => (why, None),
@@ -75,7 +75,8 @@ pub async fn run(api: &Api, args: TelemetryArgs, format: Format) -> Result<()> {
         };
         let delay = retry_after.unwrap_or_else(|| backoff.next());
         eprintln!(
-            "outpostctl: {why}; reconnecting in {:.1}s",
+            "outpostctl: {}; reconnecting in {:.1}s",
+            show::safe(&why),
             delay.as_secs_f64()
         );
         tokio::time::sleep(delay).await;

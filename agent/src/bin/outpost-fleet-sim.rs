@@ -218,6 +218,7 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
             outpost_agent::enroll::enroll(
                 &state,
                 &server,
+                &Default::default(),
                 outpost_agent::enroll::Grant::InstallId(&install),
                 &trust,
                 facts,

@@ -1373,3 +1373,85 @@ async fn rollouts_in_headless_chromium() {
     assert!(errors.is_empty(), "console errors: {errors:?}");
     b.quit().await;
 }
+
+/// Issue 21, defect 4: what a device says is data on the page too. Markup
+/// and terminal controls in its hello and logs show as the exact text, and
+/// nothing of it runs or becomes an element.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_devices_hostile_strings_are_text_in_headless_chromium() {
+    let Some((chromium, chromedriver)) = browser_tools() else {
+        assert!(
+            std::env::var_os("OUTPOST_CI").is_none(),
+            "OUTPOST_CI is set but chromium/chromedriver are not installed"
+        );
+        eprintln!("skipped: chromium/chromedriver not installed");
+        return;
+    };
+    let cp = ControlPlane::in_process().await;
+    cp.create_workspace(WORKSPACE, &[]);
+    let key = cp.api_key(WORKSPACE, &[]);
+    let (device, install) = create(&cp, &key, "plain-name", "edge").await;
+    let strings = &HostileStrings::PAGE;
+    let _box = hostile_box(&cp, &install, strings).await;
+
+    let driver = ChromeDriver::start(&chromedriver).await;
+    let b = Browser::open(&driver, &chromium).await;
+    b.goto(&format!("{}/", cp.rest)).await;
+    b.wait_js(
+        "the sign-in form",
+        "return document.querySelector('#signin') !== null",
+        json!([]),
+    )
+    .await;
+    b.type_into("#workspace", WORKSPACE).await;
+    b.type_into("#api-key", &key).await;
+    b.click("#signin button[type=submit]").await;
+    b.wait_js(
+        "the fleet",
+        "return document.querySelector('tr[data-device-id]') !== null",
+        json!([]),
+    )
+    .await;
+    b.goto(&format!("{}/#/devices/{device}", cp.rest)).await;
+    let shown = b
+        .wait_js(
+            "the device's facts and its log line",
+            "const fact = k => { const f = [...document.querySelectorAll('.fact')]
+                 .find(f => f.querySelector('dt').textContent === k);
+               return f && f.querySelector('dd').textContent; };
+             const msg = document.querySelector('table.logs td.msg');
+             const svc = document.querySelector(\"table.logs td[data-label='Service']\");
+             if (!fact('Hostname') || !msg) return null;
+             return { hostname: fact('Hostname'), platform: fact('Platform'),
+                      agent: fact('Agent'), message: msg.textContent,
+                      service: svc && svc.textContent };",
+            json!([]),
+        )
+        .await;
+    assert_eq!(shown["hostname"], strings.hostname, "{shown}");
+    assert_eq!(
+        shown["platform"],
+        format!("{} {}", strings.os, strings.os_version),
+        "{shown}"
+    );
+    assert_eq!(shown["agent"], strings.agent_version, "{shown}");
+    assert_eq!(shown["service"], strings.service, "{shown}");
+    assert_eq!(shown["message"], strings.message, "{shown}");
+    // Nothing ran, nothing became an element.
+    let ran = b
+        .js(
+            "return { pwned: window.__pwned === undefined ? null : window.__pwned,
+                      injected: document.querySelectorAll('img[src=x], svg[onload], main script, b').length };",
+            json!([]),
+        )
+        .await;
+    assert_eq!(ran, json!({"pwned": null, "injected": 0}));
+    let errors: Vec<String> = b
+        .console()
+        .await
+        .into_iter()
+        .filter(|l| l.starts_with("SEVERE"))
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    b.quit().await;
+}

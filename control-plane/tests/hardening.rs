@@ -9,9 +9,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
-use futures_util::StreamExt;
-use outpost_agent::{enroll, link, session};
-use outpost_proto::v1::{DeviceFacts, LogBatch, LogRecord};
 use serde_json::Value;
 
 /// The agent binary started by `sh` under umask 000.
@@ -130,15 +127,11 @@ fn signal_term(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
-/// What a hostile box sends: escape sequences (clear screen, set the
-/// window title, colours), NUL, a one-byte C1 CSI, a bidi override and
-/// line breaks.
-const HOSTNAME: &str = "cam\u{1b}[2J\u{1b}]0;owned\u{7}-1";
-const OS: &str = "Linux\u{202e}exe.txt";
-const OS_VERSION: &str = "12\u{9b}31m";
-const AGENT_VERSION: &str = "0.1\u{1b}[31m";
-const SERVICE: &str = "svc\u{1b}[8m";
-const MESSAGE: &str = "boom\u{1b}[2J\u{0}nul\rcr\u{8}bs\nsecond line\u{202e}";
+const HOSTILE: &HostileStrings = &HostileStrings::TERMINAL;
+const HOSTNAME: &str = HOSTILE.hostname;
+const OS: &str = HOSTILE.os;
+const AGENT_VERSION: &str = HOSTILE.agent_version;
+const MESSAGE: &str = HOSTILE.message;
 
 /// Characters no human output of outpostctl may carry.
 fn raw_controls(s: &str) -> Vec<char> {
@@ -173,60 +166,9 @@ async fn outpostctl_shows_a_devices_hostile_strings_escaped_and_its_json_exact()
     cp.create_workspace("acme", &[]);
     let key = cp.api_key("acme", &[]);
     let (device, install) = cp.create_device("acme", &key, "plain-name").await;
-    // A box of this test's own: enrolls and says hello with these facts,
-    // then ships one log line.
-    let facts = DeviceFacts {
-        hostname: HOSTNAME.into(),
-        os_name: OS.into(),
-        os_version: OS_VERSION.into(),
-        kernel_version: "6.1".into(),
-        architecture: "x86_64".into(),
-        agent_version: AGENT_VERSION.into(),
-        ..Default::default()
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let state = outpost_agent::state::StateDir::open(tmp.path()).unwrap();
-    let server = link::ServerUrl::parse(&cp.grpc_url()).unwrap();
-    let trust = link::Trust::from_ca_file(&cp.ca_path()).unwrap();
-    enroll::enroll(
-        &state,
-        &server,
-        &Default::default(),
-        enroll::Grant::InstallId(&install),
-        &trust,
-        facts.clone(),
-    )
-    .await
-    .unwrap();
-    let tls =
-        link::client_config(&trust, Some(enroll::load_client_identity(&state).unwrap())).unwrap();
-    let channel = link::connect(&server, tls).await.unwrap();
-    let mut open = session::open(link::client(channel), facts, Vec::new(), true, 4)
-        .await
-        .unwrap();
-    open.send_logs(LogBatch {
-        records: vec![LogRecord {
-            seq: 1,
-            timestamp_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as i64,
-            service: SERVICE.into(),
-            severity: "error".into(),
-            message: MESSAGE.into(),
-        }],
-    })
-    .unwrap();
-    let acked = tokio::time::timeout(TIMEOUT, async {
-        while let Some(m) = open.inbound.next().await {
-            if let session::Inbound::LogAck(1) = m {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(acked, Ok(true), "the log line was stored");
+    // A box of this test's own: enrolls, says hello with hostile facts and
+    // ships one hostile log line.
+    let _open = hostile_box(&cp, &install, HOSTILE).await;
 
     // Tables and log lines: escaped, nothing raw.
     let list = ctl(&cp, &key, &["devices", "list"]);
@@ -259,5 +201,5 @@ async fn outpostctl_shows_a_devices_hostile_strings_escaped_and_its_json_exact()
     assert!(raw_controls(&json_text).is_empty(), "{json_text:?}");
     let logs: Value = serde_json::from_str(&json_text).unwrap();
     assert_eq!(logs["data"][0]["message"], MESSAGE);
-    assert_eq!(logs["data"][0]["service"], SERVICE);
+    assert_eq!(logs["data"][0]["service"], HOSTILE.service);
 }

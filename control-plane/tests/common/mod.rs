@@ -722,3 +722,102 @@ pub async fn publish_signed(
         .unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
 }
+
+/// What a hostile box sends in its hello and one log line.
+pub struct HostileStrings {
+    pub hostname: &'static str,
+    pub os: &'static str,
+    pub os_version: &'static str,
+    pub agent_version: &'static str,
+    pub service: &'static str,
+    pub message: &'static str,
+}
+
+impl HostileStrings {
+    /// For terminals: escape sequences (clear screen, set the window title,
+    /// colours), NUL, a one-byte C1 CSI, a bidi override and line breaks.
+    pub const TERMINAL: Self = Self {
+        hostname: "cam\u{1b}[2J\u{1b}]0;owned\u{7}-1",
+        os: "Linux\u{202e}exe.txt",
+        os_version: "12\u{9b}31m",
+        agent_version: "0.1\u{1b}[31m",
+        service: "svc\u{1b}[8m",
+        message: "boom\u{1b}[2J\u{0}nul\rcr\u{8}bs\nsecond line\u{202e}",
+    };
+    /// For pages: markup that runs script if anything inserts it as HTML,
+    /// with the terminal controls too.
+    pub const PAGE: Self = Self {
+        hostname: "cam<img src=x onerror=\"window.__pwned='hostname'\">\u{1b}[2J\u{202e}-1",
+        os: "Linux</dd><script>window.__pwned='os'</script>",
+        os_version: "12\u{9b}31m&amp;",
+        agent_version: "0.1<svg onload=\"window.__pwned='agent'\">",
+        service: "svc<b>bold</b>",
+        message: "boom<img src=x onerror=\"window.__pwned='log'\">\u{0}\nsecond line",
+    };
+}
+
+/// A box of the test's own: enrolls with `install`, says hello with
+/// `strings` as its facts and ships one log line of them (error); returns
+/// once the line is acked, with the session still open.
+pub async fn hostile_box(
+    cp: &ControlPlane,
+    install: &str,
+    strings: &HostileStrings,
+) -> outpost_agent::session::OpenLink {
+    use futures_util::StreamExt;
+    use outpost_agent::{enroll, link, session};
+    use outpost_proto::v1::{DeviceFacts, LogBatch, LogRecord};
+    let facts = DeviceFacts {
+        hostname: strings.hostname.into(),
+        os_name: strings.os.into(),
+        os_version: strings.os_version.into(),
+        kernel_version: "6.1".into(),
+        architecture: "x86_64".into(),
+        agent_version: strings.agent_version.into(),
+        ..Default::default()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let state = outpost_agent::state::StateDir::open(tmp.path()).unwrap();
+    let server = link::ServerUrl::parse(&cp.grpc_url()).unwrap();
+    let trust = link::Trust::from_ca_file(&cp.ca_path()).unwrap();
+    enroll::enroll(
+        &state,
+        &server,
+        &Default::default(),
+        enroll::Grant::InstallId(install),
+        &trust,
+        facts.clone(),
+    )
+    .await
+    .unwrap();
+    let tls =
+        link::client_config(&trust, Some(enroll::load_client_identity(&state).unwrap())).unwrap();
+    let channel = link::connect(&server, tls).await.unwrap();
+    let mut open = session::open(link::client(channel), facts, Vec::new(), true, 4)
+        .await
+        .unwrap();
+    open.send_logs(LogBatch {
+        records: vec![LogRecord {
+            seq: 1,
+            timestamp_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
+            service: strings.service.into(),
+            severity: "error".into(),
+            message: strings.message.into(),
+        }],
+    })
+    .unwrap();
+    let acked = tokio::time::timeout(TIMEOUT, async {
+        while let Some(m) = open.inbound.next().await {
+            if let session::Inbound::LogAck(1) = m {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(acked, Ok(true), "the log line was stored");
+    open
+}

@@ -86,6 +86,41 @@ pub struct AgentArgs {
     /// HTTPS_PROXY]. Hosts in no_proxy / NO_PROXY are reached directly.
     #[arg(long)]
     pub proxy: Option<String>,
+    /// The offline provisioning payload of this box, as scanned from the QR
+    /// code the control plane printed for it (docs/provisioning.md): sets
+    /// the server, install ID and CA fingerprint. `@FILE` reads it from a
+    /// file, `-` from standard input.
+    #[arg(
+        long,
+        env = "OUTPOST_OFFLINE_PAYLOAD",
+        conflicts_with_all = ["server", "install_id", "enroll_token", "ca_file", "ca_fingerprint"]
+    )]
+    pub offline_payload: Option<String>,
+}
+
+/// The text of `--offline-payload`: itself, `@FILE`'s contents, or stdin's
+/// for `-` (bounded: a QR code holds less than 3 KB).
+fn read_offline_payload(arg: &str) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let limit = outpost_common::offline::MAX_LEN as u64 + 1;
+    let mut text = String::new();
+    let read = match arg {
+        "-" => std::io::stdin()
+            .take(limit)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("offline payload from standard input: {e}")),
+        _ => match arg.strip_prefix('@') {
+            Some(path) => std::fs::File::open(path)
+                .and_then(|f| f.take(limit).read_to_string(&mut text))
+                .map_err(|e| format!("offline payload file {path}: {e}")),
+            None => {
+                text = arg.to_string();
+                Ok(0)
+            }
+        },
+    };
+    read.map_err(ConfigError::Invalid)?;
+    Ok(text)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,7 +241,16 @@ impl AgentConfig {
 }
 
 impl AgentConfig {
-    pub fn resolve(args: AgentArgs) -> Result<Self, ConfigError> {
+    pub fn resolve(mut args: AgentArgs) -> Result<Self, ConfigError> {
+        // The scanned payload stands for the three flags it replaces.
+        let from_payload = args.offline_payload.is_some();
+        if let Some(arg) = args.offline_payload.take() {
+            let p = outpost_common::offline::OfflinePayload::parse(&read_offline_payload(&arg)?)
+                .map_err(ConfigError::Invalid)?;
+            args.server = Some(p.server);
+            args.install_id = Some(p.install_id);
+            args.ca_fingerprint = Some(p.ca_fingerprint);
+        }
         let file = match &args.config {
             Some(p) => outpost_common::read_toml::<FileConfig>(p)?,
             None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
@@ -240,7 +284,11 @@ impl AgentConfig {
         };
         let (ca_file, ca_fp, fp_source) = if args.ca_file.is_some() || args.ca_fingerprint.is_some()
         {
-            let source = flag_or_env("--ca-fingerprint", "OUTPOST_CA_FINGERPRINT");
+            let source = if from_payload {
+                "the offline payload's caFingerprint".to_string()
+            } else {
+                flag_or_env("--ca-fingerprint", "OUTPOST_CA_FINGERPRINT")
+            };
             (args.ca_file, args.ca_fingerprint, source)
         } else {
             (file.ca_file, file.ca_fingerprint, config_source)
@@ -478,6 +526,48 @@ mod tests {
         assert_eq!(cfg.interval, Duration::from_secs(2));
         assert_eq!(cfg.state_dir, PathBuf::from("/srv/a"));
         assert!(matches!(cfg.trust, Some(Trust::Fingerprint { .. })));
+    }
+
+    #[test]
+    fn an_offline_payload_stands_for_server_install_id_and_fingerprint() {
+        let fp = format!("sha256:{}", "ab".repeat(32));
+        let payload = outpost_common::offline::OfflinePayload {
+            v: outpost_common::offline::VERSION,
+            server: "https://cp.example.com:8443".into(),
+            workspace: "acme".into(),
+            device_id: "k3abc".into(),
+            install_id: "inst_abc".into(),
+            ca_fingerprint: fp.clone(),
+        }
+        .to_json();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("scanned.txt");
+        std::fs::write(&file, format!("{payload}\n")).unwrap();
+        for arg in [payload.clone(), format!("@{}", file.display())] {
+            let cfg = AgentConfig::resolve(AgentArgs {
+                offline_payload: Some(arg),
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(cfg.server.unwrap().port, 8443);
+            assert_eq!(cfg.install_id.as_deref(), Some("inst_abc"));
+            assert!(matches!(cfg.trust, Some(Trust::Fingerprint { .. })));
+        }
+        let newer = payload.replace("\"v\":1", "\"v\":2");
+        let err = AgentConfig::resolve(AgentArgs {
+            offline_payload: Some(newer),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("version 2"), "{err}");
+        let err = AgentConfig::resolve(AgentArgs {
+            offline_payload: Some("@/nonexistent/scan".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/nonexistent/scan"), "{err}");
     }
 
     #[test]

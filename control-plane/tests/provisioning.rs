@@ -596,3 +596,70 @@ async fn labels_are_set_patched_filtered_and_exported() {
     assert!(lb.contains("label_zone=\"eu-1\""), "{lb}");
     assert!(lb.contains("label_site=\"\""), "{lb}");
 }
+
+/// An offline AI1 box: the payload its QR code carries, read back by the
+/// agent from a file (as a scanner would leave it) and from standard
+/// input, enrolls it; a payload of another version is refused by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_box_enrolls_from_its_scanned_payload() {
+    let cp = ControlPlane::start();
+    cp.create_workspace("acme", &["deviceAio", "roboflowLiteMode"]);
+    let key = cp.api_key("acme", &[]);
+    let (status, created) = send(
+        &cp,
+        reqwest::Method::POST,
+        "/acme/devices/v2",
+        &key,
+        Some(json!({"device_name": "line-3", "device_type": "ai1", "offline_mode": true})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let payload = created["offlineProvisioningQrPayload"].as_str().unwrap();
+    let device = created["deviceId"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let newer = payload.replace("\"v\":1", "\"v\":2");
+    let out = agent_cmd(&["enroll", "--offline-payload", &newer, "--state-dir"])
+        .arg(dir.path().join("refused"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("version 2"), "{}", stderr(&out));
+
+    let scanned = dir.path().join("scanned.txt");
+    std::fs::write(&scanned, format!("{payload}\n")).unwrap();
+    let from_file = format!("@{}", scanned.display());
+    let out = agent_cmd(&["enroll", "--offline-payload", &from_file, "--state-dir"])
+        .arg(dir.path().join("box"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let identity: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("box/identity.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(identity["device_id"], device, "{identity}");
+
+    // The install ID is spent: the same payload from stdin is refused.
+    let mut child = agent_cmd(&["enroll", "--offline-payload", "-", "--state-dir"])
+        .arg(dir.path().join("again"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(payload.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("install ID"),
+        "read from stdin, refused as spent: {}",
+        stderr(&out)
+    );
+}

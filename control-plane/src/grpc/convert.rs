@@ -81,7 +81,19 @@ fn clip(s: String) -> String {
     clip_to(s, MAX_TEXT)
 }
 
+/// NUL, which PostgreSQL cannot store in text (the insert would fail, and a
+/// device's stream with it), becomes U+FFFD on both backends; all other
+/// characters stay as the device sent them.
+pub(crate) fn storable(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{fffd}")
+    } else {
+        s
+    }
+}
+
 fn clip_to(s: String, max: usize) -> String {
+    let s = storable(s);
     if s.len() <= max {
         return s;
     }
@@ -634,6 +646,34 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn nul_in_device_text_becomes_a_replacement_character() {
+        let out = log_batch(
+            pb::LogBatch {
+                records: vec![pb::LogRecord {
+                    seq: 1,
+                    timestamp_unix_ms: NOW,
+                    severity: "info".into(),
+                    service: "s\0".into(),
+                    message: "a\0b\u{1b}".into(),
+                }],
+            },
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            out[0].message, "a\u{fffd}b\u{1b}",
+            "other controls stay data"
+        );
+        assert_eq!(out[0].service, "s\u{fffd}");
+        let f = facts(Some(pb::DeviceFacts {
+            hostname: "h\0".into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(f.hostname, "h\u{fffd}");
     }
 
     #[test]

@@ -325,6 +325,7 @@ fn artifact_report(
 
 /// `s` cut to at most `max` bytes on a character boundary, `…` marking a cut.
 fn truncate(s: &str, max: usize) -> String {
+    let s = &super::convert::storable(s.to_string());
     if s.len() <= max {
         return s.to_string();
     }

@@ -947,7 +947,11 @@ mod tests {
             (3, b"three".to_vec()),
         ];
         assert_eq!(all(&mut s), three);
-        assert_eq!(s.ledger().corrupt, 0, "no seq is missing: the repeats lost nothing");
+        assert_eq!(
+            s.ledger().corrupt,
+            0,
+            "no seq is missing: the repeats lost nothing"
+        );
         assert_eq!(s.next_seq(), 4);
         s.append(&[b"four".as_slice()]).unwrap();
         drop(s);

@@ -200,7 +200,24 @@ impl ConnTable {
     /// Registers a connection that has not made a request yet as one a
     /// full listener may evict.
     pub fn track(&self, activity: &Arc<Activity>) {
-        self.lock().unproven.push_back(Arc::downgrade(activity));
+        let mut st = self.lock();
+        // Entries of connections gone or proven are otherwise dropped only
+        // when a full listener evicts: on one that never fills they would
+        // pile up with every connection ever accepted. Pruned when they
+        // outnumber the open connections (amortised O(1) per connection).
+        if st.unproven.len() > 2 * st.total + 64 {
+            st.unproven.retain(|w| {
+                w.upgrade()
+                    .is_some_and(|a| a.request_count() == 0 && !a.evicted())
+            });
+        }
+        st.unproven.push_back(Arc::downgrade(activity));
+    }
+
+    /// Entries kept for eviction (for tests).
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.lock().unproven.len()
     }
 
     /// Connections held now, and from `ip`'s source key.
@@ -678,6 +695,42 @@ mod tests {
         let _c = t.admit(ip("10.0.0.3")).unwrap();
         assert_eq!(t.counts(ip("10.0.0.1")).0, 3);
         assert_eq!(t.counts(ip("10.0.0.1")).1.connections, 1);
+    }
+
+    /// Found in review: every accepted connection left its entry behind on
+    /// a listener that never filled.
+    #[test]
+    fn entries_of_closed_connections_do_not_pile_up() {
+        let t = ConnTable::new(caps(1000, 1000, 8), TableMetrics::detached());
+        let now = Instant::now();
+        for i in 0..10_000u32 {
+            let _permit = t
+                .admit(ip(&format!("10.0.{}.{}", i / 250, i % 250)))
+                .unwrap();
+            let a = Activity::new(now);
+            t.track(&a);
+            if i % 2 == 0 {
+                drop(a.begin()); // proven: never evictable again
+            }
+        }
+        assert!(t.tracked() <= 64 + 2, "{} entries kept", t.tracked());
+        // Live, unproven connections stay evictable.
+        let live: Vec<_> = (0..100).map(|_| Activity::new(now)).collect();
+        let _permits: Vec<_> = (0..100)
+            .map(|i| t.admit(ip(&format!("10.1.0.{i}"))).unwrap())
+            .collect();
+        for a in &live {
+            t.track(a);
+        }
+        for _ in 0..1000 {
+            let gone = Activity::new(now);
+            t.track(&gone);
+        }
+        assert!(
+            t.tracked() >= 100 && t.tracked() <= 2 * 100 + 64 + 1,
+            "{}",
+            t.tracked()
+        );
     }
 
     #[test]

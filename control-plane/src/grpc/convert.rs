@@ -159,8 +159,8 @@ pub fn facts(f: Option<pb::DeviceFacts>) -> Result<DeviceFacts, String> {
 }
 
 /// Validates a log batch: 1..=MAX lines, seq > 0 and strictly ascending,
-/// a known severity, a timestamp in [2020, `now_ms` + a day]; service and
-/// message are clipped.
+/// a known severity; a timestamp outside [2020, `now_ms` + a day] becomes
+/// `now_ms`; service and message are clipped.
 pub fn log_batch(b: pb::LogBatch, now_ms: i64) -> Result<Vec<LogRecord>, String> {
     if b.records.is_empty() {
         return Err("log batch is empty".into());
@@ -181,7 +181,16 @@ pub fn log_batch(b: pb::LogBatch, now_ms: i64) -> Result<Vec<LogRecord>, String>
             return Err(format!("log seqs must ascend: {} after {prev}", r.seq));
         }
         prev = r.seq;
-        check_time(&format!("log line {}", r.seq), r.timestamp_unix_ms, now_ms)?;
+        // A line's time comes from its source (a log file read with the
+        // system clock, journald's own stamp), not from the agent's
+        // corrected clock: one outside the window is stamped with the time
+        // it arrived rather than refused, which would hold the box's whole
+        // link in a loop of refusals (docs/hardening.md).
+        let timestamp = if check_time("", r.timestamp_unix_ms, now_ms).is_ok() {
+            r.timestamp_unix_ms
+        } else {
+            now_ms
+        };
         if !SEVERITIES.contains(&r.severity.as_str()) {
             return Err(format!(
                 "log line {} has severity {:?}; expected one of {}",
@@ -192,7 +201,7 @@ pub fn log_batch(b: pb::LogBatch, now_ms: i64) -> Result<Vec<LogRecord>, String>
         }
         out.push(LogRecord {
             seq: r.seq,
-            timestamp: r.timestamp_unix_ms,
+            timestamp,
             service: clip(r.service),
             severity: r.severity,
             message: clip_to(r.message, MAX_LOG_MESSAGE_BYTES),
@@ -603,7 +612,7 @@ mod tests {
     }
 
     #[test]
-    fn absurd_facts_and_log_times_are_refused() {
+    fn absurd_facts_are_refused_and_absurd_log_times_stamped_on_arrival() {
         let facts_with = |f: pb::DeviceFacts| facts(Some(f)).unwrap_err();
         let err = facts_with(pb::DeviceFacts {
             memory_total_bytes: u64::MAX,
@@ -626,26 +635,14 @@ mod tests {
             severity: "info".into(),
             ..Default::default()
         };
-        let err = log_batch(
-            pb::LogBatch {
-                records: vec![line(i64::MAX)],
-            },
-            NOW,
-        )
-        .unwrap_err();
-        assert!(
-            err.starts_with("log line 7") && err.contains("timestamp_unix_ms"),
-            "{err}"
-        );
-        assert!(
-            log_batch(
-                pb::LogBatch {
-                    records: vec![line(NOW)]
-                },
-                NOW
-            )
-            .is_ok()
-        );
+        for absurd in [i64::MAX, -1, 0, NOW + 2 * 86_400_000] {
+            let records = vec![line(absurd)];
+            let out = log_batch(pb::LogBatch { records }, NOW).unwrap();
+            assert_eq!(out[0].timestamp, NOW, "{absurd} is stamped on arrival");
+        }
+        let records = vec![line(NOW - 1000)];
+        let out = log_batch(pb::LogBatch { records }, NOW).unwrap();
+        assert_eq!(out[0].timestamp, NOW - 1000);
     }
 
     #[test]

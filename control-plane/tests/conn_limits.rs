@@ -388,6 +388,47 @@ async fn a_slow_client_hello_flood_from_one_address_does_not_stop_an_enrollment(
     }
 }
 
+/// Found in review: stalled ClientHellos from a few addresses, each within
+/// its pending-handshake cap, used to hold every handshake permit (256) and
+/// with them the accept loop, until their ClientHello timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_client_hellos_from_many_addresses_do_not_stop_accepting() {
+    let (cp, _dir) = with_limits(|a| {
+        a.max_pending_handshakes_per_ip = Some(32);
+        a.tls_client_hello_timeout = Some(Duration::from_secs(20));
+        a.tls_handshake_timeout = Some(Duration::from_secs(30));
+    })
+    .await;
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let (_, install_id) = cp.create_device("acme", &key, "legit").await;
+    let dst = grpc_addr(&cp);
+    // 10 addresses × 30 sockets = 300 stalled ClientHellos, more than the
+    // 256 permits, none refused by a per-address cap.
+    let mut stalled = Vec::new();
+    for host in 2..12u8 {
+        for _ in 0..30 {
+            let mut s = tcp_from([127, 0, 0, host], dst).await.unwrap();
+            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+                .await
+                .unwrap();
+            stalled.push(s);
+        }
+    }
+    wait_until("all stalled handshakes to be pending", TIMEOUT, || async {
+        (metric(&cp, "outpost_tls_handshakes_pending").await >= 300.0).then_some(())
+    })
+    .await;
+    // A legitimate client is accepted and enrolls long before the stalled
+    // ones time out (20 s).
+    let res = tokio::time::timeout(Duration::from_secs(10), enroll(&cp, &install_id)).await;
+    let (resp, _) = res
+        .expect("the enrollment finished while 300 ClientHellos stalled")
+        .expect("the enrollment succeeded");
+    assert!(!resp.device_id.is_empty());
+    drop(stalled);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rest_drops_partial_headers_after_the_header_timeout_and_caps_each_address() {
     let (cp, _dir) = with_limits(|a| {

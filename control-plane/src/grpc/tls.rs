@@ -202,8 +202,9 @@ impl tonic::transport::server::Connected for DeviceConn {
 /// is refused at once (closed) when the listener or its source address
 /// holds its cap of connections, or its address its cap of handshakes in
 /// progress; the ClientHello must arrive within `client_hello_timeout` and
-/// the whole handshake end within `handshake_timeout`. At most
-/// [`MAX_CONCURRENT_HANDSHAKES`] run at once; more wait in the accept queue.
+/// the whole handshake end within `handshake_timeout`, both from accept.
+/// At most [`MAX_CONCURRENT_HANDSHAKES`] handshakes past their ClientHello
+/// run at once; more wait for a turn (within their timeout).
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
@@ -243,15 +244,18 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
+            // The accept loop never waits: a connection waits for its
+            // ClientHello in its own task (bounded by the caps above and the
+            // ClientHello timeout), and only then for a handshake permit,
+            // so stalled ClientHellos from a few addresses cannot hold the
+            // permits and stop accepting.
+            let permits = permits.clone();
             let tls = tls.clone();
             let tx = tx.clone();
             let limits = limits.clone();
             tokio::spawn(async move {
-                let _permit = permit;
-                let Some(stream) = handshake(tcp, peer, tls, &limits, accepted_at).await else {
+                let Some(stream) = handshake(tcp, peer, tls, &limits, accepted_at, permits).await
+                else {
                     return;
                 };
                 drop(pending);
@@ -277,17 +281,21 @@ pub fn incoming(
 }
 
 /// The TLS handshake of one connection: its ClientHello within
-/// `client_hello_timeout`, all of it within `handshake_timeout` of accept.
+/// `client_hello_timeout` of accept, then (holding one of the handshake
+/// permits, for the work that costs CPU) all of it within
+/// `handshake_timeout` of accept.
 async fn handshake(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Arc<ServerConfig>,
     limits: &Listening,
     accepted_at: Instant,
+    permits: Arc<Semaphore>,
 ) -> Option<TlsStream<TcpStream>> {
     let closed = |reason: &str| limits.table.metrics().closed(reason).inc();
     let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
-    let start = match tokio::time::timeout(limits.client_hello_timeout, hello).await {
+    let hello_deadline = accepted_at + limits.client_hello_timeout;
+    let start = match tokio::time::timeout_at(hello_deadline, hello).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
             tracing::info!(%peer, "TLS handshake refused: {e}");
@@ -299,7 +307,11 @@ async fn handshake(
             return None;
         }
     };
-    let rest = start.into_stream(tls).into_fallible();
+    let rest = async {
+        // The semaphore is never closed: this always holds a permit.
+        let _permit = permits.acquire_owned().await;
+        start.into_stream(tls).into_fallible().await
+    };
     match tokio::time::timeout_at(accepted_at + limits.handshake_timeout, rest).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err((e, tcp))) => {

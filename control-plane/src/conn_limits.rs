@@ -353,6 +353,8 @@ pub enum CloseReason {
     Lifetime,
     /// A full listener made room for a new connection.
     Evicted,
+    /// The peer read nothing of what was written for the idle timeout.
+    WriteStall,
 }
 
 impl CloseReason {
@@ -362,6 +364,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::Lifetime => "unauthenticated_lifetime",
             CloseReason::Evicted => "evicted",
+            CloseReason::WriteStall => "write_stall",
         }
     }
 }
@@ -521,6 +524,10 @@ pub struct GuardedIo<IO> {
     activity: Arc<Activity>,
     deadlines: Deadlines,
     timer: Pin<Box<Sleep>>,
+    /// Armed while a write waits on the peer: a request stays "in flight"
+    /// until its response is written, so a peer that never reads would
+    /// otherwise hold its connection (and a slot) forever.
+    stall: Option<Pin<Box<Sleep>>>,
     closed: Option<CloseReason>,
     metrics: TableMetrics,
     _permit: ConnPermit,
@@ -549,6 +556,7 @@ impl<IO> GuardedIo<IO> {
             activity,
             deadlines,
             timer: Box::pin(tokio::time::sleep_until(first)),
+            stall: None,
             closed: None,
             metrics,
             _permit: permit,
@@ -589,6 +597,36 @@ impl<IO> GuardedIo<IO> {
     }
 }
 
+impl<IO> GuardedIo<IO> {
+    /// Passes a write's outcome on, closing the connection when writes
+    /// have waited on the peer for the idle timeout.
+    fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        res: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if res.is_ready() {
+            self.stall = None;
+            return res;
+        }
+        let idle = self.deadlines.idle;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        if stall.as_mut().poll(cx).is_ready() {
+            let reason = CloseReason::WriteStall;
+            tracing::debug!(reason = reason.label(), "closing connection");
+            self.metrics.closed(reason.label()).inc();
+            self.closed = Some(reason);
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                reason.label(),
+            )));
+        }
+        Poll::Pending
+    }
+}
+
 impl<IO: AsyncRead + Unpin> AsyncRead for GuardedIo<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -607,7 +645,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for GuardedIo<IO> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         self.check(cx)?;
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let res = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch_write(cx, res)
     }
 
     fn poll_write_vectored(
@@ -616,7 +655,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for GuardedIo<IO> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         self.check(cx)?;
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let res = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch_write(cx, res)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -624,7 +664,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for GuardedIo<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let res = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch_write(cx, res)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

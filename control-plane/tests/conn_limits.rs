@@ -429,6 +429,42 @@ async fn stalled_client_hellos_from_many_addresses_do_not_stop_accepting() {
     drop(stalled);
 }
 
+/// Found in review: a request is in flight until its response is written,
+/// so a client that asks and never reads held its connection (and a slot
+/// of the listener's cap) forever. Writes that wait on the peer for the
+/// idle timeout now close it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_its_responses_is_closed() {
+    let (cp, _dir) = with_limits(|a| {
+        a.idle_connection_timeout = Some(Duration::from_secs(2));
+    })
+    .await;
+    let dst = rest_addr(&cp);
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.bind(SocketAddr::from(([127, 0, 0, 2], 0))).unwrap();
+    let mut s = sock.connect(dst).await.unwrap();
+    // Pipelined requests for the OpenAPI document (~120 KiB each): far more
+    // than the socket buffers hold, and never read.
+    let one = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n";
+    s.write_all(&one.repeat(64)).await.unwrap();
+    wait_until("the stalled connection to be closed", TIMEOUT, || async {
+        let n = metric(
+            &cp,
+            r#"outpost_connections_closed_total{listener="rest",reason="write_stall"}"#,
+        )
+        .await;
+        (n >= 1.0).then_some(())
+    })
+    .await;
+    // Its slot is free again.
+    wait_until("its slot to be given back", TIMEOUT, || async {
+        let open = metric(&cp, r#"outpost_connections_open{listener="rest"}"#).await;
+        (open <= 1.0).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rest_drops_partial_headers_after_the_header_timeout_and_caps_each_address() {
     let (cp, _dir) = with_limits(|a| {

@@ -172,12 +172,14 @@ impl ConnTable {
         let per_ip = !self.exempt(ip);
         let mut st = self.lock();
         let max = self.caps.max_connections;
-        let full = st.total >= max
-            && (st.total >= max + (max / EVICTION_SLACK).max(1) || !evict_oldest(&mut st));
-        let refused = if full {
-            Some(Refused::ListenerFull)
-        } else if per_ip && st.by_ip.get(&key).map_or(0, |c| c.conns) >= self.caps.max_per_ip {
+        // The per-address cap first: a peer refused anyway evicts no one.
+        let refused = if per_ip && st.by_ip.get(&key).map_or(0, |c| c.conns) >= self.caps.max_per_ip
+        {
             Some(Refused::PerIp)
+        } else if st.total >= max
+            && (st.total >= max + (max / EVICTION_SLACK).max(1) || !evict_oldest(&mut st))
+        {
+            Some(Refused::ListenerFull)
         } else {
             None
         };
@@ -736,6 +738,29 @@ mod tests {
         let _c = t.admit(ip("10.0.0.3")).unwrap();
         assert_eq!(t.counts(ip("10.0.0.1")).0, 3);
         assert_eq!(t.counts(ip("10.0.0.1")).1.connections, 1);
+    }
+
+    /// Found in review: a peer refused by its address's cap still evicted
+    /// someone from a full listener.
+    #[test]
+    fn a_peer_refused_by_its_cap_evicts_no_one() {
+        let t = ConnTable::new(caps(2, 1, 8), TableMetrics::detached());
+        let now = Instant::now();
+        let d = Deadlines {
+            first_request: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            lifetime: None,
+        };
+        let _pa = t.admit(ip("10.0.0.1")).unwrap();
+        let _pb = t.admit(ip("10.0.0.2")).unwrap();
+        let (a, b) = (Activity::new(now), Activity::new(now));
+        t.track(&a);
+        t.track(&b);
+        assert_eq!(t.admit(ip("10.0.0.1")).err(), Some(Refused::PerIp));
+        assert!(a.verdict(now, &d).is_ok() && b.verdict(now, &d).is_ok());
+        // Another address still gets in by evicting the oldest.
+        let _pc = t.admit(ip("10.0.0.3")).unwrap();
+        assert_eq!(a.verdict(now, &d), Err(CloseReason::Evicted));
     }
 
     /// Found in review: every accepted connection left its entry behind on

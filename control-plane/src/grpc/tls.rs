@@ -165,23 +165,33 @@ impl Connections {
     }
 
     fn register(self: &Arc<Self>, peer: SocketAddr, a: Arc<Activity>) -> Registration {
-        self.lock().insert(peer, a);
+        self.lock().insert(peer, a.clone());
         Registration {
             map: self.clone(),
             peer,
+            activity: a,
         }
     }
 }
 
-/// Removes a connection from [`Connections`] when it closes.
+/// Removes a connection from [`Connections`] when it closes — its own
+/// entry only: a new connection from the same address and port (NAT
+/// reuse) may have replaced it while this one wound down.
 struct Registration {
     map: Arc<Connections>,
     peer: SocketAddr,
+    activity: Arc<Activity>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.map.lock().remove(&self.peer);
+        let mut map = self.map.lock();
+        if map
+            .get(&self.peer)
+            .is_some_and(|a| Arc::ptr_eq(a, &self.activity))
+        {
+            map.remove(&self.peer);
+        }
     }
 }
 

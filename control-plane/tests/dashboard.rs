@@ -257,6 +257,27 @@ impl Browser {
             .unwrap_or_default()
     }
 
+    /// Opens the dashboard at `rest`, signs in to [`WORKSPACE`] with `key`
+    /// and waits for the fleet table.
+    async fn sign_in(&self, rest: &str, key: &str) {
+        self.goto(&format!("{rest}/")).await;
+        self.wait_js(
+            "the sign-in form",
+            "return document.querySelector('#signin') !== null",
+            json!([]),
+        )
+        .await;
+        self.type_into("#workspace", WORKSPACE).await;
+        self.type_into("#api-key", key).await;
+        self.click("#signin button[type=submit]").await;
+        self.wait_js(
+            "the fleet",
+            "return document.querySelector('tr[data-device-id]') !== null",
+            json!([]),
+        )
+        .await;
+    }
+
     async fn quit(&self) {
         let _ = self.http.delete(&self.session).send().await;
     }
@@ -1248,22 +1269,7 @@ async fn rollouts_in_headless_chromium() {
 
     let driver = ChromeDriver::start(&chromedriver).await;
     let b = Browser::open(&driver, &chromium).await;
-    b.goto(&format!("{}/", cp.rest)).await;
-    b.wait_js(
-        "the sign-in form",
-        "return document.querySelector('#signin') !== null",
-        json!([]),
-    )
-    .await;
-    b.type_into("#workspace", WORKSPACE).await;
-    b.type_into("#api-key", &key).await;
-    b.click("#signin button[type=submit]").await;
-    b.wait_js(
-        "the fleet",
-        "return document.querySelector('tr[data-device-id]') !== null",
-        json!([]),
-    )
-    .await;
+    b.sign_in(&cp.rest, &key).await;
 
     // The list, from the top bar: both rollouts; the first completes.
     b.click(".nav a[href='#/rollouts']").await;
@@ -1396,22 +1402,7 @@ async fn a_devices_hostile_strings_are_text_in_headless_chromium() {
 
     let driver = ChromeDriver::start(&chromedriver).await;
     let b = Browser::open(&driver, &chromium).await;
-    b.goto(&format!("{}/", cp.rest)).await;
-    b.wait_js(
-        "the sign-in form",
-        "return document.querySelector('#signin') !== null",
-        json!([]),
-    )
-    .await;
-    b.type_into("#workspace", WORKSPACE).await;
-    b.type_into("#api-key", &key).await;
-    b.click("#signin button[type=submit]").await;
-    b.wait_js(
-        "the fleet",
-        "return document.querySelector('tr[data-device-id]') !== null",
-        json!([]),
-    )
-    .await;
+    b.sign_in(&cp.rest, &key).await;
     b.goto(&format!("{}/#/devices/{device}", cp.rest)).await;
     let shown = b
         .wait_js(

@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// takes a workspace API key with the device:read scope.
     #[arg(long, env = "OUTPOST_METRICS_TOKEN_FILE")]
     pub metrics_token_file: Option<PathBuf>,
+    /// How often `/metrics` re-renders its per-device families from the
+    /// store while scraped; scrapes are served from memory in between.
+    /// `0s`: render on every scrape [default: 10s].
+    #[arg(long, env = "OUTPOST_METRICS_REFRESH", value_parser = humantime::parse_duration)]
+    pub metrics_refresh: Option<Duration>,
     /// Largest artifact payload accepted, e.g. `4GiB`, `500MiB`, or bytes
     /// [default: 4GiB].
     #[arg(long, env = "OUTPOST_MAX_ARTIFACT_SIZE", value_parser = parse_byte_size)]
@@ -290,6 +295,8 @@ struct FileConfig {
     #[serde(default, with = "opt_duration")]
     audit_retention: Option<Duration>,
     metrics_token_file: Option<PathBuf>,
+    #[serde(default, with = "opt_duration")]
+    metrics_refresh: Option<Duration>,
     #[serde(default, with = "opt_byte_size")]
     max_artifact_size: Option<u64>,
     max_artifact_downloads: Option<usize>,
@@ -325,6 +332,9 @@ mod opt_duration {
     }
 }
 
+/// `--metrics-refresh`'s default.
+pub const DEFAULT_METRICS_REFRESH: Duration = Duration::from_secs(10);
+
 /// Fully resolved `serve` settings.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -343,6 +353,8 @@ pub struct ServeConfig {
     pub retention: RetentionConfig,
     pub database_url: Option<String>,
     pub metrics_token_file: Option<PathBuf>,
+    /// `--metrics-refresh` (zero: no cache).
+    pub metrics_refresh: Duration,
     /// Largest artifact payload accepted (`--max-artifact-size`).
     pub max_artifact_size: u64,
     /// Concurrent artifact downloads (`--max-artifact-downloads`).
@@ -621,6 +633,10 @@ impl ServeConfig {
                 .unwrap_or(DEFAULT_EXPIRED_CERT_GRACE),
             database_url: args.database_url.or(file.database_url),
             metrics_token_file: args.metrics_token_file.or(file.metrics_token_file),
+            metrics_refresh: args
+                .metrics_refresh
+                .or(file.metrics_refresh)
+                .unwrap_or(DEFAULT_METRICS_REFRESH),
             retention: {
                 let d = RetentionConfig::default();
                 RetentionConfig {

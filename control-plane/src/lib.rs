@@ -25,6 +25,7 @@ pub mod labels;
 pub mod live;
 pub mod metrics;
 pub mod pki;
+pub mod presence;
 pub mod rest;
 pub mod rollout;
 pub mod server;
@@ -58,6 +59,10 @@ pub struct AppState {
     pub telemetry_writer: grpc::commit::TelemetryWriter,
     /// Group commit for enrollments.
     pub enrollment_writer: grpc::commit::EnrollmentWriter,
+    /// Heartbeats waiting for their batched write (`presence.rs`).
+    pub presence: Arc<presence::Presence>,
+    /// The per-device families of `/metrics`, kept rendered.
+    pub fleet_metrics: Arc<rest::fleet_metrics::FleetCache>,
     /// Hash of the `/metrics` scrape token, when one is configured.
     pub metrics_token_hash: Option<String>,
     /// REST rate limits.

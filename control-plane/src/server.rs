@@ -84,6 +84,8 @@ pub struct RunningServer {
     stop_tx: watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<Result<(), String>>>,
     retention: tokio::task::JoinHandle<()>,
+    /// Writes the last batch of heartbeats once the stop signal is sent.
+    presence: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Loads (or, on a database that has none recorded, creates) the CA and
@@ -173,7 +175,9 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     let telemetry_writer =
         grpc::commit::TelemetryWriter::start(store.clone(), live.clone(), metrics.clone());
     let enrollment_writer = grpc::commit::EnrollmentWriter::start(store.clone(), metrics.clone());
+    let presence = Arc::new(crate::presence::Presence::default());
     let state = Arc::new(AppState {
+        presence: presence.clone(),
         telemetry_writer,
         enrollment_writer,
         store,
@@ -188,6 +192,9 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         feed,
         metrics,
         metrics_token_hash,
+        fleet_metrics: Arc::new(crate::rest::fleet_metrics::FleetCache::new(
+            cfg.metrics_refresh,
+        )),
         limits: Default::default(),
         rollout_wake: Arc::new(tokio::sync::Notify::new()),
         artifacts: Arc::new(crate::artifacts::Artifacts::new(
@@ -231,6 +238,13 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         cfg.retention,
         stopped(stop_rx.clone()),
     ));
+    // Written in batches; the last batch goes in when the server stops.
+    let presence_task = tokio::spawn(crate::presence::run(
+        presence,
+        state.store.clone(),
+        state.metrics.clone(),
+        stopped(stop_rx.clone()),
+    ));
     // The rollout driver ends with the server (it watches the stop signal).
     tokio::spawn(crate::rollout::driver::run(
         state.clone(),
@@ -244,6 +258,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         stop_tx,
         servers: vec![grpc_task, rest_task],
         retention,
+        presence: Some(presence_task),
     })
 }
 
@@ -266,6 +281,11 @@ impl RunningServer {
         };
         if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
             tracing::warn!("connections did not drain within {DRAIN_TIMEOUT:?}; stopping anyway");
+        }
+        if let Some(presence) = self.presence.take()
+            && tokio::time::timeout(DRAIN_TIMEOUT, presence).await.is_err()
+        {
+            tracing::warn!("the last heartbeats were not written within {DRAIN_TIMEOUT:?}");
         }
         tracing::info!("stopped");
     }

@@ -341,3 +341,148 @@ async fn flipped_bytes_in_the_spool_are_skipped_and_counted() {
     })
     .await;
 }
+
+/// A PostgreSQL server of this test's own (`.ci/postgres.sh`), to stop and
+/// start under a running control plane.
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl PrivatePostgres {
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/postgres.sh")
+    }
+
+    fn run(&self, cmd: &str) -> String {
+        let out = std::process::Command::new("bash")
+            .arg(Self::script())
+            .arg(cmd)
+            .arg(self.dir.path())
+            .output()
+            .expect("run .ci/postgres.sh");
+        assert!(
+            out.status.success(),
+            "postgres.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn start() -> Self {
+        let mut pg = Self {
+            dir: tempfile::tempdir().unwrap(),
+            url: String::new(),
+        };
+        let env = pg.run("start");
+        pg.url = env
+            .trim()
+            .strip_prefix("export OUTPOST_TEST_DATABASE_URL=")
+            .expect("postgres.sh prints the URL")
+            .to_string();
+        pg
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(Self::script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+async fn readyz(cp: &ControlPlane) -> Option<u16> {
+    reqwest::Client::new()
+        .get(format!("{}/readyz", cp.rest))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+/// PostgreSQL stopped for 15 s under a running control plane with a
+/// streaming agent: `/readyz` answers 503 while it is down, nothing is acked
+/// that is not stored (an acked sample leaves the agent's spool: a gap
+/// would show it), and once the database is back every sample is stored
+/// exactly once. Runs in CI's PostgreSQL round (a server of its own).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_acks_nothing_unstored_and_loses_nothing() {
+    if std::env::var_os("OUTPOST_TEST_DATABASE_URL").is_none() {
+        eprintln!("runs in the PostgreSQL round (OUTPOST_TEST_DATABASE_URL unset)");
+        return;
+    }
+    let pg = PrivatePostgres::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Admin commands (workspace, key) find the database by this marker.
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join(".test-database-url"), &pg.url).unwrap();
+    let mut cmd = std::process::Command::new(cp_bin());
+    cmd.args(["serve", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--rest-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--database-url", &pg.url]);
+    let cp = ControlPlane::spawn(cmd, &data);
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let (device, install_id) = cp.create_device("acme", &key, "db-outage").await;
+    let state = tempfile::tempdir().unwrap();
+    assert!(enroll(&cp, &install_id, state.path()).status.success());
+    let _agent = AgentProc::run(state.path(), "200ms");
+    wait_until("samples acked", TIMEOUT, || async {
+        (status_json(state.path())["acked_seq"].as_u64() >= Some(5)).then_some(())
+    })
+    .await;
+    assert_eq!(readyz(&cp).await, Some(200));
+
+    pg.run("stop");
+    let down = std::time::Instant::now();
+    wait_until("/readyz says 503", TIMEOUT, || async {
+        (readyz(&cp).await == Some(503)).then_some(())
+    })
+    .await;
+    let acked_early = status_json(state.path())["acked_seq"].as_u64().unwrap();
+    // The outage itself: 15 s down while the agent keeps sampling.
+    tokio::time::sleep(Duration::from_secs(15).saturating_sub(down.elapsed())).await;
+    let s = status_json(state.path());
+    let acked_during = s["acked_seq"].as_u64().unwrap();
+    assert!(
+        s["spool"]["pending"].as_u64().unwrap() >= 20,
+        "samples wait in the spool while the database is down: {s}"
+    );
+    // A commit already in flight when the server stopped may have been
+    // answered; nothing after it.
+    assert!(
+        acked_during <= acked_early + 5,
+        "acked while the database was down: {acked_early} → {acked_during}"
+    );
+    assert_eq!(readyz(&cp).await, Some(503));
+
+    pg.run("start");
+    wait_until("/readyz is 200 again", TIMEOUT, || async {
+        (readyz(&cp).await == Some(200)).then_some(())
+    })
+    .await;
+    let target = acked_during + 75;
+    wait_until("the outage's samples are acked", TIMEOUT, || async {
+        (status_json(state.path())["acked_seq"].as_u64() >= Some(target)).then_some(())
+    })
+    .await;
+    let samples = all_samples(&cp, "acme", &key, &device).await;
+    let seqs = seqs(&samples);
+    assert!(
+        seqs.len() as u64 >= target,
+        "{} stored, {target} acked",
+        seqs.len()
+    );
+    assert!(contiguous_from_one(&seqs), "every seq once: {seqs:?}");
+}

@@ -102,9 +102,8 @@ async fn run(
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(AgentMessage { kind: Some(AgentKind::Heartbeat(_)) })) => {
-                        if let Err(e) = state.store.session_heartbeat(&id.device_id, &session_id, now_ms()).await {
-                            tracing::warn!(device = %id.device_id, "heartbeat not recorded: {e}");
-                        }
+                        // Written in the next batch (crate::presence).
+                        state.presence.beat(&id.device_id, &session_id, now_ms());
                     }
                     Ok(Some(AgentMessage { kind: Some(AgentKind::ConfigApplied(c)) })) => {
                         if let Err(e) = state.store.config_applied(&id.device_id, c.version, now_ms()).await {
@@ -357,6 +356,11 @@ fn rotate_now() -> ServerMessage {
 }
 
 async fn close(state: &AppState, id: &DeviceIdentity, session_id: &str) {
+    // The session's last heartbeat goes in before its end, so the store
+    // shows when the device was last seen, not the batch before.
+    if let Some(last) = state.presence.take(&id.device_id, session_id) {
+        crate::presence::flush(&state.presence, &*state.store, vec![last]).await;
+    }
     match state
         .store
         .session_closed(&id.device_id, session_id, now_ms())

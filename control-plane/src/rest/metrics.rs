@@ -30,6 +30,7 @@ use crate::labels::{self, Labels};
 use crate::store::{Device, DeviceListQuery, DeviceStatus, TelemetrySample, now_ms};
 
 use super::error::ApiError;
+use super::fleet_metrics::{Render, Rendered};
 
 /// Devices read from the store per query.
 const CHUNK: u32 = 500;
@@ -94,22 +95,127 @@ async fn authorize(state: &AppState, parts: &Parts) -> Result<Scope, ApiError> {
     Ok(Scope::Workspace(record.workspace))
 }
 
+/// `?workspace=W`: the devices of one workspace only (the scrape token's
+/// way to split a large fleet over several scrape jobs); the control
+/// plane's own metrics are left out of such a scrape.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsQuery {
+    workspace: Option<String>,
+}
+
 pub async fn metrics(
     State(state): State<Arc<AppState>>,
     request: axum::extract::Request,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let (parts, _) = request.into_parts();
     let scope = authorize(&state, &parts).await?;
-    let own_metrics = matches!(scope, Scope::All);
-    let workspaces = match scope {
-        Scope::All => state
+    let query: MetricsQuery = serde_urlencoded_query(&parts)?;
+    let (fleet_scope, own_metrics) = match (scope, query.workspace) {
+        (Scope::All, None) => (None, true),
+        (Scope::All, Some(w)) => (Some(w), false),
+        (Scope::Workspace(w), None) => (Some(w), false),
+        (Scope::Workspace(w), Some(asked)) if asked == w => (Some(w), false),
+        (Scope::Workspace(_), Some(_)) => {
+            return Err(ApiError::forbidden(
+                "this API key scrapes its own workspace only",
+            ));
+        }
+    };
+    let fleet = {
+        let state2 = state.clone();
+        let scope = fleet_scope.clone();
+        state
+            .fleet_metrics
+            .get(
+                fleet_scope,
+                move || render_fleet(state2.clone(), scope.clone()),
+                state.shutdown.clone(),
+            )
+            .await
+            .map_err(ApiError::Internal)?
+    };
+    let fresh = if own_metrics {
+        own_text(&state, &fleet).map_err(internal)?
+    } else {
+        Vec::new()
+    };
+    let gzip = parts
+        .headers
+        .get_all(axum::http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(accepts_gzip);
+    let content_type = [(CONTENT_TYPE, TextEncoder::new().format_type().to_string())];
+    if gzip {
+        let body = fleet
+            .gzip_with(&fresh)
+            .map_err(|e| ApiError::Internal(format!("metrics: gzip: {e}")))?;
+        return Ok((
+            content_type,
+            [(axum::http::header::CONTENT_ENCODING, "gzip")],
+            body,
+        )
+            .into_response());
+    }
+    let mut body = Vec::with_capacity(fleet.text.len() + fresh.len());
+    body.extend_from_slice(&fleet.text);
+    body.extend_from_slice(&fresh);
+    Ok((content_type, body).into_response())
+}
+
+fn serde_urlencoded_query(parts: &Parts) -> Result<MetricsQuery, ApiError> {
+    axum::extract::Query::<MetricsQuery>::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))
+}
+
+/// An `Accept-Encoding` value that takes gzip (`gzip`, `x-gzip`, `*`),
+/// unless with `q=0`.
+fn accepts_gzip(header: &str) -> bool {
+    header.split(',').any(|item| {
+        let mut parts = item.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or_default();
+        let refused = parts.any(|p| {
+            p.strip_prefix("q=")
+                .and_then(|q| q.parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        !refused
+            && (coding.eq_ignore_ascii_case("gzip")
+                || coding.eq_ignore_ascii_case("x-gzip")
+                || coding == "*")
+    })
+}
+
+/// The per-device families of `scope` (`None`: every workspace, plus the
+/// rollout counts), read from the store: what [`FleetCache`] keeps.
+///
+/// [`FleetCache`]: super::fleet_metrics::FleetCache
+async fn render_fleet(state: Arc<AppState>, scope: Option<String>) -> Render {
+    let started = std::time::Instant::now();
+    let text = fleet_text(&state, scope.as_deref()).await?;
+    state
+        .metrics
+        .observe_store("metrics_render", started.elapsed());
+    Rendered::new(text)
+        .map(Arc::new)
+        .map_err(|e| format!("metrics: gzip: {e}"))
+}
+
+async fn fleet_text(state: &AppState, scope: Option<&str>) -> Result<Vec<u8>, String> {
+    let store = |e: crate::store::StoreError| format!("metrics: {e}");
+    let internal = |e: prometheus::Error| format!("metrics: {e}");
+    let workspaces: Vec<String> = match scope {
+        None => state
             .store
             .list_workspaces()
-            .await?
+            .await
+            .map_err(store)?
             .into_iter()
             .map(|w| w.name)
             .collect(),
-        Scope::Workspace(w) => vec![w],
+        Some(w) => vec![w.to_string()],
     };
     let mut fleet = Fleet::new().map_err(internal)?;
     let now = now_ms();
@@ -128,12 +234,14 @@ pub async fn metrics(
                     labels: Vec::new(),
                     now,
                 })
-                .await?;
+                .await
+                .map_err(store)?;
             let ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
             let mut latest: HashMap<String, TelemetrySample> = state
                 .store
                 .latest_telemetry(&ids)
-                .await?
+                .await
+                .map_err(store)?
                 .into_iter()
                 .collect();
             for d in &devices {
@@ -147,22 +255,34 @@ pub async fn metrics(
             }
         }
     }
-    let registry = Registry::new();
     let mut collectors = fleet.collectors().map_err(internal)?;
-    if own_metrics {
-        collectors.extend(own(&state).map_err(internal)?);
-        let counts = state.store.rollout_counts().await?;
+    if scope.is_none() {
+        let counts = state.store.rollout_counts().await.map_err(store)?;
         collectors.extend(rollouts(&counts).map_err(internal)?);
     }
+    encode(collectors).map_err(internal)
+}
+
+fn encode(collectors: Vec<Box<dyn Collector>>) -> Result<Vec<u8>, prometheus::Error> {
+    let registry = Registry::new();
     for c in collectors {
-        registry.register(c).map_err(internal)?;
+        registry.register(c)?;
     }
-    let encoder = TextEncoder::new();
     let mut body = Vec::new();
-    encoder
-        .encode(&registry.gather(), &mut body)
-        .map_err(internal)?;
-    Ok(([(CONTENT_TYPE, encoder.format_type().to_string())], body))
+    TextEncoder::new().encode(&registry.gather(), &mut body)?;
+    Ok(body)
+}
+
+/// The control plane's own metrics, rendered fresh for every scrape.
+fn own_text(state: &AppState, fleet: &Rendered) -> Result<Vec<u8>, prometheus::Error> {
+    let mut collectors = own(state)?;
+    let age = prometheus::Gauge::new(
+        "outpost_fleet_metrics_age_seconds",
+        "Age of the per-device families in this scrape (rendered every --metrics-refresh).",
+    )?;
+    age.set(fleet.built_at.elapsed().as_secs_f64());
+    collectors.push(Box::new(age));
+    encode(collectors)
 }
 
 fn internal(e: prometheus::Error) -> ApiError {

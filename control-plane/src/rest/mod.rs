@@ -10,6 +10,7 @@ mod devices;
 mod downloads;
 pub mod error;
 mod events;
+pub mod fleet_metrics;
 pub mod limits;
 mod logs;
 mod metrics;
@@ -343,11 +344,25 @@ async fn healthz() -> &'static str {
 async fn readyz(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
 ) -> Result<&'static str, ApiError> {
-    match state.store.get_workspace("").await {
-        Ok(_) => Ok("ready"),
-        Err(e) => {
+    // A store that does not answer is as unready as one that fails: a load
+    // balancer's probe must not hang on it.
+    match tokio::time::timeout(READY_TIMEOUT, state.store.get_workspace("")).await {
+        Ok(Ok(_)) => Ok("ready"),
+        Ok(Err(e)) => {
             tracing::warn!("readiness check failed: {e}");
             Err(ApiError::Unavailable("store unavailable".into()))
         }
+        Err(_) => {
+            tracing::warn!(
+                "readiness check failed: no answer from the store within {READY_TIMEOUT:?}"
+            );
+            Err(ApiError::Unavailable(format!(
+                "store unavailable: no answer within {} s",
+                READY_TIMEOUT.as_secs()
+            )))
+        }
     }
 }
+
+/// How long `/readyz` waits for the store.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

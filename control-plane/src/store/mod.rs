@@ -330,6 +330,15 @@ pub struct TelemetryBucket {
     pub gpu_memory_used_bytes_avg: Option<f64>,
 }
 
+/// A heartbeat of a device's session, written by
+/// [`Store::session_heartbeats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub device_id: String,
+    pub session_id: String,
+    pub at: UnixMillis,
+}
+
 /// A device counts as online while it has a session whose last sign of life
 /// is younger than this. Agents heartbeat every 10 s by default.
 pub const ONLINE_WINDOW_MS: i64 = 30_000;
@@ -958,12 +967,11 @@ pub trait Store: Send + Sync + 'static {
         facts: &DeviceFacts,
         now: UnixMillis,
     ) -> StoreResult<()>;
-    async fn session_heartbeat(
-        &self,
-        device_id: &str,
-        session_id: &str,
-        now: UnixMillis,
-    ) -> StoreResult<()>;
+    /// Records heartbeats in one transaction: each sets the device's
+    /// `last_heartbeat` if its session is still the device's current one
+    /// and the time is newer than the stored one. Returns how many devices
+    /// changed. (Batched by [`crate::presence`], never one per heartbeat.)
+    async fn session_heartbeats(&self, beats: &[Heartbeat]) -> StoreResult<u64>;
     /// Ends the session if it is still the device's current one.
     async fn session_closed(
         &self,

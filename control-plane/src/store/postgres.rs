@@ -33,6 +33,9 @@ impl SqlStore<Postgres> {
         let opts = PgConnectOptions::from_str(url)?.options([("client_min_messages", "warning")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
+            // While the database is unreachable a store call fails after
+            // this long (no ack, a 503) instead of sqlx's default 30 s.
+            .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;

@@ -1373,19 +1373,32 @@ where
         Ok(())
     }
 
-    async fn session_heartbeat(
-        &self,
-        device_id: &str,
-        session_id: &str,
-        now: UnixMillis,
-    ) -> StoreResult<()> {
-        sqlx::query("UPDATE devices SET last_heartbeat = $1 WHERE id = $2 AND session_id = $3")
-            .bind(now)
-            .bind(device_id)
-            .bind(session_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    async fn session_heartbeats(&self, beats: &[Heartbeat]) -> StoreResult<u64> {
+        if beats.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin().await?;
+        let mut changed = 0;
+        let mut rest = beats;
+        while !rest.is_empty() {
+            // The largest statement size that fits: few distinct texts, so
+            // sqlx's statement cache keeps every prepared form.
+            let (index, size) = HEARTBEAT_SIZES
+                .iter()
+                .copied()
+                .enumerate()
+                .find(|(_, n)| *n <= rest.len())
+                .unwrap_or((HEARTBEAT_SIZES.len() - 1, 1));
+            let (chunk, tail) = rest.split_at(size);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(heartbeat_update(index)));
+            for b in chunk {
+                q = q.bind(&b.device_id).bind(&b.session_id).bind(b.at);
+            }
+            changed += D::rows_affected(&q.execute(&mut *tx).await?);
+            rest = tail;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     async fn session_closed(
@@ -2332,3 +2345,32 @@ where
 
 /// The event-lock key of the audit log: a space is in no device id.
 const AUDIT_LOCK_KEY: &str = " audit_log";
+
+/// Heartbeats per `UPDATE … FROM (VALUES …)`, largest first (3 parameters
+/// each, far below either backend's limit).
+const HEARTBEAT_SIZES: [usize; 4] = [256, 32, 4, 1];
+
+/// The statement for [`HEARTBEAT_SIZES`]`[index]` heartbeats: a device's
+/// `last_heartbeat` moves forward only, and only for its current session
+/// (a late batch from the replica that held an old session changes
+/// nothing). Both backends name a bare `VALUES` list's columns `column1…`.
+fn heartbeat_update(index: usize) -> &'static str {
+    static TEXTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let texts = TEXTS.get_or_init(|| {
+        HEARTBEAT_SIZES
+            .iter()
+            .map(|&n| {
+                let values: Vec<String> = (0..n)
+                    .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                    .collect();
+                format!(
+                    "UPDATE devices SET last_heartbeat = v.column3 FROM (VALUES {}) AS v \
+                     WHERE devices.id = v.column1 AND devices.session_id = v.column2 \
+                     AND (devices.last_heartbeat IS NULL OR devices.last_heartbeat < v.column3)",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    texts[index].as_str()
+}

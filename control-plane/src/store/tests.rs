@@ -111,6 +111,7 @@ store_tests!(
     install_id_binds_to_the_first_key_and_retries_revoke_the_unused_cert,
     a_group_of_enrollments_commits_each_and_refuses_only_the_conflicting_one,
     sessions_drive_status_and_a_stale_close_does_not_end_a_new_session,
+    heartbeats_batch_move_current_sessions_forward_only,
     devices_list_in_pages_within_their_workspace,
     duplicate_workspace_is_a_conflict,
     list_filters_by_status_and_type,
@@ -517,6 +518,69 @@ async fn sessions_drive_status_and_a_stale_close_does_not_end_a_new_session(s: A
     s.session_closed("d1", "sB", now).await.unwrap();
     let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
     assert_eq!(dev.status(now + 1), DeviceStatus::Offline);
+}
+
+fn beat(device: &str, session: &str, at: i64) -> Heartbeat {
+    Heartbeat {
+        device_id: device.into(),
+        session_id: session.into(),
+        at,
+    }
+}
+
+async fn heartbeats_batch_move_current_sessions_forward_only(s: Arc<dyn Store>) {
+    // More devices than the largest statement holds, so the batch spans
+    // statements of several sizes (256 + 32 + 4 + 1 + 1…).
+    let n = 300;
+    let ids: Vec<String> = (0..n).map(|i| format!("d{i:03}")).collect();
+    for id in &ids {
+        s.create_device(&new_device(id, 1)).await.unwrap();
+        s.session_opened(id, &format!("s-{id}"), &DeviceFacts::default(), 1_000)
+            .await
+            .unwrap();
+    }
+    let mut beats: Vec<Heartbeat> = ids
+        .iter()
+        .map(|id| beat(id, &format!("s-{id}"), 5_000))
+        .collect();
+    // A stale session, an unknown device, and an older time: no change.
+    beats[0].session_id = "s-gone".into();
+    beats.push(beat("no-such-device", "s", 5_000));
+    beats[1].at = 500;
+    assert_eq!(s.session_heartbeats(&beats).await.unwrap(), n - 2);
+    let hb = |id: &str| {
+        let s = s.clone();
+        let id = id.to_string();
+        async move {
+            s.get_device("acme", &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_heartbeat
+        }
+    };
+    assert_eq!(hb("d000").await, Some(1_000), "another session's beat");
+    assert_eq!(hb("d001").await, Some(1_000), "never backwards");
+    for id in &ids[2..] {
+        assert_eq!(hb(id).await, Some(5_000), "{id}");
+    }
+    // Online by the batched heartbeat, offline after the window.
+    let dev = s.get_device("acme", "d299").await.unwrap().unwrap();
+    assert_eq!(
+        dev.status(5_000 + ONLINE_WINDOW_MS - 1),
+        DeviceStatus::Online
+    );
+    assert_eq!(dev.status(5_000 + ONLINE_WINDOW_MS), DeviceStatus::Offline);
+    assert_eq!(s.session_heartbeats(&[]).await.unwrap(), 0);
+    // After the session closed, a late batch changes nothing.
+    s.session_closed("d002", "s-d002", 6_000).await.unwrap();
+    assert_eq!(
+        s.session_heartbeats(&[beat("d002", "s-d002", 7_000)])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(hb("d002").await, Some(5_000));
 }
 
 async fn devices_list_in_pages_within_their_workspace(s: Arc<dyn Store>) {
@@ -1278,7 +1342,7 @@ async fn events_page_both_ways(s: Arc<dyn Store>) {
             .await
             .unwrap();
     }
-    s.session_heartbeat("d1", "no-such-session", 99)
+    s.session_heartbeats(&[beat("d1", "no-such-session", 99)])
         .await
         .unwrap();
     assert_eq!(

@@ -119,6 +119,8 @@ pub struct ConnTable {
     caps: Caps,
     state: Mutex<TableState>,
     metrics: TableMetrics,
+    /// Cancelled when the server stops: [`ConnTable::drain`].
+    draining: tokio_util::sync::CancellationToken,
 }
 
 /// The key a peer is counted under: IPv4 (also IPv4-mapped IPv6) as is,
@@ -139,7 +141,16 @@ impl ConnTable {
             caps,
             state: Mutex::new(TableState::default()),
             metrics,
+            draining: tokio_util::sync::CancellationToken::new(),
         })
+    }
+
+    /// The server is stopping: every connection closes once it has no
+    /// request in flight (after [`DRAIN_GRACE`], for the GOAWAY and the
+    /// streams' last frames to go out), instead of waiting for its peer to
+    /// hang up. Clients reconnect — to the next process — at once.
+    pub fn drain(&self) {
+        self.draining.cancel();
     }
 
     pub fn caps(&self) -> Caps {
@@ -235,6 +246,9 @@ impl ConnTable {
         )
     }
 }
+
+/// How long a draining connection with nothing in flight stays open.
+pub const DRAIN_GRACE: Duration = Duration::from_millis(200);
 
 /// A full listener admits up to `max_connections / EVICTION_SLACK` more
 /// while the connections it evicted for them close.
@@ -357,6 +371,8 @@ pub enum CloseReason {
     Evicted,
     /// The peer read nothing of what was written for the idle timeout.
     WriteStall,
+    /// The server is stopping and the connection has nothing in flight.
+    Shutdown,
 }
 
 impl CloseReason {
@@ -367,6 +383,7 @@ impl CloseReason {
             CloseReason::Lifetime => "unauthenticated_lifetime",
             CloseReason::Evicted => "evicted",
             CloseReason::WriteStall => "write_stall",
+            CloseReason::Shutdown => "shutdown",
         }
     }
 }
@@ -532,6 +549,9 @@ pub struct GuardedIo<IO> {
     stall: Option<Pin<Box<Sleep>>>,
     closed: Option<CloseReason>,
     metrics: TableMetrics,
+    /// Resolves when the listener drains ([`ConnTable::drain`]).
+    draining: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    drain_seen: bool,
     _permit: ConnPermit,
     _registration: Option<Box<dyn Send + Sync>>,
 }
@@ -553,7 +573,10 @@ impl<IO> GuardedIo<IO> {
             .unwrap_or(activity.start);
         let metrics = permit.table().metrics().clone();
         permit.table().track(&activity);
+        let draining = Box::pin(permit.table().draining.clone().cancelled_owned());
         Self {
+            draining,
+            drain_seen: false,
             io,
             activity,
             deadlines,
@@ -583,11 +606,26 @@ impl<IO> GuardedIo<IO> {
                 ));
             }
             self.activity.waker.register(cx.waker());
+            if !self.drain_seen && self.draining.as_mut().poll(cx).is_ready() {
+                self.drain_seen = true;
+                self.timer.as_mut().reset(Instant::now() + DRAIN_GRACE);
+            }
             let evicted = self.activity.evicted();
             if !evicted && self.timer.as_mut().poll(cx).is_pending() {
                 return Ok(());
             }
-            match self.activity.verdict(Instant::now(), &self.deadlines) {
+            let now = Instant::now();
+            let verdict = if self.drain_seen && self.activity.in_flight.load(Ordering::SeqCst) == 0
+            {
+                Err(CloseReason::Shutdown)
+            } else {
+                self.activity.verdict(now, &self.deadlines)
+            };
+            match verdict {
+                // Draining, a request still in flight: look again soon.
+                Ok(next) if self.drain_seen => {
+                    self.timer.as_mut().reset(next.min(now + DRAIN_GRACE))
+                }
                 Ok(next) => self.timer.as_mut().reset(next),
                 Err(reason) => {
                     tracing::debug!(reason = reason.label(), "closing connection");
@@ -718,6 +756,48 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_listener_closes_each_connection_once_nothing_is_in_flight() {
+        use tokio::io::AsyncReadExt;
+        let m = TableMetrics::detached();
+        let t = ConnTable::new(caps(8, 8, 8), m.clone());
+        let d = Deadlines {
+            first_request: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            lifetime: None,
+        };
+        let conn = || {
+            let (server, client) = tokio::io::duplex(64);
+            let activity = Activity::new(Instant::now());
+            let permit = t.admit(ip("10.0.0.1")).unwrap();
+            let io = GuardedIo::new(server, permit, activity.clone(), d, None);
+            (io, client, activity)
+        };
+        let (mut idle, _c1, a1) = conn();
+        let (mut busy, _c2, a2) = conn();
+        drop(a1.begin()); // a request made and finished
+        let stream = a2.begin(); // a stream still open
+        let mut buf = [0u8; 8];
+        let still_open = |r: Result<std::io::Result<usize>, _>| r.is_err();
+        assert!(still_open(
+            tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await
+        ));
+        t.drain();
+        let started = Instant::now();
+        let err = idle.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.to_string(), "shutdown");
+        assert_eq!(started.elapsed(), DRAIN_GRACE, "closed after the grace");
+        assert_eq!(m.closed("shutdown").get(), 1);
+        // The busy one stays while its stream lives, and closes after.
+        assert!(still_open(
+            tokio::time::timeout(Duration::from_secs(3), busy.read(&mut buf)).await
+        ));
+        drop(stream);
+        let err = busy.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.to_string(), "shutdown");
+        assert_eq!(m.closed("shutdown").get(), 2);
     }
 
     #[test]

@@ -136,6 +136,7 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let connections = limits.connections.clone();
+    let table = limits.table.clone();
     let incoming = tls::incoming(listener, Arc::new(tls), limits, shutdown_rx);
     let service = DeviceServiceServer::new(DeviceServiceImpl { state })
         .max_decoding_message_size(outpost_proto::MAX_MESSAGE_BYTES)
@@ -153,6 +154,11 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             let _ = shutdown_tx.send(());
+            // GOAWAY goes to every connection (tonic's graceful shutdown);
+            // they also close as soon as their streams have ended, so
+            // agents reconnect to the next process without waiting for
+            // the drain timeout.
+            table.drain();
         })
         .await
 }

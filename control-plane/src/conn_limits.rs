@@ -441,6 +441,19 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    /// How long nothing has been in flight (`None` while something is).
+    fn idle_for(&self, now: Instant) -> Option<Duration> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let since = if self.request_count() == 0 {
+            self.start
+        } else {
+            self.start + Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst))
+        };
+        Some(now.saturating_duration_since(since))
+    }
+
     /// `Ok(when to look again)` or `Err(why it must close now)`.
     pub fn verdict(&self, now: Instant, d: &Deadlines) -> Result<Instant, CloseReason> {
         if self.evicted() {
@@ -615,8 +628,10 @@ impl<IO> GuardedIo<IO> {
                 return Ok(());
             }
             let now = Instant::now();
-            let verdict = if self.drain_seen && self.activity.in_flight.load(Ordering::SeqCst) == 0
-            {
+            // Draining: closed once nothing has been in flight for the
+            // grace (a stream's last frames are written after its body
+            // ends, so not the instant the count falls to 0).
+            let verdict = if self.drain_seen && self.activity.idle_for(now) >= Some(DRAIN_GRACE) {
                 Err(CloseReason::Shutdown)
             } else {
                 self.activity.verdict(now, &self.deadlines)

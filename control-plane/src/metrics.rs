@@ -150,7 +150,7 @@ impl Metrics {
             connections_closed: IntCounterVec::new(
                 Opts::new(
                     "outpost_connections_closed_total",
-                    "Connections the control plane closed: reason=client_hello_timeout, handshake_timeout, first_request_timeout, idle_timeout, unauthenticated_lifetime, evicted (by a full listener, to admit a newer connection).",
+                    "Connections the control plane closed: reason=client_hello_timeout, handshake_timeout, first_request_timeout, idle_timeout, unauthenticated_lifetime, evicted (by a full listener, to admit a newer connection), write_stall, shutdown.",
                 ),
                 &["listener", "reason"],
             )?,

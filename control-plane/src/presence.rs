@@ -38,12 +38,17 @@ impl Presence {
     }
 
     /// Records a heartbeat of `session_id` at `at`. The newest per device
-    /// is kept; a heartbeat of a newer session replaces an older session's.
+    /// is kept, whichever session it came from (a late beat of an old
+    /// session does not replace a newer one).
     pub fn beat(&self, device_id: &str, session_id: &str, at: UnixMillis) {
         let mut map = self.map();
         match map.get_mut(device_id) {
             Some((session, t)) if session == session_id => *t = (*t).max(at),
-            Some(entry) => *entry = (session_id.to_string(), at),
+            Some(entry) => {
+                if at >= entry.1 {
+                    *entry = (session_id.to_string(), at);
+                }
+            }
             None => {
                 map.insert(device_id.to_string(), (session_id.to_string(), at));
             }
@@ -117,8 +122,8 @@ pub async fn flush(presence: &Presence, store: &dyn Store, beats: Vec<Heartbeat>
     }
 }
 
-/// The driver: flushes every [`FLUSH_INTERVAL`] until `stop` resolves, then
-/// once more.
+/// The driver: flushes every [`FLUSH_INTERVAL`] until `stop` resolves (the
+/// server has drained its sessions), then once more.
 pub async fn run(
     presence: Arc<Presence>,
     store: Arc<dyn Store>,
@@ -140,8 +145,23 @@ pub async fn run(
             metrics.observe_store("heartbeats", started.elapsed());
         }
     }
-    flush(&presence, &*store, presence.take_all()).await;
+    // The last batch: retried for a while (the database may be failing
+    // over just as the server stops).
+    let deadline = tokio::time::Instant::now() + FINAL_FLUSH_TIMEOUT;
+    while !flush(&presence, &*store, presence.take_all()).await {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                heartbeats = presence.pending(),
+                "the last heartbeats were not written"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
+
+/// How long the last batch is retried when the server stops.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
@@ -178,9 +198,11 @@ mod tests {
     #[test]
     fn a_new_session_replaces_the_old_sessions_heartbeat() {
         let p = Presence::default();
-        p.beat("d1", "old", 50);
-        p.beat("d1", "new", 40);
-        assert_eq!(sorted(p.take_all()), [hb("d1", "new", 40)]);
+        p.beat("d1", "old", 40);
+        p.beat("d1", "new", 50);
+        // A late beat of the old session (its task still running).
+        p.beat("d1", "old", 45);
+        assert_eq!(sorted(p.take_all()), [hb("d1", "new", 50)]);
     }
 
     #[test]

@@ -84,8 +84,11 @@ pub struct RunningServer {
     stop_tx: watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<Result<(), String>>>,
     retention: tokio::task::JoinHandle<()>,
-    /// Writes the last batch of heartbeats once the stop signal is sent.
-    presence: Option<tokio::task::JoinHandle<()>>,
+    /// Writes the last batch of heartbeats when told (after the drain).
+    presence: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 /// Loads (or, on a database that has none recorded, creates) the CA and
@@ -239,11 +242,16 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         stopped(stop_rx.clone()),
     ));
     // Written in batches; the last batch goes in when the server stops.
+    // Its stop comes after the sessions drained (`RunningServer::stop`), or
+    // when the server is dropped.
+    let (presence_stop, presence_stopped) = tokio::sync::oneshot::channel::<()>();
     let presence_task = tokio::spawn(crate::presence::run(
         presence,
         state.store.clone(),
         state.metrics.clone(),
-        stopped(stop_rx.clone()),
+        async move {
+            let _ = presence_stopped.await;
+        },
     ));
     // The rollout driver ends with the server (it watches the stop signal).
     tokio::spawn(crate::rollout::driver::run(
@@ -258,7 +266,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         stop_tx,
         servers: vec![grpc_task, rest_task],
         retention,
-        presence: Some(presence_task),
+        presence: Some((presence_stop, presence_task)),
     })
 }
 
@@ -282,10 +290,14 @@ impl RunningServer {
         if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
             tracing::warn!("connections did not drain within {DRAIN_TIMEOUT:?}; stopping anyway");
         }
-        if let Some(presence) = self.presence.take()
-            && tokio::time::timeout(DRAIN_TIMEOUT, presence).await.is_err()
-        {
-            tracing::warn!("the last heartbeats were not written within {DRAIN_TIMEOUT:?}");
+        if let Some((stop, task)) = self.presence.take() {
+            let _ = stop.send(());
+            if tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the last heartbeats were not written in time");
+            }
         }
         tracing::info!("stopped");
     }

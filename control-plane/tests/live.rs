@@ -222,7 +222,11 @@ fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str
 }
 
 async fn scrape(cp: &ControlPlane, token: Option<&str>) -> (u16, String) {
-    let mut req = reqwest::Client::new().get(format!("{}/metrics", cp.rest));
+    scrape_path(cp, token, "/metrics").await
+}
+
+async fn scrape_path(cp: &ControlPlane, token: Option<&str>, path: &str) -> (u16, String) {
+    let mut req = reqwest::Client::new().get(format!("{}{path}", cp.rest));
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -352,6 +356,50 @@ async fn metrics_export_the_fleet_and_the_control_plane_in_prometheus_format() {
         "no sample yet"
     );
     assert_eq!(value(&samples, "outpost_device_up", &dev), Some(1.0));
+
+    // Every scrape says how old its device part is.
+    assert!(value(&samples, "outpost_fleet_metrics_age_seconds", &[]).is_some());
+
+    // `?workspace=` narrows the token's scrape to one workspace's devices,
+    // without the process-wide figures.
+    let (code, only_other) = scrape_path(&cp, Some(token), "/metrics?workspace=other").await;
+    assert_eq!(code, 200, "{only_other}");
+    let narrowed = parse_metrics(&only_other);
+    assert_eq!(value(&narrowed, "outpost_device_up", &other), Some(0.0));
+    assert_eq!(value(&narrowed, "outpost_device_up", &dev), None);
+    assert!(!only_other.contains("outpost_samples_ingested_total"));
+    assert!(value(&narrowed, "outpost_fleet_metrics_age_seconds", &[]).is_some());
+    let (code, body) = scrape_path(&cp, Some(token), "/metrics?workspace=nope").await;
+    assert_eq!(code, 404, "{body}");
+    // A workspace key names its own workspace only.
+    let (code, body) = scrape_path(&cp, Some(&key), "/metrics?workspace=other").await;
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        scrape_path(&cp, Some(&key), "/metrics?workspace=acme")
+            .await
+            .0,
+        200
+    );
+
+    // Prometheus asks for gzip: one gzip member holding the same families.
+    let resp = reqwest::Client::new()
+        .get(format!("{}/metrics", cp.rest))
+        .bearer_auth(token)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    let gz = resp.bytes().await.unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+    let unzipped = parse_metrics(&text);
+    assert_eq!(value(&unzipped, "outpost_device_up", &dev), Some(1.0));
+    assert_eq!(
+        value(&unzipped, "outpost_connected_devices", &[]),
+        Some(1.0)
+    );
 
     // Refusals.
     assert_eq!(scrape(&cp, None).await.0, 401);

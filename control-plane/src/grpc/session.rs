@@ -86,7 +86,7 @@ async fn run(
         Ok(s) => s,
         Err(status) => {
             let _ = tx.send(Err(status)).await;
-            close(&state, &id, &session_id).await;
+            close(&state, &id, &session_id, None).await;
             return;
         }
     };
@@ -96,14 +96,18 @@ async fn run(
         tracing::info!(device = %id.device_id, serial = %id.serial, "session on a superseded certificate: asking the agent to rotate");
         sent = tx.send(Ok(rotate_now())).await.is_ok();
     }
+    let mut last_beat = None;
     if sent {
         let mut shutdown = state.shutdown.clone();
         loop {
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(AgentMessage { kind: Some(AgentKind::Heartbeat(_)) })) => {
-                        // Written in the next batch (crate::presence).
-                        state.presence.beat(&id.device_id, &session_id, now_ms());
+                        // Written in the next batch (crate::presence), or
+                        // by the close if that comes first.
+                        let now = now_ms();
+                        last_beat = Some(now);
+                        state.presence.beat(&id.device_id, &session_id, now);
                     }
                     Ok(Some(AgentMessage { kind: Some(AgentKind::ConfigApplied(c)) })) => {
                         if let Err(e) = state.store.config_applied(&id.device_id, c.version, now_ms()).await {
@@ -165,7 +169,7 @@ async fn run(
         }
     }
     drop(registration);
-    close(&state, &id, &session_id).await;
+    close(&state, &id, &session_id, last_beat).await;
 }
 
 /// The session's first message, which must be a hello and come within
@@ -355,15 +359,14 @@ fn rotate_now() -> ServerMessage {
     }
 }
 
-async fn close(state: &AppState, id: &DeviceIdentity, session_id: &str) {
-    // The session's last heartbeat goes in before its end, so the store
-    // shows when the device was last seen, not the batch before.
-    if let Some(last) = state.presence.take(&id.device_id, session_id) {
-        crate::presence::flush(&state.presence, &*state.store, vec![last]).await;
-    }
+/// Ends the session in the store, with its last heartbeat in the same
+/// write (the store then shows when the device was last seen, not the batch
+/// before; the pending batch entry is dropped).
+async fn close(state: &AppState, id: &DeviceIdentity, session_id: &str, last_beat: Option<i64>) {
+    state.presence.take(&id.device_id, session_id);
     match state
         .store
-        .session_closed(&id.device_id, session_id, now_ms())
+        .session_closed(&id.device_id, session_id, last_beat, now_ms())
         .await
     {
         Ok(()) => tracing::info!(device = %id.device_id, "device disconnected"),

@@ -135,6 +135,14 @@ impl FleetCache {
         self.refresh
     }
 
+    /// Whether `scope` is being kept current.
+    pub fn has(&self, scope: &Option<String>) -> bool {
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(scope)
+    }
+
     /// Scopes being kept current.
     pub fn scopes(&self) -> usize {
         self.slots

@@ -98,8 +98,8 @@ async fn authorize(state: &AppState, parts: &Parts) -> Result<Scope, ApiError> {
 /// `?workspace=W`: the devices of one workspace only (the scrape token's
 /// way to split a large fleet over several scrape jobs); the control
 /// plane's own metrics are left out of such a scrape.
+/// Other parameters (a scrape config's `params:`) are ignored, as before.
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct MetricsQuery {
     workspace: Option<String>,
 }
@@ -122,6 +122,19 @@ pub async fn metrics(
             ));
         }
     };
+    // A workspace the token names must exist (a typo would otherwise get
+    // an empty 200, and a scope kept rendered for nothing). Checked once
+    // per scope kept: later scrapes read no store.
+    if let Some(w) = &fleet_scope
+        && !state.fleet_metrics.has(&fleet_scope)
+    {
+        if w.is_empty() {
+            return Err(ApiError::bad_request("workspace must not be empty"));
+        }
+        if state.store.get_workspace(w).await?.is_none() {
+            return Err(ApiError::NotFound(format!("no workspace named {w:?}")));
+        }
+    }
     let fleet = {
         let state2 = state.clone();
         let scope = fleet_scope.clone();
@@ -135,24 +148,34 @@ pub async fn metrics(
             .await
             .map_err(ApiError::Internal)?
     };
-    let fresh = if own_metrics {
-        own_text(&state, &fleet).map_err(internal)?
-    } else {
-        Vec::new()
-    };
+    let age = fleet.built_at.elapsed();
+    let refresh = state.fleet_metrics.refresh();
+    let stale_after = (refresh * 3).max(STALE_MIN);
+    if !refresh.is_zero() && age > stale_after {
+        // The store has failed every refresh for a while: frozen values
+        // must not look current (the target shows as down instead).
+        return Err(ApiError::Unavailable(format!(
+            "the device metrics are {} s old: the store has not answered since",
+            age.as_secs()
+        )));
+    }
+    let fresh = fresh_text(&state, own_metrics, age).map_err(internal)?;
     let gzip = parts
         .headers
         .get_all(axum::http::header::ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(accepts_gzip);
-    let content_type = [(CONTENT_TYPE, TextEncoder::new().format_type().to_string())];
+    let headers = [
+        (CONTENT_TYPE, TextEncoder::new().format_type().to_string()),
+        (axum::http::header::VARY, "accept-encoding".to_string()),
+    ];
     if gzip {
         let body = fleet
             .gzip_with(&fresh)
             .map_err(|e| ApiError::Internal(format!("metrics: gzip: {e}")))?;
         return Ok((
-            content_type,
+            headers,
             [(axum::http::header::CONTENT_ENCODING, "gzip")],
             body,
         )
@@ -161,7 +184,7 @@ pub async fn metrics(
     let mut body = Vec::with_capacity(fleet.text.len() + fresh.len());
     body.extend_from_slice(&fleet.text);
     body.extend_from_slice(&fresh);
-    Ok((content_type, body).into_response())
+    Ok((headers, body).into_response())
 }
 
 fn serde_urlencoded_query(parts: &Parts) -> Result<MetricsQuery, ApiError> {
@@ -170,22 +193,29 @@ fn serde_urlencoded_query(parts: &Parts) -> Result<MetricsQuery, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))
 }
 
-/// An `Accept-Encoding` value that takes gzip (`gzip`, `x-gzip`, `*`),
-/// unless with `q=0`.
+/// The device part may be this much older than three refresh intervals
+/// before scrapes fail.
+const STALE_MIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether an `Accept-Encoding` value takes gzip: `gzip`/`x-gzip`, or `*`,
+/// with a nonzero weight; an explicit gzip weight wins over `*`'s.
 fn accepts_gzip(header: &str) -> bool {
-    header.split(',').any(|item| {
+    let mut explicit = None;
+    let mut any = None;
+    for item in header.split(',') {
         let mut parts = item.split(';').map(str::trim);
         let coding = parts.next().unwrap_or_default();
-        let refused = parts.any(|p| {
-            p.strip_prefix("q=")
-                .and_then(|q| q.parse::<f32>().ok())
-                .is_some_and(|q| q <= 0.0)
-        });
-        !refused
-            && (coding.eq_ignore_ascii_case("gzip")
-                || coding.eq_ignore_ascii_case("x-gzip")
-                || coding == "*")
-    })
+        let weight = parts
+            .find_map(|p| p.strip_prefix("q="))
+            .and_then(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            explicit = Some(weight > 0.0);
+        } else if coding == "*" {
+            any = Some(weight > 0.0);
+        }
+    }
+    explicit.or(any).unwrap_or(false)
 }
 
 /// The per-device families of `scope` (`None`: every workspace, plus the
@@ -198,7 +228,10 @@ async fn render_fleet(state: Arc<AppState>, scope: Option<String>) -> Render {
     state
         .metrics
         .observe_store("metrics_render", started.elapsed());
-    Rendered::new(text)
+    // Compressing a large fleet's text takes a while: off the runtime.
+    tokio::task::spawn_blocking(move || Rendered::new(text))
+        .await
+        .map_err(|e| format!("metrics: {e}"))?
         .map(Arc::new)
         .map_err(|e| format!("metrics: gzip: {e}"))
 }
@@ -273,15 +306,20 @@ fn encode(collectors: Vec<Box<dyn Collector>>) -> Result<Vec<u8>, prometheus::Er
     Ok(body)
 }
 
-/// The control plane's own metrics, rendered fresh for every scrape.
-fn own_text(state: &AppState, fleet: &Rendered) -> Result<Vec<u8>, prometheus::Error> {
-    let mut collectors = own(state)?;
-    let age = prometheus::Gauge::new(
+/// What every scrape renders fresh: the age of its device part, and with
+/// `own` the control plane's own metrics.
+fn fresh_text(
+    state: &AppState,
+    own_metrics: bool,
+    age: std::time::Duration,
+) -> Result<Vec<u8>, prometheus::Error> {
+    let mut collectors = if own_metrics { own(state)? } else { Vec::new() };
+    let gauge = prometheus::Gauge::new(
         "outpost_fleet_metrics_age_seconds",
         "Age of the per-device families in this scrape (rendered every --metrics-refresh).",
     )?;
-    age.set(fleet.built_at.elapsed().as_secs_f64());
-    collectors.push(Box::new(age));
+    gauge.set(age.as_secs_f64());
+    collectors.push(Box::new(gauge));
     encode(collectors)
 }
 
@@ -663,4 +701,33 @@ fn device_info(rows: &[([String; 6], Labels)]) -> Result<GaugeVec, prometheus::E
         info.with_label_values(&values).set(1.0);
     }
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts_gzip;
+
+    #[test]
+    fn gzip_is_taken_when_the_client_weighs_it_above_zero() {
+        for yes in [
+            "gzip",
+            "x-gzip",
+            "GZIP",
+            "deflate, gzip;q=0.5",
+            "*",
+            "br;q=1, *;q=0.1",
+        ] {
+            assert!(accepts_gzip(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "identity",
+            "gzip;q=0",
+            "gzip;q=0, *",
+            "*;q=0",
+            "deflate, br",
+        ] {
+            assert!(!accepts_gzip(no), "{no}");
+        }
+    }
 }

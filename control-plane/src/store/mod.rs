@@ -972,11 +972,14 @@ pub trait Store: Send + Sync + 'static {
     /// and the time is newer than the stored one. Returns how many devices
     /// changed. (Batched by [`crate::presence`], never one per heartbeat.)
     async fn session_heartbeats(&self, beats: &[Heartbeat]) -> StoreResult<u64>;
-    /// Ends the session if it is still the device's current one.
+    /// Ends the session if it is still the device's current one, recording
+    /// its last heartbeat (`last_heartbeat`, if later than the stored one)
+    /// in the same statement.
     async fn session_closed(
         &self,
         device_id: &str,
         session_id: &str,
+        last_heartbeat: Option<UnixMillis>,
         now: UnixMillis,
     ) -> StoreResult<()>;
 

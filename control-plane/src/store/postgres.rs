@@ -34,10 +34,23 @@ impl SqlStore<Postgres> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             // While the database is unreachable a store call fails after
-            // this long (no ack, a 503) instead of sqlx's default 30 s.
+            // this long (no ack; `/readyz` 503) instead of sqlx's default
+            // 30 s. The first connection is retried below for as long.
             .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect_with(opts)
-            .await?;
+            .connect_lazy_with(opts);
+        // A database still starting (brought up with the control plane):
+        // up to ~30 s, as sqlx's default would wait.
+        let mut tries = 1;
+        loop {
+            match pool.acquire().await {
+                Ok(_) => break,
+                Err(e @ (sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))) if tries < 6 => {
+                    tracing::warn!("the database is not reachable yet ({e}); retrying");
+                    tries += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(Self { pool })
     }

@@ -1405,17 +1405,22 @@ where
         &self,
         device_id: &str,
         session_id: &str,
+        last_heartbeat: Option<UnixMillis>,
         now: UnixMillis,
     ) -> StoreResult<()> {
         let mut tx = self.begin().await?;
         // Conditional on the session still being current: a stale close from
-        // the replica that held the old session changes nothing.
+        // the replica that held the old session changes nothing. (CASE, not
+        // MAX: SQLite's MAX(NULL, x) is NULL.)
         let ws: Option<String> = sqlx::query_scalar(
-            "UPDATE devices SET session_id = NULL WHERE id = $1 AND session_id = $2 \
-             RETURNING workspace",
+            "UPDATE devices SET session_id = NULL, last_heartbeat = CASE \
+             WHEN $3 IS NOT NULL AND (last_heartbeat IS NULL OR last_heartbeat < $3) THEN $3 \
+             ELSE last_heartbeat END \
+             WHERE id = $1 AND session_id = $2 RETURNING workspace",
         )
         .bind(device_id)
         .bind(session_id)
+        .bind(last_heartbeat)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(ws) = ws {

@@ -507,7 +507,7 @@ async fn sessions_drive_status_and_a_stale_close_does_not_end_a_new_session(s: A
     s.session_opened("d1", "sB", &DeviceFacts::default(), now)
         .await
         .unwrap();
-    s.session_closed("d1", "sA", now).await.unwrap();
+    s.session_closed("d1", "sA", None, now).await.unwrap();
     let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
     assert_eq!(dev.status(now + 1), DeviceStatus::Online);
     assert_eq!(
@@ -515,7 +515,7 @@ async fn sessions_drive_status_and_a_stale_close_does_not_end_a_new_session(s: A
         DeviceStatus::Offline,
         "silent sessions go offline"
     );
-    s.session_closed("d1", "sB", now).await.unwrap();
+    s.session_closed("d1", "sB", None, now).await.unwrap();
     let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
     assert_eq!(dev.status(now + 1), DeviceStatus::Offline);
 }
@@ -530,7 +530,7 @@ fn beat(device: &str, session: &str, at: i64) -> Heartbeat {
 
 async fn heartbeats_batch_move_current_sessions_forward_only(s: Arc<dyn Store>) {
     // More devices than the largest statement holds, so the batch spans
-    // statements of several sizes (256 + 32 + 4 + 1 + 1…).
+    // statements of several sizes (256 + 32 + 4 + 4 + 4 + 1).
     let n = 300;
     let ids: Vec<String> = (0..n).map(|i| format!("d{i:03}")).collect();
     for id in &ids {
@@ -572,15 +572,32 @@ async fn heartbeats_batch_move_current_sessions_forward_only(s: Arc<dyn Store>) 
     );
     assert_eq!(dev.status(5_000 + ONLINE_WINDOW_MS), DeviceStatus::Offline);
     assert_eq!(s.session_heartbeats(&[]).await.unwrap(), 0);
-    // After the session closed, a late batch changes nothing.
-    s.session_closed("d002", "s-d002", 6_000).await.unwrap();
+    // The close records the session's last heartbeat (forward only)…
+    s.session_closed("d002", "s-d002", Some(5_500), 6_000)
+        .await
+        .unwrap();
+    assert_eq!(hb("d002").await, Some(5_500));
+    s.session_closed("d003", "s-d003", Some(10), 6_000)
+        .await
+        .unwrap();
+    assert_eq!(hb("d003").await, Some(5_000), "never backwards");
+    s.session_closed("d004", "s-d004", None, 6_000)
+        .await
+        .unwrap();
+    assert_eq!(hb("d004").await, Some(5_000));
+    // …a stale close changes nothing…
+    s.session_closed("d005", "s-other", Some(9_000), 6_000)
+        .await
+        .unwrap();
+    assert_eq!(hb("d005").await, Some(5_000));
+    // …and after the session closed, a late batch changes nothing.
     assert_eq!(
         s.session_heartbeats(&[beat("d002", "s-d002", 7_000)])
             .await
             .unwrap(),
         0
     );
-    assert_eq!(hb("d002").await, Some(5_000));
+    assert_eq!(hb("d002").await, Some(5_500));
 }
 
 async fn devices_list_in_pages_within_their_workspace(s: Arc<dyn Store>) {
@@ -681,7 +698,7 @@ async fn list_filters_by_status_and_type(s: Arc<dyn Store>) {
     s.session_opened("off", "s2", &DeviceFacts::default(), now)
         .await
         .unwrap();
-    s.session_closed("off", "s2", now).await.unwrap();
+    s.session_closed("off", "s2", None, now).await.unwrap();
     let ids = |v: Vec<Device>| v.into_iter().map(|d| d.id).collect::<Vec<_>>();
     let q = |st, t| list_query(st, t, now + 1);
     assert_eq!(

@@ -178,9 +178,11 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     let telemetry_writer =
         grpc::commit::TelemetryWriter::start(store.clone(), live.clone(), metrics.clone());
     let enrollment_writer = grpc::commit::EnrollmentWriter::start(store.clone(), metrics.clone());
+    let session_closer = grpc::commit::SessionCloseWriter::start(store.clone(), metrics.clone());
     let presence = Arc::new(crate::presence::Presence::default());
     let state = Arc::new(AppState {
         presence: presence.clone(),
+        session_closer,
         telemetry_writer,
         enrollment_writer,
         store,

@@ -4,9 +4,9 @@
 //! Under load, writes from many devices share one durable commit; alone, a
 //! write is committed at once. Callers are answered after the commit.
 //!
-//! Two writers use it: telemetry batches ([`TelemetryWriter`]; acks follow
-//! the commit) and enrollments ([`EnrollmentWriter`]; the certificate is
-//! returned after the commit).
+//! Three writers use it: telemetry batches ([`TelemetryWriter`]; acks
+//! follow the commit), enrollments ([`EnrollmentWriter`]; the certificate is
+//! returned after the commit) and session ends ([`SessionCloseWriter`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::live::LiveDevices;
 use crate::metrics::Metrics;
 use crate::store::{
-    DeviceSamples, EnrollmentCommit, Store, StoreError, TelemetrySample, UnixMillis, now_ms,
+    DeviceSamples, EnrollmentCommit, SessionEnd, Store, StoreError, TelemetrySample, UnixMillis,
+    now_ms,
 };
 
 /// Writes in one transaction at most.
@@ -184,6 +185,36 @@ impl EnrollmentWriter {
             .submit(commit)
             .await
             .unwrap_or(EnrollOutcome::StoreFailed)
+    }
+}
+
+/// Group commit for session ends: when a replica stops (or a site's link
+/// drops), thousands of sessions end at once, and each end is a write.
+#[derive(Clone)]
+pub struct SessionCloseWriter {
+    group: Group<SessionEnd, bool>,
+}
+
+impl SessionCloseWriter {
+    pub fn start(store: Arc<dyn Store>, metrics: Metrics) -> Self {
+        let group = Group::start(move |ends: Vec<SessionEnd>| {
+            let (store, metrics) = (store.clone(), metrics.clone());
+            async move {
+                let started = Instant::now();
+                let result = store.sessions_closed(&ends, now_ms()).await;
+                metrics.observe_store("session_close_commit", started.elapsed());
+                if let Err(e) = &result {
+                    tracing::warn!(sessions = ends.len(), "session ends not recorded: {e}");
+                }
+                vec![result.is_ok(); ends.len()]
+            }
+        });
+        Self { group }
+    }
+
+    /// Records the end durably; whether it was stored.
+    pub async fn write(&self, end: SessionEnd) -> bool {
+        self.group.submit(end).await.unwrap_or(false)
     }
 }
 

@@ -364,13 +364,14 @@ fn rotate_now() -> ServerMessage {
 /// before; the pending batch entry is dropped).
 async fn close(state: &AppState, id: &DeviceIdentity, session_id: &str, last_beat: Option<i64>) {
     state.presence.take(&id.device_id, session_id);
-    match state
-        .store
-        .session_closed(&id.device_id, session_id, last_beat, now_ms())
-        .await
-    {
-        Ok(()) => tracing::info!(device = %id.device_id, "device disconnected"),
-        Err(e) => tracing::warn!(device = %id.device_id, "session end not recorded: {e}"),
+    let end = crate::store::SessionEnd {
+        device_id: id.device_id.clone(),
+        session_id: session_id.to_string(),
+        last_heartbeat: last_beat,
+    };
+    // A failure is logged by the writer.
+    if state.session_closer.write(end).await {
+        tracing::info!(device = %id.device_id, "device disconnected");
     }
 }
 

@@ -330,6 +330,15 @@ pub struct TelemetryBucket {
     pub gpu_memory_used_bytes_avg: Option<f64>,
 }
 
+/// A session that ended, for [`Store::sessions_closed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEnd {
+    pub device_id: String,
+    pub session_id: String,
+    /// Its last heartbeat, if it had one.
+    pub last_heartbeat: Option<UnixMillis>,
+}
+
 /// A heartbeat of a device's session, written by
 /// [`Store::session_heartbeats`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -972,16 +981,13 @@ pub trait Store: Send + Sync + 'static {
     /// and the time is newer than the stored one. Returns how many devices
     /// changed. (Batched by [`crate::presence`], never one per heartbeat.)
     async fn session_heartbeats(&self, beats: &[Heartbeat]) -> StoreResult<u64>;
-    /// Ends the session if it is still the device's current one, recording
-    /// its last heartbeat (`last_heartbeat`, if later than the stored one)
-    /// in the same statement.
-    async fn session_closed(
-        &self,
-        device_id: &str,
-        session_id: &str,
-        last_heartbeat: Option<UnixMillis>,
-        now: UnixMillis,
-    ) -> StoreResult<()>;
+    /// Ends each session that is still its device's current one, recording
+    /// its last heartbeat (if later than the stored one) in the same
+    /// statement and a `disconnected` event. On SQLite the whole list is one
+    /// transaction (a group from [`crate::grpc::commit::SessionCloseWriter`]:
+    /// ten thousand sessions ending at a restart are a few commits, not ten
+    /// thousand); on PostgreSQL one transaction each, side by side.
+    async fn sessions_closed(&self, ends: &[SessionEnd], now: UnixMillis) -> StoreResult<()>;
 
     /// Stores samples, ignoring any (device, seq) already stored. Returns the
     /// number newly stored. Durable when it returns.

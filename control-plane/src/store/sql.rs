@@ -542,6 +542,33 @@ where
         Ok(())
     }
 
+    /// Ends one session in `tx` if it is still the device's current one
+    /// (a stale close from the replica that held an old session changes
+    /// nothing), with its last heartbeat and a `disconnected` event.
+    async fn session_closed_in(
+        tx: &mut Transaction<'static, D>,
+        e: &SessionEnd,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        // CASE, not MAX: SQLite's MAX(NULL, x) is NULL.
+        let ws: Option<String> = sqlx::query_scalar(
+            "UPDATE devices SET session_id = NULL, last_heartbeat = CASE \
+             WHEN $3 IS NOT NULL AND (last_heartbeat IS NULL OR last_heartbeat < $3) THEN $3 \
+             ELSE last_heartbeat END \
+             WHERE id = $1 AND session_id = $2 RETURNING workspace",
+        )
+        .bind(&e.device_id)
+        .bind(&e.session_id)
+        .bind(e.last_heartbeat)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(ws) = ws {
+            let detail = serde_json::json!({});
+            Self::insert_event(tx, &e.device_id, &ws, now, "disconnected", &detail).await?;
+        }
+        Ok(())
+    }
+
     async fn insert_event(
         tx: &mut Transaction<'static, D>,
         device_id: &str,
@@ -1401,31 +1428,25 @@ where
         Ok(changed)
     }
 
-    async fn session_closed(
-        &self,
-        device_id: &str,
-        session_id: &str,
-        last_heartbeat: Option<UnixMillis>,
-        now: UnixMillis,
-    ) -> StoreResult<()> {
+    async fn sessions_closed(&self, ends: &[SessionEnd], now: UnixMillis) -> StoreResult<()> {
+        if D::ROW_LOCK.is_some() {
+            // Several writers: one short transaction per device, side by
+            // side (one transaction over many devices' rows could deadlock
+            // with another replica's).
+            let each = ends.iter().map(|e| async move {
+                let mut tx = self.begin().await?;
+                Self::session_closed_in(&mut tx, e, now).await?;
+                tx.commit().await?;
+                StoreResult::Ok(())
+            });
+            for r in futures_util::future::join_all(each).await {
+                r?;
+            }
+            return Ok(());
+        }
         let mut tx = self.begin().await?;
-        // Conditional on the session still being current: a stale close from
-        // the replica that held the old session changes nothing. (CASE, not
-        // MAX: SQLite's MAX(NULL, x) is NULL.)
-        let ws: Option<String> = sqlx::query_scalar(
-            "UPDATE devices SET session_id = NULL, last_heartbeat = CASE \
-             WHEN $3 IS NOT NULL AND (last_heartbeat IS NULL OR last_heartbeat < $3) THEN $3 \
-             ELSE last_heartbeat END \
-             WHERE id = $1 AND session_id = $2 RETURNING workspace",
-        )
-        .bind(device_id)
-        .bind(session_id)
-        .bind(last_heartbeat)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(ws) = ws {
-            let detail = serde_json::json!({});
-            Self::insert_event(&mut tx, device_id, &ws, now, "disconnected", &detail).await?;
+        for e in ends {
+            Self::session_closed_in(&mut tx, e, now).await?;
         }
         tx.commit().await?;
         Ok(())

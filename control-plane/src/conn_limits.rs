@@ -247,8 +247,10 @@ impl ConnTable {
     }
 }
 
-/// How long a draining connection with nothing in flight stays open.
-pub const DRAIN_GRACE: Duration = Duration::from_millis(200);
+/// How long a draining connection stays open after its last request
+/// ended: the GOAWAY handshake (a PING round trip on slow links) and the
+/// streams' last frames go out first.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// A full listener admits up to `max_connections / EVICTION_SLACK` more
 /// while the connections it evicted for them close.

@@ -4,10 +4,12 @@
 //!
 //! A session's heartbeat only records the time in [`Presence`]; the
 //! [`run`] driver writes every pending heartbeat in one store call
-//! ([`Store::session_heartbeats`]) each [`FLUSH_INTERVAL`], again when a
-//! session closes (its last heartbeat), and once more when the server
-//! stops. A failed write puts the heartbeats back (a newer one for the same
-//! device wins), so an outage of the database delays them and loses none.
+//! ([`Store::session_heartbeats`]) each [`FLUSH_INTERVAL`], and once more
+//! when the server stops; a session that ends writes its last heartbeat
+//! with its end ([`Store::sessions_closed`]). A failed write puts the
+//! heartbeats back (a newer one for the same device wins), so an outage of
+//! the database delays them; only a server stopping while the database is
+//! down drops what is pending (after retrying for [`FINAL_FLUSH_TIMEOUT`]).
 //!
 //! Staleness, the same on every replica: a device's `last_heartbeat` in the
 //! store lags its real last heartbeat by at most [`FLUSH_INTERVAL`] plus
@@ -148,7 +150,10 @@ pub async fn run(
     // The last batch: retried for a while (the database may be failing
     // over just as the server stops).
     let deadline = tokio::time::Instant::now() + FINAL_FLUSH_TIMEOUT;
-    while !flush(&presence, &*store, presence.take_all()).await {
+    while !tokio::time::timeout_at(deadline, flush(&presence, &*store, presence.take_all()))
+        .await
+        .unwrap_or(false)
+    {
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!(
                 heartbeats = presence.pending(),
@@ -161,7 +166,7 @@ pub async fn run(
 }
 
 /// How long the last batch is retried when the server stops.
-const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

@@ -294,10 +294,8 @@ impl RunningServer {
         }
         if let Some((stop, task)) = self.presence.take() {
             let _ = stop.send(());
-            if tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), task)
-                .await
-                .is_err()
-            {
+            let limit = crate::presence::FINAL_FLUSH_TIMEOUT + Duration::from_secs(1);
+            if tokio::time::timeout(limit, task).await.is_err() {
                 tracing::warn!("the last heartbeats were not written in time");
             }
         }

@@ -201,12 +201,18 @@ impl SessionCloseWriter {
             let (store, metrics) = (store.clone(), metrics.clone());
             async move {
                 let started = Instant::now();
-                let result = store.sessions_closed(&ends, now_ms()).await;
+                let each = store.sessions_closed(&ends, now_ms()).await;
                 metrics.observe_store("session_close_commit", started.elapsed());
-                if let Err(e) = &result {
-                    tracing::warn!(sessions = ends.len(), "session ends not recorded: {e}");
-                }
-                vec![result.is_ok(); ends.len()]
+                each.into_iter()
+                    .zip(&ends)
+                    .map(|(r, end)| match r {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(device = %end.device_id, "session end not recorded: {e}");
+                            false
+                        }
+                    })
+                    .collect()
             }
         });
         Self { group }

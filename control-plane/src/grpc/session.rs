@@ -363,14 +363,15 @@ fn rotate_now() -> ServerMessage {
 /// write (the store then shows when the device was last seen, not the batch
 /// before; the pending batch entry is dropped).
 async fn close(state: &AppState, id: &DeviceIdentity, session_id: &str, last_beat: Option<i64>) {
-    state.presence.take(&id.device_id, session_id);
     let end = crate::store::SessionEnd {
         device_id: id.device_id.clone(),
         session_id: session_id.to_string(),
         last_heartbeat: last_beat,
     };
-    // A failure is logged by the writer.
+    // A failure is logged by the writer; the pending heartbeat then stays
+    // for the next batch (the session is still current in the store).
     if state.session_closer.write(end).await {
+        state.presence.take(&id.device_id, session_id);
         tracing::info!(device = %id.device_id, "device disconnected");
     }
 }

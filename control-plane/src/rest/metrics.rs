@@ -151,7 +151,8 @@ pub async fn metrics(
     let age = fleet.built_at.elapsed();
     let refresh = state.fleet_metrics.refresh();
     let stale_after = (refresh * 3).max(STALE_MIN);
-    if !refresh.is_zero() && age > stale_after {
+    let stale = !refresh.is_zero() && age > stale_after;
+    if stale && !own_metrics {
         // The store has failed every refresh for a while: frozen values
         // must not look current (the target shows as down instead).
         return Err(ApiError::Unavailable(format!(
@@ -160,6 +161,13 @@ pub async fn metrics(
         )));
     }
     let fresh = fresh_text(&state, own_metrics, age).map_err(internal)?;
+    // The scrape token's scrape keeps the control plane's own metrics (most
+    // wanted while the store fails) and the age, without frozen devices.
+    let fleet = if stale {
+        Arc::new(Rendered::new(Vec::new()).map_err(|e| ApiError::Internal(e.to_string()))?)
+    } else {
+        fleet
+    };
     let gzip = parts
         .headers
         .get_all(axum::http::header::ACCEPT_ENCODING)

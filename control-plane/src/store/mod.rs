@@ -986,8 +986,10 @@ pub trait Store: Send + Sync + 'static {
     /// statement and a `disconnected` event. On SQLite the whole list is one
     /// transaction (a group from [`crate::grpc::commit::SessionCloseWriter`]:
     /// ten thousand sessions ending at a restart are a few commits, not ten
-    /// thousand); on PostgreSQL one transaction each, side by side.
-    async fn sessions_closed(&self, ends: &[SessionEnd], now: UnixMillis) -> StoreResult<()>;
+    /// thousand; if that transaction fails, each end is tried on its own);
+    /// on PostgreSQL one transaction each, a few side by side. One result
+    /// per end, in order.
+    async fn sessions_closed(&self, ends: &[SessionEnd], now: UnixMillis) -> Vec<StoreResult<()>>;
 
     /// Stores samples, ignoring any (device, seq) already stored. Returns the
     /// number newly stored. Durable when it returns.

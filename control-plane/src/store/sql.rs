@@ -542,6 +542,14 @@ where
         Ok(())
     }
 
+    /// [`Self::session_closed_in`] in a transaction of its own.
+    async fn session_closed_alone(&self, e: &SessionEnd, now: UnixMillis) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        Self::session_closed_in(&mut tx, e, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Ends one session in `tx` if it is still the device's current one
     /// (a stale close from the replica that held an old session changes
     /// nothing), with its last heartbeat and a `disconnected` event.
@@ -1428,28 +1436,40 @@ where
         Ok(changed)
     }
 
-    async fn sessions_closed(&self, ends: &[SessionEnd], now: UnixMillis) -> StoreResult<()> {
-        if D::ROW_LOCK.is_some() {
-            // Several writers: one short transaction per device, side by
-            // side (one transaction over many devices' rows could deadlock
-            // with another replica's).
-            let each = ends.iter().map(|e| async move {
-                let mut tx = self.begin().await?;
-                Self::session_closed_in(&mut tx, e, now).await?;
-                tx.commit().await?;
-                StoreResult::Ok(())
-            });
-            for r in futures_util::future::join_all(each).await {
-                r?;
+    async fn sessions_closed(&self, ends: &[SessionEnd], now: UnixMillis) -> Vec<StoreResult<()>> {
+        if D::ROW_LOCK.is_some() || ends.len() < 2 {
+            // Several writers: one short transaction per device (one over
+            // many devices' rows could deadlock with another replica's),
+            // a few at a time so the pool stays free for other work.
+            let mut each = Vec::with_capacity(ends.len());
+            for chunk in ends.chunks(SIDE_BY_SIDE) {
+                let runs = chunk.iter().map(|e| self.session_closed_alone(e, now));
+                each.extend(futures_util::future::join_all(runs).await);
             }
-            return Ok(());
+            return each;
         }
-        let mut tx = self.begin().await?;
-        for e in ends {
-            Self::session_closed_in(&mut tx, e, now).await?;
+        let group = async {
+            let mut tx = self.begin().await?;
+            for e in ends {
+                Self::session_closed_in(&mut tx, e, now).await?;
+            }
+            tx.commit().await?;
+            StoreResult::Ok(())
+        };
+        match group.await {
+            Ok(()) => ends.iter().map(|_| Ok(())).collect(),
+            Err(e) => {
+                tracing::warn!(
+                    sessions = ends.len(),
+                    "session ends: group failed ({e}); one by one"
+                );
+                let mut each = Vec::with_capacity(ends.len());
+                for end in ends {
+                    each.push(self.session_closed_alone(end, now).await);
+                }
+                each
+            }
         }
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn insert_telemetry(
@@ -2371,6 +2391,9 @@ where
 
 /// The event-lock key of the audit log: a space is in no device id.
 const AUDIT_LOCK_KEY: &str = " audit_log";
+
+/// Transactions one batch runs at once on PostgreSQL (half its pool).
+const SIDE_BY_SIDE: usize = 8;
 
 /// Heartbeats per `UPDATE … FROM (VALUES …)`, largest first (3 parameters
 /// each, far below either backend's limit).

@@ -507,9 +507,7 @@ async fn sessions_drive_status_and_a_stale_close_does_not_end_a_new_session(s: A
     s.session_opened("d1", "sB", &DeviceFacts::default(), now)
         .await
         .unwrap();
-    s.sessions_closed(&[end("d1", "sA", None)], now)
-        .await
-        .unwrap();
+    close_all(&s, &[end("d1", "sA", None)], now).await;
     let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
     assert_eq!(dev.status(now + 1), DeviceStatus::Online);
     assert_eq!(
@@ -517,11 +515,15 @@ async fn sessions_drive_status_and_a_stale_close_does_not_end_a_new_session(s: A
         DeviceStatus::Offline,
         "silent sessions go offline"
     );
-    s.sessions_closed(&[end("d1", "sB", None)], now)
-        .await
-        .unwrap();
+    close_all(&s, &[end("d1", "sB", None)], now).await;
     let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
     assert_eq!(dev.status(now + 1), DeviceStatus::Offline);
+}
+
+async fn close_all(s: &Arc<dyn Store>, ends: &[SessionEnd], now: i64) {
+    for r in s.sessions_closed(ends, now).await {
+        r.unwrap();
+    }
 }
 
 fn end(device: &str, session: &str, last_heartbeat: Option<i64>) -> SessionEnd {
@@ -585,26 +587,19 @@ async fn heartbeats_batch_move_current_sessions_forward_only(s: Arc<dyn Store>) 
     assert_eq!(dev.status(5_000 + ONLINE_WINDOW_MS), DeviceStatus::Offline);
     assert_eq!(s.session_heartbeats(&[]).await.unwrap(), 0);
     // The close records the session's last heartbeat (forward only)…
-    s.sessions_closed(&[end("d002", "s-d002", Some(5_500))], 6_000)
-        .await
-        .unwrap();
+    close_all(&s, &[end("d002", "s-d002", Some(5_500))], 6_000).await;
     assert_eq!(hb("d002").await, Some(5_500));
-    s.sessions_closed(&[end("d003", "s-d003", Some(10))], 6_000)
-        .await
-        .unwrap();
+    close_all(&s, &[end("d003", "s-d003", Some(10))], 6_000).await;
     assert_eq!(hb("d003").await, Some(5_000), "never backwards");
-    s.sessions_closed(&[end("d004", "s-d004", None)], 6_000)
-        .await
-        .unwrap();
+    close_all(&s, &[end("d004", "s-d004", None)], 6_000).await;
     assert_eq!(hb("d004").await, Some(5_000));
     // …a stale close changes nothing…
-    s.sessions_closed(&[end("d005", "s-other", Some(9_000))], 6_000)
-        .await
-        .unwrap();
+    close_all(&s, &[end("d005", "s-other", Some(9_000))], 6_000).await;
     assert_eq!(hb("d005").await, Some(5_000));
     // Several ends in one call: each current session ends with its event;
     // a stale one changes nothing.
-    s.sessions_closed(
+    close_all(
+        &s,
         &[
             end("d006", "s-d006", Some(5_100)),
             end("d007", "s-d007", None),
@@ -612,8 +607,7 @@ async fn heartbeats_batch_move_current_sessions_forward_only(s: Arc<dyn Store>) 
         ],
         6_000,
     )
-    .await
-    .unwrap();
+    .await;
     for (id, status) in [
         ("d006", DeviceStatus::Offline),
         ("d007", DeviceStatus::Offline),
@@ -635,7 +629,7 @@ async fn heartbeats_batch_move_current_sessions_forward_only(s: Arc<dyn Store>) 
         );
     }
     assert_eq!(hb("d006").await, Some(5_100));
-    s.sessions_closed(&[], 6_000).await.unwrap();
+    close_all(&s, &[], 6_000).await;
     // …and after the session closed, a late batch changes nothing.
     assert_eq!(
         s.session_heartbeats(&[beat("d002", "s-d002", 7_000)])
@@ -744,9 +738,7 @@ async fn list_filters_by_status_and_type(s: Arc<dyn Store>) {
     s.session_opened("off", "s2", &DeviceFacts::default(), now)
         .await
         .unwrap();
-    s.sessions_closed(&[end("off", "s2", None)], now)
-        .await
-        .unwrap();
+    close_all(&s, &[end("off", "s2", None)], now).await;
     let ids = |v: Vec<Device>| v.into_iter().map(|d| d.id).collect::<Vec<_>>();
     let q = |st, t| list_query(st, t, now + 1);
     assert_eq!(

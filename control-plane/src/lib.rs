@@ -59,6 +59,8 @@ pub struct AppState {
     pub telemetry_writer: grpc::commit::TelemetryWriter,
     /// Group commit for enrollments.
     pub enrollment_writer: grpc::commit::EnrollmentWriter,
+    /// Group commit for session starts.
+    pub session_opener: grpc::commit::SessionOpenWriter,
     /// Group commit for session ends.
     pub session_closer: grpc::commit::SessionCloseWriter,
     /// Heartbeats waiting for their batched write (`presence.rs`).

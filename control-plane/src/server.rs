@@ -178,10 +178,12 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     let telemetry_writer =
         grpc::commit::TelemetryWriter::start(store.clone(), live.clone(), metrics.clone());
     let enrollment_writer = grpc::commit::EnrollmentWriter::start(store.clone(), metrics.clone());
+    let session_opener = grpc::commit::SessionOpenWriter::start(store.clone(), metrics.clone());
     let session_closer = grpc::commit::SessionCloseWriter::start(store.clone(), metrics.clone());
     let presence = Arc::new(crate::presence::Presence::default());
     let state = Arc::new(AppState {
         presence: presence.clone(),
+        session_opener,
         session_closer,
         telemetry_writer,
         enrollment_writer,

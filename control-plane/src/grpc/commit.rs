@@ -4,9 +4,10 @@
 //! Under load, writes from many devices share one durable commit; alone, a
 //! write is committed at once. Callers are answered after the commit.
 //!
-//! Three writers use it: telemetry batches ([`TelemetryWriter`]; acks
+//! Four writers use it: telemetry batches ([`TelemetryWriter`]; acks
 //! follow the commit), enrollments ([`EnrollmentWriter`]; the certificate is
-//! returned after the commit) and session ends ([`SessionCloseWriter`]).
+//! returned after the commit), session starts ([`SessionOpenWriter`]) and
+//! ends ([`SessionCloseWriter`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::live::LiveDevices;
 use crate::metrics::Metrics;
 use crate::store::{
-    DeviceSamples, EnrollmentCommit, SessionEnd, Store, StoreError, TelemetrySample, UnixMillis,
-    now_ms,
+    DeviceSamples, EnrollmentCommit, SessionEnd, SessionOpen, Store, StoreError, StoreResult,
+    TelemetrySample, UnixMillis, now_ms,
 };
 
 /// Writes in one transaction at most.
@@ -185,6 +186,37 @@ impl EnrollmentWriter {
             .submit(commit)
             .await
             .unwrap_or(EnrollOutcome::StoreFailed)
+    }
+}
+
+/// Group commit for session starts: after a restart, thousands of agents
+/// open their sessions within seconds, and each start is a write.
+#[derive(Clone)]
+pub struct SessionOpenWriter {
+    group: Group<SessionOpen, StoreResult<()>>,
+}
+
+impl SessionOpenWriter {
+    pub fn start(store: Arc<dyn Store>, metrics: Metrics) -> Self {
+        let group = Group::start(move |opens: Vec<SessionOpen>| {
+            let (store, metrics) = (store.clone(), metrics.clone());
+            async move {
+                let started = Instant::now();
+                let each = store.sessions_opened(&opens).await;
+                metrics.observe_store("session_open_commit", started.elapsed());
+                each
+            }
+        });
+        Self { group }
+    }
+
+    /// Opens the session durably; resolves after the commit.
+    pub async fn write(&self, open: SessionOpen) -> StoreResult<()> {
+        self.group
+            .submit(open)
+            .await
+            // The writer stopped: the server is shutting down.
+            .unwrap_or(Err(StoreError::Backend(sqlx::Error::PoolClosed)))
     }
 }
 

@@ -58,30 +58,24 @@ async fn run(
         }
     };
     let session_id = ids::new_internal_id();
-    if let Err(e) = state
-        .store
-        .session_opened(&id.device_id, &session_id, &facts, now_ms())
-        .await
-    {
+    // One group-committed write: the session, what runs on the box, and —
+    // the current certificate being in use — the retirement of those it
+    // replaced. A superseded one in use means the agent lost the
+    // certificate a rotation issued (it crashed before saving it): it is
+    // asked to rotate again below.
+    let open = crate::store::SessionOpen {
+        device_id: id.device_id.clone(),
+        session_id: session_id.clone(),
+        facts: facts.clone(),
+        installed: Some(installed),
+        retire_superseded: !id.superseded,
+        now: now_ms(),
+    };
+    if let Err(e) = state.session_opener.write(open).await {
         let _ = tx.send(Err(store_status(e))).await;
         return;
     }
     tracing::info!(device = %id.device_id, hostname = %facts.hostname, "device connected");
-    if let Err(e) = state
-        .store
-        .set_device_artifacts(&id.device_id, &installed, now_ms())
-        .await
-    {
-        tracing::warn!(device = %id.device_id, "installed artifacts not recorded: {e}");
-    }
-    // The current certificate is in use: certificates it replaced retire now.
-    // A superseded one in use means the agent lost the certificate a rotation
-    // issued (it crashed before saving it): it is asked to rotate again below.
-    if !id.superseded
-        && let Err(e) = state.store.retire_superseded(&id.device_id, now_ms()).await
-    {
-        tracing::warn!(device = %id.device_id, "superseded certificates not retired: {e}");
-    }
     let start = match session_start(&state, &id).await {
         Ok(s) => s,
         Err(status) => {

@@ -330,6 +330,21 @@ pub struct TelemetryBucket {
     pub gpu_memory_used_bytes_avg: Option<f64>,
 }
 
+/// A session that starts, for [`Store::sessions_opened`].
+#[derive(Debug, Clone)]
+pub struct SessionOpen {
+    pub device_id: String,
+    pub session_id: String,
+    pub facts: DeviceFacts,
+    /// What runs on the box, (name, version), from its hello; `None`
+    /// leaves the stored list as it is.
+    pub installed: Option<Vec<(String, String)>>,
+    /// Whether the certificates a rotation superseded retire now (the
+    /// session uses the current certificate).
+    pub retire_superseded: bool,
+    pub now: UnixMillis,
+}
+
 /// A session that ended, for [`Store::sessions_closed`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionEnd {
@@ -969,13 +984,37 @@ pub trait Store: Send + Sync + 'static {
     /// Marks the install ID as used up: the device has connected with its cert.
     async fn spend_install_id(&self, device_id: &str) -> StoreResult<()>;
 
+    /// Opens each session: it becomes its device's current one (with the
+    /// hello's facts, a fresh `last_heartbeat`, the install ID spent), what
+    /// runs on the box is replaced by its hello's list (when given), the
+    /// certificates a rotation superseded are retired (when asked), and a
+    /// `connected` event is recorded. As [`Store::sessions_closed`]: one
+    /// transaction for the group on SQLite (one by one if it fails), a few
+    /// side by side on PostgreSQL. One result per open (`NotFound`: no
+    /// such device), in order.
+    async fn sessions_opened(&self, opens: &[SessionOpen]) -> Vec<StoreResult<()>>;
+
+    /// One [`Store::sessions_opened`], facts only.
     async fn session_opened(
         &self,
         device_id: &str,
         session_id: &str,
         facts: &DeviceFacts,
         now: UnixMillis,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        let open = SessionOpen {
+            device_id: device_id.to_string(),
+            session_id: session_id.to_string(),
+            facts: facts.clone(),
+            installed: None,
+            retire_superseded: false,
+            now,
+        };
+        self.sessions_opened(&[open])
+            .await
+            .pop()
+            .unwrap_or(Err(StoreError::NotFound))
+    }
     /// Records heartbeats in one transaction: each sets the device's
     /// `last_heartbeat` if its session is still the device's current one
     /// and the time is newer than the stored one. Returns how many devices

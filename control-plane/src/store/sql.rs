@@ -542,6 +542,75 @@ where
         Ok(())
     }
 
+    /// [`Self::session_opened_in`] in a transaction of its own.
+    async fn session_opened_alone(&self, o: &SessionOpen) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        Self::session_opened_in(&mut tx, o).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Opens one session in `tx` (see [`Store::sessions_opened`]). Lock
+    /// order: the device row, its certificates, its artifacts, its events.
+    /// `NotFound` (nothing written) when the device is gone.
+    async fn session_opened_in(
+        tx: &mut Transaction<'static, D>,
+        o: &SessionOpen,
+    ) -> StoreResult<()> {
+        let ws: Option<String> = sqlx::query_scalar(
+            "UPDATE devices SET session_id = $1, last_heartbeat = $2, facts = $3, \
+             install_spent = TRUE WHERE id = $4 RETURNING workspace",
+        )
+        .bind(&o.session_id)
+        .bind(o.now)
+        .bind(to_json(&o.facts))
+        .bind(&o.device_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let ws = ws.ok_or(StoreError::NotFound)?;
+        if o.retire_superseded {
+            Self::retire_superseded_in(tx, &o.device_id, o.now).await?;
+        }
+        if let Some(installed) = &o.installed {
+            Self::replace_device_artifacts_in(tx, &o.device_id, installed, o.now).await?;
+        }
+        let detail = serde_json::json!({});
+        Self::insert_event(tx, &o.device_id, &ws, o.now, "connected", &detail).await
+    }
+
+    async fn retire_superseded_in(
+        tx: &mut Transaction<'static, D>,
+        device_id: &str,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE device_certs SET revoked_at = $1 \
+             WHERE device_id = $2 AND superseded_at IS NOT NULL AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(device_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Replaces the device's artifact list (its row lock taken already).
+    async fn replace_device_artifacts_in(
+        tx: &mut Transaction<'static, D>,
+        device_id: &str,
+        installed: &[(String, String)],
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        sqlx::query("DELETE FROM device_artifacts WHERE device_id = $1")
+            .bind(device_id)
+            .execute(&mut **tx)
+            .await?;
+        for (name, version) in installed {
+            Self::upsert_device_artifact(tx, device_id, name, version, now).await?;
+        }
+        Ok(())
+    }
+
     /// [`Self::session_closed_in`] in a transaction of its own.
     async fn session_closed_alone(&self, e: &SessionEnd, now: UnixMillis) -> StoreResult<()> {
         let mut tx = self.begin().await?;
@@ -1327,14 +1396,9 @@ where
     }
 
     async fn retire_superseded(&self, device_id: &str, now: UnixMillis) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE device_certs SET revoked_at = $1 \
-             WHERE device_id = $2 AND superseded_at IS NOT NULL AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(device_id)
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.begin().await?;
+        Self::retire_superseded_in(&mut tx, device_id, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1383,29 +1447,45 @@ where
         Ok(())
     }
 
-    async fn session_opened(
-        &self,
-        device_id: &str,
-        session_id: &str,
-        facts: &DeviceFacts,
-        now: UnixMillis,
-    ) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        let ws: Option<String> = sqlx::query_scalar(
-            "UPDATE devices SET session_id = $1, last_heartbeat = $2, facts = $3, \
-             install_spent = TRUE WHERE id = $4 RETURNING workspace",
-        )
-        .bind(session_id)
-        .bind(now)
-        .bind(to_json(facts))
-        .bind(device_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let ws = ws.ok_or(StoreError::NotFound)?;
-        let detail = serde_json::json!({});
-        Self::insert_event(&mut tx, device_id, &ws, now, "connected", &detail).await?;
-        tx.commit().await?;
-        Ok(())
+    async fn sessions_opened(&self, opens: &[SessionOpen]) -> Vec<StoreResult<()>> {
+        if D::ROW_LOCK.is_some() || opens.len() < 2 {
+            let mut each = Vec::with_capacity(opens.len());
+            for chunk in opens.chunks(SIDE_BY_SIDE) {
+                let runs = chunk.iter().map(|o| self.session_opened_alone(o));
+                each.extend(futures_util::future::join_all(runs).await);
+            }
+            return each;
+        }
+        // One writer: one transaction for the group. A device that is gone
+        // fails alone (its UPDATE changed nothing); any other error rolls
+        // the group back and each open is tried on its own.
+        let group = async {
+            let mut tx = self.begin().await?;
+            let mut each = Vec::with_capacity(opens.len());
+            for o in opens {
+                match Self::session_opened_in(&mut tx, o).await {
+                    Err(StoreError::NotFound) => each.push(Err(StoreError::NotFound)),
+                    Err(e) => return Err(e),
+                    Ok(()) => each.push(Ok(())),
+                }
+            }
+            tx.commit().await?;
+            StoreResult::Ok(each)
+        };
+        match group.await {
+            Ok(each) => each,
+            Err(e) => {
+                tracing::warn!(
+                    sessions = opens.len(),
+                    "session opens: group failed ({e}); one by one"
+                );
+                let mut each = Vec::with_capacity(opens.len());
+                for o in opens {
+                    each.push(self.session_opened_alone(o).await);
+                }
+                each
+            }
+        }
     }
 
     async fn session_heartbeats(&self, beats: &[Heartbeat]) -> StoreResult<u64> {
@@ -2283,13 +2363,7 @@ where
     ) -> StoreResult<()> {
         let mut tx = self.begin().await?;
         Self::lock_device(&mut tx, device_id).await?;
-        sqlx::query("DELETE FROM device_artifacts WHERE device_id = $1")
-            .bind(device_id)
-            .execute(&mut *tx)
-            .await?;
-        for (name, version) in installed {
-            Self::upsert_device_artifact(&mut tx, device_id, name, version, now).await?;
-        }
+        Self::replace_device_artifacts_in(&mut tx, device_id, installed, now).await?;
         tx.commit().await?;
         Ok(())
     }

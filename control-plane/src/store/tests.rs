@@ -112,6 +112,7 @@ store_tests!(
     a_group_of_enrollments_commits_each_and_refuses_only_the_conflicting_one,
     sessions_drive_status_and_a_stale_close_does_not_end_a_new_session,
     heartbeats_batch_move_current_sessions_forward_only,
+    session_opens_in_a_group_each_with_its_artifacts_and_event,
     devices_list_in_pages_within_their_workspace,
     duplicate_workspace_is_a_conflict,
     list_filters_by_status_and_type,
@@ -518,6 +519,50 @@ async fn sessions_drive_status_and_a_stale_close_does_not_end_a_new_session(s: A
     close_all(&s, &[end("d1", "sB", None)], now).await;
     let dev = s.get_device("acme", "d1").await.unwrap().unwrap();
     assert_eq!(dev.status(now + 1), DeviceStatus::Offline);
+}
+
+async fn session_opens_in_a_group_each_with_its_artifacts_and_event(s: Arc<dyn Store>) {
+    for id in ["a", "b"] {
+        s.create_device(&new_device(id, 1)).await.unwrap();
+    }
+    let open = |id: &str, installed: Option<Vec<(String, String)>>| SessionOpen {
+        device_id: id.into(),
+        session_id: format!("s-{id}"),
+        facts: DeviceFacts::default(),
+        installed,
+        retire_superseded: true,
+        now: 1_000,
+    };
+    let each = s
+        .sessions_opened(&[
+            open("a", Some(vec![("model".into(), "1".into())])),
+            open("gone", None),
+            open("b", None),
+        ])
+        .await;
+    assert_eq!(each.len(), 3);
+    assert!(each[0].is_ok(), "{:?}", each[0]);
+    assert!(
+        matches!(each[1], Err(StoreError::NotFound)),
+        "{:?}",
+        each[1]
+    );
+    assert!(each[2].is_ok(), "{:?}", each[2]);
+    for id in ["a", "b"] {
+        let dev = s.get_device("acme", id).await.unwrap().unwrap();
+        assert_eq!(dev.status(1_001), DeviceStatus::Online, "{id}");
+        let events = s.list_events(&all_events(id)).await.unwrap();
+        assert_eq!(events.last().map(|e| e.kind.as_str()), Some("connected"));
+    }
+    assert_eq!(
+        s.device_artifacts(&["a".into(), "b".into()]).await.unwrap(),
+        vec![("a".to_string(), "model".to_string(), "1".to_string())]
+    );
+    // A later open with an empty list clears it; `None` leaves it.
+    s.sessions_opened(&[open("a", None)]).await;
+    assert_eq!(s.device_artifacts(&["a".into()]).await.unwrap().len(), 1);
+    s.sessions_opened(&[open("a", Some(vec![]))]).await;
+    assert!(s.device_artifacts(&["a".into()]).await.unwrap().is_empty());
 }
 
 async fn close_all(s: &Arc<dyn Store>, ends: &[SessionEnd], now: i64) {

@@ -11,10 +11,24 @@ pub const MAX_DELAY: Duration = Duration::from_secs(60);
 /// starts again from the smallest delay.
 pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
+/// Attempts after a healthy link's loss that wait at most [`QUICK_MAX`]: a
+/// control plane restarting (an upgrade, a failover) is back within
+/// seconds, and a fleet that backed off exponentially from the first
+/// refusal came back long after it (BENCHMARKS.md, restart storm). Eight
+/// attempts cover ~25 s; then the exponential schedule starts over.
+pub const QUICK_RETRIES: u32 = 8;
+/// The longest wait of a quick attempt; each is jittered into
+/// `[QUICK_MAX / 2, QUICK_MAX]` so a fleet does not retry in lockstep.
+pub const QUICK_MAX: Duration = Duration::from_secs(4);
+
 /// Delays for successive reconnect attempts; never runs out.
 pub struct Reconnect {
     seed: u64,
     inner: backon::ExponentialBackoff,
+    /// Quick attempts left ([`Reconnect::quick_retries`]).
+    quick_left: u32,
+    /// Jitter state for the quick attempts' cap.
+    jitter: u64,
 }
 
 impl Reconnect {
@@ -30,6 +44,8 @@ impl Reconnect {
         Self {
             seed,
             inner: Self::build(seed),
+            quick_left: 0,
+            jitter: seed,
         }
     }
 
@@ -45,13 +61,41 @@ impl Reconnect {
     }
 
     pub fn next_delay(&mut self) -> Duration {
-        self.inner.next().unwrap_or(MAX_DELAY)
+        let delay = self.inner.next().unwrap_or(MAX_DELAY);
+        if self.quick_left == 0 {
+            return delay;
+        }
+        self.quick_left -= 1;
+        if self.quick_left == 0 {
+            // The quick attempts are spent: exponential from the start.
+            self.reset();
+        }
+        let half = QUICK_MAX / 2;
+        let cap = half + half.mul_f64(self.unit());
+        delay.min(cap)
     }
 
     /// Back to the smallest delay (after a healthy connection).
     pub fn reset(&mut self) {
         self.seed = self.seed.wrapping_add(1);
         self.inner = Self::build(self.seed);
+    }
+
+    /// The next `n` delays are at most [`QUICK_MAX`] (after a healthy
+    /// link's loss).
+    pub fn quick_retries(&mut self, n: u32) {
+        self.quick_left = n;
+    }
+
+    /// A number in [0, 1) from the seed (SplitMix64).
+    fn unit(&mut self) -> f64 {
+        self.jitter = self.jitter.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.jitter;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        // The top 53 bits as a fraction: exact in an f64.
+        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -64,6 +108,30 @@ impl Default for Reconnect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quick_retries_stay_short_then_the_schedule_starts_over() {
+        let mut r = Reconnect::with_seed(3);
+        r.quick_retries(QUICK_RETRIES);
+        let quick: Vec<Duration> = (0..QUICK_RETRIES).map(|_| r.next_delay()).collect();
+        assert!(
+            quick[0] >= MIN_DELAY && quick[0] <= MIN_DELAY * 2,
+            "{quick:?}"
+        );
+        assert!(quick.iter().all(|d| *d <= QUICK_MAX), "{quick:?}");
+        // Jittered: not all the same.
+        assert!(quick[3..].windows(2).any(|w| w[0] != w[1]), "{quick:?}");
+        let total: Duration = quick.iter().sum();
+        assert!(
+            total >= Duration::from_secs(15),
+            "covers a restart: {total:?}"
+        );
+        // Then exponential again from the smallest step.
+        let next = r.next_delay();
+        assert!(next >= MIN_DELAY && next <= MIN_DELAY * 2, "{next:?}");
+        let later: Vec<Duration> = (0..6).map(|_| r.next_delay()).collect();
+        assert!(later[5] > QUICK_MAX, "grows again: {later:?}");
+    }
 
     #[test]
     fn grows_to_a_bounded_jittered_ceiling() {

@@ -635,7 +635,10 @@ impl<D: Delivery> Core<D> {
                 if let Link::Up(s) = was
                     && now.saturating_duration_since(s.since) >= self.rules.healthy_after
                 {
+                    // A healthy link lost: most likely the control plane
+                    // restarting, back within seconds.
                     self.backoff.reset();
+                    self.backoff.quick_retries(crate::backoff::QUICK_RETRIES);
                 }
                 self.retry_later(now);
             }

@@ -652,6 +652,42 @@ fn reconnects_back_off_and_a_healthy_session_resets_the_backoff() {
 }
 
 #[test]
+fn after_a_healthy_session_the_first_attempts_stay_short() {
+    let mut s = Sim::agent();
+    s.connect(7);
+    s.run_until(61 * SEC);
+    // The control plane restarts: refused a few times in a row.
+    s.fail(Failure::Transient);
+    let mut last = s.at();
+    let mut gaps = Vec::new();
+    for _ in 0..crate::backoff::QUICK_RETRIES {
+        let outs = s.run_until(last + 200 * SEC);
+        let c = times_of(&outs, is_connect);
+        assert_eq!(c.len(), 1, "{outs:?}");
+        gaps.push(c[0] - last);
+        s.now = s.t0 + c[0];
+        last = s.at();
+        s.fail(Failure::Transient);
+    }
+    assert!(
+        gaps.iter()
+            .all(|g| *g >= SEC && *g <= crate::backoff::QUICK_MAX),
+        "{gaps:?}"
+    );
+    // Then the schedule backs off again.
+    let mut more = Vec::new();
+    for _ in 0..6 {
+        let outs = s.run_until(last + 200 * SEC);
+        let c = times_of(&outs, is_connect);
+        more.push(c[0] - last);
+        s.now = s.t0 + c[0];
+        last = s.at();
+        s.fail(Failure::Transient);
+    }
+    assert!(more[5] > crate::backoff::QUICK_MAX, "{more:?}");
+}
+
+#[test]
 fn without_reconnect_a_lost_link_ends_the_core() {
     let rules = Rules {
         reconnect: false,

@@ -486,3 +486,181 @@ async fn a_database_outage_acks_nothing_unstored_and_loses_nothing() {
     );
     assert!(contiguous_from_one(&seqs), "every seq once: {seqs:?}");
 }
+
+/// A tmpfs of its own at `path` (root only): a disk this test can fill
+/// without filling the machine's. Unmounted when dropped.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| Tmpfs {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// Writes `path` until its file system has no byte left (big writes, then
+/// smaller ones down to single bytes); returns how many bytes it took.
+fn fill_disk(path: &Path) -> u64 {
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut written = 0u64;
+    for size in [1 << 20, 4096, 1] {
+        let chunk = vec![0xa5u8; size];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+    }
+    written
+}
+
+async fn log_says(log: &Path, needle: &str) {
+    wait_until(&format!("the log says {needle:?}"), TIMEOUT, || async {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains(needle)
+            .then_some(())
+    })
+    .await;
+}
+
+/// Samples acked by the agent, and waiting in its spool.
+fn acked_and_pending(state: &Path) -> (u64, u64) {
+    let s = status_json(state);
+    (
+        s["acked_seq"].as_u64().unwrap(),
+        s["spool"]["pending"].as_u64().unwrap(),
+    )
+}
+
+/// While the store cannot write, the agent's samples wait in its spool:
+/// nothing more is acked than was in flight when the trouble began.
+async fn nothing_acked_while_failing(state: &Path, acked_before: u64) -> u64 {
+    wait_until("samples wait in the spool", TIMEOUT, || async {
+        (acked_and_pending(state).1 >= 15).then_some(())
+    })
+    .await;
+    let (acked, _) = acked_and_pending(state);
+    assert!(
+        acked <= acked_before + 5,
+        "acked while the store could not write: {acked_before} → {acked}"
+    );
+    acked
+}
+
+/// Waits until everything the agent has sampled so far is acked.
+async fn all_acked_again(state: &Path) {
+    let (acked, pending) = acked_and_pending(state);
+    let target = acked + pending;
+    wait_until("the spooled samples are acked", 2 * TIMEOUT, || async {
+        (acked_and_pending(state).0 >= target).then_some(())
+    })
+    .await;
+}
+
+/// The embedded SQLite's two ways of refusing a write under a running
+/// control plane with a streaming agent: another process holding the write
+/// lock past the busy timeout (`SQLITE_BUSY`), then a full disk
+/// (`SQLITE_FULL`, on a tmpfs of the test's own; root only). Each time the
+/// log says what is wrong, nothing is acked that is not stored, and once the
+/// lock is let go / the space returns every sample is stored exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_busy_and_a_full_disk_ack_nothing_unstored_and_recover() {
+    if std::env::var_os("OUTPOST_TEST_DATABASE_URL").is_some() {
+        eprintln!("about the embedded SQLite: runs in the SQLite round");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("disk");
+    let tmpfs = Tmpfs::mount(&disk, "48m");
+    if tmpfs.is_none() {
+        eprintln!("cannot mount a tmpfs (not root?): the full-disk part is left out");
+    }
+    let data = disk.join("data");
+    let log = tmp.path().join("control-plane.log");
+    let mut cmd = std::process::Command::new(cp_bin());
+    cmd.args(["serve", "--data-dir"]).arg(&data).args([
+        "--rest-listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+    ]);
+    let cp =
+        ControlPlane::spawn_logging_to(cmd, &data, std::fs::File::create(&log).unwrap().into());
+    cp.create_workspace("acme", &[]);
+    let key = cp.api_key("acme", &[]);
+    let (device, install_id) = cp.create_device("acme", &key, "sqlite-outage").await;
+    let state = tempfile::tempdir().unwrap();
+    assert!(enroll(&cp, &install_id, state.path()).status.success());
+    let _agent = AgentProc::run(state.path(), "200ms");
+    wait_until("samples acked", TIMEOUT, || async {
+        (acked_and_pending(state.path()).0 >= 5).then_some(())
+    })
+    .await;
+
+    // 1. SQLITE_BUSY: a write lock held past the control plane's 10 s busy
+    // timeout (a backup tool or a hand-run `sqlite3` doing the same).
+    use sqlx::Connection;
+    let mut other = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(data.join("outpost.db")),
+    )
+    .await
+    .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let (acked_before, _) = acked_and_pending(state.path());
+    log_says(&log, "database is locked").await;
+    nothing_acked_while_failing(state.path(), acked_before).await;
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    other.close().await.unwrap();
+    all_acked_again(state.path()).await;
+
+    // 2. SQLITE_FULL: the disk holding the database fills up.
+    if let Some(tmpfs) = &tmpfs {
+        let filler = tmpfs.path.join("filler");
+        let (acked_before, _) = acked_and_pending(state.path());
+        assert!(fill_disk(&filler) > 0);
+        log_says(&log, "database or disk is full").await;
+        nothing_acked_while_failing(state.path(), acked_before).await;
+        std::fs::remove_file(&filler).unwrap();
+        all_acked_again(state.path()).await;
+    }
+
+    let samples = all_samples(&cp, "acme", &key, &device).await;
+    let seqs = seqs(&samples);
+    assert!(contiguous_from_one(&seqs), "every seq once: {seqs:?}");
+    assert!(
+        seqs.len() as u64 >= acked_and_pending(state.path()).0,
+        "every acked sample is stored"
+    );
+}

@@ -51,11 +51,32 @@ impl SqlStore<Sqlite> {
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .before_acquire(|conn, _| Box::pin(async move { Ok(usable(conn)) }))
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
     }
+}
+
+/// Whether a pooled connection can be handed out again. SQLite rolls a
+/// transaction back by itself on some errors (`SQLITE_FULL`, `SQLITE_IOERR`,
+/// `SQLITE_BUSY` on commit); sqlx's own `ROLLBACK` then fails ("no
+/// transaction is active") and leaves its transaction depth at 1, so every
+/// later `begin` on that connection would fail ("non-zero transaction
+/// depth") long after the disk has space again. Such a connection is closed
+/// and the pool opens a fresh one. (sqlx pings a connection when it is
+/// released, after any queued rollback, so the depth read here is settled.)
+fn usable(conn: &mut sqlx::SqliteConnection) -> bool {
+    use sqlx::Connection;
+    if conn.is_in_transaction() {
+        tracing::warn!(
+            "closing a database connection left inside a transaction SQLite had already \
+             rolled back (after a write error); a fresh one replaces it"
+        );
+        return false;
+    }
+    true
 }
 
 /// The database holds hashed secrets and every device's data: it is created

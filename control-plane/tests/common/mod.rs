@@ -206,11 +206,16 @@ impl ControlPlane {
     }
 
     /// Spawns a prepared `serve` command and waits for its address lines.
-    pub fn spawn(mut cmd: Command, data_dir: &Path) -> Self {
+    pub fn spawn(cmd: Command, data_dir: &Path) -> Self {
+        Self::spawn_logging_to(cmd, data_dir, Stdio::inherit())
+    }
+
+    /// As [`ControlPlane::spawn`], with the log (stderr) going to `log`.
+    pub fn spawn_logging_to(mut cmd: Command, data_dir: &Path, log: Stdio) -> Self {
         let mut child = cmd
             .env("OUTPOST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("spawn control plane");
         let stdout = child.stdout.take().expect("stdout");

@@ -58,6 +58,10 @@ s.update({
     "cp_down_secs": round(t_up - t_stop, 3),
     "cp_rss_before_restart_kib": int(sys.argv[5]),
     "all_back_after_up_secs": round(s["all_back_secs"] - (t_up - t_stop), 3) if s.get("all_back_secs") is not None else None,
+    # When links came back / attempts were refused, after the new process
+    # was up ([p50, p90, p99, max]; negative: before it was up).
+    "back_spread_after_up_secs": [round(x - (t_up - t_stop), 3) for x in s.get("back_spread_secs", [])],
+    "refused_spread_after_up_secs": [round(x - (t_up - t_stop), 3) for x in s.get("refused_spread_secs", [])],
 })
 print(json.dumps(s))
 PY

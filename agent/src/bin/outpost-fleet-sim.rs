@@ -96,6 +96,10 @@ struct Counters {
     /// the last link re-established.
     first_loss_us: AtomicU64,
     last_back_us: AtomicU64,
+    /// When each link came back and each refused attempt happened
+    /// (microseconds since the epoch): where in the outage the time went.
+    back_us: std::sync::Mutex<Vec<u64>>,
+    refused_us: std::sync::Mutex<Vec<u64>>,
 }
 
 impl Default for Counters {
@@ -110,6 +114,8 @@ impl Default for Counters {
             errors_other: AtomicU64::new(0),
             first_loss_us: AtomicU64::new(u64::MAX),
             last_back_us: AtomicU64::new(0),
+            back_us: Default::default(),
+            refused_us: Default::default(),
         }
     }
 }
@@ -297,6 +303,10 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
         "disconnects": counters.disconnects.load(Ordering::Relaxed),
         "reconnects": counters.reconnects.load(Ordering::Relaxed),
         "all_back_secs": all_back_secs,
+        // After the first lost link: when the links came back and when the
+        // refused attempts were ([p50, p90, p99, max] seconds).
+        "back_spread_secs": spread_secs(&counters.back_us, first_loss),
+        "refused_spread_secs": spread_secs(&counters.refused_us, first_loss),
         "connect_errors_refused": counters.errors_refused.load(Ordering::Relaxed),
         "connect_errors_other": counters.errors_other.load(Ordering::Relaxed),
         "devices": args.devices,
@@ -512,11 +522,14 @@ impl Host for SimHost {
                 c.first_loss_us.fetch_min(since_epoch, Ordering::Relaxed);
             }
             (LinkState::Connecting, LinkState::Disconnected) => {
-                count_connect_error(c, error.as_deref().unwrap_or(""));
+                if count_connect_error(c, error.as_deref().unwrap_or("")) {
+                    lock(&c.refused_us).push(since_epoch);
+                }
             }
             (_, LinkState::Connected) if self.connected_once => {
                 c.reconnects.fetch_add(1, Ordering::Relaxed);
                 c.last_back_us.fetch_max(since_epoch, Ordering::Relaxed);
+                lock(&c.back_us).push(since_epoch);
             }
             (_, LinkState::Connected) => self.connected_once = true,
             _ => {}
@@ -539,14 +552,39 @@ async fn open_link(
     session::open(link::client(channel), facts, Vec::new(), false, WINDOW).await
 }
 
-/// Counts a failed connection attempt by kind, logging the first few.
-fn count_connect_error(counters: &Counters, text: &str) {
+/// Counts a failed connection attempt by kind, logging the first few;
+/// true for a refusal.
+fn count_connect_error(counters: &Counters, text: &str) -> bool {
     let refused = text.contains("refused") || text.contains("Connection refused");
     if refused {
         counters.errors_refused.fetch_add(1, Ordering::Relaxed);
     } else if counters.errors_other.fetch_add(1, Ordering::Relaxed) < 5 {
         tracing::warn!("connect failed (not a refusal): {text}");
     }
+    refused
+}
+
+/// A poisoned lock only means another device task panicked; its numbers
+/// are still good.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Seconds after `from_us` (the first lost link) at which the given share
+/// of the events had happened: `[p50, p90, p99, max]`; empty without any.
+fn spread_secs(events_us: &std::sync::Mutex<Vec<u64>>, from_us: u64) -> Vec<f64> {
+    let mut v = lock(events_us).clone();
+    if v.is_empty() || from_us == u64::MAX {
+        return Vec::new();
+    }
+    v.sort_unstable();
+    [0.5, 0.9, 0.99, 1.0]
+        .iter()
+        .map(|p| {
+            let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+            (v[i].saturating_sub(from_us) as f64 / 1e3).round() / 1e3
+        })
+        .collect()
 }
 
 /// One simulated device: connect (paced by the gate), wait until every

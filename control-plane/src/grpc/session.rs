@@ -191,23 +191,14 @@ fn no_hello(limit: Duration) -> Status {
 /// The first server message: settings, where the store stands, and the
 /// current config.
 async fn session_start(state: &AppState, id: &DeviceIdentity) -> Result<ServerMessage, Status> {
-    let last_seq = state
+    let view = state
         .store
-        .last_telemetry_seq(&id.device_id)
+        .session_view(&id.device_id)
         .await
         .map_err(store_status)?;
-    let last_log_seq = state
-        .store
-        .last_log_seq(&id.device_id)
-        .await
-        .map_err(store_status)?;
-    let config = state
-        .store
-        .get_config(&id.device_id, None)
-        .await
-        .map_err(store_status)?
-        .map(|c| config_update(&c));
-    let desired = desired(state, &id.device_id).await.map_err(store_status)?;
+    let (last_seq, last_log_seq) = (view.last_telemetry_seq, view.last_log_seq);
+    let config = view.config.as_ref().map(config_update);
+    let desired = desired_message(view.desired);
     Ok(ServerMessage {
         kind: Some(ServerKind::Start(SessionStart {
             desired: Some(desired),
@@ -246,8 +237,13 @@ async fn desired(
     state: &AppState,
     device_id: &str,
 ) -> Result<DesiredArtifacts, crate::store::StoreError> {
-    let list = state.store.desired_artifacts(device_id).await?;
-    Ok(DesiredArtifacts {
+    Ok(desired_message(
+        state.store.desired_artifacts(device_id).await?,
+    ))
+}
+
+fn desired_message(list: Vec<crate::store::DesiredArtifact>) -> DesiredArtifacts {
+    DesiredArtifacts {
         artifacts: list
             .into_iter()
             .map(|d| DesiredArtifact {
@@ -261,7 +257,7 @@ async fn desired(
                 rollout_id: d.rollout_id,
             })
             .collect(),
-    })
+    }
 }
 
 /// Longest error text kept from a report (longer ones are cut, marked `…`).

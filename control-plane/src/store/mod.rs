@@ -741,6 +741,15 @@ pub struct ArtifactReport {
     pub installed: Vec<(String, String)>,
 }
 
+/// What a session's start tells the device ([`Store::session_view`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionView {
+    pub last_telemetry_seq: u64,
+    pub last_log_seq: u64,
+    pub config: Option<ConfigVersion>,
+    pub desired: Vec<DesiredArtifact>,
+}
+
 /// One artifact a device should run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredArtifact {
@@ -1049,6 +1058,10 @@ pub trait Store: Send + Sync + 'static {
     async fn last_telemetry_seq(&self, device_id: &str) -> StoreResult<u64>;
     /// The highest log seq stored for the device (0: none).
     async fn last_log_seq(&self, device_id: &str) -> StoreResult<u64>;
+    /// What a session's start tells the device, read at once: where the
+    /// store stands (last telemetry and log seq), the current config and
+    /// the desired artifacts (as `desired_artifacts`).
+    async fn session_view(&self, device_id: &str) -> StoreResult<SessionView>;
     /// Saves an agent's loss totals; when any grew, records a `data_lost`
     /// event with the increase. Returns whether it did.
     async fn record_loss(

@@ -175,6 +175,103 @@ where
     for<'q> &'q str: ColumnIndex<D::Row>,
     usize: ColumnIndex<D::Row>,
 {
+    /// A device's config: a given version, or the current one.
+    async fn config_on(
+        conn: &mut D::Connection,
+        device_id: &str,
+        version: Option<u64>,
+    ) -> StoreResult<Option<ConfigVersion>> {
+        let row = sqlx::query(
+            "SELECT c.version, c.config, c.created_at \
+             FROM device_configs c JOIN devices d ON d.id = c.device_id \
+             WHERE c.device_id = $1 AND c.version = COALESCE($2, d.config_version)",
+        )
+        .bind(device_id)
+        .bind(version.map(i))
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.as_ref().map(config_from_row).transpose()
+    }
+
+    /// The highest seq stored for a device in `table` (`telemetry`,
+    /// `logs`; 0: none).
+    async fn last_seq_on(
+        conn: &mut D::Connection,
+        table: &'static str,
+        device_id: &str,
+    ) -> StoreResult<u64> {
+        let sql = match table {
+            "telemetry" => "SELECT MAX(seq) FROM telemetry WHERE device_id = $1",
+            _ => "SELECT MAX(seq) FROM logs WHERE device_id = $1",
+        };
+        let seq: Option<i64> = sqlx::query_scalar(sql)
+            .bind(device_id)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(stored_u64(seq))
+    }
+
+    /// The desired state of a device (see `Store::desired_artifacts`).
+    async fn desired_on(
+        conn: &mut D::Connection,
+        device_id: &str,
+    ) -> StoreResult<Vec<DesiredArtifact>> {
+        // Released to the device: its wave started and the rollout is not
+        // aborted, or the device started on it already (an abort does not
+        // take back what a device has). Per name, the newest such rollout
+        // decides, whether or not its artifact is still stored: the
+        // artifacts are LEFT JOINed so that deleting the newest released
+        // version leaves the name out (the device keeps what it has) rather
+        // than making an older rollout's version desired, which would
+        // downgrade every reconnecting device with no waves and no health
+        // gate (docs/artifacts.md). Likewise when the key that signed it is
+        // no longer one of the workspace's publisher keys: a removed key
+        // stops delivery.
+        let rows = sqlx::query(
+            "SELECT r.id, r.artifact_name, r.artifact_version, a.manifest_json, \
+             k.public_key, a.signature FROM rollout_devices d \
+             JOIN rollouts r ON r.id = d.rollout_id \
+             LEFT JOIN artifacts a ON a.workspace = r.workspace AND a.name = r.artifact_name \
+                  AND a.version = r.artifact_version \
+             LEFT JOIN publisher_keys k ON k.workspace = r.workspace \
+                  AND k.public_key = a.public_key \
+             WHERE d.device_id = $1 \
+             AND ((d.wave <= r.current_wave AND r.state <> 'aborted') OR d.state <> 'pending') \
+             ORDER BY r.created_at DESC, r.id DESC",
+        )
+        .bind(device_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut seen: Vec<String> = Vec::new();
+        let mut out: Vec<DesiredArtifact> = Vec::new();
+        for r in &rows {
+            let name = r.text("artifact_name")?;
+            if seen.contains(&name) {
+                continue;
+            }
+            seen.push(name.clone());
+            let (Some(manifest_json), Some(public_key), Some(signature)) = (
+                r.opt_text("manifest_json")?,
+                r.opt_text("public_key")?,
+                r.opt_text("signature")?,
+            ) else {
+                // The newest release of this name was deleted, or its key
+                // is no longer trusted.
+                continue;
+            };
+            out.push(DesiredArtifact {
+                name,
+                version: r.text("artifact_version")?,
+                manifest_json,
+                public_key,
+                signature,
+                rollout_id: r.text("id")?,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
     async fn begin(&self) -> Result<Transaction<'static, D>, sqlx::Error> {
         self.pool.begin_with(D::BEGIN).await
     }
@@ -1062,16 +1159,8 @@ where
         device_id: &str,
         version: Option<u64>,
     ) -> StoreResult<Option<ConfigVersion>> {
-        let row = sqlx::query(
-            "SELECT c.version, c.config, c.created_at \
-             FROM device_configs c JOIN devices d ON d.id = c.device_id \
-             WHERE c.device_id = $1 AND c.version = COALESCE($2, d.config_version)",
-        )
-        .bind(device_id)
-        .bind(version.map(i))
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(config_from_row).transpose()
+        let mut conn = self.pool.acquire().await?;
+        Self::config_on(&mut conn, device_id, version).await
     }
 
     async fn list_configs(
@@ -1577,20 +1666,24 @@ where
     }
 
     async fn last_telemetry_seq(&self, device_id: &str) -> StoreResult<u64> {
-        let seq: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(seq) FROM telemetry WHERE device_id = $1")
-                .bind(device_id)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(stored_u64(seq))
+        let mut conn = self.pool.acquire().await?;
+        Self::last_seq_on(&mut conn, "telemetry", device_id).await
     }
 
     async fn last_log_seq(&self, device_id: &str) -> StoreResult<u64> {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM logs WHERE device_id = $1")
-            .bind(device_id)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(stored_u64(seq))
+        let mut conn = self.pool.acquire().await?;
+        Self::last_seq_on(&mut conn, "logs", device_id).await
+    }
+
+    async fn session_view(&self, device_id: &str) -> StoreResult<SessionView> {
+        // Four reads on one connection: one pool round trip, not four.
+        let mut conn = self.pool.acquire().await?;
+        Ok(SessionView {
+            last_telemetry_seq: Self::last_seq_on(&mut conn, "telemetry", device_id).await?,
+            last_log_seq: Self::last_seq_on(&mut conn, "logs", device_id).await?,
+            config: Self::config_on(&mut conn, device_id, None).await?,
+            desired: Self::desired_on(&mut conn, device_id).await?,
+        })
     }
 
     async fn record_loss(
@@ -2387,60 +2480,8 @@ where
     }
 
     async fn desired_artifacts(&self, device_id: &str) -> StoreResult<Vec<DesiredArtifact>> {
-        // Released to the device: its wave started and the rollout is not
-        // aborted, or the device started on it already (an abort does not
-        // take back what a device has). Per name, the newest such rollout
-        // decides, whether or not its artifact is still stored: the
-        // artifacts are LEFT JOINed so that deleting the newest released
-        // version leaves the name out (the device keeps what it has) rather
-        // than making an older rollout's version desired, which would
-        // downgrade every reconnecting device with no waves and no health
-        // gate (docs/artifacts.md). Likewise when the key that signed it is
-        // no longer one of the workspace's publisher keys: a removed key
-        // stops delivery.
-        let rows = sqlx::query(
-            "SELECT r.id, r.artifact_name, r.artifact_version, a.manifest_json, \
-             k.public_key, a.signature FROM rollout_devices d \
-             JOIN rollouts r ON r.id = d.rollout_id \
-             LEFT JOIN artifacts a ON a.workspace = r.workspace AND a.name = r.artifact_name \
-                  AND a.version = r.artifact_version \
-             LEFT JOIN publisher_keys k ON k.workspace = r.workspace \
-                  AND k.public_key = a.public_key \
-             WHERE d.device_id = $1 \
-             AND ((d.wave <= r.current_wave AND r.state <> 'aborted') OR d.state <> 'pending') \
-             ORDER BY r.created_at DESC, r.id DESC",
-        )
-        .bind(device_id)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut seen: Vec<String> = Vec::new();
-        let mut out: Vec<DesiredArtifact> = Vec::new();
-        for r in &rows {
-            let name = r.text("artifact_name")?;
-            if seen.contains(&name) {
-                continue;
-            }
-            seen.push(name.clone());
-            let (Some(manifest_json), Some(public_key), Some(signature)) = (
-                r.opt_text("manifest_json")?,
-                r.opt_text("public_key")?,
-                r.opt_text("signature")?,
-            ) else {
-                // The newest release of this name was deleted, or its key
-                // is no longer trusted.
-                continue;
-            };
-            out.push(DesiredArtifact {
-                name,
-                version: r.text("artifact_version")?,
-                manifest_json,
-                public_key,
-                signature,
-                rollout_id: r.text("id")?,
-            });
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        let mut conn = self.pool.acquire().await?;
+        Self::desired_on(&mut conn, device_id).await
     }
 }
 

@@ -51,6 +51,12 @@ impl SqlStore<Sqlite> {
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // sqlx pings a connection before handing it out (a round trip
+            // to its worker thread, on every store call): a liveness check
+            // for network databases, none needed for a file this process
+            // has open. (It still pings on release, which settles queued
+            // rollbacks; `usable` below relies on that.)
+            .test_before_acquire(false)
             .before_acquire(|conn, _| Box::pin(async move { Ok(usable(conn)) }))
             .connect_with(opts)
             .await?;

@@ -112,6 +112,7 @@ store_tests!(
     a_group_of_enrollments_commits_each_and_refuses_only_the_conflicting_one,
     sessions_drive_status_and_a_stale_close_does_not_end_a_new_session,
     heartbeats_batch_move_current_sessions_forward_only,
+    session_view_reads_what_a_session_start_tells_at_once,
     session_opens_in_a_group_each_with_its_artifacts_and_event,
     devices_list_in_pages_within_their_workspace,
     duplicate_workspace_is_a_conflict,
@@ -2943,6 +2944,58 @@ async fn desired_state_follows_released_waves_and_survives_an_abort(s: Arc<dyn S
         "its wave of ro_2 started but it never began, and ro_2 is aborted"
     );
     assert!(s.desired_artifacts("d9").await.unwrap().is_empty());
+}
+
+async fn session_view_reads_what_a_session_start_tells_at_once(s: Arc<dyn Store>) {
+    rollout_fleet(&s, &["d1", "d2"]).await;
+    s.create_rollout(&new_rollout("ro_1", "1", &[("d1", 0), ("d2", 1)], 100))
+        .await
+        .unwrap();
+    s.insert_telemetry_many(
+        &[DeviceSamples {
+            device_id: "d1".into(),
+            samples: vec![sample(1), sample(2), sample(7)],
+        }],
+        0,
+    )
+    .await
+    .unwrap();
+    let line = |seq: u64| LogRecord {
+        seq,
+        timestamp: 10 * seq as i64,
+        service: "app".into(),
+        severity: "info".into(),
+        message: format!("line {seq}"),
+    };
+    s.insert_logs("d1", &[line(1), line(4)], 0).await.unwrap();
+    let v2 = s
+        .put_config("acme", "d1", &serde_json::json!({"k": 2}), 10)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let view = s.session_view("d1").await.unwrap();
+    assert_eq!((view.last_telemetry_seq, view.last_log_seq), (7, 4));
+    assert_eq!(view.config, Some(v2));
+    assert_eq!(view.desired, s.desired_artifacts("d1").await.unwrap());
+    assert_eq!(view.desired.len(), 1, "wave 1 released model 1 to d1");
+
+    // Nothing stored yet, its wave not started: the same answers as the
+    // single reads give.
+    let view = s.session_view("d2").await.unwrap();
+    assert_eq!((view.last_telemetry_seq, view.last_log_seq), (0, 0));
+    assert_eq!(view.config, s.get_config("d2", None).await.unwrap());
+    assert!(view.config.is_some() && view.desired.is_empty());
+    let none = s.session_view("nope").await.unwrap();
+    assert_eq!(
+        (
+            none.last_telemetry_seq,
+            none.last_log_seq,
+            none.config,
+            none.desired
+        ),
+        (0, 0, None, vec![])
+    );
 }
 
 async fn deleting_the_released_version_leaves_the_name_out_rather_than_downgrading(

@@ -8,6 +8,9 @@
 #   bench/fleet.sh 200 100 30s         # (b) sustained ingest
 #   bench/fleet.sh 5000 0.1 5s 256     # (c) enrollment rate
 #   bench/fleet.sh 100 1000 20s 64 50  # (b) with 50 samples per request
+#
+# CP_BIN=path serves with another control-plane binary (an A/B against an
+# older build; the simulator and admin commands stay this tree's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-100} rate=${2:-1} duration=${3:-20s} conc=${4:-64} batch=${5:-1}
@@ -19,7 +22,7 @@ trap '[ -n "$cp" ] && kill $cp 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EX
 mkdir -p "$work/cp"  # admin commands refuse a missing data directory (a typo must not start a new one)
 "$bin/outpost-control-plane" workspace create bench --data-dir "$work/cp" >/dev/null
 key=$("$bin/outpost-control-plane" api-key create --workspace bench --data-dir "$work/cp" | tail -n 1)
-OUTPOST_LOG=warn "$bin/outpost-control-plane" serve --data-dir "$work/cp" \
+OUTPOST_LOG=warn "${CP_BIN:-$bin/outpost-control-plane}" serve --data-dir "$work/cp" \
     --rest-listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 > "$work/cp.out" &
 cp=$!
 for _ in $(seq 100); do grep -q "grpc listening" "$work/cp.out" 2>/dev/null && break; sleep 0.1; done

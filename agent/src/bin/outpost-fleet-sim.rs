@@ -522,7 +522,8 @@ impl Host for SimHost {
                 c.first_loss_us.fetch_min(since_epoch, Ordering::Relaxed);
             }
             (LinkState::Connecting, LinkState::Disconnected) => {
-                if count_connect_error(c, error.as_deref().unwrap_or("")) {
+                let refused = count_connect_error(c, error.as_deref().unwrap_or(""));
+                if refused {
                     lock(&c.refused_us).push(since_epoch);
                 }
             }

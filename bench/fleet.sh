@@ -10,7 +10,8 @@
 #   bench/fleet.sh 100 1000 20s 64 50  # (b) with 50 samples per request
 #
 # CP_BIN=path serves with another control-plane binary (an A/B against an
-# older build; the simulator and admin commands stay this tree's).
+# older build; the simulator and admin commands stay this tree's, so both
+# builds must have the same database migrations).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-100} rate=${2:-1} duration=${3:-20s} conc=${4:-64} batch=${5:-1}

@@ -575,6 +575,8 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// of the events had happened: `[p50, p90, p99, max]`; empty without any.
 fn spread_secs(events_us: &std::sync::Mutex<Vec<u64>>, from_us: u64) -> Vec<f64> {
     let mut v = lock(events_us).clone();
+    // Refusals before the outage (at start-up) are not part of it.
+    v.retain(|&t| t >= from_us);
     if v.is_empty() || from_us == u64::MAX {
         return Vec::new();
     }

@@ -193,17 +193,13 @@ where
         row.as_ref().map(config_from_row).transpose()
     }
 
-    /// The highest seq stored for a device in `table` (`telemetry`,
-    /// `logs`; 0: none).
+    /// The highest seq a `SELECT MAX(seq) … WHERE device_id = $1` finds
+    /// (`LAST_TELEMETRY_SEQ`, `LAST_LOG_SEQ`; 0: none).
     async fn last_seq_on(
         conn: &mut D::Connection,
-        table: &'static str,
+        sql: &'static str,
         device_id: &str,
     ) -> StoreResult<u64> {
-        let sql = match table {
-            "telemetry" => "SELECT MAX(seq) FROM telemetry WHERE device_id = $1",
-            _ => "SELECT MAX(seq) FROM logs WHERE device_id = $1",
-        };
         let seq: Option<i64> = sqlx::query_scalar(sql)
             .bind(device_id)
             .fetch_one(&mut *conn)
@@ -1667,20 +1663,20 @@ where
 
     async fn last_telemetry_seq(&self, device_id: &str) -> StoreResult<u64> {
         let mut conn = self.pool.acquire().await?;
-        Self::last_seq_on(&mut conn, "telemetry", device_id).await
+        Self::last_seq_on(&mut conn, LAST_TELEMETRY_SEQ, device_id).await
     }
 
     async fn last_log_seq(&self, device_id: &str) -> StoreResult<u64> {
         let mut conn = self.pool.acquire().await?;
-        Self::last_seq_on(&mut conn, "logs", device_id).await
+        Self::last_seq_on(&mut conn, LAST_LOG_SEQ, device_id).await
     }
 
     async fn session_view(&self, device_id: &str) -> StoreResult<SessionView> {
         // Four reads on one connection: one pool round trip, not four.
         let mut conn = self.pool.acquire().await?;
         Ok(SessionView {
-            last_telemetry_seq: Self::last_seq_on(&mut conn, "telemetry", device_id).await?,
-            last_log_seq: Self::last_seq_on(&mut conn, "logs", device_id).await?,
+            last_telemetry_seq: Self::last_seq_on(&mut conn, LAST_TELEMETRY_SEQ, device_id).await?,
+            last_log_seq: Self::last_seq_on(&mut conn, LAST_LOG_SEQ, device_id).await?,
             config: Self::config_on(&mut conn, device_id, None).await?,
             desired: Self::desired_on(&mut conn, device_id).await?,
         })
@@ -2484,6 +2480,9 @@ where
         Self::desired_on(&mut conn, device_id).await
     }
 }
+
+const LAST_TELEMETRY_SEQ: &str = "SELECT MAX(seq) FROM telemetry WHERE device_id = $1";
+const LAST_LOG_SEQ: &str = "SELECT MAX(seq) FROM logs WHERE device_id = $1";
 
 fn artifact_from_row<R>(r: &R) -> StoreResult<ArtifactRecord>
 where

@@ -67,7 +67,7 @@ impl SqlStore<Sqlite> {
 
 /// Whether a pooled connection can be handed out again. SQLite rolls a
 /// transaction back by itself on some errors (`SQLITE_FULL`, `SQLITE_IOERR`,
-/// `SQLITE_BUSY` on commit); sqlx's own `ROLLBACK` then fails ("no
+/// `SQLITE_NOMEM`); sqlx's own `ROLLBACK` then fails ("no
 /// transaction is active") and leaves its transaction depth at 1, so every
 /// later `begin` on that connection would fail ("non-zero transaction
 /// depth") long after the disk has space again. Such a connection is closed
@@ -267,6 +267,31 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    /// What SQLite does by itself on `SQLITE_FULL` or an I/O error — end the
+    /// transaction under sqlx's feet — done by hand: the connection must
+    /// not come back from the pool still "inside" it (every later `begin`
+    /// on it would fail).
+    #[tokio::test]
+    async fn a_connection_whose_transaction_sqlite_ended_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqlStore::<Sqlite>::open(dir.path()).await.unwrap();
+        {
+            let mut tx = store.pool.begin().await.unwrap();
+            sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+            // Dropped: sqlx's own ROLLBACK fails ("no transaction is
+            // active") and its transaction depth stays 1.
+        }
+        for i in 0..10 {
+            // As every write transaction of ours begins.
+            let tx = store
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .unwrap_or_else(|e| panic!("transaction {i} after it: {e}"));
+            tx.commit().await.unwrap();
+        }
+    }
 
     #[tokio::test]
     async fn files_an_older_version_left_open_are_narrowed_to_0600() {

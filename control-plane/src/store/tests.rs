@@ -2978,7 +2978,11 @@ async fn session_view_reads_what_a_session_start_tells_at_once(s: Arc<dyn Store>
     assert_eq!((view.last_telemetry_seq, view.last_log_seq), (7, 4));
     assert_eq!(view.config, Some(v2));
     assert_eq!(view.desired, s.desired_artifacts("d1").await.unwrap());
-    assert_eq!(view.desired.len(), 1, "wave 1 released model 1 to d1");
+    assert_eq!(
+        view.desired.len(),
+        1,
+        "the first wave released model 1 to d1"
+    );
 
     // Nothing stored yet, its wave not started: the same answers as the
     // single reads give.

@@ -6,6 +6,9 @@
 //! The conversions rely on the backends naming their columns identically and
 //! storing integers as 64-bit (SQLite `INTEGER`, PostgreSQL `BIGINT`).
 
+use std::sync::LazyLock;
+
+use super::rollup::{Agg, CounterPoint, TIERS, Tier};
 use super::*;
 
 pub(super) fn json_vec<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> StoreResult<T> {
@@ -424,26 +427,6 @@ pub(super) fn log_from_row(r: &impl Cols) -> StoreResult<LogRecord> {
     })
 }
 
-/// A row of the backends' bucket aggregation (same column aliases).
-pub(super) fn bucket_from_row(r: &impl Cols) -> StoreResult<TelemetryBucket> {
-    Ok(TelemetryBucket {
-        start: r.int("bucket")?,
-        samples: u(r.int("n")?),
-        cpu_percent_avg: r.float("cpu_avg")?,
-        cpu_percent_max: r.float("cpu_max")?,
-        memory_used_bytes_avg: r.float("mem_avg")?,
-        memory_total_bytes: u(r.int("mem_total")?),
-        disk_used_bytes_avg: r.float("disk_avg")?,
-        disk_total_bytes: u(r.int("disk_total")?),
-        network_rx_bytes: u(r.int("rx")?),
-        network_tx_bytes: u(r.int("tx")?),
-        load_1m_avg: r.float("load_avg")?,
-        temperature_max_celsius: r.opt_float("temp_max")?,
-        gpu_utilization_percent_avg: r.opt_float("gpu_util")?,
-        gpu_memory_used_bytes_avg: r.opt_float("gpu_mem")?,
-    })
-}
-
 /// `SELECT <rollout columns> FROM rollouts`, for `concat!`.
 macro_rules! rollout_select {
     () => {
@@ -493,4 +476,108 @@ pub(super) fn rollout_device_from_row(r: &impl Cols) -> StoreResult<RolloutDevic
         error: r.opt_text("error")?,
         updated_at: r.int("updated_at")?,
     })
+}
+
+/// The columns of a rollup tier's row, in the order `bind_tier_row` binds
+/// them (migrations `*_rollups.sql`).
+pub(super) const TIER_COLUMNS: [&str; 24] = [
+    "device_id",
+    "bucket",
+    "n",
+    "cpu_sum",
+    "cpu_max",
+    "mem_sum",
+    "mem_total_max",
+    "disk_sum",
+    "disk_total_max",
+    "load_sum",
+    "temp_max",
+    "gpu_n",
+    "gpu_util_sum",
+    "gpu_mem_sum",
+    "first_ts",
+    "first_seq",
+    "first_rx",
+    "first_tx",
+    "last_ts",
+    "last_seq",
+    "last_rx",
+    "last_tx",
+    "rx_inc",
+    "tx_inc",
+];
+
+/// A rollup tier's row: its bucket and aggregates.
+pub(super) fn tier_row(r: &impl Cols) -> StoreResult<(UnixMillis, Agg)> {
+    let point = |p: &str| -> StoreResult<CounterPoint> {
+        Ok(CounterPoint {
+            ts: r.int(&format!("{p}_ts"))?,
+            seq: u(r.int(&format!("{p}_seq"))?),
+            rx: u(r.int(&format!("{p}_rx"))?),
+            tx: u(r.int(&format!("{p}_tx"))?),
+        })
+    };
+    Ok((
+        r.int("bucket")?,
+        Agg {
+            n: u(r.int("n")?),
+            cpu_sum: r.float("cpu_sum")?,
+            cpu_max: r.float("cpu_max")?,
+            mem_sum: r.float("mem_sum")?,
+            mem_total_max: u(r.int("mem_total_max")?),
+            disk_sum: r.float("disk_sum")?,
+            disk_total_max: u(r.int("disk_total_max")?),
+            load_sum: r.float("load_sum")?,
+            temp_max: r.opt_float("temp_max")?,
+            gpu_n: u(r.int("gpu_n")?),
+            gpu_util_sum: r.float("gpu_util_sum")?,
+            gpu_mem_sum: r.float("gpu_mem_sum")?,
+            first: point("first")?,
+            last: point("last")?,
+            rx_inc: u(r.int("rx_inc")?),
+            tx_inc: u(r.int("tx_inc")?),
+        },
+    ))
+}
+
+/// Rows per rollup upsert, largest first (24 parameters a row).
+pub(super) const TIER_UPSERT_SIZES: [usize; 4] = [64, 16, 4, 1];
+
+/// The upsert of `TIER_UPSERT_SIZES[size_index]` rows into `tier`: a row
+/// that exists is replaced (the caller merged it). `$N` placeholders, which
+/// both databases bind alike.
+pub(super) fn tier_upsert(tier: Tier, size_index: usize) -> &'static str {
+    static TEXTS: LazyLock<Vec<Vec<String>>> = LazyLock::new(|| {
+        TIERS
+            .iter()
+            .map(|t| {
+                TIER_UPSERT_SIZES
+                    .iter()
+                    .map(|&n| {
+                        let w = TIER_COLUMNS.len();
+                        let rows: Vec<String> = (0..n)
+                            .map(|r| {
+                                let p: Vec<String> =
+                                    (1..=w).map(|c| format!("${}", r * w + c)).collect();
+                                format!("({})", p.join(", "))
+                            })
+                            .collect();
+                        let set: Vec<String> = TIER_COLUMNS[2..]
+                            .iter()
+                            .map(|c| format!("{c} = excluded.{c}"))
+                            .collect();
+                        format!(
+                            "INSERT INTO {} ({}) VALUES {} \
+                             ON CONFLICT (device_id, bucket) DO UPDATE SET {}",
+                            t.table,
+                            TIER_COLUMNS.join(", "),
+                            rows.join(", "),
+                            set.join(", ")
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    });
+    &TEXTS[tier.index()][size_index]
 }

@@ -4,6 +4,7 @@
 
 mod common;
 pub mod postgres;
+pub mod rollup;
 mod sql;
 mod sqlite;
 #[cfg(test)]
@@ -320,8 +321,9 @@ pub struct TelemetryBucket {
     pub memory_total_bytes: u64,
     pub disk_used_bytes_avg: f64,
     pub disk_total_bytes: u64,
-    /// Bytes counted within the bucket: max − min of the cumulative counters
-    /// (overstated in a bucket that contains a reboot).
+    /// Bytes counted within the bucket: the increases of the cumulative
+    /// counters between consecutive samples, a reset (reboot) counting what
+    /// came after it (`rollup::increase`).
     pub network_rx_bytes: u64,
     pub network_tx_bytes: u64,
     pub load_1m_avg: f64,
@@ -928,7 +930,9 @@ pub trait Store: Send + Sync + 'static {
     async fn query_logs(&self, q: &LogQuery) -> StoreResult<Vec<LogRecord>>;
 
     /// Samples in [start, end) aggregated into buckets of `bucket_ms`, oldest
-    /// first; empty buckets are omitted.
+    /// first; empty buckets are omitted. Read from the coarsest rollup tier
+    /// that tiles the bucket (`rollup::Tier::for_bucket`); the answer is
+    /// [`rollup::Agg::of_samples`] over each bucket's raw samples.
     async fn telemetry_buckets(
         &self,
         device_id: &str,

@@ -159,12 +159,6 @@ impl Dialect for Postgres {
         result.rows_affected()
     }
 
-    fn json_array_agg(agg: &str, column: &str, field: &str, ty: &str) -> String {
-        format!(
-            "(SELECT {agg}((e->>'{field}')::{ty}) FROM jsonb_array_elements({column}::jsonb) e)"
-        )
-    }
-
     /// As a `TEXT[]`.
     fn bind_ids<'q>(
         q: sqlx::query::Query<'q, Postgres, <Postgres as sqlx::Database>::Arguments>,
@@ -193,15 +187,15 @@ impl Dialect for Postgres {
         Ok(())
     }
 
-    /// One statement for rows of any number of devices (atomic on its own);
-    /// see `insert_logs` for the dedupe.
+    /// One statement for rows of any number of devices; see `insert_logs`
+    /// for the dedupe.
     async fn insert_telemetry(
-        pool: &PgPool,
+        tx: &mut Transaction<'static, Postgres>,
         rows: &[(&str, &TelemetrySample)],
         received_at: UnixMillis,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<Vec<(String, i64)>> {
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let mut q = sqlx::query(telemetry_insert());
         for c in &TELEMETRY_COLUMNS {
@@ -215,7 +209,41 @@ impl Dialect for Postgres {
                 TelemetryColumn::Json(_, get, _) => q.bind(column(rows, get)),
             };
         }
-        Ok(q.execute(pool).await?.rows_affected())
+        q.fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|r| Ok((r.text("device_id")?, r.int("seq")?)))
+            .collect()
+    }
+
+    /// A transaction advisory lock per device, taken in the order of the
+    /// lock keys themselves (hash collisions cannot make a cycle).
+    async fn lock_rollups(
+        tx: &mut Transaction<'static, Postgres>,
+        device_ids: &[&str],
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock($1, k) FROM \
+             (SELECT DISTINCT hashtext(id) AS k FROM unnest($2::TEXT[]) AS id ORDER BY k) s",
+        )
+        .bind(ROLLUP_LOCK_CLASS)
+        .bind(device_ids)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    const KEY_LIST: &'static str =
+        "SELECT * FROM unnest($1::TEXT[], $2::BIGINT[]) AS k(device_id, bucket)";
+
+    /// As a `TEXT[]` and a `BIGINT[]`.
+    fn bind_keys<'q>(
+        q: sqlx::query::Query<'q, Postgres, <Postgres as sqlx::Database>::Arguments>,
+        keys: &[(&str, i64)],
+    ) -> sqlx::query::Query<'q, Postgres, <Postgres as sqlx::Database>::Arguments> {
+        let devices: Vec<String> = keys.iter().map(|&(d, _)| d.to_string()).collect();
+        let buckets: Vec<i64> = keys.iter().map(|&(_, b)| b).collect();
+        q.bind(devices).bind(buckets)
     }
 
     async fn insert_logs(
@@ -272,6 +300,8 @@ impl Dialect for Postgres {
 /// First key of the advisory locks that order each device's events
 /// (`'outp'` as a big-endian i32); the second key is the device id's hash.
 const EVENT_LOCK_CLASS: i32 = 0x6f75_7470;
+/// The advisory lock class of a device's rollup rows.
+const ROLLUP_LOCK_CLASS: i32 = 0x6f75_7471;
 
 /// One column of the rows, for `UNNEST`.
 fn column<T>(rows: &[(&str, &TelemetrySample)], get: &fn(&TelemetrySample) -> T) -> Vec<T> {
@@ -302,7 +332,8 @@ fn telemetry_insert() -> &'static str {
         }
         format!(
             "INSERT INTO telemetry ({}) SELECT {} FROM UNNEST({}) AS b({}) \
-             ORDER BY device_id, seq ON CONFLICT (device_id, seq) DO NOTHING",
+             ORDER BY device_id, seq ON CONFLICT (device_id, seq) DO NOTHING \
+             RETURNING device_id, seq",
             names.join(", "),
             select.join(", "),
             arrays.join(", "),

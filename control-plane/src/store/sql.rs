@@ -18,6 +18,7 @@
 //! certificates and keys, then (last) the device's event lock
 //! ([`Dialect::lock_events`]).
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 use sqlx::{
@@ -25,6 +26,7 @@ use sqlx::{
 };
 
 use super::common::*;
+use super::rollup::{self, Agg, Overlap, TIERS, Tier};
 use super::*;
 
 /// What differs between the SQL databases the store runs on, implemented by
@@ -50,9 +52,6 @@ pub trait Dialect: Database {
     fn texts() -> &'static Texts;
     /// Rows a statement changed.
     fn rows_affected(result: &Self::QueryResult) -> u64;
-    /// `agg` over the number `field` of each element of the JSON array in
-    /// the TEXT column `column`, as `ty` (where the dialect needs a type).
-    fn json_array_agg(agg: &str, column: &str, field: &str, ty: &str) -> String;
     /// Binds a list of ids as one parameter.
     fn bind_ids<'q>(
         q: sqlx::query::Query<'q, Self, Self::Arguments>,
@@ -63,13 +62,29 @@ pub trait Dialect: Database {
         tx: &mut Transaction<'static, Self>,
         device_id: &str,
     ) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Stores (device, sample) rows atomically, ignoring any (device, seq)
-    /// already stored; returns how many were new. Durable when it returns.
+    /// Stores (device, sample) rows in `tx`, ignoring any (device, seq)
+    /// already stored (or repeated in `rows`: the first stays); returns the
+    /// (device, seq) of the rows that were new.
     fn insert_telemetry(
-        pool: &Pool<Self>,
+        tx: &mut Transaction<'static, Self>,
         rows: &[(&str, &TelemetrySample)],
         received_at: UnixMillis,
-    ) -> impl Future<Output = StoreResult<u64>> + Send;
+    ) -> impl Future<Output = StoreResult<Vec<(String, i64)>>> + Send;
+    /// Taken in `tx` before a device's rollup rows are read to be merged
+    /// into, so two replicas storing samples of one device merge one after
+    /// the other (devices in a stable order, so no cycle can form).
+    fn lock_rollups(
+        tx: &mut Transaction<'static, Self>,
+        device_ids: &[&str],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// A subquery of the (device_id, bucket) pairs bound by
+    /// [`Dialect::bind_keys`] from `$1`.
+    const KEY_LIST: &'static str;
+    /// Binds (device, bucket) pairs as [`Dialect::KEY_LIST`] reads them.
+    fn bind_keys<'q>(
+        q: sqlx::query::Query<'q, Self, Self::Arguments>,
+        keys: &[(&str, i64)],
+    ) -> sqlx::query::Query<'q, Self, Self::Arguments>;
     /// [`Store::insert_logs`].
     fn insert_logs(
         pool: &Pool<Self>,
@@ -98,7 +113,11 @@ pub struct Texts {
     loss_locked: String,
     /// Locks a device's row, where rows are locked.
     lock_device: Option<String>,
-    telemetry_buckets: String,
+    /// Per tier ([`TIERS`]): its rows of the (device, bucket) pairs bound
+    /// by [`Dialect::bind_keys`].
+    tier_keyed: [String; 2],
+    /// Per tier: a device's rows in [`$2`, `$3`), in bucket order.
+    tier_range: [String; 2],
     /// What runs on the devices of the id list `$1`.
     device_artifacts: String,
     /// An artifact's row, locked.
@@ -108,7 +127,6 @@ pub struct Texts {
 impl Texts {
     pub(super) fn new<D: Dialect>() -> Self {
         let lock = D::ROW_LOCK.unwrap_or("");
-        let json = D::json_array_agg;
         Texts {
             device_artifacts: format!(
                 "SELECT device_id, name, version FROM device_artifacts \
@@ -124,27 +142,21 @@ impl Texts {
                 "SELECT * FROM artifacts WHERE workspace = $1 AND name = $2 AND version = $3{lock}"
             ),
             lock_device: D::ROW_LOCK.map(|l| format!("SELECT 1 FROM devices WHERE id = $1{l}")),
-            // AVG and SUM of BIGINT give NUMERIC on PostgreSQL, hence the
-            // casts (no-ops on SQLite, whose AVG is REAL already).
-            telemetry_buckets: format!(
-                "SELECT (ts / $4) * $4 AS bucket, COUNT(*) AS n, \
-                 AVG(cpu_percent) AS cpu_avg, MAX(cpu_percent) AS cpu_max, \
-                 CAST(AVG(memory_used_bytes) AS DOUBLE PRECISION) AS mem_avg, \
-                 MAX(memory_total_bytes) AS mem_total, \
-                 CAST(AVG(disk_used_bytes) AS DOUBLE PRECISION) AS disk_avg, \
-                 MAX(disk_total_bytes) AS disk_total, \
-                 MAX(network_rx_bytes) - MIN(network_rx_bytes) AS rx, \
-                 MAX(network_tx_bytes) - MIN(network_tx_bytes) AS tx, \
-                 AVG(load_1m) AS load_avg, \
-                 MAX({temp_max}) AS temp_max, \
-                 AVG({gpu_util}) AS gpu_util, \
-                 CAST(AVG({gpu_mem}) AS DOUBLE PRECISION) AS gpu_mem \
-                 FROM telemetry WHERE device_id = $1 AND ts >= $2 AND ts < $3 \
-                 GROUP BY bucket ORDER BY bucket",
-                temp_max = json("MAX", "temperatures", "celsius", "DOUBLE PRECISION"),
-                gpu_util = json("AVG", "gpus", "utilization_percent", "DOUBLE PRECISION"),
-                gpu_mem = json("SUM", "gpus", "memory_used_bytes", "NUMERIC"),
-            ),
+            tier_range: TIERS.map(|t| {
+                format!(
+                    "SELECT * FROM {} WHERE device_id = $1 AND bucket >= $2 AND bucket < $3 \
+                     ORDER BY bucket",
+                    t.table
+                )
+            }),
+            tier_keyed: TIERS.map(|t| {
+                format!(
+                    "SELECT t.* FROM ({}) AS k CROSS JOIN {} AS t \
+                     WHERE t.device_id = k.device_id AND t.bucket = k.bucket",
+                    D::KEY_LIST,
+                    t.table
+                )
+            }),
         }
     }
 }
@@ -167,7 +179,8 @@ where
     for<'q> Option<i64>: Encode<'q, D>,
     for<'q> bool: Encode<'q, D> + Decode<'q, D> + Type<D>,
     for<'q> Option<bool>: Encode<'q, D>,
-    for<'q> f64: Decode<'q, D> + Type<D>,
+    for<'q> f64: Encode<'q, D> + Decode<'q, D> + Type<D>,
+    for<'q> Option<f64>: Encode<'q, D>,
     for<'q> String: Encode<'q, D> + Decode<'q, D> + Type<D>,
     for<'q> Option<String>: Encode<'q, D>,
     for<'q> &'q str: Encode<'q, D> + Type<D>,
@@ -175,6 +188,172 @@ where
     for<'q> &'q str: ColumnIndex<D::Row>,
     usize: ColumnIndex<D::Row>,
 {
+    /// Stores (device, sample) rows and merges the new ones into the rollup
+    /// tiers, in one transaction. Returns how many were new.
+    async fn store_samples(
+        &self,
+        rows: &[(&str, &TelemetrySample)],
+        received_at: UnixMillis,
+    ) -> StoreResult<u64> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut devices: Vec<&str> = rows.iter().map(|&(d, _)| d).collect();
+        devices.sort_unstable();
+        devices.dedup();
+        let mut tx = self.begin().await?;
+        D::lock_rollups(&mut tx, &devices).await?;
+        let inserted = D::insert_telemetry(&mut tx, rows, received_at).await?;
+        // The rows that went in: each (device, seq) once, the first of any
+        // repeats (the one the insert kept).
+        let mut fresh: HashSet<(&str, i64)> =
+            inserted.iter().map(|(d, s)| (d.as_str(), *s)).collect();
+        let new: Vec<(&str, &TelemetrySample)> = rows
+            .iter()
+            .filter(|&&(d, s)| fresh.remove(&(d, i(s.seq))))
+            .copied()
+            .collect();
+        Self::roll_up(&mut tx, &new).await?;
+        tx.commit().await?;
+        Ok(new.len() as u64)
+    }
+
+    /// Merges newly stored samples into every tier, finest first (an hour
+    /// row recomputed reads the minute rows written just before). A row the
+    /// new samples interleave with is recomputed from its source.
+    async fn roll_up(
+        tx: &mut Transaction<'static, D>,
+        new: &[(&str, &TelemetrySample)],
+    ) -> StoreResult<()> {
+        /// Keys per read of stored rows.
+        const KEY_CHUNK: usize = 500;
+        for (k, tier) in TIERS.iter().enumerate() {
+            let parts = rollup::partials(*tier, new.iter().copied());
+            let mut stored: HashMap<(String, i64), Agg> = HashMap::with_capacity(parts.len());
+            let keys: Vec<(&str, i64)> = parts.iter().map(|(key, _)| *key).collect();
+            for chunk in keys.chunks(KEY_CHUNK) {
+                let rows = D::bind_keys(sqlx::query(D::texts().tier_keyed[k].as_str()), chunk)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                for r in &rows {
+                    let (bucket, agg) = tier_row(r)?;
+                    stored.insert((r.text("device_id")?, bucket), agg);
+                }
+            }
+            let mut out = Vec::with_capacity(parts.len());
+            for ((device, bucket), part) in parts {
+                let merged = match stored.remove(&(device.to_string(), bucket)) {
+                    None => Some(part),
+                    Some(old) => match old.merge(&part) {
+                        Ok(m) => Some(m),
+                        Err(Overlap) => {
+                            rollup::count_recomputed(*tier);
+                            Self::recompute(tx, *tier, device, bucket).await?
+                        }
+                    },
+                };
+                out.extend(merged.map(|a| (device, bucket, a)));
+            }
+            Self::upsert_tier(tx, *tier, &out).await?;
+        }
+        Ok(())
+    }
+
+    /// A tier row computed again from what it summarises: the raw samples
+    /// of its bucket for the finest tier, else the finer tier's rows.
+    async fn recompute(
+        tx: &mut Transaction<'static, D>,
+        tier: Tier,
+        device_id: &str,
+        bucket: UnixMillis,
+    ) -> StoreResult<Option<Agg>> {
+        let end = bucket + tier.width_ms;
+        Ok(match tier.finer() {
+            None => {
+                let samples = Self::raw_between(&mut **tx, device_id, bucket, end).await?;
+                Agg::of_samples(&samples)
+            }
+            Some(finer) => {
+                let rows = Self::tier_between(&mut **tx, finer, device_id, bucket, end).await?;
+                Agg::fold(rows.into_iter().map(|(_, a)| a))
+            }
+        })
+    }
+
+    /// A device's raw samples with timestamps in [start, end).
+    async fn raw_between(
+        conn: &mut D::Connection,
+        device_id: &str,
+        start: UnixMillis,
+        end: UnixMillis,
+    ) -> StoreResult<Vec<TelemetrySample>> {
+        let rows =
+            sqlx::query("SELECT * FROM telemetry WHERE device_id = $1 AND ts >= $2 AND ts < $3")
+                .bind(device_id)
+                .bind(start)
+                .bind(end)
+                .fetch_all(&mut *conn)
+                .await?;
+        rows.iter().map(sample_from_row).collect()
+    }
+
+    /// A device's rows of `tier` with buckets in [start, end), in order.
+    async fn tier_between(
+        conn: &mut D::Connection,
+        tier: Tier,
+        device_id: &str,
+        start: UnixMillis,
+        end: UnixMillis,
+    ) -> StoreResult<Vec<(UnixMillis, Agg)>> {
+        let rows = sqlx::query(D::texts().tier_range[tier.index()].as_str())
+            .bind(device_id)
+            .bind(start)
+            .bind(end)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter().map(tier_row).collect()
+    }
+
+    /// Writes tier rows (replacing any stored), as few statements as
+    /// [`TIER_UPSERT_SIZES`] allow.
+    async fn upsert_tier(
+        tx: &mut Transaction<'static, D>,
+        tier: Tier,
+        rows: &[(&str, UnixMillis, Agg)],
+    ) -> StoreResult<()> {
+        let mut rest = rows;
+        for (k, &size) in TIER_UPSERT_SIZES.iter().enumerate() {
+            while rest.len() >= size {
+                let (chunk, tail) = rest.split_at(size);
+                let mut q = sqlx::query(tier_upsert(tier, k));
+                for (device, bucket, a) in chunk {
+                    q = q
+                        .bind(*device)
+                        .bind(*bucket)
+                        .bind(i(a.n))
+                        .bind(a.cpu_sum)
+                        .bind(a.cpu_max)
+                        .bind(a.mem_sum)
+                        .bind(i(a.mem_total_max))
+                        .bind(a.disk_sum)
+                        .bind(i(a.disk_total_max))
+                        .bind(a.load_sum)
+                        .bind(a.temp_max)
+                        .bind(i(a.gpu_n))
+                        .bind(a.gpu_util_sum)
+                        .bind(a.gpu_mem_sum);
+                    for p in [a.first, a.last] {
+                        q = q.bind(p.ts).bind(i(p.seq)).bind(i(p.rx)).bind(i(p.tx));
+                    }
+                    q = q.bind(i(a.rx_inc)).bind(i(a.tx_inc));
+                }
+                q.execute(&mut **tx).await?;
+                rest = tail;
+            }
+        }
+        Ok(())
+    }
+
     /// A device's config: a given version, or the current one.
     async fn config_on(
         conn: &mut D::Connection,
@@ -778,7 +957,8 @@ where
     for<'q> Option<i64>: Encode<'q, D>,
     for<'q> bool: Encode<'q, D> + Decode<'q, D> + Type<D>,
     for<'q> Option<bool>: Encode<'q, D>,
-    for<'q> f64: Decode<'q, D> + Type<D>,
+    for<'q> f64: Encode<'q, D> + Decode<'q, D> + Type<D>,
+    for<'q> Option<f64>: Encode<'q, D>,
     for<'q> String: Encode<'q, D> + Decode<'q, D> + Type<D>,
     for<'q> Option<String>: Encode<'q, D>,
     for<'q> &'q str: Encode<'q, D> + Type<D>,
@@ -1295,14 +1475,17 @@ where
         end: UnixMillis,
         bucket_ms: i64,
     ) -> StoreResult<Vec<TelemetryBucket>> {
-        let rows = sqlx::query(D::texts().telemetry_buckets.as_str())
-            .bind(device_id)
-            .bind(start)
-            .bind(end)
-            .bind(bucket_ms)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(bucket_from_row).collect()
+        let mut conn = self.pool.acquire().await?;
+        let rows = match Tier::for_bucket(bucket_ms) {
+            Some(tier) => Self::tier_between(&mut conn, tier, device_id, start, end).await?,
+            // Finer than every tier (no API period asks for it): from raw.
+            None => {
+                let mut samples = Self::raw_between(&mut conn, device_id, start, end).await?;
+                samples.sort_by_key(|s| (s.timestamp, s.seq));
+                samples.iter().map(|s| (s.timestamp, Agg::of(s))).collect()
+            }
+        };
+        Ok(rollup::buckets(rows, bucket_ms))
     }
 
     async fn find_enrollment(&self, install_id_hash: &str) -> StoreResult<Option<Enrollment>> {
@@ -1644,7 +1827,7 @@ where
         received_at: UnixMillis,
     ) -> StoreResult<u64> {
         let rows: Vec<(&str, &TelemetrySample)> = samples.iter().map(|s| (device_id, s)).collect();
-        D::insert_telemetry(&self.pool, &rows, received_at).await
+        self.store_samples(&rows, received_at).await
     }
 
     async fn insert_telemetry_many(
@@ -1658,7 +1841,7 @@ where
             .iter()
             .flat_map(|b| b.samples.iter().map(|s| (b.device_id.as_str(), s)))
             .collect();
-        D::insert_telemetry(&self.pool, &rows, received_at).await
+        self.store_samples(&rows, received_at).await
     }
 
     async fn last_telemetry_seq(&self, device_id: &str) -> StoreResult<u64> {

@@ -141,11 +141,6 @@ impl Dialect for Sqlite {
         result.rows_affected()
     }
 
-    /// json_extract gives the number as stored, so `_ty` is not needed.
-    fn json_array_agg(agg: &str, column: &str, field: &str, _ty: &str) -> String {
-        format!("(SELECT {agg}(json_extract(value, '$.{field}')) FROM json_each({column}))")
-    }
-
     /// As a JSON array, for `json_each`.
     fn bind_ids<'q>(
         q: sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>::Arguments>,
@@ -160,14 +155,27 @@ impl Dialect for Sqlite {
     }
 
     async fn insert_telemetry(
-        pool: &SqlitePool,
+        tx: &mut Transaction<'static, Sqlite>,
         rows: &[(&str, &TelemetrySample)],
         received_at: UnixMillis,
-    ) -> StoreResult<u64> {
-        let mut tx = pool.begin_with(Self::BEGIN).await?;
-        let stored = insert_rows(&mut tx, rows, received_at).await?;
-        tx.commit().await?;
-        Ok(stored)
+    ) -> StoreResult<Vec<(String, i64)>> {
+        insert_rows(tx, rows, received_at).await
+    }
+
+    /// One writer at a time (`BEGIN IMMEDIATE`): nothing to lock.
+    async fn lock_rollups(_: &mut Transaction<'static, Sqlite>, _: &[&str]) -> StoreResult<()> {
+        Ok(())
+    }
+
+    const KEY_LIST: &'static str =
+        "SELECT value ->> 0 AS device_id, value ->> 1 AS bucket FROM json_each($1)";
+
+    /// As a JSON array of `[device, bucket]` pairs, for `json_each`.
+    fn bind_keys<'q>(
+        q: sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>::Arguments>,
+        keys: &[(&str, i64)],
+    ) -> sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>::Arguments> {
+        q.bind(to_json(&keys))
     }
 
     async fn insert_logs(
@@ -220,7 +228,8 @@ fn telemetry_insert(size_index: usize) -> &'static str {
             .iter()
             .map(|&n| {
                 format!(
-                    "INSERT INTO telemetry ({}) VALUES {} ON CONFLICT (device_id, seq) DO NOTHING",
+                    "INSERT INTO telemetry ({}) VALUES {} ON CONFLICT (device_id, seq) DO NOTHING \
+                     RETURNING device_id, seq",
                     columns.join(", "),
                     vec![row.as_str(); n].join(", "),
                 )
@@ -231,14 +240,14 @@ fn telemetry_insert(size_index: usize) -> &'static str {
 }
 
 /// Inserts (device, sample) rows with as few statements as
-/// [`INSERT_SIZES`] allow; rows already stored are skipped. Returns how many
-/// were new.
+/// [`INSERT_SIZES`] allow; rows already stored are skipped. Returns the
+/// (device, seq) of those that were new.
 async fn insert_rows(
     tx: &mut Transaction<'static, Sqlite>,
     rows: &[(&str, &TelemetrySample)],
     received_at: UnixMillis,
-) -> StoreResult<u64> {
-    let mut stored = 0;
+) -> StoreResult<Vec<(String, i64)>> {
+    let mut stored = Vec::with_capacity(rows.len());
     let mut rest = rows;
     for (k, &size) in INSERT_SIZES.iter().enumerate() {
         while rest.len() >= size {
@@ -255,7 +264,9 @@ async fn insert_rows(
                     };
                 }
             }
-            stored += q.execute(&mut **tx).await?.rows_affected();
+            for r in q.fetch_all(&mut **tx).await? {
+                stored.push((r.text("device_id")?, r.int("seq")?));
+            }
             rest = tail;
         }
     }

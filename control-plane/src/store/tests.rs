@@ -123,6 +123,8 @@ store_tests!(
     reissued_install_id_voids_the_old_one_and_its_binding,
     logs_page_newest_first_with_filters,
     telemetry_buckets_aggregate_per_bucket,
+    rollup_tiers_answer_as_raw_samples_do_whatever_the_arrival_order,
+    a_late_sample_inside_a_rolled_up_minute_recomputes_it,
     deleting_a_device_records_its_decommission_and_revokes_its_certs,
     loss_reports_record_growth_once_and_retention_prunes,
     workspaces_and_api_keys_round_trip,
@@ -166,6 +168,7 @@ replica_tests!(
     replicas_number_config_versions_uniquely,
     replicas_serialize_rotations,
     replicas_store_overlapping_batches_once,
+    replicas_roll_up_one_devices_samples_as_raw,
     replicas_page_events_without_gaps,
     replicas_page_audit_entries_without_gaps,
 );
@@ -3444,4 +3447,329 @@ mod deleting_an_artifact_in_use_by_a_rollout_is_refused {
         store.close().await;
         postgres::drop_test_database(&base, &url).await.unwrap();
     }
+}
+
+/// A device's history as an agent could deliver it: samples at irregular
+/// intervals, counters that reset (reboots), a clock that sometimes steps
+/// back; delivered in batches where some are late (a spool replayed after
+/// newer samples), some repeat samples already sent (a resend after a lost
+/// ack) and some repeat a seq inside the batch.
+fn messy_history(
+    seed: u64,
+    start: i64,
+    len: usize,
+) -> (Vec<TelemetrySample>, Vec<Vec<TelemetrySample>>) {
+    use rand::{Rng, SeedableRng, seq::SliceRandom};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut ts, mut rx, mut tx) = (start, 0u64, 0u64);
+    let mut samples = Vec::with_capacity(len);
+    for k in 0..len as u64 {
+        ts += rng.random_range(1_000..90_000);
+        if rng.random_bool(0.03) {
+            ts -= rng.random_range(0..200_000); // the clock stepped back
+        }
+        if rng.random_bool(0.04) {
+            (rx, tx) = (0, 0); // a reboot
+        }
+        rx += rng.random_range(0..1_000_000);
+        tx += rng.random_range(0..100_000);
+        let gpus = if rng.random_bool(0.5) {
+            (0..rng.random_range(1..3))
+                .map(|g| GpuSample {
+                    index: g,
+                    utilization_percent: rng.random_range(0..100) as f32,
+                    memory_used_bytes: rng.random_range(0..1u64 << 34),
+                    ..Default::default()
+                })
+                .collect()
+        } else {
+            vec![]
+        };
+        let temperatures = if rng.random_bool(0.7) {
+            vec![Temperature {
+                sensor: "cpu".into(),
+                celsius: rng.random_range(-20..100) as f32 + 0.5,
+            }]
+        } else {
+            vec![]
+        };
+        samples.push(TelemetrySample {
+            seq: k + 1,
+            timestamp: ts,
+            cpu_percent: rng.random_range(0..1000) as f32 / 10.0,
+            memory_used_bytes: rng.random_range(0..1u64 << 36),
+            memory_total_bytes: 1 << 36,
+            disk_used_bytes: rng.random_range(0..1u64 << 40),
+            disk_total_bytes: rng.random_range(1u64 << 40..1u64 << 41),
+            network_rx_bytes: rx,
+            network_tx_bytes: tx,
+            load_1m: rng.random_range(0..800) as f64 / 100.0,
+            temperatures,
+            gpus,
+            ..Default::default()
+        });
+    }
+    // Batches of consecutive samples, delivered mostly in order; a quarter
+    // of them held back and delivered at random later points.
+    let mut batches: Vec<Vec<TelemetrySample>> = Vec::new();
+    let mut held: Vec<Vec<TelemetrySample>> = Vec::new();
+    let mut i = 0;
+    while i < samples.len() {
+        let n = rng.random_range(1..20).min(samples.len() - i);
+        let mut b = samples[i..i + n].to_vec();
+        i += n;
+        if rng.random_bool(0.2) {
+            b.push(b[rng.random_range(0..b.len())].clone()); // a seq twice in a batch
+        }
+        if rng.random_bool(0.25) {
+            held.push(b);
+        } else {
+            batches.push(b);
+        }
+        if !held.is_empty() && rng.random_bool(0.2) {
+            batches.push(held.swap_remove(rng.random_range(0..held.len())));
+        }
+        if rng.random_bool(0.1) {
+            let sent = &samples[..i];
+            let from = rng.random_range(0..sent.len());
+            batches.push(sent[from..(from + 5).min(sent.len())].to_vec()); // a resend
+        }
+    }
+    held.shuffle(&mut rng);
+    batches.extend(held);
+    (samples, batches)
+}
+
+/// The bucketed series computed directly from raw samples, the obvious
+/// way: what every tier must answer.
+fn buckets_from_raw(samples: &[TelemetrySample], bucket_ms: i64) -> Vec<TelemetryBucket> {
+    let mut sorted: Vec<&TelemetrySample> = samples.iter().collect();
+    sorted.sort_by_key(|s| (s.timestamp.div_euclid(bucket_ms), s.timestamp, s.seq));
+    let mut out = Vec::new();
+    for group in sorted
+        .chunk_by(|a, b| a.timestamp.div_euclid(bucket_ms) == b.timestamp.div_euclid(bucket_ms))
+    {
+        let n = group.len() as f64;
+        let avg = |f: &dyn Fn(&TelemetrySample) -> f64| group.iter().map(|s| f(s)).sum::<f64>() / n;
+        let inc = |f: &dyn Fn(&TelemetrySample) -> u64| {
+            group
+                .windows(2)
+                .map(|w| {
+                    let (a, b) = (f(w[0]), f(w[1]));
+                    if b >= a { b - a } else { b }
+                })
+                .sum::<u64>()
+        };
+        let with_gpus: Vec<&&TelemetrySample> =
+            group.iter().filter(|s| !s.gpus.is_empty()).collect();
+        let gpu_avg = |f: &dyn Fn(&TelemetrySample) -> f64| {
+            (!with_gpus.is_empty())
+                .then(|| with_gpus.iter().map(|s| f(s)).sum::<f64>() / with_gpus.len() as f64)
+        };
+        out.push(TelemetryBucket {
+            start: group[0].timestamp.div_euclid(bucket_ms) * bucket_ms,
+            samples: group.len() as u64,
+            cpu_percent_avg: avg(&|s| f64::from(s.cpu_percent)),
+            cpu_percent_max: group
+                .iter()
+                .map(|s| f64::from(s.cpu_percent))
+                .fold(f64::MIN, f64::max),
+            memory_used_bytes_avg: avg(&|s| s.memory_used_bytes as f64),
+            memory_total_bytes: group.iter().map(|s| s.memory_total_bytes).max().unwrap(),
+            disk_used_bytes_avg: avg(&|s| s.disk_used_bytes as f64),
+            disk_total_bytes: group.iter().map(|s| s.disk_total_bytes).max().unwrap(),
+            network_rx_bytes: inc(&|s| s.network_rx_bytes),
+            network_tx_bytes: inc(&|s| s.network_tx_bytes),
+            load_1m_avg: avg(&|s| s.load_1m),
+            temperature_max_celsius: group
+                .iter()
+                .flat_map(|s| s.temperatures.iter().map(|t| f64::from(t.celsius)))
+                .reduce(f64::max),
+            gpu_utilization_percent_avg: gpu_avg(&|s| {
+                s.gpus
+                    .iter()
+                    .map(|g| f64::from(g.utilization_percent))
+                    .sum::<f64>()
+                    / s.gpus.len() as f64
+            }),
+            gpu_memory_used_bytes_avg: gpu_avg(&|s| {
+                s.gpus.iter().map(|g| g.memory_used_bytes as f64).sum()
+            }),
+        });
+    }
+    out
+}
+
+/// `got` equals `want` but for float rounding (sums taken in another order).
+fn assert_buckets_match(got: &[TelemetryBucket], want: &[TelemetryBucket], what: &str) {
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
+    let close_opt = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => close(a, b),
+        (a, b) => a == b,
+    };
+    assert_eq!(got.len(), want.len(), "{what}: bucket count");
+    for (g, w) in got.iter().zip(want) {
+        let exact = (
+            g.start,
+            g.samples,
+            g.memory_total_bytes,
+            g.disk_total_bytes,
+            g.network_rx_bytes,
+            g.network_tx_bytes,
+        ) == (
+            w.start,
+            w.samples,
+            w.memory_total_bytes,
+            w.disk_total_bytes,
+            w.network_rx_bytes,
+            w.network_tx_bytes,
+        );
+        let near = close(g.cpu_percent_avg, w.cpu_percent_avg)
+            && close(g.cpu_percent_max, w.cpu_percent_max)
+            && close(g.memory_used_bytes_avg, w.memory_used_bytes_avg)
+            && close(g.disk_used_bytes_avg, w.disk_used_bytes_avg)
+            && close(g.load_1m_avg, w.load_1m_avg)
+            && close_opt(g.temperature_max_celsius, w.temperature_max_celsius)
+            && close_opt(g.gpu_utilization_percent_avg, w.gpu_utilization_percent_avg)
+            && close_opt(g.gpu_memory_used_bytes_avg, w.gpu_memory_used_bytes_avg);
+        assert!(
+            exact && near,
+            "{what}: bucket at {}\n got {g:?}\nwant {w:?}",
+            w.start
+        );
+    }
+}
+
+/// Every period's bucket size the API serves, over the device's whole
+/// history, against the raw computation.
+async fn assert_tiers_match_raw(
+    s: &Arc<dyn Store>,
+    device: &str,
+    samples: &[TelemetrySample],
+    what: &str,
+) {
+    const DAY: i64 = 86_400_000;
+    let lo = samples
+        .iter()
+        .map(|x| x.timestamp)
+        .min()
+        .unwrap()
+        .div_euclid(DAY)
+        * DAY;
+    let hi = (samples
+        .iter()
+        .map(|x| x.timestamp)
+        .max()
+        .unwrap()
+        .div_euclid(DAY)
+        + 1)
+        * DAY;
+    for bucket_ms in [60_000, 300_000, 600_000, 900_000, 3_600_000, DAY] {
+        let got = s
+            .telemetry_buckets(device, lo, hi, bucket_ms)
+            .await
+            .unwrap();
+        assert_buckets_match(
+            &got,
+            &buckets_from_raw(samples, bucket_ms),
+            &format!("{what}, {bucket_ms} ms"),
+        );
+    }
+    // A window that cuts through the history reads only its buckets.
+    let mid = lo + (hi - lo) / 2 / 3_600_000 * 3_600_000;
+    let inside: Vec<TelemetrySample> = samples
+        .iter()
+        .filter(|x| x.timestamp >= mid)
+        .cloned()
+        .collect();
+    let got = s
+        .telemetry_buckets(device, mid, hi, 3_600_000)
+        .await
+        .unwrap();
+    assert_buckets_match(
+        &got,
+        &buckets_from_raw(&inside, 3_600_000),
+        &format!("{what}, from the middle"),
+    );
+}
+
+async fn rollup_tiers_answer_as_raw_samples_do_whatever_the_arrival_order(s: Arc<dyn Store>) {
+    // An idle neighbour whose samples share each commit group.
+    s.create_device(&new_device("other", 1)).await.unwrap();
+    for seed in 1..=4u64 {
+        let device = format!("p{seed}");
+        s.create_device(&new_device(&device, 1)).await.unwrap();
+        let start = 1_700_000_000_000 + seed as i64 * 7_777_777;
+        let (samples, batches) = messy_history(seed, start, 400);
+        for (k, b) in batches.iter().enumerate() {
+            if k % 2 == 0 {
+                s.insert_telemetry(&device, b, 0).await.unwrap();
+            } else {
+                let other = TelemetrySample {
+                    seq: (seed << 20) + k as u64,
+                    timestamp: b[0].timestamp,
+                    ..Default::default()
+                };
+                let group = [
+                    DeviceSamples {
+                        device_id: "other".into(),
+                        samples: vec![other],
+                    },
+                    DeviceSamples {
+                        device_id: device.clone(),
+                        samples: b.clone(),
+                    },
+                ];
+                s.insert_telemetry_many(&group, 0).await.unwrap();
+            }
+        }
+        assert_tiers_match_raw(&s, &device, &samples, &format!("seed {seed}")).await;
+    }
+}
+
+async fn a_late_sample_inside_a_rolled_up_minute_recomputes_it(s: Arc<dyn Store>) {
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    let mk = |seq: u64, ts: i64, rx: u64| TelemetrySample {
+        seq,
+        timestamp: ts,
+        network_rx_bytes: rx,
+        ..Default::default()
+    };
+    // Minute 0 holds samples at 10 s and 50 s; then the one at 30 s arrives
+    // (it was in a spool), with a counter reset between them.
+    let early = [mk(1, 10_000, 100), mk(3, 50_000, 500)];
+    s.insert_telemetry("d1", &early, 0).await.unwrap();
+    let before = rollup::recomputed(rollup::MINUTE);
+    let late = [mk(2, 30_000, 50)];
+    s.insert_telemetry("d1", &late, 0).await.unwrap();
+    assert!(
+        rollup::recomputed(rollup::MINUTE) > before,
+        "the minute was recomputed"
+    );
+    let b = s.telemetry_buckets("d1", 0, 60_000, 60_000).await.unwrap();
+    // 100 → 50 is a reset (+50), 50 → 500 (+450).
+    assert_eq!((b[0].samples, b[0].network_rx_bytes), (3, 500));
+    let all = [early.to_vec(), late.to_vec()].concat();
+    assert_tiers_match_raw(&s, "d1", &all, "late").await;
+}
+
+async fn replicas_roll_up_one_devices_samples_as_raw(stores: Vec<Arc<dyn Store>>) {
+    // Two replicas store interleaving batches of one device at once (a
+    // reconnect to the other replica while the first still commits).
+    stores[0].create_device(&new_device("d1", 1)).await.unwrap();
+    let (samples, batches) = messy_history(42, 1_700_000_000_000, 600);
+    let mut tasks = Vec::new();
+    for (r, store) in stores.iter().enumerate() {
+        let store = store.clone();
+        let mine: Vec<Vec<TelemetrySample>> = batches.iter().skip(r).step_by(2).cloned().collect();
+        tasks.push(tokio::spawn(async move {
+            for b in mine {
+                store.insert_telemetry("d1", &b, 0).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_tiers_match_raw(&stores[1], "d1", &samples, "two replicas").await;
 }

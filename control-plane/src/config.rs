@@ -69,6 +69,14 @@ pub struct ServeArgs {
     /// How long telemetry samples are kept [default: 30d].
     #[arg(long, env = "OUTPOST_TELEMETRY_RETENTION", value_parser = humantime::parse_duration)]
     pub telemetry_retention: Option<Duration>,
+    /// How long the 1-minute telemetry rollups are kept: the 1h-to-7d
+    /// views past raw retention [default: 90d].
+    #[arg(long, env = "OUTPOST_TELEMETRY_1M_RETENTION", value_parser = humantime::parse_duration)]
+    pub telemetry_1m_retention: Option<Duration>,
+    /// How long the 1-hour telemetry rollups are kept: the 24h-and-longer
+    /// views [default: 730d].
+    #[arg(long, env = "OUTPOST_TELEMETRY_1H_RETENTION", value_parser = humantime::parse_duration)]
+    pub telemetry_1h_retention: Option<Duration>,
     /// How long log lines are kept [default: 7d].
     #[arg(long, env = "OUTPOST_LOG_RETENTION", value_parser = humantime::parse_duration)]
     pub log_retention: Option<Duration>,
@@ -289,6 +297,10 @@ struct FileConfig {
     #[serde(default, with = "opt_duration")]
     telemetry_retention: Option<Duration>,
     #[serde(default, with = "opt_duration")]
+    telemetry_1m_retention: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    telemetry_1h_retention: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
     log_retention: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     event_retention: Option<Duration>,
@@ -505,7 +517,11 @@ impl ConnectionConfig {
 /// How long stored data is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionConfig {
+    /// Raw samples.
     pub telemetry: Duration,
+    /// Rollup tiers.
+    pub telemetry_1m: Duration,
+    pub telemetry_1h: Duration,
     pub logs: Duration,
     pub events: Duration,
     pub audit: Duration,
@@ -516,6 +532,8 @@ impl Default for RetentionConfig {
         const DAY: u64 = 86_400;
         Self {
             telemetry: Duration::from_secs(30 * DAY),
+            telemetry_1m: Duration::from_secs(90 * DAY),
+            telemetry_1h: Duration::from_secs(730 * DAY),
             logs: Duration::from_secs(7 * DAY),
             events: Duration::from_secs(90 * DAY),
             audit: Duration::from_secs(365 * DAY),
@@ -644,6 +662,14 @@ impl ServeConfig {
                         .telemetry_retention
                         .or(file.telemetry_retention)
                         .unwrap_or(d.telemetry),
+                    telemetry_1m: args
+                        .telemetry_1m_retention
+                        .or(file.telemetry_1m_retention)
+                        .unwrap_or(d.telemetry_1m),
+                    telemetry_1h: args
+                        .telemetry_1h_retention
+                        .or(file.telemetry_1h_retention)
+                        .unwrap_or(d.telemetry_1h),
                     logs: args.log_retention.or(file.log_retention).unwrap_or(d.logs),
                     events: args
                         .event_retention

@@ -257,6 +257,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
             let _ = presence_stopped.await;
         },
     ));
+    tokio::spawn(backfill_rollups(state.clone(), stopped(stop_rx.clone())));
     // The rollout driver ends with the server (it watches the stop signal).
     tokio::spawn(crate::rollout::driver::run(
         state.clone(),
@@ -413,6 +414,8 @@ async fn retention(
                 |d: Duration| now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
             let cutoff = crate::store::Retention {
                 telemetry_before: ago(keep.telemetry),
+                minute_before: ago(keep.telemetry_1m),
+                hour_before: ago(keep.telemetry_1h),
                 logs_before: ago(keep.logs),
                 events_before: ago(keep.events),
             };
@@ -420,6 +423,8 @@ async fn retention(
                 Ok(c) if c != Default::default() => {
                     tracing::info!(
                         telemetry = c.telemetry,
+                        telemetry_1m = c.telemetry_1m,
+                        telemetry_1h = c.telemetry_1h,
                         logs = c.logs,
                         events = c.events,
                         "deleted data past its retention"
@@ -434,6 +439,60 @@ async fn retention(
                 Err(e) => tracing::warn!("audit retention job failed: {e}"),
             }
         }
+    };
+    tokio::select! {
+        _ = run => {}
+        _ = stop => {}
+    }
+}
+
+/// How often the rollup backfill logs its progress.
+const BACKFILL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long the backfill waits after a failed step (a busy or unreachable
+/// database) before it tries again.
+const BACKFILL_RETRY: Duration = Duration::from_secs(30);
+
+/// Fills the rollup tiers from raw history that predates them (an upgrade),
+/// step by step until none is left, then ends. Live ingest keeps the tiers
+/// meanwhile; views of the history not yet filled read it as missing.
+async fn backfill_rollups(state: Arc<AppState>, stop: impl Future<Output = ()>) {
+    let run = async {
+        let pending = match state.store.rollup_backfill_pending().await {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("telemetry rollup backfill: {e}");
+                0
+            }
+        };
+        tracing::info!(devices = pending, "telemetry rollup backfill: starting");
+        let (mut samples, mut devices) = (0u64, 0u64);
+        let mut logged = tokio::time::Instant::now();
+        loop {
+            match state.store.rollup_backfill_step().await {
+                Ok(None) => break,
+                Ok(Some(step)) => {
+                    samples += step.samples;
+                    devices += u64::from(step.finished);
+                    if logged.elapsed() >= BACKFILL_LOG_EVERY {
+                        logged = tokio::time::Instant::now();
+                        tracing::info!(
+                            devices_done = devices,
+                            devices_total = pending,
+                            samples,
+                            device = %step.device_id,
+                            through_ms = step.through,
+                            "telemetry rollup backfill: progress"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("telemetry rollup backfill step failed, retrying: {e}");
+                    tokio::time::sleep(BACKFILL_RETRY).await;
+                }
+            }
+        }
+        tracing::info!(devices, samples, "telemetry rollup backfill: done");
     };
     tokio::select! {
         _ = run => {}

@@ -59,9 +59,13 @@ CREATE TABLE telemetry_1h (
 ) WITHOUT ROWID;
 
 -- Devices whose raw history predates the tiers: the control plane fills
--- their tiers from raw once, in the background, and removes the row.
+-- their tiers from raw once, in the background, hour-aligned chunks from
+-- next_ts on until until_ts (the newest sample at the upgrade; later ones
+-- were rolled up as they came), and then removes the row.
 CREATE TABLE telemetry_rollup_backfill (
-    device_id   TEXT PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE
+    device_id   TEXT PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+    next_ts     INTEGER NOT NULL,
+    until_ts    INTEGER NOT NULL
 );
-INSERT INTO telemetry_rollup_backfill (device_id)
-    SELECT id FROM devices d WHERE EXISTS (SELECT 1 FROM telemetry t WHERE t.device_id = d.id);
+INSERT INTO telemetry_rollup_backfill (device_id, next_ts, until_ts)
+    SELECT device_id, MIN(ts), MAX(ts) FROM telemetry GROUP BY device_id;

@@ -269,10 +269,18 @@ pub struct LossTotals {
     pub logs_rate_limited: u64,
 }
 
+/// Rows one retention `DELETE` removes at most (SQLite: a few ms of the
+/// writer each).
+pub const PRUNE_BATCH: i64 = 2000;
+
 /// Retention cut-offs: rows older than these times go.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
+    /// Raw samples.
     pub telemetry_before: UnixMillis,
+    /// Rollup tier rows, by bucket start: 1-minute and 1-hour.
+    pub minute_before: UnixMillis,
+    pub hour_before: UnixMillis,
     pub logs_before: UnixMillis,
     pub events_before: UnixMillis,
 }
@@ -280,8 +288,23 @@ pub struct Retention {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PruneCounts {
     pub telemetry: u64,
+    pub telemetry_1m: u64,
+    pub telemetry_1h: u64,
     pub logs: u64,
     pub events: u64,
+}
+
+/// One step of filling the rollup tiers from raw history that predates
+/// them ([`Store::rollup_backfill_step`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillStep {
+    pub device_id: String,
+    /// Raw samples rolled up in this step.
+    pub samples: u64,
+    /// The device's tiers are whole up to here.
+    pub through: UnixMillis,
+    /// The device is done.
+    pub finished: bool,
 }
 
 /// One log line as stored.
@@ -1075,8 +1098,18 @@ pub trait Store: Send + Sync + 'static {
         totals: &LossTotals,
         now: UnixMillis,
     ) -> StoreResult<bool>;
-    /// Deletes telemetry, logs and events older than the given times.
+    /// Deletes telemetry (raw and tiers), logs and events older than the
+    /// given times, in batches of at most [`PRUNE_BATCH`] rows per
+    /// statement so that no delete holds the writer for long.
     async fn prune(&self, cutoff: &Retention) -> StoreResult<PruneCounts>;
+    /// Rolls up the next hour-aligned chunk of raw history that predates
+    /// the tiers (devices listed at the upgrade); `None` when nothing is
+    /// left. Idempotent, safe beside ingest and on several replicas: the
+    /// chunk's tier rows are computed from raw under the device's rollup
+    /// lock.
+    async fn rollup_backfill_step(&self) -> StoreResult<Option<BackfillStep>>;
+    /// Devices whose backfill has not finished.
+    async fn rollup_backfill_pending(&self) -> StoreResult<u64>;
     async fn query_telemetry(&self, q: &TelemetryQuery) -> StoreResult<Vec<TelemetrySample>>;
     /// The newest stored sample of each of these devices (devices with none
     /// are left out). One indexed lookup per device.

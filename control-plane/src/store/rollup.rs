@@ -232,6 +232,15 @@ impl Agg {
         self.gpu_mem_sum += o.gpu_mem_sum;
     }
 
+    /// Adds `o`'s counts, sums and maxima but not its counter increases:
+    /// for a late sample that interleaves with a row whose source (raw
+    /// samples, finer rows) retention has already deleted, so that the row
+    /// cannot be recomputed. Its averages stay exact; the increases it
+    /// brings across its neighbours are unknown and left out.
+    pub fn absorb(&mut self, o: &Agg) {
+        self.add_values(o);
+    }
+
     /// Two sets merged, in whichever order they come; [`Overlap`] when
     /// their samples interleave (or one sample is in both).
     pub fn merge(self, other: &Agg) -> Result<Agg, Overlap> {

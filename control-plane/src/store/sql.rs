@@ -20,13 +20,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::LazyLock;
 
 use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Transaction, Type,
 };
 
 use super::common::*;
-use super::rollup::{self, Agg, Overlap, TIERS, Tier};
+use super::rollup::{self, Agg, HOUR, Overlap, TIERS, Tier};
 use super::*;
 
 /// What differs between the SQL databases the store runs on, implemented by
@@ -93,6 +94,27 @@ pub trait Dialect: Database {
         received_at: UnixMillis,
     ) -> impl Future<Output = StoreResult<u64>> + Send;
 }
+
+/// Raw history one backfill step rolls up: whole hours.
+const BACKFILL_CHUNK_MS: i64 = 6 * 3_600_000;
+
+/// Retention deletes, `$1` the device, `$2` the cut-off, `$3` the batch.
+const PRUNE_RAW: &str = "DELETE FROM telemetry WHERE device_id = $1 AND seq IN \
+     (SELECT seq FROM telemetry WHERE device_id = $1 AND ts < $2 LIMIT $3)";
+const PRUNE_LOGS: &str = "DELETE FROM logs WHERE device_id = $1 AND seq IN \
+     (SELECT seq FROM logs WHERE device_id = $1 AND ts < $2 LIMIT $3)";
+static PRUNE_TIER: LazyLock<[String; 2]> = LazyLock::new(|| {
+    TIERS.map(|t| {
+        format!(
+            "DELETE FROM {0} WHERE device_id = $1 AND bucket IN \
+             (SELECT bucket FROM {0} WHERE device_id = $1 AND bucket < $2 LIMIT $3)",
+            t.table
+        )
+    })
+});
+/// `$1` the cut-off, `$2` the batch.
+const PRUNE_EVENTS: &str =
+    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts < $1 LIMIT $2)";
 
 /// Devices per `INSERT` of a rollout's devices.
 const ROLLOUT_DEVICE_CHUNK: usize = 500;
@@ -244,11 +266,22 @@ where
             for ((device, bucket), part) in parts {
                 let merged = match stored.remove(&(device.to_string(), bucket)) {
                     None => Some(part),
-                    Some(old) => match old.merge(&part) {
+                    Some(old) => match old.clone().merge(&part) {
                         Ok(m) => Some(m),
                         Err(Overlap) => {
                             rollup::count_recomputed(*tier);
-                            Self::recompute(tx, *tier, device, bucket).await?
+                            // The new samples are in raw already, so a whole
+                            // source gives at least both counts; less means
+                            // retention deleted part of it.
+                            let whole = old.n + part.n;
+                            match Self::recompute(tx, *tier, device, bucket).await? {
+                                Some(a) if a.n >= whole => Some(a),
+                                _ => {
+                                    let mut a = old;
+                                    a.absorb(&part);
+                                    Some(a)
+                                }
+                            }
                         }
                     },
                 };
@@ -278,6 +311,29 @@ where
                 Agg::fold(rows.into_iter().map(|(_, a)| a))
             }
         })
+    }
+
+    /// Runs a retention delete (see [`PRUNE_RAW`]) batch after batch until
+    /// a batch comes back short; returns the rows deleted.
+    async fn delete_batched(
+        &self,
+        sql: &str,
+        device: Option<&str>,
+        before: UnixMillis,
+    ) -> StoreResult<u64> {
+        let mut total = 0;
+        loop {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            if let Some(d) = device {
+                q = q.bind(d);
+            }
+            let res = q.bind(before).bind(PRUNE_BATCH).execute(&self.pool).await?;
+            let n = D::rows_affected(&res);
+            total += n;
+            if n < PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     /// A device's raw samples with timestamps in [start, end).
@@ -1908,33 +1964,100 @@ where
     }
 
     async fn prune(&self, cutoff: &Retention) -> StoreResult<PruneCounts> {
-        // Per device, so each delete walks the (device_id, ts) index and
-        // holds its locks briefly. Replicas pruning at once just find less
-        // to delete.
+        // Per device, so each delete walks the (device_id, ts) index, and in
+        // batches of PRUNE_BATCH, so each holds the writer briefly. Replicas
+        // pruning at once just find less to delete.
         let devices: Vec<String> = sqlx::query_scalar("SELECT id FROM devices")
             .fetch_all(&self.pool)
             .await?;
         let mut counts = PruneCounts::default();
         for d in &devices {
-            let res = sqlx::query("DELETE FROM telemetry WHERE device_id = $1 AND ts < $2")
-                .bind(d)
-                .bind(cutoff.telemetry_before)
-                .execute(&self.pool)
+            let d = Some(d.as_str());
+            counts.telemetry += self
+                .delete_batched(PRUNE_RAW, d, cutoff.telemetry_before)
                 .await?;
-            counts.telemetry += D::rows_affected(&res);
-            let res = sqlx::query("DELETE FROM logs WHERE device_id = $1 AND ts < $2")
-                .bind(d)
-                .bind(cutoff.logs_before)
-                .execute(&self.pool)
+            counts.telemetry_1m += self
+                .delete_batched(&PRUNE_TIER[0], d, cutoff.minute_before)
                 .await?;
-            counts.logs += D::rows_affected(&res);
+            counts.telemetry_1h += self
+                .delete_batched(&PRUNE_TIER[1], d, cutoff.hour_before)
+                .await?;
+            counts.logs += self
+                .delete_batched(PRUNE_LOGS, d, cutoff.logs_before)
+                .await?;
         }
-        let res = sqlx::query("DELETE FROM events WHERE ts < $1")
-            .bind(cutoff.events_before)
-            .execute(&self.pool)
+        counts.events = self
+            .delete_batched(PRUNE_EVENTS, None, cutoff.events_before)
             .await?;
-        counts.events = D::rows_affected(&res);
         Ok(counts)
+    }
+
+    async fn rollup_backfill_step(&self) -> StoreResult<Option<BackfillStep>> {
+        let Some(row) = sqlx::query(
+            "SELECT device_id, next_ts, until_ts FROM telemetry_rollup_backfill \
+             ORDER BY device_id LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let device = row.text("device_id")?;
+        let until = row.int("until_ts")?;
+        // Whole hours, so that every minute and hour row of the chunk is
+        // computed from all of its samples and simply replaces what ingest
+        // may have merged into it meanwhile.
+        let start = HOUR.bucket(row.int("next_ts")?);
+        let end = start.saturating_add(BACKFILL_CHUNK_MS);
+        let mut tx = self.begin().await?;
+        D::lock_rollups(&mut tx, &[device.as_str()]).await?;
+        let samples = Self::raw_between(&mut *tx, &device, start, end).await?;
+        let new: Vec<(&str, &TelemetrySample)> =
+            samples.iter().map(|s| (device.as_str(), s)).collect();
+        for tier in TIERS {
+            let rows: Vec<(&str, UnixMillis, Agg)> = rollup::partials(tier, new.iter().copied())
+                .into_iter()
+                .map(|((d, b), a)| (d, b, a))
+                .collect();
+            Self::upsert_tier(&mut tx, tier, &rows).await?;
+        }
+        // Skip the gaps: the next chunk starts at the next sample.
+        let next: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(ts) FROM telemetry WHERE device_id = $1 AND ts >= $2")
+                .bind(&device)
+                .bind(end)
+                .fetch_one(&mut *tx)
+                .await?;
+        let finished = next.is_none_or(|n| n > until);
+        if finished {
+            sqlx::query("DELETE FROM telemetry_rollup_backfill WHERE device_id = $1")
+                .bind(&device)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query(
+                "UPDATE telemetry_rollup_backfill SET next_ts = $2 \
+                 WHERE device_id = $1 AND next_ts < $2",
+            )
+            .bind(&device)
+            .bind(next)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(BackfillStep {
+            device_id: device,
+            samples: samples.len() as u64,
+            through: if finished { until } else { end },
+            finished,
+        }))
+    }
+
+    async fn rollup_backfill_pending(&self) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM telemetry_rollup_backfill")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n.max(0) as u64)
     }
 
     async fn query_telemetry(&self, q: &TelemetryQuery) -> StoreResult<Vec<TelemetrySample>> {

@@ -125,6 +125,7 @@ store_tests!(
     telemetry_buckets_aggregate_per_bucket,
     rollup_tiers_answer_as_raw_samples_do_whatever_the_arrival_order,
     a_late_sample_inside_a_rolled_up_minute_recomputes_it,
+    retention_prunes_raw_and_each_tier_by_its_own_cutoff_in_batches,
     deleting_a_device_records_its_decommission_and_revokes_its_certs,
     loss_reports_record_growth_once_and_retention_prunes,
     workspaces_and_api_keys_round_trip,
@@ -1168,6 +1169,8 @@ async fn loss_reports_record_growth_once_and_retention_prunes(s: Arc<dyn Store>)
     let c = s
         .prune(&Retention {
             telemetry_before: 2500, // samples are at 1000 * seq
+            minute_before: 0,
+            hour_before: 0,
             logs_before: 1000,
             events_before: 12,
         })
@@ -1177,6 +1180,8 @@ async fn loss_reports_record_growth_once_and_retention_prunes(s: Arc<dyn Store>)
         c,
         PruneCounts {
             telemetry: 2,
+            telemetry_1m: 0,
+            telemetry_1h: 0,
             logs: 1,
             events: c.events
         }
@@ -3407,47 +3412,52 @@ async fn deleting_an_artifact_in_use_by_a_rollout_is_refused(s: Arc<dyn Store>, 
     assert!(s.delete_artifact("acme", "m", "1").await.unwrap());
 }
 
-mod deleting_an_artifact_in_use_by_a_rollout_is_refused {
-    use super::*;
+/// As [`store_tests`], for `async fn name(Arc<dyn Store>, Raw)`: a store
+/// with workspace `acme` and raw SQL on its pool.
+macro_rules! raw_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
 
-    #[tokio::test]
-    async fn sqlite() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).await.unwrap();
-        store
-            .create_workspace(&Workspace {
-                name: "acme".into(),
-                features: vec![],
-                created_at: 1,
-            })
-            .await
-            .unwrap();
-        let raw = Raw::Sqlite(store.pool.clone());
-        super::deleting_an_artifact_in_use_by_a_rollout_is_refused(Arc::new(store), raw).await;
-    }
+            #[tokio::test]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().unwrap();
+                let store = SqliteStore::open(dir.path()).await.unwrap();
+                store.create_workspace(&acme()).await.unwrap();
+                let raw = Raw::Sqlite(store.pool.clone());
+                super::$name(Arc::new(store), raw).await;
+            }
 
-    #[tokio::test]
-    async fn postgres() {
-        let Some(base) = std::env::var(PG_ENV).ok().filter(|u| !u.is_empty()) else {
-            eprintln!("{PG_ENV} is not set: skipping the PostgreSQL run");
-            return;
-        };
-        let url = postgres::fresh_test_database(&base).await;
-        let store = Arc::new(PgStore::connect(&url).await.unwrap());
-        store
-            .create_workspace(&Workspace {
-                name: "acme".into(),
-                features: vec![],
-                created_at: 1,
-            })
-            .await
-            .unwrap();
-        let raw = Raw::Postgres(store.pool.clone());
-        super::deleting_an_artifact_in_use_by_a_rollout_is_refused(store.clone(), raw).await;
-        store.close().await;
-        postgres::drop_test_database(&base, &url).await.unwrap();
+            #[tokio::test]
+            async fn postgres() {
+                let Some(base) = std::env::var(PG_ENV).ok().filter(|u| !u.is_empty()) else {
+                    eprintln!("{PG_ENV} is not set: skipping the PostgreSQL run");
+                    return;
+                };
+                let url = postgres::fresh_test_database(&base).await;
+                let store = Arc::new(PgStore::connect(&url).await.unwrap());
+                store.create_workspace(&acme()).await.unwrap();
+                let raw = Raw::Postgres(store.pool.clone());
+                super::$name(store.clone(), raw).await;
+                store.close().await;
+                postgres::drop_test_database(&base, &url).await.unwrap();
+            }
+        }
+    )*};
+}
+
+fn acme() -> Workspace {
+    Workspace {
+        name: "acme".into(),
+        features: vec![],
+        created_at: 1,
     }
 }
+
+raw_tests!(
+    deleting_an_artifact_in_use_by_a_rollout_is_refused,
+    the_backfill_fills_the_tiers_of_history_from_before_them,
+);
 
 /// A device's history as an agent could deliver it: samples at irregular
 /// intervals, counters that reset (reboots), a clock that sometimes steps
@@ -3772,4 +3782,151 @@ async fn replicas_roll_up_one_devices_samples_as_raw(stores: Vec<Arc<dyn Store>>
         t.await.unwrap();
     }
     assert_tiers_match_raw(&stores[1], "d1", &samples, "two replicas").await;
+}
+
+/// The upgrade: raw history with no tier rows, listed for the backfill as
+/// the migration lists it.
+async fn forget_tiers(raw: &Raw, device: &str) {
+    raw.exec("DELETE FROM telemetry_1m WHERE device_id = $1", device)
+        .await;
+    raw.exec("DELETE FROM telemetry_1h WHERE device_id = $1", device)
+        .await;
+    raw.exec(
+        "INSERT INTO telemetry_rollup_backfill (device_id, next_ts, until_ts) \
+         SELECT device_id, MIN(ts), MAX(ts) FROM telemetry WHERE device_id = $1 \
+         GROUP BY device_id",
+        device,
+    )
+    .await;
+}
+
+async fn the_backfill_fills_the_tiers_of_history_from_before_them(s: Arc<dyn Store>, raw: Raw) {
+    let start = 1_700_000_000_000;
+    let mut histories = Vec::new();
+    for (k, device) in ["b1", "b2"].into_iter().enumerate() {
+        s.create_device(&new_device(device, 1)).await.unwrap();
+        let (samples, batches) = messy_history(11 + k as u64, start, 1500 / (k + 1));
+        for b in &batches {
+            s.insert_telemetry(device, b, 0).await.unwrap();
+        }
+        forget_tiers(&raw, device).await;
+        histories.push(samples);
+    }
+    assert_eq!(s.rollup_backfill_pending().await.unwrap(), 2);
+    assert!(
+        s.telemetry_buckets("b1", start, start + 30 * 86_400_000, 3_600_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "before the backfill the tiers know nothing of it"
+    );
+    // One step, then ingest goes on: a new sample, and a late one that
+    // lands in history not yet filled.
+    let first = s.rollup_backfill_step().await.unwrap().unwrap();
+    assert_eq!((first.device_id.as_str(), first.finished), ("b1", false));
+    let b1 = &mut histories[0];
+    let newest = b1.iter().map(|x| x.timestamp).max().unwrap();
+    let seq = b1.iter().map(|x| x.seq).max().unwrap();
+    let late = TelemetrySample {
+        seq: seq + 1,
+        timestamp: (start + newest) / 2 + 17,
+        network_rx_bytes: 5,
+        ..b1[0].clone()
+    };
+    let new = TelemetrySample {
+        seq: seq + 2,
+        timestamp: newest + 60_000,
+        ..b1[b1.len() - 1].clone()
+    };
+    s.insert_telemetry("b1", &[late.clone(), new.clone()], 0)
+        .await
+        .unwrap();
+    b1.extend([late, new]);
+    let mut steps = vec![first];
+    while let Some(step) = s.rollup_backfill_step().await.unwrap() {
+        steps.push(step);
+        assert!(steps.len() < 100, "the backfill ends");
+    }
+    let done: Vec<&str> = steps
+        .iter()
+        .filter(|x| x.finished)
+        .map(|x| x.device_id.as_str())
+        .collect();
+    assert_eq!(done, ["b1", "b2"]);
+    assert!(steps.len() > 3, "in chunks: {steps:?}");
+    let rolled: u64 = steps.iter().map(|x| x.samples).sum();
+    assert!(rolled >= (histories[0].len() + histories[1].len() - 2) as u64);
+    assert_eq!(s.rollup_backfill_pending().await.unwrap(), 0);
+    for (device, samples) in ["b1", "b2"].iter().zip(&histories) {
+        assert_tiers_match_raw(&s, device, samples, "after the backfill").await;
+    }
+}
+
+async fn retention_prunes_raw_and_each_tier_by_its_own_cutoff_in_batches(s: Arc<dyn Store>) {
+    const MIN: i64 = 60_000;
+    const HOUR: i64 = 3_600_000;
+    s.create_device(&new_device("d1", 1)).await.unwrap();
+    // One sample a minute for 5000 minutes: more rows past each cut-off
+    // than one batch deletes.
+    let t0 = 1_700_000_000_000 / HOUR * HOUR;
+    let all: Vec<TelemetrySample> = (0..5000u64)
+        .map(|k| TelemetrySample {
+            seq: k + 1,
+            timestamp: t0 + k as i64 * MIN,
+            network_rx_bytes: k * 10,
+            ..Default::default()
+        })
+        .collect();
+    for b in all.chunks(1000) {
+        s.insert_telemetry("d1", b, 0).await.unwrap();
+    }
+    let (hour_cut, minute_cut, raw_cut) = (t0 + 20 * HOUR, t0 + 40 * HOUR, t0 + 4500 * MIN);
+    let c = s
+        .prune(&Retention {
+            telemetry_before: raw_cut,
+            minute_before: minute_cut,
+            hour_before: hour_cut,
+            logs_before: 0,
+            events_before: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.telemetry, c.telemetry_1m, c.telemetry_1h),
+        (4500, 2400, 20)
+    );
+    let left = s
+        .query_telemetry(&TelemetryQuery {
+            device_id: "d1".into(),
+            start: None,
+            end: None,
+            after_seq: None,
+            direction: Direction::Forward,
+            limit: 10_000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 500);
+    assert_eq!(left[0].timestamp, raw_cut);
+    let end = t0 + 5000 * MIN;
+    let hours = s.telemetry_buckets("d1", t0, end, HOUR).await.unwrap();
+    assert_eq!(hours[0].start, hour_cut, "hours outlive minutes and raw");
+    assert_eq!(hours.len(), 84 - 20);
+    assert_eq!(hours[0].samples, 60);
+    assert_eq!(hours[0].network_rx_bytes, 59 * 10);
+    let minutes = s.telemetry_buckets("d1", t0, end, 5 * MIN).await.unwrap();
+    assert_eq!(minutes[0].start, minute_cut, "minutes outlive raw");
+    assert_eq!(minutes.len(), (5000 - 2400) / 5);
+    // Pruning again finds nothing.
+    let again = s
+        .prune(&Retention {
+            telemetry_before: raw_cut,
+            minute_before: minute_cut,
+            hour_before: hour_cut,
+            logs_before: 0,
+            events_before: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(again, PruneCounts::default());
 }

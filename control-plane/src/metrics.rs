@@ -55,6 +55,10 @@ pub struct Metrics {
     pub tls_handshakes_pending: IntGauge,
     /// The process' open-file limit (soft, hard).
     pub open_files_limit: IntGaugeVec,
+    /// Devices whose telemetry rollups are still being filled from raw
+    /// history older than the tiers (after an upgrade), as this replica's
+    /// backfill last counted.
+    pub rollup_backfill_pending: IntGauge,
 }
 
 impl Metrics {
@@ -165,12 +169,16 @@ impl Metrics {
                 ),
                 &["kind"],
             )?,
+            rollup_backfill_pending: IntGauge::new(
+                "outpost_telemetry_rollup_backfill_pending_devices",
+                "Devices whose 1m/1h telemetry rollups are still being filled from raw history that predates them (after an upgrade); 0 once done. New samples are rolled up in the commit that stores them, so the tiers otherwise never lag.",
+            )?,
         })
     }
 
     /// The collectors to register in a scrape's registry.
     pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
-        vec![
+        let mut out: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(self.samples_ingested.clone()),
             Box::new(self.logs_ingested.clone()),
             Box::new(self.batches_failed.clone()),
@@ -188,7 +196,24 @@ impl Metrics {
             Box::new(self.connections_closed.clone()),
             Box::new(self.tls_handshakes_pending.clone()),
             Box::new(self.open_files_limit.clone()),
-        ]
+            Box::new(self.rollup_backfill_pending.clone()),
+        ];
+        // The store counts these itself (it has no handle on the metrics).
+        if let Ok(recomputed) = IntCounterVec::new(
+            Opts::new(
+                "outpost_telemetry_rollup_recomputed_total",
+                "Telemetry rollup rows (tier=1m, 1h) recomputed from their source because late samples interleaved with the ones they held (others merge without a read).",
+            ),
+            &["tier"],
+        ) {
+            for tier in crate::store::rollup::TIERS {
+                recomputed
+                    .with_label_values(&[tier.name])
+                    .inc_by(crate::store::rollup::recomputed(tier));
+            }
+            out.push(Box::new(recomputed));
+        }
+        out
     }
 
     /// The handles a listener's [`ConnTable`](crate::conn_limits::ConnTable)
@@ -255,6 +280,10 @@ mod tests {
             .encode_to_string(&reg.gather())
             .unwrap();
         assert!(text.contains("outpost_samples_ingested_total 3"), "{text}");
+        for tier in ["1m", "1h"] {
+            let line = format!("outpost_telemetry_rollup_recomputed_total{{tier=\"{tier}\"}}");
+            assert!(text.contains(&line), "{text}");
+        }
         assert!(
             text.contains(
                 "outpost_ack_latency_seconds_bucket{stream=\"telemetry\",le=\"0.005\"} 1"

@@ -465,6 +465,8 @@ async fn backfill_rollups(state: Arc<AppState>, stop: impl Future<Output = ()>) 
                 0
             }
         };
+        let gauge = &state.metrics.rollup_backfill_pending;
+        gauge.set(i64::try_from(pending).unwrap_or(i64::MAX));
         tracing::info!(devices = pending, "telemetry rollup backfill: starting");
         let (mut samples, mut devices) = (0u64, 0u64);
         let mut logged = tokio::time::Instant::now();
@@ -473,7 +475,10 @@ async fn backfill_rollups(state: Arc<AppState>, stop: impl Future<Output = ()>) 
                 Ok(None) => break,
                 Ok(Some(step)) => {
                     samples += step.samples;
-                    devices += u64::from(step.finished);
+                    if step.finished {
+                        devices += 1;
+                        gauge.dec();
+                    }
                     if logged.elapsed() >= BACKFILL_LOG_EVERY {
                         logged = tokio::time::Instant::now();
                         tracing::info!(
@@ -492,6 +497,7 @@ async fn backfill_rollups(state: Arc<AppState>, stop: impl Future<Output = ()>) 
                 }
             }
         }
+        gauge.set(0);
         tracing::info!(devices, samples, "telemetry rollup backfill: done");
     };
     tokio::select! {

@@ -347,11 +347,11 @@ async fn telemetry_reads_are_limited_per_device_with_a_json_429() {
 async fn bucketed_telemetry_reports_its_period_and_bucket() {
     let f = fx_with(&[]).await;
     let (dev, _) = f.cp.create_device("acme", &f.key, "d").await;
-    for (period, bucket) in [
-        ("1h", "1 MINUTE"),
-        ("24h", "15 MINUTE"),
-        ("7d", "1 HOUR"),
-        ("30d", "1 DAY"),
+    for (period, bucket, source) in [
+        ("1h", "1 MINUTE", "1m"),
+        ("24h", "15 MINUTE", "1m"),
+        ("7d", "1 HOUR", "1h"),
+        ("30d", "1 DAY", "1h"),
     ] {
         let (s, _, b) = send(
             f.http
@@ -362,6 +362,7 @@ async fn bucketed_telemetry_reports_its_period_and_bucket() {
         assert_eq!(s, 200, "{b}");
         assert_eq!(b["time_period"], period);
         assert_eq!(b["bucket"], bucket);
+        assert_eq!(b["source"], source, "the rollup tier read");
         assert_eq!(b["data"], json!([]));
     }
     let (_, _, b) = send(

@@ -137,6 +137,10 @@ pub struct SeriesView {
     bucket: String,
     start_time: String,
     end_time: String,
+    /// What the buckets were folded from: `1m` or `1h` (the coarsest
+    /// rollup tier whose buckets tile the bucket), or `raw`.
+    #[schema(example = "1h")]
+    source: &'static str,
     data: Vec<BucketView>,
 }
 
@@ -231,6 +235,7 @@ pub async fn series(
         bucket: bucket.to_string(),
         start_time: format_time(start),
         end_time: format_time(end),
+        source: crate::store::rollup::Tier::for_bucket(bucket_ms).map_or("raw", |t| t.name),
         data: buckets.into_iter().map(BucketView::from).collect(),
     }))
 }

@@ -11,6 +11,11 @@
 //!
 //! outpost-fleet-sim --rest URL --server URL --ca-file FILE --workspace WS \
 //!     --api-key KEY --devices N --duration 20s --rate HZ
+//!
+//! With `--backfill 30d --interval 10s` each device instead sends, at once
+//! and as an agent back from a month offline sends its spool (batches of
+//! 256, 4 in flight), samples stamped every `--interval` over the past 30
+//! days; the run ends when every one is acked.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -82,6 +87,15 @@ struct Args {
     /// summary reports bytes, seconds, throughput and refusals.
     #[arg(long, value_name = "NAME@VERSION")]
     fetch_artifact: Option<String>,
+    /// Instead of streaming live: each device sends the history of this
+    /// past period (e.g. 30d) at `--interval` through the ingest path, as
+    /// an agent's spool after that long offline, and the run ends when all
+    /// of it is acked. `--duration`, `--rate` and `--batch` do not apply.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    backfill: Option<Duration>,
+    /// The interval between a backfill's samples.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    interval: Duration,
 }
 
 struct Counters {
@@ -152,6 +166,27 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
         )
         .into());
     }
+    let backfill = match args.backfill {
+        None => None,
+        Some(period) => {
+            let interval_ms = i64::try_from(args.interval.as_millis()).unwrap_or(i64::MAX);
+            if interval_ms < 1 {
+                return Err("--interval must be at least 1ms".into());
+            }
+            let total = period.as_millis() / args.interval.as_millis();
+            if !(1..=100_000_000).contains(&total) {
+                return Err(
+                    "--backfill / --interval must come to 1..=100000000 samples per device".into(),
+                );
+            }
+            let now = outpost_agent::clock::system_ms();
+            Some(BackfillPlan {
+                start_ms: now - interval_ms * total as i64,
+                interval_ms,
+                total: total as u64,
+            })
+        }
+    };
     let server = ServerUrl::parse(&args.server)?;
     let trust = Trust::from_ca_file(&args.ca_file)?;
     let root = match &args.state_root {
@@ -195,14 +230,17 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
                 .as_str()
                 .ok_or("no installId")?
                 .to_string();
-            Ok::<_, Error>((i, install))
+            let id = body["deviceId"].as_str().unwrap_or_default().to_string();
+            Ok::<_, Error>((i, install, id))
         });
     }
-    let mut installs = Vec::with_capacity(args.devices);
+    let mut created = Vec::with_capacity(args.devices);
     while let Some(r) = creates.join_next().await {
-        installs.push(r??);
+        created.push(r??);
     }
-    installs.sort();
+    created.sort();
+    let device_ids: Vec<String> = created.iter().map(|(_, _, id)| id.clone()).collect();
+    let installs: Vec<(usize, String)> = created.into_iter().map(|(i, x, _)| (i, x)).collect();
     tracing::info!(devices = args.devices, "all devices created; enrolling");
 
     // 2. Enroll each (key on "the box", CSR, certificate saved).
@@ -251,6 +289,9 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut devices = tokio::task::JoinSet::new();
     let connect_started = Instant::now();
+    // Each device that has all of its backfill acked adds a permit.
+    let backfilled = Arc::new(Semaphore::new(0));
+    let device_count = states.len();
     for state in states {
         let ctx = DeviceCtx {
             server: server.clone(),
@@ -264,6 +305,7 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
             batch: args.batch,
             reconnect: args.reconnect,
             epoch: connect_started,
+            backfill: backfill.map(|plan| (plan, backfilled.clone())),
         };
         devices.spawn(device(state, ctx));
     }
@@ -272,7 +314,26 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
     let connect_secs = connect_started.elapsed().as_secs_f64();
     tracing::info!(devices = args.devices, "all devices connected; streaming");
     let stream_started = Instant::now();
-    tokio::time::sleep(args.duration).await;
+    match backfill {
+        None => tokio::time::sleep(args.duration).await,
+        Some(_) => {
+            // Devices that failed to connect never finish; they are counted.
+            let finishing = device_count as u64 - counters.failed_devices.load(Ordering::Relaxed);
+            let n = u32::try_from(finishing).unwrap_or(u32::MAX);
+            tokio::select! {
+                all = backfilled.acquire_many(n) => all?.forget(),
+                // A device whose link broke (without --reconnect) ends
+                // without finishing: stop waiting once none is left.
+                _ = async {
+                    while let Some(r) = devices.join_next().await {
+                        if let Ok(Err(e)) = r {
+                            tracing::warn!("device: {e}");
+                        }
+                    }
+                } => {}
+            }
+        }
+    }
     let _ = stop_tx.send(true);
     while let Some(r) = devices.join_next().await {
         if let Ok(Err(e)) = r {
@@ -299,6 +360,21 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
     );
     let all_back_secs = (first_loss != u64::MAX && last_back >= first_loss)
         .then(|| ((last_back - first_loss) as f64 / 1e3).round() / 1e3);
+    if let Some(plan) = backfill {
+        return Ok(serde_json::json!({
+            "mode": "backfill",
+            "devices": args.devices,
+            "failed_devices": counters.failed_devices.load(Ordering::Relaxed),
+            "samples_per_device": plan.total,
+            "from_unix_ms": plan.start_ms,
+            "interval_ms": plan.interval_ms,
+            "samples_sent": counters.sent.load(Ordering::Relaxed),
+            "samples_acked": acked,
+            "backfill_secs": (stream_secs * 1000.0).round() / 1000.0,
+            "acked_per_sec": (acked as f64 / stream_secs).round(),
+            "device_ids": device_ids,
+        }));
+    }
     Ok(serde_json::json!({
         "disconnects": counters.disconnects.load(Ordering::Relaxed),
         "reconnects": counters.reconnects.load(Ordering::Relaxed),
@@ -340,6 +416,66 @@ struct DeviceCtx {
     reconnect: bool,
     /// The simulator's clock origin (outage times are kept relative to it).
     epoch: Instant,
+    /// `--backfill`: what to send, and where to say it was all acked.
+    backfill: Option<(BackfillPlan, Arc<Semaphore>)>,
+}
+
+/// A backfill's samples: `total` of them, the first at `start_ms`, one
+/// every `interval_ms`.
+#[derive(Debug, Clone, Copy)]
+struct BackfillPlan {
+    start_ms: i64,
+    interval_ms: i64,
+    total: u64,
+}
+
+/// Sent at once, as an agent's spool drains after a long time offline: the
+/// agent's batch size and window.
+const BACKFILL_BATCH: u64 = 256;
+const BACKFILL_WINDOW: usize = 4;
+
+/// A device's backfill in progress: samples made as they are sent (a
+/// month at 1 s is 2.6 million of them), acks counted.
+struct Backfill {
+    plan: BackfillPlan,
+    acked_upto: u64,
+    done: Option<Arc<Semaphore>>,
+}
+
+impl Backfill {
+    /// Sample `seq` (1-based): counters that restart every 5 days, as after
+    /// a reboot.
+    fn sample(&self, seq: u64) -> Sample {
+        let ts = self.plan.start_ms + (seq as i64 - 1) * self.plan.interval_ms;
+        let per_boot = (5 * 86_400_000 / self.plan.interval_ms).max(1) as u64;
+        let since_boot = seq % per_boot;
+        Sample {
+            seq,
+            timestamp_unix_ms: ts,
+            cpu_percent: (seq % 100) as f32,
+            memory_used_bytes: 1 << 30,
+            memory_total_bytes: 4 << 30,
+            network_rx_bytes: since_boot * 1500,
+            network_tx_bytes: since_boot * 700,
+            ..Default::default()
+        }
+    }
+
+    /// Counts the newly acked samples; the last one signals `done`.
+    fn acked(&mut self, upto: u64, counters: &Counters) {
+        let upto = upto.min(self.plan.total);
+        if upto > self.acked_upto {
+            counters
+                .acked
+                .fetch_add(upto - self.acked_upto, Ordering::Relaxed);
+            self.acked_upto = upto;
+        }
+        if self.acked_upto == self.plan.total
+            && let Some(done) = self.done.take()
+        {
+            done.add_permits(1);
+        }
+    }
 }
 
 /// Batches in flight per device at most. The agent's window is 4; the
@@ -365,6 +501,7 @@ struct SimDelivery {
     in_flight: VecDeque<u64>,
     counters: Arc<Counters>,
     lat: mpsc::UnboundedSender<u32>,
+    backfill: Option<Backfill>,
 }
 
 impl SimDelivery {
@@ -386,10 +523,29 @@ impl Delivery for SimDelivery {
         self.sent_upto = 0;
         self.in_flight.clear();
         // What the store already holds counts as acked.
+        if let Some(b) = &mut self.backfill {
+            b.acked(telemetry, &self.counters);
+            self.sent_upto = b.acked_upto;
+            return;
+        }
         self.release(telemetry, now);
     }
 
     fn next_telemetry(&mut self, _now: tokio::time::Instant) -> Option<TelemetryBatch> {
+        if let Some(b) = &self.backfill {
+            if self.in_flight.len() >= BACKFILL_WINDOW || self.sent_upto >= b.plan.total {
+                return None;
+            }
+            let last = (self.sent_upto + BACKFILL_BATCH).min(b.plan.total);
+            let samples: Vec<Sample> = (self.sent_upto + 1..=last).map(|s| b.sample(s)).collect();
+            // Resends after a reconnect are counted once.
+            let fresh = last.saturating_sub(self.next_seq.saturating_sub(1));
+            self.next_seq = self.next_seq.max(last + 1);
+            self.counters.sent.fetch_add(fresh, Ordering::Relaxed);
+            self.sent_upto = last;
+            self.in_flight.push_back(last);
+            return Some(TelemetryBatch { samples });
+        }
         if self.in_flight.len() >= WINDOW {
             return None;
         }
@@ -414,6 +570,10 @@ impl Delivery for SimDelivery {
     fn on_telemetry_ack(&mut self, acked_seq: u64, now: tokio::time::Instant) {
         while self.in_flight.front().is_some_and(|&l| l <= acked_seq) {
             self.in_flight.pop_front();
+        }
+        if let Some(b) = &mut self.backfill {
+            b.acked(acked_seq, &self.counters);
+            return;
         }
         self.release(acked_seq, now);
     }
@@ -474,6 +634,9 @@ impl Host for SimHost {
     }
 
     fn take_sample(&mut self, d: &mut SimDelivery) {
+        if d.backfill.is_some() {
+            return; // the backfill's samples are all there from the start
+        }
         let created = tokio::time::Instant::now();
         for _ in 0..self.batch {
             let seq = d.next_seq;
@@ -639,6 +802,11 @@ async fn device(state: StateDir, ctx: DeviceCtx) -> Result<(), Error> {
         in_flight: VecDeque::new(),
         counters: ctx.counters.clone(),
         lat: ctx.lat,
+        backfill: ctx.backfill.map(|(plan, done)| Backfill {
+            plan,
+            acked_upto: 0,
+            done: Some(done),
+        }),
     };
     // Spread the fleet's samples over the period.
     let offset = ctx.period.mul_f64(rand::random::<f64>());

@@ -360,9 +360,35 @@ pub(super) const TELEMETRY_COLUMNS: [TelemetryColumn; 19] = [
     real!(load_5m),
     real!(load_15m),
     count!(uptime_secs),
-    json_array!(temperatures),
+    Json("temperatures", temperatures_to_json, |s, v| {
+        temperatures_from_json(v).map(|x| s.temperatures = x)
+    }),
     json_array!(gpus),
 ];
+
+/// Temperatures as `[["sensor", celsius], …]`: the key names are not
+/// repeated for every sensor of every sample (issue 18; 19 bytes a sensor,
+/// ~130 of a typical edge box's sample).
+fn temperatures_to_json(s: &TelemetrySample) -> String {
+    let pairs: Vec<(&str, f32)> = s
+        .temperatures
+        .iter()
+        .map(|t| (t.sensor.as_str(), t.celsius))
+        .collect();
+    to_json(&pairs)
+}
+
+/// [`temperatures_to_json`]'s pairs, or the objects (`[{"sensor", "celsius"}]`)
+/// that rows written before it hold.
+fn temperatures_from_json(v: &str) -> StoreResult<Vec<Temperature>> {
+    match serde_json::from_str::<Vec<(String, f32)>>(v) {
+        Ok(pairs) => Ok(pairs
+            .into_iter()
+            .map(|(sensor, celsius)| Temperature { sensor, celsius })
+            .collect()),
+        Err(_) => json_vec(v, "temperatures"),
+    }
+}
 
 /// A row of `SELECT * FROM telemetry`.
 pub(super) fn sample_from_row(r: &impl Cols) -> StoreResult<TelemetrySample> {
@@ -580,4 +606,35 @@ pub(super) fn tier_upsert(tier: Tier, size_index: usize) -> &'static str {
             .collect()
     });
     &TEXTS[tier.index()][size_index]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temperatures_are_stored_as_pairs_and_rows_of_objects_still_read() {
+        let s = TelemetrySample {
+            temperatures: vec![
+                Temperature {
+                    sensor: "Core 0".into(),
+                    celsius: 41.5,
+                },
+                Temperature {
+                    sensor: "Core 0".into(),
+                    celsius: 40.0,
+                },
+            ],
+            ..Default::default()
+        };
+        let text = temperatures_to_json(&s);
+        assert_eq!(text, r#"[["Core 0",41.5],["Core 0",40.0]]"#);
+        assert_eq!(temperatures_from_json(&text).unwrap(), s.temperatures);
+        let before = r#"[{"sensor":"Core 0","celsius":41.5},{"sensor":"Core 0","celsius":40.0}]"#;
+        assert_eq!(temperatures_from_json(before).unwrap(), s.temperatures);
+        assert!(matches!(
+            temperatures_from_json(r#"{"x":1}"#),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
 }

@@ -6,9 +6,7 @@
 //! The conversions rely on the backends naming their columns identically and
 //! storing integers as 64-bit (SQLite `INTEGER`, PostgreSQL `BIGINT`).
 
-use std::sync::LazyLock;
-
-use super::rollup::{Agg, CounterPoint, TIERS, Tier};
+use super::rollup::{Agg, CounterPoint, Tier};
 use super::*;
 
 pub(super) fn json_vec<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> StoreResult<T> {
@@ -566,46 +564,89 @@ pub(super) fn tier_row(r: &impl Cols) -> StoreResult<(UnixMillis, Agg)> {
     ))
 }
 
-/// Rows per rollup upsert, largest first (24 parameters a row).
-pub(super) const TIER_UPSERT_SIZES: [usize; 4] = [64, 16, 4, 1];
+/// How a [`TIER_COLUMNS`] value is typed, for the dialects' JSON reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlType {
+    Text,
+    Int,
+    Real,
+}
 
-/// The upsert of `TIER_UPSERT_SIZES[size_index]` rows into `tier`: a row
-/// that exists is replaced (the caller merged it). `$N` placeholders, which
-/// both databases bind alike.
-pub(super) fn tier_upsert(tier: Tier, size_index: usize) -> &'static str {
-    static TEXTS: LazyLock<Vec<Vec<String>>> = LazyLock::new(|| {
-        TIERS
-            .iter()
-            .map(|t| {
-                TIER_UPSERT_SIZES
-                    .iter()
-                    .map(|&n| {
-                        let w = TIER_COLUMNS.len();
-                        let rows: Vec<String> = (0..n)
-                            .map(|r| {
-                                let p: Vec<String> =
-                                    (1..=w).map(|c| format!("${}", r * w + c)).collect();
-                                format!("({})", p.join(", "))
-                            })
-                            .collect();
-                        let set: Vec<String> = TIER_COLUMNS[2..]
-                            .iter()
-                            .map(|c| format!("{c} = excluded.{c}"))
-                            .collect();
-                        format!(
-                            "INSERT INTO {} ({}) VALUES {} \
-                             ON CONFLICT (device_id, bucket) DO UPDATE SET {}",
-                            t.table,
-                            TIER_COLUMNS.join(", "),
-                            rows.join(", "),
-                            set.join(", ")
-                        )
-                    })
-                    .collect()
-            })
-            .collect()
-    });
-    &TEXTS[tier.index()][size_index]
+/// The type of `TIER_COLUMNS[k]`.
+pub(super) fn tier_column_type(k: usize) -> SqlType {
+    match TIER_COLUMNS[k] {
+        "device_id" => SqlType::Text,
+        "cpu_sum" | "cpu_max" | "mem_sum" | "disk_sum" | "load_sum" | "temp_max"
+        | "gpu_util_sum" | "gpu_mem_sum" => SqlType::Real,
+        _ => SqlType::Int,
+    }
+}
+
+/// The upsert of any number of `tier` rows in one statement: `rows` a
+/// subquery of one column `r` per row (a JSON array in [`TIER_COLUMNS`]
+/// order, as [`tier_rows_json`] writes them), `field(k, type)` the
+/// expression of element `k` of `r`. A row that exists is replaced (the
+/// caller merged it). `WHERE true` is SQLite's way to tell an upsert's
+/// `ON CONFLICT` from a join's.
+pub(super) fn tier_upsert(
+    tier: Tier,
+    rows: &str,
+    field: impl Fn(usize, SqlType) -> String,
+) -> String {
+    let values: Vec<String> = (0..TIER_COLUMNS.len())
+        .map(|k| field(k, tier_column_type(k)))
+        .collect();
+    let set: Vec<String> = TIER_COLUMNS[2..]
+        .iter()
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO {} ({}) SELECT {} FROM ({}) AS j WHERE true \
+         ON CONFLICT (device_id, bucket) DO UPDATE SET {}",
+        tier.table,
+        TIER_COLUMNS.join(", "),
+        values.join(", "),
+        rows,
+        set.join(", ")
+    )
+}
+
+/// Tier rows as one JSON array of arrays in [`TIER_COLUMNS`] order, for
+/// [`tier_upsert`]: one bound value however many rows (each statement costs
+/// a round trip to SQLite's worker thread, more than its rows).
+pub(super) fn tier_rows_json(rows: &[(&str, UnixMillis, Agg)]) -> String {
+    use serde_json::Value;
+    let int = |v: u64| Value::from(i(v));
+    // Sums of validated (finite) samples are finite; `from` would write
+    // anything else as null.
+    let real = |v: f64| Value::from(v);
+    let all: Vec<Value> = rows
+        .iter()
+        .map(|(device, bucket, a)| {
+            let mut r = vec![
+                Value::from(*device),
+                Value::from(*bucket),
+                int(a.n),
+                real(a.cpu_sum),
+                real(a.cpu_max),
+                real(a.mem_sum),
+                int(a.mem_total_max),
+                real(a.disk_sum),
+                int(a.disk_total_max),
+                real(a.load_sum),
+                a.temp_max.map_or(Value::Null, real),
+                int(a.gpu_n),
+                real(a.gpu_util_sum),
+                real(a.gpu_mem_sum),
+            ];
+            for p in [a.first, a.last] {
+                r.extend([Value::from(p.ts), int(p.seq), int(p.rx), int(p.tx)]);
+            }
+            r.extend([int(a.rx_inc), int(a.tx_inc)]);
+            Value::Array(r)
+        })
+        .collect();
+    Value::Array(all).to_string()
 }
 
 #[cfg(test)]

@@ -193,9 +193,9 @@ impl Dialect for Postgres {
         tx: &mut Transaction<'static, Postgres>,
         rows: &[(&str, &TelemetrySample)],
         received_at: UnixMillis,
-    ) -> StoreResult<Vec<(String, i64)>> {
+    ) -> StoreResult<u64> {
         if rows.is_empty() {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let mut q = sqlx::query(telemetry_insert());
         for c in &TELEMETRY_COLUMNS {
@@ -209,11 +209,7 @@ impl Dialect for Postgres {
                 TelemetryColumn::Json(_, get, _) => q.bind(column(rows, get)),
             };
         }
-        q.fetch_all(&mut **tx)
-            .await?
-            .iter()
-            .map(|r| Ok((r.text("device_id")?, r.int("seq")?)))
-            .collect()
+        Ok(q.execute(&mut **tx).await?.rows_affected())
     }
 
     /// A transaction advisory lock per device, taken in the order of the
@@ -231,6 +227,17 @@ impl Dialect for Postgres {
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    const JSON_ROWS: &'static str = "SELECT r FROM jsonb_array_elements($1::jsonb) AS r";
+
+    fn json_field(k: usize, ty: SqlType) -> String {
+        let ty = match ty {
+            SqlType::Text => "TEXT",
+            SqlType::Int => "BIGINT",
+            SqlType::Real => "DOUBLE PRECISION",
+        };
+        format!("(r ->> {k})::{ty}")
     }
 
     const KEY_LIST: &'static str =
@@ -331,9 +338,10 @@ fn telemetry_insert() -> &'static str {
             unnested.push(name);
         }
         format!(
-            "INSERT INTO telemetry ({}) SELECT {} FROM UNNEST({}) AS b({}) \
-             ORDER BY device_id, seq ON CONFLICT (device_id, seq) DO NOTHING \
-             RETURNING device_id, seq",
+            // In order (locks taken in key order), a repeated seq's first
+            // occurrence first: it is the one stored, as the rollups assume.
+            "INSERT INTO telemetry ({}) SELECT {} FROM UNNEST({}) WITH ORDINALITY \
+             AS b({}, ord) ORDER BY device_id, seq, ord ON CONFLICT (device_id, seq) DO NOTHING",
             names.join(", "),
             select.join(", "),
             arrays.join(", "),

@@ -64,13 +64,13 @@ pub trait Dialect: Database {
         device_id: &str,
     ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Stores (device, sample) rows in `tx`, ignoring any (device, seq)
-    /// already stored (or repeated in `rows`: the first stays); returns the
-    /// (device, seq) of the rows that were new.
+    /// already stored (or repeated in `rows`: the first stays); returns how
+    /// many were new.
     fn insert_telemetry(
         tx: &mut Transaction<'static, Self>,
         rows: &[(&str, &TelemetrySample)],
         received_at: UnixMillis,
-    ) -> impl Future<Output = StoreResult<Vec<(String, i64)>>> + Send;
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
     /// Taken in `tx` before a device's rollup rows are read to be merged
     /// into, so two replicas storing samples of one device merge one after
     /// the other (devices in a stable order, so no cycle can form).
@@ -78,6 +78,11 @@ pub trait Dialect: Database {
         tx: &mut Transaction<'static, Self>,
         device_ids: &[&str],
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// A subquery of one column `r`: the elements of the JSON array bound
+    /// as `$1`.
+    const JSON_ROWS: &'static str;
+    /// Element `k` of the JSON array `r`, as a value of `ty`.
+    fn json_field(k: usize, ty: SqlType) -> String;
     /// A subquery of the (device_id, bucket) pairs bound by
     /// [`Dialect::bind_keys`] from `$1`.
     const KEY_LIST: &'static str;
@@ -94,6 +99,9 @@ pub trait Dialect: Database {
         received_at: UnixMillis,
     ) -> impl Future<Output = StoreResult<u64>> + Send;
 }
+
+/// Keys bound per statement that reads rows by (device, key) pairs.
+const ROLLUP_KEY_CHUNK: usize = 500;
 
 /// Raw history one backfill step rolls up: whole hours.
 const BACKFILL_CHUNK_MS: i64 = 6 * 3_600_000;
@@ -140,6 +148,14 @@ pub struct Texts {
     tier_keyed: [String; 2],
     /// Per tier: a device's rows in [`$2`, `$3`), in bucket order.
     tier_range: [String; 2],
+    /// Per tier: the upsert of the rows bound as one JSON text `$1`
+    /// ([`tier_upsert`]).
+    tier_upsert: [String; 2],
+    /// Per device of the id list `$1`, its highest stored telemetry seq.
+    telemetry_tops: String,
+    /// Which of the (device, seq) pairs bound by [`Dialect::bind_keys`]
+    /// are stored.
+    telemetry_stored: String,
     /// What runs on the devices of the id list `$1`.
     device_artifacts: String,
     /// An artifact's row, locked.
@@ -171,6 +187,18 @@ impl Texts {
                     t.table
                 )
             }),
+            telemetry_tops: format!(
+                "SELECT k.id AS device_id, \
+                 (SELECT MAX(seq) FROM telemetry t WHERE t.device_id = k.id) AS seq \
+                 FROM ({}) AS k",
+                D::ID_LIST
+            ),
+            telemetry_stored: format!(
+                "SELECT k.device_id, k.bucket AS seq FROM ({}) AS k WHERE EXISTS \
+                 (SELECT 1 FROM telemetry t WHERE t.device_id = k.device_id AND t.seq = k.bucket)",
+                D::KEY_LIST
+            ),
+            tier_upsert: TIERS.map(|t| tier_upsert(t, D::JSON_ROWS, D::json_field)),
             tier_keyed: TIERS.map(|t| {
                 format!(
                     "SELECT t.* FROM ({}) AS k CROSS JOIN {} AS t \
@@ -225,19 +253,70 @@ where
         devices.dedup();
         let mut tx = self.begin().await?;
         D::lock_rollups(&mut tx, &devices).await?;
-        let inserted = D::insert_telemetry(&mut tx, rows, received_at).await?;
-        // The rows that went in: each (device, seq) once, the first of any
-        // repeats (the one the insert kept).
-        let mut fresh: HashSet<(&str, i64)> =
-            inserted.iter().map(|(d, s)| (d.as_str(), *s)).collect();
+        // The rows that go in: each (device, seq) not stored yet, once, the
+        // first of any repeats (the one the insert keeps). Found before the
+        // insert rather than returned by it: rows handed back one by one
+        // cost more than the insert (sqlx's SQLite worker sends each row
+        // over a channel). The lock (one writer on SQLite) keeps it true
+        // until the commit.
+        let mut seen = Self::stored_keys(&mut tx, &devices, rows).await?;
         let new: Vec<(&str, &TelemetrySample)> = rows
             .iter()
-            .filter(|&&(d, s)| fresh.remove(&(d, i(s.seq))))
+            .filter(|&&(d, s)| seen.insert((d, i(s.seq))))
             .copied()
             .collect();
+        let inserted = D::insert_telemetry(&mut tx, rows, received_at).await?;
+        if inserted != new.len() as u64 {
+            // Cannot happen under the lock; the tiers would be off.
+            return Err(StoreError::Corrupt(format!(
+                "telemetry insert stored {inserted} rows, {} expected",
+                new.len()
+            )));
+        }
         Self::roll_up(&mut tx, &new).await?;
         tx.commit().await?;
-        Ok(new.len() as u64)
+        Ok(inserted)
+    }
+
+    /// Which of `rows`' (device, seq) are stored already. Per device, seqs
+    /// above the highest stored one are new (an agent's seqs only grow);
+    /// only the others (a resend) are looked up one by one.
+    async fn stored_keys<'a>(
+        tx: &mut Transaction<'static, D>,
+        devices: &[&'a str],
+        rows: &[(&'a str, &TelemetrySample)],
+    ) -> StoreResult<HashSet<(&'a str, i64)>> {
+        let ids: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+        let tops = D::bind_ids(sqlx::query(D::texts().telemetry_tops.as_str()), &ids)
+            .fetch_all(&mut **tx)
+            .await?;
+        let mut top: HashMap<String, i64> = HashMap::with_capacity(tops.len());
+        for r in &tops {
+            if let Some(seq) = r.opt_int("seq")? {
+                top.insert(r.text("device_id")?, seq);
+            }
+        }
+        let doubtful: Vec<(&str, i64)> = rows
+            .iter()
+            .map(|&(d, s)| (d, i(s.seq)))
+            .filter(|(d, seq)| top.get(*d).is_some_and(|t| seq <= t))
+            .collect();
+        let mut stored = HashSet::new();
+        for chunk in doubtful.chunks(ROLLUP_KEY_CHUNK) {
+            let found = D::bind_keys(sqlx::query(D::texts().telemetry_stored.as_str()), chunk)
+                .fetch_all(&mut **tx)
+                .await?;
+            let found: HashSet<(String, i64)> = found
+                .iter()
+                .map(|r| Ok((r.text("device_id")?, r.int("seq")?)))
+                .collect::<StoreResult<_>>()?;
+            stored.extend(
+                chunk
+                    .iter()
+                    .filter(|&&(d, seq)| found.contains(&(d.to_string(), seq))),
+            );
+        }
+        Ok(stored)
     }
 
     /// Merges newly stored samples into every tier, finest first (an hour
@@ -247,13 +326,11 @@ where
         tx: &mut Transaction<'static, D>,
         new: &[(&str, &TelemetrySample)],
     ) -> StoreResult<()> {
-        /// Keys per read of stored rows.
-        const KEY_CHUNK: usize = 500;
         for (k, tier) in TIERS.iter().enumerate() {
             let parts = rollup::partials(*tier, new.iter().copied());
             let mut stored: HashMap<(String, i64), Agg> = HashMap::with_capacity(parts.len());
             let keys: Vec<(&str, i64)> = parts.iter().map(|(key, _)| *key).collect();
-            for chunk in keys.chunks(KEY_CHUNK) {
+            for chunk in keys.chunks(ROLLUP_KEY_CHUNK) {
                 let rows = D::bind_keys(sqlx::query(D::texts().tier_keyed[k].as_str()), chunk)
                     .fetch_all(&mut **tx)
                     .await?;
@@ -377,36 +454,13 @@ where
         tier: Tier,
         rows: &[(&str, UnixMillis, Agg)],
     ) -> StoreResult<()> {
-        let mut rest = rows;
-        for (k, &size) in TIER_UPSERT_SIZES.iter().enumerate() {
-            while rest.len() >= size {
-                let (chunk, tail) = rest.split_at(size);
-                let mut q = sqlx::query(tier_upsert(tier, k));
-                for (device, bucket, a) in chunk {
-                    q = q
-                        .bind(*device)
-                        .bind(*bucket)
-                        .bind(i(a.n))
-                        .bind(a.cpu_sum)
-                        .bind(a.cpu_max)
-                        .bind(a.mem_sum)
-                        .bind(i(a.mem_total_max))
-                        .bind(a.disk_sum)
-                        .bind(i(a.disk_total_max))
-                        .bind(a.load_sum)
-                        .bind(a.temp_max)
-                        .bind(i(a.gpu_n))
-                        .bind(a.gpu_util_sum)
-                        .bind(a.gpu_mem_sum);
-                    for p in [a.first, a.last] {
-                        q = q.bind(p.ts).bind(i(p.seq)).bind(i(p.rx)).bind(i(p.tx));
-                    }
-                    q = q.bind(i(a.rx_inc)).bind(i(a.tx_inc));
-                }
-                q.execute(&mut **tx).await?;
-                rest = tail;
-            }
+        if rows.is_empty() {
+            return Ok(());
         }
+        sqlx::query(D::texts().tier_upsert[tier.index()].as_str())
+            .bind(tier_rows_json(rows))
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 

@@ -477,7 +477,9 @@ async fn backfill_rollups(state: Arc<AppState>, stop: impl Future<Output = ()>) 
                     samples += step.samples;
                     if step.finished {
                         devices += 1;
-                        gauge.dec();
+                        if gauge.get() > 0 {
+                            gauge.dec();
+                        }
                     }
                     if logged.elapsed() >= BACKFILL_LOG_EVERY {
                         logged = tokio::time::Instant::now();

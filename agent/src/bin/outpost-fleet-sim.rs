@@ -320,18 +320,9 @@ async fn run(args: Args) -> Result<serde_json::Value, Error> {
             // Devices that failed to connect never finish; they are counted.
             let finishing = device_count as u64 - counters.failed_devices.load(Ordering::Relaxed);
             let n = u32::try_from(finishing).unwrap_or(u32::MAX);
-            tokio::select! {
-                all = backfilled.acquire_many(n) => all?.forget(),
-                // A device whose link broke (without --reconnect) ends
-                // without finishing: stop waiting once none is left.
-                _ = async {
-                    while let Some(r) = devices.join_next().await {
-                        if let Ok(Err(e)) = r {
-                            tracing::warn!("device: {e}");
-                        }
-                    }
-                } => {}
-            }
+            // A device whose link broke (without --reconnect) gives its
+            // permit as it ends (`Backfill`'s drop), counted as failed.
+            backfilled.acquire_many(n).await?.forget();
         }
     }
     let _ = stop_tx.send(true);
@@ -440,6 +431,16 @@ struct Backfill {
     plan: BackfillPlan,
     acked_upto: u64,
     done: Option<Arc<Semaphore>>,
+}
+
+impl Drop for Backfill {
+    /// A device that ends before all of its backfill is acked (a broken
+    /// link without `--reconnect`) still releases the wait for it.
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done.add_permits(1);
+        }
+    }
 }
 
 impl Backfill {

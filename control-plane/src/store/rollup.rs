@@ -207,8 +207,16 @@ impl Agg {
     /// the counter increase across the seam is not the one the samples
     /// give: callers check with [`Agg::merge`]).
     fn then(mut self, later: &Agg) -> Agg {
-        self.rx_inc += increase(self.last.rx, later.first.rx) + later.rx_inc;
-        self.tx_inc += increase(self.last.tx, later.first.tx) + later.tx_inc;
+        // Saturating: counters may be anything up to i64::MAX, and a device
+        // flipping one between 0 and the top would overflow a plain sum.
+        self.rx_inc = self
+            .rx_inc
+            .saturating_add(increase(self.last.rx, later.first.rx))
+            .saturating_add(later.rx_inc);
+        self.tx_inc = self
+            .tx_inc
+            .saturating_add(increase(self.last.tx, later.first.tx))
+            .saturating_add(later.tx_inc);
         self.last = later.last;
         self.add_values(later);
         self
@@ -459,6 +467,16 @@ mod tests {
             86_400_000,
         );
         assert_eq!(day[0].network_rx_bytes, 299 * 10 + 239 * 3);
+    }
+
+    #[test]
+    fn increases_saturate_rather_than_overflow() {
+        let top = i64::MAX as u64;
+        let s: Vec<_> = (0..6u64)
+            .map(|k| sample(k, k as i64, if k % 2 == 0 { 0 } else { top }))
+            .collect();
+        let a = Agg::of_samples(&s).unwrap();
+        assert_eq!(a.rx_inc, u64::MAX);
     }
 
     #[test]

@@ -1585,6 +1585,9 @@ where
         end: UnixMillis,
         bucket_ms: i64,
     ) -> StoreResult<Vec<TelemetryBucket>> {
+        if bucket_ms <= 0 {
+            return Ok(Vec::new()); // no period has such buckets
+        }
         let mut conn = self.pool.acquire().await?;
         let rows = match Tier::for_bucket(bucket_ms) {
             Some(tier) => Self::tier_between(&mut conn, tier, device_id, start, end).await?,
@@ -2024,12 +2027,22 @@ where
         let devices: Vec<String> = sqlx::query_scalar("SELECT id FROM devices")
             .fetch_all(&self.pool)
             .await?;
+        // Raw history the tiers have not been filled from yet stays until
+        // they have (the tiers outlive raw).
+        let backfilling: HashSet<String> =
+            sqlx::query_scalar("SELECT device_id FROM telemetry_rollup_backfill")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .collect();
         let mut counts = PruneCounts::default();
-        for d in &devices {
-            let d = Some(d.as_str());
-            counts.telemetry += self
-                .delete_batched(PRUNE_RAW, d, cutoff.telemetry_before)
-                .await?;
+        for id in &devices {
+            let d = Some(id.as_str());
+            if !backfilling.contains(id) {
+                counts.telemetry += self
+                    .delete_batched(PRUNE_RAW, d, cutoff.telemetry_before)
+                    .await?;
+            }
             counts.telemetry_1m += self
                 .delete_batched(&PRUNE_TIER[0], d, cutoff.minute_before)
                 .await?;

@@ -11,13 +11,20 @@
 #
 # CP_BIN=path serves with another control-plane binary (an A/B against an
 # older build; the simulator and admin commands stay this tree's, so both
-# builds must have the same database migrations).
+# builds must have the same database migrations). BIN_DIR=dir takes every
+# binary from dir instead and builds nothing.
+# PERF_OUT=file records the control plane with `perf record -g` for 10 s once
+# the fleet streams (`perf report -i file --no-children` to read it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-100} rate=${2:-1} duration=${3:-20s} conc=${4:-64} batch=${5:-1}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release --quiet --workspace --bins
-bin=${CARGO_TARGET_DIR:-target}/release
+if [ -n "${BIN_DIR:-}" ]; then
+    bin=$BIN_DIR    # every binary from there, nothing built (an A/B across migrations)
+else
+    cargo build --release --quiet --workspace --bins
+    bin=${CARGO_TARGET_DIR:-target}/release
+fi
 work=$(mktemp -d /tmp/outpost-bench.XXXXXX); cp=""
 trap '[ -n "$cp" ] && kill $cp 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/cp"  # admin commands refuse a missing data directory (a typo must not start a new one)
@@ -31,6 +38,7 @@ rest=$(sed -n 's/.*rest listening on //p' "$work/cp.out")
 grpc=$(sed -n 's/.*grpc listening on https:\/\/[^:]*:\([0-9]*\).*/\1/p' "$work/cp.out")
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$cp/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$cp/stat"; }
+written() { awk '/^write_bytes/ {print $2}' "/proc/$cp/io"; }  # bytes it dirtied in files: WAL, checkpoints
 base_rss=$(rss_kib)
 # The control plane's CPU during enrollment alone (the simulator logs when
 # it starts enrolling and when every device is enrolled).
@@ -43,33 +51,44 @@ base_rss=$(rss_kib)
 # Sample the control plane while the fleet streams (after enrollment).
 (
     while ! grep -q streaming "$work/sim.err" 2>/dev/null; do sleep 0.2; done
-    t0=$(cpu_ticks); s0=$(date +%s.%N); peak=0
+    t0=$(cpu_ticks); s0=$(date +%s.%N); peak=0; w0=$(written)
     while kill -0 $cp 2>/dev/null && [ ! -s "$work/sim.out" ]; do
         r=$(rss_kib); [ "$r" -gt "$peak" ] && peak=$r
         t1=$(cpu_ticks); s1=$(date +%s.%N)
-        echo "$peak $t0 $t1 $s0 $s1" > "$work/cp.sample"
+        echo "$peak $t0 $t1 $s0 $s1 $w0 $(written)" > "$work/cp.sample"
         sleep 1
     done
 ) &
+if [ -n "${PERF_OUT:-}" ]; then
+    (
+        while ! grep -q streaming "$work/sim.err" 2>/dev/null; do sleep 0.2; done
+        sleep 2
+        perf record -q -g -p "$cp" -o "$PERF_OUT" -- sleep 10 >/dev/null 2>&1
+    ) &
+fi
 OUTPOST_LOG=info "$bin/outpost-fleet-sim" --rest "$rest" --server "https://localhost:$grpc" \
     --ca-file "$work/cp/pki/ca.crt" --workspace bench --api-key "$key" \
     --devices "$devices" --rate "$rate" --duration "$duration" --concurrency "$conc" --batch "$batch" \
     > "$work/sim.out" 2> "$work/sim.err"
 sleep 1.2
-read -r peak t0 t1 s0 s1 < "$work/cp.sample"
+read -r peak t0 t1 s0 s1 w0 w1 < "$work/cp.sample"
 read -r e0 e1 < "$work/enroll.ticks"
 hz=$(getconf CLK_TCK)
-python3 - "$work/sim.out" "$peak" "$base_rss" "$t0" "$t1" "$s0" "$s1" "$hz" "$e0" "$e1" <<'PY'
+python3 - "$work/sim.out" "$peak" "$base_rss" "$t0" "$t1" "$s0" "$s1" "$hz" "$e0" "$e1" "$w0" "$w1" <<'PY'
 import json, sys
 summary = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 peak, base, t0, t1 = (int(x) for x in sys.argv[2:6])
 s0, s1, hz = float(sys.argv[6]), float(sys.argv[7]), int(sys.argv[8])
 e0, e1 = int(sys.argv[9]), int(sys.argv[10])
+w0, w1 = int(sys.argv[11]), int(sys.argv[12])
 cpu = (t1 - t0) / hz / max(s1 - s0, 1e-9) * 100
 summary.update({
     "cp_rss_base_kib": base, "cp_rss_peak_kib": peak,
     "cp_rss_per_device_kib": round((peak - base) / max(summary["devices"], 1), 1),
     "cp_cpu_percent_streaming": round(cpu, 1),
+    # What the store writes per sample acked while streaming (WAL frames,
+    # checkpoints): the pages each commit dirties.
+    "cp_written_bytes_per_sample": round((w1 - w0) / max(s1 - s0, 1e-9) / max(summary["acked_per_sec"], 1)),
     # Control-plane CPU per enrollment (TLS handshake, CSR check, signing,
     # store), whatever the simulator beside it costs.
     "cp_cpu_ms_per_enrollment": round((e1 - e0) / hz * 1000 / max(summary["devices"], 1), 3),

@@ -8,6 +8,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+mod common;
+
+use common::*;
 use outpost_control_plane::store::*;
 
 fn sample(seq: u64) -> TelemetrySample {
@@ -66,34 +69,6 @@ fn line(seq: u64) -> LogRecord {
     }
 }
 
-async fn setup(store: &Arc<dyn Store>) {
-    store
-        .create_workspace(&Workspace {
-            name: "bench".into(),
-            features: vec![],
-            created_at: 0,
-        })
-        .await
-        .ok();
-    store
-        .create_device(&NewDevice {
-            id: "benchdevice00000000".into(),
-            workspace: "bench".into(),
-            name: "bench".into(),
-            description: String::new(),
-            device_type: "edge".into(),
-            install_id_hash: "x".into(),
-            install_id_expires_at: i64::MAX,
-            workflow_id: None,
-            offline_mode: false,
-            config: serde_json::json!({}),
-            created_at: 0,
-            labels: Default::default(),
-        })
-        .await
-        .ok();
-}
-
 /// Samples per second through one writer.
 async fn fill_telemetry(store: &Arc<dyn Store>, n: u64) -> f64 {
     let t = Instant::now();
@@ -119,25 +94,6 @@ async fn fill_logs(store: &Arc<dyn Store>, n: u64) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-/// The SQLite database file's size after its WAL has been checkpointed into
-/// it and truncated (the WAL is a reused, fixed-size file: counting it would
-/// measure the checkpoint interval, not the data).
-async fn sqlite_size(dir: &std::path::Path) -> u64 {
-    use sqlx::ConnectOptions;
-    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.join("outpost.db"))
-        .connect()
-        .await
-        .unwrap();
-    let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(busy, 0, "the checkpoint was blocked by a reader");
-    drop(conn);
-    std::fs::metadata(dir.join("outpost.db")).unwrap().len()
-}
-
 #[tokio::main]
 async fn main() {
     let n: u64 = std::env::args()
@@ -147,7 +103,7 @@ async fn main() {
     // SQLite: the database file's growth.
     let dir = tempfile::tempdir().unwrap();
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
-    setup(&sqlite).await;
+    bench_device(&sqlite, "benchdevice00000000").await;
     let s0 = sqlite_size(dir.path()).await;
     let sps = fill_telemetry(&sqlite, n).await;
     let s1 = sqlite_size(dir.path()).await;
@@ -169,7 +125,7 @@ async fn main() {
     let url = outpost_control_plane::store::postgres::fresh_test_database(&base).await;
     let pg = PgStore::connect(&url).await.unwrap();
     let pg: Arc<dyn Store> = Arc::new(pg);
-    setup(&pg).await;
+    bench_device(&pg, "benchdevice00000000").await;
     let sps = fill_telemetry(&pg, n).await;
     let lps = fill_logs(&pg, n).await;
     let pool = sqlx::PgPool::connect(&url).await.unwrap();

@@ -8,18 +8,22 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_small_simulated_fleet_gets_every_sample_acked_exactly_once() {
+/// The simulator against `cp`'s workspace `sim` with `key`.
+fn sim_command(cp: &ControlPlane, key: &str) -> Command {
     let sim = cp_bin().with_file_name("outpost-fleet-sim");
     assert!(sim.exists(), "build it first: cargo build -p outpost-agent");
-    let cp = ControlPlane::start();
-    cp.create_workspace("sim", &[]);
-    let key = cp.api_key("sim", &[]);
-    let out = Command::new(&sim)
-        .args(["--rest", &cp.rest, "--server", &cp.grpc_url(), "--ca-file"])
+    let mut c = Command::new(&sim);
+    c.args(["--rest", &cp.rest, "--server", &cp.grpc_url(), "--ca-file"])
         .arg(cp.ca_path())
-        .args(["--workspace", "sim", "--api-key", &key])
-        .args(["--devices", "50", "--duration", "3s", "--rate", "2"])
+        .args(["--workspace", "sim", "--api-key", key]);
+    c
+}
+
+/// Runs the simulator with `args` to its end; its JSON summary (the last
+/// line it prints).
+fn run_sim(cp: &ControlPlane, key: &str, args: &[&str]) -> Value {
+    let out = sim_command(cp, key)
+        .args(args)
         .env("OUTPOST_LOG", "warn")
         .output()
         .unwrap();
@@ -29,7 +33,19 @@ async fn a_small_simulated_fleet_gets_every_sample_acked_exactly_once() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_simulated_fleet_gets_every_sample_acked_exactly_once() {
+    let cp = ControlPlane::start();
+    cp.create_workspace("sim", &[]);
+    let key = cp.api_key("sim", &[]);
+    let summary = run_sim(
+        &cp,
+        &key,
+        &["--devices", "50", "--duration", "3s", "--rate", "2"],
+    );
     assert_eq!(summary["devices"], 50);
     assert_eq!(summary["failed_devices"], 0, "{summary}");
     let sent = summary["samples_sent"].as_u64().unwrap();
@@ -68,17 +84,12 @@ async fn a_simulated_fleet_comes_back_after_a_restart_with_nothing_lost() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
 
-    let sim = cp_bin().with_file_name("outpost-fleet-sim");
-    assert!(sim.exists(), "build it first: cargo build -p outpost-agent");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("cp");
     let mut cp = ControlPlane::start_in(&data, &[]);
     cp.create_workspace("sim", &[]);
     let key = cp.api_key("sim", &[]);
-    let mut child = Command::new(&sim)
-        .args(["--rest", &cp.rest, "--server", &cp.grpc_url(), "--ca-file"])
-        .arg(cp.ca_path())
-        .args(["--workspace", "sim", "--api-key", &key])
+    let mut child = sim_command(&cp, &key)
         .args([
             "--devices",
             "20",
@@ -151,8 +162,6 @@ async fn a_simulated_fleet_comes_back_after_a_restart_with_nothing_lost() {
 /// rollup tiers.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backfill_sends_the_past_at_its_interval_and_ends_when_all_is_acked() {
-    let sim = cp_bin().with_file_name("outpost-fleet-sim");
-    assert!(sim.exists(), "build it first: cargo build -p outpost-agent");
     let cp = ControlPlane::start();
     cp.create_workspace("sim", &[]);
     let key = cp.api_key("sim", &[]);
@@ -160,21 +169,11 @@ async fn a_backfill_sends_the_past_at_its_interval_and_ends_when_all_is_acked() 
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let out = Command::new(&sim)
-        .args(["--rest", &cp.rest, "--server", &cp.grpc_url(), "--ca-file"])
-        .arg(cp.ca_path())
-        .args(["--workspace", "sim", "--api-key", &key])
-        .args(["--devices", "3", "--backfill", "2d", "--interval", "1m"])
-        .env("OUTPOST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let summary = run_sim(
+        &cp,
+        &key,
+        &["--devices", "3", "--backfill", "2d", "--interval", "1m"],
     );
-    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(summary["samples_per_device"], 2 * 1440, "{summary}");
     assert_eq!(summary["samples_sent"], 3 * 2 * 1440, "{summary}");
     assert_eq!(summary["samples_acked"], 3 * 2 * 1440, "{summary}");

@@ -2,7 +2,9 @@
 //! at 10 s and one at 1 s, written through the real store in the agent's
 //! batch sizes (so the rollup tiers are kept as ingest keeps them); then the
 //! API's `30d` (1-day buckets) and `7d` (1-hour buckets) views are read
-//! repeatedly from the tiers, and once folded from raw for comparison. One
+//! repeatedly from the tiers, and once folded from raw for comparison; then
+//! raw retention of 7 days runs (the longest delete batch is how long it
+//! held the writer) and the 30d view is read again. One
 //! JSON line per backend and device; SQLite always, PostgreSQL with
 //! `OUTPOST_BENCH_DATABASE_URL`. `bench/history.sh` runs it.
 //!
@@ -11,6 +13,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::*;
 use outpost_control_plane::store::*;
 
 const DAY: i64 = 86_400_000;
@@ -47,34 +52,6 @@ fn sample(seq: u64, interval_ms: i64) -> TelemetrySample {
             .collect(),
         gpus: vec![],
     }
-}
-
-async fn setup(store: &Arc<dyn Store>, device: &str) {
-    store
-        .create_workspace(&Workspace {
-            name: "bench".into(),
-            features: vec![],
-            created_at: 0,
-        })
-        .await
-        .ok();
-    store
-        .create_device(&NewDevice {
-            id: device.into(),
-            workspace: "bench".into(),
-            name: device.into(),
-            description: String::new(),
-            device_type: "edge".into(),
-            install_id_hash: format!("x{device}"),
-            install_id_expires_at: i64::MAX,
-            workflow_id: None,
-            offline_mode: false,
-            config: serde_json::json!({}),
-            created_at: 0,
-            labels: Default::default(),
-        })
-        .await
-        .unwrap();
 }
 
 /// 30 days at `interval_ms` in batches of 256; samples per second.
@@ -116,7 +93,7 @@ async fn read(
 
 async fn run(store: Arc<dyn Store>, backend: &str, reads: usize, size: impl AsyncSize) {
     for (device, interval_ms) in [("every10s", 10_000), ("every1s", 1_000)] {
-        setup(&store, device).await;
+        bench_device(&store, device).await;
         let before = size.bytes().await;
         let (n, sps) = fill(&store, device, interval_ms).await;
         let after = size.bytes().await;
@@ -125,6 +102,22 @@ async fn run(store: Arc<dyn Store>, backend: &str, reads: usize, size: impl Asyn
         // The same 30 days folded from the raw samples (a bucket size no
         // tier tiles): what every read cost before the tiers.
         let (raw30, _, _) = read(&store, device, 30, DAY + 1, 3).await;
+        // Raw retention of 7 days over the 30: 23 days of raw rows go, in
+        // batches, each its own transaction; the tiers keep answering.
+        let t = Instant::now();
+        let pruned = store
+            .prune(&Retention {
+                telemetry_before: END - 7 * DAY,
+                minute_before: 0,
+                hour_before: 0,
+                logs_before: 0,
+                events_before: 0,
+            })
+            .await
+            .unwrap();
+        let prune_took = t.elapsed();
+        let (_, _, n30_after) = read(&store, device, 30, DAY, 1).await;
+        let batch_ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
         println!(
             "{}",
             serde_json::json!({
@@ -135,6 +128,10 @@ async fn run(store: Arc<dyn Store>, backend: &str, reads: usize, size: impl Asyn
                 "30d_ms_median": d30, "30d_ms_max": d30_max, "30d_buckets": n30,
                 "7d_ms_median": d7, "7d_ms_max": d7_max, "7d_buckets": n7,
                 "30d_from_raw_ms_median": raw30, "reads": reads,
+                "retention_rows": pruned.telemetry, "retention_batches": pruned.batches,
+                "retention_longest_batch_ms": batch_ms(pruned.longest_batch),
+                "retention_mean_batch_ms": batch_ms(prune_took / pruned.batches.max(1) as u32),
+                "30d_buckets_after_retention": n30_after,
             })
         );
     }
@@ -148,20 +145,8 @@ trait AsyncSize {
 struct SqliteFile(std::path::PathBuf);
 
 impl AsyncSize for SqliteFile {
-    /// The database file after its WAL is checkpointed into it.
     async fn bytes(&self) -> u64 {
-        use sqlx::ConnectOptions;
-        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(self.0.join("outpost.db"))
-            .connect()
-            .await
-            .unwrap();
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        drop(conn);
-        std::fs::metadata(self.0.join("outpost.db")).unwrap().len()
+        sqlite_size(&self.0).await
     }
 }
 

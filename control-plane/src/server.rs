@@ -427,6 +427,9 @@ async fn retention(
                         telemetry_1h = c.telemetry_1h,
                         logs = c.logs,
                         events = c.events,
+                        batches = c.batches,
+                        longest_batch_ms =
+                            u64::try_from(c.longest_batch.as_millis()).unwrap_or(u64::MAX),
                         "deleted data past its retention"
                     )
                 }

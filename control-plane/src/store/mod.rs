@@ -269,9 +269,11 @@ pub struct LossTotals {
     pub logs_rate_limited: u64,
 }
 
-/// Rows one retention `DELETE` removes at most (SQLite: a few ms of the
-/// writer each).
-pub const PRUNE_BATCH: i64 = 2000;
+/// Rows one retention `DELETE` removes at most, each in its own
+/// transaction. On SQLite that transaction holds the one writer: 1,000 raw
+/// rows held it ≤ 30 ms in `bench/history.sh` (BENCHMARKS.md), 2,000 up to
+/// 52 ms.
+pub const PRUNE_BATCH: i64 = 1000;
 
 /// Retention cut-offs: rows older than these times go.
 #[derive(Debug, Clone, Copy)]
@@ -292,6 +294,11 @@ pub struct PruneCounts {
     pub telemetry_1h: u64,
     pub logs: u64,
     pub events: u64,
+    /// Delete statements that removed rows. Each is its own transaction of
+    /// at most `PRUNE_BATCH` rows, so the longest is the longest time
+    /// retention held the writer (ingest waits behind it on SQLite).
+    pub batches: u64,
+    pub longest_batch: std::time::Duration,
 }
 
 /// One step of filling the rollup tiers from raw history that predates

@@ -52,7 +52,10 @@ impl SqlStore<Postgres> {
             }
         }
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            _background: None,
+        })
     }
 
     /// Closes the pool, waiting for connections in use to come back.

@@ -130,6 +130,18 @@ const ROLLOUT_DEVICE_CHUNK: usize = 500;
 /// A [`Store`] on a SQL database of dialect `D`.
 pub struct SqlStore<D: Dialect> {
     pub(super) pool: Pool<D>,
+    /// Work the backend runs beside its callers (SQLite's checkpointer),
+    /// stopped when the store is dropped.
+    pub(super) _background: Option<AbortOnDrop>,
+}
+
+/// A spawned task that ends when this is dropped.
+pub struct AbortOnDrop(pub tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A live (not deleted) device of a workspace.
@@ -397,6 +409,7 @@ where
         sql: &str,
         device: Option<&str>,
         before: UnixMillis,
+        stats: &mut PruneCounts,
     ) -> StoreResult<u64> {
         let mut total = 0;
         loop {
@@ -404,8 +417,13 @@ where
             if let Some(d) = device {
                 q = q.bind(d);
             }
+            let started = std::time::Instant::now();
             let res = q.bind(before).bind(PRUNE_BATCH).execute(&self.pool).await?;
             let n = D::rows_affected(&res);
+            if n > 0 {
+                stats.batches += 1;
+                stats.longest_batch = stats.longest_batch.max(started.elapsed());
+            }
             total += n;
             if n < PRUNE_BATCH as u64 {
                 return Ok(total);
@@ -2040,21 +2058,21 @@ where
             let d = Some(id.as_str());
             if !backfilling.contains(id) {
                 counts.telemetry += self
-                    .delete_batched(PRUNE_RAW, d, cutoff.telemetry_before)
+                    .delete_batched(PRUNE_RAW, d, cutoff.telemetry_before, &mut counts)
                     .await?;
             }
             counts.telemetry_1m += self
-                .delete_batched(&PRUNE_TIER[0], d, cutoff.minute_before)
+                .delete_batched(&PRUNE_TIER[0], d, cutoff.minute_before, &mut counts)
                 .await?;
             counts.telemetry_1h += self
-                .delete_batched(&PRUNE_TIER[1], d, cutoff.hour_before)
+                .delete_batched(&PRUNE_TIER[1], d, cutoff.hour_before, &mut counts)
                 .await?;
             counts.logs += self
-                .delete_batched(PRUNE_LOGS, d, cutoff.logs_before)
+                .delete_batched(PRUNE_LOGS, d, cutoff.logs_before, &mut counts)
                 .await?;
         }
         counts.events = self
-            .delete_batched(PRUNE_EVENTS, None, cutoff.events_before)
+            .delete_batched(PRUNE_EVENTS, None, cutoff.events_before, &mut counts)
             .await?;
         Ok(counts)
     }

@@ -13,23 +13,30 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
     SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{ConnectOptions, Sqlite, Transaction};
 
 use super::common::*;
-use super::sql::{Dialect, SqlStore, Texts};
+use super::sql::{AbortOnDrop, Dialect, SqlStore, Texts};
 use super::*;
 
 /// The store on one SQLite file.
 pub type SqliteStore = SqlStore<Sqlite>;
 
 /// WAL pages (4 KiB; 64 MiB) after which a commit checkpoints the WAL into
-/// the database file (SQLite's default: 1000). Under a fleet's telemetry
-/// the same B-tree pages are rewritten by commit after commit; a larger WAL
-/// copies each page once per checkpoint instead of once per 1000 pages
-/// written, and stalls the writer for a checkpoint less often. Measured in
-/// BENCHMARKS.md: at 110,000 samples/s offered, 1000 pages fell behind
-/// (95,000/s acked, p99 3 s); 16384 kept up.
+/// the database file itself (SQLite's default: 1000). Under a fleet's
+/// telemetry the same B-tree pages are rewritten by commit after commit; a
+/// larger WAL copies each page once per checkpoint instead of once per 1000
+/// pages written. Measured in BENCHMARKS.md: at 110,000 samples/s offered,
+/// 1000 pages fell behind (95,000/s acked, p99 3 s); 16384 kept up. With
+/// the [`checkpointer`] doing the copying, this is the backstop: the commit
+/// that crosses it copies only what arrived since the checkpointer's last
+/// pass, and lets the next one start the WAL over.
 const WAL_AUTOCHECKPOINT_PAGES: &str = "16384";
+
+/// How often the [`checkpointer`] copies the WAL into the database file.
+/// At 100 ms it copied hot pages more often (~25 % more bytes written per
+/// sample) and was no faster than 400 ms (BENCHMARKS.md, 2026-12-04).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(400);
 
 impl SqlStore<Sqlite> {
     /// Opens (creating if needed) `DATA_DIR/outpost.db` and runs migrations.
@@ -58,10 +65,52 @@ impl SqlStore<Sqlite> {
             // rollbacks; `usable` below relies on that.)
             .test_before_acquire(false)
             .before_acquire(|conn, _| Box::pin(async move { Ok(usable(conn)) }))
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        let conn = opts.connect().await?;
+        let task = tokio::spawn(checkpointer(conn));
+        Ok(Self {
+            pool,
+            _background: Some(AbortOnDrop(task.abort_handle())),
+        })
+    }
+}
+
+/// Copies the WAL into the database file every [`CHECKPOINT_EVERY`], on a
+/// connection of its own. A commit that crosses the autocheckpoint size
+/// runs the checkpoint itself, holding the write lock meanwhile: up to
+/// 64 MiB of pages copied and the file synced while every writer (ingest
+/// acks, a retention batch) waits. Measured before this: a 2,000-row
+/// retention delete that took 301 ms. A PASSIVE checkpoint takes no write
+/// lock and waits for nobody; commits go on appending while it copies.
+/// The automatic checkpoint stays on beside it: only a writer can start
+/// the WAL over, and only when every frame in it has been copied, which
+/// under steady ingest a concurrent checkpoint never quite reaches. (An
+/// earlier try that turned the automatic one off was slower: BENCHMARKS.md.)
+async fn checkpointer(mut conn: sqlx::SqliteConnection) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let done = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&mut conn)
+            .await;
+        match done {
+            Ok(_) if failing => {
+                tracing::info!("WAL checkpoints work again");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                tracing::warn!(
+                    "WAL checkpoint failed: {e} (commits checkpoint by themselves meanwhile)"
+                );
+                failing = true;
+            }
+            Err(_) => {}
+        }
     }
 }
 
@@ -305,6 +354,37 @@ mod tests {
                 .await
                 .unwrap_or_else(|e| panic!("transaction {i} after it: {e}"));
             tx.commit().await.unwrap();
+        }
+    }
+
+    /// A megabyte committed is far below the size at which a commit
+    /// checkpoints by itself; in WAL mode the database file changes only
+    /// at a checkpoint, so its growth is the checkpointer's doing.
+    #[tokio::test]
+    async fn the_checkpointer_copies_commits_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("outpost.db");
+        let store = SqlStore::<Sqlite>::open(dir.path()).await.unwrap();
+        sqlx::query("CREATE TABLE scratch (b BLOB NOT NULL)")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let before = std::fs::metadata(&db).unwrap().len();
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) \
+             INSERT INTO scratch SELECT randomblob(1024) FROM n",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(&db).unwrap().len() < before + 1_000_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file stayed at {} bytes",
+                std::fs::metadata(&db).unwrap().len()
+            );
+            tokio::time::sleep(CHECKPOINT_EVERY / 4).await;
         }
     }
 

@@ -1183,9 +1183,11 @@ async fn loss_reports_record_growth_once_and_retention_prunes(s: Arc<dyn Store>)
             telemetry_1m: 0,
             telemetry_1h: 0,
             logs: 1,
-            events: c.events
+            events: c.events,
+            ..c
         }
     );
+    assert_eq!(c.batches, 3, "one statement each for raw, logs, events");
     assert!(c.events >= 2, "created and the first loss report: {c:?}");
     assert_eq!(s.last_telemetry_seq("d1").await.unwrap(), 3);
     assert_eq!(s.last_log_seq("d1").await.unwrap(), 2);
@@ -3890,20 +3892,25 @@ async fn retention_prunes_raw_and_each_tier_by_its_own_cutoff_in_batches(s: Arc<
         s.insert_telemetry("d1", b, 0).await.unwrap();
     }
     let (hour_cut, minute_cut, raw_cut) = (t0 + 20 * HOUR, t0 + 40 * HOUR, t0 + 4500 * MIN);
-    let c = s
-        .prune(&Retention {
-            telemetry_before: raw_cut,
-            minute_before: minute_cut,
-            hour_before: hour_cut,
-            logs_before: 0,
-            events_before: 0,
-        })
-        .await
-        .unwrap();
+    let cut = Retention {
+        telemetry_before: raw_cut,
+        minute_before: minute_cut,
+        hour_before: hour_cut,
+        logs_before: 0,
+        events_before: 0,
+    };
+    let c = s.prune(&cut).await.unwrap();
     assert_eq!(
         (c.telemetry, c.telemetry_1m, c.telemetry_1h),
         (4500, 2400, 20)
     );
+    let batches = |rows: u64| rows.div_ceil(PRUNE_BATCH as u64);
+    assert_eq!(
+        c.batches,
+        batches(4500) + batches(2400) + batches(20),
+        "at most PRUNE_BATCH rows per statement"
+    );
+    assert!(c.longest_batch > std::time::Duration::ZERO, "{c:?}");
     let left = s
         .query_telemetry(&TelemetryQuery {
             device_id: "d1".into(),
@@ -3927,15 +3934,6 @@ async fn retention_prunes_raw_and_each_tier_by_its_own_cutoff_in_batches(s: Arc<
     assert_eq!(minutes[0].start, minute_cut, "minutes outlive raw");
     assert_eq!(minutes.len(), (5000 - 2400) / 5);
     // Pruning again finds nothing.
-    let again = s
-        .prune(&Retention {
-            telemetry_before: raw_cut,
-            minute_before: minute_cut,
-            hour_before: hour_cut,
-            logs_before: 0,
-            events_before: 0,
-        })
-        .await
-        .unwrap();
+    let again = s.prune(&cut).await.unwrap();
     assert_eq!(again, PruneCounts::default());
 }

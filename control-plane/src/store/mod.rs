@@ -270,9 +270,9 @@ pub struct LossTotals {
 }
 
 /// Rows one retention `DELETE` removes at most, each in its own
-/// transaction. On SQLite that transaction holds the one writer: 1,000 raw
-/// rows held it ≤ 30 ms in `bench/history.sh` (BENCHMARKS.md), 2,000 up to
-/// 52 ms.
+/// transaction. On SQLite that transaction holds the one writer: ~6 ms on
+/// average for 1,000 raw rows in `bench/history.sh`, the longest 16–54 ms
+/// (BENCHMARKS.md, "Retention and the writer").
 pub const PRUNE_BATCH: i64 = 1000;
 
 /// Retention cut-offs: rows older than these times go.

@@ -16,6 +16,9 @@
 # PERF_OUT=file records the control plane with `perf record -g` for 10 s once
 # the fleet streams (`perf report -i file --no-children` to read it).
 set -euo pipefail
+# Paths given relative to where the script was started from.
+if [ -n "${BIN_DIR:-}" ]; then BIN_DIR=$(realpath "$BIN_DIR"); fi
+if [ -n "${PERF_OUT:-}" ]; then PERF_OUT=$(realpath -m "$PERF_OUT"); fi
 cd "$(dirname "$0")/.."
 devices=${1:-100} rate=${2:-1} duration=${3:-20s} conc=${4:-64} batch=${5:-1}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -25,7 +28,7 @@ else
     cargo build --release --quiet --workspace --bins
     bin=${CARGO_TARGET_DIR:-target}/release
 fi
-work=$(mktemp -d /tmp/outpost-bench.XXXXXX); cp=""
+work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-bench.XXXXXX"); cp=""
 trap '[ -n "$cp" ] && kill $cp 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/cp"  # admin commands refuse a missing data directory (a typo must not start a new one)
 "$bin/outpost-control-plane" workspace create bench --data-dir "$work/cp" >/dev/null
@@ -38,19 +41,28 @@ rest=$(sed -n 's/.*rest listening on //p' "$work/cp.out")
 grpc=$(sed -n 's/.*grpc listening on https:\/\/[^:]*:\([0-9]*\).*/\1/p' "$work/cp.out")
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$cp/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$cp/stat"; }
-written() { awk '/^write_bytes/ {print $2}' "/proc/$cp/io"; }  # bytes it dirtied in files: WAL, checkpoints
+# Bytes it dirtied in files (WAL, checkpoints); 0 where the kernel does not
+# count them (a tmpfs /tmp counts nothing: run with TMPDIR on a disk).
+written() { local w; w=$(awk '/^write_bytes/ {print $2}' "/proc/$cp/io" 2>/dev/null || true); echo "${w:-0}"; }
+# Waits for the simulator's log to say $1; fails once the simulator has ended.
+sim_says() {
+    until grep -q "$1" "$work/sim.err" 2>/dev/null; do
+        [ -e "$work/sim.done" ] && return 1
+        sleep 0.02
+    done
+}
 base_rss=$(rss_kib)
 # The control plane's CPU during enrollment alone (the simulator logs when
 # it starts enrolling and when every device is enrolled).
 (
-    while ! grep -q "enrolling" "$work/sim.err" 2>/dev/null; do sleep 0.02; done
+    sim_says enrolling || exit 0
     e0=$(cpu_ticks)
-    while ! grep -q "connecting" "$work/sim.err" 2>/dev/null; do sleep 0.02; done
+    sim_says connecting || exit 0
     echo "$e0 $(cpu_ticks)" > "$work/enroll.ticks"
 ) &
 # Sample the control plane while the fleet streams (after enrollment).
 (
-    while ! grep -q streaming "$work/sim.err" 2>/dev/null; do sleep 0.2; done
+    sim_says streaming || exit 0
     t0=$(cpu_ticks); s0=$(date +%s.%N); peak=0; w0=$(written)
     while kill -0 $cp 2>/dev/null && [ ! -s "$work/sim.out" ]; do
         r=$(rss_kib); [ "$r" -gt "$peak" ] && peak=$r
@@ -61,15 +73,22 @@ base_rss=$(rss_kib)
 ) &
 if [ -n "${PERF_OUT:-}" ]; then
     (
-        while ! grep -q streaming "$work/sim.err" 2>/dev/null; do sleep 0.2; done
+        sim_says streaming || exit 0
         sleep 2
-        perf record -q -g -p "$cp" -o "$PERF_OUT" -- sleep 10 >/dev/null 2>&1
+        perf record -q -g -p "$cp" -o "$PERF_OUT" -- sleep 10 >"$work/perf.err" 2>&1 ||
+            echo "perf record failed: $(tail -n 3 "$work/perf.err")" >&2
     ) &
 fi
 OUTPOST_LOG=info "$bin/outpost-fleet-sim" --rest "$rest" --server "https://localhost:$grpc" \
     --ca-file "$work/cp/pki/ca.crt" --workspace bench --api-key "$key" \
     --devices "$devices" --rate "$rate" --duration "$duration" --concurrency "$conc" --batch "$batch" \
-    > "$work/sim.out" 2> "$work/sim.err"
+    > "$work/sim.out" 2> "$work/sim.err" || sim_rc=$?
+touch "$work/sim.done"
+if [ "${sim_rc:-0}" != 0 ]; then
+    echo "the simulator failed (exit ${sim_rc}):" >&2
+    tail -n 5 "$work/sim.err" >&2
+    exit "$sim_rc"
+fi
 sleep 1.2
 read -r peak t0 t1 s0 s1 w0 w1 < "$work/cp.sample"
 read -r e0 e1 < "$work/enroll.ticks"

@@ -130,7 +130,7 @@ async fn run(store: Arc<dyn Store>, backend: &str, reads: usize, size: impl Asyn
                 "30d_from_raw_ms_median": raw30, "reads": reads,
                 "retention_rows": pruned.telemetry, "retention_batches": pruned.batches,
                 "retention_longest_batch_ms": batch_ms(pruned.longest_batch),
-                "retention_mean_batch_ms": batch_ms(prune_took / pruned.batches.max(1) as u32),
+                "retention_mean_batch_ms": batch_ms(prune_took.div_f64(pruned.batches.max(1) as f64)),
                 "30d_buckets_after_retention": n30_after,
             })
         );

@@ -294,9 +294,10 @@ pub struct PruneCounts {
     pub telemetry_1h: u64,
     pub logs: u64,
     pub events: u64,
-    /// Delete statements that removed rows. Each is its own transaction of
-    /// at most `PRUNE_BATCH` rows, so the longest is the longest time
-    /// retention held the writer (ingest waits behind it on SQLite).
+    /// Delete statements that removed rows, and the longest one's latency.
+    /// Each is its own transaction of at most `PRUNE_BATCH` rows; on SQLite
+    /// the latency is its wait for the write lock plus the time it held it
+    /// (ingest waits behind it), with no other writer just the latter.
     pub batches: u64,
     pub longest_batch: std::time::Duration,
 }

@@ -1183,7 +1183,6 @@ async fn loss_reports_record_growth_once_and_retention_prunes(s: Arc<dyn Store>)
             telemetry_1m: 0,
             telemetry_1h: 0,
             logs: 1,
-            events: c.events,
             ..c
         }
     );

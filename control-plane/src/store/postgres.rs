@@ -53,6 +53,7 @@ impl SqlStore<Postgres> {
         }
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(Self {
+            write_pool: pool.clone(),
             pool,
             _background: None,
         })

@@ -130,6 +130,9 @@ const ROLLOUT_DEVICE_CHUNK: usize = 500;
 /// A [`Store`] on a SQL database of dialect `D`.
 pub struct SqlStore<D: Dialect> {
     pub(super) pool: Pool<D>,
+    /// Where write transactions ([`SqlStore::begin`]) run: on SQLite a pool
+    /// of one connection (see `sqlite.rs`), on PostgreSQL `pool` itself.
+    pub(super) write_pool: Pool<D>,
     /// Work the backend runs beside its callers (SQLite's checkpointer),
     /// stopped when the store is dropped.
     pub(super) _background: Option<AbortOnDrop>,
@@ -418,7 +421,11 @@ where
                 q = q.bind(d);
             }
             let started = std::time::Instant::now();
-            let res = q.bind(before).bind(PRUNE_BATCH).execute(&self.pool).await?;
+            let res = q
+                .bind(before)
+                .bind(PRUNE_BATCH)
+                .execute(&self.write_pool)
+                .await?;
             let n = D::rows_affected(&res);
             if n > 0 {
                 stats.batches += 1;
@@ -576,7 +583,7 @@ where
     }
 
     async fn begin(&self) -> Result<Transaction<'static, D>, sqlx::Error> {
-        self.pool.begin_with(D::BEGIN).await
+        self.write_pool.begin_with(D::BEGIN).await
     }
 
     /// An artifact's row, locked (where rows are locked) until `tx` ends.
@@ -1102,7 +1109,7 @@ where
                 .bind(&ws.name)
                 .bind(to_json(&ws.features))
                 .bind(ws.created_at)
-                .execute(&self.pool)
+                .execute(&self.write_pool)
                 .await;
         match res {
             Ok(_) => Ok(()),
@@ -1139,7 +1146,7 @@ where
         )
         .bind(fingerprint)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await?;
         let row = sqlx::query("SELECT fingerprint FROM ca_meta WHERE id = 1")
             .fetch_one(&self.pool)
@@ -1159,7 +1166,7 @@ where
         let res = sqlx::query("UPDATE workspaces SET features = $1 WHERE name = $2")
             .bind(to_json(&features))
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.write_pool)
             .await?;
         Ok(D::rows_affected(&res) == 1)
     }
@@ -1182,13 +1189,13 @@ where
             sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(now)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&self.write_pool)
                 .await?;
         Ok(D::rows_affected(&res) == 1)
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> StoreResult<()> {
-        Self::api_key_insert(key).execute(&self.pool).await?;
+        Self::api_key_insert(key).execute(&self.write_pool).await?;
         Ok(())
     }
 
@@ -1549,7 +1556,7 @@ where
         logs: &[LogRecord],
         received_at: UnixMillis,
     ) -> StoreResult<u64> {
-        D::insert_logs(&self.pool, device_id, logs, received_at).await
+        D::insert_logs(&self.write_pool, device_id, logs, received_at).await
     }
 
     async fn query_logs(&self, q: &LogQuery) -> StoreResult<Vec<LogRecord>> {
@@ -1645,7 +1652,7 @@ where
         .bind(to_json(&t.labels))
         .bind(&t.device_type)
         .bind(t.created_at)
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await?;
         Ok(())
     }
@@ -1676,7 +1683,7 @@ where
         .bind(now)
         .bind(workspace)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await?;
         let row = sqlx::query("SELECT * FROM enrollment_tokens WHERE workspace = $1 AND id = $2")
             .bind(workspace)
@@ -1841,7 +1848,7 @@ where
         // whose conditional update then sees the install ID spent.
         sqlx::query("UPDATE devices SET install_spent = TRUE WHERE id = $1")
             .bind(device_id)
-            .execute(&self.pool)
+            .execute(&self.write_pool)
             .await?;
         Ok(())
     }
@@ -2235,7 +2242,7 @@ where
     async fn prune_audit(&self, before: UnixMillis) -> StoreResult<u64> {
         let res = sqlx::query("DELETE FROM audit_log WHERE ts < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(&self.write_pool)
             .await?;
         Ok(D::rows_affected(&res))
     }
@@ -2264,7 +2271,7 @@ where
         .bind(workspace)
         .bind(public_key)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await?;
         Ok(D::rows_affected(&res) == 1)
     }
@@ -2274,7 +2281,7 @@ where
             sqlx::query("DELETE FROM publisher_keys WHERE workspace = $1 AND public_key = $2")
                 .bind(workspace)
                 .bind(public_key)
-                .execute(&self.pool)
+                .execute(&self.write_pool)
                 .await?;
         Ok(D::rows_affected(&res) == 1)
     }
@@ -2317,7 +2324,7 @@ where
         .bind(&a.state)
         .bind(a.created_at)
         .bind(a.uploaded_at)
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await?;
         if D::rows_affected(&res) == 1 {
             return Ok(true);
@@ -2774,7 +2781,7 @@ where
         .bind(id)
         .bind(t.from_state.as_str())
         .bind(i64::from(t.from_wave))
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await?;
         Ok(D::rows_affected(&res) == 1)
     }

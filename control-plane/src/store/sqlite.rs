@@ -33,6 +33,10 @@ pub type SqliteStore = SqlStore<Sqlite>;
 /// pass, and lets the next one start the WAL over.
 const WAL_AUTOCHECKPOINT_PAGES: &str = "16384";
 
+/// How long a writer waits for its turn before it fails (`SQLITE_BUSY`, or
+/// the write connection's acquire timeout).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often the [`checkpointer`] copies the WAL into the database file.
 /// At 100 ms it copied hot pages more often (~25 % more bytes written per
 /// sample) and was no faster than 400 ms (BENCHMARKS.md, 2026-12-04).
@@ -50,24 +54,38 @@ impl SqlStore<Sqlite> {
             // FULL: a commit is on disk before we ack it to an agent.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(BUSY_TIMEOUT)
             // 16 MiB of page cache per connection (SQLite's default is 2 MiB):
             // the telemetry B-trees' hot pages stay in memory instead of
             // being read back from the OS on every insert.
             .pragma("cache_size", "-16384")
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES);
-        let pool = SqlitePoolOptions::new()
+        let pool_options = || {
+            SqlitePoolOptions::new()
+                // sqlx pings a connection before handing it out (a round
+                // trip to its worker thread, on every store call): a
+                // liveness check for network databases, none needed for a
+                // file this process has open. (It still pings on release,
+                // which settles queued rollbacks; `usable` relies on that.)
+                .test_before_acquire(false)
+                .before_acquire(|conn, _| Box::pin(async move { Ok(usable(conn)) }))
+        };
+        let pool = pool_options()
             .max_connections(8)
-            // sqlx pings a connection before handing it out (a round trip
-            // to its worker thread, on every store call): a liveness check
-            // for network databases, none needed for a file this process
-            // has open. (It still pings on release, which settles queued
-            // rollbacks; `usable` below relies on that.)
-            .test_before_acquire(false)
-            .before_acquire(|conn, _| Box::pin(async move { Ok(usable(conn)) }))
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        // Write transactions take turns on one connection, as SQLite's one
+        // write lock would make them anyway, so that its page cache stays
+        // valid from one commit to the next: a connection that finds the
+        // database changed by another since its last transaction drops its
+        // whole cache and reads every page again. A turn is waited for as
+        // long as the lock would have been (the busy timeout).
+        let write_pool = pool_options()
+            .max_connections(1)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(opts.clone())
+            .await?;
         // Its statements are not logged: one every 400 ms, for the life
         // of the process. Without it the store still works (commits then
         // checkpoint by themselves).
@@ -82,6 +100,7 @@ impl SqlStore<Sqlite> {
         };
         Ok(Self {
             pool,
+            write_pool,
             _background: background,
         })
     }
@@ -350,8 +369,10 @@ mod tests {
     async fn a_connection_whose_transaction_sqlite_ended_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqlStore::<Sqlite>::open(dir.path()).await.unwrap();
+        // On the one write connection: were it not replaced, no write
+        // would ever succeed again.
         {
-            let mut tx = store.pool.begin().await.unwrap();
+            let mut tx = store.write_pool.begin().await.unwrap();
             sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
             // Dropped: sqlx's own ROLLBACK fails ("no transaction is
             // active") and its transaction depth stays 1.
@@ -359,7 +380,7 @@ mod tests {
         for i in 0..10 {
             // As every write transaction of ours begins.
             let tx = store
-                .pool
+                .write_pool
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .unwrap_or_else(|e| panic!("transaction {i} after it: {e}"));
